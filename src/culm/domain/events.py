@@ -1,0 +1,219 @@
+"""Run events: one discriminated union, the same JSON on every wire and in the store.
+
+Every event carries ``seq`` (1, 2, 3 … per run, no gaps), ``run_id``, ``session_id`` and ``ts``.
+Event type names are public API: never rename one. Events are built by the agent loop without an
+envelope (``seq=0``) and stamped by the run's runner with :meth:`RunEventBase.stamped`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from culm.domain.models import Usage
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RunEventBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int = 0
+    run_id: str = ""
+    session_id: str = ""
+    ts: datetime = _EPOCH
+
+    def stamped(self, *, seq: int, run_id: str, session_id: str, ts: datetime) -> RunEvent:
+        """This event with its envelope filled in (a copy; the original is untouched)."""
+        update = {"seq": seq, "run_id": run_id, "session_id": session_id, "ts": ts}
+        return self.model_copy(update=update)  # type: ignore[return-value]
+
+
+class ExecutionStarted(RunEventBase):
+    type: Literal["execution_started"] = "execution_started"
+    started_at: datetime
+    attempt: int
+
+
+class RunnerProgress(RunEventBase):
+    type: Literal["runner_progress"] = "runner_progress"
+    round_count: int
+
+
+class Token(RunEventBase):
+    type: Literal["token"] = "token"
+    content: str
+
+
+class ReasoningToken(RunEventBase):
+    type: Literal["reasoning_token"] = "reasoning_token"
+    content: str
+
+
+class ToolStart(RunEventBase):
+    type: Literal["tool_start"] = "tool_start"
+    tool_call_id: str
+    tool_name: str
+    arguments: Any
+
+
+class ToolToken(RunEventBase):
+    type: Literal["tool_token"] = "tool_token"
+    tool_call_id: str
+    content: str
+
+
+class ToolComplete(RunEventBase):
+    type: Literal["tool_complete"] = "tool_complete"
+    tool_call_id: str
+    tool_name: str
+    result: str
+    elapsed_ms: int
+
+
+class ToolError(RunEventBase):
+    type: Literal["tool_error"] = "tool_error"
+    tool_call_id: str
+    tool_name: str
+    error: str
+    elapsed_ms: int
+
+
+class TokenBudget(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    max_context_tokens: int | None = None
+    budget_limit: int | None = None
+
+
+class TokenBudgetUpdated(RunEventBase):
+    type: Literal["token_budget_updated"] = "token_budget_updated"
+    usage: TokenBudget
+
+
+class RoundCompleted(RunEventBase):
+    type: Literal["round_completed"] = "round_completed"
+    round: int
+    usage: Usage
+    latency_ms: int
+    model: str
+
+
+class SubAgentStarted(RunEventBase):
+    type: Literal["sub_agent_started"] = "sub_agent_started"
+    child_session_id: str
+    child_run_id: str
+    title: str | None = None
+
+
+class SubAgentEvent(RunEventBase):
+    type: Literal["sub_agent_event"] = "sub_agent_event"
+    child_session_id: str
+    child_run_id: str
+    event: dict[str, Any]
+
+
+class SubAgentHeartbeat(RunEventBase):
+    type: Literal["sub_agent_heartbeat"] = "sub_agent_heartbeat"
+    child_session_id: str
+    child_run_id: str
+
+
+class SubAgentCompleted(RunEventBase):
+    type: Literal["sub_agent_completed"] = "sub_agent_completed"
+    child_session_id: str
+    child_run_id: str
+    status: str
+    error: str | None = None
+
+
+class RunRecovered(RunEventBase):
+    type: Literal["run_recovered"] = "run_recovered"
+    previous_attempt: int
+    action: Literal["requeued", "errored"]
+
+
+class Complete(RunEventBase):
+    type: Literal["complete"] = "complete"
+    usage: Usage
+    final_message: str
+
+
+class Cancelled(RunEventBase):
+    type: Literal["cancelled"] = "cancelled"
+    reason: str
+
+
+class Error(RunEventBase):
+    type: Literal["error"] = "error"
+    message: str
+    code: str
+
+
+class Gap(RunEventBase):
+    type: Literal["gap"] = "gap"
+    from_seq: int
+    to_seq: int
+
+
+RunEvent = Annotated[
+    ExecutionStarted
+    | RunnerProgress
+    | Token
+    | ReasoningToken
+    | ToolStart
+    | ToolToken
+    | ToolComplete
+    | ToolError
+    | TokenBudgetUpdated
+    | RoundCompleted
+    | SubAgentStarted
+    | SubAgentEvent
+    | SubAgentHeartbeat
+    | SubAgentCompleted
+    | RunRecovered
+    | Complete
+    | Cancelled
+    | Error
+    | Gap,
+    Field(discriminator="type"),
+]
+
+TERMINAL_EVENT_TYPES = frozenset({"complete", "cancelled", "error"})
+# Kept by a runner for late subscribers of a session stream (the seed's "critical events").
+CRITICAL_EVENT_TYPES = frozenset(
+    {
+        "execution_started",
+        "run_recovered",
+        "sub_agent_started",
+        "sub_agent_completed",
+        *TERMINAL_EVENT_TYPES,
+    }
+)
+
+_adapter: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
+
+
+def event_to_json(event: RunEvent) -> str:
+    return event.model_dump_json()
+
+
+def event_to_dict(event: RunEvent) -> dict[str, Any]:
+    return event.model_dump(mode="json")
+
+
+def event_from_json(data: str | bytes) -> RunEvent:
+    return _adapter.validate_json(data)
+
+
+def event_from_dict(data: dict[str, Any]) -> RunEvent:
+    return _adapter.validate_python(data)
+
+
+def is_terminal(event: RunEvent) -> bool:
+    return event.type in TERMINAL_EVENT_TYPES

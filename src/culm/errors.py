@@ -1,0 +1,118 @@
+"""culm's exceptions, one tree.
+
+    CulmError
+    ├── UserError                  bad configuration or input; the message names the setting or field
+    │   ├── ConfigError            a setting is missing or invalid (e.g. OPENAI_API_KEY not set)
+    │   ├── UnknownModelError      a model name with an unknown provider or script
+    │   ├── UnknownToolError       a tool name that is not available
+    │   ├── NotFoundError          an unknown session or run id
+    │   ├── AlreadyRunningError    the session has an active run (carries its run_id)
+    │   └── SessionBusyError       the session cannot be deleted while a run is active
+    ├── RunFailure                 a run ended in error; ``code`` is the error event's code
+    │   ├── ModelError             the model call failed
+    │   │   ├── ModelHTTPError     the provider answered with an HTTP error (status, retry_after)
+    │   │   │   ├── ModelAuthError         401/403: wrong or missing credentials
+    │   │   │   └── ModelRequestError      400/404/422: the provider refused the request
+    │   │   ├── ModelConnectionError       connect/read failure, reset, a stream cut short
+    │   │   └── ModelStallError            no chunk within the idle timeout
+    │   └── LimitExceededError     max rounds, or a similar engine limit
+    ├── EngineClosedError          the engine is shutting down or closed
+    └── ToolFailure                raised by a tool: reported to the model as an error result
+        └── ToolTimeoutError       the tool ran past its timeout
+"""
+
+from __future__ import annotations
+
+
+class CulmError(Exception):
+    """Base of every culm exception."""
+
+
+class UserError(CulmError):
+    """A mistake in configuration or input. The message is meant for the user as it is."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+class UnknownModelError(UserError):
+    pass
+
+
+class UnknownToolError(UserError):
+    pass
+
+
+class NotFoundError(UserError):
+    def __init__(self, kind: str, ident: str) -> None:
+        super().__init__(f"{kind} {ident!r} not found")
+        self.kind = kind
+        self.ident = ident
+
+
+class AlreadyRunningError(UserError):
+    def __init__(self, session_id: str, run_id: str) -> None:
+        super().__init__(f"session {session_id!r} already has an active run {run_id!r}")
+        self.session_id = session_id
+        self.run_id = run_id
+
+
+class SessionBusyError(UserError):
+    def __init__(self, session_id: str, run_id: str) -> None:
+        super().__init__(f"session {session_id!r} has an active run {run_id!r}")
+        self.session_id = session_id
+        self.run_id = run_id
+
+
+class RunFailure(CulmError):
+    code = "run_failed"
+
+
+class ModelError(RunFailure):
+    code = "model_error"
+    retryable = False
+
+
+class ModelHTTPError(ModelError):
+    code = "model_http_error"
+
+    def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.retryable = status == 429 or status >= 500
+
+
+class ModelAuthError(ModelHTTPError):
+    code = "model_auth_error"
+
+
+class ModelRequestError(ModelHTTPError):
+    code = "model_request_error"
+
+
+class ModelConnectionError(ModelError):
+    code = "model_connection_error"
+    retryable = True
+
+
+class ModelStallError(ModelError):
+    code = "model_stalled"
+    retryable = True
+
+
+class LimitExceededError(RunFailure):
+    code = "limit_exceeded"
+
+
+class EngineClosedError(CulmError):
+    pass
+
+
+class ToolFailure(CulmError):
+    """A tool could not do what was asked; the message goes to the model as the result."""
+
+
+class ToolTimeoutError(ToolFailure):
+    pass

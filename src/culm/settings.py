@@ -1,0 +1,116 @@
+"""Configuration: environment (``CULM_`` prefix), then ``$CULM_HOME/config.toml``, then defaults.
+
+Provider credentials use the providers' own variable names (``OPENAI_API_KEY`` …).
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class RecoveryPolicy(StrEnum):
+    """What start-up does with runs a dead process left active."""
+
+    REQUEUE = "requeue"
+    ERROR = "error"
+
+
+class ShutdownPolicy(StrEnum):
+    """What a clean stop does with runs still active after the grace period."""
+
+    CANCEL = "cancel"
+    RECOVER = "recover"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("CULM_HOME") or Path.home() / ".culm").expanduser()
+
+
+def _alias(name: str) -> Any:
+    return AliasChoices(f"CULM_{name}", name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CULM_", extra="ignore", populate_by_name=True, validate_default=True
+    )
+
+    home: Path = Field(default_factory=default_home)
+    database_url: str | None = None
+    redis_url: str | None = None
+    api_key: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8420, ge=1, le=65535)
+    default_model: str = "scripted:demo"
+
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias=_alias("OPENAI_API_KEY"))
+    openai_base_url: str = Field(
+        default="https://api.openai.com/v1", validation_alias=_alias("OPENAI_BASE_URL")
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_alias("ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str = Field(
+        default="https://api.anthropic.com", validation_alias=_alias("ANTHROPIC_BASE_URL")
+    )
+
+    # Agent loop
+    max_rounds: int = Field(default=50, ge=1)
+    max_tool_calls_per_round: int = Field(default=32, ge=1)
+    tool_timeout: float = Field(default=120.0, gt=0)
+    model_max_attempts: int = Field(default=3, ge=1)
+    model_retry_base_delay: float = Field(default=0.5, ge=0)
+    model_retry_max_delay: float = Field(default=30.0, ge=0)
+    model_connect_timeout: float = Field(default=10.0, gt=0)
+    stream_idle_timeout: float = Field(default=120.0, gt=0)
+    bash_output_limit: int = Field(default=64 * 1024, ge=1024)
+
+    # Runtime and store
+    event_flush_interval: float = Field(default=0.05, gt=0, le=0.05)
+    event_batch_size: int = Field(default=1000, ge=1)
+    subscriber_queue_size: int = Field(default=1000, ge=1)
+    recovery_policy: RecoveryPolicy = RecoveryPolicy.ERROR
+    max_attempts: int = Field(default=3, ge=1)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    shutdown_policy: ShutdownPolicy = ShutdownPolicy.CANCEL
+    shutdown_grace: float = Field(default=0.0, ge=0)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=default_home() / "config.toml")
+        return (init_settings, env_settings, toml)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'culm.db'}"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.home / "workspaces"
+
+    @property
+    def scripts_dir(self) -> Path:
+        return self.home / "scripts"
