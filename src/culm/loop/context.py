@@ -1,0 +1,57 @@
+"""What one run of the agent loop works with, and the values its steps return."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from culm.domain.events import RunEvent, RunEventBase
+from culm.domain.models import Message, Session, Usage
+from culm.providers.base import Model
+from culm.tools.base import Tool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoopLimits:
+    max_rounds: int = 50
+    max_tool_calls_per_round: int = 32
+    tool_timeout: float = 120.0
+    model_max_attempts: int = 3
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 30.0
+    stream_idle_timeout: float = 120.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoopContext:
+    session: Session
+    model: Model
+    tools: Mapping[str, Tool]
+    workspace: Path
+    limits: LoopLimits
+    emit: Callable[[RunEventBase], RunEvent]
+    append_messages: Callable[[Sequence[Message]], Awaitable[None]]
+    budget_limit: int | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class LoopState:
+    """Mutable progress of a run; the runtime reads ``usage`` whatever the outcome."""
+
+    messages: list[Message]
+    usage: Usage = field(default_factory=Usage)
+    round: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FinalAnswer:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunAgain:
+    pass
+
+
+NextStep = FinalAnswer | RunAgain

@@ -1,0 +1,73 @@
+"""The agent loop: one streaming-first driver over rounds.
+
+A round builds the request, streams the model (live ``token`` events), classifies the response,
+runs the tool calls, and returns the next step. The driver only dispatches on that step.
+Failures raise :class:`culm.errors.RunFailure`; cancellation is the owning task's cancel.
+"""
+
+from __future__ import annotations
+
+import time
+
+from culm.domain.events import RoundCompleted, RunnerProgress, TokenBudget, TokenBudgetUpdated
+from culm.domain.models import Usage
+from culm.errors import LimitExceededError
+from culm.loop.context import FinalAnswer, LoopContext, LoopState, NextStep, RunAgain
+from culm.loop.execute import run_tool_calls
+from culm.loop.model_call import call_model
+from culm.loop.plan import build_request
+
+
+async def run_agent(ctx: LoopContext, state: LoopState) -> str:
+    """Run rounds until the model gives a final answer; returns it."""
+    while True:
+        step = await run_round(ctx, state)
+        match step:
+            case FinalAnswer(text=text):
+                return text
+            case RunAgain():
+                continue
+
+
+async def run_round(ctx: LoopContext, state: LoopState) -> NextStep:
+    if state.round >= ctx.limits.max_rounds:
+        raise LimitExceededError(
+            f"the run reached max rounds ({ctx.limits.max_rounds}) without a final answer"
+        )
+    state.round += 1
+    ctx.emit(RunnerProgress(round_count=state.round))
+    request = build_request(
+        ctx.session.system_prompt, state.messages, (tool.spec() for tool in ctx.tools.values())
+    )
+    started = time.monotonic()
+    response = await call_model(ctx, request)
+    usage = response.usage or Usage()
+    state.usage += usage
+    ctx.emit(
+        RoundCompleted(
+            round=state.round,
+            usage=usage,
+            latency_ms=int((time.monotonic() - started) * 1000),
+            model=ctx.model.name,
+        )
+    )
+    ctx.emit(TokenBudgetUpdated(usage=_budget(ctx, usage)))
+    message = response.message
+    state.messages.append(message)
+    await ctx.append_messages([message])
+    if not message.tool_calls:
+        return FinalAnswer(message.content)
+    results = await run_tool_calls(ctx, message.tool_calls)
+    state.messages.extend(results)
+    await ctx.append_messages(results)
+    return RunAgain()
+
+
+def _budget(ctx: LoopContext, usage: Usage) -> TokenBudget:
+    return TokenBudget(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        max_context_tokens=ctx.model.max_context_tokens,
+        budget_limit=ctx.budget_limit,
+    )

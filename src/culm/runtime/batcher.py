@@ -1,0 +1,104 @@
+"""Batched persistence of run events.
+
+Events from every run go into one buffer; a writer task stores them in one transaction per batch,
+at most ``interval`` after the first of them arrived, or at once when the batch is full or someone
+awaits :meth:`EventBatcher.flush` (as a run does before its terminal status becomes visible).
+A storage failure is retried with backoff; events are never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from culm.domain.events import RunEvent
+from culm.storage.base import Store
+
+log = structlog.get_logger(__name__)
+
+
+class EventBatcher:
+    def __init__(self, store: Store, *, interval: float, max_batch: int) -> None:
+        self._store = store
+        self._interval = interval
+        self._max_batch = max_batch
+        self._pending: list[RunEvent] = []
+        self._added = 0
+        self._written = 0
+        self._has_pending = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="culm-event-batcher")
+
+    def add(self, event: RunEvent) -> None:
+        self._pending.append(event)
+        self._added += 1
+        if len(self._pending) == 1:
+            self._has_pending.set()
+        if len(self._pending) >= self._max_batch:
+            self._urgent.set()
+
+    async def flush(self) -> None:
+        """Return once every event added before this call is stored."""
+        target = self._added
+        while self._written < target:
+            if self._task is None or self._task.done():
+                await self._write_now()
+                continue
+            progress = self._progress
+            self._urgent.set()
+            await progress.wait()
+
+    async def aclose(self) -> None:
+        """Store everything still buffered, then stop the writer."""
+        self._closing = True
+        self._has_pending.set()
+        self._urgent.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self._write_now()
+
+    @property
+    def backlog(self) -> int:
+        return self._added - self._written
+
+    async def _run(self) -> None:
+        while not self._closing:
+            await self._has_pending.wait()
+            if not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval):
+                        await self._urgent.wait()
+            await self._write_now()
+
+    async def _write_now(self) -> None:
+        # Events stay in the buffer until stored, so nothing is lost if storing is interrupted.
+        self._urgent.clear()
+        self._has_pending.clear()
+        count = len(self._pending)
+        if count:
+            await self._store_with_retry(self._pending[:count])
+            del self._pending[:count]
+            if self._pending:
+                self._has_pending.set()
+        self._written += count
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
+
+    async def _store_with_retry(self, batch: list[RunEvent]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._store.append_events(batch)
+                return
+            except Exception as exc:
+                log.error("storing run events failed; retrying", error=str(exc), events=len(batch))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)

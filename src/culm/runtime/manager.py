@@ -1,0 +1,330 @@
+"""The run manager: reserves, starts, cancels, awaits, finishes and recovers runs.
+
+Every run executes in a task owned by the manager's task group. Cancel means cancelling that
+task; the manager turns the cancel it issued into a ``cancelled`` outcome. Whatever happens, the
+terminal event is stored, then the terminal status, and only then is the runner released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from culm.domain.events import (
+    Cancelled,
+    Complete,
+    Error,
+    ExecutionStarted,
+    RunEventBase,
+    RunRecovered,
+)
+from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, UserMessage
+from culm.domain.time import utc_now
+from culm.errors import EngineClosedError, NotFoundError, RunFailure, UserError
+from culm.loop.context import LoopContext, LoopState
+from culm.loop.driver import run_agent
+from culm.runtime.batcher import EventBatcher
+from culm.runtime.ownership import new_owner_id, owner_is_gone
+from culm.runtime.registry import RunnerRegistry
+from culm.runtime.runner import Runner
+from culm.settings import RecoveryPolicy, Settings, ShutdownPolicy
+from culm.storage.base import Orphan, Store
+
+log = structlog.get_logger(__name__)
+
+# Builds the loop's context for a run: resolves its session, model and tools.
+ContextFactory = Callable[
+    [Run, Callable[[RunEventBase], object], Callable[[Sequence[Message]], Awaitable[None]]],
+    Awaitable[LoopContext],
+]
+
+HEARTBEAT_INTERVAL = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: RunStatus
+    final_message: str = ""
+    error: str | None = None
+    code: str | None = None
+    reason: str | None = None
+
+
+class RunManager:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: RunnerRegistry,
+        batcher: EventBatcher,
+        settings: Settings,
+        context_factory: ContextFactory,
+    ) -> None:
+        self.owner = new_owner_id()
+        self._store = store
+        self._registry = registry
+        self._batcher = batcher
+        self._settings = settings
+        self._context_factory = context_factory
+        self._group: asyncio.TaskGroup | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # Lifecycle
+
+    async def start(self, stack: contextlib.AsyncExitStack) -> None:
+        self._group = await stack.enter_async_context(asyncio.TaskGroup())
+        stack.push_async_callback(self.aclose)
+        await self.recover()
+        self._heartbeat = self._group.create_task(self._beat(), name="culm-heartbeat")
+
+    async def aclose(self) -> None:
+        """Stop: wait ``shutdown_grace`` for active runs, then cancel them or hand them back."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        runners = self._registry.runners()
+        if runners and self._settings.shutdown_grace > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.shutdown_grace):
+                    await asyncio.gather(*(runner.done.wait() for runner in runners))
+        runners = self._registry.runners()
+        recover = self._settings.shutdown_policy is ShutdownPolicy.RECOVER
+        for runner in runners:
+            runner.request_cancel("shutdown" if not recover else _RELEASE)
+        await asyncio.gather(*(runner.done.wait() for runner in runners))
+        if recover:
+            await self._store.release_runs(self.owner)
+
+    def _lease(self) -> datetime:
+        return utc_now() + timedelta(seconds=self._settings.lease_seconds)
+
+    # Starting runs
+
+    async def start_run(self, run: Run, policy: MultitaskPolicy) -> Run:
+        """Reserve ``run`` on its session by ``policy`` and start it (or queue it)."""
+        if self._closing or self._group is None:
+            raise EngineClosedError("the engine is not running")
+        reservation = await self._store.reserve_run(
+            run,
+            owner=self.owner,
+            lease_expires_at=self._lease(),
+            queue=policy is not MultitaskPolicy.REJECT,
+            jump_queue=policy is MultitaskPolicy.INTERRUPT,
+        )
+        if reservation.active_run_id is None:
+            self._launch(reservation.run)
+        elif policy is MultitaskPolicy.INTERRUPT:
+            await self.cancel(reservation.active_run_id, reason="interrupted by a new run")
+        return reservation.run
+
+    def _launch(self, run: Run) -> Runner:
+        assert self._group is not None
+        runner = Runner(
+            run,
+            persist=self._batcher.add,
+            fan_out_session=self._registry.fan_out_session,
+            queue_size=self._settings.subscriber_queue_size,
+        )
+        self._registry.add(runner)
+        runner.task = self._group.create_task(self._execute(runner), name=f"culm-run-{run.run_id}")
+        return runner
+
+    async def _start_next(self, session_id: str) -> None:
+        if self._closing:
+            return
+        run = await self._store.promote_next(
+            session_id, owner=self.owner, lease_expires_at=self._lease()
+        )
+        if run is not None:
+            self._launch(run)
+
+    # Executing
+
+    async def _execute(self, runner: Runner) -> None:
+        state = LoopState(messages=[])
+        try:
+            outcome = await self._run(runner, state)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            reason = runner.cancel_reason
+            if reason is None or task is None or task.uncancel() > 0:
+                # A cancel we did not issue: record it, then let it propagate.
+                await asyncio.shield(self._finalize(runner, state, _cancelled("cancelled")))
+                raise
+            outcome = _cancelled(reason)
+        except RunFailure as exc:
+            outcome = Outcome(RunStatus.ERROR, error=str(exc), code=exc.code)
+        except UserError as exc:
+            outcome = Outcome(RunStatus.ERROR, error=str(exc), code="invalid_request")
+        except Exception as exc:
+            log.exception("run failed with an internal error", run_id=runner.run_id)
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            outcome = Outcome(RunStatus.ERROR, error=message, code="internal_error")
+        await asyncio.shield(self._finalize(runner, state, outcome))
+
+    async def _run(self, runner: Runner, state: LoopState) -> Outcome | None:
+        started_at = utc_now()
+        run = await self._store.claim_run(
+            runner.run_id, owner=self.owner, lease_expires_at=self._lease(), started_at=started_at
+        )
+        if run is None:
+            return None  # cancelled before it started; the store has ended it
+        runner.status = RunStatus.RUNNING
+        runner.started_at = started_at
+        runner.emit(ExecutionStarted(started_at=started_at, attempt=run.attempt))
+
+        async def append(messages: Sequence[Message]) -> None:
+            await self._store.append_messages(run.session_id, messages, run_id=run.run_id)
+
+        ctx = await self._context_factory(run, runner.emit, append)
+        if run.input and not await self._store.has_run_messages(run.run_id):
+            await append([UserMessage(content=run.input)])
+        state.messages = await self._store.get_messages(run.session_id)
+        final = await run_agent(ctx, state)
+        return Outcome(RunStatus.COMPLETED, final_message=final)
+
+    async def _finalize(self, runner: Runner, state: LoopState, outcome: Outcome | None) -> None:
+        runner.finalizing = True
+        try:
+            if outcome is not None and outcome.reason == _RELEASE:
+                await self._batcher.flush()  # handed back for recovery: no terminal event
+            elif outcome is not None:
+                runner.emit(_terminal_event(outcome, state))
+                await self._batcher.flush()
+                await self._store.finish_run(
+                    runner.run_id,
+                    status=outcome.status,
+                    error=outcome.error,
+                    usage=state.usage,
+                    completed_at=utc_now(),
+                )
+                runner.status = outcome.status
+        except Exception:
+            log.exception("finishing a run failed; recovery will end it", run_id=runner.run_id)
+        finally:
+            runner.completed_at = utc_now()
+            runner.usage = state.usage
+            self._registry.remove(runner)
+            runner.done.set()
+        if outcome is None or outcome.reason != _RELEASE:
+            await self._start_next(runner.session_id)
+
+    # Cancel and wait
+
+    async def cancel(self, run_id: str, *, reason: str) -> Run:
+        runner = self._registry.get(run_id)
+        if runner is not None:
+            runner.request_cancel(reason)
+            return await self._require_run(run_id)
+        run = await self._store.request_cancel(run_id, reason)
+        if run is None:
+            raise NotFoundError("run", run_id)
+        if run.status is RunStatus.CANCELLED:
+            await self._start_next(run.session_id)
+        return run
+
+    async def wait(self, run_id: str) -> Run:
+        """The run once it is terminal (wrap in ``asyncio.timeout`` to bound the wait)."""
+        while True:
+            runner = self._registry.get(run_id)
+            if runner is not None:
+                await runner.done.wait()
+                continue
+            changed = self._registry.changed(run_id)
+            run = await self._require_run(run_id)
+            if run.status.is_terminal:
+                return run
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.25):
+                    await changed.wait()
+
+    async def _require_run(self, run_id: str) -> Run:
+        run = await self._store.get_run(run_id)
+        if run is None:
+            raise NotFoundError("run", run_id)
+        return run
+
+    # Leases, cross-process cancel, recovery
+
+    async def _beat(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            ticks += 1
+            try:
+                await self._renew()
+                if ticks * HEARTBEAT_INTERVAL >= self._settings.lease_seconds:
+                    ticks = 0
+                    await self.recover()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def _renew(self) -> None:
+        run_ids = [runner.run_id for runner in self._registry.runners()]
+        for run_id in await self._store.renew_leases(self.owner, run_ids, self._lease()):
+            runner = self._registry.get(run_id)
+            if runner is not None:
+                runner.request_cancel("cancelled by request")
+
+    async def recover(self) -> list[Run]:
+        """End or re-queue runs whose owner is gone; start stranded queues."""
+        recovered: list[Run] = []
+        for orphan in await self._store.list_orphan_candidates(exclude_owner=self.owner):
+            if owner_is_gone(orphan.owner, orphan.lease_expires_at):
+                run = await self._recover_one(orphan)
+                if run is not None:
+                    recovered.append(run)
+        for session_id in await self._store.list_stranded_sessions():
+            await self._start_next(session_id)
+        return recovered
+
+    async def _recover_one(self, orphan: Orphan) -> Run | None:
+        previous = orphan.run.attempt
+        requeue = (
+            self._settings.recovery_policy is RecoveryPolicy.REQUEUE
+            and previous < self._settings.max_attempts
+        )
+        events: list[RunEventBase] = [
+            RunRecovered(previous_attempt=previous, action="requeued" if requeue else "errored")
+        ]
+        if not requeue:
+            events.append(Error(message="interrupted", code="interrupted"))
+        run = await self._store.recover_run(
+            orphan,
+            owner=self.owner,
+            lease_expires_at=self._lease(),
+            requeue=requeue,
+            now=utc_now(),
+            events=events,
+        )
+        if run is None:
+            return None
+        log.warning("recovered an interrupted run", run_id=run.run_id, requeued=requeue)
+        if requeue:
+            self._launch(run)
+        else:
+            await self._start_next(run.session_id)
+        return run
+
+
+_RELEASE = "\x00release"
+
+
+def _cancelled(reason: str) -> Outcome:
+    return Outcome(RunStatus.CANCELLED, reason=reason)
+
+
+def _terminal_event(outcome: Outcome, state: LoopState) -> RunEventBase:
+    if outcome.status is RunStatus.COMPLETED:
+        return Complete(usage=state.usage, final_message=outcome.final_message)
+    if outcome.status is RunStatus.CANCELLED:
+        return Cancelled(reason=outcome.reason or "cancelled")
+    return Error(message=outcome.error or "error", code=outcome.code or "error")

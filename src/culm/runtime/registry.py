@@ -1,0 +1,71 @@
+"""The registry of this process's active runners, and of who listens to which session."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from culm.domain.events import RunEvent
+from culm.runtime.runner import Runner
+from culm.runtime.subscription import Subscription
+
+
+class RunnerRegistry:
+    def __init__(self) -> None:
+        self._runners: dict[str, Runner] = {}
+        self._by_session: dict[str, Runner] = {}
+        self._session_subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self._changes: dict[str, asyncio.Event] = {}
+
+    def __len__(self) -> int:
+        return len(self._runners)
+
+    def runners(self) -> list[Runner]:
+        return list(self._runners.values())
+
+    def get(self, run_id: str) -> Runner | None:
+        return self._runners.get(run_id)
+
+    def for_session(self, session_id: str) -> Runner | None:
+        return self._by_session.get(session_id)
+
+    def add(self, runner: Runner) -> None:
+        self._runners[runner.run_id] = runner
+        self._by_session[runner.session_id] = runner
+        self._notify(runner.run_id)
+
+    def remove(self, runner: Runner) -> None:
+        self._runners.pop(runner.run_id, None)
+        if self._by_session.get(runner.session_id) is runner:
+            del self._by_session[runner.session_id]
+        self._notify(runner.run_id)
+
+    def changed(self, run_id: str) -> asyncio.Event:
+        """An event set the next time ``run_id`` gains or loses a runner here."""
+        event = self._changes.get(run_id)
+        if event is None:
+            event = self._changes[run_id] = asyncio.Event()
+        return event
+
+    def _notify(self, run_id: str) -> None:
+        event = self._changes.pop(run_id, None)
+        if event is not None:
+            event.set()
+
+    # Session subscribers
+
+    def add_session_subscriber(self, session_id: str, subscription: Subscription) -> None:
+        self._session_subscribers[session_id].add(subscription)
+
+    def remove_session_subscriber(self, session_id: str, subscription: Subscription) -> None:
+        subscribers = self._session_subscribers.get(session_id)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._session_subscribers[session_id]
+
+    def fan_out_session(self, event: RunEvent) -> None:
+        subscribers = self._session_subscribers.get(event.session_id)
+        if subscribers:
+            for subscription in subscribers:
+                subscription.push(event)

@@ -1,0 +1,113 @@
+"""The runner: in-memory state of one active run (the seed's ``AgentRunner``).
+
+It stamps and fans out every event the run emits: into the batched store writer, to each
+subscriber's bounded queue, to the session's subscribers, into a ring of recent events (so a
+subscriber can attach without a gap), into the replay cache of the last 32 critical events and the
+last ``token_budget_updated``; and it keeps the liveness fields current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+
+from culm.domain import liveness
+from culm.domain.events import CRITICAL_EVENT_TYPES, RunEvent, RunEventBase
+from culm.domain.models import Run, RunStatus, Usage
+from culm.domain.time import utc_now
+from culm.runtime.subscription import Subscription
+
+CRITICAL_EVENTS_CAPACITY = 32
+RING_CAPACITY = 256
+
+
+class Runner:
+    def __init__(
+        self,
+        run: Run,
+        *,
+        persist: Callable[[RunEvent], None],
+        fan_out_session: Callable[[RunEvent], None],
+        queue_size: int,
+    ) -> None:
+        self.run = run
+        self.run_id = run.run_id
+        self.session_id = run.session_id
+        self.status = RunStatus.PENDING
+        self.started_at: datetime | None = None
+        self.completed_at: datetime | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_reason: str | None = None
+        self.finalizing = False
+        self.usage = Usage()
+        self.done = asyncio.Event()
+        self.liveness = liveness.Liveness(last_seq=run.last_seq, round_count=run.round_count)
+        self.critical_events: deque[RunEvent] = deque(maxlen=CRITICAL_EVENTS_CAPACITY)
+        self.last_budget_event: RunEvent | None = None
+        self._seq = run.last_seq
+        self._ring: deque[RunEvent] = deque(maxlen=RING_CAPACITY)
+        self._subscribers: set[Subscription] = set()
+        self._persist = persist
+        self._fan_out_session = fan_out_session
+        self._queue_size = queue_size
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def emit(self, payload: RunEventBase) -> RunEvent:
+        """Stamp ``payload`` with the next seq and deliver it everywhere. Never blocks."""
+        self._seq += 1
+        event = payload.stamped(
+            seq=self._seq, run_id=self.run_id, session_id=self.session_id, ts=utc_now()
+        )
+        self._ring.append(event)
+        self.liveness = liveness.apply(self.liveness, event)
+        if event.type in CRITICAL_EVENT_TYPES:
+            self.critical_events.append(event)
+        elif event.type == "token_budget_updated":
+            self.last_budget_event = event
+        self._persist(event)
+        for subscriber in self._subscribers:
+            subscriber.push(event)
+        self._fan_out_session(event)
+        return event
+
+    def attach(self, after: int) -> Subscription | None:
+        """A subscription starting right after seq ``after``, or None when the events between
+        ``after`` and what the ring still holds must first be read from the store."""
+        if after < self._seq:
+            oldest = self._ring[0].seq if self._ring else self._seq + 1
+            if oldest > after + 1:
+                return None
+            backlog = [event for event in self._ring if event.seq > after]
+        else:
+            backlog = []
+        subscription = Subscription(max(self._queue_size, len(backlog) + 1), backlog)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def detach(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def replay_cache(self) -> list[RunEvent]:
+        """What a late session subscriber gets first: critical events, then the last budget."""
+        cached = list(self.critical_events)
+        if self.last_budget_event is not None:
+            cached.append(self.last_budget_event)
+        return sorted(cached, key=lambda event: event.seq)
+
+    def request_cancel(self, reason: str) -> bool:
+        """Cancel the task that owns the run (once). False if it is already ending."""
+        if self.cancel_reason is not None or self.finalizing:
+            return False
+        self.cancel_reason = reason
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        return True

@@ -1,0 +1,161 @@
+"""Subscribing to runs and sessions: exact replay from the store, then live from the runner.
+
+A run stream yields every event with ``seq > after`` once, in order, and ends after the terminal
+event. It reads the store until the runner's in-memory ring covers the cursor, then attaches to
+the runner; if it lags behind its queue it goes back to the store. A run not active in this
+process (finished, queued, or run by another process on the same database) is followed through
+the store until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from culm.domain.events import CRITICAL_EVENT_TYPES, Gap, RunEvent, is_terminal
+from culm.errors import NotFoundError
+from culm.runtime.batcher import EventBatcher
+from culm.runtime.registry import RunnerRegistry
+from culm.runtime.runner import Runner
+from culm.runtime.subscription import Lagged, Subscription
+from culm.storage.base import Store
+
+STORE_PAGE = 1000
+POLL_INTERVAL = 0.25
+
+
+class Streams:
+    def __init__(
+        self, store: Store, registry: RunnerRegistry, batcher: EventBatcher, queue_size: int
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._batcher = batcher
+        self._queue_size = queue_size
+
+    async def run_events(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEvent]:
+        cursor = max(after, 0)
+        while True:
+            runner = self._registry.get(run_id)
+            source: AsyncGenerator[RunEvent]
+            if runner is None:
+                source = self._follow_in_store(run_id, cursor)
+            else:
+                source = self._from_runner(runner, cursor)
+            async with contextlib.aclosing(source) as events:
+                async for event in events:
+                    yield event
+                    cursor = event.seq
+                    if is_terminal(event):
+                        return
+            if runner is None and self._registry.get(run_id) is None:
+                return  # the store says the run is over
+
+    async def _from_runner(self, runner: Runner, cursor: int) -> AsyncGenerator[RunEvent]:
+        """Live events after ``cursor``; returns early when the caller must go to the store."""
+        subscription = runner.attach(cursor)
+        if subscription is None:
+            # The ring no longer holds cursor + 1: those events are (or will be) stored.
+            await self._batcher.flush()
+            for event in await self._page(runner.run_id, cursor):
+                yield event
+            return
+        try:
+            while True:
+                for event in await subscription.next_batch():
+                    if event.seq <= cursor:
+                        continue
+                    if is_terminal(event):
+                        # Hand out the end only once the terminal status is stored, so a client
+                        # that reads the run next sees it finished.
+                        await runner.done.wait()
+                    yield event
+                    cursor = event.seq
+        except Lagged:
+            return
+        finally:
+            runner.detach(subscription)
+
+    async def _follow_in_store(self, run_id: str, cursor: int) -> AsyncGenerator[RunEvent]:
+        """Events from the store until the run ends or gets a runner in this process."""
+        while self._registry.get(run_id) is None:
+            changed = self._registry.changed(run_id)
+            run = await self._store.get_run(run_id)
+            if run is None:
+                raise NotFoundError("run", run_id)
+            events = await self._page(run_id, cursor)
+            for event in events:
+                yield event
+                cursor = event.seq
+            if events:
+                continue
+            if run.status.is_terminal:
+                # The terminal status is written after the events: read once more, then stop.
+                for event in await self._page(run_id, cursor):
+                    yield event
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_INTERVAL):
+                    await changed.wait()
+
+    async def _page(self, run_id: str, cursor: int) -> list[RunEvent]:
+        events = await self._store.read_events(run_id, after=cursor, limit=STORE_PAGE)
+        if events and events[0].seq > cursor + 1:
+            first = events[0]
+            gap = Gap(from_seq=cursor + 1, to_seq=first.seq - 1).stamped(
+                seq=first.seq - 1, run_id=run_id, session_id=first.session_id, ts=first.ts
+            )
+            return [gap, *events]
+        return events
+
+    async def session_events(self, session_id: str) -> AsyncIterator[RunEvent]:
+        """The replay cache of the session's active (or last) run, then every live event of
+        the session's runs, including runs started later. Never ends by itself."""
+        if await self._store.get_session(session_id) is None:
+            raise NotFoundError("session", session_id)
+        seen: dict[str, int] = {}
+        subscription = Subscription(self._queue_size)
+        self._registry.add_session_subscriber(session_id, subscription)
+        try:
+            runner = self._registry.for_session(session_id)
+            cache = runner.replay_cache() if runner else await self._stored_cache(session_id)
+            for event in cache:
+                seen[event.run_id] = max(seen.get(event.run_id, 0), event.seq)
+                yield event
+            while True:
+                try:
+                    batch = await subscription.next_batch()
+                except Lagged:
+                    self._registry.remove_session_subscriber(session_id, subscription)
+                    subscription = Subscription(self._queue_size)
+                    self._registry.add_session_subscriber(session_id, subscription)
+                    batch = await self._catch_up(session_id, seen)
+                for event in batch:
+                    if event.seq > seen.get(event.run_id, 0):
+                        seen[event.run_id] = event.seq
+                        yield event
+        finally:
+            self._registry.remove_session_subscriber(session_id, subscription)
+
+    async def _stored_cache(self, session_id: str) -> list[RunEvent]:
+        runs = await self._store.list_runs(session_id=session_id, limit=1)
+        if not runs:
+            return []
+        run_id = runs[0].run_id
+        critical = await self._store.read_events_of_types(
+            run_id, sorted(CRITICAL_EVENT_TYPES), limit=32
+        )
+        budget = await self._store.read_events_of_types(run_id, ["token_budget_updated"], limit=1)
+        return sorted([*critical, *budget], key=lambda event: event.seq)
+
+    async def _catch_up(self, session_id: str, seen: dict[str, int]) -> list[RunEvent]:
+        """After a lag: what the session's recent runs stored past what we delivered."""
+        await self._batcher.flush()
+        events: list[RunEvent] = []
+        for run in reversed(await self._store.list_runs(session_id=session_id, limit=10)):
+            if run.run_id in seen or not run.status.is_terminal:
+                events.extend(
+                    await self._store.read_events(run.run_id, after=seen.get(run.run_id, 0))
+                )
+        return events

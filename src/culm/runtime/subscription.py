@@ -1,0 +1,51 @@
+"""A subscriber's bounded queue.
+
+The runner pushes without ever waiting. A subscriber that falls more than ``maxsize`` events
+behind is marked *lagged*: its queue is dropped and its reader resumes from the store at the last
+event it consumed, so it is never silently skipped and never slows the run or anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+
+from culm.domain.events import RunEvent
+
+
+class Lagged(Exception):
+    """The subscriber fell behind its queue; resume from the store."""
+
+
+class Subscription:
+    __slots__ = ("_items", "_maxsize", "_ready", "lagged")
+
+    def __init__(self, maxsize: int, initial: Iterable[RunEvent] = ()) -> None:
+        self._maxsize = maxsize
+        self._items: deque[RunEvent] = deque(initial)
+        self._ready = asyncio.Event()
+        if self._items:
+            self._ready.set()
+        self.lagged = False
+
+    def push(self, event: RunEvent) -> None:
+        if self.lagged:
+            return
+        if len(self._items) >= self._maxsize:
+            self.lagged = True
+            self._items.clear()
+        else:
+            self._items.append(event)
+        self._ready.set()
+
+    async def next_batch(self) -> list[RunEvent]:
+        """Everything queued (at least one event); raises :class:`Lagged` after an overflow."""
+        while not self._items:
+            if self.lagged:
+                raise Lagged
+            self._ready.clear()
+            await self._ready.wait()
+        batch = list(self._items)
+        self._items.clear()
+        return batch

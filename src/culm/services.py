@@ -1,0 +1,309 @@
+"""The composition root: :class:`Engine` opens the store, the event batcher, the runtime and the
+provider client on one ``AsyncExitStack``, and is culm's Python API.
+
+    async with culm.Engine() as engine:
+        session = await engine.create_session(model="scripted:demo", tools=["read"])
+        run = await engine.start_run(session.session_id, "What is in the workspace?")
+        async for event in engine.subscribe(run.run_id):
+            print(event.type)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx2
+
+from culm.domain.events import RunEvent
+from culm.domain.models import (
+    Message,
+    MultitaskPolicy,
+    Run,
+    RunStatus,
+    RunTrigger,
+    Session,
+    SessionKind,
+)
+from culm.domain.time import new_id
+from culm.errors import ConfigError, EngineClosedError, NotFoundError
+from culm.loop.context import LoopContext, LoopLimits
+from culm.providers.resolve import ModelResolver
+from culm.providers.scripted import ScriptLibrary
+from culm.runtime.batcher import EventBatcher
+from culm.runtime.manager import RunManager
+from culm.runtime.registry import RunnerRegistry
+from culm.runtime.streams import Streams
+from culm.settings import Settings
+from culm.storage.base import Store
+from culm.storage.sql import SqlStore
+from culm.tools import Tool, ToolRegistry, builtin_tools
+
+DEFAULT_GROUPS = {"read": ("read_file", "list_dir", "glob", "grep")}
+
+
+class Engine:
+    """culm's engine: sessions, runs, live streams, cancel. Use it as an async context manager;
+    leaving it drains cleanly (active runs are cancelled, or handed back by
+    ``shutdown_policy``; every event is stored)."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        tools: Iterable[Tool] | None = None,
+        scripts: ScriptLibrary | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        extra = list(tools or ())
+        overridden = {tool.name for tool in extra}
+        builtins = [t for t in builtin_tools(self.settings) if t.name not in overridden]
+        self.tools = ToolRegistry([*builtins, *extra], DEFAULT_GROUPS)
+        self.scripts = scripts or ScriptLibrary(self.settings.scripts_dir)
+        self._store = store
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    # Lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        async with contextlib.AsyncExitStack() as stack:
+            store = self._store or SqlStore(settings.resolved_database_url)
+            await store.start()
+            stack.push_async_callback(store.aclose)
+            client = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0))
+            stack.push_async_callback(client.aclose)
+            batcher = EventBatcher(
+                store, interval=settings.event_flush_interval, max_batch=settings.event_batch_size
+            )
+            batcher.start()
+            stack.push_async_callback(batcher.aclose)
+            self.store = store
+            self.registry = RunnerRegistry()
+            self.models = ModelResolver(settings, client, self.scripts)
+            self.streams = Streams(store, self.registry, batcher, settings.subscriber_queue_size)
+            self.runs = RunManager(
+                store=store,
+                registry=self.registry,
+                batcher=batcher,
+                settings=settings,
+                context_factory=self._loop_context,
+            )
+            await self.runs.start(stack)
+            self._stack = stack.pop_all()
+
+    async def aclose(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    def _require_open(self) -> None:
+        if self._stack is None:
+            raise EngineClosedError("the engine is not started (use `async with Engine()`)")
+
+    # Sessions
+
+    async def create_session(
+        self,
+        *,
+        model: str | None = None,
+        system_prompt: str | None = None,
+        tools: Sequence[str] = (),
+        workspace: str | Path | None = None,
+        metadata: dict[str, Any] | None = None,
+        kind: SessionKind = SessionKind.ROOT,
+        parent_session_id: str | None = None,
+    ) -> Session:
+        """Create a session. The model and tool names are checked now, so mistakes surface here."""
+        self._require_open()
+        model_name = model or self.settings.default_model
+        self.models.resolve(model_name)
+        session_id = new_id()
+        session = Session(
+            session_id=session_id,
+            kind=kind,
+            parent_session_id=parent_session_id,
+            model=model_name,
+            system_prompt=system_prompt,
+            tools=self.tools.expand(tools),
+            workspace=str(self._workspace(session_id, workspace)),
+            metadata=metadata or {},
+        )
+        await self.store.create_session(session)
+        return session
+
+    def _workspace(self, session_id: str, workspace: str | Path | None) -> Path:
+        if workspace is None:
+            path = self.settings.workspaces_dir / session_id
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        path = Path(workspace).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"workspace {str(workspace)!r} is not an existing directory")
+        return path
+
+    async def get_session(self, session_id: str) -> Session:
+        self._require_open()
+        session = await self.store.get_session(session_id)
+        if session is None:
+            raise NotFoundError("session", session_id)
+        return session
+
+    async def list_sessions(self, *, limit: int = 100) -> list[Session]:
+        self._require_open()
+        return await self.store.list_sessions(limit=limit)
+
+    async def delete_session(self, session_id: str) -> None:
+        self._require_open()
+        if not await self.store.delete_session(session_id):
+            raise NotFoundError("session", session_id)
+
+    async def get_messages(self, session_id: str) -> list[Message]:
+        await self.get_session(session_id)
+        return await self.store.get_messages(session_id)
+
+    # Runs
+
+    async def start_run(
+        self,
+        session_id: str,
+        message: str,
+        *,
+        model: str | None = None,
+        multitask: MultitaskPolicy | str = MultitaskPolicy.REJECT,
+        trigger: RunTrigger | str = RunTrigger.API,
+        parent_run_id: str | None = None,
+    ) -> Run:
+        """Start a run on a session (or queue it, by ``multitask``). Returns the run record;
+        raises AlreadyRunningError when the session is busy and ``multitask`` is ``reject``."""
+        session = await self.get_session(session_id)
+        model_name = model or session.model
+        self.models.resolve(model_name)
+        run = Run(
+            run_id=new_id(),
+            session_id=session_id,
+            parent_run_id=parent_run_id,
+            model=model_name,
+            trigger=RunTrigger(trigger),
+            input=message,
+        )
+        return await self.runs.start_run(run, MultitaskPolicy(multitask))
+
+    async def run(self, message: str, **session: Any) -> Run:
+        """Headless: create a session (``model``, ``tools`` … as for create_session) and start
+        a run on it."""
+        trigger = session.pop("trigger", RunTrigger.API)
+        created = await self.create_session(**session)
+        return await self.start_run(created.session_id, message, trigger=trigger)
+
+    async def get_run(self, run_id: str) -> Run:
+        """The run, with live fields from its runner when it is active in this process."""
+        self._require_open()
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise NotFoundError("run", run_id)
+        runner = self.registry.get(run_id)
+        if runner is None or run.status.is_terminal:
+            return run
+        live = runner.liveness
+        return run.model_copy(
+            update={
+                "status": runner.status if runner.status is not RunStatus.PENDING else run.status,
+                "last_seq": live.last_seq,
+                "last_event_at": live.last_event_at,
+                "last_tool_name": live.last_tool_name,
+                "last_tool_phase": live.last_tool_phase,
+                "round_count": live.round_count,
+            }
+        )
+
+    async def list_runs(
+        self,
+        *,
+        session_id: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int = 100,
+    ) -> list[Run]:
+        self._require_open()
+        return await self.store.list_runs(
+            session_id=session_id, status=RunStatus(status) if status else None, limit=limit
+        )
+
+    async def cancel(
+        self,
+        run_id: str,
+        *,
+        reason: str = "cancelled by request",
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Run:
+        """Cancel a run (idempotent). With ``wait``, return once it is terminal."""
+        self._require_open()
+        run = await self.runs.cancel(run_id, reason=reason)
+        if wait:
+            return await self.wait(run_id, timeout=timeout)
+        return run
+
+    async def wait(self, run_id: str, *, timeout: float | None = None) -> Run:
+        """The run once terminal; raises TimeoutError after ``timeout`` seconds."""
+        self._require_open()
+        async with asyncio.timeout(timeout):
+            return await self.runs.wait(run_id)
+
+    def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEvent]:
+        """Every event of the run with ``seq > after``, in order, then live; ends after the
+        terminal event."""
+        self._require_open()
+        return self.streams.run_events(run_id, after=after)
+
+    def subscribe_session(self, session_id: str) -> AsyncIterator[RunEvent]:
+        """The session's replay cache, then live events of all its runs. Never ends by itself."""
+        self._require_open()
+        return self.streams.session_events(session_id)
+
+    # Wiring for the loop
+
+    async def _loop_context(
+        self,
+        run: Run,
+        emit: Any,
+        append: Any,
+    ) -> LoopContext:
+        session = await self.get_session(run.session_id)
+        settings = self.settings
+        return LoopContext(
+            session=session,
+            model=self.models.resolve(run.model),
+            tools={tool.name: tool for tool in self.tools.resolve(session.tools)},
+            workspace=Path(session.workspace),
+            limits=LoopLimits(
+                max_rounds=settings.max_rounds,
+                max_tool_calls_per_round=settings.max_tool_calls_per_round,
+                tool_timeout=settings.tool_timeout,
+                model_max_attempts=settings.model_max_attempts,
+                retry_base_delay=settings.model_retry_base_delay,
+                retry_max_delay=settings.model_retry_max_delay,
+                stream_idle_timeout=settings.stream_idle_timeout,
+            ),
+            emit=emit,
+            append_messages=append,
+            budget_limit=session.metadata.get("budget_limit"),
+        )

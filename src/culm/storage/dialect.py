@@ -1,0 +1,104 @@
+"""The dialect seam: everything that differs between SQLite and PostgreSQL.
+
+The store speaks portable SQLAlchemy Core; it asks its :class:`Dialect` for engines, for how a
+write transaction begins, and for what a unique-constraint violation looks like.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from culm.errors import ConfigError
+
+
+class Dialect(ABC):
+    name: str
+    # Whether one process must serialize its own write transactions (SQLite: one writer).
+    serialize_writes: bool
+
+    def __init__(self, url: sa.URL) -> None:
+        self.url = url
+
+    @abstractmethod
+    def create_engines(self) -> tuple[AsyncEngine, AsyncEngine]:
+        """(writer, reader) engines; they may be the same engine."""
+
+    @abstractmethod
+    def is_unique_violation(self, exc: sa.exc.IntegrityError) -> bool: ...
+
+
+class SqliteDialect(Dialect):
+    """SQLite in WAL mode with a busy timeout.
+
+    Writes take the write lock up front (``BEGIN IMMEDIATE``) so two transactions can never
+    both hold a read lock and wait for each other to upgrade; in one process they are also
+    serialized by the store, across processes the busy timeout makes them queue.
+    """
+
+    name = "sqlite"
+    serialize_writes = True
+    busy_timeout_ms = 30_000
+
+    def create_engines(self) -> tuple[AsyncEngine, AsyncEngine]:
+        database = self.url.database
+        if not database or database == ":memory:":
+            raise ConfigError("CULM_DATABASE_URL: SQLite needs a file path (WAL mode)")
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        writer = create_async_engine(self.url, pool_size=1, max_overflow=0, pool_timeout=300)
+        reader = create_async_engine(self.url, pool_size=4, max_overflow=4)
+        self._configure(writer, "BEGIN IMMEDIATE")
+        self._configure(reader, "BEGIN")
+        return writer, reader
+
+    def _configure(self, engine: AsyncEngine, begin: str) -> None:
+        busy = self.busy_timeout_ms
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy (not the driver) decide when transactions begin.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {busy}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql(begin)
+
+    def is_unique_violation(self, exc: sa.exc.IntegrityError) -> bool:
+        return "UNIQUE constraint failed" in str(exc.orig)
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    serialize_writes = False
+
+    def create_engines(self) -> tuple[AsyncEngine, AsyncEngine]:
+        engine = create_async_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        return engine, engine
+
+    def is_unique_violation(self, exc: sa.exc.IntegrityError) -> bool:
+        return getattr(exc.orig, "sqlstate", None) == "23505" or "unique" in str(exc.orig).lower()
+
+
+def dialect_for(url: str) -> Dialect:
+    parsed = sa.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.drivername != "sqlite+aiosqlite":
+            parsed = parsed.set(drivername="sqlite+aiosqlite")
+        return SqliteDialect(parsed)
+    if backend == "postgresql":
+        if parsed.drivername != "postgresql+asyncpg":
+            parsed = parsed.set(drivername="postgresql+asyncpg")
+        return PostgresDialect(parsed)
+    raise ConfigError(f"CULM_DATABASE_URL: unsupported database {backend!r} (sqlite, postgresql)")

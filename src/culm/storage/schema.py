@@ -1,0 +1,129 @@
+"""The tables, in SQLAlchemy Core. Migrations in ``migrations/versions`` create them.
+
+Portable SQL only: dialect specifics (pragmas, BEGIN modes, upserts) live in ``dialect.py``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect as SADialect
+from sqlalchemy.types import TypeDecorator
+
+from culm.domain.time import as_utc
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: SADialect) -> datetime | None:
+        if value is None:
+            return None
+        value = as_utc(value)
+        # SQLite keeps text: store naive UTC so that text order is time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: SADialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("session_id", sa.String(36), primary_key=True),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("parent_session_id", sa.String(36), nullable=True, index=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("system_prompt", sa.Text, nullable=True),
+    sa.Column("tools", JSONType, nullable=False),
+    sa.Column("workspace", sa.Text, nullable=False),
+    sa.Column("metadata", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column(
+        "session_id",
+        sa.String(36),
+        sa.ForeignKey("sessions.session_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("run_id", sa.String(36), nullable=True, index=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Statuses that hold a session's one active-run slot (queued runs wait outside it).
+ACTIVE_SLOT = sa.text("status IN ('pending', 'running') AND queued = false")
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column(
+        "session_id",
+        sa.String(36),
+        sa.ForeignKey("sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("parent_run_id", sa.String(36), nullable=True, index=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("completed_at", UTCDateTime, nullable=True),
+    sa.Column("round_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_tool_name", sa.String(200), nullable=True),
+    sa.Column("last_tool_phase", sa.String(16), nullable=True),
+    sa.Column("last_event_at", UTCDateTime, nullable=True),
+    sa.Column("last_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("usage", JSONType, nullable=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("input", sa.Text, nullable=False, server_default=""),
+    sa.Column("queued", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("queue_order", sa.Float, nullable=True),
+    sa.Column("owner", sa.String(200), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    sa.Column("cancel_requested", sa.Text, nullable=True),
+    sa.Index(
+        "uq_runs_active_session",
+        "session_id",
+        unique=True,
+        sqlite_where=ACTIVE_SLOT,
+        postgresql_where=ACTIVE_SLOT,
+    ),
+)
+
+run_events = sa.Table(
+    "run_events",
+    metadata,
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("ts", UTCDateTime, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+)
