@@ -1,24 +1,24 @@
 """culm's exceptions, one tree.
 
-    CulmError
-    ├── UserError                  bad configuration or input; the message names the setting or field
-    │   ├── ConfigError            a setting is missing or invalid (e.g. OPENAI_API_KEY not set)
-    │   ├── UnknownModelError      a model name with an unknown provider or script
-    │   ├── UnknownToolError       a tool name that is not available
-    │   ├── NotFoundError          an unknown session or run id
-    │   ├── AlreadyRunningError    the session has an active run (carries its run_id)
-    │   └── SessionBusyError       the session cannot be deleted while a run is active
-    ├── RunFailure                 a run ended in error; ``code`` is the error event's code
-    │   ├── ModelError             the model call failed
-    │   │   ├── ModelHTTPError     the provider answered with an HTTP error (status, retry_after)
-    │   │   │   ├── ModelAuthError         401/403: wrong or missing credentials
-    │   │   │   └── ModelRequestError      400/404/422: the provider refused the request
-    │   │   ├── ModelConnectionError       connect/read failure, reset, a stream cut short
-    │   │   └── ModelStallError            no chunk within the idle timeout
-    │   └── LimitExceededError     max rounds, or a similar engine limit
-    ├── EngineClosedError          the engine is shutting down or closed
-    └── ToolFailure                raised by a tool: reported to the model as an error result
-        └── ToolTimeoutError       the tool ran past its timeout
+CulmError
+├── UserError                  bad configuration or input; the message names the setting or field
+│   ├── ConfigError            a setting is missing or invalid (e.g. OPENAI_API_KEY not set)
+│   ├── UnknownModelError      a model name with an unknown provider or script
+│   ├── UnknownToolError       a tool name that is not available
+│   ├── NotFoundError          an unknown session or run id
+│   ├── AlreadyRunningError    the session has an active run (carries its run_id)
+│   └── SessionBusyError       the session cannot be deleted while a run is active
+├── RunFailure                 a run ended in error; ``code`` is the error event's code
+│   ├── ModelError             the model call failed
+│   │   ├── ModelHTTPError     the provider answered with an HTTP error (status, retry_after)
+│   │   │   ├── ModelAuthError         401/403: wrong or missing credentials
+│   │   │   └── ModelRequestError      400/404/422: the provider refused the request
+│   │   ├── ModelConnectionError       connect/read failure, reset, a stream cut short
+│   │   └── ModelStallError            no chunk within the idle timeout
+│   └── LimitExceededError     max rounds, or a similar engine limit
+├── EngineClosedError          the engine is shutting down or closed
+└── ToolFailure                raised by a tool: reported to the model as an error result
+    └── ToolTimeoutError       the tool ran past its timeout
 """
 
 from __future__ import annotations

@@ -287,7 +287,9 @@ class Engine:
         emit: Any,
         append: Any,
     ) -> LoopContext:
-        session = await self.get_session(run.session_id)
+        session = await self.store.get_session(run.session_id)
+        if session is None:
+            raise NotFoundError("session", run.session_id)
         settings = self.settings
         return LoopContext(
             session=session,

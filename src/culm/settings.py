@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8420, ge=1, le=65535)
     default_model: str = "scripted:demo"
 
-    openai_api_key: SecretStr | None = Field(default=None, validation_alias=_alias("OPENAI_API_KEY"))
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_alias("OPENAI_API_KEY")
+    )
     openai_base_url: str = Field(
         default="https://api.openai.com/v1", validation_alias=_alias("OPENAI_BASE_URL")
     )

@@ -1,0 +1,58 @@
+"""Tools: the seam (:mod:`culm.tools.base`) and the built-in tools.
+
+The built-ins work inside the session's workspace: file tools (:mod:`culm.tools.files`) confined to
+it by :mod:`culm.tools.paths`, and ``bash`` (:mod:`culm.tools.bash`), which runs there.
+"""
+
+from __future__ import annotations
+
+from culm.settings import Settings
+from culm.tools.base import Tool, ToolContext, ToolRegistry
+from culm.tools.bash import BashTool
+from culm.tools.files import (
+    EditFileTool,
+    GlobTool,
+    GrepTool,
+    ListDirTool,
+    ReadFileTool,
+    WriteFileTool,
+)
+
+__all__ = [
+    "READ_GROUP",
+    "BashTool",
+    "EditFileTool",
+    "GlobTool",
+    "GrepTool",
+    "ListDirTool",
+    "ReadFileTool",
+    "Tool",
+    "ToolContext",
+    "ToolRegistry",
+    "WriteFileTool",
+    "builtin_tools",
+    "default_registry",
+]
+
+READ_GROUP = "read"
+"""The group naming every read-only built-in tool."""
+
+
+def builtin_tools(settings: Settings) -> list[Tool]:
+    """A fresh instance of each built-in tool, configured from ``settings``."""
+    return [
+        ReadFileTool(),
+        WriteFileTool(),
+        EditFileTool(),
+        ListDirTool(),
+        GlobTool(),
+        GrepTool(),
+        BashTool(output_limit=settings.bash_output_limit),
+    ]
+
+
+def default_registry(settings: Settings) -> ToolRegistry:
+    """The built-in tools, plus the group ``read`` of those that are read-only."""
+    tools = builtin_tools(settings)
+    read_only = [tool.name for tool in tools if tool.read_only]
+    return ToolRegistry(tools, groups={READ_GROUP: read_only})

@@ -1,0 +1,234 @@
+"""The agent loop through a real Engine with the scripted model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import culm
+from culm.domain.events import RoundCompleted
+from tests.support import (
+    FailingTool,
+    RecordingTool,
+    RendezvousTool,
+    SleepTool,
+    collect,
+    settings,
+    tool_turn,
+    types,
+)
+
+
+async def _run(engine: culm.Engine, script: dict[str, Any], tools: list[str]) -> list[Any]:
+    engine.scripts.register("t", script)
+    run = await engine.run("go", model="scripted:t", tools=tools)
+    return await collect(engine.subscribe(run.run_id))
+
+
+def _calls(*calls: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"tool_call": {"name": name, "arguments": args}} for name, args in calls]
+
+
+async def test_read_only_tools_of_a_round_run_concurrently(tmp_path: Path) -> None:
+    tool = RendezvousTool(parties=3)
+    async with culm.Engine(settings(tmp_path), tools=[tool]) as engine:
+        turn = _calls(("rendezvous", {}), ("rendezvous", {}), ("rendezvous", {}))
+        events = await _run(engine, {"turns": [turn, [{"text": "ok"}]]}, ["rendezvous"])
+    # Sequential execution would leave each call alone at the barrier until it timed out.
+    assert types(events).count("tool_complete") == 3
+    assert events[-1].type == "complete"
+
+
+async def test_other_tools_run_one_at_a_time_in_order(tmp_path: Path) -> None:
+    tool = RecordingTool()
+    async with culm.Engine(settings(tmp_path), tools=[tool]) as engine:
+        turn = _calls(*(("record", {"label": str(i)}) for i in range(4)))
+        events = await _run(engine, {"turns": [turn, [{"text": "ok"}]]}, ["record"])
+    assert tool.log == [f"{step} {i}" for i in range(4) for step in ("enter", "exit")]
+    results = [e.result for e in events if e.type == "tool_complete"]
+    assert results == ["0", "1", "2", "3"]
+
+
+async def test_tool_results_reach_the_transcript_in_call_order(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path), tools=[RecordingTool()]) as engine:
+        (tmp_path / "ws").mkdir()
+        (tmp_path / "ws" / "a.txt").write_text("alpha")
+        turn = _calls(("read_file", {"path": "a.txt"}), ("record", {"label": "x"}))
+        engine.scripts.register("t", {"turns": [turn, [{"text": "ok"}]]})
+        run = await engine.run(
+            "go", model="scripted:t", tools=["read_file", "record"], workspace=tmp_path / "ws"
+        )
+        await engine.wait(run.run_id)
+        transcript = await engine.get_messages(run.session_id)
+    tool_messages = [m for m in transcript if m.role == "tool"]
+    assert [m.tool_name for m in tool_messages] == ["read_file", "record"]
+    assert "alpha" in tool_messages[0].content
+
+
+async def test_a_tool_past_its_timeout_becomes_an_error_result(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path, tool_timeout=0.2), tools=[SleepTool()]) as engine:
+        script = {"turns": [tool_turn("sleep", {"seconds": 30}), [{"text": "moving on"}]]}
+        events = await _run(engine, script, ["sleep"])
+    error = next(e for e in events if e.type == "tool_error")
+    assert "timed out after 0.2 s" in error.error
+    assert events[-1].type == "complete"
+    assert events[-1].final_message == "moving on"
+
+
+async def test_failing_unknown_and_malformed_calls_are_error_results(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path), tools=[FailingTool()]) as engine:
+        turn = [
+            {"tool_call": {"name": "explode", "arguments": {}}},
+            {"tool_call": {"name": "not_enabled", "arguments": {}}},
+            {"tool_call": {"name": "explode", "arguments": "{not json"}},
+        ]
+        events = await _run(engine, {"turns": [turn, [{"text": "fine"}]]}, ["explode"])
+        run = await engine.get_run(events[0].run_id)
+        transcript = await engine.get_messages(run.session_id)
+    errors = [e.error for e in events if e.type == "tool_error"]
+    assert errors[0] == "RuntimeError: kaboom"
+    assert "unknown tool 'not_enabled'" in errors[1]
+    assert "must be a JSON object" in errors[2]
+    assert events[-1].type == "complete"
+    results = [m for m in transcript if m.role == "tool"]
+    assert all(m.is_error and m.content.startswith("error: ") for m in results)
+
+
+async def test_tool_calls_past_the_round_cap_are_refused(tmp_path: Path) -> None:
+    tool = RecordingTool()
+    async with culm.Engine(settings(tmp_path, max_tool_calls_per_round=2), tools=[tool]) as engine:
+        turn = _calls(*(("record", {"label": str(i)}) for i in range(5)))
+        events = await _run(engine, {"turns": [turn, [{"text": "ok"}]]}, ["record"])
+    assert len(tool.log) == 4  # two calls ran
+    refused = [e for e in events if e.type == "tool_error"]
+    assert len(refused) == 3
+    assert all("too many tool calls in one round (limit 2)" in e.error for e in refused)
+    assert events[-1].type == "complete"
+
+
+async def test_max_rounds_ends_the_run_with_a_clear_error(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path, max_rounds=3), tools=[RecordingTool()]) as engine:
+        script = {"turns": [tool_turn("record", {"label": "again"})], "repeat_last": True}
+        events = await _run(engine, script, ["record"])
+    assert types(events).count("round_completed") == 3
+    assert events[-1].type == "error"
+    assert events[-1].code == "limit_exceeded"
+    assert "max rounds (3)" in events[-1].message
+
+
+async def test_transient_model_errors_are_retried(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path, model_retry_base_delay=0.01)) as engine:
+        turn = [
+            {"error": {"status": 429, "message": "slow down", "retry_after": 0.05}, "times": 1},
+            {"error": {"status": 503, "message": "overloaded"}, "times": 2},
+            {"text": "made it"},
+        ]
+        events = await _run(engine, {"turns": [turn]}, [])
+    assert events[-1].type == "complete"
+    assert events[-1].final_message == "made it"
+
+
+async def test_transient_errors_give_up_after_three_attempts(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path, model_retry_base_delay=0.01)) as engine:
+        turn = [{"error": {"kind": "connection", "message": "reset by peer"}, "times": 3}]
+        events = await _run(engine, {"turns": [turn + [{"text": "never"}]]}, [])
+    assert events[-1].type == "error"
+    assert events[-1].code == "model_connection_error"
+    assert "reset by peer" in events[-1].message
+
+
+async def test_auth_errors_fail_at_once(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path, model_retry_base_delay=0.01)) as engine:
+        turn = [{"error": {"status": 401, "message": "invalid x-api-key"}, "times": 1}]
+        events = await _run(engine, {"turns": [turn + [{"text": "would succeed on retry"}]]}, [])
+    assert events[-1].type == "error"
+    assert events[-1].code == "model_auth_error"
+    assert "invalid x-api-key" in events[-1].message
+
+
+async def test_retry_after_longer_than_allowed_fails_instead_of_waiting(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path, model_retry_max_delay=1)) as engine:
+        turn = [{"error": {"status": 429, "message": "quota", "retry_after": 3600}, "times": 1}]
+        events = await _run(engine, {"turns": [turn + [{"text": "x"}]]}, [])
+    assert events[-1].type == "error"
+    assert events[-1].code == "model_http_error"
+
+
+async def test_a_stalled_stream_fails_the_round(tmp_path: Path) -> None:
+    overrides = {"stream_idle_timeout": 0.1, "model_retry_base_delay": 0.01}
+    async with culm.Engine(settings(tmp_path, **overrides)) as engine:
+        events = await _run(engine, {"turns": [[{"delay": 30}, {"text": "late"}]]}, [])
+    assert events[-1].type == "error"
+    assert events[-1].code == "model_stalled"
+    assert "stream_idle_timeout" in events[-1].message
+
+
+async def test_no_retry_once_output_was_streamed(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path, model_retry_base_delay=0.01)) as engine:
+        turn = [{"text": "partial "}, {"error": {"kind": "connection"}, "times": 1}]
+        events = await _run(engine, {"turns": [turn + [{"text": "rest"}]]}, [])
+    assert [e.content for e in events if e.type == "token"] == ["partial "]
+    assert events[-1].type == "error"
+
+
+async def test_usage_per_round_is_reported_and_summed(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path), tools=[RecordingTool()]) as engine:
+        usage_1 = {"prompt_tokens": 100, "completion_tokens": 7, "cache_read_tokens": 40}
+        usage_2 = {"prompt_tokens": 130, "completion_tokens": 5, "reasoning_tokens": 2}
+        script = {
+            "turns": [
+                [*tool_turn("record", {"label": "a"}), {"usage": usage_1}],
+                [{"text": "done"}, {"usage": usage_2}],
+            ]
+        }
+        events = await _run(engine, script, ["record"])
+        run = await engine.get_run(events[0].run_id)
+    rounds = [e for e in events if isinstance(e, RoundCompleted)]
+    assert [r.usage.prompt_tokens for r in rounds] == [100, 130]
+    assert [r.round for r in rounds] == [1, 2]
+    assert rounds[0].model == "scripted:t"
+    total = events[-1].usage
+    assert total == culm.Usage(
+        prompt_tokens=230,
+        completion_tokens=12,
+        total_tokens=242,
+        cache_read_tokens=40,
+        reasoning_tokens=2,
+    )
+    assert run.usage == total
+    budgets = [e for e in events if e.type == "token_budget_updated"]
+    assert [b.usage.prompt_tokens for b in budgets] == [100, 130]
+
+
+async def test_the_user_message_starts_the_transcript_once(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path)) as engine:
+        session = await engine.create_session(model="scripted:echo", system_prompt="be brief")
+        for text in ("one", "two"):
+            run = await engine.start_run(session.session_id, text)
+            await engine.wait(run.run_id)
+        transcript = await engine.get_messages(session.session_id)
+    assert [(m.role, m.content) for m in transcript] == [
+        ("user", "one"),
+        ("assistant", "You said: one"),
+        ("user", "two"),
+        ("assistant", "You said: two"),
+    ]
+
+
+def test_tool_start_carries_parsed_arguments() -> None:
+    from culm.loop.execute import _parse_arguments
+
+    assert _parse_arguments(json.dumps({"a": 1})) == {"a": 1}
+    assert _parse_arguments("{oops") == "{oops"
+    assert _parse_arguments("") == {}
+
+
+@pytest.mark.parametrize("bad", ["1", "[1, 2]", '"text"'])
+async def test_non_object_arguments_are_refused(tmp_path: Path, bad: str) -> None:
+    async with culm.Engine(settings(tmp_path), tools=[RecordingTool()]) as engine:
+        turn = [{"tool_call": {"name": "record", "arguments": bad}}]
+        events = await _run(engine, {"turns": [turn, [{"text": "ok"}]]}, ["record"])
+    assert "must be a JSON object" in next(e for e in events if e.type == "tool_error").error

@@ -1,0 +1,24 @@
+"""Run by tests as a separate process: start slow runs, print their ids, then wait to be killed."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import culm
+
+
+async def main(home: str, count: int) -> None:
+    async with culm.Engine(culm.Settings(home=Path(home))) as engine:
+        engine.scripts.register("stuck", {"turns": [[{"text": "working"}, {"delay": 3600}]]})
+        for _ in range(count):
+            session = await engine.create_session(model="scripted:stuck")
+            run = await engine.start_run(session.session_id, "go")
+            queued = await engine.start_run(session.session_id, "after", multitask="enqueue")
+            print(run.run_id, queued.run_id, flush=True)
+        await asyncio.sleep(3600)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))

@@ -1,0 +1,107 @@
+"""The batched event writer: timely, complete, and patient with a failing store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from culm.domain.events import RunEvent, Token
+from culm.domain.models import Run, Session
+from culm.domain.time import utc_now
+from culm.runtime.batcher import EventBatcher
+from culm.storage.sql import SqlStore
+
+
+class FlakyStore(SqlStore):
+    """Fails the first ``failures`` writes of events."""
+
+    def __init__(self, url: str, failures: int) -> None:
+        super().__init__(url)
+        self.failures = failures
+        self.batches: list[int] = []
+
+    async def append_events(self, events: Sequence[RunEvent]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk on fire")
+        self.batches.append(len(events))
+        await super().append_events(events)
+
+
+async def _store(tmp_path: Path, failures: int = 0) -> FlakyStore:
+    store = FlakyStore(f"sqlite+aiosqlite:///{tmp_path}/b.db", failures)
+    await store.start()
+    await store.create_session(Session(session_id="s", model="m", workspace=str(tmp_path)))
+    return store
+
+
+def _events(count: int, start: int = 1) -> list[RunEvent]:
+    now = utc_now()
+    return [
+        Token(content="x").stamped(seq=seq, run_id="r", session_id="s", ts=now)
+        for seq in range(start, start + count)
+    ]
+
+
+async def test_events_are_stored_within_the_interval_without_a_flush(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    batcher = EventBatcher(store, interval=0.05, max_batch=1000)
+    batcher.start()
+    for event in _events(10):
+        batcher.add(event)
+    async with asyncio.timeout(2):
+        while await store.last_event_seq("r") < 10:
+            await asyncio.sleep(0.01)
+    assert store.batches == [10]  # one transaction for the burst
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_flush_returns_once_everything_added_is_stored(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    batcher = EventBatcher(store, interval=10, max_batch=100)
+    batcher.start()
+    for event in _events(250):
+        batcher.add(event)
+    await batcher.flush()
+    assert [e.seq for e in await store.read_events("r")] == list(range(1, 251))
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_a_failing_store_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:
+    store = await _store(tmp_path, failures=3)
+    batcher = EventBatcher(store, interval=0.01, max_batch=1000)
+    batcher.start()
+    for event in _events(5):
+        batcher.add(event)
+    await asyncio.sleep(0.02)
+    for event in _events(5, start=6):
+        batcher.add(event)
+    async with asyncio.timeout(5):
+        await batcher.flush()
+    assert [e.seq for e in await store.read_events("r")] == list(range(1, 11))
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_close_stores_what_is_still_buffered(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    batcher = EventBatcher(store, interval=10, max_batch=1000)
+    batcher.start()
+    for event in _events(7):
+        batcher.add(event)
+    await batcher.aclose()
+    assert await store.last_event_seq("r") == 7
+    assert batcher.backlog == 0
+    await store.aclose()
+
+
+def test_run_model_has_every_field_of_the_contract() -> None:
+    contract = {
+        "run_id", "session_id", "parent_run_id", "status", "error", "created_at", "started_at",
+        "completed_at", "round_count", "last_tool_name", "last_tool_phase", "last_event_at",
+        "last_seq", "usage", "model", "trigger", "attempt",
+    }  # fmt: skip
+    assert contract <= set(Run.model_fields)

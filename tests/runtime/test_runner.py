@@ -1,0 +1,92 @@
+"""The runner and its subscriptions in isolation: fan-out, ring, caches, lag."""
+
+from __future__ import annotations
+
+import pytest
+
+from culm.domain.events import RunEvent, SubAgentStarted, Token, TokenBudget, TokenBudgetUpdated
+from culm.domain.models import Run
+from culm.runtime.runner import CRITICAL_EVENTS_CAPACITY, RING_CAPACITY, Runner
+from culm.runtime.subscription import Lagged
+
+
+def _runner(queue_size: int = 10) -> tuple[Runner, list[RunEvent]]:
+    stored: list[RunEvent] = []
+    run = Run(run_id="r", session_id="s", model="scripted:echo")
+    runner = Runner(
+        run, persist=stored.append, fan_out_session=lambda e: None, queue_size=queue_size
+    )
+    return runner, stored
+
+
+async def test_emit_stamps_consecutive_seqs_and_persists_everything() -> None:
+    runner, stored = _runner()
+    events = [runner.emit(Token(content=str(i))) for i in range(5)]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert stored == events
+    assert runner.liveness.last_seq == 5
+
+
+async def test_attach_replays_the_ring_after_the_cursor_then_live() -> None:
+    runner, _ = _runner()
+    for i in range(3):
+        runner.emit(Token(content=str(i)))
+    subscription = runner.attach(1)
+    assert subscription is not None
+    runner.emit(Token(content="live"))
+    assert [e.seq for e in await subscription.next_batch()] == [2, 3, 4]
+
+
+async def test_attach_refuses_a_cursor_older_than_the_ring() -> None:
+    runner, _ = _runner()
+    for _ in range(RING_CAPACITY + 10):
+        runner.emit(Token(content="x"))
+    assert runner.attach(5) is None
+    assert runner.attach(10) is not None  # ring starts at seq 11
+
+
+async def test_a_full_queue_marks_the_subscriber_lagged_without_blocking_others() -> None:
+    runner, _ = _runner(queue_size=3)
+    slow = runner.attach(0)
+    fast = runner.attach(0)
+    assert slow is not None and fast is not None
+    for i in range(3):
+        runner.emit(Token(content=str(i)))
+    assert [e.seq for e in await fast.next_batch()] == [1, 2, 3]
+    runner.emit(Token(content="overflow"))
+    with pytest.raises(Lagged):
+        await slow.next_batch()
+    assert [e.seq for e in await fast.next_batch()] == [4]
+
+
+async def test_replay_cache_keeps_the_last_critical_events_and_budget() -> None:
+    runner, _ = _runner()
+    for i in range(CRITICAL_EVENTS_CAPACITY + 3):
+        runner.emit(SubAgentStarted(child_session_id=str(i), child_run_id=str(i)))
+        runner.emit(TokenBudgetUpdated(usage=TokenBudget(prompt_tokens=i)))
+    cache = runner.replay_cache()
+    assert len(cache) == CRITICAL_EVENTS_CAPACITY + 1
+    assert cache[0].child_session_id == "3"  # type: ignore[union-attr]
+    assert cache[-1].type == "token_budget_updated"
+    assert cache[-1].usage.prompt_tokens == CRITICAL_EVENTS_CAPACITY + 2  # type: ignore[union-attr]
+    assert [e.seq for e in cache] == sorted(e.seq for e in cache)
+
+
+async def test_liveness_follows_tools_and_rounds() -> None:
+    from culm.domain.events import RunnerProgress, ToolError, ToolStart
+
+    runner, _ = _runner()
+    runner.emit(RunnerProgress(round_count=2))
+    runner.emit(ToolStart(tool_call_id="c", tool_name="bash", arguments={}))
+    assert (runner.liveness.last_tool_name, runner.liveness.last_tool_phase) == ("bash", "begin")
+    runner.emit(ToolError(tool_call_id="c", tool_name="bash", error="x", elapsed_ms=1))
+    assert runner.liveness.last_tool_phase == "error"
+    assert runner.liveness.round_count == 2
+    assert runner.liveness.last_event_at is not None
+
+
+def test_cancel_is_requested_once() -> None:
+    runner, _ = _runner()
+    assert runner.request_cancel("first") is True
+    assert runner.request_cancel("second") is False
+    assert runner.cancel_reason == "first"

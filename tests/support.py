@@ -1,0 +1,97 @@
+"""Helpers for tests that drive a real Engine (real SQLite under a tmp CULM_HOME)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import culm
+from culm.domain.events import RunEvent
+from culm.tools.base import Tool, ToolContext
+
+
+def settings(home: Path, **overrides: Any) -> culm.Settings:
+    return culm.Settings(home=home, **overrides)
+
+
+async def collect(events: AsyncIterator[RunEvent], *, timeout: float = 20) -> list[RunEvent]:
+    async with asyncio.timeout(timeout):
+        return [event async for event in events]
+
+
+def types(events: list[RunEvent]) -> list[str]:
+    return [event.type for event in events]
+
+
+def tool_turn(name: str, arguments: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    return [{"tool_call": {"name": name, "arguments": arguments or {}}}]
+
+
+class SleepTool(Tool):
+    """Sleeps ``seconds`` (default 30): something to cancel or time out."""
+
+    name: ClassVar[str] = "sleep"
+    description: ClassVar[str] = "Sleep."
+    parameters: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"seconds": {"type": "number"}},
+    }
+    read_only: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        self.started.set()
+        await asyncio.sleep(float(arguments.get("seconds", 30)))
+        return "slept"
+
+
+class FailingTool(Tool):
+    name: ClassVar[str] = "explode"
+    description: ClassVar[str] = "Always fails."
+    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        raise RuntimeError("kaboom")
+
+
+class RendezvousTool(Tool):
+    """Read-only; returns only once ``parties`` calls are inside it at the same time, so a
+    round of such calls finishes only if they really run concurrently."""
+
+    name: ClassVar[str] = "rendezvous"
+    description: ClassVar[str] = "Meet."
+    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+    read_only: ClassVar[bool] = True
+
+    def __init__(self, parties: int) -> None:
+        self.barrier = asyncio.Barrier(parties)
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        async with asyncio.timeout(5):
+            await self.barrier.wait()
+        return "met"
+
+
+class RecordingTool(Tool):
+    """Not read-only; records the order of entries and exits."""
+
+    name: ClassVar[str] = "record"
+    description: ClassVar[str] = "Record."
+    parameters: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"label": {"type": "string"}},
+    }
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        label = str(arguments.get("label"))
+        self.log.append(f"enter {label}")
+        await asyncio.sleep(0.01)
+        self.log.append(f"exit {label}")
+        return label
