@@ -238,13 +238,13 @@ class RunManager:
             if runner is not None:
                 await runner.done.wait()
                 continue
-            changed = self._registry.changed(run_id)
-            run = await self._require_run(run_id)
-            if run.status.is_terminal:
-                return run
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.25):
-                    await changed.wait()
+            with self._registry.watch(run_id) as changed:
+                run = await self._require_run(run_id)
+                if run.status.is_terminal:
+                    return run
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.25):
+                        await changed.wait()
 
     async def _require_run(self, run_id: str) -> Run:
         run = await self._store.get_run(run_id)

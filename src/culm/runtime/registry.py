@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from culm.domain.events import RunEvent
 from culm.runtime.runner import Runner
 from culm.runtime.subscription import Subscription
+
+
+@dataclass(slots=True)
+class _Watch:
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    watchers: int = 0
 
 
 class RunnerRegistry:
@@ -15,7 +24,7 @@ class RunnerRegistry:
         self._runners: dict[str, Runner] = {}
         self._by_session: dict[str, Runner] = {}
         self._session_subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
-        self._changes: dict[str, asyncio.Event] = {}
+        self._changes: dict[str, _Watch] = {}
 
     def __len__(self) -> int:
         return len(self._runners)
@@ -40,17 +49,27 @@ class RunnerRegistry:
             del self._by_session[runner.session_id]
         self._notify(runner.run_id)
 
-    def changed(self, run_id: str) -> asyncio.Event:
-        """An event set the next time ``run_id`` gains or loses a runner here."""
-        event = self._changes.get(run_id)
-        if event is None:
-            event = self._changes[run_id] = asyncio.Event()
-        return event
+    @contextlib.contextmanager
+    def watch(self, run_id: str) -> Iterator[asyncio.Event]:
+        """An event set the next time ``run_id`` gains or loses a runner here.
+
+        Enter it before looking at the store, so a change in between is not missed; the
+        entry is dropped when its last watcher leaves."""
+        watch = self._changes.get(run_id)
+        if watch is None:
+            watch = self._changes[run_id] = _Watch()
+        watch.watchers += 1
+        try:
+            yield watch.event
+        finally:
+            watch.watchers -= 1
+            if watch.watchers == 0 and self._changes.get(run_id) is watch:
+                del self._changes[run_id]
 
     def _notify(self, run_id: str) -> None:
-        event = self._changes.pop(run_id, None)
-        if event is not None:
-            event.set()
+        watch = self._changes.pop(run_id, None)
+        if watch is not None:
+            watch.event.set()
 
     # Session subscribers
 

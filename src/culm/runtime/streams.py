@@ -80,24 +80,25 @@ class Streams:
     async def _follow_in_store(self, run_id: str, cursor: int) -> AsyncGenerator[RunEvent]:
         """Events from the store until the run ends or gets a runner in this process."""
         while self._registry.get(run_id) is None:
-            changed = self._registry.changed(run_id)
-            run = await self._store.get_run(run_id)
-            if run is None:
-                raise NotFoundError("run", run_id)
-            events = await self._page(run_id, cursor)
+            with self._registry.watch(run_id) as changed:
+                run = await self._store.get_run(run_id)
+                if run is None:
+                    raise NotFoundError("run", run_id)
+                events = await self._page(run_id, cursor)
+                if not events and not run.status.is_terminal:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(POLL_INTERVAL):
+                            await changed.wait()
+                    continue
             for event in events:
                 yield event
                 cursor = event.seq
             if events:
                 continue
-            if run.status.is_terminal:
-                # The terminal status is written after the events: read once more, then stop.
-                for event in await self._page(run_id, cursor):
-                    yield event
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_INTERVAL):
-                    await changed.wait()
+            # Terminal, and the terminal status is written after the events: read once more.
+            for event in await self._page(run_id, cursor):
+                yield event
+            return
 
     async def _page(self, run_id: str, cursor: int) -> list[RunEvent]:
         events = await self._store.read_events(run_id, after=cursor, limit=STORE_PAGE)

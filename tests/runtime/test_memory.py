@@ -1,0 +1,47 @@
+"""Finished runs leave nothing behind: no runner, subscription, task or registry entry."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from pathlib import Path
+
+import pytest
+
+import culm
+from culm.runtime.runner import Runner
+from culm.runtime.subscription import Subscription
+from tests.support import collect, settings
+
+
+def _alive(kind: type) -> int:
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
+
+
+@pytest.mark.timeout(120)
+async def test_hundreds_of_runs_leave_no_state_behind(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path)) as engine:
+        baseline_tasks = len(asyncio.all_tasks())
+
+        async def one(i: int) -> None:
+            run = await engine.run(f"hi {i}", model="scripted:echo")
+            if i % 2:
+                await collect(engine.subscribe(run.run_id))
+            else:
+                await engine.wait(run.run_id)
+
+        for wave in range(12):
+            await asyncio.gather(*(one(wave * 50 + i) for i in range(50)))
+        # `wait` returns once the terminal status is stored; each run task still takes a last
+        # step (starting the session's next queued run). Let those steps finish.
+        async with asyncio.timeout(10):
+            while len(asyncio.all_tasks()) > baseline_tasks:
+                await asyncio.sleep(0.01)
+        assert len(engine.registry) == 0
+        assert engine.registry._changes == {}
+        assert engine.registry._session_subscribers == {}
+        assert _alive(Runner) == 0
+        assert _alive(Subscription) == 0
+        assert len(asyncio.all_tasks()) == baseline_tasks
+        assert len(await engine.list_runs(status="completed", limit=2000)) == 600
