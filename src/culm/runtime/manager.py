@@ -185,7 +185,8 @@ class RunManager:
             await self._store.append_messages(run.session_id, messages, run_id=run.run_id)
 
         ctx = await self._context_factory(run, runner.emit, append)
-        if run.input and not await self._store.has_run_messages(run.run_id):
+        first_attempt = run.attempt == 1
+        if run.input and (first_attempt or not await self._store.has_run_messages(run.run_id)):
             await append([UserMessage(content=run.input)])
         state.messages = await self._store.get_messages(run.session_id)
         final = await run_agent(ctx, state)

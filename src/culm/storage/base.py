@@ -117,8 +117,9 @@ class Store(ABC):
 
     @abstractmethod
     async def request_cancel(self, run_id: str, reason: str) -> Run | None:
-        """Record a cancel request. A run nobody executes yet (pending, unowned) is ended
-        ``cancelled`` at once, with its terminal event. Returns the run as it now is."""
+        """Record a cancel request. A run that is not executing yet (pending: queued, or
+        reserved but not claimed) is ended ``cancelled`` at once, with its terminal event; a
+        running one is only flagged, for its owner to act on. Returns the run as it now is."""
 
     @abstractmethod
     async def get_run(self, run_id: str) -> Run | None: ...

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,7 +31,7 @@ from culm.domain.models import (
     ToolPhase,
     Usage,
 )
-from culm.domain.time import utc_now
+from culm.domain.time import as_utc, utc_now
 from culm.errors import AlreadyRunningError, SessionBusyError
 from culm.storage import migrate
 from culm.storage.base import Orphan, Reservation, Store
@@ -226,9 +226,18 @@ class SqlStore(Store):
                     started_at=started_at,
                 )
             )
-            if result.rowcount != 1:
-                return None
-            return await _get_run(conn, run_id)
+            if result.rowcount == 1:
+                return await _get_run(conn, run_id)
+            # A run of ours whose cancel was requested while nobody ran it (before a crash or a
+            # release, then re-queued): end it now, so that "not claimable" means "ended".
+            flagged = (
+                await conn.execute(
+                    runs.select().where(runs.c.run_id == run_id, runs.c.owner == owner, _SLOT)
+                )
+            ).first()
+            if flagged is not None and flagged.cancel_requested is not None:
+                await _end_cancelled(conn, _run(flagged), flagged.cancel_requested)
+            return None
 
     async def renew_leases(
         self, owner: str, run_ids: Sequence[str], lease_expires_at: datetime
@@ -278,27 +287,7 @@ class SqlStore(Store):
                 return run
             if run.status is RunStatus.PENDING:
                 # Nobody executes it yet: end it here, with its terminal event.
-                now = utc_now()
-                seq = await _last_seq(conn, run_id) + 1
-                event = Cancelled(reason=reason).stamped(
-                    seq=seq, run_id=run_id, session_id=run.session_id, ts=now
-                )
-                await _insert_events(conn, [event])
-                await conn.execute(
-                    runs.update()
-                    .where(runs.c.run_id == run_id)
-                    .values(
-                        status=RunStatus.CANCELLED.value,
-                        completed_at=now,
-                        last_seq=seq,
-                        last_event_at=now,
-                        owner=None,
-                        lease_expires_at=None,
-                        queued=False,
-                        queue_order=None,
-                        cancel_requested=reason,
-                    )
-                )
+                await _end_cancelled(conn, run, reason)
             else:
                 await conn.execute(
                     runs.update()
@@ -496,18 +485,52 @@ async def _last_seq(conn: AsyncConnection, run_id: str) -> int:
     return int(value or 0)
 
 
+async def _end_cancelled(conn: AsyncConnection, run: Run, reason: str) -> None:
+    """End a run nobody executes as ``cancelled``, with its terminal event."""
+    now = utc_now()
+    seq = await _last_seq(conn, run.run_id) + 1
+    event = Cancelled(reason=reason).stamped(
+        seq=seq, run_id=run.run_id, session_id=run.session_id, ts=now
+    )
+    await _insert_events(conn, [event])
+    await conn.execute(
+        runs.update()
+        .where(runs.c.run_id == run.run_id)
+        .values(
+            status=RunStatus.CANCELLED.value,
+            completed_at=now,
+            last_seq=seq,
+            last_event_at=now,
+            owner=None,
+            lease_expires_at=None,
+            queued=False,
+            queue_order=None,
+            cancel_requested=reason,
+        )
+    )
+
+
 async def _insert_events(conn: AsyncConnection, events: Sequence[RunEvent]) -> None:
+    if not events:
+        return
     rows = [
         {
             "run_id": event.run_id,
             "seq": event.seq,
             "type": event.type,
             "ts": event.ts,
-            "body": event_to_json(event),
+            "body": event_to_json(_in_utc(event)),
         }
         for event in events
     ]
     await conn.execute(run_events.insert(), rows)
+
+
+def _in_utc(event: RunEvent) -> RunEvent:
+    """The event with its ``ts`` in UTC, as replay promises (a copy only when it is not)."""
+    if event.ts.utcoffset() == timedelta(0):
+        return event
+    return event.model_copy(update={"ts": as_utc(event.ts)})
 
 
 async def _update_liveness(conn: AsyncConnection, events: Sequence[RunEvent]) -> None:

@@ -1,0 +1,64 @@
+# culm's developer commands. The README names these targets; .ci/run is what CI runs.
+
+PYTHON ?= python3
+LOCK_PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
+PIP_INSTALL := $(BIN)/pip install -c $(CONSTRAINTS)
+
+.DEFAULT_GOAL := help
+.PHONY: help install dev test lint typecheck check lock bench serve
+
+help:
+	@echo "make install    venv at $(VENV) with culm[all] (pinned by $(CONSTRAINTS))"
+	@echo "make dev        the same with culm[dev]: tests, ruff, mypy"
+	@echo "make test       pytest (PostgreSQL/Redis tests skip if unreachable, fail with CI=true)"
+	@echo "make lint       ruff check + ruff format --check"
+	@echo "make typecheck  mypy (strict)"
+	@echo "make check      lint + typecheck + test"
+	@echo "make lock       regenerate $(CONSTRAINTS) from pyproject.toml"
+	@echo "make bench      engine overhead benchmark"
+	@echo "make serve      culm serve"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(PIP_INSTALL) -e '.[all]'
+
+dev: $(BIN)/python
+	$(PIP_INSTALL) -e '.[dev]'
+
+test:
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+# Resolve .[dev] (which includes every other extra) in a throwaway venv and pin what it got.
+# Uses the machine's pip configuration (indexes) as it is.
+lock:
+	@set -eu; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(LOCK_PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/pip" install -q -e '.[dev]'; \
+	{ \
+	  echo "# Pinned versions of every dependency of culm[dev] (and so of [server], [distributed], [all])."; \
+	  echo "# Regenerate with \`make lock\` (resolved on $$("$$tmp/venv/bin/python" -V)); do not edit by hand."; \
+	  echo "# Use as a constraints file: pip install -c $(CONSTRAINTS) -e '.[dev]'"; \
+	  "$$tmp/venv/bin/pip" freeze --exclude-editable; \
+	} > $(CONSTRAINTS).new; \
+	mv $(CONSTRAINTS).new $(CONSTRAINTS); \
+	echo "wrote $(CONSTRAINTS)"
+
+bench:
+	$(BIN)/python bench/engine_overhead.py
+
+serve:
+	$(BIN)/culm serve

@@ -1,0 +1,81 @@
+"""Fixtures shared by the whole suite: the external services (PostgreSQL, Redis).
+
+A test that needs a service skips when it is unreachable, except under ``CI=true``, where it
+fails: CI must never pass by skipping the distributed backends.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import pytest
+import sqlalchemy as sa
+
+CI = os.environ.get("CI", "").lower() in {"true", "1"}
+
+POSTGRES_URL = os.environ.get(
+    "CULM_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("CULM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def service_unavailable(service: str, url: str, exc: BaseException) -> NoReturn:
+    """Skip the test, or fail it under CI, because ``service`` at ``url`` is unreachable."""
+    message = f"{service} at {url} is unreachable ({type(exc).__name__}: {exc})"
+    if CI:
+        pytest.fail(f"{message}; CI=true requires it (start it, see .ci/run)", pytrace=False)
+    pytest.skip(message)
+
+
+async def _admin_connection(url: sa.URL) -> Any:
+    import asyncpg
+
+    try:
+        return await asyncpg.connect(
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            password=url.password,
+            database=url.database,
+            timeout=5,
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        error = exc
+    service_unavailable("PostgreSQL", url.render_as_string(hide_password=True), error)
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test.
+
+    Each test gets its own database (created on the server of ``CULM_TEST_POSTGRES_URL``), so
+    tests never see each other's rows and can run in parallel with other checkouts.
+    """
+    admin_url = sa.make_url(POSTGRES_URL)
+    admin = await _admin_connection(admin_url)
+    name = f"culm_test_{uuid.uuid4().hex[:16]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def redis_url() -> str:
+    """The URL of the test Redis server (shared: use unique key names)."""
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
+    try:
+        await client.ping()
+        return REDIS_URL
+    except (OSError, redis.RedisError) as exc:
+        error = exc
+    finally:
+        await client.aclose()
+    service_unavailable("Redis", REDIS_URL, error)
