@@ -4,36 +4,84 @@ Runs LLM agents as background runs, streams every run's events live with exact r
 runs wherever they wait, and records what they used. Start with :class:`culm.Engine`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from culm._version import __version__
-from culm.domain.events import RunEvent, event_from_json, event_to_json
-from culm.domain.models import (
-    AssistantMessage,
-    Message,
-    MultitaskPolicy,
-    Run,
-    RunStatus,
-    RunTrigger,
-    Session,
-    SessionKind,
-    ToolCall,
-    ToolResultMessage,
-    Usage,
-    UserMessage,
-)
-from culm.errors import (
-    AlreadyRunningError,
-    ConfigError,
-    CulmError,
-    NotFoundError,
-    RunFailure,
-    UnknownModelError,
-    UnknownToolError,
-    UserError,
-)
-from culm.providers.scripted import Script
-from culm.services import Engine
-from culm.settings import Settings
-from culm.tools.base import Tool, ToolContext
+
+if TYPE_CHECKING:
+    from culm.domain.events import RunEvent, event_from_json, event_to_json
+    from culm.domain.models import (
+        AssistantMessage,
+        Message,
+        MultitaskPolicy,
+        Run,
+        RunStatus,
+        RunTrigger,
+        Session,
+        SessionKind,
+        ToolCall,
+        ToolResultMessage,
+        Usage,
+        UserMessage,
+    )
+    from culm.errors import (
+        AlreadyRunningError,
+        ConfigError,
+        CulmError,
+        NotFoundError,
+        RunFailure,
+        UnknownModelError,
+        UnknownToolError,
+        UserError,
+    )
+    from culm.providers.scripted import Script
+    from culm.services import Engine
+    from culm.settings import Settings
+    from culm.tools.base import Tool, ToolContext
+
+# Loaded on first use, so `import culm` (and the CLI's start) stays fast.
+_LAZY = {
+    "RunEvent": "culm.domain.events",
+    "event_from_json": "culm.domain.events",
+    "event_to_json": "culm.domain.events",
+    "AssistantMessage": "culm.domain.models",
+    "Message": "culm.domain.models",
+    "MultitaskPolicy": "culm.domain.models",
+    "Run": "culm.domain.models",
+    "RunStatus": "culm.domain.models",
+    "RunTrigger": "culm.domain.models",
+    "Session": "culm.domain.models",
+    "SessionKind": "culm.domain.models",
+    "ToolCall": "culm.domain.models",
+    "ToolResultMessage": "culm.domain.models",
+    "Usage": "culm.domain.models",
+    "UserMessage": "culm.domain.models",
+    "AlreadyRunningError": "culm.errors",
+    "ConfigError": "culm.errors",
+    "CulmError": "culm.errors",
+    "NotFoundError": "culm.errors",
+    "RunFailure": "culm.errors",
+    "UnknownModelError": "culm.errors",
+    "UnknownToolError": "culm.errors",
+    "UserError": "culm.errors",
+    "Script": "culm.providers.scripted",
+    "Engine": "culm.services",
+    "Settings": "culm.settings",
+    "Tool": "culm.tools.base",
+    "ToolContext": "culm.tools.base",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'culm' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AlreadyRunningError",

@@ -38,7 +38,7 @@ from culm.runtime.batcher import EventBatcher
 from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.streams import Streams
-from culm.settings import Settings
+from culm.settings import Settings, load_settings
 from culm.storage.base import Store
 from culm.storage.sql import SqlStore
 from culm.tools import Tool, ToolRegistry, builtin_tools
@@ -59,7 +59,7 @@ class Engine:
         scripts: ScriptLibrary | None = None,
         store: Store | None = None,
     ) -> None:
-        self.settings = settings or Settings()
+        self.settings = settings or load_settings()
         extra = list(tools or ())
         overridden = {tool.name for tool in extra}
         builtins = [t for t in builtin_tools(self.settings) if t.name not in overridden]
@@ -84,7 +84,12 @@ class Engine:
 
     async def start(self) -> None:
         settings = self.settings
-        settings.home.mkdir(parents=True, exist_ok=True)
+        try:
+            settings.home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"CULM_HOME: cannot use {str(settings.home)!r} as culm's home ({exc.strerror})"
+            ) from exc
         async with contextlib.AsyncExitStack() as stack:
             store = self._store or SqlStore(settings.resolved_database_url)
             await store.start()

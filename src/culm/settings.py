@@ -6,11 +6,12 @@ Provider credentials use the providers' own variable names (``OPENAI_API_KEY`` â
 from __future__ import annotations
 
 import os
+import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -116,3 +117,20 @@ class Settings(BaseSettings):
     @property
     def scripts_dir(self) -> Path:
         return self.home / "scripts"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, ``config.toml`` and ``overrides``; a bad value is a
+    :class:`~culm.errors.ConfigError` naming the variable, not a validation traceback."""
+    from culm.errors import ConfigError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "?"
+        variable = f"CULM_{name.upper()}" if name.islower() else name
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"invalid setting {variable}: {first['msg']}{more}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid {default_home() / 'config.toml'}: {exc}") from exc

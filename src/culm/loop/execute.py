@@ -13,15 +13,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import structlog
-
 from culm.domain.events import ToolComplete, ToolError, ToolStart, ToolToken
 from culm.domain.models import ToolCall, ToolResultMessage
 from culm.errors import ToolFailure
+from culm.logs import get_logger
 from culm.loop.context import LoopContext
 from culm.tools.base import Tool, ToolContext
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 async def run_tool_calls(ctx: LoopContext, calls: Sequence[ToolCall]) -> list[ToolResultMessage]:

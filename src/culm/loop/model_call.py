@@ -12,14 +12,13 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 
-import structlog
-
 from culm.errors import ModelError, ModelHTTPError, ModelStallError
+from culm.logs import get_logger
 from culm.loop.classify import ModelResponse, ResponseBuilder
 from culm.loop.context import LoopContext, LoopLimits
 from culm.providers.base import ModelRequest, StreamPart
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 async def call_model(ctx: LoopContext, request: ModelRequest) -> ModelResponse:

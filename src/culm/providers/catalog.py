@@ -112,6 +112,9 @@ _MODELS: Final[tuple[tuple[str, str, int, int], ...]] = (
 )
 
 
+HTTP_PROVIDERS = frozenset(_PROVIDERS)
+
+
 def provider_config(provider: str, settings: Settings) -> ProviderConfig:
     """The configuration of a built-in HTTP provider, read from ``settings``."""
     spec = _PROVIDERS.get(provider)

@@ -6,6 +6,7 @@ import httpx2
 
 from culm.errors import UnknownModelError
 from culm.providers.base import Model
+from culm.providers.catalog import HTTP_PROVIDERS
 from culm.providers.remote import build_http_model
 from culm.providers.scripted import ScriptedModel, ScriptLibrary
 from culm.settings import Settings
@@ -30,4 +31,9 @@ class ModelResolver:
             )
         if provider == "scripted":
             return ScriptedModel(name, self.scripts.get(model))
+        if provider not in HTTP_PROVIDERS:
+            known = ", ".join(sorted([*HTTP_PROVIDERS, "scripted"]))
+            raise UnknownModelError(
+                f"unknown model provider {provider!r} in {name!r} (known: {known})"
+            )
         return build_http_model(provider, model, self._settings, self._client)

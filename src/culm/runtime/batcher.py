@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import structlog
-
 from culm.domain.events import RunEvent
+from culm.logs import get_logger
 from culm.storage.base import Store
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class EventBatcher:

@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import structlog
-
 from culm.domain.events import (
     Cancelled,
     Complete,
@@ -26,6 +24,7 @@ from culm.domain.events import (
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, UserMessage
 from culm.domain.time import utc_now
 from culm.errors import EngineClosedError, NotFoundError, RunFailure, UserError
+from culm.logs import get_logger
 from culm.loop.context import LoopContext, LoopState
 from culm.loop.driver import run_agent
 from culm.runtime.batcher import EventBatcher
@@ -35,7 +34,7 @@ from culm.runtime.runner import Runner
 from culm.settings import RecoveryPolicy, Settings, ShutdownPolicy
 from culm.storage.base import Orphan, Store
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # Builds the loop's context for a run: resolves its session, model and tools.
 ContextFactory = Callable[

@@ -1,0 +1,80 @@
+"""Configuration mistakes are user errors that name the setting; logs never touch stdout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import culm
+from culm.settings import load_settings
+
+
+def test_a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CULM_HOME", str(tmp_path))
+    monkeypatch.setenv("CULM_MAX_ROUNDS", "0")
+    with pytest.raises(culm.ConfigError, match="invalid setting CULM_MAX_ROUNDS"):
+        load_settings()
+
+
+def test_config_toml_is_read_and_a_broken_one_is_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CULM_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text('default_model = "scripted:echo"\nmax_rounds = 7\n')
+    settings = load_settings()
+    assert (settings.default_model, settings.max_rounds) == ("scripted:echo", 7)
+    monkeypatch.setenv("CULM_MAX_ROUNDS", "9")  # the environment wins over the file
+    assert load_settings().max_rounds == 9
+    (tmp_path / "config.toml").write_text("max_rounds = = 3\n")
+    with pytest.raises(culm.ConfigError, match="config.toml"):
+        load_settings()
+
+
+def test_provider_keys_use_the_providers_own_variable_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CULM_HOME", str(tmp_path))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+    settings = load_settings()
+    assert settings.openai_api_key is not None
+    assert settings.openai_api_key.get_secret_value() == "sk-env"
+    assert "sk-env" not in repr(settings)
+    assert settings.anthropic_base_url == "http://127.0.0.1:9"
+
+
+async def test_a_home_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
+    home = tmp_path / "file"
+    home.write_text("")
+    with pytest.raises(culm.ConfigError, match="CULM_HOME"):
+        async with culm.Engine(culm.Settings(home=home)):
+            pass
+
+
+async def test_unknown_provider_lists_every_known_one(tmp_path: Path) -> None:
+    async with culm.Engine(culm.Settings(home=tmp_path)) as engine:
+        with pytest.raises(culm.UnknownModelError) as info:
+            await engine.create_session(model="foo:bar")
+    assert "anthropic, openai, scripted" in str(info.value)
+
+
+def test_engine_logs_go_to_stderr_not_stdout(tmp_path: Path) -> None:
+    script = f"""
+import asyncio, culm
+async def main():
+    settings = culm.Settings(home={str(tmp_path)!r}, model_retry_base_delay=0.01)
+    async with culm.Engine(settings) as engine:
+        turn = [{{"error": {{"status": 503, "message": "busy"}}, "times": 1}}, {{"text": "ok"}}]
+        engine.scripts.register("flaky", {{"turns": [turn]}})
+        run = await engine.run("hi", model="scripted:flaky")
+        print((await engine.wait(run.run_id)).status.value)
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout == "completed\n"
+    assert "model call failed; retrying" in done.stderr
