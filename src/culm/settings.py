@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         default="https://api.anthropic.com", validation_alias=_alias("ANTHROPIC_BASE_URL")
     )
 
+    # HTTP server
+    sse_ping_seconds: float = Field(default=15.0, gt=0)
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    shutdown_timeout: float = Field(default=10.0, gt=0)
+
     # Agent loop
     max_rounds: int = Field(default=50, ge=1)
     max_tool_calls_per_round: int = Field(default=32, ge=1)

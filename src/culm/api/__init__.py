@@ -1,0 +1,1 @@
+"""culm's HTTP API (FastAPI): :func:`culm.api.app.create_app`."""

@@ -1,0 +1,54 @@
+"""``create_app(settings)``: the FastAPI app, wired through the one composition root (Engine)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+from fastapi import FastAPI
+
+from culm._version import __version__
+from culm.api import errors
+from culm.api.encoding import FrameCache
+from culm.api.middleware import APIKeyAuth, BodySizeLimit
+from culm.api.routes import runs, sessions
+from culm.api.schemas import Health
+from culm.services import Engine
+from culm.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """The app. It opens its engine on start-up and drains it on shutdown; pass ``engine`` to
+    serve one that is already configured (scripts, tools) — it is started and closed here too."""
+    settings = settings or (engine.settings if engine else load_settings())
+    engine = engine or Engine(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with engine:
+            yield
+            app.state.shutdown.set()  # end every stream before the engine closes
+
+    app = FastAPI(
+        title="culm",
+        version=__version__,
+        description="Run LLM agents as background runs; stream, replay and cancel them.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.shutdown = anyio.Event()
+    app.state.frames = FrameCache()
+    app.state.ping_seconds = settings.sse_ping_seconds
+    errors.install(app)
+
+    @app.get("/health", tags=["health"])
+    async def health() -> Health:
+        return Health(status="ok", version=__version__)
+
+    app.include_router(sessions.router)
+    app.include_router(runs.router)
+    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(APIKeyAuth, api_key=settings.api_key.get_secret_value())
+    return app

@@ -1,0 +1,84 @@
+"""The one place culm's exceptions become HTTP responses: ``{"error": {"code", "message"}}``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from culm.errors import (
+    AlreadyRunningError,
+    ConfigError,
+    EngineClosedError,
+    NotFoundError,
+    SessionBusyError,
+    UnknownModelError,
+    UnknownToolError,
+    UserError,
+)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "timeout",
+    409: "conflict",
+    413: "body_too_large",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    detail = {"code": code, "message": message, **{k: v for k, v in extra.items() if v is not None}}
+    return JSONResponse({"error": detail}, status_code=status, headers=headers)
+
+
+def _user_error(exc: UserError) -> JSONResponse:
+    match exc:
+        case NotFoundError():
+            return error_response(404, "not_found", str(exc))
+        case AlreadyRunningError():
+            return error_response(409, "already_running", str(exc), run_id=exc.run_id)
+        case SessionBusyError():
+            return error_response(409, "session_busy", str(exc), run_id=exc.run_id)
+        case UnknownModelError() | UnknownToolError() | ConfigError():
+            return error_response(422, "invalid_request", str(exc))
+    return error_response(400, "bad_request", str(exc))
+
+
+def _field(loc: Sequence[Any]) -> str:
+    parts = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
+    return ".".join(parts) or ".".join(str(part) for part in loc)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(UserError)
+    async def _on_user_error(request: Request, exc: UserError) -> JSONResponse:
+        return _user_error(exc)
+
+    @app.exception_handler(EngineClosedError)
+    async def _on_closed(request: Request, exc: EngineClosedError) -> JSONResponse:
+        return error_response(503, "unavailable", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        field = _field(first.get("loc", ()))
+        message = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg"))
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more)"
+        return error_response(422, "invalid_request", message, field=field or None)
+
+    @app.exception_handler(HTTPException)
+    async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)

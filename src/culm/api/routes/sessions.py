@@ -1,0 +1,75 @@
+"""Sessions, their messages and their runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from sse_starlette import EventSourceResponse
+
+from culm.api.deps import EngineDep, ShutdownDep
+from culm.api.schemas import CreateRun, CreateSession, MessageList, RunList, SessionList
+from culm.api.streaming import sse_response
+from culm.domain.models import Run, Session
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+@router.post("", status_code=201)
+async def create_session(body: CreateSession, engine: EngineDep) -> Session:
+    return await engine.create_session(
+        model=body.model,
+        system_prompt=body.system_prompt,
+        tools=body.tools,
+        workspace=body.workspace,
+        metadata=body.metadata,
+    )
+
+
+@router.get("")
+async def list_sessions(engine: EngineDep, limit: Limit = 100) -> SessionList:
+    return SessionList(sessions=await engine.list_sessions(limit=limit))
+
+
+@router.get("/{session_id}")
+async def get_session(session_id: str, engine: EngineDep) -> Session:
+    return await engine.get_session(session_id)
+
+
+@router.delete("/{session_id}", status_code=204)
+async def delete_session(session_id: str, engine: EngineDep) -> Response:
+    await engine.delete_session(session_id)
+    return Response(status_code=204)
+
+
+@router.get("/{session_id}/messages")
+async def get_messages(session_id: str, engine: EngineDep) -> MessageList:
+    return MessageList(messages=await engine.get_messages(session_id))
+
+
+@router.post("/{session_id}/runs", status_code=202)
+async def create_run(session_id: str, body: CreateRun, engine: EngineDep) -> Run:
+    return await engine.start_run(
+        session_id, body.message, model=body.model, multitask=body.multitask
+    )
+
+
+@router.get("/{session_id}/runs")
+async def list_session_runs(session_id: str, engine: EngineDep, limit: Limit = 100) -> RunList:
+    await engine.get_session(session_id)
+    return RunList(runs=await engine.list_runs(session_id=session_id, limit=limit))
+
+
+@router.get(
+    "/{session_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "run events (SSE)"}},
+)
+async def session_events(
+    session_id: str, request: Request, engine: EngineDep, shutdown: ShutdownDep
+) -> EventSourceResponse:
+    """The replay cache of the session's active (or last) run, then every live event."""
+    await engine.get_session(session_id)
+    return sse_response(request, engine.subscribe_session(session_id), shutdown)

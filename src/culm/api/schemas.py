@@ -1,0 +1,63 @@
+"""Request and response bodies of the v1 API (the domain models are the resources)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from culm.domain.models import Message, MultitaskPolicy, Run, Session
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateSession(_Request):
+    model: str | None = Field(default=None, max_length=200, examples=["scripted:demo"])
+    system_prompt: str | None = None
+    tools: list[str] = Field(default_factory=list, max_length=200, examples=[["read"]])
+    workspace: str | None = Field(default=None, max_length=4096)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class CreateRun(_Request):
+    message: str = Field(min_length=1, examples=["What is in the workspace?"])
+    model: str | None = Field(default=None, max_length=200)
+    multitask: MultitaskPolicy = MultitaskPolicy.REJECT
+
+
+class CreateHeadlessRun(CreateSession):
+    message: str = Field(min_length=1, examples=["What is in the workspace?"])
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+class SessionList(BaseModel):
+    sessions: list[Session]
+
+
+class RunList(BaseModel):
+    runs: list[Run]
+
+
+class MessageList(BaseModel):
+    messages: list[Message]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    run_id: str | None = None
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class WaitTimeout(ErrorBody):
+    run: Run

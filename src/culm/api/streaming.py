@@ -1,0 +1,122 @@
+"""Run events over the wire: SSE responses and the WebSocket loop.
+
+Both race the event source against the client going away and against server shutdown, so a
+gone client frees its subscription at once and a stopping server ends every stream cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import anyio
+from fastapi import Request, WebSocket
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from culm.api.encoding import FrameCache
+from culm.domain.events import RunEvent, is_terminal
+from culm.errors import NotFoundError
+from culm.services import Engine
+
+FIRST_FRAME_WAIT = 0.25
+
+
+def sse_response(
+    request: Request, events: AsyncIterator[RunEvent], shutdown: anyio.Event
+) -> EventSourceResponse:
+    frames: FrameCache = request.app.state.frames
+    ping: float = request.app.state.ping_seconds
+
+    async def content() -> AsyncGenerator[bytes]:
+        async with contextlib.aclosing(_generator(events)) as stream:
+            async for event in stream:
+                yield frames.sse(event)
+
+    return EventSourceResponse(
+        content(),
+        ping=ping,
+        sep="\n",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
+        shutdown_event=shutdown,
+    )
+
+
+async def _generator(events: AsyncIterator[RunEvent]) -> AsyncGenerator[RunEvent]:
+    async for event in events:
+        yield event
+
+
+async def websocket_stream(
+    websocket: WebSocket, engine: Engine, shutdown: anyio.Event, run_id: str
+) -> None:
+    await websocket.accept()
+    try:
+        await engine.get_run(run_id)
+        after = await _first_cursor(websocket)
+    except (NotFoundError, ValueError) as exc:
+        code = "not_found" if isinstance(exc, NotFoundError) else "invalid_request"
+        await websocket.send_text(json.dumps({"error": {"code": code, "message": str(exc)}}))
+        await websocket.close(code=4404 if code == "not_found" else 1008)
+        return
+    except WebSocketDisconnect:
+        return
+    frames: FrameCache = websocket.app.state.frames
+    sender = asyncio.create_task(_send_events(websocket, engine, frames, run_id, after))
+    receiver = asyncio.create_task(_until_disconnect(websocket))
+    stopper = asyncio.create_task(shutdown.wait())
+    tasks = {sender, receiver, stopper}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if websocket.client_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            await websocket.close(code=1000 if sender.done() else 1001)
+
+
+async def _first_cursor(websocket: WebSocket) -> int:
+    """``?after=N``, else an optional first frame ``{"after": N}`` sent right on connect."""
+    query = websocket.query_params.get("after")
+    if query is not None:
+        return _non_negative(query)
+    try:
+        async with asyncio.timeout(FIRST_FRAME_WAIT):
+            text = await websocket.receive_text()
+    except TimeoutError:
+        return 0
+    try:
+        frame = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError('the first frame must be JSON: {"after": N}') from None
+    if not isinstance(frame, dict) or set(frame) - {"after"}:
+        raise ValueError('the first frame must be {"after": N}')
+    return _non_negative(frame.get("after", 0))
+
+
+def _non_negative(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        raise ValueError(f"after must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+async def _send_events(
+    websocket: WebSocket, engine: Engine, frames: FrameCache, run_id: str, after: int
+) -> None:
+    async with contextlib.aclosing(_generator(engine.subscribe(run_id, after=after))) as events:
+        async for event in events:
+            await websocket.send_text(frames.json(event))
+            if is_terminal(event):
+                return
+
+
+async def _until_disconnect(websocket: WebSocket) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
