@@ -116,6 +116,7 @@ class Engine:
             self._stack = stack.pop_all()
 
     async def aclose(self) -> None:
+        self.close_streams()
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
@@ -278,6 +279,12 @@ class Engine:
         terminal event."""
         self._require_open()
         return self.streams.run_events(run_id, after=after)
+
+    def close_streams(self) -> None:
+        """End every open event stream (runs go on): a server calls this when it starts to stop,
+        so clients see their streams end cleanly instead of being cut."""
+        if self._stack is not None:
+            self.streams.close()
 
     def subscribe_session(self, session_id: str) -> AsyncIterator[RunEvent]:
         """The session's replay cache, then live events of all its runs. Never ends by itself."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -26,9 +27,15 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        shutdown: anyio.Event = app.state.shutdown
         async with engine:
-            yield
-            app.state.shutdown.set()  # end every stream before the engine closes
+            watcher = asyncio.create_task(_close_streams_on(shutdown, engine))
+            try:
+                yield
+            finally:
+                shutdown.set()
+                engine.close_streams()  # streams end cleanly before the engine closes
+                await watcher
 
     app = FastAPI(
         title="culm",
@@ -40,6 +47,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.shutdown = anyio.Event()
     app.state.frames = FrameCache()
     app.state.ping_seconds = settings.sse_ping_seconds
+    app.state.shutdown_grace = settings.shutdown_timeout / 2
     errors.install(app)
 
     @app.get("/health", tags=["health"])
@@ -52,3 +60,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     if settings.api_key is not None:
         app.add_middleware(APIKeyAuth, api_key=settings.api_key.get_secret_value())
     return app
+
+
+async def _close_streams_on(shutdown: anyio.Event, engine: Engine) -> None:
+    """The server began to stop (a signal, or sse-starlette saw uvicorn exiting): end every
+    event stream now, so clients get a clean end instead of a cut connection."""
+    await shutdown.wait()
+    engine.close_streams()

@@ -62,24 +62,24 @@ class BodySizeLimit:
             await _send_error(send, 413, "body_too_large", self._message())
             return
         received = 0
+        refused = False
+
+        async def guarded_send(message: Message) -> None:
+            if not refused:  # once we answered 413, the app's own answer is dropped
+                await send(message)
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not refused:
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _TooLarge
+                    await _send_error(send, 413, "body_too_large", self._message())
+                    refused = True
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await _send_error(send, 413, "body_too_large", self._message())
+        await self.app(scope, limited_receive, guarded_send)
 
     def _message(self) -> str:
         return f"request body over {self.limit} bytes"
-
-
-class _TooLarge(Exception):
-    pass

@@ -29,6 +29,7 @@ def sse_response(
 ) -> EventSourceResponse:
     frames: FrameCache = request.app.state.frames
     ping: float = request.app.state.ping_seconds
+    grace: float = request.app.state.shutdown_grace
 
     async def content() -> AsyncGenerator[bytes]:
         async with contextlib.aclosing(_generator(events)) as stream:
@@ -42,6 +43,7 @@ def sse_response(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         ping_message_factory=lambda: ServerSentEvent(comment="ping"),
         shutdown_event=shutdown,
+        shutdown_grace_period=grace,  # time for the stream to end by itself, cleanly
     )
 
 

@@ -83,6 +83,16 @@ class RunnerRegistry:
             if not subscribers:
                 del self._session_subscribers[session_id]
 
+    def close_streams(self) -> None:
+        """Wake every subscription and watcher so the streams can end."""
+        for runner in self._runners.values():
+            runner.close_subscriptions()
+        for subscribers in self._session_subscribers.values():
+            for subscription in subscribers:
+                subscription.close()
+        for run_id in list(self._changes):
+            self._notify(run_id)
+
     def fan_out_session(self, event: RunEvent) -> None:
         subscribers = self._session_subscribers.get(event.session_id)
         if subscribers:

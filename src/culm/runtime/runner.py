@@ -89,6 +89,10 @@ class Runner:
         self._subscribers.add(subscription)
         return subscription
 
+    def close_subscriptions(self) -> None:
+        for subscription in self._subscribers:
+            subscription.close()
+
     def detach(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
 

@@ -18,7 +18,7 @@ from culm.errors import NotFoundError
 from culm.runtime.batcher import EventBatcher
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
-from culm.runtime.subscription import Lagged, Subscription
+from culm.runtime.subscription import Closed, Lagged, Subscription
 from culm.storage.base import Store
 
 STORE_PAGE = 1000
@@ -33,10 +33,17 @@ class Streams:
         self._registry = registry
         self._batcher = batcher
         self._queue_size = queue_size
+        self.closed = False
+
+    def close(self) -> None:
+        """End every stream (at the next event boundary) and refuse new ones: the server is
+        stopping. Runs go on; only the streams end."""
+        self.closed = True
+        self._registry.close_streams()
 
     async def run_events(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEvent]:
         cursor = max(after, 0)
-        while True:
+        while not self.closed:
             runner = self._registry.get(run_id)
             source: AsyncGenerator[RunEvent]
             if runner is None:
@@ -55,6 +62,8 @@ class Streams:
     async def _from_runner(self, runner: Runner, cursor: int) -> AsyncGenerator[RunEvent]:
         """Live events after ``cursor``; returns early when the caller must go to the store."""
         subscription = runner.attach(cursor)
+        if self.closed and subscription is not None:
+            subscription.close()
         if subscription is None:
             # The ring no longer holds cursor + 1: those events are (or will be) stored.
             await self._batcher.flush()
@@ -72,20 +81,22 @@ class Streams:
                         await runner.done.wait()
                     yield event
                     cursor = event.seq
-        except Lagged:
+        except (Lagged, Closed):
             return
         finally:
             runner.detach(subscription)
 
     async def _follow_in_store(self, run_id: str, cursor: int) -> AsyncGenerator[RunEvent]:
         """Events from the store until the run ends or gets a runner in this process."""
-        while self._registry.get(run_id) is None:
+        while self._registry.get(run_id) is None and not self.closed:
             with self._registry.watch(run_id) as changed:
                 run = await self._store.get_run(run_id)
                 if run is None:
                     raise NotFoundError("run", run_id)
                 events = await self._page(run_id, cursor)
                 if not events and not run.status.is_terminal:
+                    if self.closed:
+                        return
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(POLL_INTERVAL):
                             await changed.wait()
@@ -124,9 +135,11 @@ class Streams:
             for event in cache:
                 seen[event.run_id] = max(seen.get(event.run_id, 0), event.seq)
                 yield event
-            while True:
+            while not self.closed:
                 try:
                     batch = await subscription.next_batch()
+                except Closed:
+                    return
                 except Lagged:
                     self._registry.remove_session_subscriber(session_id, subscription)
                     subscription = Subscription(self._queue_size)

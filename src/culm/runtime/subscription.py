@@ -18,8 +18,12 @@ class Lagged(Exception):
     """The subscriber fell behind its queue; resume from the store."""
 
 
+class Closed(Exception):
+    """The stream was closed (the engine is stopping)."""
+
+
 class Subscription:
-    __slots__ = ("_items", "_maxsize", "_ready", "lagged")
+    __slots__ = ("_items", "_maxsize", "_ready", "closed", "lagged")
 
     def __init__(self, maxsize: int, initial: Iterable[RunEvent] = ()) -> None:
         self._maxsize = maxsize
@@ -28,6 +32,11 @@ class Subscription:
         if self._items:
             self._ready.set()
         self.lagged = False
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
 
     def push(self, event: RunEvent) -> None:
         if self.lagged:
@@ -40,10 +49,13 @@ class Subscription:
         self._ready.set()
 
     async def next_batch(self) -> list[RunEvent]:
-        """Everything queued (at least one event); raises :class:`Lagged` after an overflow."""
+        """Everything queued (at least one event); raises :class:`Lagged` after an overflow and
+        :class:`Closed` once closed and drained."""
         while not self._items:
             if self.lagged:
                 raise Lagged
+            if self.closed:
+                raise Closed
             self._ready.clear()
             await self._ready.wait()
         batch = list(self._items)

@@ -1,0 +1,240 @@
+"""Live streams over the wire: SSE framing and resume, fan-out, reconnects, WebSocket, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+import httpx2
+import pytest
+import websockets
+
+from tests.api.conftest import Server, ServerFactory
+from tests.api.sse import Frame, frames, read_run
+
+
+@pytest.fixture
+async def client(server: Server) -> Any:
+    async with httpx2.AsyncClient(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+async def _start(client: httpx2.AsyncClient, model: str, **body: Any) -> str:
+    response = await client.post("/v1/runs", json={"message": "go", "model": model, **body})
+    assert response.status_code == 202, response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
+
+
+def _seqs(frames: list[Frame]) -> list[int]:
+    return [int(frame.id or 0) for frame in frames]
+
+
+async def test_sse_framing_and_a_finished_run_replays_and_closes(
+    client: httpx2.AsyncClient,
+) -> None:
+    run_id = await _start(client, "scripted:demo", tools=["read"])
+    live = await read_run(client, run_id)
+    assert _seqs(live) == list(range(1, len(live) + 1))
+    for frame in live:
+        assert frame.event == frame.json["type"]
+        assert frame.json["seq"] == int(frame.id or 0)
+    assert live[-1].event == "complete"
+    replay = await read_run(client, run_id)
+    assert [f.data for f in replay] == [f.data for f in live]
+    async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        assert response.headers["content-type"].startswith("text/event-stream")
+
+
+async def test_resume_with_after_or_last_event_id(client: httpx2.AsyncClient) -> None:
+    run_id = await _start(client, "scripted:demo", tools=["read"])
+    full = await read_run(client, run_id)
+    by_query = await read_run(client, run_id, after=5)
+    by_header = await read_run(client, run_id, **{"Last-Event-ID": "5"})
+    assert [f.data for f in by_query] == [f.data for f in full[5:]]
+    assert [f.data for f in by_header] == [f.data for f in full[5:]]
+
+
+async def test_one_hundred_subscribers_receive_the_identical_sequence(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    server.engine.scripts.register(
+        "fan", {"turns": [[{"delay": 0.3}] + [{"text": "t"}, {"delay": 0.001}] * 300]}
+    )
+    run_id = await _start(client, "scripted:fan")
+    limits = httpx2.Limits(max_connections=200)
+    async with httpx2.AsyncClient(base_url=server.url, timeout=60, limits=limits) as many:
+        results = await asyncio.gather(*(read_run(many, run_id) for _ in range(100)))
+    first = [f.data for f in results[0]]
+    assert len(first) > 300
+    assert all([f.data for f in result] == first for result in results)
+    assert _seqs(results[0]) == list(range(1, len(first) + 1))
+
+
+@pytest.mark.timeout(120)
+async def test_reconnecting_at_fifty_random_points_loses_and_repeats_nothing(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    server.engine.scripts.register("long", {"turns": [[{"text": "t"}, {"delay": 0.002}] * 400]})
+    run_id = await _start(client, "scripted:long")
+    rng = random.Random(1234)
+    received: list[int] = []
+    reconnects = 0
+    while True:
+        headers = {"Last-Event-ID": str(received[-1])} if received else {}
+        cut_after = rng.randint(1, 25) if reconnects < 50 else None
+        ended = False
+        async with client.stream("GET", f"/v1/runs/{run_id}/events", headers=headers) as response:
+            count = 0
+            async for frame in frames(response):
+                if frame.comment is not None:
+                    continue
+                received.append(int(frame.id or 0))
+                count += 1
+                if frame.event == "complete":
+                    ended = True
+                    break
+                if cut_after is not None and count >= cut_after:
+                    break  # drop the connection mid-stream
+        if ended:
+            break
+        reconnects += 1
+    assert reconnects >= 20
+    assert received == list(range(1, len(received) + 1))
+
+
+async def test_pings_keep_an_idle_stream_alive(make_server: ServerFactory) -> None:
+    async with make_server(sse_ping_seconds=0.1) as server:
+        server.engine.scripts.register("idle", {"turns": [[{"delay": 0.5}, {"text": "x"}]]})
+        async with httpx2.AsyncClient(base_url=server.url, timeout=10) as client:
+            run_id = await _start(client, "scripted:idle")
+            seen: list[Frame] = []
+            async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
+                async for frame in frames(response):
+                    seen.append(frame)
+    comments = [f.comment for f in seen if f.comment is not None]
+    assert "ping" in comments
+    assert seen[-1].event == "complete"
+
+
+async def test_session_stream_gives_the_replay_cache_then_live(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    session = (await client.post("/v1/sessions", json={"model": "scripted:echo"})).json()
+    first = (
+        await client.post(f"/v1/sessions/{session['session_id']}/runs", json={"message": "a"})
+    ).json()
+    await client.get(f"/v1/runs/{first['run_id']}/wait")
+    seen: list[Frame] = []
+    async with client.stream("GET", f"/v1/sessions/{session['session_id']}/events") as response:
+        async for frame in frames(response):
+            if frame.comment is not None:
+                continue
+            seen.append(frame)
+            if len(seen) == 3:  # the cache of the finished run
+                await client.post(
+                    f"/v1/sessions/{session['session_id']}/runs", json={"message": "b"}
+                )
+            if len(seen) == 3 + 6:
+                break
+    assert [f.event for f in seen[:3]] == ["execution_started", "token_budget_updated", "complete"]
+    assert {f.json["run_id"] for f in seen[:3]} == {first["run_id"]}
+    assert seen[-1].event == "complete"
+    assert seen[-1].json["run_id"] != first["run_id"]
+
+
+async def test_a_gone_client_frees_its_subscription(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    run_id = await _start(client, "scripted:slow")
+    async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
+        async for frame in frames(response):
+            if frame.event == "token":
+                break
+        runner = server.engine.registry.get(run_id)
+        assert runner is not None and runner.subscriber_count == 1
+    async with asyncio.timeout(5):
+        while runner.subscriber_count:
+            await asyncio.sleep(0.02)
+    await client.post(f"/v1/runs/{run_id}/cancel", params={"wait": "true"})
+
+
+async def _ws_session(
+    server: Server, run_id: str, *, first: Any = None, query: str = ""
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Every frame the server sends, and the close code it ends with."""
+    url = server.url.replace("http", "ws") + f"/v1/runs/{run_id}/ws{query}"
+    received: list[dict[str, Any]] = []
+    async with websockets.connect(url) as ws:
+        if first is not None:
+            await ws.send(json.dumps(first))
+        try:
+            while True:
+                received.append(json.loads(await ws.recv()))
+        except websockets.ConnectionClosed as closed:
+            return received, closed.rcvd.code if closed.rcvd else None
+
+
+async def _ws_events(server: Server, run_id: str, **kwargs: Any) -> list[dict[str, Any]]:
+    events, code = await _ws_session(server, run_id, **kwargs)
+    assert code == 1000
+    return events
+
+
+async def test_websocket_streams_the_same_events(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    run_id = await _start(client, "scripted:demo", tools=["read"])
+    sse = [f.json for f in await read_run(client, run_id)]
+    assert await _ws_events(server, run_id) == sse
+    assert await _ws_events(server, run_id, first={"after": 4}) == sse[4:]
+    assert await _ws_events(server, run_id, query="?after=7") == sse[7:]
+
+
+async def test_websocket_errors_close_with_a_reason(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    missing, code = await _ws_session(server, "missing")
+    assert missing[0]["error"]["code"] == "not_found"
+    assert code == 4404
+    run_id = await _start(client, "scripted:echo")
+    bad, code = await _ws_session(server, run_id, first={"after": -1})
+    assert bad[0]["error"]["code"] == "invalid_request"
+    assert code == 1008
+
+
+async def test_http_cancel_inside_a_model_stream_within_a_second(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    server.engine.scripts.register("hang", {"turns": [[{"text": "a"}, {"delay": 60}]]})
+    run_id = await _start(client, "scripted:hang")
+    async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
+        async for frame in frames(response):
+            if frame.event == "token":
+                break
+    started = time.monotonic()
+    done = await client.post(f"/v1/runs/{run_id}/cancel", params={"wait": "true"})
+    assert time.monotonic() - started < 1.0
+    assert done.json()["status"] == "cancelled"
+
+
+async def test_http_cancel_inside_a_bash_command_within_a_second(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    turn = [{"tool_call": {"name": "bash", "arguments": {"command": "echo started; sleep 60"}}}]
+    server.engine.scripts.register("shell", {"turns": [turn]})
+    run_id = await _start(client, "scripted:shell", tools=["bash"])
+    async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
+        async for frame in frames(response):
+            if frame.event == "tool_token":
+                break
+    started = time.monotonic()
+    done = await client.post(f"/v1/runs/{run_id}/cancel", params={"wait": "true"})
+    assert time.monotonic() - started < 1.0
+    assert done.json()["status"] == "cancelled"
+    assert done.json()["last_tool_name"] == "bash"
