@@ -27,7 +27,7 @@ def quick_start_commands() -> list[str]:
 def test_quick_start_is_install_and_run_then_test() -> None:
     install, test = quick_start_commands()
     assert "-c requirements/constraints.txt" in install
-    assert "culm run" in install
+    assert install.endswith("culm serve")  # the main job, on the embedded default
     assert "-c requirements/constraints.txt" in test
     assert test.endswith("pytest")
 
