@@ -86,6 +86,10 @@ class Streams:
         finally:
             runner.detach(subscription)
 
+    def _closed_meanwhile(self) -> bool:
+        # A method, not the attribute: another task may have closed us during an await.
+        return self.closed
+
     async def _follow_in_store(self, run_id: str, cursor: int) -> AsyncGenerator[RunEvent]:
         """Events from the store until the run ends or gets a runner in this process."""
         while self._registry.get(run_id) is None and not self.closed:
@@ -95,7 +99,7 @@ class Streams:
                     raise NotFoundError("run", run_id)
                 events = await self._page(run_id, cursor)
                 if not events and not run.status.is_terminal:
-                    if self.closed:
+                    if self._closed_meanwhile():
                         return
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(POLL_INTERVAL):

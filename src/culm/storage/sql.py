@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,10 +24,7 @@ from culm.domain.models import (
     Message,
     Run,
     RunStatus,
-    RunTrigger,
     Session,
-    SessionKind,
-    ToolPhase,
     Usage,
 )
 from culm.domain.time import as_utc, utc_now
@@ -36,6 +32,7 @@ from culm.errors import AlreadyRunningError, SessionBusyError
 from culm.storage import migrate
 from culm.storage.base import Orphan, Reservation, Store
 from culm.storage.dialect import Dialect, dialect_for
+from culm.storage.rows import run_from_row, run_to_row, session_from_row
 from culm.storage.schema import messages, run_events, runs, sessions
 
 _messages: TypeAdapter[Message] = TypeAdapter(Message)
@@ -85,12 +82,12 @@ class SqlStore(Store):
             row = (
                 await conn.execute(sessions.select().where(sessions.c.session_id == session_id))
             ).first()
-        return None if row is None else _session(row)
+        return None if row is None else session_from_row(row)
 
     async def list_sessions(self, *, limit: int = 100) -> list[Session]:
         query = sessions.select().order_by(sessions.c.created_at.desc()).limit(limit)
         async with self._read() as conn:
-            return [_session(row) for row in await conn.execute(query)]
+            return [session_from_row(row) for row in await conn.execute(query)]
 
     async def delete_session(self, session_id: str) -> bool:
         async with self._write() as conn:
@@ -150,7 +147,7 @@ class SqlStore(Store):
         queue: bool,
         jump_queue: bool = False,
     ) -> Reservation:
-        row = _run_row(run)
+        row = run_to_row(run)
         for _ in range(5):
             try:
                 async with self._write() as conn:
@@ -236,7 +233,7 @@ class SqlStore(Store):
                 )
             ).first()
             if flagged is not None and flagged.cancel_requested is not None:
-                await _end_cancelled(conn, _run(flagged), flagged.cancel_requested)
+                await _end_cancelled(conn, run_from_row(flagged), flagged.cancel_requested)
             return None
 
     async def renew_leases(
@@ -282,7 +279,7 @@ class SqlStore(Store):
             # Lock the row: a concurrent claim must not start the run between look and write.
             locked = runs.select().where(runs.c.run_id == run_id).with_for_update()
             row = (await conn.execute(locked)).first()
-            run = None if row is None else _run(row)
+            run = None if row is None else run_from_row(row)
             if run is None or run.status.is_terminal:
                 return run
             if run.status is RunStatus.PENDING:
@@ -305,7 +302,7 @@ class SqlStore(Store):
             row = (
                 await conn.execute(runs.select().where(runs.c.session_id == session_id, _SLOT))
             ).first()
-        return None if row is None else _run(row)
+        return None if row is None else run_from_row(row)
 
     async def list_runs(
         self,
@@ -323,7 +320,7 @@ class SqlStore(Store):
         if parent_run_id is not None:
             query = query.where(runs.c.parent_run_id == parent_run_id)
         async with self._read() as conn:
-            return [_run(row) for row in await conn.execute(query)]
+            return [run_from_row(row) for row in await conn.execute(query)]
 
     async def list_orphan_candidates(self, *, exclude_owner: str) -> list[Orphan]:
         query = runs.select().where(
@@ -331,7 +328,9 @@ class SqlStore(Store):
         )
         async with self._read() as conn:
             return [
-                Orphan(run=_run(row), owner=row.owner, lease_expires_at=row.lease_expires_at)
+                Orphan(
+                    run=run_from_row(row), owner=row.owner, lease_expires_at=row.lease_expires_at
+                )
                 for row in await conn.execute(query)
             ]
 
@@ -475,7 +474,7 @@ async def _queue_order(conn: AsyncConnection, session_id: str, jump_queue: bool)
 
 async def _get_run(conn: AsyncConnection, run_id: str) -> Run | None:
     row = (await conn.execute(runs.select().where(runs.c.run_id == run_id))).first()
-    return None if row is None else _run(row)
+    return None if row is None else run_from_row(row)
 
 
 async def _last_seq(conn: AsyncConnection, run_id: str) -> int:
@@ -548,55 +547,3 @@ async def _update_liveness(conn: AsyncConnection, events: Sequence[RunEvent]) ->
 
 
 _NO_LIVENESS = liveness.Liveness()
-
-
-def _session(row: sa.Row[Any]) -> Session:
-    return Session(
-        session_id=row.session_id,
-        kind=SessionKind(row.kind),
-        parent_session_id=row.parent_session_id,
-        model=row.model,
-        system_prompt=row.system_prompt,
-        tools=tuple(row.tools),
-        workspace=row.workspace,
-        metadata=row.metadata,
-        created_at=row.created_at,
-    )
-
-
-def _run_row(run: Run) -> dict[str, Any]:
-    row = run.model_dump(exclude={"queued", "usage", "last_tool_phase", "status", "trigger"})
-    row.update(
-        status=run.status.value,
-        trigger=run.trigger.value,
-        usage=run.usage.model_dump(),
-        last_tool_phase=run.last_tool_phase.value if run.last_tool_phase else None,
-    )
-    return row
-
-
-def _run(row: sa.Row[Any]) -> Run:
-    usage = row.usage
-    if isinstance(usage, str):
-        usage = json.loads(usage)
-    return Run(
-        run_id=row.run_id,
-        session_id=row.session_id,
-        parent_run_id=row.parent_run_id,
-        status=RunStatus(row.status),
-        error=row.error,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        completed_at=row.completed_at,
-        round_count=row.round_count,
-        last_tool_name=row.last_tool_name,
-        last_tool_phase=ToolPhase(row.last_tool_phase) if row.last_tool_phase else None,
-        last_event_at=row.last_event_at,
-        last_seq=row.last_seq,
-        usage=Usage(**usage) if usage else Usage(),
-        model=row.model,
-        trigger=RunTrigger(row.trigger),
-        attempt=row.attempt,
-        input=row.input,
-        queued=row.queued,
-    )

@@ -1,0 +1,62 @@
+"""Rows of the ``sessions`` and ``runs`` tables to domain models and back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from culm.domain.models import Run, RunStatus, RunTrigger, Session, SessionKind, ToolPhase, Usage
+
+
+def session_from_row(row: sa.Row[Any]) -> Session:
+    return Session(
+        session_id=row.session_id,
+        kind=SessionKind(row.kind),
+        parent_session_id=row.parent_session_id,
+        model=row.model,
+        system_prompt=row.system_prompt,
+        tools=tuple(row.tools),
+        workspace=row.workspace,
+        metadata=row.metadata,
+        created_at=row.created_at,
+    )
+
+
+def run_to_row(run: Run) -> dict[str, Any]:
+    row = run.model_dump(exclude={"queued", "usage", "last_tool_phase", "status", "trigger"})
+    row.update(
+        status=run.status.value,
+        trigger=run.trigger.value,
+        usage=run.usage.model_dump(),
+        last_tool_phase=run.last_tool_phase.value if run.last_tool_phase else None,
+    )
+    return row
+
+
+def run_from_row(row: sa.Row[Any]) -> Run:
+    usage = row.usage
+    if isinstance(usage, str):
+        usage = json.loads(usage)
+    return Run(
+        run_id=row.run_id,
+        session_id=row.session_id,
+        parent_run_id=row.parent_run_id,
+        status=RunStatus(row.status),
+        error=row.error,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        round_count=row.round_count,
+        last_tool_name=row.last_tool_name,
+        last_tool_phase=ToolPhase(row.last_tool_phase) if row.last_tool_phase else None,
+        last_event_at=row.last_event_at,
+        last_seq=row.last_seq,
+        usage=Usage(**usage) if usage else Usage(),
+        model=row.model,
+        trigger=RunTrigger(row.trigger),
+        attempt=row.attempt,
+        input=row.input,
+        queued=row.queued,
+    )
