@@ -96,13 +96,17 @@ class Engine:
             stack.push_async_callback(store.aclose)
             client = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0))
             stack.push_async_callback(client.aclose)
+            self.store = store
+            self.registry = RunnerRegistry()
             batcher = EventBatcher(
-                store, interval=settings.event_flush_interval, max_batch=settings.event_batch_size
+                store,
+                publish=self.registry.publish,
+                linger=settings.event_flush_interval,
+                max_batch=settings.event_batch_size,
             )
             batcher.start()
             stack.push_async_callback(batcher.aclose)
-            self.store = store
-            self.registry = RunnerRegistry()
+            self.batcher = batcher
             self.models = ModelResolver(settings, client, self.scripts)
             self.streams = Streams(store, self.registry, batcher, settings.subscriber_queue_size)
             self.runs = RunManager(
@@ -279,6 +283,13 @@ class Engine:
         terminal event."""
         self._require_open()
         return self.streams.run_events(run_id, after=after)
+
+    async def drain(self) -> None:
+        """Stop taking runs and end the active ones by ``shutdown_policy`` (after
+        ``shutdown_grace``): cancelled, with their terminal events delivered to open streams,
+        or handed back for the next start. Leaving the engine drains too."""
+        if self._stack is not None:
+            await self.runs.aclose()
 
     def close_streams(self) -> None:
         """End every open event stream (runs go on): a server calls this when it starts to stop,

@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     bash_output_limit: int = Field(default=64 * 1024, ge=1024)
 
     # Runtime and store
-    event_flush_interval: float = Field(default=0.05, gt=0, le=0.05)
+    # How long the event writer may wait to gather a bigger batch (0: write as soon as the
+    # previous write is done). Events are published to subscribers once stored.
+    event_flush_interval: float = Field(default=0.0, ge=0, le=0.05)
     event_batch_size: int = Field(default=1000, ge=1)
     subscriber_queue_size: int = Field(default=1000, ge=1)
     recovery_policy: RecoveryPolicy = RecoveryPolicy.ERROR

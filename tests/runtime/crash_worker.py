@@ -1,4 +1,7 @@
-"""Run by tests as a separate process: start slow runs, print their ids, then wait to be killed."""
+"""Run by tests as a separate process: start slow runs, print their ids, then wait to be killed.
+
+With a third argument ``watch``, a run streaming tokens is started instead, and every event a
+live subscriber receives is printed as ``seen <seq> <type>`` the moment it arrives."""
 
 from __future__ import annotations
 
@@ -7,6 +10,15 @@ import sys
 from pathlib import Path
 
 import culm
+
+
+async def watch(home: str) -> None:
+    async with culm.Engine(culm.Settings(home=Path(home))) as engine:
+        engine.scripts.register("ticker", {"turns": [[{"text": "t"}, {"delay": 0.001}] * 100000]})
+        run = await engine.run("go", model="scripted:ticker")
+        print(run.run_id, flush=True)
+        async for event in engine.subscribe(run.run_id):
+            print("seen", event.seq, event.type, flush=True)
 
 
 async def main(home: str, count: int) -> None:
@@ -21,4 +33,7 @@ async def main(home: str, count: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    if sys.argv[3:] == ["watch"]:
+        asyncio.run(watch(sys.argv[1]))
+    else:
+        asyncio.run(main(sys.argv[1], int(sys.argv[2])))

@@ -46,7 +46,8 @@ def _events(count: int, start: int = 1) -> list[RunEvent]:
 
 async def test_events_are_stored_within_the_interval_without_a_flush(tmp_path: Path) -> None:
     store = await _store(tmp_path)
-    batcher = EventBatcher(store, interval=0.05, max_batch=1000)
+    published: list[RunEvent] = []
+    batcher = EventBatcher(store, publish=published.extend, linger=0.05, max_batch=1000)
     batcher.start()
     for event in _events(10):
         batcher.add(event)
@@ -60,19 +61,22 @@ async def test_events_are_stored_within_the_interval_without_a_flush(tmp_path: P
 
 async def test_flush_returns_once_everything_added_is_stored(tmp_path: Path) -> None:
     store = await _store(tmp_path)
-    batcher = EventBatcher(store, interval=10, max_batch=100)
+    published: list[RunEvent] = []
+    batcher = EventBatcher(store, publish=published.extend, linger=10, max_batch=100)
     batcher.start()
     for event in _events(250):
         batcher.add(event)
     await batcher.flush()
     assert [e.seq for e in await store.read_events("r")] == list(range(1, 251))
+    assert [e.seq for e in published] == list(range(1, 251))  # published once stored
     await batcher.aclose()
     await store.aclose()
 
 
 async def test_a_failing_store_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:
     store = await _store(tmp_path, failures=3)
-    batcher = EventBatcher(store, interval=0.01, max_batch=1000)
+    published: list[RunEvent] = []
+    batcher = EventBatcher(store, publish=published.extend, linger=0.01, max_batch=1000)
     batcher.start()
     for event in _events(5):
         batcher.add(event)
@@ -82,13 +86,15 @@ async def test_a_failing_store_is_retried_and_nothing_is_lost(tmp_path: Path) ->
     async with asyncio.timeout(5):
         await batcher.flush()
     assert [e.seq for e in await store.read_events("r")] == list(range(1, 11))
+    assert [e.seq for e in published] == list(range(1, 11))  # nothing published unstored
     await batcher.aclose()
     await store.aclose()
 
 
 async def test_close_stores_what_is_still_buffered(tmp_path: Path) -> None:
     store = await _store(tmp_path)
-    batcher = EventBatcher(store, interval=10, max_batch=1000)
+    published: list[RunEvent] = []
+    batcher = EventBatcher(store, publish=published.extend, linger=10, max_batch=1000)
     batcher.start()
     for event in _events(7):
         batcher.add(event)

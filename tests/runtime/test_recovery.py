@@ -142,3 +142,28 @@ async def test_a_closed_engine_refuses_work(tmp_path: Path) -> None:
         pass
     with pytest.raises(culm.CulmError):
         await engine.list_runs()
+
+
+@pytest.mark.timeout(90)
+async def test_every_event_a_live_client_saw_survives_a_crash(tmp_path: Path) -> None:
+    """Events are published only once stored: what a subscriber saw before the process died is
+    all in the store, and recovery numbers its events after it (no seq is reused)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(WORKER), str(tmp_path), "1", "watch", stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    seen: list[tuple[int, str]] = []
+    async with asyncio.timeout(30):
+        run_id = (await process.stdout.readline()).decode().strip()
+        while len(seen) < 300:
+            _, seq, kind = (await process.stdout.readline()).decode().split()
+            seen.append((int(seq), kind))
+    process.send_signal(signal.SIGKILL)
+    await process.wait()
+    async with culm.Engine(settings(tmp_path)) as engine:
+        events = await collect(engine.subscribe(run_id))
+    stored = {(e.seq, e.type) for e in events}
+    assert set(seen) <= stored
+    recovered = next(e for e in events if e.type == "run_recovered")
+    assert recovered.seq > max(seq for seq, _ in seen)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))

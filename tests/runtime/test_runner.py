@@ -11,12 +11,29 @@ from culm.runtime.subscription import Lagged
 
 
 def _runner(queue_size: int = 10) -> tuple[Runner, list[RunEvent]]:
+    """A runner whose store publishes each event back at once (as the batcher does once it
+    has stored it)."""
     stored: list[RunEvent] = []
     run = Run(run_id="r", session_id="s", model="scripted:echo")
-    runner = Runner(
-        run, persist=stored.append, fan_out_session=lambda e: None, queue_size=queue_size
-    )
+
+    def persist(event: RunEvent) -> None:
+        stored.append(event)
+        runner.publish(event)
+
+    runner = Runner(run, persist=persist, fan_out_session=lambda e: None, queue_size=queue_size)
     return runner, stored
+
+
+async def test_events_reach_subscribers_only_once_published() -> None:
+    pending: list[RunEvent] = []
+    run = Run(run_id="r", session_id="s", model="scripted:echo")
+    runner = Runner(run, persist=pending.append, fan_out_session=lambda e: None, queue_size=10)
+    subscription = runner.attach(0)
+    assert subscription is not None
+    event = runner.emit(Token(content="x"))
+    assert subscription.lagged is False and runner.attach(0) is not None
+    runner.publish(pending[0])
+    assert await subscription.next_batch() == [event]
 
 
 async def test_emit_stamps_consecutive_seqs_and_persists_everything() -> None:

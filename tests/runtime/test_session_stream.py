@@ -52,6 +52,7 @@ async def test_a_late_session_subscriber_gets_the_replay_cache_first(tmp_path: P
         assert runner is not None
         for i in range(CRITICAL_EVENTS_CAPACITY + 5):
             runner.emit(SubAgentStarted(child_session_id=f"s{i}", child_run_id=f"r{i}"))
+        await engine.batcher.flush()  # published to the runner once stored
         late = await _take(
             engine.subscribe_session(session.session_id), CRITICAL_EVENTS_CAPACITY + 1
         )

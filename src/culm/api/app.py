@@ -10,7 +10,7 @@ import anyio
 from fastapi import FastAPI
 
 from culm._version import __version__
-from culm.api import errors
+from culm.api import errors, openapi
 from culm.api.encoding import FrameCache
 from culm.api.middleware import APIKeyAuth, BodySizeLimit
 from culm.api.routes import runs, sessions
@@ -34,8 +34,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 yield
             finally:
                 shutdown.set()
-                engine.close_streams()  # streams end cleanly before the engine closes
-                await watcher
+                await watcher  # runs drained, then streams ended, before the engine closes
 
     app = FastAPI(
         title="culm",
@@ -49,6 +48,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.ping_seconds = settings.sse_ping_seconds
     app.state.shutdown_grace = settings.shutdown_timeout / 2
     errors.install(app)
+    openapi.install(app)
 
     @app.get("/health", tags=["health"])
     async def health() -> Health:
@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
 
 async def _close_streams_on(shutdown: anyio.Event, engine: Engine) -> None:
-    """The server began to stop (a signal, or sse-starlette saw uvicorn exiting): end every
-    event stream now, so clients get a clean end instead of a cut connection."""
+    """The server began to stop (a signal, or sse-starlette saw uvicorn exiting): end the active
+    runs first, so open streams deliver their terminal events, then end every stream, so clients
+    get a clean end instead of a cut connection."""
     await shutdown.wait()
+    await engine.drain()
     engine.close_streams()

@@ -17,7 +17,7 @@ import typer
 from rich.text import Text
 
 from culm._version import __version__
-from culm.cli import run
+from culm.cli import run, runs, serve, sessions
 from culm.cli.render import stderr_console
 from culm.errors import UserError
 
@@ -67,6 +67,12 @@ def configure_logging() -> None:
 # Commands. A command group lives in its own module as a ``typer.Typer`` and is added with
 # ``app.add_typer(module.app, name=…)``.
 app.command("run")(run.run_command)
+app.command("serve")(serve.serve_command)
+app.command("sessions")(sessions.sessions_command)
+app.command("runs")(runs.runs_command)
+app.command("show")(runs.show_command)
+app.command("tail")(runs.tail_command)
+app.command("cancel")(runs.cancel_command)
 
 
 def main() -> None:

@@ -1,15 +1,19 @@
-"""Batched persistence of run events.
+"""Batched persistence of run events, then their publication.
 
-Events from every run go into one buffer; a writer task stores them in one transaction per batch,
-at most ``interval`` after the first of them arrived, or at once when the batch is full or someone
-awaits :meth:`EventBatcher.flush` (as a run does before its terminal status becomes visible).
-A storage failure is retried with backoff; events are never dropped.
+Events from every run go into one buffer. A writer task stores them in one transaction per batch
+(group commit: it writes as soon as the previous write is done, after an optional ``linger``, so
+batches grow with the load), and only then hands them to ``publish`` for live delivery. So every
+event a client ever sees is already stored: after a crash nothing it saw is missing from the
+store, and recovery can never reuse a seq. A storage failure is retried with backoff; events are
+never dropped. :meth:`EventBatcher.flush` returns once everything added so far is stored and
+published (a run awaits it before its terminal status becomes visible).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Sequence
 
 from culm.domain.events import RunEvent
 from culm.logs import get_logger
@@ -19,9 +23,17 @@ log = get_logger(__name__)
 
 
 class EventBatcher:
-    def __init__(self, store: Store, *, interval: float, max_batch: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        publish: Callable[[Sequence[RunEvent]], None],
+        linger: float,
+        max_batch: int,
+    ) -> None:
         self._store = store
-        self._interval = interval
+        self._publish = publish
+        self._linger = linger
         self._max_batch = max_batch
         self._pending: list[RunEvent] = []
         self._added = 0
@@ -71,9 +83,9 @@ class EventBatcher:
     async def _run(self) -> None:
         while not self._closing:
             await self._has_pending.wait()
-            if not self._urgent.is_set():
+            if self._linger > 0 and not self._urgent.is_set():
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._interval):
+                    async with asyncio.timeout(self._linger):
                         await self._urgent.wait()
             await self._write_now()
 
@@ -83,10 +95,15 @@ class EventBatcher:
         self._has_pending.clear()
         count = len(self._pending)
         if count:
-            await self._store_with_retry(self._pending[:count])
+            batch = self._pending[:count]
+            await self._store_with_retry(batch)
             del self._pending[:count]
             if self._pending:
                 self._has_pending.set()
+            try:
+                self._publish(batch)
+            except Exception:
+                log.exception("publishing stored run events failed")
         self._written += count
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()

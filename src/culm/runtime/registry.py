@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from culm.domain.events import RunEvent
@@ -70,6 +70,13 @@ class RunnerRegistry:
         watch = self._changes.pop(run_id, None)
         if watch is not None:
             watch.event.set()
+
+    def publish(self, events: Sequence[RunEvent]) -> None:
+        """Hand stored events to their runners for live delivery."""
+        for event in events:
+            runner = self._runners.get(event.run_id)
+            if runner is not None:
+                runner.publish(event)
 
     # Session subscribers
 

@@ -1,9 +1,10 @@
 """The runner: in-memory state of one active run (the seed's ``AgentRunner``).
 
-It stamps and fans out every event the run emits: into the batched store writer, to each
-subscriber's bounded queue, to the session's subscribers, into a ring of recent events (so a
-subscriber can attach without a gap), into the replay cache of the last 32 critical events and the
-last ``token_budget_updated``; and it keeps the liveness fields current.
+It stamps every event the run emits and hands it to the batched store writer, keeping the
+liveness fields current. Once stored, the writer publishes the event back here, and the runner
+fans it out: to each subscriber's bounded queue, to the session's subscribers, into a ring of
+recent events (so a subscriber can attach without a gap), and into the replay cache of the last
+32 critical events and the last ``token_budget_updated``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Runner:
         self.critical_events: deque[RunEvent] = deque(maxlen=CRITICAL_EVENTS_CAPACITY)
         self.last_budget_event: RunEvent | None = None
         self._seq = run.last_seq
+        self._published = run.last_seq
         self._ring: deque[RunEvent] = deque(maxlen=RING_CAPACITY)
         self._subscribers: set[Subscription] = set()
         self._persist = persist
@@ -58,28 +60,33 @@ class Runner:
         return self._seq
 
     def emit(self, payload: RunEventBase) -> RunEvent:
-        """Stamp ``payload`` with the next seq and deliver it everywhere. Never blocks."""
+        """Stamp ``payload`` with the next seq and hand it to the store. Never blocks; the event
+        reaches subscribers through :meth:`publish` once it is stored."""
         self._seq += 1
         event = payload.stamped(
             seq=self._seq, run_id=self.run_id, session_id=self.session_id, ts=utc_now()
         )
-        self._ring.append(event)
         self.liveness = liveness.apply(self.liveness, event)
+        self._persist(event)
+        return event
+
+    def publish(self, event: RunEvent) -> None:
+        """Deliver a stored event: ring, replay caches, subscribers, the session's subscribers."""
+        self._published = event.seq
+        self._ring.append(event)
         if event.type in CRITICAL_EVENT_TYPES:
             self.critical_events.append(event)
         elif event.type == "token_budget_updated":
             self.last_budget_event = event
-        self._persist(event)
         for subscriber in self._subscribers:
             subscriber.push(event)
         self._fan_out_session(event)
-        return event
 
     def attach(self, after: int) -> Subscription | None:
         """A subscription starting right after seq ``after``, or None when the events between
         ``after`` and what the ring still holds must first be read from the store."""
-        if after < self._seq:
-            oldest = self._ring[0].seq if self._ring else self._seq + 1
+        if after < self._published:
+            oldest = self._ring[0].seq if self._ring else self._published + 1
             if oldest > after + 1:
                 return None
             backlog = [event for event in self._ring if event.seq > after]
