@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 PIP_INSTALL := $(BIN)/pip install -c $(CONSTRAINTS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev test lint typecheck check lock bench serve
+.PHONY: help install dev test lint typecheck check lock openapi bench serve
 
 help:
 	@echo "make install    venv at $(VENV) with culm[all] (pinned by $(CONSTRAINTS))"
@@ -18,6 +18,7 @@ help:
 	@echo "make typecheck  mypy (strict)"
 	@echo "make check      lint + typecheck + test"
 	@echo "make lock       regenerate $(CONSTRAINTS) from pyproject.toml"
+	@echo "make openapi    regenerate docs/openapi.json from the app"
 	@echo "make bench      engine overhead benchmark"
 	@echo "make serve      culm serve"
 
@@ -56,6 +57,11 @@ lock:
 	} > $(CONSTRAINTS).new; \
 	mv $(CONSTRAINTS).new $(CONSTRAINTS); \
 	echo "wrote $(CONSTRAINTS)"
+
+openapi:
+	@$(BIN)/python -m culm.api.openapi > docs/openapi.json.new \
+	  && mv docs/openapi.json.new docs/openapi.json || { rm -f docs/openapi.json.new; exit 1; }
+	@echo "wrote docs/openapi.json"
 
 bench:
 	$(BIN)/python bench/engine_overhead.py

@@ -78,3 +78,27 @@ asyncio.run(main())
     )
     assert done.stdout == "completed\n"
     assert "model call failed; retrying" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["../../etc/x", "a/b", ".hidden", ""])
+async def test_scripted_names_cannot_reach_outside_the_scripts_folder(
+    tmp_path: Path, name: str
+) -> None:
+    (tmp_path / "x.json").write_text('{"turns": [[{"text": "leaked"}]]}')
+    async with culm.Engine(culm.Settings(home=tmp_path / "home")) as engine:
+        with pytest.raises(culm.UnknownModelError):
+            await engine.create_session(model=f"scripted:{name}")
+
+
+@pytest.mark.parametrize("workspace", ["0" * 300, "bad\x00path", "~nosuchuser_culm/x"])
+async def test_unusable_workspaces_are_config_errors(tmp_path: Path, workspace: str) -> None:
+    async with culm.Engine(culm.Settings(home=tmp_path)) as engine:
+        with pytest.raises(culm.ConfigError, match="workspace"):
+            await engine.create_session(model="scripted:echo", workspace=workspace)
+
+
+async def test_wait_with_zero_timeout_returns_a_finished_run(tmp_path: Path) -> None:
+    async with culm.Engine(culm.Settings(home=tmp_path)) as engine:
+        run = await engine.run("hi", model="scripted:echo")
+        await engine.wait(run.run_id)
+        assert (await engine.wait(run.run_id, timeout=0)).status is culm.RunStatus.COMPLETED

@@ -165,8 +165,12 @@ class Engine:
             path = self.settings.workspaces_dir / session_id
             path.mkdir(parents=True, exist_ok=True)
             return path
-        path = Path(workspace).expanduser().resolve()
-        if not path.is_dir():
+        try:
+            path = Path(workspace).expanduser().resolve()
+            is_dir = path.is_dir()
+        except (OSError, ValueError, RuntimeError) as exc:  # too long, NUL byte, ~nobody
+            raise ConfigError(f"workspace {str(workspace)!r} is not usable: {exc}") from None
+        if not is_dir:
             raise ConfigError(f"workspace {str(workspace)!r} is not an existing directory")
         return path
 
@@ -274,7 +278,9 @@ class Engine:
 
     async def wait(self, run_id: str, *, timeout: float | None = None) -> Run:
         """The run once terminal; raises TimeoutError after ``timeout`` seconds."""
-        self._require_open()
+        run = await self.get_run(run_id)
+        if run.status.is_terminal:
+            return run  # also with timeout=0
         async with asyncio.timeout(timeout):
             return await self.runs.wait(run_id)
 

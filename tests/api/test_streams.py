@@ -203,9 +203,10 @@ async def test_websocket_errors_close_with_a_reason(
     assert missing[0]["error"]["code"] == "not_found"
     assert code == 4404
     run_id = await _start(client, "scripted:echo")
-    bad, code = await _ws_session(server, run_id, first={"after": -1})
-    assert bad[0]["error"]["code"] == "invalid_request"
-    assert code == 1008
+    for first in ({"after": -1}, {"after": 10**30}, {"after": "²"}, {"cursor": 1}):
+        bad, code = await _ws_session(server, run_id, first=first)
+        assert bad[0]["error"]["code"] == "invalid_request", first
+        assert code == 1008
 
 
 async def test_http_cancel_inside_a_model_stream_within_a_second(

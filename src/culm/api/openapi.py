@@ -5,8 +5,9 @@ FastAPI builds the spec from the routes and their ``responses=`` metadata (:func
 
 - the bearer key, as *optional* security: the auth middleware is added only when
   ``CULM_API_KEY`` is set, and ``/health`` is always open (401 is documented where it applies);
-- the error body of request validation (422) and of the body limit (413), which FastAPI would
-  otherwise document as its own ``HTTPValidationError``;
+- the errors raised outside the routes, all as :class:`ErrorBody`: 422 for request validation
+  (instead of FastAPI's ``HTTPValidationError``), and 400 (not JSON) and 413 (over the body
+  limit) wherever a request body is taken;
 - the run event schemas that the SSE streams (and the WebSocket) carry.
 
 ``docs/openapi.json`` is :func:`spec` as JSON; regenerate it with ``make openapi``
@@ -34,12 +35,12 @@ SECURITY_SCHEME = "bearer"
 _REF = "#/components/schemas/{model}"
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
-UNAUTHORIZED = "`unauthorized`: the server has `CULM_API_KEY` set and the bearer token is missing or wrong"
-BODY_TOO_LARGE = "`body_too_large`: the request body is over the server's limit (1 MiB by default)"
-INVALID = (
-    "`invalid_request`: a parameter or field is missing or invalid (`field` names it), "
-    "or the model, tool or workspace is unknown"
+UNAUTHORIZED = (
+    "`unauthorized`: the server has `CULM_API_KEY` set and the bearer token is missing or wrong"
 )
+BAD_JSON = "`bad_request`: the request body is not JSON"
+BODY_TOO_LARGE = "`body_too_large`: the request body is over the server's limit (1 MiB by default)"
+INVALID = "`invalid_request`: a parameter or field is missing or invalid (`field` names it)"
 
 
 def errors(statuses: Mapping[int, str]) -> Responses:
@@ -60,7 +61,7 @@ def event_stream(description: str) -> Responses:
         "required": ["id", "event", "data"],
         "properties": {
             "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the event's `seq`"},
-            "event": {"type": "string", "description": "the event's `type`"},
+            "event": {"type": "string", "enum": _event_types(), "description": "its `type`"},
             "data": {
                 "type": "string",
                 "contentMediaType": "application/json",
@@ -89,8 +90,9 @@ def install(app: FastAPI) -> None:
 def _complete(schema: Schema) -> None:
     components: Schema = schema.setdefault("components", {})
     definitions: Schema = components.setdefault("schemas", {})
-    _add_models(definitions, ErrorBody)
-    _add_run_events(definitions)
+    if ErrorBody.__name__ not in definitions:  # FastAPI adds it when a route refers to it
+        _merge(definitions, ErrorBody.__name__, _json_schema(ErrorBody))
+    _merge(definitions, "RunEvent", _run_event_schema())
     components["securitySchemes"] = {
         SECURITY_SCHEME: {
             "type": "http",
@@ -114,9 +116,16 @@ def _complete_operation(path: str, operation: Schema) -> None:
     else:
         responses.setdefault("401", _error_response(UNAUTHORIZED))
     if "requestBody" in operation:
+        responses.setdefault("400", _error_response(BAD_JSON))
         responses.setdefault("413", _error_response(BODY_TOO_LARGE))
-    if "422" in responses:
+    if _schema_name(responses.get("422")) == "HTTPValidationError":  # FastAPI's, not ours
         responses["422"] = _error_response(INVALID)
+
+
+def _schema_name(response: Schema | None) -> str | None:
+    schema = (response or {}).get("content", {}).get("application/json", {}).get("schema", {})
+    ref: str = schema.get("$ref", "")
+    return ref.rpartition("/")[2] or None
 
 
 def _error_response(description: str) -> Schema:
@@ -124,14 +133,18 @@ def _error_response(description: str) -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _add_models(definitions: Schema, model: type[BaseModel]) -> None:
-    _merge(definitions, model.__name__, model.model_json_schema(_REF, mode="serialization"))
+def _event_types() -> list[str]:
+    return sorted(_run_event_schema()["discriminator"]["mapping"])
 
 
-def _add_run_events(definitions: Schema) -> None:
-    events = TypeAdapter(RunEvent).json_schema(mode="serialization", ref_template=_REF)
-    events["description"] = "A run event (the `data` of an SSE frame, a WebSocket text frame)."
-    _merge(definitions, "RunEvent", events)
+def _json_schema(model: type[BaseModel]) -> Schema:
+    return model.model_json_schema(ref_template=_REF, mode="serialization")
+
+
+def _run_event_schema() -> Schema:
+    events = TypeAdapter(RunEvent).json_schema(ref_template=_REF, mode="serialization")
+    events["description"] = "A run event: the `data` of an SSE frame, a WebSocket text frame."
+    return events
 
 
 def _merge(definitions: Schema, name: str, schema: Schema) -> None:

@@ -22,6 +22,7 @@ from culm.errors import NotFoundError
 from culm.services import Engine
 
 FIRST_FRAME_WAIT = 0.25
+MAX_SEQ = 2**63 - 1
 
 
 def sse_response(
@@ -102,9 +103,12 @@ async def _first_cursor(websocket: WebSocket) -> int:
 
 
 def _non_negative(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+    text = str(value)
+    if isinstance(value, bool) or not isinstance(value, int | str) or not text.isascii():
         raise ValueError(f"after must be a non-negative integer, got {value!r}")
-    return int(value)
+    if not text.isdigit() or int(text) > MAX_SEQ:
+        raise ValueError(f"after must be an integer from 0 to {MAX_SEQ}, got {value!r}")
+    return int(text)
 
 
 async def _send_events(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,6 +55,8 @@ from culm.providers.base import (
 )
 
 END_OF_SCRIPT = "(end of script)"
+# A script file is $CULM_HOME/scripts/<name>.json: no path separators, no "..".
+_SCRIPT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 
 
 class Script(BaseModel):
@@ -100,6 +103,10 @@ class ScriptLibrary:
     def get(self, name: str) -> Script:
         if name in self._scripts:
             return self._scripts[name]
+        if not _SCRIPT_NAME.fullmatch(name):
+            raise UnknownModelError(
+                f"invalid scripted model name {name!r} (letters, digits, '_', '-', '.')"
+            )
         path = self._directory / f"{name}.json" if self._directory else None
         if path is not None and path.is_file():
             try:

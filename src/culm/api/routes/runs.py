@@ -9,16 +9,29 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from culm.api.deps import EngineDep, ShutdownDep, ws_engine, ws_shutdown
-from culm.api.schemas import CreateHeadlessRun, RunList, WaitTimeout
+from culm.api.openapi import errors, event_stream, wait_timeout
+from culm.api.schemas import CreateHeadlessRun, RunList
 from culm.api.streaming import sse_response, websocket_stream
 from culm.domain.models import Run, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 Seconds = Annotated[float, Query(ge=0, le=3600)]
+MAX_SEQ = 2**63 - 1  # the store keeps seq as a signed 64-bit integer
+
+UNKNOWN = errors({404: "`not_found`: no run has this id"})
+UNKNOWN_NAME = (
+    "`invalid_request`: a field is invalid (`field` names it), or an unknown model, tool or "
+    "workspace"
+)
+EVENTS = (
+    "the run's events (SSE), closed after the terminal one; the same JSON events come as text "
+    "frames from the WebSocket `/v1/runs/{run_id}/ws`"
+)
+STILL_ACTIVE = wait_timeout("the run is not terminal after `timeout` seconds; `run` is as it is")
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses=errors({422: UNKNOWN_NAME}))
 async def create_run(body: CreateHeadlessRun, engine: EngineDep) -> Run:
     """Create a session and start a run on it, in one call."""
     return await engine.run(
@@ -41,12 +54,12 @@ async def list_runs(
     return RunList(runs=await engine.list_runs(session_id=session_id, status=status, limit=limit))
 
 
-@router.get("/{run_id}")
+@router.get("/{run_id}", responses=UNKNOWN)
 async def get_run(run_id: str, engine: EngineDep) -> Run:
     return await engine.get_run(run_id)
 
 
-@router.get("/{run_id}/wait", response_model=Run, responses={408: {"model": WaitTimeout}})
+@router.get("/{run_id}/wait", response_model=Run, responses={**UNKNOWN, **STILL_ACTIVE})
 async def wait_run(run_id: str, engine: EngineDep, timeout: Seconds = 30) -> Run | JSONResponse:
     """The run once it is terminal; 408 with the run as it is when ``timeout`` passes."""
     await engine.get_run(run_id)
@@ -54,6 +67,8 @@ async def wait_run(run_id: str, engine: EngineDep, timeout: Seconds = 30) -> Run
         return await engine.wait(run_id, timeout=timeout)
     except TimeoutError:
         run = await engine.get_run(run_id)
+        if run.status.is_terminal:  # it ended right at the deadline
+            return run
         message = f"run {run_id!r} is still {run.status.value} after {timeout:g} s"
         body = {
             "error": {"code": "timeout", "message": message},
@@ -62,7 +77,7 @@ async def wait_run(run_id: str, engine: EngineDep, timeout: Seconds = 30) -> Run
         return JSONResponse(body, status_code=408)
 
 
-@router.post("/{run_id}/cancel", response_model=Run, responses={408: {"model": WaitTimeout}})
+@router.post("/{run_id}/cancel", response_model=Run, responses={**UNKNOWN, **STILL_ACTIVE})
 async def cancel_run(
     run_id: str, engine: EngineDep, wait: bool = False, timeout: Seconds = 30
 ) -> Run | JSONResponse:
@@ -76,14 +91,14 @@ async def cancel_run(
 @router.get(
     "/{run_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "run events (SSE)"}},
+    responses={**event_stream(EVENTS), **UNKNOWN},
 )
 async def run_events(
     run_id: str,
     request: Request,
     engine: EngineDep,
     shutdown: ShutdownDep,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Every event with ``seq`` after the cursor (``Last-Event-ID`` or ``after``), then live;
@@ -94,8 +109,9 @@ async def run_events(
 
 
 def _cursor(last_event_id: str | None) -> int:
-    if last_event_id is not None and last_event_id.strip().isdigit():
-        return int(last_event_id.strip())
+    value = (last_event_id or "").strip()
+    if value.isascii() and value.isdigit():  # not "²": str.isdigit is true for it, int() fails
+        return min(int(value), MAX_SEQ)
     return 0
 
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
 from culm.api.deps import EngineDep, ShutdownDep
+from culm.api.openapi import errors, event_stream
 from culm.api.schemas import CreateRun, CreateSession, MessageList, RunList, SessionList
 from culm.api.streaming import sse_response
 from culm.domain.models import Run, Session
@@ -16,8 +17,16 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
+UNKNOWN = errors({404: "`not_found`: no session has this id"})
+UNKNOWN_NAME = "`invalid_request`: a field is invalid (`field` names it), or an unknown model"
+BUSY = "`session_busy`: the session has an active run (`run_id` says which)"
+ALREADY_RUNNING = (
+    "`already_running`: the session has an active run (`run_id` says which) and `multitask` "
+    "is `reject`"
+)
 
-@router.post("", status_code=201)
+
+@router.post("", status_code=201, responses=errors({422: f"{UNKNOWN_NAME}, tool or workspace"}))
 async def create_session(body: CreateSession, engine: EngineDep) -> Session:
     return await engine.create_session(
         model=body.model,
@@ -33,30 +42,34 @@ async def list_sessions(engine: EngineDep, limit: Limit = 100) -> SessionList:
     return SessionList(sessions=await engine.list_sessions(limit=limit))
 
 
-@router.get("/{session_id}")
+@router.get("/{session_id}", responses=UNKNOWN)
 async def get_session(session_id: str, engine: EngineDep) -> Session:
     return await engine.get_session(session_id)
 
 
-@router.delete("/{session_id}", status_code=204)
+@router.delete("/{session_id}", status_code=204, responses={**UNKNOWN, **errors({409: BUSY})})
 async def delete_session(session_id: str, engine: EngineDep) -> Response:
     await engine.delete_session(session_id)
     return Response(status_code=204)
 
 
-@router.get("/{session_id}/messages")
+@router.get("/{session_id}/messages", responses=UNKNOWN)
 async def get_messages(session_id: str, engine: EngineDep) -> MessageList:
     return MessageList(messages=await engine.get_messages(session_id))
 
 
-@router.post("/{session_id}/runs", status_code=202)
+@router.post(
+    "/{session_id}/runs",
+    status_code=202,
+    responses={**UNKNOWN, **errors({409: ALREADY_RUNNING, 422: UNKNOWN_NAME})},
+)
 async def create_run(session_id: str, body: CreateRun, engine: EngineDep) -> Run:
     return await engine.start_run(
         session_id, body.message, model=body.model, multitask=body.multitask
     )
 
 
-@router.get("/{session_id}/runs")
+@router.get("/{session_id}/runs", responses=UNKNOWN)
 async def list_session_runs(session_id: str, engine: EngineDep, limit: Limit = 100) -> RunList:
     await engine.get_session(session_id)
     return RunList(runs=await engine.list_runs(session_id=session_id, limit=limit))
@@ -65,7 +78,10 @@ async def list_session_runs(session_id: str, engine: EngineDep, limit: Limit = 1
 @router.get(
     "/{session_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "run events (SSE)"}},
+    responses={
+        **event_stream("the session's run events (SSE): its replay cache, then live"),
+        **UNKNOWN,
+    },
 )
 async def session_events(
     session_id: str, request: Request, engine: EngineDep, shutdown: ShutdownDep
