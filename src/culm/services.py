@@ -28,6 +28,7 @@ from culm.domain.models import (
     RunTrigger,
     Session,
     SessionKind,
+    Usage,
 )
 from culm.domain.time import new_id
 from culm.errors import ConfigError, EngineClosedError, NotFoundError
@@ -38,6 +39,7 @@ from culm.runtime.batcher import EventBatcher
 from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.streams import Streams
+from culm.runtime.subagents import SpawnAgentTool, SubAgentLimits, SubAgents
 from culm.settings import Settings, load_settings
 from culm.storage.base import Store
 from culm.storage.sql import SqlStore
@@ -60,7 +62,17 @@ class Engine:
         store: Store | None = None,
     ) -> None:
         self.settings = settings or load_settings()
-        extra = list(tools or ())
+        self.subagents = SubAgents(
+            SubAgentLimits(
+                per_run=self.settings.subagents_per_run,
+                total=self.settings.subagents_total,
+                max_depth=self.settings.subagent_max_depth,
+                idle_timeout=self.settings.subagent_idle_timeout,
+                max_duration=self.settings.subagent_max_duration,
+                heartbeat=self.settings.subagent_heartbeat,
+            )
+        )
+        extra = [SpawnAgentTool(self, self.subagents), *(tools or ())]
         overridden = {tool.name for tool in extra}
         builtins = [t for t in builtin_tools(self.settings) if t.name not in overridden]
         self.tools = ToolRegistry([*builtins, *extra], DEFAULT_GROUPS)
@@ -249,6 +261,19 @@ class Engine:
             }
         )
 
+    async def get_children(self, run_id: str) -> list[Run]:
+        """The runs a run spawned (its sub-agents), oldest first."""
+        await self.get_run(run_id)
+        children = await self.store.list_runs(parent_run_id=run_id, limit=10_000)
+        return sorted(children, key=lambda run: run.created_at)
+
+    async def usage_with_descendants(self, run_id: str) -> Usage:
+        """The run's usage plus that of every sub-agent below it."""
+        total = (await self.get_run(run_id)).usage
+        for child in await self.get_children(run_id):
+            total += await self.usage_with_descendants(child.run_id)
+        return total
+
     async def list_runs(
         self,
         *,
@@ -337,4 +362,5 @@ class Engine:
             emit=emit,
             append_messages=append,
             budget_limit=session.metadata.get("budget_limit"),
+            run_id=run.run_id,
         )

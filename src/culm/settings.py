@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     stream_idle_timeout: float = Field(default=120.0, gt=0)
     bash_output_limit: int = Field(default=64 * 1024, ge=1024)
 
+    # Sub-agents (the spawn_agent tool)
+    subagents_per_run: int = Field(default=4, ge=1)
+    subagents_total: int = Field(default=16, ge=1)
+    subagent_max_depth: int = Field(default=2, ge=1)
+    subagent_idle_timeout: float = Field(default=15 * 60.0, gt=0)
+    subagent_max_duration: float = Field(default=60 * 60.0, gt=0)
+    subagent_heartbeat: float = Field(default=5.0, gt=0)
+
     # Runtime and store
     # How long the event writer may wait to gather a bigger batch (0: write as soon as the
     # previous write is done). Events are published to subscribers once stored.

@@ -200,3 +200,31 @@ async def test_api_key_guards_every_route_but_health(make_server: ServerFactory)
         assert wrong.status_code == 401
         ok = await client.get("/v1/runs", headers={"authorization": "Bearer s3cret"})
         assert ok.status_code == 200
+
+
+async def test_a_run_lists_its_sub_agent_children(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    spawn = {
+        "tool_call": {"name": "spawn_agent", "arguments": {"task": "t", "model": "scripted:echo"}}
+    }
+    server.engine.scripts.register("boss", {"turns": [[spawn, spawn], [{"text": "ok"}]]})
+    run = (
+        await client.post(
+            "/v1/runs", json={"message": "go", "model": "scripted:boss", "tools": ["spawn_agent"]}
+        )
+    ).json()
+    await client.get(f"/v1/runs/{run['run_id']}/wait")
+    detail = (await client.get(f"/v1/runs/{run['run_id']}")).json()
+    assert len(detail["children"]) == 2
+    assert {c["status"] for c in detail["children"]} == {"completed"}
+    child_total = 0
+    for child in detail["children"]:
+        child_run = (await client.get(f"/v1/runs/{child['run_id']}")).json()
+        assert child_run["parent_run_id"] == run["run_id"]
+        assert child_run["trigger"] == "spawn"
+        assert child_run["children"] == []
+        child_total += child_run["usage"]["total_tokens"]
+    assert detail["usage_with_descendants"]["total_tokens"] == (
+        detail["usage"]["total_tokens"] + child_total
+    )

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from culm.domain.models import Message, MultitaskPolicy, Run, Session
+from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, Session, Usage
 
 
 class _Request(BaseModel):
@@ -61,3 +61,16 @@ class ErrorBody(BaseModel):
 
 class WaitTimeout(ErrorBody):
     run: Run
+
+
+class RunChild(BaseModel):
+    run_id: str
+    session_id: str
+    status: RunStatus
+
+
+class RunDetail(Run):
+    """A run with the sub-agent runs it spawned and its usage including theirs."""
+
+    children: list[RunChild]
+    usage_with_descendants: Usage

@@ -33,6 +33,7 @@ class LoopContext:
     emit: Callable[[RunEventBase], RunEvent]
     append_messages: Callable[[Sequence[Message]], Awaitable[None]]
     budget_limit: int | None = None
+    run_id: str = ""
 
 
 @dataclass(kw_only=True, slots=True)

@@ -81,13 +81,19 @@ async def _invoke(ctx: LoopContext, call: ToolCall, arguments: Any) -> str:
         raise ToolFailure(f"unknown tool {call.name!r} (enabled tools: {available})")
     if not isinstance(arguments, dict):
         raise ToolFailure(f"arguments for {call.name} must be a JSON object, got: {call.arguments}")
-    timeout = ctx.limits.tool_timeout
+    timeout = tool.timeout if tool.timeout is not None else ctx.limits.tool_timeout
 
     def emit_output(text: str) -> None:
         ctx.emit(ToolToken(tool_call_id=call.id, content=text))
 
     tool_ctx = ToolContext(
-        workspace=ctx.workspace, tool_call_id=call.id, emit_output=emit_output, timeout=timeout
+        workspace=ctx.workspace,
+        tool_call_id=call.id,
+        emit_output=emit_output,
+        timeout=timeout,
+        run_id=ctx.run_id,
+        session_id=ctx.session.session_id,
+        emit_event=ctx.emit,
     )
     deadline = asyncio.timeout(timeout)
     try:

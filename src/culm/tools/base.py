@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from culm.domain.events import RunEventBase
 from culm.errors import UnknownToolError
 from culm.providers.base import ToolSpec
 
@@ -26,6 +27,11 @@ class ToolContext:
     tool_call_id: str
     emit_output: Callable[[str], None]
     timeout: float
+    # The run the call belongs to, and a way to emit other run events into it (the
+    # ``spawn_agent`` tool reports its sub-agent this way). Empty outside a run.
+    run_id: str = ""
+    session_id: str = ""
+    emit_event: Callable[[RunEventBase], object] | None = None
 
 
 class Tool(ABC):
@@ -36,6 +42,8 @@ class Tool(ABC):
     parameters: ClassVar[dict[str, Any]]
     # Read-only tools of one round run concurrently; the others run one after another, in order.
     read_only: ClassVar[bool] = False
+    # Seconds this tool may take, instead of the engine's ``tool_timeout`` (None: the default).
+    timeout: float | None = None
 
     @abstractmethod
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str: ...

@@ -10,7 +10,7 @@ from sse_starlette import EventSourceResponse
 
 from culm.api.deps import EngineDep, ShutdownDep, ws_engine, ws_shutdown
 from culm.api.openapi import errors, event_stream, wait_timeout
-from culm.api.schemas import CreateHeadlessRun, RunList
+from culm.api.schemas import CreateHeadlessRun, RunChild, RunDetail, RunList
 from culm.api.streaming import sse_response, websocket_stream
 from culm.domain.models import Run, RunStatus
 
@@ -55,8 +55,15 @@ async def list_runs(
 
 
 @router.get("/{run_id}", responses=UNKNOWN)
-async def get_run(run_id: str, engine: EngineDep) -> Run:
-    return await engine.get_run(run_id)
+async def get_run(run_id: str, engine: EngineDep) -> RunDetail:
+    """The run, its sub-agent runs (``children``) and its usage with theirs."""
+    run = await engine.get_run(run_id)
+    children = [
+        RunChild(run_id=child.run_id, session_id=child.session_id, status=child.status)
+        for child in await engine.get_children(run_id)
+    ]
+    usage = await engine.usage_with_descendants(run_id)
+    return RunDetail(**run.model_dump(), children=children, usage_with_descendants=usage)
 
 
 @router.get("/{run_id}/wait", response_model=Run, responses={**UNKNOWN, **STILL_ACTIVE})

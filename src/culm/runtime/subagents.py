@@ -1,0 +1,364 @@
+"""Sub-agents: the ``spawn_agent`` tool runs a child agent and returns its final answer.
+
+A spawn creates a child session (kind ``child``) and a child run (trigger ``spawn``, with
+``parent_run_id``) in the parent's workspace, and follows the child's events into the parent's
+stream: ``sub_agent_started``, every child event wrapped in ``sub_agent_event`` (in the child's
+order), ``sub_agent_heartbeat`` every few seconds while the child runs, and
+``sub_agent_completed``. Cancelling the parent cancels the tool, whose cleanup cancels the child
+and waits for it, so a cancel reaches every descendant and ``cancel(wait=True)`` returns once the
+whole tree is terminal. A watchdog ends a child that is idle or runs too long (status
+``timeout``). Children per run and per engine are capped; the rest wait in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from culm.domain.events import (
+    RunEvent,
+    SubAgentCompleted,
+    SubAgentEvent,
+    SubAgentHeartbeat,
+    SubAgentStarted,
+    event_to_dict,
+    is_terminal,
+)
+from culm.domain.models import Run, RunTrigger, Session, SessionKind
+from culm.errors import ToolFailure, UserError
+from culm.tools.base import Tool, ToolContext
+
+SPAWN_TOOL = "spawn_agent"
+CHILD_PROMPT = (
+    "You are a sub-agent: another agent gave you one task. Do it with the tools you have, "
+    "then answer with the result, complete and self-contained."
+)
+
+
+class Spawner(Protocol):
+    """What spawning needs from the engine."""
+
+    async def get_session(self, session_id: str) -> Session: ...
+
+    async def get_run(self, run_id: str) -> Run: ...
+
+    async def create_session(
+        self,
+        *,
+        model: str | None = None,
+        system_prompt: str | None = None,
+        tools: Sequence[str] = (),
+        workspace: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        kind: SessionKind = SessionKind.ROOT,
+        parent_session_id: str | None = None,
+    ) -> Session: ...
+
+    async def start_run(
+        self,
+        session_id: str,
+        message: str,
+        *,
+        trigger: RunTrigger = RunTrigger.API,
+        parent_run_id: str | None = None,
+    ) -> Run: ...
+
+    def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEvent]: ...
+
+    async def cancel(
+        self, run_id: str, *, reason: str = ..., wait: bool = False, timeout: float | None = None
+    ) -> Run: ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SubAgentLimits:
+    per_run: int = 4
+    total: int = 16
+    max_depth: int = 2
+    idle_timeout: float = 15 * 60.0
+    max_duration: float = 60 * 60.0
+    heartbeat: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChildOutcome:
+    status: str  # completed | cancelled | error | timeout
+    error: str | None = None
+    answer: str = ""
+
+
+@dataclass(slots=True)
+class _Slots:
+    semaphore: asyncio.Semaphore
+    users: int = 0
+
+
+@dataclass(slots=True)
+class SubAgents:
+    """The spawn capacity of one engine: per-run and engine-wide caps (FIFO waits)."""
+
+    limits: SubAgentLimits
+    _total: asyncio.Semaphore = field(init=False)
+    _per_run: dict[str, _Slots] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._total = asyncio.Semaphore(self.limits.total)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, run_id: str) -> AsyncIterator[None]:
+        slots = self._per_run.get(run_id)
+        if slots is None:
+            slots = self._per_run[run_id] = _Slots(asyncio.Semaphore(self.limits.per_run))
+        slots.users += 1
+        try:
+            async with slots.semaphore, self._total:
+                yield
+        finally:
+            slots.users -= 1
+            if slots.users == 0:
+                del self._per_run[run_id]
+
+
+class SpawnAgentTool(Tool):
+    name: ClassVar[str] = SPAWN_TOOL
+    description: ClassVar[str] = (
+        "Start a sub-agent on a self-contained task and wait for its final answer, which is "
+        "returned as this tool's result. Several sub-agents called in one turn run at the same "
+        "time. The sub-agent works in the same workspace with the tools you give it (a subset "
+        "of yours; by default all of them)."
+    )
+    parameters: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "task": {"type": "string", "description": "What the sub-agent must do, in full."},
+            "title": {"type": "string", "description": "A short label for the sub-agent."},
+            "model": {"type": "string", "description": "provider:model (default: yours)."},
+            "tools": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["task"],
+        "additionalProperties": False,
+    }
+    read_only: ClassVar[bool] = True  # lets several spawns of one round run concurrently
+
+    def __init__(self, spawner: Spawner, capacity: SubAgents) -> None:
+        self._spawner = spawner
+        self._capacity = capacity
+        self.timeout = capacity.limits.max_duration + 60  # the watchdog ends children first
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        request = _SpawnRequest.parse(arguments)
+        if ctx.emit_event is None or not ctx.run_id:
+            raise ToolFailure("spawn_agent works only inside a run")
+        parent = await self._spawner.get_session(ctx.session_id)
+        depth = await self._depth(ctx.run_id) + 1
+        limit = self._capacity.limits.max_depth
+        if depth > limit:
+            raise ToolFailure(
+                f"nesting depth limit reached: sub-agents may nest {limit} deep, and this "
+                "run is already a sub-agent at that depth; do the task yourself"
+            )
+        tools = _child_tools(parent, request.tools, may_spawn=depth < limit)
+        async with self._capacity.slot(ctx.run_id):
+            child = await self._start(parent, request, tools, ctx)
+            outcome = await _Follower(self._spawner, self._capacity.limits, ctx, child).run()
+        if outcome.status == "completed":
+            return outcome.answer
+        raise ToolFailure(_failure_text(outcome))
+
+    async def _depth(self, run_id: str) -> int:
+        depth = 0
+        run = await self._spawner.get_run(run_id)
+        while run.parent_run_id is not None and depth <= self._capacity.limits.max_depth:
+            depth += 1
+            run = await self._spawner.get_run(run.parent_run_id)
+        return depth
+
+    async def _start(
+        self, parent: Session, request: _SpawnRequest, tools: list[str], ctx: ToolContext
+    ) -> Run:
+        try:
+            session = await self._spawner.create_session(
+                model=request.model or parent.model,
+                system_prompt=CHILD_PROMPT,
+                tools=tools,
+                workspace=parent.workspace,
+                metadata={"title": request.title} if request.title else {},
+                kind=SessionKind.CHILD,
+                parent_session_id=parent.session_id,
+            )
+            child = await self._spawner.start_run(
+                session.session_id, request.task, trigger=RunTrigger.SPAWN, parent_run_id=ctx.run_id
+            )
+        except UserError as exc:
+            raise ToolFailure(f"could not start the sub-agent: {exc}") from exc
+        assert ctx.emit_event is not None
+        ctx.emit_event(
+            SubAgentStarted(
+                child_session_id=child.session_id, child_run_id=child.run_id, title=request.title
+            )
+        )
+        return child
+
+
+@dataclass(frozen=True, slots=True)
+class _SpawnRequest:
+    task: str
+    title: str | None
+    model: str | None
+    tools: list[str] | None
+
+    @classmethod
+    def parse(cls, arguments: dict[str, Any]) -> _SpawnRequest:
+        task = arguments.get("task")
+        if not isinstance(task, str) or not task.strip():
+            raise ToolFailure("task: a non-empty string is required")
+        title, model, tools = arguments.get("title"), arguments.get("model"), arguments.get("tools")
+        if title is not None and not isinstance(title, str):
+            raise ToolFailure("title: must be a string")
+        if model is not None and not isinstance(model, str):
+            raise ToolFailure("model: must be a string like provider:model")
+        if tools is not None and (
+            not isinstance(tools, list) or not all(isinstance(t, str) for t in tools)
+        ):
+            raise ToolFailure("tools: must be a list of tool names")
+        return cls(task=task, title=title, model=model, tools=tools)
+
+
+def _child_tools(parent: Session, requested: list[str] | None, *, may_spawn: bool) -> list[str]:
+    allowed = [name for name in parent.tools if may_spawn or name != SPAWN_TOOL]
+    if requested is None:
+        return allowed
+    outside = [name for name in requested if name not in allowed]
+    if outside:
+        raise ToolFailure(
+            f"tools: {', '.join(outside)} not available to a sub-agent here "
+            f"(a subset of: {', '.join(allowed) or 'none'})"
+        )
+    return requested
+
+
+def _failure_text(outcome: ChildOutcome) -> str:
+    match outcome.status:
+        case "cancelled":
+            return f"the sub-agent was cancelled ({outcome.error or 'no reason given'})"
+        case "timeout":
+            return f"the sub-agent timed out: {outcome.error}"
+    return f"the sub-agent failed: {outcome.error}"
+
+
+class _Follower:
+    """Follows one child: forwards its events, beats, watches, and cancels it if need be."""
+
+    def __init__(
+        self, spawner: Spawner, limits: SubAgentLimits, ctx: ToolContext, child: Run
+    ) -> None:
+        assert ctx.emit_event is not None
+        self._spawner = spawner
+        self._limits = limits
+        self._emit = ctx.emit_event
+        self._child = child
+        self._queue: asyncio.Queue[RunEvent] = asyncio.Queue()
+        self._timed_out: str | None = None
+
+    async def run(self) -> ChildOutcome:
+        pump = asyncio.create_task(self._pump(), name=f"culm-subagent-{self._child.run_id}")
+        try:
+            outcome = await self._follow()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._cancel_child("the parent run was cancelled"))
+            self._completed(ChildOutcome("cancelled", "the parent run was cancelled"))
+            raise
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        self._completed(outcome)
+        return outcome
+
+    async def _pump(self) -> None:
+        async with contextlib.aclosing(_events(self._spawner, self._child.run_id)) as events:
+            async for event in events:
+                self._queue.put_nowait(event)
+
+    async def _follow(self) -> ChildOutcome:
+        started = last_event = time.monotonic()
+        next_beat = started + self._limits.heartbeat
+        while True:
+            now = time.monotonic()
+            if now >= next_beat:  # every few seconds while the child runs, busy or not
+                self._beat()
+                next_beat = now + self._limits.heartbeat
+            wait = min(next_beat, self._watch_deadline(started, last_event)) - now
+            try:
+                async with asyncio.timeout(max(wait, 0)):
+                    event = await self._queue.get()
+            except TimeoutError:
+                await self._on_quiet(started, last_event)
+                continue
+            last_event = time.monotonic()
+            self._forward(event)
+            if is_terminal(event):
+                return self._outcome(event)
+
+    def _watch_deadline(self, started: float, last_event: float) -> float:
+        if self._timed_out is not None:
+            return float("inf")  # already cancelling: just wait for the end
+        return min(started + self._limits.max_duration, last_event + self._limits.idle_timeout)
+
+    async def _on_quiet(self, started: float, last_event: float) -> None:
+        now = time.monotonic()
+        if self._timed_out is not None:
+            return
+        if now >= started + self._limits.max_duration:
+            self._timed_out = f"ran longer than {self._limits.max_duration:g} s"
+        elif now >= last_event + self._limits.idle_timeout:
+            self._timed_out = f"no event for {self._limits.idle_timeout:g} s"
+        if self._timed_out is not None:
+            await self._spawner.cancel(self._child.run_id, reason=f"timeout: {self._timed_out}")
+
+    def _outcome(self, event: RunEvent) -> ChildOutcome:
+        if self._timed_out is not None:
+            return ChildOutcome("timeout", self._timed_out)
+        if event.type == "complete":
+            return ChildOutcome("completed", answer=event.final_message)
+        if event.type == "cancelled":
+            return ChildOutcome("cancelled", event.reason)
+        return ChildOutcome("error", getattr(event, "message", "error"))
+
+    def _forward(self, event: RunEvent) -> None:
+        self._emit(
+            SubAgentEvent(
+                child_session_id=self._child.session_id,
+                child_run_id=self._child.run_id,
+                event=event_to_dict(event),
+            )
+        )
+
+    def _beat(self) -> None:
+        self._emit(
+            SubAgentHeartbeat(
+                child_session_id=self._child.session_id, child_run_id=self._child.run_id
+            )
+        )
+
+    def _completed(self, outcome: ChildOutcome) -> None:
+        self._emit(
+            SubAgentCompleted(
+                child_session_id=self._child.session_id,
+                child_run_id=self._child.run_id,
+                status=outcome.status,
+                error=outcome.error,
+            )
+        )
+
+    async def _cancel_child(self, reason: str) -> None:
+        await self._spawner.cancel(self._child.run_id, reason=reason, wait=True)
+
+
+async def _events(spawner: Spawner, run_id: str) -> AsyncGenerator[RunEvent]:
+    async for event in spawner.subscribe(run_id):
+        yield event
