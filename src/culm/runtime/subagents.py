@@ -153,16 +153,17 @@ class SpawnAgentTool(Tool):
         request = _SpawnRequest.parse(arguments)
         if ctx.emit_event is None or not ctx.run_id:
             raise ToolFailure("spawn_agent works only inside a run")
-        parent = await self._spawner.get_session(ctx.session_id)
-        depth = await self._depth(ctx.run_id) + 1
-        limit = self._capacity.limits.max_depth
-        if depth > limit:
-            raise ToolFailure(
-                f"nesting depth limit reached: sub-agents may nest {limit} deep, and this "
-                "run is already a sub-agent at that depth; do the task yourself"
-            )
-        tools = _child_tools(parent, request.tools, may_spawn=depth < limit)
+        # Queue for a slot first (our first await), so waiting spawns start in call order.
         async with self._capacity.slot(ctx.run_id):
+            parent = await self._spawner.get_session(ctx.session_id)
+            depth = await self._depth(ctx.run_id) + 1
+            limit = self._capacity.limits.max_depth
+            if depth > limit:
+                raise ToolFailure(
+                    f"nesting depth limit reached: sub-agents may nest {limit} deep, and this "
+                    "run is already a sub-agent at that depth; do the task yourself"
+                )
+            tools = _child_tools(parent, request.tools, may_spawn=depth < limit)
             child = await self._start(parent, request, tools, ctx)
             outcome = await _Follower(self._spawner, self._capacity.limits, ctx, child).run()
         if outcome.status == "completed":
