@@ -68,6 +68,15 @@ class SqlStore(Store):
         async with self._reader.connect() as conn:
             yield conn
 
+    # For the stores of other concerns (schedules, …) that keep their tables in this database.
+
+    def write_transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A write transaction, serialized with this store's own where the dialect needs it."""
+        return self._write()
+
+    def read_connection(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return self._read()
+
     # Sessions and messages
 
     async def create_session(self, session: Session) -> None:
@@ -533,17 +542,41 @@ def _in_utc(event: RunEvent) -> RunEvent:
 
 
 async def _update_liveness(conn: AsyncConnection, events: Sequence[RunEvent]) -> None:
+    """One executemany for every run in the batch; fields the batch says nothing about keep
+    their stored value (NULL parameters fall back to the column through COALESCE)."""
     states: dict[str, liveness.Liveness] = {}
     for event in events:
         states[event.run_id] = liveness.apply(states.get(event.run_id, _NO_LIVENESS), event)
-    for run_id, state in states.items():
-        values: dict[str, Any] = {"last_seq": state.last_seq, "last_event_at": state.last_event_at}
-        if state.round_count:
-            values["round_count"] = state.round_count
-        if state.last_tool_phase is not None:
-            values["last_tool_name"] = state.last_tool_name
-            values["last_tool_phase"] = state.last_tool_phase.value
-        await conn.execute(runs.update().where(runs.c.run_id == run_id).values(**values))
+    rows = [
+        {
+            "b_run_id": run_id,
+            "b_last_seq": state.last_seq,
+            "b_last_event_at": state.last_event_at,
+            "b_round_count": state.round_count or None,
+            "b_tool_name": state.last_tool_name if state.last_tool_phase else None,
+            "b_tool_phase": state.last_tool_phase.value if state.last_tool_phase else None,
+        }
+        for run_id, state in states.items()
+    ]
+    if rows:
+        await conn.execute(_LIVENESS_UPDATE, rows)
 
 
+_LIVENESS_UPDATE = (
+    runs.update()
+    .where(runs.c.run_id == sa.bindparam("b_run_id"))
+    .values(
+        last_seq=sa.bindparam("b_last_seq"),
+        last_event_at=sa.bindparam("b_last_event_at", type_=runs.c.last_event_at.type),
+        round_count=sa.func.coalesce(
+            sa.bindparam("b_round_count", type_=sa.Integer), runs.c.round_count
+        ),
+        last_tool_name=sa.func.coalesce(
+            sa.bindparam("b_tool_name", type_=sa.String), runs.c.last_tool_name
+        ),
+        last_tool_phase=sa.func.coalesce(
+            sa.bindparam("b_tool_phase", type_=sa.String), runs.c.last_tool_phase
+        ),
+    )
+)
 _NO_LIVENESS = liveness.Liveness()
