@@ -5,7 +5,7 @@ One function serves both the in-memory runner and the store's batched row update
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 from culm.domain.events import RunEvent
@@ -28,18 +28,10 @@ class Liveness:
 
 
 def apply(state: Liveness, event: RunEvent) -> Liveness:
+    # Built directly rather than with dataclasses.replace: this runs for every event, twice.
     phase = _TOOL_PHASES.get(event.type)
     if phase is not None:
         tool_name: str = getattr(event, "tool_name", None) or state.last_tool_name or ""
-        return replace(
-            state,
-            last_seq=event.seq,
-            last_event_at=event.ts,
-            last_tool_name=tool_name,
-            last_tool_phase=phase,
-        )
-    if event.type == "runner_progress":
-        return replace(
-            state, last_seq=event.seq, last_event_at=event.ts, round_count=event.round_count
-        )
-    return replace(state, last_seq=event.seq, last_event_at=event.ts)
+        return Liveness(event.seq, event.ts, tool_name, phase, state.round_count)
+    rounds = event.round_count if event.type == "runner_progress" else state.round_count
+    return Liveness(event.seq, event.ts, state.last_tool_name, state.last_tool_phase, rounds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -536,7 +536,7 @@ async def _insert_events(conn: AsyncConnection, events: Sequence[RunEvent]) -> N
 
 def _in_utc(event: RunEvent) -> RunEvent:
     """The event with its ``ts`` in UTC, as replay promises (a copy only when it is not)."""
-    if event.ts.utcoffset() == timedelta(0):
+    if event.ts.tzinfo is UTC or event.ts.utcoffset() == timedelta(0):
         return event
     return event.model_copy(update={"ts": as_utc(event.ts)})
 
