@@ -3,6 +3,7 @@
 CulmError
 ├── UserError                  bad configuration or input; the message names the setting or field
 │   ├── ConfigError            a setting is missing or invalid (e.g. OPENAI_API_KEY not set)
+│   ├── InvalidFieldError      a field of a request is invalid; ``field`` names it
 │   ├── UnknownModelError      a model name with an unknown provider or script
 │   ├── UnknownToolError       a tool name that is not available
 │   ├── NotFoundError          an unknown session or run id
@@ -15,7 +16,8 @@ CulmError
 │   │   │   └── ModelRequestError      400/404/422: the provider refused the request
 │   │   ├── ModelConnectionError       connect/read failure, reset, a stream cut short
 │   │   └── ModelStallError            no chunk within the idle timeout
-│   └── LimitExceededError     max rounds, or a similar engine limit
+│   ├── LimitExceededError     max rounds, or a similar engine limit
+│   └── MCPServerError         an MCP server could not be started or reached
 ├── EngineClosedError          the engine is shutting down or closed
 └── ToolFailure                raised by a tool: reported to the model as an error result
     └── ToolTimeoutError       the tool ran past its timeout
@@ -34,6 +36,14 @@ class UserError(CulmError):
 
 class ConfigError(UserError):
     pass
+
+
+class InvalidFieldError(UserError):
+    """A field of a request is invalid; ``field`` is its dotted path (``trigger.expr``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 class UnknownModelError(UserError):
@@ -104,6 +114,13 @@ class ModelStallError(ModelError):
 
 class LimitExceededError(RunFailure):
     code = "limit_exceeded"
+
+
+class MCPServerError(RunFailure):
+    """An MCP server could not be started or reached. A tool call reports it to the model as an
+    error result; a run that needs the server's tools to start fails with it."""
+
+    code = "mcp_server_error"
 
 
 class EngineClosedError(CulmError):

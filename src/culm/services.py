@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -30,9 +30,12 @@ from culm.domain.models import (
     SessionKind,
     Usage,
 )
-from culm.domain.time import new_id
+from culm.domain.time import new_id, utc_now
 from culm.errors import ConfigError, EngineClosedError, NotFoundError
 from culm.loop.context import LoopContext, LoopLimits
+from culm.mcp.manager import MCPManager, session_metadata
+from culm.metrics.pipeline import MetricsConfig, MetricsPipeline
+from culm.metrics.store import MetricsStore
 from culm.providers.resolve import ModelResolver
 from culm.providers.scripted import ScriptLibrary
 from culm.runtime.batcher import EventBatcher
@@ -40,6 +43,10 @@ from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.streams import Streams
 from culm.runtime.subagents import SpawnAgentTool, SubAgentLimits, SubAgents
+from culm.scheduler.dispatch import Clock
+from culm.scheduler.service import Schedules
+from culm.scheduler.store import ScheduleStore
+from culm.scheduler.ticker import Ticker
 from culm.settings import Settings, load_settings
 from culm.storage.base import Store
 from culm.storage.sql import SqlStore
@@ -60,8 +67,10 @@ class Engine:
         tools: Iterable[Tool] | None = None,
         scripts: ScriptLibrary | None = None,
         store: Store | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings or load_settings()
+        self._clock = clock or utc_now  # the schedules' time (tests pass a fake one)
         self.subagents = SubAgents(
             SubAgentLimits(
                 per_run=self.settings.subagents_per_run,
@@ -75,10 +84,12 @@ class Engine:
         extra = [SpawnAgentTool(self, self.subagents), *(tools or ())]
         overridden = {tool.name for tool in extra}
         builtins = [t for t in builtin_tools(self.settings) if t.name not in overridden]
-        self.tools = ToolRegistry([*builtins, *extra], DEFAULT_GROUPS)
+        self.mcp = MCPManager(self.settings)
+        self.tools = ToolRegistry([*builtins, *extra], DEFAULT_GROUPS, sources=[self.mcp])
         self.scripts = scripts or ScriptLibrary(self.settings.scripts_dir)
         self._store = store
         self._stack: contextlib.AsyncExitStack | None = None
+        self.metrics = MetricsPipeline(_metrics_config(self.settings))
 
     # Lifecycle
 
@@ -109,7 +120,9 @@ class Engine:
             client = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0))
             stack.push_async_callback(client.aclose)
             self.store = store
+            await self._start_metrics(store, stack)  # stops after the event writer below
             self.registry = RunnerRegistry()
+            self.registry.observers.append(self.metrics.observe_run_events)
             batcher = EventBatcher(
                 store,
                 publish=self.registry.publish,
@@ -128,7 +141,9 @@ class Engine:
                 settings=settings,
                 context_factory=self._loop_context,
             )
+            await self.mcp.start(stack)  # before the runs: it closes after them
             await self.runs.start(stack)
+            await self._start_schedules(store, stack)
             self._stack = stack.pop_all()
 
     async def aclose(self) -> None:
@@ -136,6 +151,36 @@ class Engine:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
+
+    async def _start_metrics(self, store: Store, stack: contextlib.AsyncExitStack) -> None:
+        """The metrics pipeline, on the engine's SQL database (another store runs without)."""
+        if not isinstance(store, SqlStore):
+            return
+        metrics_store = MetricsStore(
+            store.write_transaction, store.read_connection, store.dialect.name
+        )
+        await self.metrics.start(
+            metrics_store, stack, model_of=self._run_model, lookup=store.get_run
+        )
+
+    def _run_model(self, run_id: str) -> str | None:
+        runner = self.registry.get(run_id)
+        return runner.run.model if runner is not None else None
+
+    async def _start_schedules(self, store: Store, stack: contextlib.AsyncExitStack) -> None:
+        if not isinstance(store, SqlStore):
+            raise ConfigError("schedules need culm's SQL store (SQLite or PostgreSQL)")
+        schedule_store = ScheduleStore(store)
+        self._ticker = Ticker(
+            schedule_store,
+            self,
+            self._clock,
+            interval=self.settings.schedule_tick,
+            grace=self.settings.schedule_misfire_grace,
+            enabled=self.settings.scheduler,
+        )
+        self.schedules = Schedules(schedule_store, self._ticker, self, self._clock)
+        await self._ticker.start(stack)
 
     def _require_open(self) -> None:
         if self._stack is None:
@@ -153,24 +198,42 @@ class Engine:
         metadata: dict[str, Any] | None = None,
         kind: SessionKind = SessionKind.ROOT,
         parent_session_id: str | None = None,
+        mcp_servers: dict[str, Any] | None = None,
     ) -> Session:
-        """Create a session. The model and tool names are checked now, so mistakes surface here."""
+        """Create a session. The model and tool names are checked now, so mistakes surface here.
+        ``mcp_servers`` are the session's own MCP servers (kept in its metadata)."""
         self._require_open()
         model_name = model or self.settings.default_model
         self.models.resolve(model_name)
         session_id = new_id()
-        session = Session(
+        draft = Session(
             session_id=session_id,
             kind=kind,
             parent_session_id=parent_session_id,
             model=model_name,
             system_prompt=system_prompt,
-            tools=self.tools.expand(tools),
-            workspace=str(self._workspace(session_id, workspace)),
-            metadata=metadata or {},
+            workspace="",
+            metadata=session_metadata(metadata, mcp_servers),
         )
+        tool_names = self.tools.expand(tools, draft)  # MCP names are checked against its servers
+        workspace_path = str(self._workspace(session_id, workspace))
+        session = draft.model_copy(update={"tools": tool_names, "workspace": workspace_path})
         await self.store.create_session(session)
         return session
+
+    def check_session(
+        self,
+        *,
+        model: str | None = None,
+        tools: Sequence[str] = (),
+        workspace: str | Path | None = None,
+    ) -> None:
+        """Raise what :meth:`create_session` would raise for these settings, creating nothing."""
+        self._require_open()
+        self.models.resolve(model or self.settings.default_model)
+        self.tools.expand(tools)
+        if workspace is not None:
+            self._workspace("", workspace)
 
     def _workspace(self, session_id: str, workspace: str | Path | None) -> Path:
         if workspace is None:
@@ -201,6 +264,7 @@ class Engine:
         self._require_open()
         if not await self.store.delete_session(session_id):
             raise NotFoundError("session", session_id)
+        await self.mcp.forget_session(session_id)
 
     async def get_messages(self, session_id: str) -> list[Message]:
         await self.get_session(session_id)
@@ -309,7 +373,7 @@ class Engine:
         async with asyncio.timeout(timeout):
             return await self.runs.wait(run_id)
 
-    def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEvent]:
+    def subscribe(self, run_id: str, *, after: int = 0) -> AsyncGenerator[RunEvent]:
         """Every event of the run with ``seq > after``, in order, then live; ends after the
         terminal event."""
         self._require_open()
@@ -320,7 +384,14 @@ class Engine:
         ``shutdown_grace``): cancelled, with their terminal events delivered to open streams,
         or handed back for the next start. Leaving the engine drains too."""
         if self._stack is not None:
+            await self._ticker.aclose()  # no new fires while the runs end
             await self.runs.aclose()
+
+    def subscribe_batches(self, run_id: str, *, after: int = 0) -> AsyncGenerator[list[RunEvent]]:
+        """:meth:`subscribe`, in the batches events become available in (for servers that write
+        a batch to a client at once)."""
+        self._require_open()
+        return self.streams.run_event_batches(run_id, after=after)
 
     def close_streams(self) -> None:
         """End every open event stream (runs go on): a server calls this when it starts to stop,
@@ -328,7 +399,7 @@ class Engine:
         if self._stack is not None:
             self.streams.close()
 
-    def subscribe_session(self, session_id: str) -> AsyncIterator[RunEvent]:
+    def subscribe_session(self, session_id: str) -> AsyncGenerator[RunEvent]:
         """The session's replay cache, then live events of all its runs. Never ends by itself."""
         self._require_open()
         return self.streams.session_events(session_id)
@@ -348,7 +419,7 @@ class Engine:
         return LoopContext(
             session=session,
             model=self.models.resolve(run.model),
-            tools={tool.name: tool for tool in self.tools.resolve(session.tools)},
+            tools={tool.name: tool for tool in await self.tools.resolve_for(session)},
             workspace=Path(session.workspace),
             limits=LoopLimits(
                 max_rounds=settings.max_rounds,
@@ -364,3 +435,13 @@ class Engine:
             budget_limit=session.metadata.get("budget_limit"),
             run_id=run.run_id,
         )
+
+
+def _metrics_config(settings: Settings) -> MetricsConfig:
+    return MetricsConfig(
+        queue_size=settings.metrics_queue_size,
+        batch_size=settings.metrics_batch_size,
+        flush_interval=settings.metrics_flush_interval,
+        retention_days=settings.metrics_retention_days,
+        maintenance_interval=settings.metrics_maintenance_interval,
+    )

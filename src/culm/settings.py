@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from culm.mcp.config import SETTINGS_ORIGIN, ServerConfig, parse_servers
+
 
 class RecoveryPolicy(StrEnum):
     """What start-up does with runs a dead process left active."""
@@ -84,6 +86,10 @@ class Settings(BaseSettings):
     stream_idle_timeout: float = Field(default=120.0, gt=0)
     bash_output_limit: int = Field(default=64 * 1024, ge=1024)
 
+    # MCP tool servers: [mcp_servers.<name>] tables (see culm.mcp.config)
+    mcp_servers: dict[str, ServerConfig] = Field(default_factory=dict)
+    mcp_request_timeout: float = Field(default=30.0, gt=0)
+
     # Sub-agents (the spawn_agent tool)
     subagents_per_run: int = Field(default=4, ge=1)
     subagents_total: int = Field(default=16, ge=1)
@@ -91,6 +97,20 @@ class Settings(BaseSettings):
     subagent_idle_timeout: float = Field(default=15 * 60.0, gt=0)
     subagent_max_duration: float = Field(default=60 * 60.0, gt=0)
     subagent_heartbeat: float = Field(default=5.0, gt=0)
+
+    # Schedules: this process runs the ticker (`culm run` does not); a fire later than the grace
+    # is a misfire, settled by the schedule's misfire policy.
+    scheduler: bool = True
+    schedule_tick: float = Field(default=1.0, gt=0)
+    schedule_misfire_grace: float = Field(default=60.0, ge=0)
+
+    # Metrics: a bounded queue (emitting never blocks; overflow is dropped and counted), written
+    # in batches of up to `metrics_batch_size` at least every `metrics_flush_interval` seconds.
+    metrics_queue_size: int = Field(default=100_000, ge=1)
+    metrics_batch_size: int = Field(default=5000, ge=1)
+    metrics_flush_interval: float = Field(default=0.5, ge=0)
+    metrics_retention_days: int = Field(default=90, ge=1)
+    metrics_maintenance_interval: float = Field(default=60.0, gt=0)
 
     # Runtime and store
     # How long the event writer may wait to gather a bigger batch (0: write as soon as the
@@ -103,6 +123,11 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     shutdown_policy: ShutdownPolicy = ShutdownPolicy.CANCEL
     shutdown_grace: float = Field(default=0.0, ge=0)
+
+    @field_validator("mcp_servers", mode="before")
+    @classmethod
+    def _parse_mcp_servers(cls, value: Any) -> dict[str, ServerConfig]:
+        return parse_servers(value, SETTINGS_ORIGIN)  # a ConfigError naming server and field
 
     @field_validator("home", mode="after")
     @classmethod

@@ -39,7 +39,13 @@ CONFIG = SchemathesisConfig.from_dict(
                 "include-method": "POST",
                 "include-path-regex": "^/v1/(sessions|runs)$|^/v1/sessions/[^/]+/runs$",
                 "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}},
-            }
+            },
+            # So may schedules: a time zone or cron expression too (well formed, yet unknown).
+            {
+                "include-method": ["POST", "PATCH"],
+                "include-path-regex": "^/v1/schedules(/[^/]+)?$",
+                "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}},
+            },
         ],
     }
 )
@@ -52,7 +58,7 @@ FIXTURE_SETTINGS = settings(
 @pytest.fixture
 def app(tmp_path: Path) -> FastAPI:
     # Provider endpoints on a closed loopback port: a generated `openai:…` model never leaves
-    # the machine.
+    # the machine. The one MCP server cannot start (so a refresh answers at once).
     settings = culm.Settings(
         home=tmp_path / "home",
         api_key=None,
@@ -60,6 +66,7 @@ def app(tmp_path: Path) -> FastAPI:
         openai_base_url="http://127.0.0.1:9/v1",
         anthropic_api_key=None,
         anthropic_base_url="http://127.0.0.1:9",
+        mcp_servers={"none": {"command": str(tmp_path / "no-such-mcp-server")}},
     )
     return create_app(settings)
 
@@ -72,12 +79,28 @@ def test_api(case: schemathesis.Case, app: FastAPI) -> None:
 
 @pytest.fixture
 def existing(app: FastAPI) -> dict[str, str]:
-    """A session with one finished run, made through the API: the ids to send."""
+    """A session with one finished run, made through the API, and an MCP server: the ids to
+    send."""
     created = _call(app, "POST", "/v1/runs", body={"message": "hi", "model": "scripted:echo"})
     run_id = created["run_id"]
     finished = _call(app, "GET", "/v1/runs/{run_id}/wait", path_parameters={"run_id": run_id})
     assert finished["status"] == "completed", finished
-    return {"session_id": created["session_id"], "run_id": run_id}
+    schedule = _call(
+        app,
+        "POST",
+        "/v1/schedules",
+        body={
+            "name": "s",
+            "trigger": {"type": "cron", "expr": "0 9 * * *"},
+            "run_config": {"message": "hi", "model": "scripted:echo"},
+        },
+    )
+    return {
+        "session_id": created["session_id"],
+        "run_id": run_id,
+        "name": "none",
+        "schedule_id": schedule["schedule_id"],
+    }
 
 
 # The session stream is left out: it never ends by itself (its 404 and 422 are in test_api).

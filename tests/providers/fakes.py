@@ -75,6 +75,10 @@ class FakeUpstream:
     def push(self, *replies: Reply) -> None:
         self._replies.extend(replies)
 
+    def next_reply(self, request: Recorded) -> Reply:
+        """The reply to ``request``: the next pushed one (a subclass may route by request)."""
+        return self._replies.popleft() if self._replies else _unscripted()
+
     async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
@@ -103,7 +107,7 @@ class FakeUpstream:
         try:
             while (request := await _read_request(reader)) is not None:
                 self.requests.append(request)
-                reply = self._replies.popleft() if self._replies else _unscripted()
+                reply = self.next_reply(request)
                 if not await self._send(reply, reader, writer):
                     break
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -240,3 +240,21 @@ async def test_a_late_session_subscriber_sees_started_and_completed(tmp_path: Pa
         "sub_agent_started",
         "sub_agent_completed",
     ]
+
+
+def test_a_child_gets_a_subset_of_the_parent_tools_patterns_included() -> None:
+    from culm.errors import ToolFailure
+    from culm.runtime.subagents import _child_tools
+
+    parent = culm.Session(
+        session_id="s",
+        model="scripted:echo",
+        workspace="/tmp",
+        tools=("read_file", "mcp__files__*", "spawn_agent"),
+    )
+    assert _child_tools(parent, None, may_spawn=False) == ["read_file", "mcp__files__*"]
+    assert _child_tools(parent, ["mcp__files__read"], may_spawn=True) == ["mcp__files__read"]
+    with pytest.raises(ToolFailure, match="bash"):
+        _child_tools(parent, ["bash"], may_spawn=True)
+    with pytest.raises(ToolFailure, match="spawn_agent"):
+        _child_tools(parent, ["spawn_agent"], may_spawn=False)

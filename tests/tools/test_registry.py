@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from typing import Any, ClassVar
 
 import pytest
 
+from culm.domain.models import Session
 from culm.errors import UnknownToolError
 from culm.settings import Settings
 from culm.tools import READ_GROUP, BashTool, ToolRegistry, builtin_tools, default_registry
+from culm.tools.base import Tool, ToolContext, ToolSource
 
 READ_ONLY = ("read_file", "list_dir", "glob", "grep")
 ALL = ("read_file", "write_file", "edit_file", "list_dir", "glob", "grep", "bash")
@@ -68,3 +71,43 @@ def test_builtin_tools_are_fresh_and_well_described() -> None:
         spec = tool.spec()
         assert (spec.name, spec.description) == (tool.name, tool.description)
         assert 40 < len(tool.description) < 600
+
+
+class _Echo(Tool):
+    description = "Echo."
+    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        return "echo"
+
+
+class _Source(ToolSource):
+    """Tools named ``ext__<anything>``, found only when a run resolves them."""
+
+    prefix: ClassVar[str] = "ext__"
+
+    def __init__(self) -> None:
+        self.checked: list[tuple[str, str | None]] = []
+
+    def check(self, name: str, session: Session | None) -> None:
+        if name == "ext__bad":
+            raise UnknownToolError("no such ext tool")
+        self.checked.append((name, session.session_id if session else None))
+
+    async def resolve(self, name: str, session: Session) -> list[Tool]:
+        names = ["ext__a", "ext__b"] if name == "ext__*" else [name]
+        return [type(n, (_Echo,), {"name": n})() for n in names]
+
+
+async def test_a_source_s_names_are_checked_kept_and_resolved_per_run() -> None:
+    source = _Source()
+    registry = ToolRegistry(builtin_tools(Settings()), sources=[source])
+    session = Session(session_id="s1", model="scripted:demo", workspace=".")
+    assert registry.expand(["ext__*", "grep", "ext__a"], session) == ("ext__*", "grep", "ext__a")
+    assert source.checked == [("ext__*", "s1"), ("ext__a", "s1")]
+    with pytest.raises(UnknownToolError, match="no such ext tool"):
+        registry.expand(["ext__bad"])
+    assert [tool.name for tool in registry.resolve(["grep", "ext__*"])] == ["grep"]
+    session = session.model_copy(update={"tools": ("ext__*", "grep", "ext__a")})
+    resolved = await registry.resolve_for(session)
+    assert [tool.name for tool in resolved] == ["ext__a", "ext__b", "grep"]

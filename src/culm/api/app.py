@@ -13,8 +13,9 @@ from culm._version import __version__
 from culm.api import errors, openapi
 from culm.api.encoding import FrameCache
 from culm.api.middleware import APIKeyAuth, BodySizeLimit
-from culm.api.routes import runs, sessions
+from culm.api.routes import mcp, metrics, runs, schedules, sessions
 from culm.api.schemas import Health
+from culm.metrics.prometheus import PrometheusExporter
 from culm.services import Engine
 from culm.settings import Settings, load_settings
 
@@ -47,6 +48,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.frames = FrameCache()
     app.state.ping_seconds = settings.sse_ping_seconds
     app.state.shutdown_grace = settings.shutdown_timeout / 2
+    app.state.prometheus = PrometheusExporter(
+        engine.metrics, active_runs=lambda: len(engine.registry) if engine.metrics.started else 0
+    )
     errors.install(app)
     openapi.install(app)
 
@@ -56,6 +60,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     app.include_router(sessions.router)
     app.include_router(runs.router)
+    app.include_router(mcp.router)
+    app.include_router(schedules.router)
+    app.include_router(metrics.router)
+    app.include_router(metrics.exposition)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     if settings.api_key is not None:
         app.add_middleware(APIKeyAuth, api_key=settings.api_key.get_secret_value())

@@ -11,10 +11,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from culm.domain.fields import field_path
 from culm.errors import (
     AlreadyRunningError,
     ConfigError,
     EngineClosedError,
+    InvalidFieldError,
     NotFoundError,
     SessionBusyError,
     UnknownModelError,
@@ -50,12 +52,16 @@ def _user_error(exc: UserError) -> JSONResponse:
             return error_response(409, "already_running", str(exc), run_id=exc.run_id)
         case SessionBusyError():
             return error_response(409, "session_busy", str(exc), run_id=exc.run_id)
+        case InvalidFieldError():
+            return error_response(422, "invalid_request", str(exc), field=exc.field)
         case UnknownModelError() | UnknownToolError() | ConfigError():
             return error_response(422, "invalid_request", str(exc))
     return error_response(400, "bad_request", str(exc))
 
 
-def _field(loc: Sequence[Any]) -> str:
+def _field(loc: Sequence[Any], body: Any = None) -> str:
+    if loc and loc[0] == "body":  # without the tags of discriminated unions (trigger.expr)
+        return field_path(loc[1:], body) or "body"
     parts = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
     return ".".join(parts) or ".".join(str(part) for part in loc)
 
@@ -73,8 +79,9 @@ def install(app: FastAPI) -> None:
     async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        field = _field(first.get("loc", ()))
-        message = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg"))
+        field = _field(first.get("loc", ()), exc.body)
+        text = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        message = f"{field}: {text}" if field else text
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more)"
         return error_response(422, "invalid_request", message, field=field or None)

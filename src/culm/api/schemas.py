@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, Session, Usage
+from culm.scheduler.models import Schedule, ScheduleRun
 
 
 class _Request(BaseModel):
@@ -19,6 +20,13 @@ class CreateSession(_Request):
     tools: list[str] = Field(default_factory=list, max_length=200, examples=[["read"]])
     workspace: str | None = Field(default=None, max_length=4096)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    mcp_servers: dict[str, dict[str, Any]] | None = Field(
+        default=None,
+        max_length=50,
+        description="The session's own MCP servers, as in config.toml's [mcp_servers.<name>]: "
+        "`command`, `args`, `env` (stdio) or `url`, `headers` (Streamable HTTP), and `timeout`",
+        examples=[{"time": {"command": "mcp-server-time", "args": ["--local-timezone", "UTC"]}}],
+    )
 
 
 class CreateRun(_Request):
@@ -74,3 +82,11 @@ class RunDetail(Run):
 
     children: list[RunChild]
     usage_with_descendants: Usage
+
+
+class ScheduleList(BaseModel):
+    schedules: list[Schedule]
+
+
+class ScheduleRunList(BaseModel):
+    runs: list[ScheduleRun]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Sequence
 
 import anyio
 from fastapi import Request, WebSocket
@@ -26,31 +26,33 @@ MAX_SEQ = 2**63 - 1
 
 
 def sse_response(
-    request: Request, events: AsyncIterator[RunEvent], shutdown: anyio.Event
+    request: Request, batches: AsyncGenerator[Sequence[RunEvent]], shutdown: anyio.Event
 ) -> EventSourceResponse:
+    """An SSE response writing each batch of ready events to the client at once."""
     frames: FrameCache = request.app.state.frames
     ping: float = request.app.state.ping_seconds
     grace: float = request.app.state.shutdown_grace
 
     async def content() -> AsyncGenerator[bytes]:
-        async with contextlib.aclosing(_generator(events)) as stream:
-            async for event in stream:
-                yield frames.sse(event)
+        async with contextlib.aclosing(batches) as stream:
+            async for batch in stream:
+                yield b"".join(frames.sse(event) for event in batch)
 
     return EventSourceResponse(
         content(),
         ping=ping,
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
+        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
         shutdown_event=shutdown,
         shutdown_grace_period=grace,  # time for the stream to end by itself, cleanly
     )
 
 
-async def _generator(events: AsyncIterator[RunEvent]) -> AsyncGenerator[RunEvent]:
-    async for event in events:
-        yield event
+async def one_by_one(events: AsyncGenerator[RunEvent]) -> AsyncGenerator[Sequence[RunEvent]]:
+    async with contextlib.aclosing(events) as stream:
+        async for event in stream:
+            yield (event,)
 
 
 async def websocket_stream(
@@ -114,7 +116,7 @@ def _non_negative(value: object) -> int:
 async def _send_events(
     websocket: WebSocket, engine: Engine, frames: FrameCache, run_id: str, after: int
 ) -> None:
-    async with contextlib.aclosing(_generator(engine.subscribe(run_id, after=after))) as events:
+    async with contextlib.aclosing(engine.subscribe(run_id, after=after)) as events:
         async for event in events:
             await websocket.send_text(frames.json(event))
             if is_terminal(event):

@@ -45,6 +45,8 @@ REQUEST_TIMEOUT: Final = 30.0
 STREAM_IDLE_TIMEOUT: Final = 45.0
 # How much longer than the server's own wait a waiting request may take.
 WAIT_MARGIN: Final = 10.0
+# A refresh may start an MCP server: its handshake and listing may take the server's 30 s each.
+REFRESH_TIMEOUT: Final = 75.0
 FIRST_RETRY_DELAY: Final = 0.2
 MAX_RETRY_DELAY: Final = 5.0
 TERMINAL_TYPES: Final = frozenset({"complete", "cancelled", "error"})
@@ -205,6 +207,54 @@ class Client:
             missing=("run", run_id),
         )
 
+    async def list_mcp_servers(self) -> list[Json]:
+        body = await self._request("GET", "/v1/mcp/servers")
+        return list(body["servers"])
+
+    async def refresh_mcp_server(self, name: str, *, session_id: str | None = None) -> Json:
+        """List the server's tools again, or reconnect it; the server's status once done."""
+        return await self._request(
+            "POST",
+            f"/v1/mcp/servers/{name}/refresh",
+            params={"session_id": session_id},
+            timeout=REFRESH_TIMEOUT,
+        )
+
+    async def metrics(self, report: str, **params: Param) -> Json:
+        """``GET /v1/metrics/<report>`` (``summary``, ``models``, ``tools``, ``daily`` …)."""
+        return await self._request("GET", f"/v1/metrics/{report}", params=params)
+
+    async def list_schedules(self, *, limit: int = 100) -> list[Json]:
+        body = await self._request("GET", "/v1/schedules", params={"limit": limit})
+        return list(body["schedules"])
+
+    async def get_schedule(self, schedule_id: str) -> Json:
+        path = f"/v1/schedules/{schedule_id}"
+        return await self._request("GET", path, missing=("schedule", schedule_id))
+
+    async def create_schedule(self, schedule: Json) -> Json:
+        return await self._request("POST", "/v1/schedules", body=schedule)
+
+    async def update_schedule(self, schedule_id: str, change: Json) -> Json:
+        path = f"/v1/schedules/{schedule_id}"
+        return await self._request("PATCH", path, body=change, missing=("schedule", schedule_id))
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        path = f"/v1/schedules/{schedule_id}"
+        await self._request("DELETE", path, missing=("schedule", schedule_id))
+
+    async def trigger_schedule(self, schedule_id: str) -> Json:
+        """Fire now; the fire as it then is (``running`` with its ``run_id``, or not)."""
+        path = f"/v1/schedules/{schedule_id}/trigger"
+        return await self._request("POST", path, missing=("schedule", schedule_id))
+
+    async def schedule_runs(self, schedule_id: str, *, limit: int = 100) -> list[Json]:
+        path = f"/v1/schedules/{schedule_id}/runs"
+        body = await self._request(
+            "GET", path, params={"limit": limit}, missing=("schedule", schedule_id)
+        )
+        return list(body["runs"])
+
     # Plumbing
 
     async def _request(
@@ -215,17 +265,22 @@ class Client:
         params: Mapping[str, Param] | None = None,
         timeout: float | None = None,
         missing: tuple[str, str] | None = None,
+        body: Json | None = None,
     ) -> Json:
         import httpx2
 
         query = {key: value for key, value in (params or {}).items() if value is not None}
         timeouts = httpx2.Timeout(timeout or REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT)
         with self._transport_errors():
-            response = await self._http.request(method, path, params=query, timeout=timeouts)
+            response = await self._http.request(
+                method, path, params=query, json=body, timeout=timeouts
+            )
         if response.is_error:
             raise self._api_error(response.status_code, response.content, missing)
-        body: Json = response.json()
-        return body
+        if response.status_code == 204:
+            return {}
+        answer: Json = response.json()
+        return answer
 
     @contextlib.contextmanager
     def _transport_errors(self) -> Iterator[None]:

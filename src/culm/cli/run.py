@@ -73,7 +73,7 @@ def run_command(
         system_prompt=system,
         json_lines=json_lines,
     )
-    settings = load_settings()
+    settings = load_settings(scheduler=False)  # schedules fire in `culm serve`, not here
     # Like asyncio.run: leave SIGINT alone when it is ignored (e.g. a shell's background job).
     catch_sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     try:

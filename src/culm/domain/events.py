@@ -97,11 +97,17 @@ class TokenBudgetUpdated(RunEventBase):
 
 
 class RoundCompleted(RunEventBase):
+    """A round's model call ended. ``partial``: it did not finish (the stream was cut, failed or
+    was cancelled); ``usage`` is then what the provider reported before that, and ``error``
+    says what ended it."""
+
     type: Literal["round_completed"] = "round_completed"
     round: int
     usage: Usage
     latency_ms: int
     model: str
+    partial: bool = False
+    error: str | None = None
 
 
 class SubAgentStarted(RunEventBase):

@@ -3,10 +3,16 @@
 A round builds the request, streams the model (live ``token`` events), classifies the response,
 runs the tool calls, and returns the next step. The driver only dispatches on that step.
 Failures raise :class:`culm.errors.RunFailure`; cancellation is the owning task's cancel.
+
+A round's usage is what the provider reported over every attempt of its model call. A call that
+fails or is cancelled after usage was reported still ends its round: ``round_completed`` with
+``partial`` set, that usage, and the error, emitted before the failure propagates; the run's
+usage includes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from culm.domain.events import RoundCompleted, RunnerProgress, TokenBudget, TokenBudgetUpdated
@@ -14,7 +20,7 @@ from culm.domain.models import Usage
 from culm.errors import LimitExceededError
 from culm.loop.context import FinalAnswer, LoopContext, LoopState, NextStep, RunAgain
 from culm.loop.execute import run_tool_calls
-from culm.loop.model_call import call_model
+from culm.loop.model_call import UsageMeter, call_model
 from culm.loop.plan import build_request
 
 
@@ -40,17 +46,15 @@ async def run_round(ctx: LoopContext, state: LoopState) -> NextStep:
         ctx.session.system_prompt, state.messages, (tool.spec() for tool in ctx.tools.values())
     )
     started = time.monotonic()
-    response = await call_model(ctx, request)
-    usage = response.usage or Usage()
-    state.usage += usage
-    ctx.emit(
-        RoundCompleted(
-            round=state.round,
-            usage=usage,
-            latency_ms=int((time.monotonic() - started) * 1000),
-            model=ctx.model.name,
-        )
-    )
+    meter = UsageMeter()
+    try:
+        response = await call_model(ctx, request, meter)
+    except BaseException as exc:
+        if meter.reported:  # the provider reported usage before the call failed: count it
+            _round_completed(ctx, state, meter.total, started, error=_describe(exc))
+        raise
+    usage = meter.total
+    _round_completed(ctx, state, usage, started)
     ctx.emit(TokenBudgetUpdated(usage=_budget(ctx, usage)))
     message = response.message
     state.messages.append(message)
@@ -61,6 +65,30 @@ async def run_round(ctx: LoopContext, state: LoopState) -> NextStep:
     state.messages.extend(results)
     await ctx.append_messages(results)
     return RunAgain()
+
+
+def _round_completed(
+    ctx: LoopContext, state: LoopState, usage: Usage, started: float, *, error: str | None = None
+) -> None:
+    """Add the round's usage to the run's and emit ``round_completed`` (``partial`` with the
+    error when the model call did not finish). Synchronous: it also runs while cancelled."""
+    state.usage += usage
+    ctx.emit(
+        RoundCompleted(
+            round=state.round,
+            usage=usage,
+            latency_ms=int((time.monotonic() - started) * 1000),
+            model=ctx.model.name,
+            partial=error is not None,
+            error=error,
+        )
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return str(exc) or type(exc).__name__
 
 
 def _budget(ctx: LoopContext, usage: Usage) -> TokenBudget:

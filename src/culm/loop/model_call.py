@@ -4,6 +4,10 @@ Transient errors (429, 5xx, connection failures, a stall) are retried up to
 ``model_max_attempts`` times with exponential backoff, honouring ``Retry-After``, but only while
 nothing of the response has been streamed to subscribers yet: a retry after output would
 duplicate it. Authentication and request errors fail at once.
+
+Usage is exact whatever happens: each attempt adds what the provider reported in it to the
+caller's :class:`UsageMeter` (a failed attempt that reported usage counts too), also when the
+call fails or is cancelled.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
+from culm.domain.models import Usage
 from culm.errors import ModelError, ModelHTTPError, ModelStallError
 from culm.logs import get_logger
 from culm.loop.classify import ModelResponse, ResponseBuilder
@@ -21,7 +27,23 @@ from culm.providers.base import ModelRequest, StreamPart
 log = get_logger(__name__)
 
 
-async def call_model(ctx: LoopContext, request: ModelRequest) -> ModelResponse:
+@dataclass(slots=True)
+class UsageMeter:
+    """The usage reported over the attempts of one model call."""
+
+    total: Usage = field(default_factory=Usage)
+    reported: bool = False
+
+    def add(self, usage: Usage | None) -> None:
+        if usage is not None:
+            self.total += usage
+            self.reported = True
+
+
+async def call_model(
+    ctx: LoopContext, request: ModelRequest, meter: UsageMeter | None = None
+) -> ModelResponse:
+    meter = meter if meter is not None else UsageMeter()
     attempt = 1
     while True:
         builder = ResponseBuilder()
@@ -31,8 +53,8 @@ async def call_model(ctx: LoopContext, request: ModelRequest) -> ModelResponse:
                 event = builder.add(part)
                 if event is not None:
                     ctx.emit(event)
-            return builder.result()
         except ModelError as exc:
+            meter.add(builder.usage)
             delay = retry_delay(exc, attempt, ctx.limits, streamed=builder.emitted)
             if delay is None:
                 raise
@@ -45,6 +67,12 @@ async def call_model(ctx: LoopContext, request: ModelRequest) -> ModelResponse:
             )
             await asyncio.sleep(delay)
             attempt += 1
+            continue
+        except BaseException:  # cancelled, or an unexpected failure: still count the usage
+            meter.add(builder.usage)
+            raise
+        meter.add(builder.usage)
+        return builder.result()
 
 
 def retry_delay(

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from culm.domain.events import RunEvent
+from culm.logs import get_logger
 from culm.runtime.runner import Runner
 from culm.runtime.subscription import Subscription
+
+log = get_logger(__name__)
+
+# Called with every batch of stored run events, in order (the metrics pipeline is one).
+Observer = Callable[[Sequence[RunEvent]], None]
 
 
 @dataclass(slots=True)
@@ -25,6 +31,7 @@ class RunnerRegistry:
         self._by_session: dict[str, Runner] = {}
         self._session_subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._changes: dict[str, _Watch] = {}
+        self.observers: list[Observer] = []
 
     def __len__(self) -> int:
         return len(self._runners)
@@ -72,11 +79,16 @@ class RunnerRegistry:
             watch.event.set()
 
     def publish(self, events: Sequence[RunEvent]) -> None:
-        """Hand stored events to their runners for live delivery."""
+        """Hand stored events to their runners for live delivery, then to the observers."""
         for event in events:
             runner = self._runners.get(event.run_id)
             if runner is not None:
                 runner.publish(event)
+        for observer in self.observers:
+            try:
+                observer(events)
+            except Exception:
+                log.exception("a run event observer failed")
 
     # Session subscribers
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 
 from culm.domain.events import CRITICAL_EVENT_TYPES, Gap, RunEvent, is_terminal
 from culm.errors import NotFoundError
@@ -22,6 +22,16 @@ from culm.runtime.subscription import Closed, Lagged, Subscription
 from culm.storage.base import Store
 
 STORE_PAGE = 1000
+
+
+def _until_terminal(batch: list[RunEvent]) -> list[RunEvent]:
+    """The batch up to and including its terminal event, if it has one."""
+    for index, event in enumerate(batch):
+        if is_terminal(event):
+            return batch[: index + 1]
+    return batch
+
+
 POLL_INTERVAL = 0.25
 
 
@@ -41,25 +51,37 @@ class Streams:
         self.closed = True
         self._registry.close_streams()
 
-    async def run_events(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEvent]:
+    async def run_events(self, run_id: str, *, after: int = 0) -> AsyncGenerator[RunEvent]:
+        async with contextlib.aclosing(self.run_event_batches(run_id, after=after)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def run_event_batches(
+        self, run_id: str, *, after: int = 0
+    ) -> AsyncGenerator[list[RunEvent]]:
+        """The same events as :meth:`run_events`, in the batches they become available in (a
+        server writes each batch to a client at once)."""
         cursor = max(after, 0)
         while not self.closed:
             runner = self._registry.get(run_id)
-            source: AsyncGenerator[RunEvent]
+            source: AsyncGenerator[list[RunEvent]]
             if runner is None:
                 source = self._follow_in_store(run_id, cursor)
             else:
                 source = self._from_runner(runner, cursor)
-            async with contextlib.aclosing(source) as events:
-                async for event in events:
-                    yield event
-                    cursor = event.seq
-                    if is_terminal(event):
-                        return
+            async with contextlib.aclosing(source) as batches:
+                async for batch in batches:
+                    ended = _until_terminal(batch)
+                    if ended:
+                        yield ended
+                        cursor = ended[-1].seq
+                        if is_terminal(ended[-1]):
+                            return
             if runner is None and self._registry.get(run_id) is None:
                 return  # the store says the run is over
 
-    async def _from_runner(self, runner: Runner, cursor: int) -> AsyncGenerator[RunEvent]:
+    async def _from_runner(self, runner: Runner, cursor: int) -> AsyncGenerator[list[RunEvent]]:
         """Live events after ``cursor``; returns early when the caller must go to the store."""
         subscription = runner.attach(cursor)
         if self.closed and subscription is not None:
@@ -67,20 +89,19 @@ class Streams:
         if subscription is None:
             # The ring no longer holds cursor + 1: those events are (or will be) stored.
             await self._batcher.flush()
-            for event in await self._page(runner.run_id, cursor):
-                yield event
+            yield await self._page(runner.run_id, cursor)
             return
         try:
             while True:
-                for event in await subscription.next_batch():
-                    if event.seq <= cursor:
-                        continue
-                    if is_terminal(event):
-                        # Hand out the end only once the terminal status is stored, so a client
-                        # that reads the run next sees it finished.
-                        await runner.done.wait()
-                    yield event
-                    cursor = event.seq
+                batch = [e for e in await subscription.next_batch() if e.seq > cursor]
+                if not batch:
+                    continue
+                if any(is_terminal(event) for event in batch):
+                    # Hand out the end only once the terminal status is stored, so a client
+                    # that reads the run next sees it finished.
+                    await runner.done.wait()
+                yield batch
+                cursor = batch[-1].seq
         except (Lagged, Closed):
             return
         finally:
@@ -90,7 +111,7 @@ class Streams:
         # A method, not the attribute: another task may have closed us during an await.
         return self.closed
 
-    async def _follow_in_store(self, run_id: str, cursor: int) -> AsyncGenerator[RunEvent]:
+    async def _follow_in_store(self, run_id: str, cursor: int) -> AsyncGenerator[list[RunEvent]]:
         """Events from the store until the run ends or gets a runner in this process."""
         while self._registry.get(run_id) is None and not self.closed:
             with self._registry.watch(run_id) as changed:
@@ -105,14 +126,14 @@ class Streams:
                         async with asyncio.timeout(POLL_INTERVAL):
                             await changed.wait()
                     continue
-            for event in events:
-                yield event
-                cursor = event.seq
             if events:
+                yield events
+                cursor = events[-1].seq
                 continue
             # Terminal, and the terminal status is written after the events: read once more.
-            for event in await self._page(run_id, cursor):
-                yield event
+            last = await self._page(run_id, cursor)
+            if last:
+                yield last
             return
 
     async def _page(self, run_id: str, cursor: int) -> list[RunEvent]:
@@ -125,7 +146,7 @@ class Streams:
             return [gap, *events]
         return events
 
-    async def session_events(self, session_id: str) -> AsyncIterator[RunEvent]:
+    async def session_events(self, session_id: str) -> AsyncGenerator[RunEvent]:
         """The replay cache of the session's active (or last) run, then every live event of
         the session's runs, including runs started later. Never ends by itself."""
         if await self._store.get_session(session_id) is None:

@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, ClassVar, Protocol
 
 from culm.domain.events import (
@@ -56,6 +57,7 @@ class Spawner(Protocol):
         metadata: dict[str, Any] | None = None,
         kind: SessionKind = SessionKind.ROOT,
         parent_session_id: str | None = None,
+        mcp_servers: dict[str, Any] | None = None,
     ) -> Session: ...
 
     async def start_run(
@@ -190,6 +192,8 @@ class SpawnAgentTool(Tool):
                 metadata={"title": request.title} if request.title else {},
                 kind=SessionKind.CHILD,
                 parent_session_id=parent.session_id,
+                # The parent's own MCP servers come along, so their tools resolve for the child.
+                mcp_servers=parent.metadata.get("mcp_servers"),
             )
             child = await self._spawner.start_run(
                 session.session_id, request.task, trigger=RunTrigger.SPAWN, parent_run_id=ctx.run_id
@@ -233,7 +237,8 @@ def _child_tools(parent: Session, requested: list[str] | None, *, may_spawn: boo
     allowed = [name for name in parent.tools if may_spawn or name != SPAWN_TOOL]
     if requested is None:
         return allowed
-    outside = [name for name in requested if name not in allowed]
+    # A parent's pattern (``mcp__files__*``) admits each tool it matches.
+    outside = [name for name in requested if not any(fnmatchcase(name, a) for a in allowed)]
     if outside:
         raise ToolFailure(
             f"tools: {', '.join(outside)} not available to a sub-agent here "

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from pydantic import TypeAdapter
@@ -38,6 +39,27 @@ from culm.storage.schema import messages, run_events, runs, sessions
 _messages: TypeAdapter[Message] = TypeAdapter(Message)
 _ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 _SLOT = sa.and_(runs.c.status.in_(_ACTIVE), runs.c.queued.is_(False))
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_WriteMethod = Callable[_P, Coroutine[Any, Any, _T]]
+
+
+def _shielded(method: _WriteMethod[_P, _T]) -> _WriteMethod[_P, _T]:
+    """Run a write to its end even if the caller is cancelled.
+
+    A cancel landing inside a write transaction (for instance while ``BEGIN IMMEDIATE`` waits
+    for SQLite's lock, which then completes in the driver's thread) could leave an open
+    transaction holding the write lock. Shielded, the transaction commits or rolls back; the
+    caller still gets its CancelledError, right after.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await asyncio.shield(method(*args, **kwargs))
+
+    return wrapper
 
 
 class SqlStore(Store):
@@ -79,6 +101,7 @@ class SqlStore(Store):
 
     # Sessions and messages
 
+    @_shielded
     async def create_session(self, session: Session) -> None:
         row = session.model_dump(mode="json")
         row["tools"] = list(session.tools)
@@ -98,6 +121,7 @@ class SqlStore(Store):
         async with self._read() as conn:
             return [session_from_row(row) for row in await conn.execute(query)]
 
+    @_shielded
     async def delete_session(self, session_id: str) -> bool:
         async with self._write() as conn:
             active = await _active_run_id(conn, session_id)
@@ -112,6 +136,7 @@ class SqlStore(Store):
             )
             return result.rowcount > 0
 
+    @_shielded
     async def append_messages(
         self, session_id: str, items: Sequence[Message], *, run_id: str | None
     ) -> None:
@@ -147,6 +172,7 @@ class SqlStore(Store):
 
     # Runs
 
+    @_shielded
     async def reserve_run(
         self,
         run: Run,
@@ -180,6 +206,7 @@ class SqlStore(Store):
                     raise
         raise AlreadyRunningError(run.session_id, "unknown")
 
+    @_shielded
     async def promote_next(
         self, session_id: str, *, owner: str, lease_expires_at: datetime
     ) -> Run | None:
@@ -217,6 +244,7 @@ class SqlStore(Store):
                 raise
             return None
 
+    @_shielded
     async def claim_run(
         self, run_id: str, *, owner: str, lease_expires_at: datetime, started_at: datetime
     ) -> Run | None:
@@ -245,6 +273,7 @@ class SqlStore(Store):
                 await _end_cancelled(conn, run_from_row(flagged), flagged.cancel_requested)
             return None
 
+    @_shielded
     async def renew_leases(
         self, owner: str, run_ids: Sequence[str], lease_expires_at: datetime
     ) -> list[str]:
@@ -258,6 +287,7 @@ class SqlStore(Store):
             )
             return list(cancelled)
 
+    @_shielded
     async def finish_run(
         self,
         run_id: str,
@@ -283,6 +313,7 @@ class SqlStore(Store):
                 )
             )
 
+    @_shielded
     async def request_cancel(self, run_id: str, reason: str) -> Run | None:
         async with self._write() as conn:
             # Lock the row: a concurrent claim must not start the run between look and write.
@@ -343,6 +374,7 @@ class SqlStore(Store):
                 for row in await conn.execute(query)
             ]
 
+    @_shielded
     async def recover_run(
         self,
         orphan: Orphan,
@@ -387,6 +419,7 @@ class SqlStore(Store):
             await _update_liveness(conn, stamped)
             return await _get_run(conn, run.run_id)
 
+    @_shielded
     async def release_runs(self, owner: str) -> list[str]:
         mine = sa.and_(runs.c.owner == owner, _SLOT)
         async with self._write() as conn:
@@ -427,6 +460,7 @@ class SqlStore(Store):
 
     # Run events
 
+    @_shielded
     async def append_events(self, events: Sequence[RunEvent]) -> None:
         if not events:
             return

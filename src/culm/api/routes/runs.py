@@ -41,6 +41,7 @@ async def create_run(body: CreateHeadlessRun, engine: EngineDep) -> Run:
         tools=body.tools,
         workspace=body.workspace,
         metadata=body.metadata,
+        mcp_servers=body.mcp_servers,
     )
 
 
@@ -112,7 +113,7 @@ async def run_events(
     closes after the terminal event."""
     await engine.get_run(run_id)
     cursor = after if after is not None else _cursor(last_event_id)
-    return sse_response(request, engine.subscribe(run_id, after=cursor), shutdown)
+    return sse_response(request, engine.subscribe_batches(run_id, after=cursor), shutdown)
 
 
 def _cursor(last_event_id: str | None) -> int:

@@ -10,7 +10,7 @@ from sse_starlette import EventSourceResponse
 from culm.api.deps import EngineDep, ShutdownDep
 from culm.api.openapi import errors, event_stream
 from culm.api.schemas import CreateRun, CreateSession, MessageList, RunList, SessionList
-from culm.api.streaming import sse_response
+from culm.api.streaming import one_by_one, sse_response
 from culm.domain.models import Run, Session
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -34,6 +34,7 @@ async def create_session(body: CreateSession, engine: EngineDep) -> Session:
         tools=body.tools,
         workspace=body.workspace,
         metadata=body.metadata,
+        mcp_servers=body.mcp_servers,
     )
 
 
@@ -88,4 +89,4 @@ async def session_events(
 ) -> EventSourceResponse:
     """The replay cache of the session's active (or last) run, then every live event."""
     await engine.get_session(session_id)
-    return sse_response(request, engine.subscribe_session(session_id), shutdown)
+    return sse_response(request, one_by_one(engine.subscribe_session(session_id)), shutdown)

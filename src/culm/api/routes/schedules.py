@@ -1,0 +1,71 @@
+"""Schedules: create, list, read, change, delete, run now, and the record of their fires."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from culm.api.deps import EngineDep
+from culm.api.openapi import errors
+from culm.api.schemas import ScheduleList, ScheduleRunList
+from culm.scheduler.models import Schedule, SchedulePatch, ScheduleRun, ScheduleSpec
+
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+UNKNOWN = errors({404: "`not_found`: no schedule has this id"})
+INVALID = errors(
+    {
+        422: "`invalid_request`: a field is invalid (`field` names it: `trigger.expr`, "
+        "`timezone`, `misfire_policy`, `run_config.model` …)"
+    }
+)
+
+
+@router.post("", status_code=201, responses=INVALID)
+async def create_schedule(body: ScheduleSpec, engine: EngineDep) -> Schedule:
+    """Create a schedule; ``next_fire_at`` says when it fires first."""
+    return await engine.schedules.create(body)
+
+
+@router.get("")
+async def list_schedules(engine: EngineDep, limit: Limit = 100) -> ScheduleList:
+    """The schedules, newest first."""
+    return ScheduleList(schedules=await engine.schedules.list(limit=limit))
+
+
+@router.get("/{schedule_id}", responses=UNKNOWN)
+async def get_schedule(schedule_id: str, engine: EngineDep) -> Schedule:
+    return await engine.schedules.get(schedule_id)
+
+
+@router.patch("/{schedule_id}", responses={**UNKNOWN, **INVALID})
+async def update_schedule(schedule_id: str, body: SchedulePatch, engine: EngineDep) -> Schedule:
+    """Change a schedule: the fields given replace its own (``run_config`` field by field).
+    ``{"enabled": false}`` pauses it, ``{"enabled": true}`` resumes it from now."""
+    return await engine.schedules.update(schedule_id, body)
+
+
+@router.delete("/{schedule_id}", status_code=204, responses=UNKNOWN)
+async def delete_schedule(schedule_id: str, engine: EngineDep) -> Response:
+    """Delete a schedule and the record of its fires; its runs stay."""
+    await engine.schedules.delete(schedule_id)
+    return Response(status_code=204)
+
+
+@router.post("/{schedule_id}/trigger", status_code=202, responses=UNKNOWN)
+async def trigger_schedule(schedule_id: str, engine: EngineDep) -> ScheduleRun:
+    """Fire now (also while paused). The overlap policy applies: the fire may be ``running``
+    (with its ``run_id``), ``queued`` behind a running fire, or ``skipped``."""
+    return await engine.schedules.trigger(schedule_id)
+
+
+@router.get("/{schedule_id}/runs", responses=UNKNOWN)
+async def list_schedule_runs(
+    schedule_id: str, engine: EngineDep, limit: Limit = 100
+) -> ScheduleRunList:
+    """The schedule's fires, latest ``scheduled_for`` first: what each became, its ``run_id``,
+    and how late its run started (``dispatch_lag_ms``)."""
+    return ScheduleRunList(runs=await engine.schedules.runs(schedule_id, limit=limit))

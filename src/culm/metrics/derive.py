@@ -1,0 +1,185 @@
+"""Chat metrics derived from stored run events (the agent loop knows nothing of metrics).
+
+The engine hands every batch of stored run events to :meth:`RunMetricsDeriver.observe`, in
+order. Every chat event it makes carries ``trace_id = run_id`` and the run event's time:
+
+====================================  ==============================================================
+run event                             chat event
+====================================  ==============================================================
+``execution_started``                 ``session_started`` (session_id = the culm session, model =
+                                      the run's model)
+``runner_progress``                   ``round_started`` (round_id ``<run_id>:<attempt>:<round>``)
+``round_completed``                   ``round_completed`` (usage exactly as reported, latency_ms,
+                                      model; ``partial`` → status ``failed`` with its error,
+                                      else ``success``)
+``tool_complete`` / ``tool_error``    ``tool_called`` (success true / false, latency_ms =
+                                      elapsed_ms, in the current round)
+``complete`` / ``cancelled`` /        ``message_count_updated``, then ``session_completed``
+``error``                             (status ``completed`` / ``cancelled`` / ``failed``)
+====================================  ==============================================================
+
+``message_count_updated`` is derived from the rounds, and is run-scoped: ``trace_id`` names the
+run and ``message_count`` is how many messages that run added to the session's transcript — its
+user message (first attempt), one assistant message per round whose model call finished, and one
+result per tool call of a round that the run went past. A session's count is the sum over its
+runs (a culm session spans runs; run events are the only source here).
+
+Child runs (sub-agents) are runs of their own sessions and are derived the same way;
+``sub_agent_event`` copies in the parent's stream are ignored, so nothing counts twice.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from culm.domain.events import (
+    Cancelled,
+    Complete,
+    Error,
+    ExecutionStarted,
+    RoundCompleted,
+    RunEvent,
+    RunnerProgress,
+    ToolComplete,
+    ToolError,
+)
+from culm.metrics import events as m
+
+UNKNOWN_MODEL = "unknown"
+MAX_TRACKED_RUNS = 10_000
+
+Emit = Callable[[m.MetricsEvent], object]
+ModelOf = Callable[[str], str | None]
+
+
+@dataclass(slots=True)
+class _Run:
+    session_id: str
+    model: str
+    attempt: int = 1
+    round: int = 0
+    messages: int = 0
+    pending_results: int = 0
+
+    def round_id(self, run_id: str) -> str:
+        return f"{run_id}:{self.attempt}:{self.round}"
+
+
+class RunMetricsDeriver:
+    """Turns stored run events into chat metrics events. ``model_of(run_id)`` gives an active
+    run's model (run events do not carry it before the first round ends)."""
+
+    def __init__(self, emit: Emit, model_of: ModelOf) -> None:
+        self._emit = emit
+        self._model_of = model_of
+        self._runs: OrderedDict[str, _Run] = OrderedDict()
+
+    def observe(self, events: Sequence[RunEvent]) -> None:
+        for event in events:
+            self._observe(event)
+
+    def _observe(self, event: RunEvent) -> None:
+        match event:
+            case ExecutionStarted():
+                self._started(event)
+            case RunnerProgress():
+                self._round_started(event)
+            case RoundCompleted():
+                self._round_completed(event)
+            case ToolComplete() | ToolError():
+                self._tool_called(event)
+            case Complete() | Cancelled() | Error():
+                self._ended(event)
+
+    def _meta(self, event: RunEvent) -> m.EventMeta:
+        return m.EventMeta(occurred_at=event.ts, trace_id=event.run_id)
+
+    def _track(self, event: RunEvent) -> _Run:
+        run = self._runs.get(event.run_id)
+        if run is None:
+            model = self._model_of(event.run_id) or UNKNOWN_MODEL
+            run = self._runs[event.run_id] = _Run(session_id=event.session_id, model=model)
+            while len(self._runs) > MAX_TRACKED_RUNS:
+                self._runs.popitem(last=False)
+        return run
+
+    def _started(self, event: ExecutionStarted) -> None:
+        run = self._track(event)
+        run.attempt, run.round, run.pending_results = event.attempt, 0, 0
+        run.messages += event.attempt == 1
+        self._emit(
+            m.SessionStarted(meta=self._meta(event), session_id=run.session_id, model=run.model)
+        )
+
+    def _round_started(self, event: RunnerProgress) -> None:
+        run = self._track(event)
+        run.round = event.round_count
+        run.messages += run.pending_results
+        run.pending_results = 0
+        self._emit(
+            m.RoundStarted(
+                meta=self._meta(event),
+                round_id=run.round_id(event.run_id),
+                session_id=run.session_id,
+                model=run.model,
+            )
+        )
+
+    def _round_completed(self, event: RoundCompleted) -> None:
+        run = self._track(event)
+        run.messages += not event.partial
+        if run.model == UNKNOWN_MODEL:
+            run.model = event.model
+        status = m.RoundStatus.FAILED if event.partial else m.RoundStatus.SUCCESS
+        self._emit(
+            m.RoundCompleted(
+                meta=self._meta(event),
+                round_id=f"{event.run_id}:{run.attempt}:{event.round}",
+                session_id=run.session_id,
+                status=status,
+                usage=event.usage,
+                latency_ms=max(0, event.latency_ms),
+                error=event.error,
+                partial=event.partial,
+                model=event.model,
+            )
+        )
+
+    def _tool_called(self, event: ToolComplete | ToolError) -> None:
+        run = self._track(event)
+        run.pending_results += 1
+        self._emit(
+            m.ToolCalled(
+                meta=self._meta(event),
+                tool_call_id=event.tool_call_id,
+                round_id=run.round_id(event.run_id),
+                session_id=run.session_id,
+                tool_name=event.tool_name,
+                latency_ms=max(0, event.elapsed_ms),
+                success=isinstance(event, ToolComplete),
+            )
+        )
+
+    def _ended(self, event: Complete | Cancelled | Error) -> None:
+        run = self._track(event)
+        self._runs.pop(event.run_id, None)
+        meta = self._meta(event)
+        self._emit(
+            m.MessageCountUpdated(meta=meta, session_id=run.session_id, message_count=run.messages)
+        )
+        self._emit(
+            m.SessionCompleted(
+                meta=m.EventMeta(occurred_at=event.ts, trace_id=event.run_id),
+                session_id=run.session_id,
+                status=_SESSION_STATUS[event.type],
+            )
+        )
+
+
+_SESSION_STATUS = {
+    "complete": m.SessionStatus.COMPLETED,
+    "cancelled": m.SessionStatus.CANCELLED,
+    "error": m.SessionStatus.FAILED,
+}

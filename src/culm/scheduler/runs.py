@@ -1,0 +1,64 @@
+"""How the scheduler starts runs and learns of their end: through the engine's own Python API
+(a new session and a run for each fire, by the same path as ``POST /v1/runs``).
+
+The scheduler sees the engine only as :class:`EngineRuns`, so it depends on nothing above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from culm.domain.models import Run, RunTrigger
+from culm.errors import InvalidFieldError, UserError
+from culm.scheduler.models import RunConfig
+
+
+class EngineRuns(Protocol):
+    """What the scheduler uses of :class:`culm.Engine`."""
+
+    async def run(self, message: str, **session: Any) -> Run: ...
+
+    async def wait(self, run_id: str, *, timeout: float | None = None) -> Run: ...
+
+    def check_session(
+        self,
+        *,
+        model: str | None = None,
+        tools: Sequence[str] = (),
+        workspace: str | None = None,
+    ) -> None: ...
+
+
+async def launch(
+    engine: EngineRuns, config: RunConfig, *, schedule_id: str, scheduled_for: datetime
+) -> Run:
+    """Start the run of one fire: a new session (its metadata names the schedule and the time)
+    and a run on it with trigger ``schedule``."""
+    return await engine.run(
+        config.message,
+        model=config.model,
+        system_prompt=config.system_prompt,
+        tools=list(config.tools),
+        workspace=config.workspace,
+        metadata={"schedule_id": schedule_id, "scheduled_for": scheduled_for.isoformat()},
+        trigger=RunTrigger.SCHEDULE,
+    )
+
+
+def check(engine: EngineRuns, config: RunConfig) -> None:
+    """Raise :class:`InvalidFieldError` naming the field of ``config`` that the engine would
+    refuse (an unknown model or tool, a workspace that is not a directory)."""
+    fields: dict[str, dict[str, Any]] = {
+        "model": {"model": config.model},
+        "tools": {"tools": config.tools},
+        "workspace": {"workspace": config.workspace},
+    }
+    for field, settings in fields.items():
+        try:
+            engine.check_session(**settings)
+        except InvalidFieldError:
+            raise
+        except UserError as exc:
+            raise InvalidFieldError(f"run_config.{field}", str(exc)) from None

@@ -1,0 +1,105 @@
+"""``culm metrics`` end to end: the real command in a subprocess against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import culm
+from tests.api.conftest import Server, running_server
+from tests.cli.conftest import TIMEOUT, Result, clean_env, culm_command
+
+SCRIPT = {
+    "turns": [
+        [{"tool_call": {"name": "list_dir", "arguments": {}}}, {"usage": {"prompt_tokens": 1000, "completion_tokens": 70}}],
+        [{"text": "done"}, {"usage": {"prompt_tokens": 1300, "completion_tokens": 50}}],
+    ]
+}  # fmt: skip
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(culm.Settings(home=tmp_path / "server")) as running:
+        running.engine.scripts.register("metered", SCRIPT)
+        for _ in range(2):
+            run = await running.engine.run("go", model="scripted:metered", tools=["read"])
+            await running.engine.wait(run.run_id, timeout=10)
+        await running.engine.metrics.flush()
+        yield running
+
+
+async def metrics(server: Server, home: Path, *args: str) -> Result:
+    home.mkdir(exist_ok=True)
+    process = await asyncio.create_subprocess_exec(
+        *culm_command("metrics", *args, "--server", server.url),
+        env=clean_env(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=home,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    assert process.returncode is not None
+    return Result(process.returncode, stdout.decode(), stderr.decode())
+
+
+async def test_the_summary_table(server: Server, tmp_path: Path) -> None:
+    result = await metrics(server, tmp_path / "cli")
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["METRIC", "VALUE"]
+    table = {line[:34].strip(): line[34:].strip() for line in lines[1:]}
+    assert table["runs"] == "2"
+    assert table["rounds"] == "4 (0 failed, 0 partial)"
+    assert table["tool calls"] == "2 (0 failed)"
+    assert table["tokens: prompt"] == "4,600"
+    assert table["tokens: total"] == "4,840"
+
+
+async def test_by_model_tool_and_day(server: Server, tmp_path: Path) -> None:
+    home = tmp_path / "cli"
+    by_model = await metrics(server, home, "--by", "model")
+    assert by_model.stdout.splitlines()[0].split()[:4] == ["MODEL", "RUNS", "ROUNDS", "FAILED"]
+    assert by_model.stdout.splitlines()[1].split()[:5] == [
+        "scripted:metered",
+        "2",
+        "4",
+        "0",
+        "4,600",
+    ]
+    by_tool = await metrics(server, home, "--by", "tool")
+    assert by_tool.stdout.splitlines()[1].split()[:3] == ["list_dir", "2", "0"]
+    by_day = await metrics(server, home, "--by", "day", "--days", "3")
+    rows = by_day.stdout.splitlines()[1:]
+    assert len(rows) == 3
+    assert rows[-1].split()[1:4] == ["2", "4", "2"]  # today: runs, rounds, tool calls
+
+
+async def test_json_lines(server: Server, tmp_path: Path) -> None:
+    home = tmp_path / "cli"
+    summary = await metrics(server, home, "--json")
+    (line,) = summary.stdout.splitlines()
+    assert json.loads(line)["tokens"]["completion_tokens"] == 240
+    days = await metrics(server, home, "--by", "day", "--days", "7", "--json")
+    periods = [json.loads(line) for line in days.stdout.splitlines()]
+    assert len(periods) == 7 and sum(p["rounds"] for p in periods) == 4
+
+
+async def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "cli"
+    home.mkdir()
+    done = subprocess.run(
+        culm_command("metrics", "--server", "http://127.0.0.1:9"),
+        env=clean_env(home),
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "cannot reach the culm server" in done.stderr.decode()

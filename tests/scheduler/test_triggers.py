@@ -1,0 +1,101 @@
+"""Interval and once triggers, and the span of fires that came due."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from culm.scheduler import triggers
+from culm.scheduler.models import CronTrigger, IntervalTrigger, OnceTrigger
+
+UTC_ZONE = ZoneInfo("UTC")
+PARIS = ZoneInfo("Europe/Paris")
+NEW_YORK = ZoneInfo("America/New_York")
+T0 = datetime(2026, 11, 23, 8, 0, 0, 500_000, tzinfo=UTC)
+
+
+def test_interval_fires_on_the_grid_from_its_anchor() -> None:
+    every = IntervalTrigger(every_seconds=60)
+    assert triggers.next_after(every, UTC_ZONE, T0, T0) == T0 + timedelta(seconds=60)
+    assert triggers.next_after(every, UTC_ZONE, T0, T0 - timedelta(hours=1)) == T0 + timedelta(
+        seconds=60
+    )  # never at or before the anchor
+    late = T0 + timedelta(seconds=150)
+    assert triggers.next_after(every, UTC_ZONE, T0, late) == T0 + timedelta(seconds=180)
+    on_grid = T0 + timedelta(seconds=180)
+    assert triggers.next_after(every, UTC_ZONE, T0, on_grid) == T0 + timedelta(seconds=240)
+
+
+def test_interval_ignores_dst() -> None:
+    anchor = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # 00:00 EDT, the fall-back day
+    every = IntervalTrigger(every_seconds=3600)
+    times = [anchor]
+    for _ in range(3):
+        nxt = triggers.next_after(every, NEW_YORK, anchor, times[-1])
+        assert nxt is not None
+        times.append(nxt)
+    assert [b - a for a, b in zip(times, times[1:], strict=False)] == [timedelta(hours=1)] * 3
+
+
+def test_once_fires_at_its_time_only() -> None:
+    at = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    once = OnceTrigger(at=at)
+    assert triggers.next_after(once, UTC_ZONE, T0, T0) == at
+    assert triggers.next_after(once, UTC_ZONE, T0, at) is None
+    assert triggers.first_fire(once, UTC_ZONE, T0, at + timedelta(days=1)) == at  # due: a misfire
+
+
+def test_once_without_offset_is_wall_clock_time_in_the_zone() -> None:
+    once = OnceTrigger(at=datetime(2026, 12, 1, 9, 0))  # noqa: DTZ001 - that is the point
+    assert triggers.once_at(once, PARIS) == datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    with_offset = OnceTrigger(at=datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    assert triggers.once_at(with_offset, PARIS) == datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def test_once_in_a_spring_forward_gap_moves_to_the_gap_end_and_repeated_takes_the_first() -> None:
+    gap = OnceTrigger(at=datetime(2026, 3, 8, 2, 30))  # noqa: DTZ001
+    assert triggers.once_at(gap, NEW_YORK) == datetime(2026, 3, 8, 7, 0, tzinfo=UTC)  # 03:00 EDT
+    repeated = OnceTrigger(at=datetime(2026, 11, 1, 1, 30))  # noqa: DTZ001
+    assert triggers.once_at(repeated, NEW_YORK) == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
+
+
+def test_due_fires_lists_the_span_and_the_next_fire() -> None:
+    every = IntervalTrigger(every_seconds=60)
+    start = T0 + timedelta(seconds=60)
+    due = triggers.due_fires(
+        every, UTC_ZONE, T0, start=start, now=start + timedelta(seconds=150), keep=10
+    )
+    assert due.times == [start, start + timedelta(seconds=60), start + timedelta(seconds=120)]
+    assert due.unlisted == 0
+    assert due.next_fire_at == start + timedelta(seconds=180)
+
+
+def test_due_fires_keeps_the_latest_and_counts_the_rest() -> None:
+    every = IntervalTrigger(every_seconds=60)
+    start = T0 + timedelta(seconds=60)
+    due = triggers.due_fires(
+        every, UTC_ZONE, T0, start=start, now=start + timedelta(minutes=99), keep=3
+    )
+    assert due.times == [start + timedelta(minutes=m) for m in (97, 98, 99)]
+    assert due.unlisted == 97
+
+
+def test_a_year_behind_every_minute_is_settled_quickly_and_ends_at_now() -> None:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    now = datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)
+    due = triggers.due_fires(
+        CronTrigger(expr="* * * * *"), UTC_ZONE, start, start=start, now=now, keep=5
+    )
+    assert due.times[-1] == datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    assert len(due.times) == 5
+    assert due.times == sorted(due.times)
+    assert due.unlisted >= triggers.MAX_SCAN - 5
+    assert due.next_fire_at == datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+
+
+def test_nothing_due_before_the_start() -> None:
+    every = IntervalTrigger(every_seconds=60)
+    start = T0 + timedelta(seconds=60)
+    due = triggers.due_fires(every, UTC_ZONE, T0, start=start, now=T0, keep=3)
+    assert due.times == []
+    assert due.next_fire_at == start
