@@ -258,3 +258,25 @@ def test_a_child_gets_a_subset_of_the_parent_tools_patterns_included() -> None:
         _child_tools(parent, ["bash"], may_spawn=True)
     with pytest.raises(ToolFailure, match="spawn_agent"):
         _child_tools(parent, ["spawn_agent"], may_spawn=False)
+
+
+async def test_child_usage_is_in_metrics_under_the_child_session_linked_to_the_parent(
+    tmp_path: Path,
+) -> None:
+    engine = await _engine(tmp_path)
+    async with engine:
+        engine.scripts.register(
+            "worker",
+            {"turns": [[{"text": "done", "usage": {"prompt_tokens": 7, "completion_tokens": 3}}]]},
+        )
+        engine.scripts.register(
+            "boss", {"turns": [[_spawn("t", "scripted:worker")], [{"text": "ok"}]]}
+        )
+        run = await engine.run("go", model="scripted:boss", tools=["spawn_agent"])
+        await engine.wait(run.run_id)
+        [child] = await engine.get_children(run.run_id)
+        await engine.metrics.flush()
+        detail = await engine.metrics.queries.session(child.session_id)
+    assert detail is not None
+    assert [(r.run_id, r.parent_run_id) for r in detail.runs] == [(child.run_id, run.run_id)]
+    assert detail.tokens.prompt_tokens == 7 and detail.tokens.completion_tokens == 3

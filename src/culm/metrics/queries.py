@@ -143,7 +143,12 @@ class MetricsQueries:
         async with self._connect() as conn:
             runs = (
                 await conn.execute(
-                    sa.select(t.sessions)
+                    sa.select(t.sessions, _engine_runs.c.parent_run_id)
+                    .select_from(
+                        t.sessions.outerjoin(
+                            _engine_runs, _engine_runs.c.run_id == t.sessions.c.run_id
+                        )
+                    )
                     .where(t.sessions.c.session_id == session_id)
                     .order_by(t.sessions.c.started_at)
                 )
@@ -460,6 +465,11 @@ def _session_stats(
     )
 
 
+# The engine's runs table, for the link from a sub-agent's run to the run that spawned it
+# (named here rather than imported: metrics depend on the domain only).
+_engine_runs = sa.table("runs", sa.column("run_id"), sa.column("parent_run_id"))
+
+
 def _session_detail(
     session_id: str, runs: Sequence[Any], rounds: Sequence[Any], calls: Sequence[Any]
 ) -> SessionMetricsDetail:
@@ -496,6 +506,7 @@ def _session_detail(
         runs=[
             RunMetrics(
                 run_id=row.run_id,
+                parent_run_id=row.parent_run_id,
                 model=row.model,
                 status=row.status,
                 started_at=row.started_at,

@@ -99,6 +99,9 @@ class RoundMetrics(_Report):
 
 class RunMetrics(_Report):
     run_id: str
+    parent_run_id: str | None = Field(
+        default=None, description="the run that spawned this one, for a sub-agent's run"
+    )
     model: str | None
     status: str = Field(description="running, completed, failed or cancelled")
     started_at: datetime | None
