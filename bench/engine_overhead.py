@@ -6,20 +6,23 @@ figures) with a fresh ``CULM_HOME`` (SQLite, WAL) in a temporary directory:
 * ``throughput``: ``--runs`` concurrent runs of ``--rounds`` rounds; each round streams
   ``--tokens`` one-character tokens (one ``token`` event each) and, except the last, calls a
   no-op read-only tool. One subscriber per run consumes every event. Reports runs/s, events/s
-  (all persisted and all delivered), emit→subscriber latency (p50/p99) and RSS, then checks that
-  every subscriber saw seq 1..n once and in order and that the store holds exactly those events.
+  (all persisted and all delivered), emit→subscriber latency (p50/p99/max, and for the terminal
+  event alone), CPU use and RSS, then checks that every subscriber saw seq 1..n once and in order
+  and that the store holds exactly those events.
 * ``slow``: ``--slow-model-runs`` concurrent runs that wait on a model that answers after an
   hour. Reports RSS once all of them are waiting, then how long cancelling all of them (with
   ``wait=True``) took.
-* ``churn``: ``--churn`` short runs in waves of ``--wave`` concurrent runs; every ``--sample-every``
-  runs it samples RSS (after a ``gc.collect()``), the number of live Python objects and
-  ``len(engine.registry)``, to show whether memory stays flat.
+* ``churn``: ``--churn`` short runs in waves of ``--wave`` concurrent runs; every
+  ``--sample-every`` runs (default: a tenth of them) it samples RSS after a ``gc.collect()``, the
+  number of live Python objects and ``len(engine.registry)``, to show whether memory stays flat.
 
-Run it from the repository root::
+Run it from the repository root (``make bench`` runs the first line)::
 
-    .venv/bin/python bench/engine_overhead.py                      # defaults, < 1 min
-    .venv/bin/python bench/engine_overhead.py --churn 10000        # the full memory check
+    .venv/bin/python bench/engine_overhead.py                               # defaults, < 1 min
+    .venv/bin/python bench/engine_overhead.py --only churn --churn 10000    # ~2 min
     .venv/bin/python bench/engine_overhead.py --only throughput --runs 200 --json
+
+Results, and where the time goes: ``docs/benchmarks.md``.
 
 Missed targets print MISS but exit 0; the exit status is 1 only when something is wrong (an
 event missing or duplicated, a run not ending as expected, the registry not emptying).
@@ -49,8 +52,8 @@ import culm
 TOOL_NAME = "bench_noop"
 EVENTS_PER_SECOND_TARGET = 20_000
 SLOW_RSS_TARGET_MB = 200.0
-# Growth from the second sample to the last that still counts as flat (SQLite page caches and
-# allocator arenas settle within a few MB).
+# RSS growth from 20% of the churn runs to the end that still counts as flat (SQLite page
+# caches and allocator arenas settle within a few MB).
 FLAT_RSS_GROWTH_MB = 10.0
 
 Result = dict[str, Any]
@@ -264,8 +267,11 @@ async def slow_model(args: argparse.Namespace, home: str) -> Result:
             cancel_seconds = time.perf_counter() - cancel_started
         stored, errors = await verify_store(engine, run_ids, culm.RunStatus.CANCELLED, consumer)
         if consumer is not None:
-            wrong = [r for r, kind in consumer.terminal.items() if kind != "cancelled"]
-            errors += [f"run {run_id}: stream did not end with `cancelled`" for run_id in wrong]
+            errors += [
+                f"run {run_id}: stream ended with {kind!r}, not 'cancelled'"
+                for run_id, kind in consumer.terminal.items()
+                if kind != "cancelled"
+            ]
     return {
         "runs": count,
         "subscribe": args.subscribe,
@@ -358,6 +364,8 @@ def run_scenario(name: str, args: argparse.Namespace) -> Result:
     with tempfile.TemporaryDirectory(prefix=f"culm-bench-{name}-") as home:
         try:
             return asyncio.run(bounded(home))
+        except TimeoutError:
+            return {"errors": [f"did not finish within --timeout {args.timeout:g} s"]}
         except Exception as exc:  # reported, and turned into a non-zero exit by the parent
             return {"errors": [f"{type(exc).__name__}: {exc}"]}
 
@@ -461,6 +469,17 @@ def print_report(results: dict[str, Result]) -> None:
             print(f"ERROR [{name}] {error}")
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN (no latency without subscribers) as null, which JSON allows."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def _mb(result: Result, baseline: str, current: str) -> str:
     return f"{result[baseline]:.1f} / {result[current]:.1f} / {result['rss_peak_mb']:.1f} MB"
 
@@ -533,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
             "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(results)],
         }
-        print(json.dumps(report, indent=2))
+        print(json.dumps(_json_safe(report), indent=2))
     else:
         print(f"culm {culm.__version__}, Python {machine['python']}, {machine['cpus']} CPUs")
         print_report(results)
