@@ -36,13 +36,10 @@ import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final
 
-import httpx2
-
 from culm.domain.models import AssistantMessage, Message, ToolResultMessage, Usage, UserMessage
 from culm.errors import ModelConnectionError
 from culm.providers.base import (
     Finish,
-    ModelInfo,
     ModelRequest,
     ReasoningDelta,
     StreamPart,
@@ -52,7 +49,7 @@ from culm.providers.base import (
 )
 from culm.providers.catalog import ProviderConfig, default_max_output_tokens
 from culm.providers.http import (
-    DEFAULT_TIMEOUT,
+    HTTPModel,
     error_from_payload,
     load_event_json,
     open_event_stream,
@@ -62,31 +59,8 @@ from culm.providers.sse import SSEEvent
 ANTHROPIC_VERSION: Final = "2023-06-01"
 
 
-class AnthropicMessagesModel:
+class AnthropicMessagesModel(HTTPModel):
     """One model behind a Messages endpoint."""
-
-    def __init__(
-        self,
-        *,
-        model: str,
-        config: ProviderConfig,
-        client: httpx2.AsyncClient,
-        info: ModelInfo | None = None,
-        timeout: httpx2.Timeout = DEFAULT_TIMEOUT,
-    ) -> None:
-        self.model = model
-        self._config = config
-        self._client = client
-        self._info = info or ModelInfo()
-        self._timeout = timeout
-
-    @property
-    def name(self) -> str:
-        return f"{self._config.name}:{self.model}"
-
-    @property
-    def max_context_tokens(self) -> int | None:
-        return self._info.max_context_tokens
 
     def request_headers(self) -> dict[str, str]:
         headers = {"accept": "text/event-stream", "anthropic-version": ANTHROPIC_VERSION}

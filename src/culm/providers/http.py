@@ -30,6 +30,7 @@ from culm.errors import (
     ModelRequestError,
     ModelStallError,
 )
+from culm.providers.base import ModelInfo
 from culm.providers.catalog import ProviderConfig
 from culm.providers.sse import SSEEvent, aiter_sse
 
@@ -245,3 +246,31 @@ def load_event_json(config: ProviderConfig, event: SSEEvent) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ModelConnectionError(f"{config.name} sent a non-object event: {event.data[:200]!r}")
     return payload
+
+
+class HTTPModel:
+    """What every HTTP-backed model has: its provider's configuration, the shared client, the
+    model's known limits, and a timeout. The wire-format adapters subclass it."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        config: ProviderConfig,
+        client: httpx2.AsyncClient,
+        info: ModelInfo | None = None,
+        timeout: httpx2.Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.model = model
+        self._config = config
+        self._client = client
+        self._info = info or ModelInfo()
+        self._timeout = timeout
+
+    @property
+    def name(self) -> str:
+        return f"{self._config.name}:{self.model}"
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        return self._info.max_context_tokens

@@ -26,13 +26,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
-import httpx2
-
 from culm.domain.models import AssistantMessage, Message, ToolResultMessage, Usage, UserMessage
 from culm.errors import ModelConnectionError
 from culm.providers.base import (
     Finish,
-    ModelInfo,
     ModelRequest,
     ReasoningDelta,
     StreamPart,
@@ -43,38 +40,15 @@ from culm.providers.base import (
 )
 from culm.providers.catalog import ProviderConfig
 from culm.providers.http import (
-    DEFAULT_TIMEOUT,
+    HTTPModel,
     error_from_payload,
     load_event_json,
     open_event_stream,
 )
 
 
-class OpenAIChatModel:
+class OpenAIChatModel(HTTPModel):
     """One model behind a Chat Completions endpoint."""
-
-    def __init__(
-        self,
-        *,
-        model: str,
-        config: ProviderConfig,
-        client: httpx2.AsyncClient,
-        info: ModelInfo | None = None,
-        timeout: httpx2.Timeout = DEFAULT_TIMEOUT,
-    ) -> None:
-        self.model = model
-        self._config = config
-        self._client = client
-        self._info = info or ModelInfo()
-        self._timeout = timeout
-
-    @property
-    def name(self) -> str:
-        return f"{self._config.name}:{self.model}"
-
-    @property
-    def max_context_tokens(self) -> int | None:
-        return self._info.max_context_tokens
 
     def request_headers(self) -> dict[str, str]:
         headers = {"accept": "text/event-stream"}
