@@ -34,15 +34,7 @@ STILL_ACTIVE = wait_timeout("the run is not terminal after `timeout` seconds; `r
 @router.post("", status_code=202, responses=errors({422: UNKNOWN_NAME}))
 async def create_run(body: CreateHeadlessRun, engine: EngineDep) -> Run:
     """Create a session and start a run on it, in one call."""
-    return await engine.run(
-        body.message,
-        model=body.model,
-        system_prompt=body.system_prompt,
-        tools=body.tools,
-        workspace=body.workspace,
-        metadata=body.metadata,
-        mcp_servers=body.mcp_servers,
-    )
+    return await engine.run(body.message, **body.model_dump(exclude={"message"}))
 
 
 @router.get("")

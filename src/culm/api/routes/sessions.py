@@ -28,14 +28,7 @@ ALREADY_RUNNING = (
 
 @router.post("", status_code=201, responses=errors({422: f"{UNKNOWN_NAME}, tool or workspace"}))
 async def create_session(body: CreateSession, engine: EngineDep) -> Session:
-    return await engine.create_session(
-        model=body.model,
-        system_prompt=body.system_prompt,
-        tools=body.tools,
-        workspace=body.workspace,
-        metadata=body.metadata,
-        mcp_servers=body.mcp_servers,
-    )
+    return await engine.create_session(**body.model_dump())
 
 
 @router.get("")
