@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     shutdown_timeout: float = Field(default=10.0, gt=0)
 
+    # Forward proxy (/openai/v1/…, /anthropic/v1/…)
+    proxy_max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    proxy_connect_timeout: float = Field(default=10.0, gt=0)
+    # The longest wait for the upstream's next bytes (its first answer included).
+    proxy_read_timeout: float = Field(default=600.0, gt=0)
+    proxy_max_connections: int = Field(default=1000, ge=1)
+
     # Agent loop
     max_rounds: int = Field(default=50, ge=1)
     max_tool_calls_per_round: int = Field(default=32, ge=1)

@@ -12,10 +12,12 @@ from fastapi import FastAPI
 from culm._version import __version__
 from culm.api import errors, openapi
 from culm.api.encoding import FrameCache
-from culm.api.middleware import APIKeyAuth, BodySizeLimit
+from culm.api.middleware import PROXY_PREFIXES, APIKeyAuth, BodySizeLimit
 from culm.api.routes import mcp, metrics, runs, schedules, sessions
 from culm.api.schemas import Health
 from culm.metrics.prometheus import PrometheusExporter
+from culm.proxy import routes as proxy
+from culm.proxy.forward import Forwarder
 from culm.services import Engine
 from culm.settings import Settings, load_settings
 
@@ -36,6 +38,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             finally:
                 shutdown.set()
                 await watcher  # runs drained, then streams ended, before the engine closes
+                await forwarder.aclose()
 
     app = FastAPI(
         title="culm",
@@ -44,6 +47,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.state.forwarder = forwarder = Forwarder(settings, engine.metrics)
     app.state.shutdown = anyio.Event()
     app.state.frames = FrameCache()
     app.state.ping_seconds = settings.sse_ping_seconds
@@ -64,7 +68,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(schedules.router)
     app.include_router(metrics.router)
     app.include_router(metrics.exposition)
-    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
+    app.include_router(proxy.router)
+    app.add_middleware(
+        BodySizeLimit,
+        limit=settings.max_request_bytes,
+        larger={prefix: settings.proxy_max_request_bytes for prefix in PROXY_PREFIXES},
+    )
     if settings.api_key is not None:
         app.add_middleware(APIKeyAuth, api_key=settings.api_key.get_secret_value())
     return app

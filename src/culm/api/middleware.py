@@ -14,6 +14,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/health"})
+# The forward proxy's routes: they also take the key as ``x-api-key`` (the Anthropic SDK's way),
+# and bigger bodies (``CULM_PROXY_MAX_REQUEST_BYTES``).
+PROXY_PREFIXES = ("/openai/", "/anthropic/")
 
 
 async def _send_error(send: Send, status: int, code: str, message: str, **headers: str) -> None:
@@ -25,18 +28,24 @@ async def _send_error(send: Send, status: int, code: str, message: str, **header
 
 
 class APIKeyAuth:
-    """With ``CULM_API_KEY`` set, every route but ``/health`` needs ``Authorization: Bearer``."""
+    """With ``CULM_API_KEY`` set, every route but ``/health`` needs ``Authorization: Bearer``
+    (the proxy's routes take ``x-api-key`` as well)."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self._expected = f"Bearer {api_key}".encode()
+        self._key = api_key.encode()
+        self._expected = b"Bearer " + self._key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if hmac.compare_digest(given, self._expected):
+        headers = dict(scope["headers"])
+        given = headers.get(b"authorization", b"")
+        if hmac.compare_digest(given, self._expected) or (
+            scope["path"].startswith(PROXY_PREFIXES)
+            and hmac.compare_digest(headers.get(b"x-api-key", b""), self._key)
+        ):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
@@ -47,19 +56,22 @@ class APIKeyAuth:
 
 
 class BodySizeLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, whether announced or streamed."""
+    """Refuse request bodies over ``limit`` bytes with 413, whether announced or streamed;
+    ``larger`` gives other limits to the paths under some prefixes."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.default = limit
+        self.larger = tuple((larger or {}).items())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await _send_error(send, 413, "body_too_large", self._message())
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _send_error(send, 413, "body_too_large", _message(limit))
             return
         received = 0
         refused = False
@@ -73,13 +85,20 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request" and not refused:
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    await _send_error(send, 413, "body_too_large", self._message())
+                if received > limit:
+                    await _send_error(send, 413, "body_too_large", _message(limit))
                     refused = True
                     return {"type": "http.disconnect"}
             return message
 
         await self.app(scope, limited_receive, guarded_send)
 
-    def _message(self) -> str:
-        return f"request body over {self.limit} bytes"
+    def _limit(self, path: str) -> int:
+        for prefix, limit in self.larger:
+            if path.startswith(prefix):
+                return limit
+        return self.default
+
+
+def _message(limit: int) -> str:
+    return f"request body over {limit} bytes"

@@ -177,6 +177,7 @@ def _request_completed(event: Any) -> Change:
         **usage_columns(event.usage),
         "latency_ms": event.latency_ms,
         "error": event.error,
+        "partial": event.partial,
         "started_at": None,
         "completed_at": _at(event),
         "day": _at(event).date(),

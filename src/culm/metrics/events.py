@@ -177,7 +177,9 @@ class RequestStarted(_Event):
 
 
 class RequestCompleted(_Event):
-    """A forwarded request ended: the upstream status, usage when reported, latency, error."""
+    """A forwarded request ended: the upstream status, usage when reported, latency, error.
+    ``partial``: the answer broke off (the client left, the upstream cut it or timed out), so
+    ``usage`` is what had been seen by then."""
 
     category: Literal["forward"] = "forward"
     type: Literal["request_completed"] = "request_completed"
@@ -187,6 +189,7 @@ class RequestCompleted(_Event):
     usage: Usage | None = None
     latency_ms: int = Field(ge=0)
     error: str | None = None
+    partial: bool = False
 
 
 # System events: the metrics pipeline watching itself.

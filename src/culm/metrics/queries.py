@@ -532,6 +532,7 @@ def _forward_record(row: Any) -> ForwardRequestMetrics:
         usage=_usage(row) if row.has_usage else None,
         latency_ms=row.latency_ms,
         error=row.error,
+        partial=row.partial,
         started_at=row.started_at,
         completed_at=row.completed_at,
     )

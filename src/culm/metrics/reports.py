@@ -207,6 +207,7 @@ class ForwardRequestMetrics(_Report):
     usage: Usage | None
     latency_ms: int | None
     error: str | None
+    partial: bool = Field(description="the answer broke off; usage is what was seen by then")
     started_at: datetime | None
     completed_at: datetime | None
 

@@ -31,6 +31,7 @@ FORWARD_RESULT = (
     "has_usage",
     "latency_ms",
     "error",
+    "partial",
     "completed_at",
     "day",
     *t.USAGE_KINDS,

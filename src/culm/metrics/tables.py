@@ -142,6 +142,7 @@ forward_requests = sa.Table(
     *_tokens(),
     sa.Column("latency_ms", sa.BigInteger, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    sa.Column("partial", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("completed_at", UTCDateTime, nullable=True),
     sa.Column("day", sa.Date, nullable=False),

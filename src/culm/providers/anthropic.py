@@ -165,6 +165,21 @@ def _input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def messages_usage(usage: Mapping[str, Any]) -> Usage:
+    """A Messages ``usage`` object in culm's terms (see the module docstring)."""
+    read = usage.get("cache_read_input_tokens") or 0
+    write = usage.get("cache_creation_input_tokens") or 0
+    prompt = (usage.get("input_tokens") or 0) + read + write
+    completion = usage.get("output_tokens") or 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+    )
+
+
 class MessagesStreamParser:
     """Turns Messages stream events into stream parts, keeping the cumulative usage."""
 
@@ -192,17 +207,7 @@ class MessagesStreamParser:
     @property
     def usage(self) -> Usage:
         """The usage reported so far, mapped as the module docstring says."""
-        read = self._usage.get("cache_read_input_tokens", 0)
-        write = self._usage.get("cache_creation_input_tokens", 0)
-        prompt = self._usage.get("input_tokens", 0) + read + write
-        completion = self._usage.get("output_tokens", 0)
-        return Usage(
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            total_tokens=prompt + completion,
-            cache_read_tokens=read,
-            cache_write_tokens=write,
-        )
+        return messages_usage(self._usage)
 
     def _update_usage(self, usage: Any) -> list[StreamPart]:
         if not isinstance(usage, Mapping):

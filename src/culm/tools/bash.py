@@ -9,6 +9,11 @@ The process group is the call's: when bash exits, when the timeout passes and wh
 cancelled, whatever is left of it gets SIGTERM, then SIGKILL after a short grace, and bash is reaped
 before the call returns. That cleanup runs shielded, so a cancel cannot leave processes or zombies
 behind; the cancel is re-raised once it is done.
+
+The command sees the run it belongs to: ``CULM_RUN_ID``, ``CULM_SESSION_ID`` and a W3C
+``TRACEPARENT`` whose trace-id is the run id. A script that calls culm's forward proxy with
+``x-culm-run-id: $CULM_RUN_ID`` or ``traceparent: $TRACEPARENT`` has its model calls counted
+in the run's metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from culm.domain.trace import traceparent_for
 from culm.errors import ToolFailure, ToolTimeoutError
 from culm.tools.args import check_fields, get_positive_number, get_str
 from culm.tools.base import Tool, ToolContext
@@ -78,7 +84,7 @@ class BashTool(Tool):
         if not cwd.is_dir():
             raise ToolFailure(f"the workspace directory {cwd} does not exist")
         output = _Output(self.output_limit, ctx.emit_output)
-        transport, protocol = await _spawn(command, cwd, output)
+        transport, protocol = await _spawn(command, cwd, output, _run_environment(ctx))
         timed_out = False
         try:
             async with asyncio.timeout(deadline):
@@ -158,8 +164,17 @@ class _ShellProtocol(asyncio.SubprocessProtocol):
         self.exited.set()
 
 
+def _run_environment(ctx: ToolContext) -> dict[str, str]:
+    if not ctx.run_id:
+        return {}
+    env = {"CULM_RUN_ID": ctx.run_id, "CULM_SESSION_ID": ctx.session_id}
+    if traceparent := traceparent_for(ctx.run_id):
+        env["TRACEPARENT"] = traceparent
+    return env
+
+
 async def _spawn(
-    command: str, cwd: Path, output: _Output
+    command: str, cwd: Path, output: _Output, env: dict[str, str]
 ) -> tuple[asyncio.SubprocessTransport, _ShellProtocol]:
     loop = asyncio.get_running_loop()
     try:
@@ -172,7 +187,7 @@ async def _spawn(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=cwd,
-            env={**os.environ, "PWD": str(cwd)},
+            env={**os.environ, **env, "PWD": str(cwd)},
             start_new_session=True,
         )
     except OSError as exc:

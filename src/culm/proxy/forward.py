@@ -1,0 +1,369 @@
+"""The forwarder: one shared upstream client, and an :class:`Exchange` per proxied request.
+
+An exchange is an ASGI response. It sends the request upstream, relays the answer's status,
+headers and body bytes as they arrive (through a :mod:`tap <culm.proxy.taps>` that reads the
+usage), and meters the request: ``request_started`` before it goes upstream,
+``request_completed`` once it is over, whatever the end:
+
+=====================================  =========  ===========  =======================
+end                                    status     status_code  partial
+=====================================  =========  ===========  =======================
+upstream answered, body relayed        success    upstream's   no
+upstream answered with an error        error      upstream's   no
+no answer in ``proxy_read_timeout``    timeout    504          no
+upstream unreachable                   error      502          no
+body cut by the upstream / timed out   error /    upstream's   yes
+                                       timeout
+client went away                       error      upstream's,  yes once the answer
+                                                  else 499     had started
+=====================================  =========  ===========  =======================
+
+A relayed answer that breaks off is ended by closing the client's connection (the client then
+sees a cut stream, never a stream that looks complete). The client's disconnect is watched
+while waiting for the upstream too, so the upstream request is abandoned at once. The upstream
+response is always closed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import anyio
+import httpx2
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from culm.domain.models import Usage
+from culm.errors import ConfigError
+from culm.logs import get_logger
+from culm.metrics.events import (
+    EventMeta,
+    ForwardStatus,
+    RequestCompleted,
+    RequestStarted,
+    new_event_id,
+)
+from culm.metrics.pipeline import MetricsPipeline
+from culm.providers.catalog import provider_config
+from culm.proxy.headers import RawHeaders, client_headers, upstream_headers
+from culm.proxy.taps import BodyTap, Tap, UsageFormat, stream_tap
+from culm.proxy.trace import trace_id
+from culm.settings import Settings
+
+log = get_logger(__name__)
+
+Provider = Literal["openai", "anthropic"]
+CLIENT_CLOSED: Final = 499  # nginx's "client closed request": no upstream status was seen
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A proxied route. ``name`` is the metrics endpoint (``openai.chat_completions``);
+    ``path`` is appended to the provider's base URL."""
+
+    name: str
+    provider: Provider
+    method: str
+    path: str
+    usage: UsageFormat
+
+
+@dataclass(frozen=True, slots=True)
+class _Upstream:
+    base_url: str
+    credential: tuple[bytes, bytes] | None
+
+
+class Forwarder:
+    """Owns the upstream HTTP client; :meth:`exchange` makes the response for one request."""
+
+    def __init__(self, settings: Settings, metrics: MetricsPipeline) -> None:
+        self._settings = settings
+        self.metrics = metrics
+        self._culm_key = (
+            settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
+        )
+        self._client: httpx2.AsyncClient | None = None
+        self._upstreams: dict[Provider, _Upstream | ConfigError] = {}
+
+    @property
+    def client(self) -> httpx2.AsyncClient:
+        if self._client is None:
+            s = self._settings
+            self._client = httpx2.AsyncClient(
+                timeout=httpx2.Timeout(s.proxy_read_timeout, connect=s.proxy_connect_timeout),
+                limits=httpx2.Limits(
+                    max_connections=s.proxy_max_connections,
+                    max_keepalive_connections=s.proxy_max_connections,
+                ),
+                follow_redirects=False,
+                trust_env=False,
+            )
+            for name in list(self._client.headers):  # send the client's headers, not httpx2's
+                del self._client.headers[name]
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def upstream(self, provider: Provider) -> _Upstream | ConfigError:
+        """Where ``provider`` is and the server's key for it (or why it cannot be reached)."""
+        found = self._upstreams.get(provider)
+        if found is None:
+            try:
+                config = provider_config(provider, self._settings)
+            except ConfigError as exc:
+                found = exc
+            else:
+                found = _Upstream(config.base_url, _credential(provider, config.key))
+            self._upstreams[provider] = found
+        return found
+
+    def exchange(self, endpoint: Endpoint, scope: Scope, body: bytes) -> Exchange:
+        return Exchange(self, endpoint, scope, body)
+
+    @property
+    def culm_key(self) -> bytes | None:
+        return self._culm_key
+
+
+def _credential(provider: Provider, key: str | None) -> tuple[bytes, bytes] | None:
+    if key is None:
+        return None
+    if provider == "anthropic":
+        return (b"x-api-key", key.encode())
+    return (b"authorization", b"Bearer " + key.encode())
+
+
+class Exchange(Response):
+    """One proxied request, as the ASGI response that performs it."""
+
+    def __init__(self, forwarder: Forwarder, endpoint: Endpoint, scope: Scope, body: bytes) -> None:
+        super().__init__()  # what FastAPI may look at (``background``); the rest is ours
+        self._forwarder = forwarder
+        self._endpoint = endpoint
+        self._request_headers: RawHeaders = scope["headers"]
+        self._query = scope.get("query_string", b"")
+        self.request_id = new_event_id()
+        self._trace_id = trace_id(self._request_headers)
+        self._request = _prepare(endpoint, body)
+        # The outcome, filled in as the exchange goes.
+        self._response: httpx2.Response | None = None
+        self._upstream_status: int | None = None
+        self._tap: Tap = Tap()
+        self._status = ForwardStatus.ERROR
+        self._error: str | None = None
+        self._started_response = False
+        self._complete = False
+        self._disconnected = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        self._meter_start()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
+                await self._relay(send)
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self._response is not None:
+                    await self._response.aclose()
+                self._meter_end(time.perf_counter() - started)
+
+    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self._complete:
+            self._disconnected = True
+            scope.cancel()
+
+    async def _relay(self, send: Send) -> None:
+        upstream = self._forwarder.upstream(self._endpoint.provider)
+        if isinstance(upstream, ConfigError):
+            await self._refuse(send, 502, "upstream_misconfigured", str(upstream))
+            return
+        try:
+            self._response = await self._send_upstream(upstream)
+        except httpx2.TimeoutException as exc:
+            self._status = ForwardStatus.TIMEOUT
+            message = f"{self._endpoint.provider} did not answer in time ({_describe(exc)})"
+            await self._refuse(send, 504, "upstream_timeout", message)
+            return
+        except httpx2.RequestError as exc:
+            message = f"cannot reach {self._endpoint.provider}: {_describe(exc)}"
+            await self._refuse(send, 502, "upstream_unreachable", message)
+            return
+        await self._pass_body(self._response, send)
+
+    async def _send_upstream(self, upstream: _Upstream) -> httpx2.Response:
+        client = self._forwarder.client
+        url = f"{upstream.base_url}/{self._endpoint.path}"
+        if self._query:
+            url += "?" + self._query.decode("latin-1")
+        headers = upstream_headers(
+            self._request_headers, credential=upstream.credential, culm_key=self._forwarder.culm_key
+        )
+        request = client.build_request(
+            self._endpoint.method,
+            url,
+            content=self._request.body if self._endpoint.method == "POST" else None,
+            headers=headers,
+        )
+        return await client.send(request, stream=True)
+
+    async def _pass_body(self, response: httpx2.Response, send: Send) -> None:
+        status = self._upstream_status = response.status_code
+        content_type = response.headers.get("content-type", "")
+        streaming = content_type.startswith("text/event-stream")
+        if status >= 400:
+            self._tap = BodyTap(self._endpoint.usage, failed=True)
+        elif streaming:
+            hide = self._request.hide_usage_chunk
+            self._tap = stream_tap(self._endpoint.usage, hide_usage_chunk=hide)
+        else:
+            self._tap = BodyTap(self._endpoint.usage)
+        keep_length = not (streaming and self._request.hide_usage_chunk)
+        headers = client_headers(
+            ((name.lower(), value) for name, value in response.headers.raw),
+            keep_length=keep_length,
+        )
+        headers.append((b"x-culm-request-id", self.request_id.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        self._started_response = True
+        tap = self._tap
+        try:
+            async for chunk in response.aiter_raw():
+                if out := tap.feed(chunk):
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        except httpx2.TimeoutException:
+            self._status = ForwardStatus.TIMEOUT
+            self._error = f"{self._endpoint.provider} stopped sending (read timeout)"
+            return  # leaves the response incomplete: the server closes the connection
+        except httpx2.RequestError as exc:
+            self._error = f"the answer from {self._endpoint.provider} broke off: {_describe(exc)}"
+            return
+        self._complete = True
+        await send({"type": "http.response.body", "body": tap.close(), "more_body": False})
+        if status < 400:
+            self._status = ForwardStatus.SUCCESS
+        else:
+            self._error = tap.error or f"HTTP {status}"
+
+    async def _refuse(self, send: Send, status: int, code: str, message: str) -> None:
+        """Answer the client ourselves (the upstream gave no answer), in the provider's error
+        format so its SDK shows ``message``."""
+        self._upstream_status = status
+        self._error = message
+        body = json.dumps(_error_body(self._endpoint.provider, code, message)).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-culm-request-id", self.request_id.encode()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        self._complete = True
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    # Metering
+
+    def _meta(self) -> EventMeta:
+        return EventMeta(trace_id=self._trace_id)
+
+    def _meter_start(self) -> None:
+        self._forwarder.metrics.emit(
+            RequestStarted(
+                meta=self._meta(),
+                request_id=self.request_id,
+                endpoint=self._endpoint.name,
+                model=self._request.model,
+                is_stream=self._request.is_stream,
+            )
+        )
+
+    def _meter_end(self, seconds: float) -> None:
+        partial = self._started_response and not self._complete
+        status, error = self._status, self._error
+        if self._disconnected:
+            status, error = ForwardStatus.ERROR, "client disconnected"
+        elif partial and error is None:
+            error = "the answer was not relayed in full"
+        usage: Usage | None = self._tap.usage
+        self._forwarder.metrics.emit(
+            RequestCompleted(
+                meta=self._meta(),
+                request_id=self.request_id,
+                status_code=self._upstream_status or CLIENT_CLOSED,
+                status=status,
+                usage=usage,
+                latency_ms=round(seconds * 1000),
+                error=error,
+                partial=partial,
+            )
+        )
+        if error is not None:
+            log.info(
+                "proxied request failed",
+                request_id=self.request_id,
+                endpoint=self._endpoint.name,
+                status=status.value,
+                error=error,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    model: str
+    is_stream: bool
+    body: bytes  # what goes upstream
+    hide_usage_chunk: bool  # the proxy asked for the usage the client did not ask for
+
+
+def _prepare(endpoint: Endpoint, body: bytes) -> _Prepared:
+    """The request as it goes upstream: unchanged, except for a Chat Completions stream that
+    did not ask for usage; then ``stream_options.include_usage`` is added."""
+    payload = _load(body) if endpoint.method == "POST" else None
+    if not isinstance(payload, dict):
+        return _Prepared("", False, body, False)  # the upstream will say what is wrong
+    model = payload.get("model")
+    model = model if isinstance(model, str) else ""
+    stream = payload.get("stream") is True
+    if endpoint.usage != "chat" or not stream:
+        return _Prepared(model, stream, body, False)
+    options = payload.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return _Prepared(model, stream, body, False)
+    return _Prepared(model, stream, _with_usage(body, payload, options), True)
+
+
+def _with_usage(body: bytes, payload: dict[str, Any], options: Any) -> bytes:
+    if "stream_options" not in payload:  # splice, so every other byte stays as sent
+        opening = body.index(b"{") + 1
+        return body[:opening] + b'"stream_options":{"include_usage":true},' + body[opening:]
+    payload["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _load(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _error_body(provider: Provider, code: str, message: str) -> dict[str, Any]:
+    if provider == "anthropic":
+        return {"type": "error", "error": {"type": code, "message": message}}
+    return {"error": {"code": code, "message": message, "type": code}}
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__

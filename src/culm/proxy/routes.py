@@ -1,0 +1,76 @@
+"""The proxy's routes: ``/openai/v1/…`` and ``/anthropic/v1/…`` to the configured providers.
+
+Each route hands the request to the app's :class:`~culm.proxy.forward.Forwarder`; the request
+body is not validated here (the upstream judges it and its answer comes back as it is).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from fastapi import APIRouter, Request, Response
+
+from culm.proxy.forward import Endpoint, Forwarder
+
+CHAT_COMPLETIONS: Final = Endpoint(
+    "openai.chat_completions", "openai", "POST", "chat/completions", "chat"
+)
+RESPONSES: Final = Endpoint("openai.responses", "openai", "POST", "responses", "responses")
+OPENAI_MODELS: Final = Endpoint("openai.models", "openai", "GET", "models", "none")
+MESSAGES: Final = Endpoint("anthropic.messages", "anthropic", "POST", "v1/messages", "messages")
+ANTHROPIC_MODELS: Final = Endpoint("anthropic.models", "anthropic", "GET", "v1/models", "none")
+
+router = APIRouter(tags=["proxy"])
+
+_UPSTREAM_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    "default": {"description": "the upstream's own answer (status, headers and body) as it is"},
+    502: {"description": "`upstream_unreachable`: the provider could not be reached"},
+    504: {"description": "`upstream_timeout`: the provider sent nothing in time"},
+}
+_BODY: Final = {
+    "requestBody": {
+        "required": True,
+        "description": "the provider's request, sent upstream unchanged",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
+
+def _post(path: str, endpoint: Endpoint, summary: str) -> None:
+    async def forward(request: Request) -> Response:
+        forwarder: Forwarder = request.app.state.forwarder
+        return forwarder.exchange(endpoint, request.scope, await request.body())
+
+    router.add_api_route(
+        path,
+        forward,
+        methods=["POST"],
+        summary=summary,
+        operation_id=endpoint.name.replace(".", "_"),
+        response_class=Response,
+        responses=_UPSTREAM_ERRORS,
+        openapi_extra=_BODY,
+    )
+
+
+def _get(path: str, endpoint: Endpoint, summary: str) -> None:
+    async def forward(request: Request) -> Response:
+        forwarder: Forwarder = request.app.state.forwarder
+        return forwarder.exchange(endpoint, request.scope, b"")
+
+    router.add_api_route(
+        path,
+        forward,
+        methods=["GET"],
+        summary=summary,
+        operation_id=endpoint.name.replace(".", "_"),
+        response_class=Response,
+        responses=_UPSTREAM_ERRORS,
+    )
+
+
+_post("/openai/v1/chat/completions", CHAT_COMPLETIONS, "OpenAI Chat Completions, forwarded")
+_post("/openai/v1/responses", RESPONSES, "OpenAI Responses, forwarded")
+_get("/openai/v1/models", OPENAI_MODELS, "OpenAI models list, forwarded")
+_post("/anthropic/v1/messages", MESSAGES, "Anthropic Messages, forwarded")
+_get("/anthropic/v1/models", ANTHROPIC_MODELS, "Anthropic models list, forwarded")
