@@ -13,10 +13,9 @@ from culm._version import __version__
 from culm.api import errors, openapi
 from culm.api.encoding import FrameCache
 from culm.api.middleware import PROXY_PREFIXES, APIKeyAuth, BodySizeLimit
-from culm.api.routes import mcp, metrics, runs, schedules, sessions
+from culm.api.routes import mcp, metrics, proxy, runs, schedules, sessions
 from culm.api.schemas import Health
 from culm.metrics.prometheus import PrometheusExporter
-from culm.proxy import routes as proxy
 from culm.proxy.forward import Forwarder
 from culm.services import Engine
 from culm.settings import Settings, load_settings

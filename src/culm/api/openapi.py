@@ -39,7 +39,10 @@ UNAUTHORIZED = (
     "`unauthorized`: the server has `CULM_API_KEY` set and the bearer token is missing or wrong"
 )
 BAD_JSON = "`bad_request`: the request body is not JSON"
-BODY_TOO_LARGE = "`body_too_large`: the request body is over the server's limit (1 MiB by default)"
+BODY_TOO_LARGE = (
+    "`body_too_large`: the request body is over the server's limit "
+    "(1 MiB by default, 32 MiB on the proxy's routes)"
+)
 INVALID = "`invalid_request`: a parameter or field is missing or invalid (`field` names it)"
 
 
@@ -116,7 +119,8 @@ def _complete_operation(path: str, operation: Schema) -> None:
     else:
         responses.setdefault("401", _error_response(UNAUTHORIZED))
     if "requestBody" in operation:
-        responses.setdefault("400", _error_response(BAD_JSON))
+        if "proxy" not in operation.get("tags", ()):  # the proxy's upstream judges the body
+            responses.setdefault("400", _error_response(BAD_JSON))
         responses.setdefault("413", _error_response(BODY_TOO_LARGE))
     if _schema_name(responses.get("422")) == "HTTPValidationError":  # FastAPI's, not ours
         responses["422"] = _error_response(INVALID)

@@ -167,9 +167,10 @@ class MetricsQueries:
                     .order_by(t.tool_calls.c.occurred_at)
                 )
             ).all()
+            forwarded = await _forwarded_for(conn, [row.run_id for row in runs])
         if not runs and not rounds:
             return None
-        return _session_detail(session_id, runs, rounds, calls)
+        return _session_detail(session_id, runs, rounds, calls, forwarded)
 
     # Periods
 
@@ -272,7 +273,12 @@ class MetricsQueries:
         return ForwardEndpointMetricsList(endpoints=endpoints)
 
     async def forward_requests(
-        self, *, endpoint: str | None = None, model: str | None = None, limit: int = 100
+        self,
+        *,
+        endpoint: str | None = None,
+        model: str | None = None,
+        trace_id: str | None = None,
+        limit: int = 100,
     ) -> ForwardRequestMetricsList:
         f = t.forward_requests
         query = sa.select(f)
@@ -280,6 +286,8 @@ class MetricsQueries:
             query = query.where(f.c.endpoint == endpoint)
         if model is not None:
             query = query.where(f.c.model == model)
+        if trace_id is not None:
+            query = query.where(f.c.trace_id == trace_id)
         newest = sa.func.coalesce(f.c.started_at, f.c.completed_at)
         query = query.order_by(newest.desc(), f.c.request_id).limit(limit)
         return ForwardRequestMetricsList(
@@ -470,8 +478,22 @@ def _session_stats(
 _engine_runs = sa.table("runs", sa.column("run_id"), sa.column("parent_run_id"))
 
 
+async def _forwarded_for(conn: AsyncConnection, run_ids: list[str]) -> Sequence[Any]:
+    """The proxied calls linked to these runs, oldest first."""
+    if not run_ids:
+        return []
+    f = t.forward_requests
+    started = sa.func.coalesce(f.c.started_at, f.c.completed_at)
+    query = sa.select(f).where(f.c.trace_id.in_(run_ids)).order_by(started, f.c.request_id)
+    return (await conn.execute(query)).all()
+
+
 def _session_detail(
-    session_id: str, runs: Sequence[Any], rounds: Sequence[Any], calls: Sequence[Any]
+    session_id: str,
+    runs: Sequence[Any],
+    rounds: Sequence[Any],
+    calls: Sequence[Any],
+    forwarded: Sequence[Any],
 ) -> SessionMetricsDetail:
     by_round: defaultdict[str, list[ToolCallMetrics]] = defaultdict(list)
     for call in calls:
@@ -501,6 +523,7 @@ def _session_detail(
         for row in rounds
     ]
     total = sum((record.usage for record in records), Usage())
+    proxied = [_forward_record(row) for row in forwarded]
     return SessionMetricsDetail(
         session_id=session_id,
         runs=[
@@ -517,6 +540,8 @@ def _session_detail(
         ],
         rounds=records,
         tokens=total,
+        forward_requests=proxied,
+        forward_tokens=sum((r.usage for r in proxied if r.usage is not None), Usage()),
     )
 
 

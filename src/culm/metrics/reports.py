@@ -114,6 +114,14 @@ class SessionMetricsDetail(_Report):
     runs: list[RunMetrics]
     rounds: list[RoundMetrics]
     tokens: Usage
+    forward_requests: list[ForwardRequestMetrics] = Field(
+        default_factory=list,
+        description="calls made through the forward proxy on behalf of the session's runs "
+        "(`x-culm-run-id` or `traceparent`): a tool's own model calls",
+    )
+    forward_tokens: Usage = Field(
+        default_factory=Usage, description="their usage; not part of `tokens`"
+    )
 
 
 class Granularity(StrEnum):

@@ -148,6 +148,7 @@ forward_requests = sa.Table(
     sa.Column("day", sa.Date, nullable=False),
     sa.Index("ix_metrics_forward_requests_day", "day"),
     sa.Index("ix_metrics_forward_requests_endpoint", "endpoint"),
+    sa.Index("ix_metrics_forward_requests_trace_id", "trace_id"),
 )
 
 system_events = sa.Table(

@@ -1,6 +1,6 @@
 """The forward proxy: OpenAI- and Anthropic-compatible endpoints that meter what they forward.
 
-routes.py    the routes (``/openai/v1/…``, ``/anthropic/v1/…``) and what each forwards to
+endpoints.py what each route (``culm.api.routes.proxy``) forwards to, and its usage format
 forward.py   the forwarder (one upstream client) and the exchange (one request, as an ASGI
              response: relay, watch the client, meter)
 taps.py      read the usage out of a response's bytes on the way through

@@ -360,9 +360,11 @@ def _load(body: bytes) -> Any:
 
 
 def _error_body(provider: Provider, code: str, message: str) -> dict[str, Any]:
+    """culm's error body, in the provider's shape too (so its SDK shows the message)."""
+    error = {"code": code, "message": message, "type": code}
     if provider == "anthropic":
-        return {"type": "error", "error": {"type": code, "message": message}}
-    return {"error": {"code": code, "message": message, "type": code}}
+        return {"type": "error", "error": error}
+    return {"error": error}
 
 
 def _describe(exc: Exception) -> str:

@@ -81,7 +81,11 @@ def upstream_headers(
 def _carries_culm_key(name: bytes, value: bytes, culm_key: bytes | None) -> bool:
     if culm_key is None:
         return False
-    given = value.removeprefix(b"Bearer ") if name == b"authorization" else value
+    given = value
+    if name == b"authorization":
+        scheme, _, token = value.partition(b" ")
+        if scheme.lower() == b"bearer":  # the scheme is case-insensitive (RFC 9110 §11.1)
+            given = token.strip()
     return hmac.compare_digest(given, culm_key)
 
 

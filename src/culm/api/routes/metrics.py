@@ -142,9 +142,15 @@ async def forward_requests(
     queries: QueriesDep,
     endpoint: str | None = None,
     model: str | None = None,
+    trace_id: Annotated[
+        str | None, Query(description="only the calls linked to this run (`x-culm-run-id`)")
+    ] = None,
     limit: Limit = 100,
 ) -> ForwardRequestMetricsList:
-    return await queries.forward_requests(endpoint=endpoint, model=model, limit=limit)
+    """Forwarded requests, newest first."""
+    return await queries.forward_requests(
+        endpoint=endpoint, model=model, trace_id=trace_id, limit=limit
+    )
 
 
 @router.get("/system", responses=NO_PARAMETERS)

@@ -1,7 +1,9 @@
-"""The proxy's routes: ``/openai/v1/…`` and ``/anthropic/v1/…`` to the configured providers.
+"""The forward proxy's routes: ``/openai/v1/…`` and ``/anthropic/v1/…`` to the providers.
 
 Each route hands the request to the app's :class:`~culm.proxy.forward.Forwarder`; the request
-body is not validated here (the upstream judges it and its answer comes back as it is).
+body is not validated here (the upstream judges it, and its answer comes back as it is). What
+culm answers itself (502, 504; 401 and 413 from the middleware) is an ``ErrorBody``, shaped so
+the provider's SDK also finds the message.
 """
 
 from __future__ import annotations
@@ -10,22 +12,27 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
 
-from culm.proxy.forward import Endpoint, Forwarder
-
-CHAT_COMPLETIONS: Final = Endpoint(
-    "openai.chat_completions", "openai", "POST", "chat/completions", "chat"
+from culm.api.openapi import errors
+from culm.proxy.endpoints import (
+    ANTHROPIC_MODELS,
+    CHAT_COMPLETIONS,
+    MESSAGES,
+    OPENAI_MODELS,
+    RESPONSES,
 )
-RESPONSES: Final = Endpoint("openai.responses", "openai", "POST", "responses", "responses")
-OPENAI_MODELS: Final = Endpoint("openai.models", "openai", "GET", "models", "none")
-MESSAGES: Final = Endpoint("anthropic.messages", "anthropic", "POST", "v1/messages", "messages")
-ANTHROPIC_MODELS: Final = Endpoint("anthropic.models", "anthropic", "GET", "v1/models", "none")
+from culm.proxy.forward import Endpoint, Forwarder
 
 router = APIRouter(tags=["proxy"])
 
 _UPSTREAM_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     "default": {"description": "the upstream's own answer (status, headers and body) as it is"},
-    502: {"description": "`upstream_unreachable`: the provider could not be reached"},
-    504: {"description": "`upstream_timeout`: the provider sent nothing in time"},
+    **errors(
+        {
+            502: "`upstream_unreachable`: the provider could not be reached "
+            "(`upstream_misconfigured`: its base URL is not valid)",
+            504: "`upstream_timeout`: the provider sent nothing within `CULM_PROXY_READ_TIMEOUT`",
+        }
+    ),
 }
 _BODY: Final = {
     "requestBody": {

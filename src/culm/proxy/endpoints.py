@@ -1,0 +1,15 @@
+"""The proxied endpoints: where each route forwards to and how its usage is reported."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from culm.proxy.forward import Endpoint
+
+CHAT_COMPLETIONS: Final = Endpoint(
+    "openai.chat_completions", "openai", "POST", "chat/completions", "chat"
+)
+RESPONSES: Final = Endpoint("openai.responses", "openai", "POST", "responses", "responses")
+OPENAI_MODELS: Final = Endpoint("openai.models", "openai", "GET", "models", "none")
+MESSAGES: Final = Endpoint("anthropic.messages", "anthropic", "POST", "v1/messages", "messages")
+ANTHROPIC_MODELS: Final = Endpoint("anthropic.models", "anthropic", "GET", "v1/models", "none")
