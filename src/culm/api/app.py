@@ -61,13 +61,13 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     async def health() -> Health:
         return Health(status="ok", version=__version__)
 
+    app.include_router(proxy.router)  # first: the routes matched most often
     app.include_router(sessions.router)
     app.include_router(runs.router)
     app.include_router(mcp.router)
     app.include_router(schedules.router)
     app.include_router(metrics.router)
     app.include_router(metrics.exposition)
-    app.include_router(proxy.router)
     app.add_middleware(
         BodySizeLimit,
         limit=settings.max_request_bytes,

@@ -26,12 +26,12 @@ response is always closed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-import anyio
 import httpx2
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -51,6 +51,7 @@ from culm.providers.catalog import provider_config
 from culm.proxy.headers import RawHeaders, client_headers, upstream_headers
 from culm.proxy.taps import BodyTap, Tap, UsageFormat, stream_tap
 from culm.proxy.trace import trace_id
+from culm.proxy.transport import AsyncioTransport
 from culm.settings import Settings
 
 log = get_logger(__name__)
@@ -93,12 +94,13 @@ class Forwarder:
     def client(self) -> httpx2.AsyncClient:
         if self._client is None:
             s = self._settings
+            limits = httpx2.Limits(
+                max_connections=s.proxy_max_connections,
+                max_keepalive_connections=s.proxy_max_connections,
+            )
             self._client = httpx2.AsyncClient(
                 timeout=httpx2.Timeout(s.proxy_read_timeout, connect=s.proxy_connect_timeout),
-                limits=httpx2.Limits(
-                    max_connections=s.proxy_max_connections,
-                    max_keepalive_connections=s.proxy_max_connections,
-                ),
+                transport=AsyncioTransport(limits=limits),
                 follow_redirects=False,
                 trust_env=False,
             )
@@ -160,28 +162,36 @@ class Exchange(Response):
         self._error: str | None = None
         self._started_response = False
         self._complete = False
+        self._finished = False
         self._disconnected = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         self._meter_start()
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.create_task(self._watch_disconnect(receive, task))
         try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
-                await self._relay(send)
-                group.cancel_scope.cancel()
+            await self._relay(send)
+        except asyncio.CancelledError:
+            if not self._disconnected or task.uncancel() > 0:
+                raise  # not (only) our own cancel: the server is stopping
         finally:
-            with anyio.CancelScope(shield=True):
+            self._finished = True
+            watcher.cancel()
+            try:
                 if self._response is not None:
-                    await self._response.aclose()
+                    await asyncio.shield(self._response.aclose())
+            finally:
                 self._meter_end(time.perf_counter() - started)
 
-    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+    async def _watch_disconnect(self, receive: Receive, exchange: asyncio.Task[Any]) -> None:
+        """Cancel the exchange when the client goes away before it is over."""
         while (await receive())["type"] != "http.disconnect":
             pass
-        if not self._complete:
+        if not self._complete and not self._finished:
             self._disconnected = True
-            scope.cancel()
+            exchange.cancel()
 
     async def _relay(self, send: Send) -> None:
         upstream = self._forwarder.upstream(self._endpoint.provider)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
 
 from culm.api.openapi import errors
 from culm.proxy.endpoints import (
@@ -20,7 +21,7 @@ from culm.proxy.endpoints import (
     OPENAI_MODELS,
     RESPONSES,
 )
-from culm.proxy.forward import Endpoint, Forwarder
+from culm.proxy.forward import CLIENT_CLOSED, Endpoint, Forwarder
 
 router = APIRouter(tags=["proxy"])
 
@@ -46,7 +47,11 @@ _BODY: Final = {
 def _post(path: str, endpoint: Endpoint, summary: str) -> None:
     async def forward(request: Request) -> Response:
         forwarder: Forwarder = request.app.state.forwarder
-        return forwarder.exchange(endpoint, request.scope, await request.body())
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # gone before the body was in (or refused with 413 for its size)
+            return Response(status_code=CLIENT_CLOSED)
+        return forwarder.exchange(endpoint, request.scope, body)
 
     router.add_api_route(
         path,
