@@ -48,7 +48,7 @@ from culm.metrics.events import (
 )
 from culm.metrics.pipeline import MetricsPipeline
 from culm.providers.catalog import provider_config
-from culm.proxy.headers import RawHeaders, client_headers, upstream_headers
+from culm.proxy.headers import RawHeaders, client_headers, redact, upstream_headers
 from culm.proxy.taps import BodyTap, Tap, UsageFormat, stream_tap
 from culm.proxy.trace import trace_id
 from culm.proxy.transport import AsyncioTransport
@@ -303,6 +303,10 @@ class Exchange(Response):
             status, error = ForwardStatus.ERROR, "client disconnected"
         elif partial and error is None:
             error = "the answer was not relayed in full"
+        if error is not None:
+            upstream = self._forwarder.upstream(self._endpoint.provider)
+            credential = upstream.credential if isinstance(upstream, _Upstream) else None
+            error = redact(error, self._request_headers, credential)
         usage: Usage | None = self._tap.usage
         self._forwarder.metrics.emit(
             RequestCompleted(

@@ -89,6 +89,20 @@ def _carries_culm_key(name: bytes, value: bytes, culm_key: bytes | None) -> bool
     return hmac.compare_digest(given, culm_key)
 
 
+def redact(text: str, headers: RawHeaders, credential: tuple[bytes, bytes] | None) -> str:
+    """``text`` (an upstream's error message, say) without any key the request carried: some
+    providers quote the key they refused, and messages are logged and stored."""
+    values = [value for name, value in headers if name in CREDENTIAL_HEADERS]
+    if credential is not None:
+        values.append(credential[1])
+    for value in values:
+        _, _, token = value.rpartition(b" ")  # "Bearer <token>" or the bare key
+        secret = token.decode("latin-1").strip()
+        if len(secret) >= 8:  # a shorter "key" would blank out ordinary words
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
 def client_headers(headers: Iterable[tuple[bytes, bytes]], *, keep_length: bool) -> RawHeaders:
     """The upstream's response headers to send to the client. ``keep_length``: the body goes
     through unchanged, so its ``content-length`` still holds."""
