@@ -31,6 +31,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: bytes
+    # Every header line as sent (lower-case names), repeats included.
+    header_list: list[tuple[str, str]] = field(default_factory=list)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -150,13 +152,14 @@ async def _read_request(reader: asyncio.StreamReader) -> Recorded | None:
         return None
     request_line, *header_lines = head.decode("latin-1").split("\r\n")
     method, path, _ = request_line.split(" ", 2)
-    headers = {}
+    header_list = []
     for line in header_lines:
         if line:
             name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+            header_list.append((name.strip().lower(), value.strip()))
+    headers = dict(header_list)
     body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return Recorded(method=method, path=path, headers=headers, body=body)
+    return Recorded(method=method, path=path, headers=headers, body=body, header_list=header_list)
 
 
 def _unscripted() -> Reply:

@@ -14,7 +14,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/health"})
-# The forward proxy's routes: they also take the key as ``x-api-key`` (the Anthropic SDK's way),
+# The forward proxy's routes: they also take the key as ``x-api-key`` (Anthropic's header),
 # and bigger bodies (``CULM_PROXY_MAX_REQUEST_BYTES``).
 PROXY_PREFIXES = ("/openai/", "/anthropic/")
 

@@ -260,9 +260,9 @@ class Exchange(Response):
             return
         self._complete = True
         await send({"type": "http.response.body", "body": tap.close(), "more_body": False})
-        if status < 400:
+        if status < 400 and tap.error is None:
             self._status = ForwardStatus.SUCCESS
-        else:
+        else:  # an error answer, or an error event inside a 200 stream
             self._error = tap.error or f"HTTP {status}"
 
     async def _refuse(self, send: Send, status: int, code: str, message: str) -> None:

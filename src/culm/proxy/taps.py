@@ -166,9 +166,15 @@ class ResponsesTap(EventTap):
             return True
         payload = _load(_data(event))
         response = payload.get("response") if isinstance(payload, dict) else None
-        usage = response.get("usage") if isinstance(response, dict) else None
+        if not isinstance(response, dict):
+            return True
+        usage = response.get("usage")
         if isinstance(usage, Mapping):
             self.usage = responses_usage(usage)
+        if response.get("status") == "failed":
+            error = response.get("error")
+            message = error.get("message") if isinstance(error, dict) else None
+            self.error = str(message or "the response failed")
         return True
 
 
