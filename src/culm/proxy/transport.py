@@ -22,7 +22,7 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httpcore2
 import httpx2
@@ -43,8 +43,8 @@ class _Protocol(asyncio.Protocol):
         self._writing_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Duck-typed: uvloop's transports have the interface without the base class.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -159,8 +159,7 @@ class AsyncioStream(httpcore2.AsyncNetworkStream):
         except (OSError, ssl.SSLError) as exc:
             self._transport.close()
             raise httpcore2.ConnectError(str(exc)) from exc
-        assert isinstance(transport, asyncio.Transport)
-        return AsyncioStream(transport, self._protocol)
+        return AsyncioStream(cast(asyncio.Transport, transport), self._protocol)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":  # what the loop has seen: no system call
@@ -200,7 +199,6 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
         for option in socket_options or ():
             with contextlib.suppress(OSError):
                 sock.setsockopt(*option)
-        assert isinstance(transport, asyncio.Transport)
         return AsyncioStream(transport, protocol)
 
     async def connect_unix_socket(
@@ -217,7 +215,6 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
             raise httpcore2.ConnectTimeout(str(exc) or "connect timed out") from exc
         except OSError as exc:
             raise httpcore2.ConnectError(str(exc)) from exc
-        assert isinstance(transport, asyncio.Transport)
         return AsyncioStream(transport, protocol)
 
     async def sleep(self, seconds: float) -> None:
