@@ -10,7 +10,6 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import httpcore2
 import httpx2
 import pytest
 from cryptography import x509
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from culm.proxy.transport import HIGH_WATER, AsyncioBackend, AsyncioTransport
+from culm.proxy.transport import HIGH_WATER, AsyncioTransport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 LIMITS = httpx2.Limits(max_connections=10, max_keepalive_connections=10)
@@ -166,15 +165,6 @@ async def test_connecting_to_a_closed_port_is_a_connect_error() -> None:
             await client.get(f"http://127.0.0.1:{port}/")
 
 
-async def test_unix_sockets(tmp_path: Path) -> None:
-    path = str(tmp_path / "s.sock")
-    async with serving(answering(b"unix"), unix_path=path):
-        stream = await AsyncioBackend().connect_unix_socket(path, timeout=5)
-        await stream.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        assert (await stream.read(65536, timeout=5)).endswith(b"unix")
-        await stream.aclose()
-
-
 def _self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
@@ -208,13 +198,134 @@ def _self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, client
 
 
-async def test_https_through_start_tls(tmp_path: Path) -> None:
+async def test_https(tmp_path: Path) -> None:
     server_context, client_context = _self_signed(tmp_path)
-    async with serving(answering(b"secret"), server_context) as port:
-        pool = httpcore2.AsyncConnectionPool(
-            ssl_context=client_context, network_backend=AsyncioBackend()
-        )
-        async with pool:
-            response = await pool.request("GET", f"https://127.0.0.1:{port}/")
-    assert response.status == 200
-    assert response.content == b"secret"
+    transport = AsyncioTransport(limits=LIMITS, ssl_context=client_context)
+    async with (
+        serving(answering(b"secret"), server_context) as port,
+        httpx2.AsyncClient(transport=transport) as client,
+    ):
+        first = await client.get(f"https://127.0.0.1:{port}/")
+        second = await client.get(f"https://127.0.0.1:{port}/")
+    assert (first.status_code, first.content, second.content) == (200, b"secret", b"secret")
+
+
+def replying(raw: bytes) -> Handler:
+    """Answer every request with ``raw``, as it is, and keep the connection."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await _read_request(reader) is not None:
+            writer.write(raw)
+            await writer.drain()
+
+    return handler
+
+
+async def test_a_chunked_body_after_an_informational_answer() -> None:
+    raw = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    async with serving(replying(raw)) as port, upstream_client() as client:
+        for _ in range(2):  # the connection is fit for the next request afterwards
+            response = await client.post(f"http://127.0.0.1:{port}/", content=b"{}")
+            assert response.status_code == 200
+            assert response.content == b"hello world"
+            assert response.headers.get_list("x-a") == ["1", "2"]
+
+
+async def test_a_body_delimited_by_the_end_of_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
+        await writer.drain()
+        writer.close()
+
+    async with serving(handler) as port, upstream_client() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/")
+    assert response.content == b"until the end"
+
+
+async def test_a_garbled_answer_is_a_protocol_error() -> None:
+    async with serving(replying(b"NOT HTTP AT ALL\r\n\r\n")) as port, upstream_client() as client:
+        with pytest.raises(httpx2.RemoteProtocolError):
+            await client.get(f"http://127.0.0.1:{port}/")
+
+
+async def test_a_server_that_closes_without_answering() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.close()
+
+    async with serving(handler) as port, upstream_client() as client:
+        with pytest.raises(httpx2.RemoteProtocolError, match="without sending a response"):
+            await client.get(f"http://127.0.0.1:{port}/")
+
+
+async def test_the_pool_bounds_connections_in_use() -> None:
+    release = asyncio.Event()
+    answered = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        while await _read_request(reader) is not None:
+            await release.wait()
+            answered += 1
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    limits = httpx2.Limits(max_connections=1, max_keepalive_connections=1)
+    transport = AsyncioTransport(limits=limits)
+    async with serving(handler) as port, httpx2.AsyncClient(transport=transport) as client:
+        url = f"http://127.0.0.1:{port}/"
+        first = asyncio.create_task(client.get(url))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx2.PoolTimeout):  # the one connection is taken
+            await client.get(url, timeout=httpx2.Timeout(5, pool=0.1))
+        second = asyncio.create_task(client.get(url))
+        release.set()
+        assert [(await t).content for t in (first, second)] == [b"ok", b"ok"]
+    assert answered == 2
+
+
+async def test_idle_connections_expire() -> None:
+    connections = 0
+    inner = answering(b"x")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await inner(reader, writer)
+
+    limits = httpx2.Limits(max_connections=10, max_keepalive_connections=10, keepalive_expiry=0.05)
+    transport = AsyncioTransport(limits=limits)
+    async with serving(handler) as port, httpx2.AsyncClient(transport=transport) as client:
+        await client.get(f"http://127.0.0.1:{port}/")
+        await asyncio.sleep(0.1)
+        await client.get(f"http://127.0.0.1:{port}/")
+    assert connections == 2
+
+
+async def test_a_body_left_unread_closes_its_connection() -> None:
+    connections = 0
+    inner = answering(b"y" * 100_000)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await inner(reader, writer)
+
+    async with serving(handler) as port, upstream_client() as client:
+        async with client.stream("GET", f"http://127.0.0.1:{port}/") as response:
+            assert response.status_code == 200  # closed without reading the body
+        assert (await client.get(f"http://127.0.0.1:{port}/")).content == b"y" * 100_000
+    assert connections == 2
+
+
+async def test_a_header_with_a_line_break_is_refused() -> None:
+    async with serving(answering(b"")) as port, upstream_client() as client:
+        request = client.build_request("GET", f"http://127.0.0.1:{port}/")
+        request.headers._list.append((b"x-evil", b"x-evil", b"a\r\nx-injected: 1"))
+        with pytest.raises(httpx2.LocalProtocolError):
+            await client.send(request)

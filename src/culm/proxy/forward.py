@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import httpx2
@@ -76,6 +76,14 @@ class Endpoint:
 class _Upstream:
     base_url: str
     credential: tuple[bytes, bytes] | None
+    _urls: dict[str, httpx2.URL] = field(default_factory=dict)
+
+    def url(self, path: str) -> httpx2.URL:
+        """``base_url/path``, parsed once."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx2.URL(f"{self.base_url}/{path}")
+        return url
 
 
 class Forwarder:
@@ -212,20 +220,19 @@ class Exchange(Response):
         await self._pass_body(self._response, send)
 
     async def _send_upstream(self, upstream: _Upstream) -> httpx2.Response:
-        client = self._forwarder.client
-        url = f"{upstream.base_url}/{self._endpoint.path}"
+        url = upstream.url(self._endpoint.path)
         if self._query:
-            url += "?" + self._query.decode("latin-1")
+            url = url.copy_with(query=self._query)
         headers = upstream_headers(
             self._request_headers, credential=upstream.credential, culm_key=self._forwarder.culm_key
         )
-        request = client.build_request(
+        request = httpx2.Request(
             self._endpoint.method,
             url,
             content=self._request.body if self._endpoint.method == "POST" else None,
             headers=headers,
         )
-        return await client.send(request, stream=True)
+        return await self._forwarder.client.send(request, stream=True)
 
     async def _pass_body(self, response: httpx2.Response, send: Send) -> None:
         status = self._upstream_status = response.status_code
