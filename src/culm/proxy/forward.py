@@ -37,6 +37,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from culm.domain.models import Usage
+from culm.domain.time import utc_now
 from culm.errors import ConfigError
 from culm.logs import get_logger
 from culm.metrics.events import (
@@ -289,12 +290,17 @@ class Exchange(Response):
 
     # Metering
 
+    # The events are built with ``model_construct``: every value is the proxy's own, already of
+    # the right type, and validating them cost a tenth of a request's time in the proxy.
+
     def _meta(self) -> EventMeta:
-        return EventMeta(trace_id=self._trace_id)
+        return EventMeta.model_construct(
+            event_id=new_event_id(), occurred_at=utc_now(), trace_id=self._trace_id
+        )
 
     def _meter_start(self) -> None:
         self._forwarder.metrics.emit(
-            RequestStarted(
+            RequestStarted.model_construct(
                 meta=self._meta(),
                 request_id=self.request_id,
                 endpoint=self._endpoint.name,
@@ -316,7 +322,7 @@ class Exchange(Response):
             error = redact(error, self._request_headers, credential)
         usage: Usage | None = self._tap.usage
         self._forwarder.metrics.emit(
-            RequestCompleted(
+            RequestCompleted.model_construct(
                 meta=self._meta(),
                 request_id=self.request_id,
                 status_code=self._upstream_status or CLIENT_CLOSED,
