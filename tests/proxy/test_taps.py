@@ -340,3 +340,12 @@ def test_responses_usage_mapping_defaults() -> None:
         prompt_tokens=3, completion_tokens=4, total_tokens=7
     )
     assert responses_usage({}) == Usage()
+
+
+def test_only_a_tap_that_may_leave_an_event_out_holds_bytes_back() -> None:
+    """The exchange sends a passing tap's chunk before the tap reads it (first byte first)."""
+    assert ChatCompletionsTap(hide_usage_chunk=False).passes_through
+    assert not ChatCompletionsTap(hide_usage_chunk=True).passes_through
+    assert ResponsesTap().passes_through
+    assert MessagesTap().passes_through
+    assert BodyTap("chat").passes_through

@@ -257,7 +257,10 @@ class Exchange(Response):
         tap = self._tap
         try:
             async for chunk in response.aiter_raw():
-                if out := tap.feed(chunk):
+                if tap.passes_through:  # the bytes go on first, then the tap reads them
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    tap.feed(chunk)
+                elif out := tap.feed(chunk):
                     await send({"type": "http.response.body", "body": out, "more_body": True})
         except httpx2.TimeoutException:
             self._status = ForwardStatus.TIMEOUT

@@ -71,6 +71,8 @@ class Tap:
     usage: Usage | None = None
     # The provider's error message, from an error body or an ``error`` stream event.
     error: str | None = None
+    # ``feed`` returns its chunk unchanged: it may be sent on before the tap reads it.
+    passes_through = True
 
     def feed(self, chunk: bytes) -> bytes:
         return chunk
@@ -116,6 +118,7 @@ class EventTap(Tap):
     def __init__(self, *, hold: bool = False) -> None:
         # ``hold``: send whole events only, so :meth:`inspect` may leave one out.
         self._hold = hold
+        self.passes_through = not hold
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
