@@ -1,0 +1,380 @@
+"""A fast fake OpenAI upstream for the proxy benchmark: Chat Completions with zero delay.
+
+A raw ``asyncio.Protocol`` HTTP/1.1 server (keep-alive, no framework), so that it costs little
+next to the proxies it stands behind. It speaks:
+
+* ``POST /v1/chat/completions``: without ``"stream": true``, one JSON completion with a
+  ``usage`` object; with it, Server-Sent Events (``Transfer-Encoding: chunked``): a first chunk
+  with ``delta.role``, ``--chunks`` content chunks (one word each), a chunk with
+  ``finish_reason: "stop"``, then, when ``stream_options.include_usage`` is true, a chunk with
+  ``choices: []`` and ``usage``, and ``data: [DONE]``. The response echoes the request's
+  ``model``. By default the whole stream is written at once; ``--chunk-delay-ms`` sleeps between
+  content chunks instead.
+* ``GET /v1/models``: the models of ``--models`` (any model name is accepted by the completions
+  route anyway).
+* ``GET /health``: ``{"status": "ok"}``; ``GET /stats``: requests served so far (chat, of which
+  streaming, models), connections accepted, and bad requests, for the benchmark's checks.
+
+Any other route answers 404 in OpenAI's error format. Responses are built once per (model,
+stream, include_usage) and cached.
+
+Run it as its own process::
+
+    .venv/bin/python bench/fake_openai.py --port 9100
+    .venv/bin/python bench/fake_openai.py --port 9100 --chunks 50 --chunk-delay-ms 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+CREATED = 1_700_000_000
+MAX_HEAD = 64 * 1024
+MAX_BODY = 16 * 2**20
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+class Upstream:
+    """Builds (and caches) the responses; counts what it served."""
+
+    def __init__(self, chunks: int, models: list[str], chunk_delay: float) -> None:
+        self.chunks = chunks
+        self.models = models
+        self.chunk_delay = chunk_delay
+        self.words = [f"w{i} " for i in range(chunks)]
+        self.cache: dict[tuple[str, bool, bool], Any] = {}
+        self.stats = {
+            "chat": 0,
+            "chat_stream": 0,
+            "models": 0,
+            "connections": 0,
+            "bad_requests": 0,
+            "not_found": 0,
+        }
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": 12,
+            "completion_tokens": self.chunks,
+            "total_tokens": 12 + self.chunks,
+        }
+
+    def completion(self, model: str) -> bytes:
+        key = (model, False, False)
+        cached = self.cache.get(key)
+        if cached is None:
+            body = json.dumps(
+                {
+                    "id": "chatcmpl-bench",
+                    "object": "chat.completion",
+                    "created": CREATED,
+                    "model": model,
+                    "system_fingerprint": None,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {
+                                "role": "assistant",
+                                "content": "".join(self.words),
+                                "refusal": None,
+                            },
+                            "logprobs": None,
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": self.usage(),
+                },
+                separators=(",", ":"),
+            ).encode()
+            cached = self.cache[key] = response(200, body, b"application/json")
+        assert isinstance(cached, bytes)
+        return cached
+
+    def stream_frames(self, model: str, include_usage: bool) -> list[bytes]:
+        """The SSE events, each already framed as one HTTP chunk."""
+        key = (model, True, include_usage)
+        cached = self.cache.get(key)
+        if cached is None:
+
+            def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+                payload: dict[str, Any] = {
+                    "id": "chatcmpl-bench",
+                    "object": "chat.completion.chunk",
+                    "created": CREATED,
+                    "model": model,
+                    "system_fingerprint": None,
+                    "choices": [
+                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                    ],
+                }
+                if include_usage:
+                    payload["usage"] = None
+                return payload
+
+            events = [chunk({"role": "assistant", "content": ""}, None)]
+            events += [chunk({"content": word}, None) for word in self.words]
+            events.append(chunk({}, "stop"))
+            if include_usage:
+                last = chunk({}, None)
+                last["choices"] = []
+                last["usage"] = self.usage()
+                events.append(last)
+            frames = [
+                http_chunk(b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n")
+                for e in events
+            ]
+            frames.append(http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            cached = self.cache[key] = frames
+        assert isinstance(cached, list)
+        return cached
+
+    def models_list(self) -> bytes:
+        key = ("", False, True)
+        cached = self.cache.get(key)
+        if cached is None:
+            data = [
+                {"id": name, "object": "model", "created": CREATED, "owned_by": "bench"}
+                for name in self.models
+            ]
+            body = json.dumps({"object": "list", "data": data}).encode()
+            cached = self.cache[key] = response(200, body, b"application/json")
+        assert isinstance(cached, bytes)
+        return cached
+
+
+def response(status: int, body: bytes, content_type: bytes, extra: bytes = b"") -> bytes:
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s\r\n" % (
+        status,
+        REASONS[status].encode(),
+        content_type,
+        len(body),
+        extra,
+    )
+    return head + body
+
+
+def error(status: int, message: str, kind: str) -> bytes:
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
+    return response(status, body.encode(), b"application/json")
+
+
+def http_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+    b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; requests are answered in order."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.busy = False  # a delayed stream is being written
+        self.close_after = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.upstream.stats["connections"] += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.busy:
+            self.process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def process(self) -> None:
+        while self.transport is not None and not self.busy:
+            request = self.parse()
+            if request is None:
+                return
+            self.handle(*request)
+            if self.close_after and not self.busy and self.transport is not None:
+                self.transport.close()
+
+    def parse(self) -> tuple[bytes, bytes, bytes] | None:
+        """The next complete request as (method, path, body), or None if incomplete."""
+        buf = self.buffer
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEAD:
+                self.fail(b"request head too large")
+            return None
+        lines = buf[:end].split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3:
+            self.fail(b"bad request line")
+            return None
+        method, target, version = parts
+        length = 0
+        chunked = False
+        connection = b""
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                connection = value.strip().lower()
+        start = end + 4
+        if chunked:
+            decoded = dechunk(buf, start)
+            if decoded is None:
+                return None
+            body, consumed = decoded
+        else:
+            if length > MAX_BODY:
+                self.fail(b"body too large")
+                return None
+            if len(buf) < start + length:
+                return None
+            body, consumed = buf[start : start + length], start + length
+        self.buffer = buf[consumed:]
+        self.close_after = connection == b"close" or (
+            version == b"HTTP/1.0" and connection != b"keep-alive"
+        )
+        return method, target.split(b"?", 1)[0], body
+
+    def fail(self, message: bytes) -> None:
+        assert self.transport is not None
+        self.upstream.stats["bad_requests"] += 1
+        self.transport.write(response(400, message, b"text/plain", b"connection: close\r\n"))
+        self.transport.close()
+        self.buffer = b""
+
+    def handle(self, method: bytes, path: bytes, body: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        upstream = self.upstream
+        if path.endswith(b"/chat/completions"):
+            if method != b"POST":
+                transport.write(error(405, "use POST", "invalid_request_error"))
+                return
+            try:
+                request = json.loads(body)
+                model = str(request.get("model") or "unknown")
+                stream = bool(request.get("stream"))
+                options = request.get("stream_options") or {}
+                include_usage = bool(options.get("include_usage"))
+            except (ValueError, AttributeError) as exc:
+                upstream.stats["bad_requests"] += 1
+                transport.write(error(400, f"bad JSON body: {exc}", "invalid_request_error"))
+                return
+            upstream.stats["chat"] += 1
+            if not stream:
+                transport.write(upstream.completion(model))
+                return
+            upstream.stats["chat_stream"] += 1
+            frames = upstream.stream_frames(model, include_usage)
+            if upstream.chunk_delay > 0:
+                self.busy = True
+                asyncio.get_running_loop().create_task(self.trickle(frames))
+            else:
+                transport.write(STREAM_HEAD + b"".join(frames))
+        elif path.endswith(b"/models") and method == b"GET":
+            upstream.stats["models"] += 1
+            transport.write(upstream.models_list())
+        elif path == b"/health":
+            transport.write(response(200, b'{"status":"ok"}', b"application/json"))
+        elif path == b"/stats":
+            body = json.dumps(upstream.stats).encode()
+            transport.write(response(200, body, b"application/json"))
+        else:
+            upstream.stats["not_found"] += 1
+            transport.write(error(404, f"no route {path.decode(errors='replace')}", "not_found"))
+
+    async def trickle(self, frames: list[bytes]) -> None:
+        """Write a stream with ``chunk_delay`` between content chunks (``--chunk-delay-ms``)."""
+        try:
+            for i, frame in enumerate(frames):
+                if i:
+                    await asyncio.sleep(self.upstream.chunk_delay)
+                transport = self.transport  # None once the client has gone
+                if transport is None:
+                    return
+                transport.write(STREAM_HEAD + frame if i == 0 else frame)
+        finally:
+            self.busy = False
+        if self.close_after and self.transport is not None:
+            self.transport.close()
+        elif self.buffer:
+            self.process()
+
+
+def dechunk(buf: bytes, pos: int) -> tuple[bytes, int] | None:
+    """A chunked request body starting at ``pos``: (body, end offset), or None if incomplete."""
+    pieces: list[bytes] = []
+    while True:
+        line_end = buf.find(b"\r\n", pos)
+        if line_end < 0:
+            return None
+        size = int(buf[pos:line_end].split(b";", 1)[0], 16)
+        if size == 0:
+            trailer_end = buf.find(b"\r\n\r\n", line_end)
+            if trailer_end < 0:
+                return None
+            return b"".join(pieces), trailer_end + 4
+        end = line_end + 2 + size
+        if len(buf) < end + 2:
+            return None
+        pieces.append(buf[line_end + 2 : end])
+        pos = end + 2
+
+
+async def serve(args: argparse.Namespace) -> None:
+    upstream = Upstream(args.chunks, args.models.split(","), args.chunk_delay_ms / 1000)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: Connection(upstream), args.host, args.port, backlog=1024, reuse_address=True
+    )
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    port = server.sockets[0].getsockname()[1]
+    print(f"fake OpenAI upstream on http://{args.host}:{port}/v1", flush=True)
+    async with server:
+        await stop.wait()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100, help="0 picks a free port")
+    parser.add_argument(
+        "--chunks", type=int, default=20, help="content chunks per streamed answer (default 20)"
+    )
+    parser.add_argument(
+        "--chunk-delay-ms",
+        type=float,
+        default=0.0,
+        help="sleep between streamed content chunks (default 0: the whole stream at once)",
+    )
+    parser.add_argument(
+        "--models", default="gpt-bench", help="comma-separated names for GET /v1/models"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
