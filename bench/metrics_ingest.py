@@ -120,7 +120,7 @@ async def sqlite_store(directory: Path) -> Any:
     try:
         yield (
             store,
-            MetricsStore(store.write_transaction, store.read_connection, store.dialect.name),
+            MetricsStore(store.write, store.read_connection, store.dialect.name),
         )
     finally:
         await store.aclose()

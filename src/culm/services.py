@@ -156,9 +156,7 @@ class Engine:
         """The metrics pipeline, on the engine's SQL database (another store runs without)."""
         if not isinstance(store, SqlStore):
             return
-        metrics_store = MetricsStore(
-            store.write_transaction, store.read_connection, store.dialect.name
-        )
+        metrics_store = MetricsStore(store.write, store.read_connection, store.dialect.name)
         await self.metrics.start(
             metrics_store, stack, model_of=self._run_model, lookup=store.get_run
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 import culm
 from culm.domain.events import RoundCompleted
+from culm.domain.models import Message
 from tests.support import (
     FailingTool,
     RecordingTool,
@@ -216,6 +218,26 @@ async def test_the_user_message_starts_the_transcript_once(tmp_path: Path) -> No
         ("user", "two"),
         ("assistant", "You said: two"),
     ]
+
+
+async def test_each_round_stores_its_messages_in_one_write(tmp_path: Path) -> None:
+    writes: list[list[str]] = []
+    async with culm.Engine(settings(tmp_path), tools=[RecordingTool()]) as engine:
+        append = engine.store.append_messages
+
+        async def recording(
+            session_id: str, items: Sequence[Message], *, run_id: str | None
+        ) -> None:
+            writes.append([m.role for m in items])
+            await append(session_id, items, run_id=run_id)
+
+        engine.store.append_messages = recording  # type: ignore[method-assign]
+        script = {"turns": [tool_turn("record", {"label": "a"}), [{"text": "done"}]]}
+        events = await _run(engine, script, ["record"])
+        transcript = await engine.get_messages(events[0].session_id)
+    # The user message is stored with the run's claim, each round's messages in one write.
+    assert writes == [["assistant", "tool"], ["assistant"]]
+    assert [m.role for m in transcript] == ["user", "assistant", "tool", "assistant"]
 
 
 def test_tool_start_carries_parsed_arguments() -> None:

@@ -45,9 +45,7 @@ def sql_store(request: pytest.FixtureRequest) -> SqlStore:
 
 @pytest.fixture
 def metrics_store(sql_store: SqlStore) -> MetricsStore:
-    return MetricsStore(
-        sql_store.write_transaction, sql_store.read_connection, sql_store.dialect.name
-    )
+    return MetricsStore(sql_store.write, sql_store.read_connection, sql_store.dialect.name)
 
 
 @pytest.fixture

@@ -161,7 +161,7 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[MetricsPipeline, dict[
     metrics = MetricsPipeline()
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.aclose)
-        metrics_store = MetricsStore(store.write_transaction, store.read_connection, "sqlite")
+        metrics_store = MetricsStore(store.write, store.read_connection, "sqlite")
         await metrics.start(metrics_store, stack, model_of=lambda run_id: None, lookup=lookup)
         yield metrics, known
 
@@ -203,7 +203,7 @@ async def test_overflow_is_dropped_counted_and_recorded_once(tmp_path: Path) -> 
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.aclose)
         metrics = MetricsPipeline(MetricsConfig(queue_size=5, batch_size=100))
-        metrics_store = MetricsStore(store.write_transaction, store.read_connection, "sqlite")
+        metrics_store = MetricsStore(store.write, store.read_connection, "sqlite")
         await metrics.start(metrics_store, stack, model_of=lambda run_id: None)
         accepted = [
             metrics.emit(

@@ -254,7 +254,7 @@ async def test_the_sqlite_fast_path_writes_what_sqlalchemy_would(
 ) -> None:
     from datetime import UTC, date, datetime, timedelta, timezone
 
-    from culm.metrics.rowwriter import RowWriter
+    from culm.storage.rowwriter import RowWriter
 
     when = datetime(2026, 11, 21, 8, 0, 0, 120, tzinfo=UTC)
     row = {
@@ -268,9 +268,12 @@ async def test_the_sqlite_fast_path_writes_what_sqlalchemy_would(
         "event_type": "tool_called",
     }
     table = tables.system_events
-    async with sqlite_sql_store.write_transaction() as conn:
-        await RowWriter("sqlite").execute(conn, sa.insert(table), [row])
-        await conn.execute(sa.insert(table), [{**row, "event_id": "f"}])
+
+    def transaction(conn: sa.Connection) -> None:
+        RowWriter("sqlite").execute(conn, sa.insert(table), [row])
+        conn.execute(sa.insert(table), [{**row, "event_id": "f"}])
+
+    await sqlite_sql_store.write(transaction)
     async with sqlite_sql_store.read_connection() as conn:
         raw = (
             await conn.exec_driver_sql(

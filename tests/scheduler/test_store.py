@@ -102,17 +102,15 @@ async def test_the_key_refuses_a_second_record_for_a_time(
     sql = SqlStore(url)
     await sql.start()
     try:
+        insert = schedule_runs.insert().values(
+            schedule_id=schedule.schedule_id,
+            scheduled_for=NINE,
+            status="queued",
+            manual=False,
+            created_at=NOW,
+        )
         with pytest.raises(sa.exc.IntegrityError):
-            async with sql.write_transaction() as conn:
-                await conn.execute(
-                    schedule_runs.insert().values(
-                        schedule_id=schedule.schedule_id,
-                        scheduled_for=NINE,
-                        status="queued",
-                        manual=False,
-                        created_at=NOW,
-                    )
-                )
+            await sql.write(lambda conn: conn.execute(insert))
     finally:
         await sql.aclose()
 

@@ -120,8 +120,10 @@ async def running_run(store: SqlStore, owner: str = "w1") -> Run:
     return claimed
 
 
-async def finish(store: SqlStore, run_id: str, status: RunStatus = RunStatus.COMPLETED) -> None:
-    await store.finish_run(run_id, status=status, error=None, usage=Usage(), completed_at=utc_now())
+async def finish(store: SqlStore, run_id: str, status: RunStatus = RunStatus.COMPLETED) -> bool:
+    return await store.finish_run(
+        run_id, status=status, error=None, usage=Usage(), completed_at=utc_now()
+    )
 
 
 def stamp(run: Run, events: Sequence[RunEventBase], *, first_seq: int = 1) -> list[RunEvent]:
@@ -429,6 +431,30 @@ async def test_a_run_with_a_cancel_request_cannot_be_claimed(store: SqlStore) ->
     assert (await get(store, run.run_id)).status is not RunStatus.RUNNING
 
 
+async def test_a_claim_appends_the_runs_first_message_once(store: SqlStore) -> None:
+    session = await new_session(store)
+    run = (await reserve(store, session.session_id, owner="w1")).run
+    message = UserMessage(content="hello")
+
+    async def claim(owner: str = "w1") -> Run | None:
+        return await store.claim_run(
+            run.run_id, owner=owner, lease_expires_at=lease(), started_at=T0, message=message
+        )
+
+    assert await claim(owner="w2") is None  # not claimed: nothing appended
+    assert await store.get_messages(session.session_id) == []
+    assert await claim() is not None
+    assert await store.get_messages(session.session_id) == [message]
+    assert await store.has_run_messages(run.run_id)
+    # A later attempt (after a recovery re-queued it) does not append it again.
+    orphan = await orphan_of(store, run.run_id)
+    await store.recover_run(
+        orphan, owner="w1", lease_expires_at=lease(), requeue=True, now=utc_now(), events=[]
+    )
+    assert await claim() is not None
+    assert await store.get_messages(session.session_id) == [message]
+
+
 async def test_renew_leases_extends_and_reports_cancel_requests(store: SqlStore) -> None:
     mine = [await running_run(store, "w1") for _ in range(3)]
     theirs = await running_run(store, "w2")
@@ -527,9 +553,11 @@ async def test_finish_run_records_the_outcome_and_frees_the_slot(store: SqlStore
     usage = Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, cache_read_tokens=3)
     done_at = T0 + timedelta(minutes=1)
 
-    await store.finish_run(
+    queued = await store.finish_run(
         run.run_id, status=RunStatus.ERROR, error="boom", usage=usage, completed_at=done_at
     )
+
+    assert queued is False  # no run waits in the session's queue
 
     finished = await get(store, run.run_id)
     assert (finished.status, finished.error, finished.usage) == (RunStatus.ERROR, "boom", usage)
@@ -537,6 +565,17 @@ async def test_finish_run_records_the_outcome_and_frees_the_slot(store: SqlStore
     assert await store.get_active_run(run.session_id) is None
     assert await store.list_orphan_candidates(exclude_owner="") == []
     assert (await reserve(store, run.session_id)).active_run_id is None
+
+
+async def test_finish_run_says_whether_runs_wait_in_the_queue(store: SqlStore) -> None:
+    session = await new_session(store)
+    active = (await reserve(store, session.session_id)).run
+    await reserve(store, session.session_id, queue=True)
+    other = await running_run(store)  # another session's queue is not this one's
+
+    assert await finish(store, active.run_id) is True
+    assert await finish(store, other.run_id) is False
+    assert await finish(store, new_id()) is False
 
 
 async def test_list_runs_filters_newest_first(store: SqlStore) -> None:
@@ -993,6 +1032,29 @@ async def test_fifty_concurrent_writers_neither_deadlock_nor_lock(store: SqlStor
     for run in runs:
         assert [e.seq for e in await store.read_events(run.run_id)] == list(range(1, 21))
         assert (await get(store, run.run_id)).last_seq == 20
+
+
+async def test_a_cancelled_write_is_done_whole_all_the_same(store: SqlStore) -> None:
+    """The caller gets its CancelledError; the transaction is neither torn nor dropped, and
+    the store takes the next write."""
+    session = await new_session(store)
+    batch: list[Message] = [UserMessage(content=str(i)) for i in range(50)]
+    for steps in range(1, 5):  # cancel at different points of the write
+        write = asyncio.create_task(store.append_messages(session.session_id, batch, run_id=None))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        async with asyncio.timeout(10):
+            while len(await store.get_messages(session.session_id)) < 50 * steps:
+                await asyncio.sleep(0.01)
+    await store.append_messages(session.session_id, [UserMessage(content="end")], run_id=None)
+
+    assert [m.content for m in await store.get_messages(session.session_id)] == [
+        *[m.content for m in batch] * 4,
+        "end",
+    ]
 
 
 async def _start_worker(url: str, owner: str, mode: str, attempts: int, sessions: list[str]) -> Any:

@@ -3,6 +3,8 @@
 A round builds the request, streams the model (live ``token`` events), classifies the response,
 runs the tool calls, and returns the next step. The driver only dispatches on that step.
 Failures raise :class:`culm.errors.RunFailure`; cancellation is the owning task's cancel.
+A round's messages (the assistant's, then its tool results) are stored together, in one write
+once its tool calls are done: a round cut short leaves none of them in the transcript.
 
 A round's usage is what the provider reported over every attempt of its model call. A call that
 fails or is cancelled after usage was reported still ends its round: ``round_completed`` with
@@ -58,12 +60,12 @@ async def run_round(ctx: LoopContext, state: LoopState) -> NextStep:
     ctx.emit(TokenBudgetUpdated(usage=_budget(ctx, usage)))
     message = response.message
     state.messages.append(message)
-    await ctx.append_messages([message])
     if not message.tool_calls:
+        await ctx.append_messages([message])
         return FinalAnswer(message.content)
     results = await run_tool_calls(ctx, message.tool_calls)
     state.messages.extend(results)
-    await ctx.append_messages(results)
+    await ctx.append_messages([message, *results])  # the round's messages, in one write
     return RunAgain()
 
 

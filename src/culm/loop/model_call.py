@@ -94,19 +94,77 @@ async def _stall_guard(
 ) -> AsyncIterator[StreamPart]:
     """Yield ``parts``; raise ModelStallError when none arrives for ``idle_seconds``."""
     iterator = aiter(parts)
+    deadline = _IdleDeadline(idle_seconds)
     try:
         while True:
+            deadline.begin()
             try:
-                async with asyncio.timeout(idle_seconds):
-                    part = await anext(iterator)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise ModelStallError(
-                    f"the model sent nothing for {idle_seconds:g} s (stream_idle_timeout)"
-                ) from None
+                part = await anext(iterator)
+            except BaseException as exc:
+                if deadline.end(exc):
+                    raise ModelStallError(
+                        f"the model sent nothing for {idle_seconds:g} s (stream_idle_timeout)"
+                    ) from None
+                if isinstance(exc, StopAsyncIteration):
+                    return
+                raise
+            deadline.end(None)
             yield part
     finally:
+        deadline.close()
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+class _IdleDeadline:
+    """A limit on each wait for the next part, as ``asyncio.timeout`` around every wait would
+    set it, but with one timer for the stream, re-armed lazily, instead of a timer per part.
+
+    A wait only notes when it began. When the timer goes off, it finds the current wait
+    ``seconds`` old and cancels the task (as the timeout would: the wait then ends with a
+    ``CancelledError`` that :meth:`end` recognises as its own, unless someone else cancelled
+    too), or it re-arms for the moment the current wait will be that old.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "a stream is read in a task"
+        self._task = task
+        self._loop = asyncio.get_running_loop()
+        self._seconds = seconds
+        self._since: float | None = None  # when the current wait began; None between waits
+        self._cancelling = 0
+        self._expiring = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def begin(self) -> None:
+        self._since = self._loop.time()
+        self._cancelling = self._task.cancelling()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._since + self._seconds, self._check)
+
+    def end(self, exc: BaseException | None) -> bool:
+        """The wait ended (raising ``exc``); True if it was cut off for being too long."""
+        self._since = None
+        if not self._expiring:
+            return False
+        self._expiring = False
+        ours = self._task.uncancel() <= self._cancelling
+        return ours and isinstance(exc, asyncio.CancelledError)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._since is None:
+            return  # between waits: the next one re-arms
+        due = self._since + self._seconds
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check)
+        else:
+            self._expiring = True
+            self._task.cancel()

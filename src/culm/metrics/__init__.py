@@ -7,7 +7,6 @@ worker.py      batches into the store; retries, records storage errors, never di
 batch.py       events as table changes, a batch of them folded into rows (pure)
 tables.py      the tables (in the engine's database, created by its migrations)
 statements.py  the store's writes as SQL, built once per dialect
-rowwriter.py   many rows through one statement, cheaply
 store.py       writes batches; retention
 queries.py     summary, models, sessions, daily, tools, forward requests
 periods.py     day / week / month periods (pure)

@@ -1,22 +1,22 @@
 """The metrics store: writes batches of metrics events into the engine's database.
 
-It shares the engine's database (through ``SqlStore.write_transaction`` / ``read_connection``) and
+It shares the engine's database (through ``SqlStore.write`` / ``read_connection``) and
 its migrations (revision ``0002`` creates the tables). One batch is one transaction: rows are
 upserted (so a completion whose start was never seen is still recorded, and a start arriving
 later fills it in), and the daily rollups move only with records completed for the first time
 (or runs changing state), so they stay exact even if a batch is written twice. The SQL is
 portable; the one dialect-specific piece is ``INSERT … ON CONFLICT``, which SQLite and
 PostgreSQL spell the same way. The statements are built once; rows go through a
-:class:`~culm.metrics.rowwriter.RowWriter`.
+:class:`~culm.storage.rowwriter.RowWriter`.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -25,10 +25,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from culm.metrics import tables as t
 from culm.metrics.batch import Batch, Change, Row, change, fold, merge_run
 from culm.metrics.events import MetricsEvent
-from culm.metrics.rowwriter import RowWriter
 from culm.metrics.statements import Statements
+from culm.storage.rowwriter import RowWriter
 
+T = TypeVar("T")
 Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+
+
+class Write(Protocol):
+    """Runs ``fn(conn)`` as one write transaction and returns what it returns."""
+
+    def __call__(self, fn: Callable[[sa.Connection], T], /) -> Awaitable[T]: ...
+
 
 UNKNOWN_MODEL = "unknown"
 
@@ -37,11 +45,11 @@ CHUNK = 500
 
 
 class MetricsStore:
-    """``write`` opens a write transaction and ``read`` a read connection on the engine's
-    database (``SqlStore.write_transaction`` / ``read_connection``: SQLite's writes stay
-    serialized with the engine's own); ``dialect`` is ``sqlite`` or ``postgresql``."""
+    """``write`` runs a write transaction and ``read`` opens a read connection on the engine's
+    database (``SqlStore.write`` / ``read_connection``: SQLite's writes stay serialized with the
+    engine's own); ``dialect`` is ``sqlite`` or ``postgresql``."""
 
-    def __init__(self, write: Connect, read: Connect, dialect: str) -> None:
+    def __init__(self, write: Write, read: Connect, dialect: str) -> None:
         self.transaction = write
         self.connect = read
         self._rows = RowWriter(dialect)
@@ -55,22 +63,25 @@ class MetricsStore:
         """Store the changes of a batch of events (see :mod:`culm.metrics.batch`), in one
         transaction."""
         batch = fold(changes)
-        async with self.transaction() as conn:
-            await self._write_sessions(conn, batch)
-            await self._write_rounds(conn, batch)
-            await self._write_tool_calls(conn, batch)
-            await self._write_forward(conn, batch)
-            await self._rows.execute(conn, self._sql.system, batch.system)
+
+        def transaction(conn: sa.Connection) -> None:
+            self._write_sessions(conn, batch)
+            self._write_rounds(conn, batch)
+            self._write_tool_calls(conn, batch)
+            self._write_forward(conn, batch)
+            self._rows.execute(conn, self._sql.system, batch.system)
+
+        await self.transaction(transaction)
 
     # Sessions (one row per run)
 
-    async def _write_sessions(self, conn: AsyncConnection, batch: Batch) -> None:
+    def _write_sessions(self, conn: sa.Connection, batch: Batch) -> None:
         """Merge the batch's run rows into the stored ones (in Python, so the rollup of runs
         by day, model and status moves with each row's state exactly)."""
         if not batch.sessions:
             return
         c = t.sessions.c
-        stored = await _select_in(conn, list(c), c.run_id, list(batch.sessions), lock=True)
+        stored = _select_in(conn, list(c), c.run_id, list(batch.sessions), lock=True)
         rows: list[Row] = []
         counts: Counter[tuple[date, str, str]] = Counter()
         for key, new in batch.sessions.items():
@@ -80,24 +91,24 @@ class MetricsStore:
                 counts[(old.day, old.model or UNKNOWN_MODEL, old.status)] -= 1
             counts[(row["day"], row["model"] or UNKNOWN_MODEL, row["status"])] += 1
             rows.append(row)
-        await self._rows.execute(conn, self._sql.sessions, rows)
+        self._rows.execute(conn, self._sql.sessions, rows)
         changed = [
             {"day": day, "model": model, "status": status, "runs": runs}
             for (day, model, status), runs in counts.items()
             if runs
         ]
-        await self._rows.execute(conn, self._sql.increments[t.daily_runs.name], changed)
+        self._rows.execute(conn, self._sql.increments[t.daily_runs.name], changed)
 
     # Rounds
 
-    async def _write_rounds(self, conn: AsyncConnection, batch: Batch) -> None:
-        await self._close_open_rounds(conn, batch)
+    def _write_rounds(self, conn: sa.Connection, batch: Batch) -> None:
+        self._close_open_rounds(conn, batch)
         starts = [{**row, "status": "running"} for row in batch.round_starts.values()]
-        await self._rows.execute(conn, self._sql.round_starts, starts)
+        self._rows.execute(conn, self._sql.round_starts, starts)
         if not batch.round_ends:
             return
         r = t.rounds.c
-        known = await _select_in(
+        known = _select_in(
             conn,
             [r.round_id, r.completed_at, r.model, r.started_at],
             r.round_id,
@@ -115,10 +126,10 @@ class MetricsStore:
             row["model"] = row["model"] or UNKNOWN_MODEL
             ends.append(row)
         if ends:
-            await self._rows.execute(conn, self._sql.round_ends, ends)
-            await self._add_to_daily_models(conn, ends)
+            self._rows.execute(conn, self._sql.round_ends, ends)
+            self._add_to_daily_models(conn, ends)
 
-    async def _close_open_rounds(self, conn: AsyncConnection, batch: Batch) -> None:
+    def _close_open_rounds(self, conn: sa.Connection, batch: Batch) -> None:
         """Rounds still open when their run ended get a failed, partial completion."""
         ended = {key: row for key, row in batch.sessions.items() if row["completed_at"]}
         if not ended:
@@ -132,11 +143,11 @@ class MetricsStore:
         columns += [t.rounds.c.model, t.rounds.c.started_at]
         query = sa.select(*columns).where(t.rounds.c.completed_at.is_(None))
         for chunk in _chunks(list(ended)):
-            for row in await conn.execute(query.where(t.rounds.c.run_id.in_(chunk))):
+            for row in conn.execute(query.where(t.rounds.c.run_id.in_(chunk))):
                 start = dict(row._mapping)
                 batch.round_ends.setdefault(row.round_id, _closed(start, ended[row.run_id]))
 
-    async def _add_to_daily_models(self, conn: AsyncConnection, rows: list[Row]) -> None:
+    def _add_to_daily_models(self, conn: sa.Connection, rows: list[Row]) -> None:
         sums: defaultdict[tuple[date, str], Row] = defaultdict(_daily_model_row)
         for row in rows:
             total = sums[(row["day"], row["model"])]
@@ -147,18 +158,18 @@ class MetricsStore:
             for kind in t.USAGE_KINDS:
                 total[kind] += row[kind]
         values = [{"day": day, "model": model, **total} for (day, model), total in sums.items()]
-        await self._rows.execute(conn, self._sql.increments[t.daily_models.name], values)
+        self._rows.execute(conn, self._sql.increments[t.daily_models.name], values)
 
     # Tool calls
 
-    async def _write_tool_calls(self, conn: AsyncConnection, batch: Batch) -> None:
+    def _write_tool_calls(self, conn: sa.Connection, batch: Batch) -> None:
         if not batch.tool_calls:
             return
-        known = await _stored_tool_calls(conn, list(batch.tool_calls.values()))
+        known = _stored_tool_calls(conn, list(batch.tool_calls.values()))
         rows = [row for key, row in batch.tool_calls.items() if key not in known]
         if not rows:
             return
-        await self._rows.execute(conn, self._sql.tool_calls, rows)
+        self._rows.execute(conn, self._sql.tool_calls, rows)
         sums: defaultdict[tuple[date, str], Row] = defaultdict(
             lambda: {"calls": 0, "failures": 0, "latency_ms": 0}
         )
@@ -168,31 +179,30 @@ class MetricsStore:
             total["failures"] += not row["success"]
             total["latency_ms"] += row["latency_ms"]
         values = [{"day": day, "tool_name": name, **total} for (day, name), total in sums.items()]
-        await self._rows.execute(conn, self._sql.increments[t.daily_tools.name], values)
+        self._rows.execute(conn, self._sql.increments[t.daily_tools.name], values)
 
     # Forward requests
 
-    async def _write_forward(self, conn: AsyncConnection, batch: Batch) -> None:
-        await self._rows.execute(
-            conn, self._sql.forward_starts, list(batch.forward_starts.values())
-        )
-        await self._rows.execute(conn, self._sql.forward_ends, list(batch.forward_ends.values()))
+    def _write_forward(self, conn: sa.Connection, batch: Batch) -> None:
+        self._rows.execute(conn, self._sql.forward_starts, list(batch.forward_starts.values()))
+        self._rows.execute(conn, self._sql.forward_ends, list(batch.forward_ends.values()))
 
     # Retention and reconciliation
 
     async def prune(self, before: date) -> int:
         """Delete every record (and rollup row) of a day before ``before``; returns the count."""
-        deleted = 0
-        async with self.transaction() as conn:
+
+        def transaction(conn: sa.Connection) -> int:
+            deleted = 0
             for table in t.ALL_TABLES:
-                result = await conn.execute(table.delete().where(table.c.day < before))
-                deleted += result.rowcount
+                deleted += conn.execute(table.delete().where(table.c.day < before)).rowcount
             cutoff = datetime.combine(before, datetime.min.time())
             open_rounds = t.rounds.delete().where(
                 t.rounds.c.day.is_(None), t.rounds.c.started_at < cutoff
             )
-            deleted += (await conn.execute(open_rounds)).rowcount
-        return deleted
+            return deleted + conn.execute(open_rounds).rowcount
+
+        return await self.transaction(transaction)
 
     async def open_runs(self, *, started_before: datetime, limit: int = 1000) -> list[str]:
         """Runs whose start was recorded before ``started_before`` but no end yet."""
@@ -236,8 +246,8 @@ def _chunks(items: list[str]) -> Iterable[list[str]]:
         yield items[start : start + CHUNK]
 
 
-async def _select_in(
-    conn: AsyncConnection,
+def _select_in(
+    conn: sa.Connection,
     columns: list[sa.Column[Any]],
     key: sa.Column[Any],
     ids: list[str],
@@ -249,12 +259,12 @@ async def _select_in(
     found: dict[str, Any] = {}
     for chunk in _chunks(ids):
         query = sa.select(*columns).where(key.in_(chunk))
-        for row in await conn.execute(query.with_for_update() if lock else query):
+        for row in conn.execute(query.with_for_update() if lock else query):
             found[row[0]] = row
     return found
 
 
-async def _stored_tool_calls(conn: AsyncConnection, rows: list[Row]) -> set[str]:
+def _stored_tool_calls(conn: sa.Connection, rows: list[Row]) -> set[str]:
     """The event ids of ``rows`` already stored (looked up by their key, session then id)."""
     c = t.tool_calls.c
     found: set[str] = set()
@@ -264,5 +274,5 @@ async def _stored_tool_calls(conn: AsyncConnection, rows: list[Row]) -> set[str]
         query = sa.select(c.event_id).where(
             c.session_id.in_(sessions), c.event_id.in_([row["event_id"] for row in chunk])
         )
-        found.update(await conn.scalars(query))
+        found.update(conn.scalars(query))
     return found

@@ -172,7 +172,11 @@ class RunManager:
     async def _run(self, runner: Runner, state: LoopState) -> Outcome | None:
         started_at = utc_now()
         run = await self._store.claim_run(
-            runner.run_id, owner=self.owner, lease_expires_at=self._lease(), started_at=started_at
+            runner.run_id,
+            owner=self.owner,
+            lease_expires_at=self._lease(),
+            started_at=started_at,
+            message=UserMessage(content=runner.run.input) if runner.run.input else None,
         )
         if run is None:
             return None  # cancelled before it started; the store has ended it
@@ -184,22 +188,22 @@ class RunManager:
             await self._store.append_messages(run.session_id, messages, run_id=run.run_id)
 
         ctx = await self._context_factory(run, runner.emit, append)
-        first_attempt = run.attempt == 1
-        if run.input and (first_attempt or not await self._store.has_run_messages(run.run_id)):
-            await append([UserMessage(content=run.input)])
         state.messages = await self._store.get_messages(run.session_id)
         final = await run_agent(ctx, state)
         return Outcome(RunStatus.COMPLETED, final_message=final)
 
     async def _finalize(self, runner: Runner, state: LoopState, outcome: Outcome | None) -> None:
         runner.finalizing = True
+        # Whether to promote the session's next queued run: unknown (so look) unless
+        # finish_run says; nothing when the run is handed back.
+        start_next = outcome is None or outcome.reason != _RELEASE
         try:
             if outcome is not None and outcome.reason == _RELEASE:
                 await self._batcher.flush()  # handed back for recovery: no terminal event
             elif outcome is not None:
                 runner.emit(_terminal_event(outcome, state))
                 await self._batcher.flush()
-                await self._store.finish_run(
+                start_next = await self._store.finish_run(
                     runner.run_id,
                     status=outcome.status,
                     error=outcome.error,
@@ -214,7 +218,7 @@ class RunManager:
             runner.usage = state.usage
             self._registry.remove(runner)
             runner.done.set()
-        if outcome is None or outcome.reason != _RELEASE:
+        if start_next:
             await self._start_next(runner.session_id)
 
     # Cancel and wait

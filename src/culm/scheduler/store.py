@@ -1,9 +1,11 @@
 """``ScheduleStore``: schedules and their fires, in the engine's database (SQLite or PostgreSQL).
 
-It shares the SQL store's engines (and, on SQLite, its one-writer lock). What keeps a time from
-firing twice is here: :meth:`ScheduleStore.claim` moves ``next_fire_at`` by compare-and-set and
-records the claimed times under the key (schedule_id, scheduled_for), in one transaction; and a
-waiting fire is started only by whoever moves it from ``queued`` to ``running``.
+It shares the SQL store's database: its writes go through ``SqlStore.write`` (on SQLite they
+are serialized with the engine's own), its reads through ``SqlStore.read_connection``. What
+keeps a time from firing twice is here: :meth:`ScheduleStore.claim` moves ``next_fire_at`` by
+compare-and-set and records the claimed times under the key (schedule_id, scheduled_for), in
+one transaction; and a waiting fire is started only by whoever moves it from ``queued`` to
+``running``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from culm.domain.models import TERMINAL_RUN_STATUSES, RunStatus
 from culm.errors import NotFoundError
@@ -54,8 +55,12 @@ class ScheduleStore:
     # Schedules
 
     async def create(self, schedule: Schedule) -> None:
-        async with self._sql.write_transaction() as conn:
-            await conn.execute(schedules.insert().values(**schedule_row(schedule)))
+        row = schedule_row(schedule)
+
+        def transaction(conn: sa.Connection) -> None:
+            conn.execute(schedules.insert().values(**row))
+
+        await self._sql.write(transaction)
 
     async def get(self, schedule_id: str) -> Schedule | None:
         query = schedules.select().where(schedules.c.schedule_id == schedule_id)
@@ -71,26 +76,28 @@ class ScheduleStore:
 
     async def update(self, schedule_id: str, values: Mapping[str, Any]) -> Schedule | None:
         """Set ``values`` (columns) and return the schedule as it now is."""
-        async with self._sql.write_transaction() as conn:
+
+        def transaction(conn: sa.Connection) -> Schedule | None:
             query = schedules.update().where(schedules.c.schedule_id == schedule_id)
-            result = await conn.execute(query.values(**values))
+            result = conn.execute(query.values(**values))
             if result.rowcount != 1:
                 return None
-            row = (
-                await conn.execute(schedules.select().where(schedules.c.schedule_id == schedule_id))
+            row = conn.execute(
+                schedules.select().where(schedules.c.schedule_id == schedule_id)
             ).one()
             return schedule_from_row(row)
 
+        return await self._sql.write(transaction)
+
     async def delete(self, schedule_id: str) -> bool:
         """Delete a schedule and its fire records (its runs and sessions stay)."""
-        async with self._sql.write_transaction() as conn:
-            await conn.execute(
-                schedule_runs.delete().where(schedule_runs.c.schedule_id == schedule_id)
-            )
-            result = await conn.execute(
-                schedules.delete().where(schedules.c.schedule_id == schedule_id)
-            )
+
+        def transaction(conn: sa.Connection) -> bool:
+            conn.execute(schedule_runs.delete().where(schedule_runs.c.schedule_id == schedule_id))
+            result = conn.execute(schedules.delete().where(schedules.c.schedule_id == schedule_id))
             return result.rowcount > 0
+
+        return await self._sql.write(transaction)
 
     async def due(self, now: datetime, *, limit: int = 100) -> list[Schedule]:
         """Enabled schedules whose next fire is at or before ``now``, most overdue first."""
@@ -111,8 +118,9 @@ class ScheduleStore:
         """Move the schedule's ``next_fire_at`` on to ``next_fire_at`` if it is still what
         ``schedule`` saw (compare-and-set), and record the fires that ``decide`` makes of the
         number of its fires running or waiting. None if another look claimed them first."""
-        async with self._sql.write_transaction() as conn:
-            result = await conn.execute(
+
+        def transaction(conn: sa.Connection) -> tuple[list[Fire], int] | None:
+            result = conn.execute(
                 schedules.update()
                 .where(schedules.c.schedule_id == schedule.schedule_id)
                 .where(schedules.c.enabled.is_(True))
@@ -121,29 +129,38 @@ class ScheduleStore:
             )
             if result.rowcount != 1:
                 return None
-            fires = decide(await _busy(conn, schedule.schedule_id))
-            kept = await _insert_fires(conn, schedule.schedule_id, fires, now=now, manual=False)
-            if kept:
-                log.error("a fire time was claimed twice; kept the first", times=kept)
-            return fires
+            fires = decide(_busy(conn, schedule.schedule_id))
+            return fires, _insert_fires(conn, schedule.schedule_id, fires, now=now, manual=False)
+
+        claimed = await self._sql.write(transaction)
+        if claimed is None:
+            return None
+        fires, kept = claimed
+        if kept:
+            log.error("a fire time was claimed twice; kept the first", times=kept)
+        return fires
 
     async def add_manual_fire(
         self, schedule_id: str, at: datetime, overlap: OverlapPolicy
     ) -> ScheduleRun:
         """Record a fire for ``at`` (run now): ``queued``, or ``skipped`` if ``overlap`` forbids
         it. If a fire already has that time, the next free microsecond is taken."""
-        async with self._sql.write_transaction() as conn:
-            exists = await conn.scalar(
+
+        def transaction(conn: sa.Connection) -> ScheduleRun:
+            exists = conn.scalar(
                 sa.select(schedules.c.schedule_id).where(schedules.c.schedule_id == schedule_id)
             )
             if exists is None:
                 raise NotFoundError("schedule", schedule_id)
-            while await _fire_exists(conn, schedule_id, at):
-                at += timedelta(microseconds=1)
-            allowed = overlap_allows(overlap, await _busy(conn, schedule_id))
-            fire = Fire(at, FireStatus.QUEUED if allowed else FireStatus.SKIPPED)
-            await _insert_fires(conn, schedule_id, [fire], now=at, manual=True)
-            return await _get_fire(conn, schedule_id, at)
+            when = at
+            while _fire_exists(conn, schedule_id, when):
+                when += timedelta(microseconds=1)
+            allowed = overlap_allows(overlap, _busy(conn, schedule_id))
+            fire = Fire(when, FireStatus.QUEUED if allowed else FireStatus.SKIPPED)
+            _insert_fires(conn, schedule_id, [fire], now=when, manual=True)
+            return _get_fire(conn, schedule_id, when)
+
+        return await self._sql.write(transaction)
 
     # Starting waiting fires
 
@@ -162,8 +179,9 @@ class ScheduleStore:
     ) -> list[ScheduleRun]:
         """Take the oldest waiting fires that ``overlap`` lets start now: each becomes
         ``running`` (without a run yet) for this caller only (compare-and-set on its status)."""
-        async with self._sql.write_transaction() as conn:
-            running = await conn.scalar(
+
+        def transaction(conn: sa.Connection) -> list[ScheduleRun]:
+            running = conn.scalar(
                 sa.select(sa.func.count())
                 .select_from(schedule_runs)
                 .where(schedule_runs.c.schedule_id == schedule_id)
@@ -173,7 +191,7 @@ class ScheduleStore:
             if count == 0:
                 return []
             waiting = list(
-                await conn.scalars(
+                conn.scalars(
                     sa.select(schedule_runs.c.scheduled_for)
                     .where(schedule_runs.c.schedule_id == schedule_id)
                     .where(schedule_runs.c.status == FireStatus.QUEUED.value)
@@ -183,22 +201,29 @@ class ScheduleStore:
             )
             started = []
             for scheduled_for in waiting:
-                if await _move(conn, schedule_id, scheduled_for, FireStatus.QUEUED, started_at=now):
-                    started.append(await _get_fire(conn, schedule_id, scheduled_for))
+                if _move(conn, schedule_id, scheduled_for, FireStatus.QUEUED, started_at=now):
+                    started.append(_get_fire(conn, schedule_id, scheduled_for))
             return started
 
+        return await self._sql.write(transaction)
+
     async def attach_run(self, schedule_id: str, scheduled_for: datetime, run_id: str) -> None:
-        async with self._sql.write_transaction() as conn:
-            await conn.execute(
+        def transaction(conn: sa.Connection) -> None:
+            conn.execute(
                 _fire(schedule_id, scheduled_for)
                 .where(schedule_runs.c.status == _RUNNING)
                 .values(run_id=run_id)
             )
 
+        await self._sql.write(transaction)
+
     async def put_back(self, schedule_id: str, scheduled_for: datetime) -> None:
         """A started fire whose run could not be made (the engine is stopping) waits again."""
-        async with self._sql.write_transaction() as conn:
-            await _move(conn, schedule_id, scheduled_for, FireStatus.RUNNING, started_at=None)
+
+        def transaction(conn: sa.Connection) -> None:
+            _move(conn, schedule_id, scheduled_for, FireStatus.RUNNING, started_at=None)
+
+        await self._sql.write(transaction)
 
     # Ending fires
 
@@ -213,20 +238,23 @@ class ScheduleStore:
     ) -> bool:
         """End a running fire as ``status`` and fold it into the schedule's state; False if it
         was not running (another process recorded its end first, or it was deleted)."""
-        async with self._sql.write_transaction() as conn:
-            result = await conn.execute(
+        state = _state_change(status, completed_at, error)
+
+        def transaction(conn: sa.Connection) -> bool:
+            result = conn.execute(
                 _fire(schedule_id, scheduled_for)
                 .where(schedule_runs.c.status == _RUNNING)
                 .values(status=status.value, completed_at=completed_at, error=error)
             )
             if result.rowcount != 1:
                 return False
-            state = _state_change(status, completed_at, error)
             if state:
-                await conn.execute(
+                conn.execute(
                     schedules.update().where(schedules.c.schedule_id == schedule_id).values(**state)
                 )
             return True
+
+        return await self._sql.write(transaction)
 
     async def ended(self, *, stale_before: datetime) -> list[Ended]:
         """Running fires that are over without their end recorded: their run ended (in another
@@ -330,8 +358,8 @@ def _fire(schedule_id: str, scheduled_for: datetime) -> sa.Update:
     )
 
 
-async def _move(
-    conn: AsyncConnection,
+def _move(
+    conn: sa.Connection,
     schedule_id: str,
     scheduled_for: datetime,
     source: FireStatus,
@@ -340,7 +368,7 @@ async def _move(
 ) -> bool:
     """queued → running (``started_at`` set) or running → queued, if it is still ``source``."""
     target = FireStatus.RUNNING if source is FireStatus.QUEUED else FireStatus.QUEUED
-    result = await conn.execute(
+    result = conn.execute(
         _fire(schedule_id, scheduled_for)
         .where(schedule_runs.c.status == source.value, schedule_runs.c.run_id.is_(None))
         .values(status=target.value, started_at=started_at)
@@ -348,8 +376,8 @@ async def _move(
     return result.rowcount == 1
 
 
-async def _busy(conn: AsyncConnection, schedule_id: str) -> int:
-    count = await conn.scalar(
+def _busy(conn: sa.Connection, schedule_id: str) -> int:
+    count = conn.scalar(
         sa.select(sa.func.count())
         .select_from(schedule_runs)
         .where(schedule_runs.c.schedule_id == schedule_id, schedule_runs.c.status.in_(_BUSY))
@@ -357,15 +385,15 @@ async def _busy(conn: AsyncConnection, schedule_id: str) -> int:
     return int(count or 0)
 
 
-async def _fire_exists(conn: AsyncConnection, schedule_id: str, at: datetime) -> bool:
+def _fire_exists(conn: sa.Connection, schedule_id: str, at: datetime) -> bool:
     query = sa.select(schedule_runs.c.status).where(
         schedule_runs.c.schedule_id == schedule_id, schedule_runs.c.scheduled_for == at
     )
-    return (await conn.scalar(query)) is not None
+    return conn.scalar(query) is not None
 
 
-async def _insert_fires(
-    conn: AsyncConnection,
+def _insert_fires(
+    conn: sa.Connection,
     schedule_id: str,
     fires: Sequence[Fire],
     *,
@@ -376,7 +404,7 @@ async def _insert_fires(
     left as it is. Returns how many were left so."""
     times = [fire.scheduled_for for fire in fires]
     taken = set(
-        await conn.scalars(
+        conn.scalars(
             sa.select(schedule_runs.c.scheduled_for).where(
                 schedule_runs.c.schedule_id == schedule_id,
                 schedule_runs.c.scheduled_for.in_(times),
@@ -396,16 +424,14 @@ async def _insert_fires(
         if fire.scheduled_for not in taken
     ]
     if rows:
-        await conn.execute(schedule_runs.insert(), rows)
+        conn.execute(schedule_runs.insert(), rows)
     return len(fires) - len(rows)
 
 
-async def _get_fire(conn: AsyncConnection, schedule_id: str, at: datetime) -> ScheduleRun:
-    row = (
-        await conn.execute(
-            schedule_runs.select().where(
-                schedule_runs.c.schedule_id == schedule_id, schedule_runs.c.scheduled_for == at
-            )
+def _get_fire(conn: sa.Connection, schedule_id: str, at: datetime) -> ScheduleRun:
+    row = conn.execute(
+        schedule_runs.select().where(
+            schedule_runs.c.schedule_id == schedule_id, schedule_runs.c.scheduled_for == at
         )
     ).one()
     return fire_from_row(row)

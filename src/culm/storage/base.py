@@ -94,9 +94,18 @@ class Store(ABC):
 
     @abstractmethod
     async def claim_run(
-        self, run_id: str, *, owner: str, lease_expires_at: datetime, started_at: datetime
+        self,
+        run_id: str,
+        *,
+        owner: str,
+        lease_expires_at: datetime,
+        started_at: datetime,
+        message: Message | None = None,
     ) -> Run | None:
-        """Mark a pending run of ``owner`` running; None if it is not claimable (cancelled)."""
+        """Mark a pending run of ``owner`` running; None if it is not claimable (cancelled).
+
+        ``message`` (the run's input) is appended to the session in the same transaction,
+        unless the run has messages already (an attempt after a recovery)."""
 
     @abstractmethod
     async def renew_leases(
@@ -113,7 +122,9 @@ class Store(ABC):
         error: str | None,
         usage: Usage,
         completed_at: datetime,
-    ) -> None: ...
+    ) -> bool:
+        """Record the run's outcome and free its slot. Returns whether runs wait in its
+        session's queue (then it is for the caller to ``promote_next``)."""
 
     @abstractmethod
     async def request_cancel(self, run_id: str, reason: str) -> Run | None:

@@ -1,7 +1,9 @@
 """The dialect seam: everything that differs between SQLite and PostgreSQL.
 
-The store speaks portable SQLAlchemy Core; it asks its :class:`Dialect` for engines, for how a
-write transaction begins, and for what a unique-constraint violation looks like.
+The store speaks portable SQLAlchemy Core; it asks its :class:`Dialect` for the reader engine
+and for the :class:`~culm.storage.writer.Writer` that runs its write transactions (and so how
+they begin and whether they are serialized), and for what a unique-constraint violation looks
+like.
 """
 
 from __future__ import annotations
@@ -15,19 +17,18 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from culm.errors import ConfigError
+from culm.storage.writer import AsyncWriter, ThreadWriter, Writer
 
 
 class Dialect(ABC):
     name: str
-    # Whether one process must serialize its own write transactions (SQLite: one writer).
-    serialize_writes: bool
 
     def __init__(self, url: sa.URL) -> None:
-        self.url = url
+        self.url = url  # with the async driver
 
     @abstractmethod
-    def create_engines(self) -> tuple[AsyncEngine, AsyncEngine]:
-        """(writer, reader) engines; they may be the same engine."""
+    def create_engines(self) -> tuple[Writer, AsyncEngine]:
+        """The writer, and the engine for reads."""
 
     @abstractmethod
     def is_unique_violation(self, exc: sa.exc.IntegrityError) -> bool: ...
@@ -37,30 +38,33 @@ class SqliteDialect(Dialect):
     """SQLite in WAL mode with a busy timeout.
 
     Writes take the write lock up front (``BEGIN IMMEDIATE``) so two transactions can never
-    both hold a read lock and wait for each other to upgrade; in one process they are also
-    serialized by the store, across processes the busy timeout makes them queue.
+    both hold a read lock and wait for each other to upgrade. In one process they run one
+    after another on the writer's thread (one sync connection: a transaction is one hop from
+    the event loop, not one per statement); across processes the busy timeout makes them
+    queue. Reads keep the async driver, on a pool of their own.
     """
 
     name = "sqlite"
-    serialize_writes = True
     busy_timeout_ms = 30_000
 
-    def create_engines(self) -> tuple[AsyncEngine, AsyncEngine]:
+    def create_engines(self) -> tuple[Writer, AsyncEngine]:
         database = self.url.database
         if not database or database == ":memory:":
             raise ConfigError("CULM_DATABASE_URL: SQLite needs a file path (WAL mode)")
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-        writer = create_async_engine(self.url, pool_size=1, max_overflow=0, pool_timeout=300)
+        writes = sa.create_engine(
+            self.url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0
+        )
         # Many lagging subscribers may read at once: they queue for a connection, never give up.
         reader = create_async_engine(self.url, pool_size=4, max_overflow=4, pool_timeout=3600)
-        self._configure(writer, "BEGIN IMMEDIATE")
-        self._configure(reader, "BEGIN")
-        return writer, reader
+        self._configure(writes, "BEGIN IMMEDIATE")
+        self._configure(reader.sync_engine, "BEGIN")
+        return ThreadWriter(writes, name="culm-sqlite-writer"), reader
 
-    def _configure(self, engine: AsyncEngine, begin: str) -> None:
+    def _configure(self, engine: sa.Engine, begin: str) -> None:
         busy = self.busy_timeout_ms
 
-        @event.listens_for(engine.sync_engine, "connect")
+        @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             # Let SQLAlchemy (not the driver) decide when transactions begin.
             dbapi_connection.isolation_level = None
@@ -74,7 +78,7 @@ class SqliteDialect(Dialect):
             cursor.execute("PRAGMA wal_autocheckpoint = 10000")
             cursor.close()
 
-        @event.listens_for(engine.sync_engine, "begin")
+        @event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
             conn.exec_driver_sql(begin)
 
@@ -84,11 +88,10 @@ class SqliteDialect(Dialect):
 
 class PostgresDialect(Dialect):
     name = "postgresql"
-    serialize_writes = False
 
-    def create_engines(self) -> tuple[AsyncEngine, AsyncEngine]:
+    def create_engines(self) -> tuple[Writer, AsyncEngine]:
         engine = create_async_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-        return engine, engine
+        return AsyncWriter(engine), engine
 
     def is_unique_violation(self, exc: sa.exc.IntegrityError) -> bool:
         return getattr(exc.orig, "sqlstate", None) == "23505" or "unique" in str(exc.orig).lower()

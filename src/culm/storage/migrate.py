@@ -7,7 +7,6 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -19,10 +18,6 @@ def _config(connection: sa.Connection) -> Config:
     return config
 
 
-def _upgrade(connection: sa.Connection) -> None:
+def upgrade(connection: sa.Connection) -> None:
+    """Upgrade to the latest revision on ``connection`` (in the caller's write transaction)."""
     command.upgrade(_config(connection), "head")
-
-
-async def upgrade(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)

@@ -1,13 +1,16 @@
-"""``SqlStore``: the store on SQLAlchemy Core, for SQLite and PostgreSQL alike."""
+"""``SqlStore``: the store on SQLAlchemy Core, for SQLite and PostgreSQL alike.
+
+Every write is one synchronous function over a connection (``def transaction(conn)``), run as
+one transaction by the dialect's :class:`~culm.storage.writer.Writer` (see there for how, and
+why a cancel never tears one). Reads run on the async reader engine.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic import TypeAdapter
@@ -34,83 +37,61 @@ from culm.storage import migrate
 from culm.storage.base import Orphan, Reservation, Store
 from culm.storage.dialect import Dialect, dialect_for
 from culm.storage.rows import run_from_row, run_to_row, session_from_row
+from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import messages, run_events, runs, sessions
+from culm.storage.writer import Write
 
 _messages: TypeAdapter[Message] = TypeAdapter(Message)
 _ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 _SLOT = sa.and_(runs.c.status.in_(_ACTIVE), runs.c.queued.is_(False))
+_QUEUED = sa.and_(runs.c.queued.is_(True), runs.c.status == RunStatus.PENDING.value)
 
-
-_P = ParamSpec("_P")
 _T = TypeVar("_T")
-_WriteMethod = Callable[_P, Coroutine[Any, Any, _T]]
-
-
-def _shielded(method: _WriteMethod[_P, _T]) -> _WriteMethod[_P, _T]:
-    """Run a write to its end even if the caller is cancelled.
-
-    A cancel landing inside a write transaction (for instance while ``BEGIN IMMEDIATE`` waits
-    for SQLite's lock, which then completes in the driver's thread) could leave an open
-    transaction holding the write lock. Shielded, the transaction commits or rolls back; the
-    caller still gets its CancelledError, right after.
-    """
-
-    @functools.wraps(method)
-    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        return await asyncio.shield(method(*args, **kwargs))
-
-    return wrapper
 
 
 class SqlStore(Store):
     def __init__(self, url: str) -> None:
         self.dialect: Dialect = dialect_for(url)
-        self._write_lock = asyncio.Lock()
+        self._rows = RowWriter(self.dialect.name)
 
     async def start(self) -> None:
         self._writer, self._reader = self.dialect.create_engines()
-        await migrate.upgrade(self._writer)
+        try:
+            await self._writer.run(migrate.upgrade)
+        except BaseException:
+            await self.aclose()
+            raise
 
     async def aclose(self) -> None:
-        await self._writer.dispose()
-        if self._reader is not self._writer:
-            await self._reader.dispose()
+        await self._writer.aclose()
+        await self._reader.dispose()
+
+    # For the stores of other concerns (schedules, metrics) that keep their tables here.
+
+    async def write(self, fn: Write[_T]) -> _T:
+        """Run ``fn(conn)`` as one write transaction (serialized with this store's own where
+        the dialect needs it) and return what it returns."""
+        return await self._writer.run(fn)
 
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self.dialect.serialize_writes:
-            async with self._write_lock, self._writer.begin() as conn:
-                yield conn
-        else:
-            async with self._writer.begin() as conn:
-                yield conn
-
-    @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
+    async def read_connection(self) -> AsyncIterator[AsyncConnection]:
         async with self._reader.connect() as conn:
             yield conn
 
-    # For the stores of other concerns (schedules, …) that keep their tables in this database.
-
-    def write_transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-        """A write transaction, serialized with this store's own where the dialect needs it."""
-        return self._write()
-
-    def read_connection(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-        return self._read()
-
     # Sessions and messages
 
-    @_shielded
     async def create_session(self, session: Session) -> None:
         row = session.model_dump(mode="json")
         row["tools"] = list(session.tools)
         row["created_at"] = session.created_at
-        async with self._write() as conn:
-            await conn.execute(sessions.insert().values(**row))
+
+        def transaction(conn: sa.Connection) -> None:
+            conn.execute(sessions.insert().values(**row))
+
+        await self.write(transaction)
 
     async def get_session(self, session_id: str) -> Session | None:
-        async with self._read() as conn:
+        async with self.read_connection() as conn:
             row = (
                 await conn.execute(sessions.select().where(sessions.c.session_id == session_id))
             ).first()
@@ -118,48 +99,33 @@ class SqlStore(Store):
 
     async def list_sessions(self, *, limit: int = 100) -> list[Session]:
         query = sessions.select().order_by(sessions.c.created_at.desc()).limit(limit)
-        async with self._read() as conn:
+        async with self.read_connection() as conn:
             return [session_from_row(row) for row in await conn.execute(query)]
 
-    @_shielded
     async def delete_session(self, session_id: str) -> bool:
-        async with self._write() as conn:
-            active = await _active_run_id(conn, session_id)
+        def transaction(conn: sa.Connection) -> bool:
+            active = _active_run_id(conn, session_id)
             if active is not None:
                 raise SessionBusyError(session_id, active)
             run_ids = sa.select(runs.c.run_id).where(runs.c.session_id == session_id)
-            await conn.execute(run_events.delete().where(run_events.c.run_id.in_(run_ids)))
-            await conn.execute(runs.delete().where(runs.c.session_id == session_id))
-            await conn.execute(messages.delete().where(messages.c.session_id == session_id))
-            result = await conn.execute(
-                sessions.delete().where(sessions.c.session_id == session_id)
-            )
+            conn.execute(run_events.delete().where(run_events.c.run_id.in_(run_ids)))
+            conn.execute(runs.delete().where(runs.c.session_id == session_id))
+            conn.execute(messages.delete().where(messages.c.session_id == session_id))
+            result = conn.execute(sessions.delete().where(sessions.c.session_id == session_id))
             return result.rowcount > 0
 
-    @_shielded
+        return await self.write(transaction)
+
     async def append_messages(
         self, session_id: str, items: Sequence[Message], *, run_id: str | None
     ) -> None:
         if not items:
             return
-        now = utc_now()
-        async with self._write() as conn:
-            last = await conn.scalar(
-                sa.select(sa.func.max(messages.c.idx)).where(messages.c.session_id == session_id)
-            )
-            start = 0 if last is None else last + 1
-            rows = [
-                {
-                    "session_id": session_id,
-                    "idx": start + i,
-                    "run_id": run_id,
-                    "role": item.role,
-                    "body": item.model_dump_json(),
-                    "created_at": now,
-                }
-                for i, item in enumerate(items)
-            ]
-            await conn.execute(messages.insert(), rows)
+
+        def transaction(conn: sa.Connection) -> None:
+            _insert_messages(conn, session_id, items, run_id)
+
+        await self.write(transaction)
 
     async def get_messages(self, session_id: str) -> list[Message]:
         query = (
@@ -167,12 +133,11 @@ class SqlStore(Store):
             .where(messages.c.session_id == session_id)
             .order_by(messages.c.idx)
         )
-        async with self._read() as conn:
+        async with self.read_connection() as conn:
             return [_messages.validate_json(body) for body in await conn.scalars(query)]
 
     # Runs
 
-    @_shielded
     async def reserve_run(
         self,
         run: Run,
@@ -183,73 +148,77 @@ class SqlStore(Store):
         jump_queue: bool = False,
     ) -> Reservation:
         row = run_to_row(run)
+
+        def transaction(conn: sa.Connection) -> Reservation:
+            active = _active_run_id(conn, run.session_id)
+            if active is None:
+                conn.execute(
+                    runs.insert().values(
+                        **row, queued=False, owner=owner, lease_expires_at=lease_expires_at
+                    )
+                )
+                return Reservation(run=run)
+            if not queue:
+                raise AlreadyRunningError(run.session_id, active)
+            order = _queue_order(conn, run.session_id, jump_queue)
+            conn.execute(runs.insert().values(**row, queued=True, queue_order=order))
+            queued = run.model_copy(update={"queued": True})
+            return Reservation(run=queued, active_run_id=active)
+
         for _ in range(5):
             try:
-                async with self._write() as conn:
-                    active = await _active_run_id(conn, run.session_id)
-                    if active is None:
-                        await conn.execute(
-                            runs.insert().values(
-                                **row, queued=False, owner=owner, lease_expires_at=lease_expires_at
-                            )
-                        )
-                        return Reservation(run=run)
-                    if not queue:
-                        raise AlreadyRunningError(run.session_id, active)
-                    order = await _queue_order(conn, run.session_id, jump_queue)
-                    await conn.execute(runs.insert().values(**row, queued=True, queue_order=order))
-                    queued = run.model_copy(update={"queued": True})
-                    return Reservation(run=queued, active_run_id=active)
+                return await self.write(transaction)
             except sa.exc.IntegrityError as exc:
                 # Another process took the slot between our check and insert: look again.
                 if not self.dialect.is_unique_violation(exc):
                     raise
         raise AlreadyRunningError(run.session_id, "unknown")
 
-    @_shielded
     async def promote_next(
         self, session_id: str, *, owner: str, lease_expires_at: datetime
     ) -> Run | None:
+        def transaction(conn: sa.Connection) -> Run | None:
+            if _active_run_id(conn, session_id) is not None:
+                return None
+            next_id = conn.scalar(
+                sa.select(runs.c.run_id)
+                .where(runs.c.session_id == session_id, _QUEUED)
+                .order_by(runs.c.queue_order, runs.c.created_at)
+                .limit(1)
+            )
+            if next_id is None:
+                return None
+            # Compare-and-set: a concurrent promoter may have taken this run first.
+            result = conn.execute(
+                runs.update()
+                .where(runs.c.run_id == next_id, _QUEUED)
+                .values(
+                    queued=False, queue_order=None, owner=owner, lease_expires_at=lease_expires_at
+                )
+            )
+            if result.rowcount != 1:
+                return None
+            return _get_run(conn, next_id)
+
         try:
-            async with self._write() as conn:
-                if await _active_run_id(conn, session_id) is not None:
-                    return None
-                next_id = await conn.scalar(
-                    sa.select(runs.c.run_id)
-                    .where(runs.c.session_id == session_id, runs.c.queued.is_(True))
-                    .where(runs.c.status == RunStatus.PENDING.value)
-                    .order_by(runs.c.queue_order, runs.c.created_at)
-                    .limit(1)
-                )
-                if next_id is None:
-                    return None
-                # Compare-and-set: a concurrent promoter may have taken this run first.
-                result = await conn.execute(
-                    runs.update()
-                    .where(runs.c.run_id == next_id, runs.c.queued.is_(True))
-                    .where(runs.c.status == RunStatus.PENDING.value)
-                    .values(
-                        queued=False,
-                        queue_order=None,
-                        owner=owner,
-                        lease_expires_at=lease_expires_at,
-                    )
-                )
-                if result.rowcount != 1:
-                    return None
-                return await _get_run(conn, next_id)
+            return await self.write(transaction)
         except sa.exc.IntegrityError as exc:
             # A concurrent promoter gave the slot to another queued run.
             if not self.dialect.is_unique_violation(exc):
                 raise
             return None
 
-    @_shielded
     async def claim_run(
-        self, run_id: str, *, owner: str, lease_expires_at: datetime, started_at: datetime
+        self,
+        run_id: str,
+        *,
+        owner: str,
+        lease_expires_at: datetime,
+        started_at: datetime,
+        message: Message | None = None,
     ) -> Run | None:
-        async with self._write() as conn:
-            result = await conn.execute(
+        def transaction(conn: sa.Connection) -> Run | None:
+            claimed = conn.execute(
                 runs.update()
                 .where(runs.c.run_id == run_id, runs.c.status == RunStatus.PENDING.value)
                 .where(runs.c.queued.is_(False), runs.c.cancel_requested.is_(None))
@@ -259,35 +228,42 @@ class SqlStore(Store):
                     lease_expires_at=lease_expires_at,
                     started_at=started_at,
                 )
-            )
-            if result.rowcount == 1:
-                return await _get_run(conn, run_id)
+                .returning(*runs.c)
+            ).first()
+            if claimed is not None:
+                run = run_from_row(claimed)
+                # A later attempt (after a recovery) may have stored it already.
+                first = run.attempt == 1
+                if message is not None and (first or not _has_run_messages(conn, run_id)):
+                    _insert_messages(conn, run.session_id, [message], run_id)
+                return run
             # A run of ours whose cancel was requested while nobody ran it (before a crash or a
             # release, then re-queued): end it now, so that "not claimable" means "ended".
-            flagged = (
-                await conn.execute(
-                    runs.select().where(runs.c.run_id == run_id, runs.c.owner == owner, _SLOT)
-                )
+            flagged = conn.execute(
+                runs.select().where(runs.c.run_id == run_id, runs.c.owner == owner, _SLOT)
             ).first()
             if flagged is not None and flagged.cancel_requested is not None:
-                await _end_cancelled(conn, run_from_row(flagged), flagged.cancel_requested)
+                _end_cancelled(conn, self._rows, run_from_row(flagged), flagged.cancel_requested)
             return None
 
-    @_shielded
+        return await self.write(transaction)
+
     async def renew_leases(
         self, owner: str, run_ids: Sequence[str], lease_expires_at: datetime
     ) -> list[str]:
         if not run_ids:
             return []
         mine = sa.and_(runs.c.owner == owner, runs.c.run_id.in_(list(run_ids)))
-        async with self._write() as conn:
-            await conn.execute(runs.update().where(mine).values(lease_expires_at=lease_expires_at))
-            cancelled = await conn.scalars(
+
+        def transaction(conn: sa.Connection) -> list[str]:
+            conn.execute(runs.update().where(mine).values(lease_expires_at=lease_expires_at))
+            cancelled = conn.scalars(
                 sa.select(runs.c.run_id).where(mine, runs.c.cancel_requested.is_not(None))
             )
             return list(cancelled)
 
-    @_shielded
+        return await self.write(transaction)
+
     async def finish_run(
         self,
         run_id: str,
@@ -296,9 +272,9 @@ class SqlStore(Store):
         error: str | None,
         usage: Usage,
         completed_at: datetime,
-    ) -> None:
-        async with self._write() as conn:
-            await conn.execute(
+    ) -> bool:
+        def transaction(conn: sa.Connection) -> bool:
+            session_id = conn.scalar(
                 runs.update()
                 .where(runs.c.run_id == run_id)
                 .values(
@@ -311,34 +287,42 @@ class SqlStore(Store):
                     queued=False,
                     queue_order=None,
                 )
+                .returning(runs.c.session_id)
             )
+            if session_id is None:
+                return False
+            waiting = sa.select(runs.c.run_id).where(runs.c.session_id == session_id, _QUEUED)
+            return conn.scalar(waiting.limit(1)) is not None
 
-    @_shielded
+        return await self.write(transaction)
+
     async def request_cancel(self, run_id: str, reason: str) -> Run | None:
-        async with self._write() as conn:
+        def transaction(conn: sa.Connection) -> Run | None:
             # Lock the row: a concurrent claim must not start the run between look and write.
             locked = runs.select().where(runs.c.run_id == run_id).with_for_update()
-            row = (await conn.execute(locked)).first()
+            row = conn.execute(locked).first()
             run = None if row is None else run_from_row(row)
             if run is None or run.status.is_terminal:
                 return run
             if run.status is RunStatus.PENDING:
                 # Nobody executes it yet: end it here, with its terminal event.
-                await _end_cancelled(conn, run, reason)
+                _end_cancelled(conn, self._rows, run, reason)
             else:
-                await conn.execute(
+                conn.execute(
                     runs.update()
                     .where(runs.c.run_id == run_id, runs.c.cancel_requested.is_(None))
                     .values(cancel_requested=reason)
                 )
-            return await _get_run(conn, run_id)
+            return _get_run(conn, run_id)
+
+        return await self.write(transaction)
 
     async def get_run(self, run_id: str) -> Run | None:
-        async with self._read() as conn:
-            return await _get_run(conn, run_id)
+        async with self.read_connection() as conn:
+            return await conn.run_sync(_get_run, run_id)
 
     async def get_active_run(self, session_id: str) -> Run | None:
-        async with self._read() as conn:
+        async with self.read_connection() as conn:
             row = (
                 await conn.execute(runs.select().where(runs.c.session_id == session_id, _SLOT))
             ).first()
@@ -359,14 +343,14 @@ class SqlStore(Store):
             query = query.where(runs.c.status == status.value)
         if parent_run_id is not None:
             query = query.where(runs.c.parent_run_id == parent_run_id)
-        async with self._read() as conn:
+        async with self.read_connection() as conn:
             return [run_from_row(row) for row in await conn.execute(query)]
 
     async def list_orphan_candidates(self, *, exclude_owner: str) -> list[Orphan]:
         query = runs.select().where(
             _SLOT, sa.or_(runs.c.owner.is_(None), runs.c.owner != exclude_owner)
         )
-        async with self._read() as conn:
+        async with self.read_connection() as conn:
             return [
                 Orphan(
                     run=run_from_row(row), owner=row.owner, lease_expires_at=row.lease_expires_at
@@ -374,7 +358,6 @@ class SqlStore(Store):
                 for row in await conn.execute(query)
             ]
 
-    @_shielded
     async def recover_run(
         self,
         orphan: Orphan,
@@ -390,42 +373,45 @@ class SqlStore(Store):
         same.append(
             runs.c.owner.is_(None) if orphan.owner is None else runs.c.owner == orphan.owner
         )
-        async with self._write() as conn:
-            if requeue:
-                values: dict[str, Any] = {
-                    "status": RunStatus.PENDING.value,
-                    "attempt": run.attempt + 1,
-                    "owner": owner,
-                    "lease_expires_at": lease_expires_at,
-                    "started_at": None,
-                }
-            else:
-                values = {
-                    "status": RunStatus.ERROR.value,
-                    "error": "interrupted",
-                    "completed_at": now,
-                    "owner": None,
-                    "lease_expires_at": None,
-                }
-            result = await conn.execute(runs.update().where(*same).values(**values))
+        if requeue:
+            values: dict[str, Any] = {
+                "status": RunStatus.PENDING.value,
+                "attempt": run.attempt + 1,
+                "owner": owner,
+                "lease_expires_at": lease_expires_at,
+                "started_at": None,
+            }
+        else:
+            values = {
+                "status": RunStatus.ERROR.value,
+                "error": "interrupted",
+                "completed_at": now,
+                "owner": None,
+                "lease_expires_at": None,
+            }
+
+        def transaction(conn: sa.Connection) -> Run | None:
+            result = conn.execute(runs.update().where(*same).values(**values))
             if result.rowcount != 1:
                 return None
-            seq = await _last_seq(conn, run.run_id)
+            seq = _last_seq(conn, run.run_id)
             stamped = [
                 event.stamped(seq=seq + i, run_id=run.run_id, session_id=run.session_id, ts=now)
                 for i, event in enumerate(events, start=1)
             ]
-            await _insert_events(conn, stamped)
-            await _update_liveness(conn, stamped)
-            return await _get_run(conn, run.run_id)
+            _insert_events(conn, self._rows, stamped)
+            _update_liveness(conn, stamped)
+            return _get_run(conn, run.run_id)
 
-    @_shielded
+        return await self.write(transaction)
+
     async def release_runs(self, owner: str) -> list[str]:
         mine = sa.and_(runs.c.owner == owner, _SLOT)
-        async with self._write() as conn:
-            run_ids = list(await conn.scalars(sa.select(runs.c.run_id).where(mine)))
+
+        def transaction(conn: sa.Connection) -> list[str]:
+            run_ids = list(conn.scalars(sa.select(runs.c.run_id).where(mine)))
             if run_ids:
-                await conn.execute(
+                conn.execute(
                     runs.update()
                     .where(runs.c.run_id.in_(run_ids))
                     .values(
@@ -437,6 +423,8 @@ class SqlStore(Store):
                 )
             return run_ids
 
+        return await self.write(transaction)
+
     async def list_stranded_sessions(self) -> list[str]:
         holder = runs.alias("holder")
         has_holder = sa.exists().where(
@@ -444,29 +432,25 @@ class SqlStore(Store):
             holder.c.status.in_(_ACTIVE),
             holder.c.queued.is_(False),
         )
-        query = (
-            sa.select(runs.c.session_id)
-            .where(runs.c.queued.is_(True), runs.c.status == RunStatus.PENDING.value)
-            .where(~has_holder)
-            .distinct()
-        )
-        async with self._read() as conn:
+        query = sa.select(runs.c.session_id).where(_QUEUED).where(~has_holder).distinct()
+        async with self.read_connection() as conn:
             return list(await conn.scalars(query))
 
     async def has_run_messages(self, run_id: str) -> bool:
-        query = sa.select(messages.c.idx).where(messages.c.run_id == run_id).limit(1)
-        async with self._read() as conn:
-            return (await conn.scalar(query)) is not None
+        async with self.read_connection() as conn:
+            return await conn.run_sync(_has_run_messages, run_id)
 
     # Run events
 
-    @_shielded
     async def append_events(self, events: Sequence[RunEvent]) -> None:
         if not events:
             return
-        async with self._write() as conn:
-            await _insert_events(conn, events)
-            await _update_liveness(conn, events)
+
+        def transaction(conn: sa.Connection) -> None:
+            _insert_events(conn, self._rows, events)
+            _update_liveness(conn, events)
+
+        await self.write(transaction)
 
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int | None = None
@@ -478,12 +462,12 @@ class SqlStore(Store):
         )
         if limit is not None:
             query = query.limit(limit)
-        async with self._read() as conn:
+        async with self.read_connection() as conn:
             return [event_from_json(body) for body in await conn.scalars(query)]
 
     async def last_event_seq(self, run_id: str) -> int:
-        async with self._read() as conn:
-            return await _last_seq(conn, run_id)
+        async with self.read_connection() as conn:
+            return await conn.run_sync(_last_seq, run_id)
 
     async def read_events_of_types(
         self, run_id: str, types: Sequence[str], *, limit: int
@@ -494,48 +478,85 @@ class SqlStore(Store):
             .order_by(run_events.c.seq.desc())
             .limit(limit)
         )
-        async with self._read() as conn:
+        async with self.read_connection() as conn:
             bodies = list(await conn.scalars(query))
         return [event_from_json(body) for body in reversed(bodies)]
 
 
-# Helpers shared by the methods above (plain functions over a connection).
+# Helpers shared by the methods above (plain functions over a connection), and the statements
+# they run, built once (building a statement costs more than SQLite takes to run it).
+
+_ACTIVE_RUN_ID = sa.select(runs.c.run_id).where(
+    runs.c.session_id == sa.bindparam("session_id"), _SLOT
+)
+_RUN = runs.select().where(runs.c.run_id == sa.bindparam("run_id"))
+_LAST_SEQ = sa.select(sa.func.max(run_events.c.seq)).where(
+    run_events.c.run_id == sa.bindparam("run_id")
+)
+_RUN_HAS_MESSAGES = (
+    sa.select(messages.c.idx).where(messages.c.run_id == sa.bindparam("run_id")).limit(1)
+)
+_LAST_MESSAGE_IDX = sa.select(sa.func.max(messages.c.idx)).where(
+    messages.c.session_id == sa.bindparam("session_id")
+)
+_MESSAGE_INSERT = messages.insert()
 
 
-async def _active_run_id(conn: AsyncConnection, session_id: str) -> str | None:
-    return await conn.scalar(sa.select(runs.c.run_id).where(runs.c.session_id == session_id, _SLOT))
+def _active_run_id(conn: sa.Connection, session_id: str) -> str | None:
+    return conn.scalar(_ACTIVE_RUN_ID, {"session_id": session_id})
 
 
-async def _queue_order(conn: AsyncConnection, session_id: str, jump_queue: bool) -> float:
+def _queue_order(conn: sa.Connection, session_id: str, jump_queue: bool) -> float:
     queued = sa.and_(runs.c.session_id == session_id, runs.c.queued.is_(True))
     if jump_queue:
-        first = await conn.scalar(sa.select(sa.func.min(runs.c.queue_order)).where(queued))
+        first = conn.scalar(sa.select(sa.func.min(runs.c.queue_order)).where(queued))
         return (first if first is not None else 0.0) - 1.0
-    last = await conn.scalar(sa.select(sa.func.max(runs.c.queue_order)).where(queued))
+    last = conn.scalar(sa.select(sa.func.max(runs.c.queue_order)).where(queued))
     return (last if last is not None else 0.0) + 1.0
 
 
-async def _get_run(conn: AsyncConnection, run_id: str) -> Run | None:
-    row = (await conn.execute(runs.select().where(runs.c.run_id == run_id))).first()
+def _get_run(conn: sa.Connection, run_id: str) -> Run | None:
+    row = conn.execute(_RUN, {"run_id": run_id}).first()
     return None if row is None else run_from_row(row)
 
 
-async def _last_seq(conn: AsyncConnection, run_id: str) -> int:
-    value = await conn.scalar(
-        sa.select(sa.func.max(run_events.c.seq)).where(run_events.c.run_id == run_id)
-    )
-    return int(value or 0)
+def _last_seq(conn: sa.Connection, run_id: str) -> int:
+    return int(conn.scalar(_LAST_SEQ, {"run_id": run_id}) or 0)
 
 
-async def _end_cancelled(conn: AsyncConnection, run: Run, reason: str) -> None:
+def _has_run_messages(conn: sa.Connection, run_id: str) -> bool:
+    return conn.scalar(_RUN_HAS_MESSAGES, {"run_id": run_id}) is not None
+
+
+def _insert_messages(
+    conn: sa.Connection, session_id: str, items: Sequence[Message], run_id: str | None
+) -> None:
+    last = conn.scalar(_LAST_MESSAGE_IDX, {"session_id": session_id})
+    start = 0 if last is None else last + 1
+    now = utc_now()
+    rows = [
+        {
+            "session_id": session_id,
+            "idx": start + i,
+            "run_id": run_id,
+            "role": item.role,
+            "body": item.model_dump_json(),
+            "created_at": now,
+        }
+        for i, item in enumerate(items)
+    ]
+    conn.execute(_MESSAGE_INSERT, rows)
+
+
+def _end_cancelled(conn: sa.Connection, rows: RowWriter, run: Run, reason: str) -> None:
     """End a run nobody executes as ``cancelled``, with its terminal event."""
     now = utc_now()
-    seq = await _last_seq(conn, run.run_id) + 1
+    seq = _last_seq(conn, run.run_id) + 1
     event = Cancelled(reason=reason).stamped(
         seq=seq, run_id=run.run_id, session_id=run.session_id, ts=now
     )
-    await _insert_events(conn, [event])
-    await conn.execute(
+    _insert_events(conn, rows, [event])
+    conn.execute(
         runs.update()
         .where(runs.c.run_id == run.run_id)
         .values(
@@ -552,10 +573,8 @@ async def _end_cancelled(conn: AsyncConnection, run: Run, reason: str) -> None:
     )
 
 
-async def _insert_events(conn: AsyncConnection, events: Sequence[RunEvent]) -> None:
-    if not events:
-        return
-    rows = [
+def _insert_events(conn: sa.Connection, rows: RowWriter, events: Sequence[RunEvent]) -> None:
+    values = [
         {
             "run_id": event.run_id,
             "seq": event.seq,
@@ -565,7 +584,7 @@ async def _insert_events(conn: AsyncConnection, events: Sequence[RunEvent]) -> N
         }
         for event in events
     ]
-    await conn.execute(run_events.insert(), rows)
+    rows.execute(conn, _EVENT_INSERT, values)
 
 
 def _in_utc(event: RunEvent) -> RunEvent:
@@ -575,7 +594,7 @@ def _in_utc(event: RunEvent) -> RunEvent:
     return event.model_copy(update={"ts": as_utc(event.ts)})
 
 
-async def _update_liveness(conn: AsyncConnection, events: Sequence[RunEvent]) -> None:
+def _update_liveness(conn: sa.Connection, events: Sequence[RunEvent]) -> None:
     """One executemany for every run in the batch; fields the batch says nothing about keep
     their stored value (NULL parameters fall back to the column through COALESCE)."""
     states: dict[str, liveness.Liveness] = {}
@@ -593,9 +612,10 @@ async def _update_liveness(conn: AsyncConnection, events: Sequence[RunEvent]) ->
         for run_id, state in states.items()
     ]
     if rows:
-        await conn.execute(_LIVENESS_UPDATE, rows)
+        conn.execute(_LIVENESS_UPDATE, rows)
 
 
+_EVENT_INSERT = run_events.insert()
 _LIVENESS_UPDATE = (
     runs.update()
     .where(runs.c.run_id == sa.bindparam("b_run_id"))

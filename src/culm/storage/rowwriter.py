@@ -1,11 +1,12 @@
 """Many rows through one statement, cheaply.
 
-Most of the CPU a metrics batch costs was SQLAlchemy's per-row parameter processing. On SQLite
-:class:`RowWriter` hands the driver tuples of plain values instead: the SQL is still SQLAlchemy's
-(compiled once per statement and set of columns), and values are converted the way SQLAlchemy's
-SQLite types store them — timestamps as naive UTC text with microseconds, dates as ISO text,
-booleans as 0/1 — so what it writes reads back, sorts and compares exactly like the rest.
-Other databases get ``conn.execute(statement, rows)`` (asyncpg is fast at it already).
+Most of the CPU a batch of rows costs (a batch of run events, of metrics) was SQLAlchemy's
+per-row parameter processing. On SQLite :class:`RowWriter` hands the driver tuples of plain
+values instead: the SQL is still SQLAlchemy's (compiled once per statement and set of columns),
+and values are converted the way SQLAlchemy's SQLite types store them — timestamps as naive UTC
+text with microseconds, dates as ISO text, booleans as 0/1 — so what it writes reads back,
+sorts and compares exactly like the rest. Other databases get ``conn.execute(statement, rows)``
+(asyncpg is fast at it already). It runs inside a write transaction (see ``SqlStore.write``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
 
 Row = dict[str, Any]
@@ -45,17 +45,17 @@ class RowWriter:
         self._plain = dialect != "sqlite"
         self._plans: dict[tuple[int, tuple[str, ...]], _Plan] = {}
 
-    async def execute(self, conn: AsyncConnection, statement: Insert, rows: Sequence[Row]) -> None:
+    def execute(self, conn: sa.Connection, statement: Insert, rows: Sequence[Row]) -> None:
         """Execute ``statement`` once per row (every row has the same keys)."""
         if not rows:
             return
         if self._plain:
-            await conn.execute(statement, list(rows))
+            conn.execute(statement, list(rows))
             return
         plan = self._plan(conn, statement, tuple(rows[0]))
-        await conn.exec_driver_sql(plan.sql, [plan.parameters(row) for row in rows])
+        conn.exec_driver_sql(plan.sql, [plan.parameters(row) for row in rows])
 
-    def _plan(self, conn: AsyncConnection, statement: Insert, keys: tuple[str, ...]) -> _Plan:
+    def _plan(self, conn: sa.Connection, statement: Insert, keys: tuple[str, ...]) -> _Plan:
         key = (id(statement), keys)
         plan = self._plans.get(key)
         if plan is None:

@@ -1,0 +1,71 @@
+"""The stall guard of a model stream: one idle deadline per stream, re-armed lazily."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from culm.errors import ModelStallError
+from culm.loop.model_call import _stall_guard
+from culm.providers.base import StreamPart, TextDelta
+
+
+async def parts(*delays: float) -> AsyncIterator[StreamPart]:
+    """A part after each delay."""
+    for i, delay in enumerate(delays):
+        await asyncio.sleep(delay)
+        yield TextDelta(text=str(i))
+
+
+async def texts(stream: AsyncIterator[StreamPart]) -> list[str]:
+    return [part.text for part in [p async for p in stream] if isinstance(part, TextDelta)]
+
+
+async def test_parts_each_in_time_never_stall_however_long_the_stream() -> None:
+    # 0.5 s in all, but never 0.15 s without a part.
+    assert await texts(_stall_guard(parts(*[0.05] * 10), 0.15)) == [str(i) for i in range(10)]
+
+
+async def test_a_wait_longer_than_the_limit_stalls_after_the_parts_so_far() -> None:
+    received: list[str] = []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ModelStallError, match="0.1 s"):
+        async for part in _stall_guard(parts(0, 0.05, 0.05, 30), 0.1):
+            assert isinstance(part, TextDelta)
+            received.append(part.text)
+    assert received == ["0", "1", "2"]
+    assert 0.19 <= loop.time() - started < 1  # 0.1 s after the last part, not from the start
+
+
+async def test_time_spent_by_the_consumer_does_not_count() -> None:
+    received = []
+    async for part in _stall_guard(parts(0, 0, 0), 0.05):
+        await asyncio.sleep(0.1)
+        received.append(part)
+    assert len(received) == 3
+
+
+async def test_a_cancel_from_outside_stays_a_cancel() -> None:
+    async def consume() -> list[str]:
+        return await texts(_stall_guard(parts(0, 30), 0.1))
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_cancel_from_outside_racing_the_deadline_stays_a_cancel() -> None:
+    async def consume() -> list[str]:
+        return await texts(_stall_guard(parts(0, 30), 0.05))
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)  # the deadline is due in this very iteration
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelling() == 1

@@ -1,0 +1,141 @@
+"""SQLite's writer thread: one transaction per hop, in order, never torn by a cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from culm.domain.time import utc_now
+from culm.errors import EngineClosedError
+from culm.storage.schema import sessions
+from culm.storage.sql import SqlStore
+
+WRITER = "culm-sqlite-writer"
+
+
+def writer_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name.startswith(WRITER)}
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}")
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def insert_session(session_id: str) -> sa.Insert:
+    return sessions.insert().values(
+        session_id=session_id,
+        kind="root",
+        model="m",
+        tools=[],
+        workspace="/w",
+        metadata={},
+        created_at=utc_now(),
+    )
+
+
+async def session_ids(store: SqlStore) -> list[str]:
+    async with store.read_connection() as conn:
+        return list(await conn.scalars(sa.select(sessions.c.session_id).order_by("session_id")))
+
+
+class Blocker:
+    """A write that holds the writer thread (inside its transaction) until released."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, conn: sa.Connection) -> None:
+        conn.execute(insert_session("blocker"))
+        self.entered.set()
+        assert self.release.wait(timeout=10)
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 10)
+
+
+async def test_writes_run_on_one_thread_that_ends_on_close(tmp_path: Path) -> None:
+    before = writer_threads()
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}")
+    await store.start()
+    threads = {await store.write(lambda conn: threading.current_thread()) for _ in range(5)}
+    assert len(threads) == 1 and threads <= writer_threads() - before
+
+    blocker = Blocker()
+    blocked = asyncio.ensure_future(store.write(blocker))
+    queued = asyncio.ensure_future(store.write(lambda conn: conn.execute(insert_session("q"))))
+    await blocker.wait_entered()
+    closing = asyncio.ensure_future(store.aclose())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # it waits for the writes already asked for
+    blocker.release.set()
+    await closing
+
+    assert blocked.done() and queued.done()
+    assert writer_threads() == before
+    with pytest.raises(EngineClosedError):
+        await store.write(lambda conn: None)
+    await store.aclose()  # again: nothing to do
+
+
+async def test_a_cancelled_caller_leaves_its_queued_write_in_the_queue(store: SqlStore) -> None:
+    blocker = Blocker()
+    blocked = asyncio.ensure_future(store.write(blocker))
+    await blocker.wait_entered()
+    queued = asyncio.ensure_future(store.write(lambda conn: conn.execute(insert_session("q"))))
+    await asyncio.sleep(0)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    blocker.release.set()
+    await blocked
+
+    await store.write(lambda conn: None)  # after every write asked before it
+    assert await session_ids(store) == ["blocker", "q"]
+
+
+async def test_a_cancel_during_a_write_never_leaves_the_lock_held(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    blocker = Blocker()
+    write = asyncio.ensure_future(store.write(blocker))
+    await blocker.wait_entered()
+    write.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    blocker.release.set()
+
+    def take_the_lock() -> None:
+        other = sqlite3.connect(tmp_path / "culm.db", timeout=10, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+
+    await asyncio.to_thread(take_the_lock)  # another process's writer gets in
+    assert await session_ids(store) == ["blocker"]  # and the cancelled write was committed
+
+
+async def test_a_failing_write_rolls_back_and_the_next_one_runs(store: SqlStore) -> None:
+    def half_then_fail(conn: sa.Connection) -> None:
+        conn.execute(insert_session("half"))
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await store.write(half_then_fail)
+    await store.write(lambda conn: conn.execute(insert_session("next")))
+
+    assert await session_ids(store) == ["next"]
