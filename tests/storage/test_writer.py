@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -139,3 +139,35 @@ async def test_a_failing_write_rolls_back_and_the_next_one_runs(store: SqlStore)
     await store.write(lambda conn: conn.execute(insert_session("next")))
 
     assert await session_ids(store) == ["next"]
+
+
+async def test_writes_queued_behind_a_busy_writer_share_one_commit(store: SqlStore) -> None:
+    """Group commit: each queued write runs in its own savepoint of one transaction, so one
+    that fails is rolled back alone and its caller alone gets the error."""
+    blocker = Blocker()
+    blocked = asyncio.ensure_future(store.write(blocker))
+    await blocker.wait_entered()
+
+    def insert(session_id: str) -> Callable[[sa.Connection], bool]:
+        def write(conn: sa.Connection) -> bool:
+            conn.execute(insert_session(session_id))
+            return conn.in_nested_transaction()
+
+        return write
+
+    def half_then_fail(conn: sa.Connection) -> None:
+        conn.execute(insert_session("half"))
+        raise ValueError("boom")
+
+    first = asyncio.ensure_future(store.write(insert("a")))
+    failing = asyncio.ensure_future(store.write(half_then_fail))
+    last = asyncio.ensure_future(store.write(insert("b")))
+    await asyncio.sleep(0)  # the three tasks ran up to their first await: queued in order
+    blocker.release.set()
+    await blocked
+
+    assert await first is True and await last is True  # grouped: inside savepoints
+    with pytest.raises(ValueError, match="boom"):
+        await failing
+    assert await session_ids(store) == ["a", "b", "blocker"]
+    assert await store.write(insert("alone")) is False  # a group of one: no savepoint
