@@ -44,7 +44,7 @@ _BODY: Final = {
 }
 
 
-def _post(path: str, endpoint: Endpoint, summary: str) -> None:
+def _route(path: str, endpoint: Endpoint, summary: str) -> None:
     async def forward(request: Request) -> Response:
         forwarder: Forwarder = request.app.state.forwarder
         try:
@@ -56,33 +56,17 @@ def _post(path: str, endpoint: Endpoint, summary: str) -> None:
     router.add_api_route(
         path,
         forward,
-        methods=["POST"],
+        methods=[endpoint.method],
         summary=summary,
         operation_id=endpoint.name.replace(".", "_"),
         response_class=Response,
         responses=_UPSTREAM_ERRORS,
-        openapi_extra=_BODY,
+        openapi_extra=_BODY if endpoint.method == "POST" else None,
     )
 
 
-def _get(path: str, endpoint: Endpoint, summary: str) -> None:
-    async def forward(request: Request) -> Response:
-        forwarder: Forwarder = request.app.state.forwarder
-        return forwarder.exchange(endpoint, request.scope, b"")
-
-    router.add_api_route(
-        path,
-        forward,
-        methods=["GET"],
-        summary=summary,
-        operation_id=endpoint.name.replace(".", "_"),
-        response_class=Response,
-        responses=_UPSTREAM_ERRORS,
-    )
-
-
-_post("/openai/v1/chat/completions", CHAT_COMPLETIONS, "OpenAI Chat Completions, forwarded")
-_post("/openai/v1/responses", RESPONSES, "OpenAI Responses, forwarded")
-_get("/openai/v1/models", OPENAI_MODELS, "OpenAI models list, forwarded")
-_post("/anthropic/v1/messages", MESSAGES, "Anthropic Messages, forwarded")
-_get("/anthropic/v1/models", ANTHROPIC_MODELS, "Anthropic models list, forwarded")
+_route("/openai/v1/chat/completions", CHAT_COMPLETIONS, "OpenAI Chat Completions, forwarded")
+_route("/openai/v1/responses", RESPONSES, "OpenAI Responses, forwarded")
+_route("/openai/v1/models", OPENAI_MODELS, "OpenAI models list, forwarded")
+_route("/anthropic/v1/messages", MESSAGES, "Anthropic Messages, forwarded")
+_route("/anthropic/v1/models", ANTHROPIC_MODELS, "Anthropic models list, forwarded")
