@@ -133,3 +133,9 @@ class ToolFailure(CulmError):
 
 class ToolTimeoutError(ToolFailure):
     pass
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line for a message: its text, or its type's name when it has none
+    (many transport errors have no text)."""
+    return str(exc) or type(exc).__name__

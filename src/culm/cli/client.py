@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, NamedTuple, Self
 
 import typer
 
-from culm.errors import UserError
+from culm.errors import UserError, describe
 
 if TYPE_CHECKING:
     import httpx2
@@ -296,7 +296,7 @@ class Client:
             ) from exc
         except httpx2.TransportError as exc:
             raise ServerUnreachable(
-                f"lost the connection to the culm server at {self.base_url} ({_describe(exc)})"
+                f"lost the connection to the culm server at {self.base_url} ({describe(exc)})"
             ) from exc
 
     def _api_error(self, status: int, content: bytes, missing: tuple[str, str] | None) -> APIError:
@@ -378,7 +378,7 @@ class Client:
         except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
             raise _Dropped.unreachable(self.base_url) from exc
         except httpx2.TransportError as exc:
-            message = f"the connection broke ({_describe(exc)})"
+            message = f"the connection broke ({describe(exc)})"
             raise _Dropped(message, ServerUnreachable(f"{message} at {self.base_url}")) from exc
 
     async def _ended(self, run_id: str, cursor: int) -> bool:
@@ -403,7 +403,3 @@ def _json_or_none(content: bytes) -> Any:
         return json.loads(content)
     except ValueError:
         return None
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -19,7 +19,7 @@ import time
 
 from culm.domain.events import RoundCompleted, RunnerProgress, TokenBudget, TokenBudgetUpdated
 from culm.domain.models import Usage
-from culm.errors import LimitExceededError
+from culm.errors import LimitExceededError, describe
 from culm.loop.context import FinalAnswer, LoopContext, LoopState, NextStep, RunAgain
 from culm.loop.execute import run_tool_calls
 from culm.loop.model_call import UsageMeter, call_model
@@ -90,7 +90,7 @@ def _round_completed(
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
-    return str(exc) or type(exc).__name__
+    return describe(exc)
 
 
 def _budget(ctx: LoopContext, usage: Usage) -> TokenBudget:

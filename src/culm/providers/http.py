@@ -29,6 +29,7 @@ from culm.errors import (
     ModelHTTPError,
     ModelRequestError,
     ModelStallError,
+    describe,
 )
 from culm.providers.base import ModelInfo
 from culm.providers.catalog import ProviderConfig
@@ -104,16 +105,12 @@ def transport_errors(config: ProviderConfig, url: str) -> Iterator[None]:
         yield
     except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
         raise ModelConnectionError(
-            f"cannot connect to {config.name} at {url}: {_describe(exc)}"
+            f"cannot connect to {config.name} at {url}: {describe(exc)}"
         ) from exc
     except httpx2.ReadTimeout as exc:
         raise ModelStallError(f"{config.name} sent nothing within the read timeout") from exc
     except httpx2.RequestError as exc:
-        raise ModelConnectionError(f"connection to {config.name} failed: {_describe(exc)}") from exc
-
-
-def _describe(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
+        raise ModelConnectionError(f"connection to {config.name} failed: {describe(exc)}") from exc
 
 
 async def raise_for_status(config: ProviderConfig, response: httpx2.Response) -> None:

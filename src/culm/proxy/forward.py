@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from culm.domain.models import Usage
 from culm.domain.time import utc_now
-from culm.errors import ConfigError
+from culm.errors import ConfigError, describe
 from culm.logs import get_logger
 from culm.metrics.events import (
     EventMeta,
@@ -211,11 +211,11 @@ class Exchange(Response):
             self._response = await self._send_upstream(upstream)
         except httpx2.TimeoutException as exc:
             self._status = ForwardStatus.TIMEOUT
-            message = f"{self._endpoint.provider} did not answer in time ({_describe(exc)})"
+            message = f"{self._endpoint.provider} did not answer in time ({describe(exc)})"
             await self._refuse(send, 504, "upstream_timeout", message)
             return
         except httpx2.RequestError as exc:
-            message = f"cannot reach {self._endpoint.provider}: {_describe(exc)}"
+            message = f"cannot reach {self._endpoint.provider}: {describe(exc)}"
             await self._refuse(send, 502, "upstream_unreachable", message)
             return
         await self._pass_body(self._response, send)
@@ -267,7 +267,7 @@ class Exchange(Response):
             self._error = f"{self._endpoint.provider} stopped sending (read timeout)"
             return  # leaves the response incomplete: the server closes the connection
         except httpx2.RequestError as exc:
-            self._error = f"the answer from {self._endpoint.provider} broke off: {_describe(exc)}"
+            self._error = f"the answer from {self._endpoint.provider} broke off: {describe(exc)}"
             return
         self._complete = True
         await send({"type": "http.response.body", "body": tap.close(), "more_body": False})
@@ -395,7 +395,3 @@ def _error_body(provider: Provider, code: str, message: str) -> dict[str, Any]:
     if provider == "anthropic":
         return {"type": "error", "error": error}
     return {"error": error}
-
-
-def _describe(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
