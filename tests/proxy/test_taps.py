@@ -43,13 +43,13 @@ class LoadSpy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[bytes] = []
-        original = taps._load
+        original = taps.json_or_none
 
         def load(data: bytes) -> Any:
             self.calls.append(data)
             return original(data)
 
-        monkeypatch.setattr(taps, "_load", load)
+        monkeypatch.setattr(taps, "json_or_none", load)
 
 
 # Chat Completions streams

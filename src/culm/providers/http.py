@@ -125,7 +125,7 @@ async def raise_for_status(config: ProviderConfig, response: httpx2.Response) ->
         if "location" in response.headers:  # redirects are not followed: say where to
             message += f" (redirected to {response.headers['location']})"
         raise http_error(config, status, message, parse_retry_after(response.headers))
-    payload = _load(body)
+    payload = json_or_none(body)
     if isinstance(payload, dict) and payload.get("error"):
         raise error_from_payload(config, payload)
     raise ModelHTTPError(
@@ -175,13 +175,14 @@ def _error_status(error: Mapping[str, Any]) -> int:
 def provider_message(body: bytes) -> str:
     """The provider's own error message from an error body (JSON or not)."""
     text = body.decode("utf-8", errors="replace").strip()
-    message = _payload_message(_load(body))
+    message = _payload_message(json_or_none(body))
     if message:
         return message
     return " ".join(text.split())[:500] or "(empty body)"
 
 
-def _load(body: bytes) -> Any:
+def json_or_none(body: bytes) -> Any:
+    """``body`` decoded as JSON, or ``None`` when it is not JSON."""
     try:
         return json.loads(body)
     except ValueError:

@@ -49,6 +49,7 @@ from culm.metrics.events import (
 )
 from culm.metrics.pipeline import MetricsPipeline
 from culm.providers.catalog import provider_config
+from culm.providers.http import json_or_none
 from culm.proxy.headers import RawHeaders, client_headers, redact, upstream_headers
 from culm.proxy.taps import BodyTap, Tap, UsageFormat, stream_tap
 from culm.proxy.trace import trace_id
@@ -357,7 +358,7 @@ class _Prepared:
 def _prepare(endpoint: Endpoint, body: bytes) -> _Prepared:
     """The request as it goes upstream: unchanged, except for a Chat Completions stream that
     did not ask for usage; then ``stream_options.include_usage`` is added."""
-    payload = _load(body) if endpoint.method == "POST" else None
+    payload = json_or_none(body) if endpoint.method == "POST" else None
     if not isinstance(payload, dict):
         return _Prepared("", False, body, False)  # the upstream will say what is wrong
     model = payload.get("model")
@@ -380,13 +381,6 @@ def _with_usage(body: bytes, payload: dict[str, Any], options: Any) -> bytes:
         "include_usage": True,
     }
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _load(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
 
 
 def _error_body(provider: Provider, code: str, message: str) -> dict[str, Any]:

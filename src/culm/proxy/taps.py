@@ -23,14 +23,13 @@ parse.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 from culm.domain.models import Usage
 from culm.providers.anthropic import messages_usage
-from culm.providers.http import provider_message
+from culm.providers.http import json_or_none, provider_message
 from culm.providers.openai import chat_usage
 
 UsageFormat = Literal["chat", "responses", "messages", "none"]
@@ -105,7 +104,7 @@ class BodyTap(Tap):
             self.error = provider_message(body)
             return b""
         mapping = _MAPPINGS.get(self._format)
-        payload = _load(body)
+        payload = json_or_none(body)
         usage = payload.get("usage") if isinstance(payload, dict) else None
         if mapping is not None and isinstance(usage, Mapping):
             self.usage = mapping(usage)
@@ -155,7 +154,7 @@ class ChatCompletionsTap(EventTap):
     def inspect(self, event: bytes) -> bool:
         if b'"usage"' not in event or _NULL_USAGE.search(event):
             return True
-        payload = _load(_data(event))
+        payload = json_or_none(_data(event))
         usage = payload.get("usage") if isinstance(payload, dict) else None
         if not isinstance(usage, Mapping):
             return True
@@ -167,7 +166,7 @@ class ResponsesTap(EventTap):
     def inspect(self, event: bytes) -> bool:
         if not any(kind in event for kind in _RESPONSE_DONE):
             return True
-        payload = _load(_data(event))
+        payload = json_or_none(_data(event))
         response = payload.get("response") if isinstance(payload, dict) else None
         if not isinstance(response, dict):
             return True
@@ -188,11 +187,11 @@ class MessagesTap(EventTap):
 
     def inspect(self, event: bytes) -> bool:
         if b"message_start" in event:
-            payload = _load(_data(event))
+            payload = json_or_none(_data(event))
             message = payload.get("message") if isinstance(payload, dict) else None
             self._update(message.get("usage") if isinstance(message, dict) else None)
         elif b"message_delta" in event:
-            payload = _load(_data(event))
+            payload = json_or_none(_data(event))
             self._update(payload.get("usage") if isinstance(payload, dict) else None)
         elif event.startswith(b"event: error") or event.startswith(b"event:error"):
             self.error = provider_message(_data(event))
@@ -221,10 +220,3 @@ def _data(event: bytes) -> bytes:
         line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")
     ]
     return b"\n".join(lines)
-
-
-def _load(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
