@@ -94,7 +94,7 @@ class Forwarder:
     def __init__(self, settings: Settings, metrics: MetricsPipeline) -> None:
         self._settings = settings
         self.metrics = metrics
-        self._culm_key = (
+        self.culm_key = (
             settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
         )
         self._client: httpx2.AsyncClient | None = None
@@ -139,10 +139,6 @@ class Forwarder:
     def exchange(self, endpoint: Endpoint, scope: Scope, body: bytes) -> Exchange:
         return Exchange(self, endpoint, scope, body)
 
-    @property
-    def culm_key(self) -> bytes | None:
-        return self._culm_key
-
 
 def _credential(provider: Provider, key: str | None) -> tuple[bytes, bytes] | None:
     if key is None:
@@ -165,6 +161,7 @@ class Exchange(Response):
         self._trace_id = trace_id(self._request_headers)
         self._request = _prepare(endpoint, body)
         # The outcome, filled in as the exchange goes.
+        self._credential: tuple[bytes, bytes] | None = None  # the server's, once chosen
         self._response: httpx2.Response | None = None
         self._upstream_status: int | None = None
         self._tap: Tap = Tap()
@@ -208,6 +205,7 @@ class Exchange(Response):
         if isinstance(upstream, ConfigError):
             await self._refuse(send, 502, "upstream_misconfigured", str(upstream))
             return
+        self._credential = upstream.credential
         try:
             self._response = await self._send_upstream(upstream)
         except httpx2.TimeoutException as exc:
@@ -321,9 +319,7 @@ class Exchange(Response):
         elif partial and error is None:
             error = "the answer was not relayed in full"
         if error is not None:
-            upstream = self._forwarder.upstream(self._endpoint.provider)
-            credential = upstream.credential if isinstance(upstream, _Upstream) else None
-            error = redact(error, self._request_headers, credential)
+            error = redact(error, self._request_headers, self._credential)
         usage: Usage | None = self._tap.usage
         self._forwarder.metrics.emit(
             RequestCompleted.model_construct(
