@@ -116,7 +116,6 @@ class EventTap(Tap):
 
     def __init__(self, *, hold: bool = False) -> None:
         # ``hold``: send whole events only, so :meth:`inspect` may leave one out.
-        self._hold = hold
         self.passes_through = not hold
         self._pending = b""
 
@@ -127,10 +126,10 @@ class EventTap(Tap):
         for match in _EVENT_END.finditer(data):
             event = data[start : match.end()]
             start = match.end()
-            if self.inspect(event) or not self._hold:
+            if self.inspect(event) and not self.passes_through:
                 kept.append(event)
         self._pending = data[start:]
-        if not self._hold:
+        if self.passes_through:
             return chunk
         return b"".join(kept) if len(kept) != 1 else kept[0]
 
@@ -138,7 +137,7 @@ class EventTap(Tap):
         rest, self._pending = self._pending, b""
         if rest.strip():
             self.inspect(rest)
-        return rest if self._hold else b""
+        return b"" if self.passes_through else rest
 
     def inspect(self, event: bytes) -> bool:
         """Read one whole event; ``False`` leaves it out of a held stream."""
