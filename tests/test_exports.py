@@ -1,5 +1,8 @@
 """The public Python API is pinned: changing it must be a decision, not an accident."""
 
+import pytest
+from pydantic import ValidationError
+
 import culm
 
 
@@ -52,3 +55,26 @@ def test_every_event_type_of_the_contract_round_trips() -> None:
         "sub_agent_started", "sub_agent_event", "sub_agent_heartbeat", "sub_agent_completed",
         "run_recovered", "complete", "cancelled", "error", "gap",
     }  # fmt: skip
+
+
+def test_a_stamped_event_is_the_validated_event_with_its_envelope() -> None:
+    from datetime import UTC, datetime
+
+    from culm.domain.events import ToolStart, event_from_json, event_to_json
+
+    payload = ToolStart(tool_call_id="c1", tool_name="bash", arguments={"command": "ls"})
+    ts = datetime(2026, 11, 21, 12, 0, 0, 1, tzinfo=UTC)
+    event = payload.stamped(seq=7, run_id="r", session_id="s", ts=ts)
+
+    expected = ToolStart(
+        seq=7, run_id="r", session_id="s", ts=ts,
+        tool_call_id="c1", tool_name="bash", arguments={"command": "ls"},
+    )  # fmt: skip
+    assert event == expected
+    assert event.model_fields_set == expected.model_fields_set
+    assert event_to_json(event) == event_to_json(expected)
+    assert event_from_json(event_to_json(event)) == event
+    assert payload.seq == 0 and payload.run_id == ""  # the payload is untouched
+    assert event.arguments is payload.arguments  # a shallow copy, as model_copy makes
+    with pytest.raises(ValidationError, match="frozen"):
+        event.seq = 8  # type: ignore[misc]

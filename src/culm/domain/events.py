@@ -26,9 +26,27 @@ class RunEventBase(BaseModel):
     ts: datetime = _EPOCH
 
     def stamped(self, *, seq: int, run_id: str, session_id: str, ts: datetime) -> RunEvent:
-        """This event with its envelope filled in (a copy; the original is untouched)."""
-        update = {"seq": seq, "run_id": run_id, "session_id": session_id, "ts": ts}
-        return self.model_copy(update=update)  # type: ignore[return-value]
+        """This event with its envelope filled in (a copy; the original is untouched).
+
+        What ``model_copy(update=...)`` does, at a third of its cost (it runs for every event a
+        run emits): the fields are already validated, and the envelope's types are fixed.
+        """
+        fields = self.__dict__.copy()
+        fields["seq"] = seq
+        fields["run_id"] = run_id
+        fields["session_id"] = session_id
+        fields["ts"] = ts
+        event = _new(type(self))
+        _set(event, "__dict__", fields)
+        _set(event, "__pydantic_fields_set__", self.__pydantic_fields_set__ | _ENVELOPE)
+        _set(event, "__pydantic_extra__", None)
+        _set(event, "__pydantic_private__", None)
+        return event  # type: ignore[return-value]
+
+
+_new = object.__new__
+_set = object.__setattr__
+_ENVELOPE = frozenset({"seq", "run_id", "session_id", "ts"})
 
 
 class ExecutionStarted(RunEventBase):
