@@ -57,11 +57,12 @@ class SqliteDialect(Dialect):
         )
         # Many lagging subscribers may read at once: they queue for a connection, never give up.
         reader = create_async_engine(self.url, pool_size=4, max_overflow=4, pool_timeout=3600)
-        self._configure(writes, "BEGIN IMMEDIATE")
+        self._configure(writes, "BEGIN IMMEDIATE", raw=True)
         self._configure(reader.sync_engine, "BEGIN")
         return ThreadWriter(writes, name="culm-sqlite-writer"), reader
 
-    def _configure(self, engine: sa.Engine, begin: str) -> None:
+    def _configure(self, engine: sa.Engine, begin: str, *, raw: bool = False) -> None:
+        """``raw``: the engine's connections are plain ``sqlite3`` ones (the writer's)."""
         busy = self.busy_timeout_ms
 
         @event.listens_for(engine, "connect")
@@ -80,7 +81,10 @@ class SqliteDialect(Dialect):
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql(begin)
+            if raw:  # straight to the driver: a tenth of what exec_driver_sql costs
+                conn.connection.dbapi_connection.execute(begin)  # type: ignore[union-attr]
+            else:
+                conn.exec_driver_sql(begin)
 
     def is_unique_violation(self, exc: sa.exc.IntegrityError) -> bool:
         return "UNIQUE constraint failed" in str(exc.orig)

@@ -13,25 +13,58 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.dml import Insert
 
 Row = dict[str, Any]
 Convert = Callable[[Any], Any]
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    sql: str
-    values: Callable[[Row], tuple[Any, ...]]  # the row's values, in the statement's order
-    conversions: tuple[tuple[int, Convert], ...]  # the positions whose values need converting
+# Rows per statement: at most 128, and at most 999 parameters (SQLite's smallest limit).
+_MAX_ROWS = 128
+_MAX_PARAMETERS = 999
 
-    def parameters(self, row: Row) -> tuple[Any, ...]:
-        values = self.values(row)
+
+def _chunks(count: int, width: int) -> list[int]:
+    """``count`` rows of ``width`` values as full statements, then statements of powers of two
+    for the rest, so that a handful of statement texts serve every count (the driver keeps
+    them prepared)."""
+    most = _MAX_ROWS
+    while most > 1 and most * width > _MAX_PARAMETERS:
+        most //= 2
+    sizes = [most] * (count // most)
+    rest = count % most
+    while rest:
+        most //= 2
+        if rest >= most:
+            sizes.append(most)
+            rest -= most
+    return sizes
+
+
+@dataclass(slots=True)
+class _Plan:
+    sql: str  # for one row
+    names: tuple[str, ...]  # the columns, in the statement's order
+    values: Callable[[Row], tuple[Any, ...]]  # a row's values, in that order
+    conversions: tuple[tuple[int, Convert], ...]  # the positions whose values need converting
+    _multi: dict[int, str] = field(default_factory=dict)  # the statement for n rows
+
+    def sql_for(self, rows: int) -> str:
+        sql = self._multi.get(rows)
+        if sql is None:
+            head, _, values = self.sql.partition(" VALUES ")
+            row, end, tail = values.partition(")")  # the row's placeholders, then ON CONFLICT …
+            sql = self._multi[rows] = f"{head} VALUES {', '.join([row + end] * rows)}{tail}"
+        return sql
+
+    def parameters(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``values`` (in the statement's order) as the driver takes them."""
         if not self.conversions:
             return values
         converted = list(values)
@@ -40,32 +73,78 @@ class _Plan:
         return tuple(converted)
 
 
+class Prepared:
+    """Rows made ready for one statement, before the write transaction (on any thread):
+    :meth:`execute` then only hands them to the driver."""
+
+    __slots__ = ("_plan", "_rows", "_statement")
+
+    def __init__(self, statement: Insert, plan: _Plan | None, rows: list[Any]) -> None:
+        self._statement = statement
+        self._plan = plan  # None: not SQLite, the rows are dicts for SQLAlchemy
+        self._rows = rows
+
+    def execute(self, conn: sa.Connection) -> None:
+        if not self._rows:
+            return
+        plan = self._plan
+        if plan is None:
+            conn.execute(self._statement, self._rows)
+            return
+        # Many rows per statement: each statement is one step of the driver, which lets go of
+        # the GIL and must take it back, a wait of up to a switch interval when the event loop
+        # is busy. A row per statement made the writer thread crawl under load.
+        rows = self._rows
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        start = 0
+        for size in _chunks(len(rows), len(plan.names)):
+            chunk = rows[start : start + size]
+            cursor.execute(plan.sql_for(size), [value for row in chunk for value in row])
+            start += size
+        cursor.close()
+
+
 class RowWriter:
     def __init__(self, dialect: str) -> None:
-        self._plain = dialect != "sqlite"
+        self._sqlite = sqlite.pysqlite.dialect() if dialect == "sqlite" else None
         self._plans: dict[tuple[int, tuple[str, ...]], _Plan] = {}
 
     def execute(self, conn: sa.Connection, statement: Insert, rows: Sequence[Row]) -> None:
-        """Execute ``statement`` once per row (every row has the same keys)."""
-        if not rows:
-            return
-        if self._plain:
-            conn.execute(statement, list(rows))
-            return
-        plan = self._plan(conn, statement, tuple(rows[0]))
-        conn.exec_driver_sql(plan.sql, [plan.parameters(row) for row in rows])
+        """Insert ``rows`` with ``statement`` (every row has the same keys)."""
+        self.prepare(statement, rows).execute(conn)
 
-    def _plan(self, conn: sa.Connection, statement: Insert, keys: tuple[str, ...]) -> _Plan:
+    def prepare(self, statement: Insert, rows: Sequence[Row]) -> Prepared:
+        if not rows or self._sqlite is None:
+            return Prepared(statement, None, list(rows))
+        plan = self._plan(statement, tuple(rows[0]))
+        values = plan.values
+        return Prepared(statement, plan, [plan.parameters(values(row)) for row in rows])
+
+    def prepare_values(
+        self, statement: Insert, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+    ) -> Prepared:
+        """Rows given as tuples of the values of ``columns``, in that order (no dict per row,
+        for the hottest inserts)."""
+        if self._sqlite is None:
+            dicts = [dict(zip(columns, row, strict=True)) for row in rows]
+            return Prepared(statement, None, dicts)
+        plan = self._plan(statement, columns)
+        if plan.names != columns:
+            raise ValueError(f"columns {columns} are not in the statement's order {plan.names}")
+        return Prepared(statement, plan, [plan.parameters(row) for row in rows])
+
+    def _plan(self, statement: Insert, keys: tuple[str, ...]) -> _Plan:
         key = (id(statement), keys)
         plan = self._plans.get(key)
         if plan is None:
-            compiled = statement.compile(dialect=conn.dialect, column_keys=list(keys))
-            names = compiled.positiontup or []
+            compiled = statement.compile(dialect=self._sqlite, column_keys=list(keys))
+            names = tuple(compiled.positiontup or ())
             table = statement.table
             assert isinstance(table, sa.Table)
             converters = [_converter(table.c[name].type) for name in names]
             plan = self._plans[key] = _Plan(
                 sql=compiled.string,
+                names=names,
                 values=_getter(names),
                 conversions=tuple((i, f) for i, f in enumerate(converters) if f is not None),
             )

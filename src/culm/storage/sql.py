@@ -37,7 +37,7 @@ from culm.storage import migrate
 from culm.storage.base import Orphan, Reservation, Store
 from culm.storage.dialect import Dialect, dialect_for
 from culm.storage.rows import run_from_row, run_to_row, session_from_row
-from culm.storage.rowwriter import RowWriter
+from culm.storage.rowwriter import Prepared, RowWriter
 from culm.storage.schema import messages, run_events, runs, sessions
 from culm.storage.writer import Write
 
@@ -123,7 +123,7 @@ class SqlStore(Store):
             return
 
         def transaction(conn: sa.Connection) -> None:
-            _insert_messages(conn, session_id, items, run_id)
+            _insert_messages(conn, self._rows, session_id, items, run_id)
 
         await self.write(transaction)
 
@@ -153,15 +153,14 @@ class SqlStore(Store):
             active = _active_run_id(conn, run.session_id)
             if active is None:
                 conn.execute(
-                    runs.insert().values(
-                        **row, queued=False, owner=owner, lease_expires_at=lease_expires_at
-                    )
+                    _RUN_INSERT,
+                    {**row, "queued": False, "owner": owner, "lease_expires_at": lease_expires_at},
                 )
                 return Reservation(run=run)
             if not queue:
                 raise AlreadyRunningError(run.session_id, active)
             order = _queue_order(conn, run.session_id, jump_queue)
-            conn.execute(runs.insert().values(**row, queued=True, queue_order=order))
+            conn.execute(_RUN_INSERT, {**row, "queued": True, "queue_order": order})
             queued = run.model_copy(update={"queued": True})
             return Reservation(run=queued, active_run_id=active)
 
@@ -219,23 +218,20 @@ class SqlStore(Store):
     ) -> Run | None:
         def transaction(conn: sa.Connection) -> Run | None:
             claimed = conn.execute(
-                runs.update()
-                .where(runs.c.run_id == run_id, runs.c.status == RunStatus.PENDING.value)
-                .where(runs.c.queued.is_(False), runs.c.cancel_requested.is_(None))
-                .where(runs.c.owner == owner)
-                .values(
-                    status=RunStatus.RUNNING.value,
-                    lease_expires_at=lease_expires_at,
-                    started_at=started_at,
-                )
-                .returning(*runs.c)
+                _CLAIM,
+                {
+                    "b_run_id": run_id,
+                    "b_owner": owner,
+                    "lease_expires_at": lease_expires_at,
+                    "started_at": started_at,
+                },
             ).first()
             if claimed is not None:
                 run = run_from_row(claimed)
                 # A later attempt (after a recovery) may have stored it already.
                 first = run.attempt == 1
                 if message is not None and (first or not _has_run_messages(conn, run_id)):
-                    _insert_messages(conn, run.session_id, [message], run_id)
+                    _insert_messages(conn, self._rows, run.session_id, [message], run_id)
                 return run
             # A run of ours whose cancel was requested while nobody ran it (before a crash or a
             # release, then re-queued): end it now, so that "not claimable" means "ended".
@@ -275,24 +271,18 @@ class SqlStore(Store):
     ) -> bool:
         def transaction(conn: sa.Connection) -> bool:
             session_id = conn.scalar(
-                runs.update()
-                .where(runs.c.run_id == run_id)
-                .values(
-                    status=status.value,
-                    error=error,
-                    usage=usage.model_dump(),
-                    completed_at=completed_at,
-                    owner=None,
-                    lease_expires_at=None,
-                    queued=False,
-                    queue_order=None,
-                )
-                .returning(runs.c.session_id)
+                _FINISH,
+                {
+                    "b_run_id": run_id,
+                    "status": status.value,
+                    "error": error,
+                    "usage": usage.model_dump(),
+                    "completed_at": completed_at,
+                },
             )
             if session_id is None:
                 return False
-            waiting = sa.select(runs.c.run_id).where(runs.c.session_id == session_id, _QUEUED)
-            return conn.scalar(waiting.limit(1)) is not None
+            return conn.scalar(_QUEUED_RUN, {"b_session_id": session_id}) is not None
 
         return await self.write(transaction)
 
@@ -446,9 +436,14 @@ class SqlStore(Store):
         if not events:
             return
 
+        # Everything but the statements is done here, on the caller's thread, so the writer
+        # (SQLite's runs on a thread of its own) holds the GIL as briefly as it can.
+        inserts = _prepare_events(self._rows, events)
+        liveness = _liveness_rows(events)
+
         def transaction(conn: sa.Connection) -> None:
-            _insert_events(conn, self._rows, events)
-            _update_liveness(conn, events)
+            inserts.execute(conn)
+            conn.execute(_LIVENESS_UPDATE, liveness)
 
         await self.write(transaction)
 
@@ -500,6 +495,26 @@ _LAST_MESSAGE_IDX = sa.select(sa.func.max(messages.c.idx)).where(
     messages.c.session_id == sa.bindparam("session_id")
 )
 _MESSAGE_INSERT = messages.insert()
+_RUN_INSERT = runs.insert()
+_CLAIM = (
+    runs.update()
+    .where(runs.c.run_id == sa.bindparam("b_run_id"), runs.c.owner == sa.bindparam("b_owner"))
+    .where(runs.c.status == RunStatus.PENDING.value, runs.c.queued.is_(False))
+    .where(runs.c.cancel_requested.is_(None))
+    .values(status=RunStatus.RUNNING.value)
+    .returning(*runs.c)
+)
+_FINISH = (
+    runs.update()
+    .where(runs.c.run_id == sa.bindparam("b_run_id"))
+    .values(owner=None, lease_expires_at=None, queued=False, queue_order=None)
+    .returning(runs.c.session_id)
+)
+_QUEUED_RUN = (
+    sa.select(runs.c.run_id)
+    .where(runs.c.session_id == sa.bindparam("b_session_id"), _QUEUED)
+    .limit(1)
+)
 
 
 def _active_run_id(conn: sa.Connection, session_id: str) -> str | None:
@@ -529,12 +544,16 @@ def _has_run_messages(conn: sa.Connection, run_id: str) -> bool:
 
 
 def _insert_messages(
-    conn: sa.Connection, session_id: str, items: Sequence[Message], run_id: str | None
+    conn: sa.Connection,
+    rows: RowWriter,
+    session_id: str,
+    items: Sequence[Message],
+    run_id: str | None,
 ) -> None:
     last = conn.scalar(_LAST_MESSAGE_IDX, {"session_id": session_id})
     start = 0 if last is None else last + 1
     now = utc_now()
-    rows = [
+    values = [
         {
             "session_id": session_id,
             "idx": start + i,
@@ -545,7 +564,7 @@ def _insert_messages(
         }
         for i, item in enumerate(items)
     ]
-    conn.execute(_MESSAGE_INSERT, rows)
+    rows.execute(conn, _MESSAGE_INSERT, values)
 
 
 def _end_cancelled(conn: sa.Connection, rows: RowWriter, run: Run, reason: str) -> None:
@@ -574,17 +593,15 @@ def _end_cancelled(conn: sa.Connection, rows: RowWriter, run: Run, reason: str) 
 
 
 def _insert_events(conn: sa.Connection, rows: RowWriter, events: Sequence[RunEvent]) -> None:
+    _prepare_events(rows, events).execute(conn)
+
+
+def _prepare_events(rows: RowWriter, events: Sequence[RunEvent]) -> Prepared:
     values = [
-        {
-            "run_id": event.run_id,
-            "seq": event.seq,
-            "type": event.type,
-            "ts": event.ts,
-            "body": event_to_json(_in_utc(event)),
-        }
+        (event.run_id, event.seq, event.type, event.ts, event_to_json(_in_utc(event)))
         for event in events
     ]
-    rows.execute(conn, _EVENT_INSERT, values)
+    return rows.prepare_values(_EVENT_INSERT, _EVENT_COLUMNS, values)
 
 
 def _in_utc(event: RunEvent) -> RunEvent:
@@ -595,8 +612,14 @@ def _in_utc(event: RunEvent) -> RunEvent:
 
 
 def _update_liveness(conn: sa.Connection, events: Sequence[RunEvent]) -> None:
-    """One executemany for every run in the batch; fields the batch says nothing about keep
-    their stored value (NULL parameters fall back to the column through COALESCE)."""
+    if events:
+        conn.execute(_LIVENESS_UPDATE, _liveness_rows(events))
+
+
+def _liveness_rows(events: Sequence[RunEvent]) -> list[dict[str, Any]]:
+    """The parameters of one executemany of ``_LIVENESS_UPDATE`` for the runs of ``events``;
+    fields the events say nothing about keep their stored value (NULL parameters fall back to
+    the column through COALESCE)."""
     states: dict[str, liveness.Liveness] = {}
     for event in events:
         states[event.run_id] = liveness.apply(states.get(event.run_id, _NO_LIVENESS), event)
@@ -611,11 +634,11 @@ def _update_liveness(conn: sa.Connection, events: Sequence[RunEvent]) -> None:
         }
         for run_id, state in states.items()
     ]
-    if rows:
-        conn.execute(_LIVENESS_UPDATE, rows)
+    return rows
 
 
 _EVENT_INSERT = run_events.insert()
+_EVENT_COLUMNS = ("run_id", "seq", "type", "ts", "body")
 _LIVENESS_UPDATE = (
     runs.update()
     .where(runs.c.run_id == sa.bindparam("b_run_id"))

@@ -1,0 +1,70 @@
+"""Many rows per statement: every row lands, in order, whatever the count, and an upsert sees
+the rows of its own statement one after another, as it would one statement per row."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from culm.storage.rowwriter import RowWriter, _chunks
+from culm.storage.sql import SqlStore
+
+metadata = sa.MetaData()
+items = sa.Table(
+    "rw_items",
+    metadata,
+    sa.Column("k", sa.Integer, primary_key=True),
+    sa.Column("label", sa.String),
+    sa.Column("hits", sa.Integer, nullable=False),
+)
+
+
+@pytest.mark.parametrize(("count", "width"), [(0, 3), (1, 3), (127, 3), (128, 3), (300, 3), (1000, 12), (5, 1000)])  # fmt: skip
+def test_chunks_cover_every_row_within_the_parameter_limit(count: int, width: int) -> None:
+    sizes = _chunks(count, width)
+    assert sum(sizes) == count
+    assert all(size == 1 or size * width <= 999 for size in sizes)
+    assert len(set(sizes)) <= 8  # a handful of statement texts, kept prepared by the driver
+
+
+@pytest.mark.parametrize("count", [1, 2, 129, 333])
+async def test_every_row_is_inserted_once_in_order(store: SqlStore, count: int) -> None:
+    rows = RowWriter(store.dialect.name)
+    values = [(k, f"item {k}", k % 7) for k in range(count)]
+
+    def transaction(conn: sa.Connection) -> list[tuple[int, str, int]]:
+        metadata.create_all(conn)
+        rows.prepare_values(items.insert(), ("k", "label", "hits"), values).execute(conn)
+        stored = conn.execute(sa.select(items).order_by(items.c.k)).all()
+        metadata.drop_all(conn)
+        return [tuple(row) for row in stored]
+
+    assert await store.write(transaction) == values
+
+
+async def test_an_upsert_sees_the_rows_before_it_in_the_same_statement(store: SqlStore) -> None:
+    insert = (
+        sa.dialects.sqlite.insert(items)
+        if store.dialect.name == "sqlite"
+        else sa.dialects.postgresql.insert(items)
+    )
+    upsert = insert.on_conflict_do_update(
+        index_elements=[items.c.k], set_={"hits": items.c.hits + insert.excluded.hits}
+    )
+    rows = RowWriter(store.dialect.name)
+    # 200 rows for 3 keys: SQLite gets them as statements of many rows each.
+    values = [{"k": i % 3, "label": "x", "hits": 1} for i in range(200)]
+
+    def transaction(conn: sa.Connection) -> list[tuple[int, int]]:
+        metadata.create_all(conn)
+        rows.execute(conn, upsert, values)
+        stored = conn.execute(sa.select(items.c.k, items.c.hits).order_by(items.c.k)).all()
+        metadata.drop_all(conn)
+        return [tuple(row) for row in stored]
+
+    assert await store.write(transaction) == [(0, 67), (1, 67), (2, 66)]
+
+
+def test_columns_out_of_the_statement_s_order_are_refused() -> None:
+    with pytest.raises(ValueError, match="statement's order"):
+        RowWriter("sqlite").prepare_values(items.insert(), ("label", "k", "hits"), [("x", 1, 0)])
