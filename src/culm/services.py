@@ -128,6 +128,7 @@ class Engine:
                 publish=self.registry.publish,
                 linger=settings.event_flush_interval,
                 max_batch=settings.event_batch_size,
+                backlog_limit=settings.event_backlog_limit,
             )
             batcher.start()
             stack.push_async_callback(batcher.aclose)
@@ -430,6 +431,8 @@ class Engine:
             ),
             emit=emit,
             append_messages=append,
+            congested=self.batcher.congested,
+            room=self.batcher.room,
             budget_limit=session.metadata.get("budget_limit"),
             run_id=run.run_id,
         )

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     # previous write is done). Events are published to subscribers once stored.
     event_flush_interval: float = Field(default=0.0, ge=0, le=0.05)
     event_batch_size: int = Field(default=1000, ge=1)
+    # Flow control: a model streaming faster than its events are stored waits while more than
+    # this many events (all runs together) await storage, until half of them are stored.
+    event_backlog_limit: int = Field(default=2000, ge=2)
     subscriber_queue_size: int = Field(default=1000, ge=1)
     recovery_policy: RecoveryPolicy = RecoveryPolicy.ERROR
     max_attempts: int = Field(default=3, ge=1)

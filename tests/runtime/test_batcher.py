@@ -111,3 +111,61 @@ def test_run_model_has_every_field_of_the_contract() -> None:
         "last_seq", "usage", "model", "trigger", "attempt",
     }  # fmt: skip
     assert contract <= set(Run.model_fields)
+
+
+class SlowStore(FlakyStore):
+    """Stores each batch only when the test lets it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, failures=0)
+        self.gate = asyncio.Event()
+
+    async def append_events(self, events: Sequence[RunEvent]) -> None:
+        await self.gate.wait()
+        self.gate.clear()
+        await super().append_events(events)
+
+
+async def test_a_producer_waits_for_room_until_half_the_backlog_is_stored(
+    tmp_path: Path,
+) -> None:
+    store = SlowStore(f"sqlite+aiosqlite:///{tmp_path}/b.db")
+    await store.start()
+    batcher = EventBatcher(
+        store, publish=lambda _: None, linger=0, max_batch=1000, backlog_limit=10
+    )
+    batcher.start()
+    events = iter(_events(11))
+    for event in [next(events) for _ in range(4)]:
+        batcher.add(event)
+    await asyncio.sleep(0.05)  # the writer takes these 4 and waits at the gate
+    for event in [next(events) for _ in range(6)]:
+        batcher.add(event)
+    assert not batcher.congested()  # 10 waiting: at the limit, not over it
+    batcher.add(next(events))
+    assert batcher.congested()
+    room = asyncio.create_task(batcher.room())
+    await asyncio.sleep(0.05)
+    assert not room.done()
+    store.gate.set()  # the 4 are stored; 7 still wait, more than half the limit
+    await asyncio.sleep(0.05)
+    assert not room.done() and batcher.backlog == 7
+    store.gate.set()
+    async with asyncio.timeout(2):
+        await room
+    assert batcher.backlog == 0 and not batcher.congested()
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_room_does_not_wait_when_nothing_is_writing(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    batcher = EventBatcher(store, publish=lambda _: None, linger=0, max_batch=1000, backlog_limit=2)
+    for event in _events(5):  # not started: nothing stores these until flush or close
+        batcher.add(event)
+    assert batcher.congested()
+    async with asyncio.timeout(1):
+        await batcher.room()
+    await batcher.aclose()
+    assert await store.last_event_seq("r") == 5
+    await store.aclose()

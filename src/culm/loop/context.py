@@ -12,6 +12,10 @@ from culm.providers.base import Model
 from culm.tools.base import Tool
 
 
+async def _no_wait() -> None:
+    return None
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LoopLimits:
     max_rounds: int = 50
@@ -34,6 +38,10 @@ class LoopContext:
     append_messages: Callable[[Sequence[Message]], Awaitable[None]]
     budget_limit: int | None = None
     run_id: str = ""
+    # Flow control: ``congested()`` is true while the engine's events await storage faster
+    # than they are stored; a producer then awaits ``room()`` (see EventBatcher).
+    congested: Callable[[], bool] = lambda: False
+    room: Callable[[], Awaitable[None]] = _no_wait
 
 
 @dataclass(kw_only=True, slots=True)

@@ -53,6 +53,8 @@ async def call_model(
                 event = builder.add(part)
                 if event is not None:
                     ctx.emit(event)
+                    if ctx.congested():  # a model faster than the store waits for it
+                        await ctx.room()
         except ModelError as exc:
             meter.add(builder.usage)
             delay = retry_delay(exc, attempt, ctx.limits, streamed=builder.emitted)

@@ -7,6 +7,12 @@ event a client ever sees is already stored: after a crash nothing it saw is miss
 store, and recovery can never reuse a seq. A storage failure is retried with backoff; events are
 never dropped. :meth:`EventBatcher.flush` returns once everything added so far is stored and
 published (a run awaits it before its terminal status becomes visible).
+
+Flow control: adding never blocks, but a producer that can wait (a model's stream) asks
+:meth:`EventBatcher.congested` after each event and, while more than ``backlog_limit`` events
+await storage, awaits :meth:`EventBatcher.room` until half of them are stored. Without it, a
+burst bigger than the store's pace piles up in memory, and every event of it waits for the
+whole pile to be written before any subscriber sees it.
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ class EventBatcher:
         publish: Callable[[Sequence[RunEvent]], None],
         linger: float,
         max_batch: int,
+        backlog_limit: int = 2000,
     ) -> None:
         self._store = store
         self._publish = publish
         self._linger = linger
         self._max_batch = max_batch
+        self._backlog_limit = backlog_limit
         self._pending: list[RunEvent] = []
         self._added = 0
         self._written = 0
@@ -79,6 +87,19 @@ class EventBatcher:
     @property
     def backlog(self) -> int:
         return self._added - self._written
+
+    def congested(self) -> bool:
+        return self._added - self._written > self._backlog_limit
+
+    async def room(self) -> None:
+        """Return once no more than half of ``backlog_limit`` events await storage (at once
+        when nothing is writing them: flush and close store those)."""
+        while self._added - self._written > self._backlog_limit // 2:
+            if self._task is None or self._task.done():
+                return
+            progress = self._progress
+            self._urgent.set()
+            await progress.wait()
 
     async def _run(self) -> None:
         while not self._closing:
