@@ -78,3 +78,16 @@ def test_a_stamped_event_is_the_validated_event_with_its_envelope() -> None:
     assert event.arguments is payload.arguments  # a shallow copy, as model_copy makes
     with pytest.raises(ValidationError, match="frozen"):
         event.seq = 8  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kind", ["token", "reasoning_token"])
+def test_a_text_event_is_the_validated_event(kind: str) -> None:
+    from culm.domain.events import ReasoningToken, Token, event_to_json, text_event
+
+    cls = Token if kind == "token" else ReasoningToken
+    built, validated = text_event(cls, "héllo"), cls(content="héllo")
+    assert type(built) is cls and built == validated and built.type == kind
+    assert built.model_fields_set == validated.model_fields_set == {"content"}
+    assert event_to_json(built) == event_to_json(validated)
+    stamped = built.stamped(seq=1, run_id="r", session_id="s", ts=validated.ts)
+    assert stamped == validated.stamped(seq=1, run_id="r", session_id="s", ts=validated.ts)

@@ -47,6 +47,7 @@ class RunEventBase(BaseModel):
 _new = object.__new__
 _set = object.__setattr__
 _ENVELOPE = frozenset({"seq", "run_id", "session_id", "ts"})
+_CONTENT = frozenset({"content"})
 
 
 class ExecutionStarted(RunEventBase):
@@ -68,6 +69,20 @@ class Token(RunEventBase):
 class ReasoningToken(RunEventBase):
     type: Literal["reasoning_token"] = "reasoning_token"
     content: str
+
+
+def text_event(kind: type[Token] | type[ReasoningToken], content: str) -> Token | ReasoningToken:
+    """``kind(content=content)`` for a model's text, already a ``str``, without validating it
+    again: the agent loop builds one per token."""
+    event = _new(kind)
+    type_ = "token" if kind is Token else "reasoning_token"
+    fields = {"seq": 0, "run_id": "", "session_id": "", "ts": _EPOCH, "type": type_}
+    fields["content"] = content
+    _set(event, "__dict__", fields)
+    _set(event, "__pydantic_fields_set__", _CONTENT)
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event
 
 
 class ToolStart(RunEventBase):

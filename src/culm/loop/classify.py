@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from culm.domain.events import ReasoningToken, RunEventBase, Token
+from culm.domain.events import ReasoningToken, RunEventBase, Token, text_event
 from culm.domain.models import AssistantMessage, ToolCall, Usage
 from culm.providers.base import (
     Finish,
@@ -47,14 +47,14 @@ class ResponseBuilder:
             case TextDelta(text=text) if text:
                 self._text.append(text)
                 self.emitted = True
-                return Token(content=text)
+                return text_event(Token, text)
             case ReasoningDelta(text=text, signature=signature):
                 if signature:
                     self._signature = signature
                 if text:
                     self._reasoning.append(text)
                     self.emitted = True
-                    return ReasoningToken(content=text)
+                    return text_event(ReasoningToken, text)
             case ToolCallDelta():
                 self._add_call(part)
             case UsageReport(usage=usage):

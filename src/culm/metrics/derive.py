@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from culm.domain.events import (
     Cancelled,
@@ -75,23 +76,27 @@ class RunMetricsDeriver:
         self._emit = emit
         self._model_of = model_of
         self._runs: OrderedDict[str, _Run] = OrderedDict()
+        self._handlers = self._by_type()
 
     def observe(self, events: Sequence[RunEvent]) -> None:
+        # Most events (tokens) make no metric: one dict lookup each, not a match of classes.
+        handlers = self._handlers
         for event in events:
-            self._observe(event)
+            handler = handlers.get(event.type)
+            if handler is not None:
+                handler(event)
 
-    def _observe(self, event: RunEvent) -> None:
-        match event:
-            case ExecutionStarted():
-                self._started(event)
-            case RunnerProgress():
-                self._round_started(event)
-            case RoundCompleted():
-                self._round_completed(event)
-            case ToolComplete() | ToolError():
-                self._tool_called(event)
-            case Complete() | Cancelled() | Error():
-                self._ended(event)
+    def _by_type(self) -> dict[str, Callable[[Any], None]]:
+        return {
+            "execution_started": self._started,
+            "runner_progress": self._round_started,
+            "round_completed": self._round_completed,
+            "tool_complete": self._tool_called,
+            "tool_error": self._tool_called,
+            "complete": self._ended,
+            "cancelled": self._ended,
+            "error": self._ended,
+        }
 
     def _meta(self, event: RunEvent) -> m.EventMeta:
         return m.EventMeta(occurred_at=event.ts, trace_id=event.run_id)
