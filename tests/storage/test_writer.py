@@ -15,6 +15,7 @@ from culm.domain.time import utc_now
 from culm.errors import EngineClosedError
 from culm.storage.schema import sessions
 from culm.storage.sql import SqlStore
+from culm.storage.writer import IN_SAVEPOINT
 
 WRITER = "culm-sqlite-writer"
 
@@ -151,7 +152,7 @@ async def test_writes_queued_behind_a_busy_writer_share_one_commit(store: SqlSto
     def insert(session_id: str) -> Callable[[sa.Connection], bool]:
         def write(conn: sa.Connection) -> bool:
             conn.execute(insert_session(session_id))
-            return conn.in_nested_transaction()
+            return bool(conn.info.get(IN_SAVEPOINT))
 
         return write
 

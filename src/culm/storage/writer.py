@@ -34,6 +34,8 @@ from culm.errors import EngineClosedError
 
 T = TypeVar("T")
 Write = Callable[[sa.Connection], T]
+# In ``conn.info`` while a write runs: True when it runs in a savepoint of a group commit.
+IN_SAVEPOINT = "culm.in_savepoint"
 
 
 class Writer(ABC):
@@ -102,18 +104,23 @@ class ThreadWriter(Writer):
                 self._conn = self._engine.connect()
             conn = self._conn
             with conn.begin():
+                # Savepoints straight to the driver: SQLAlchemy's cost ~50 µs each, these ~1 µs.
+                raw = conn.connection.dbapi_connection if len(group) > 1 else None
+                conn.info[IN_SAVEPOINT] = raw is not None
                 for job in group:
-                    savepoint = conn.begin_nested() if len(group) > 1 else None
+                    if raw is not None:
+                        raw.execute("SAVEPOINT culm_write")
                     try:
                         result = job.fn(conn)
                     except BaseException as exc:
-                        if savepoint is None:
+                        if raw is None:
                             raise
-                        savepoint.rollback()
+                        raw.execute("ROLLBACK TO culm_write")
+                        raw.execute("RELEASE culm_write")
                         outcomes.append((job, None, exc))
                     else:
-                        if savepoint is not None:
-                            savepoint.commit()
+                        if raw is not None:
+                            raw.execute("RELEASE culm_write")
                         outcomes.append((job, result, None))
         except BaseException as exc:  # BEGIN or COMMIT failed (or a lone write raised)
             outcomes = [(job, None, exc) for job in group]
