@@ -91,3 +91,29 @@ def test_a_text_event_is_the_validated_event(kind: str) -> None:
     assert event_to_json(built) == event_to_json(validated)
     stamped = built.stamped(seq=1, run_id="r", session_id="s", ts=validated.ts)
     assert stamped == validated.stamped(seq=1, run_id="r", session_id="s", ts=validated.ts)
+
+
+def test_built_events_behave_as_validated_ones_in_every_pydantic_operation() -> None:
+    import copy
+    import pickle
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from culm.domain.events import Token, text_event
+
+    ts = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    validated = Token(content="x").model_copy(
+        update={"seq": 1, "run_id": "r", "session_id": "s", "ts": ts}
+    )
+    for built in (
+        Token(content="x").stamped(seq=1, run_id="r", session_id="s", ts=ts),
+        text_event(Token, "x").stamped(seq=1, run_id="r", session_id="s", ts=ts),
+    ):
+        assert built.model_dump(exclude_unset=True) == validated.model_dump(exclude_unset=True)
+        assert built.model_dump_json(exclude_unset=True) == validated.model_dump_json(
+            exclude_unset=True
+        )
+        local = timezone(timedelta(hours=2))
+        moved = built.model_copy(update={"ts": ts.astimezone(local)})
+        assert moved.ts == ts and built.ts.tzinfo is UTC  # a copy; the original is untouched
+        assert copy.deepcopy(built) == pickle.loads(pickle.dumps(built)) == validated
+        assert hash(built) == hash(validated)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from culm.domain.models import Session
+from culm.domain.time import utc_now
 from culm.errors import ModelStallError
-from culm.loop.model_call import _stall_guard
-from culm.providers.base import StreamPart, TextDelta
+from culm.loop.context import LoopContext, LoopLimits
+from culm.loop.model_call import _stall_guard, call_model
+from culm.providers.base import ModelRequest, StreamPart, TextDelta
 
 
 async def parts(*delays: float) -> AsyncIterator[StreamPart]:
@@ -69,3 +73,50 @@ async def test_a_cancel_from_outside_racing_the_deadline_stays_a_cancel() -> Non
     with pytest.raises(asyncio.CancelledError):
         await task
     assert task.cancelling() == 1
+
+
+class EndlessModel:
+    """Streams text until closed, and notes when it was."""
+
+    name = "test:endless"
+    max_context_tokens = None
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamPart]:
+        try:
+            while True:
+                yield TextDelta(text="x")
+        finally:
+            self.closed = True
+
+
+async def test_a_cancel_while_waiting_for_the_store_closes_the_model_stream_at_once(
+    tmp_path: Path,
+) -> None:
+    model = EndlessModel()
+    waiting = asyncio.Event()
+
+    async def room() -> None:
+        waiting.set()
+        await asyncio.Event().wait()  # the store never catches up
+
+    ctx = LoopContext(
+        session=Session(session_id="s", model=model.name, workspace=str(tmp_path)),
+        model=model,
+        tools={},
+        workspace=tmp_path,
+        limits=LoopLimits(),
+        emit=lambda payload: payload.stamped(seq=1, run_id="r", session_id="s", ts=utc_now()),
+        append_messages=lambda messages: asyncio.sleep(0),
+        congested=lambda: True,
+        room=room,
+    )
+    call = asyncio.create_task(call_model(ctx, ModelRequest(system_prompt=None, messages=[])))
+    async with asyncio.timeout(5):
+        await waiting.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert model.closed  # closed by the call itself, not later by the garbage collector

@@ -3,6 +3,8 @@ the rows of its own statement one after another, as it would one statement per r
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import sqlalchemy as sa
 
@@ -68,3 +70,48 @@ async def test_an_upsert_sees_the_rows_before_it_in_the_same_statement(store: Sq
 def test_columns_out_of_the_statement_s_order_are_refused() -> None:
     with pytest.raises(ValueError, match="statement's order"):
         RowWriter("sqlite").prepare_values(items.insert(), ("label", "k", "hits"), [("x", 1, 0)])
+
+
+class Lowered(sa.types.TypeDecorator[str]):
+    """A column whose placeholder is wrapped in SQL: ``lower(?)``."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        return sa.func.lower(bindvalue)
+
+
+async def test_a_row_that_is_not_plain_placeholders_goes_one_row_per_statement(
+    sqlite_store: SqlStore,
+) -> None:
+    table = sa.Table(
+        "rw_lowered",
+        sa.MetaData(),
+        sa.Column("k", sa.Integer, primary_key=True),
+        sa.Column("name", Lowered),
+    )
+    rows = RowWriter("sqlite")
+
+    def transaction(conn: sa.Connection) -> list[tuple[int, str]]:
+        table.create(conn)
+        rows.prepare_values(table.insert(), ("k", "name"), [(k, f"N{k}") for k in range(300)]).execute(conn)  # fmt: skip
+        stored = conn.execute(sa.select(table).order_by(table.c.k)).all()
+        table.drop(conn)
+        return [tuple(row) for row in stored]
+
+    assert await sqlite_store.write(transaction) == [(k, f"n{k}") for k in range(300)]
+
+
+async def test_a_violated_constraint_raises_as_sqlalchemy_would(sqlite_store: SqlStore) -> None:
+    rows = RowWriter("sqlite")
+
+    def transaction(conn: sa.Connection) -> None:
+        metadata.create_all(conn)
+        try:
+            rows.prepare_values(items.insert(), ("k", "label", "hits"), [(1, "a", 0)] * 2).execute(conn)  # fmt: skip
+        finally:
+            metadata.drop_all(conn)
+
+    with pytest.raises(sa.exc.IntegrityError, match="UNIQUE constraint failed"):
+        await sqlite_store.write(transaction)

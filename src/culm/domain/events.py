@@ -38,7 +38,9 @@ class RunEventBase(BaseModel):
         fields["ts"] = ts
         event = _new(type(self))
         _set(event, "__dict__", fields)
-        _set(event, "__pydantic_fields_set__", self.__pydantic_fields_set__ | _ENVELOPE)
+        fields_set = set(self.__pydantic_fields_set__)  # a set of its own, as pydantic keeps
+        fields_set.update(_ENVELOPE)
+        _set(event, "__pydantic_fields_set__", fields_set)
         _set(event, "__pydantic_extra__", None)
         _set(event, "__pydantic_private__", None)
         return event  # type: ignore[return-value]
@@ -47,7 +49,6 @@ class RunEventBase(BaseModel):
 _new = object.__new__
 _set = object.__setattr__
 _ENVELOPE = frozenset({"seq", "run_id", "session_id", "ts"})
-_CONTENT = frozenset({"content"})
 
 
 class ExecutionStarted(RunEventBase):
@@ -79,7 +80,7 @@ def text_event(kind: type[Token] | type[ReasoningToken], content: str) -> Token 
     fields = {"seq": 0, "run_id": "", "session_id": "", "ts": _EPOCH, "type": type_}
     fields["content"] = content
     _set(event, "__dict__", fields)
-    _set(event, "__pydantic_fields_set__", _CONTENT)
+    _set(event, "__pydantic_fields_set__", {"content"})
     _set(event, "__pydantic_extra__", None)
     _set(event, "__pydantic_private__", None)
     return event

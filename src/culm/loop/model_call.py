@@ -13,8 +13,9 @@ call fails or is cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from culm.domain.models import Usage
@@ -49,12 +50,15 @@ async def call_model(
         builder = ResponseBuilder()
         try:
             parts = _stall_guard(ctx.model.stream(request), ctx.limits.stream_idle_timeout)
-            async for part in parts:
-                event = builder.add(part)
-                if event is not None:
-                    ctx.emit(event)
-                    if ctx.congested():  # a model faster than the store waits for it
-                        await ctx.room()
+            # Closed here whatever happens, also when a cancel arrives outside its waits
+            # (while waiting for room): the provider's stream is closed at once.
+            async with contextlib.aclosing(parts):
+                async for part in parts:
+                    event = builder.add(part)
+                    if event is not None:
+                        ctx.emit(event)
+                        if ctx.congested():  # a model faster than the store waits for it
+                            await ctx.room()
         except ModelError as exc:
             meter.add(builder.usage)
             delay = retry_delay(exc, attempt, ctx.limits, streamed=builder.emitted)
@@ -93,7 +97,7 @@ def retry_delay(
 
 async def _stall_guard(
     parts: AsyncIterator[StreamPart], idle_seconds: float
-) -> AsyncIterator[StreamPart]:
+) -> AsyncGenerator[StreamPart, None]:
     """Yield ``parts``; raise ModelStallError when none arrives for ``idle_seconds``."""
     iterator = aiter(parts)
     deadline = _IdleDeadline(idle_seconds)

@@ -12,7 +12,8 @@ Flow control: adding never blocks, but a producer that can wait (a model's strea
 :meth:`EventBatcher.congested` after each event and, while more than ``backlog_limit`` events
 await storage, awaits :meth:`EventBatcher.room` until half of them are stored. Without it, a
 burst bigger than the store's pace piles up in memory, and every event of it waits for the
-whole pile to be written before any subscriber sees it.
+whole pile to be written before any subscriber sees it. While the store keeps failing, such a
+producer keeps waiting (it can still be cancelled): memory stays bounded rather than growing.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ sorts and compares exactly like the rest. Other databases get ``conn.execute(sta
 from __future__ import annotations
 
 import operator
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -55,13 +56,31 @@ class _Plan:
     conversions: tuple[tuple[int, Convert], ...]  # the positions whose values need converting
     _multi: dict[int, str] = field(default_factory=dict)  # the statement for n rows
 
+    def sizes(self, count: int) -> list[int]:
+        """How many rows each statement takes (one each unless the SQL can be repeated)."""
+        return _chunks(count, len(self.names)) if self._split() is not None else [1] * count
+
     def sql_for(self, rows: int) -> str:
         sql = self._multi.get(rows)
         if sql is None:
-            head, _, values = self.sql.partition(" VALUES ")
-            row, end, tail = values.partition(")")  # the row's placeholders, then ON CONFLICT …
-            sql = self._multi[rows] = f"{head} VALUES {', '.join([row + end] * rows)}{tail}"
+            if rows == 1:
+                sql = self.sql
+            else:
+                split = self._split()
+                assert split is not None
+                head, row, tail = split
+                sql = f"{head} VALUES {', '.join([row] * rows)}{tail}"
+            self._multi[rows] = sql
         return sql
+
+    def _split(self) -> tuple[str, str, str] | None:
+        """The SQL around its one row of placeholders, if that row is plain ``(?, ?, …)`` and
+        no other placeholder follows (so repeating it makes a statement of many rows)."""
+        head, _, values = self.sql.partition(" VALUES ")
+        row = "(" + ", ".join("?" * len(self.names)) + ")"
+        if not values.startswith(row) or "?" in values[len(row) :]:
+            return None
+        return head, row, values[len(row) :]  # the rest: "", or ON CONFLICT …
 
     def parameters(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         """``values`` (in the statement's order) as the driver takes them."""
@@ -96,12 +115,17 @@ class Prepared:
         # is busy. A row per statement made the writer thread crawl under load.
         rows = self._rows
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        start = 0
-        for size in _chunks(len(rows), len(plan.names)):
-            chunk = rows[start : start + size]
-            cursor.execute(plan.sql_for(size), [value for row in chunk for value in row])
-            start += size
-        cursor.close()
+        sql = plan.sql
+        try:
+            start = 0
+            for size in plan.sizes(len(rows)):
+                sql = plan.sql_for(size)
+                cursor.execute(sql, [value for row in rows[start : start + size] for value in row])
+                start += size
+        except sqlite3.Error as exc:  # as SQLAlchemy would raise it (IntegrityError …)
+            raise sa.exc.DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+        finally:
+            cursor.close()
 
 
 class RowWriter:
