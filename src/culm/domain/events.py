@@ -8,13 +8,14 @@ envelope (``seq=0``) and stamped by the run's runner with :meth:`RunEventBase.st
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from culm.domain.models import Usage
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_E = TypeVar("_E", bound=BaseModel)
 
 
 class RunEventBase(BaseModel):
@@ -36,19 +37,23 @@ class RunEventBase(BaseModel):
         fields["run_id"] = run_id
         fields["session_id"] = session_id
         fields["ts"] = ts
-        event = _new(type(self))
-        _set(event, "__dict__", fields)
-        fields_set = set(self.__pydantic_fields_set__)  # a set of its own, as pydantic keeps
-        fields_set.update(_ENVELOPE)
-        _set(event, "__pydantic_fields_set__", fields_set)
-        _set(event, "__pydantic_extra__", None)
-        _set(event, "__pydantic_private__", None)
-        return event  # type: ignore[return-value]
+        fields_set = {*self.__pydantic_fields_set__, *_ENVELOPE}
+        return _built(type(self), fields, fields_set)  # type: ignore[return-value]
 
 
-_new = object.__new__
-_set = object.__setattr__
 _ENVELOPE = frozenset({"seq", "run_id", "session_id", "ts"})
+_set = object.__setattr__
+
+
+def _built(cls: type[_E], fields: dict[str, Any], fields_set: set[str]) -> _E:
+    """A ``cls`` holding ``fields``, already valid, as pydantic would have built it (with a
+    fields set of its own, as pydantic keeps one per object)."""
+    event = object.__new__(cls)
+    _set(event, "__dict__", fields)
+    _set(event, "__pydantic_fields_set__", fields_set)
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event
 
 
 class ExecutionStarted(RunEventBase):
@@ -75,15 +80,10 @@ class ReasoningToken(RunEventBase):
 def text_event(kind: type[Token] | type[ReasoningToken], content: str) -> Token | ReasoningToken:
     """``kind(content=content)`` for a model's text, already a ``str``, without validating it
     again: the agent loop builds one per token."""
-    event = _new(kind)
     type_ = "token" if kind is Token else "reasoning_token"
     fields = {"seq": 0, "run_id": "", "session_id": "", "ts": _EPOCH, "type": type_}
     fields["content"] = content
-    _set(event, "__dict__", fields)
-    _set(event, "__pydantic_fields_set__", {"content"})
-    _set(event, "__pydantic_extra__", None)
-    _set(event, "__pydantic_private__", None)
-    return event
+    return _built(kind, fields, {"content"})
 
 
 class ToolStart(RunEventBase):
