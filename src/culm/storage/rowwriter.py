@@ -54,33 +54,24 @@ class _Plan:
     names: tuple[str, ...]  # the columns, in the statement's order
     values: Callable[[Row], tuple[Any, ...]]  # a row's values, in that order
     conversions: tuple[tuple[int, Convert], ...]  # the positions whose values need converting
+    # The SQL around its one row of placeholders, when that row is plain ``(?, ?, …)`` and no
+    # other placeholder follows, so that repeating it makes a statement of many rows; else None.
+    split: tuple[str, str, str] | None
     _multi: dict[int, str] = field(default_factory=dict)  # the statement for n rows
 
     def sizes(self, count: int) -> list[int]:
         """How many rows each statement takes (one each unless the SQL can be repeated)."""
-        return _chunks(count, len(self.names)) if self._split() is not None else [1] * count
+        return _chunks(count, len(self.names)) if self.split is not None else [1] * count
 
     def sql_for(self, rows: int) -> str:
+        if rows == 1:
+            return self.sql
         sql = self._multi.get(rows)
         if sql is None:
-            if rows == 1:
-                sql = self.sql
-            else:
-                split = self._split()
-                assert split is not None
-                head, row, tail = split
-                sql = f"{head} VALUES {', '.join([row] * rows)}{tail}"
-            self._multi[rows] = sql
+            assert self.split is not None
+            head, row, tail = self.split
+            sql = self._multi[rows] = f"{head} VALUES {', '.join([row] * rows)}{tail}"
         return sql
-
-    def _split(self) -> tuple[str, str, str] | None:
-        """The SQL around its one row of placeholders, if that row is plain ``(?, ?, …)`` and
-        no other placeholder follows (so repeating it makes a statement of many rows)."""
-        head, _, values = self.sql.partition(" VALUES ")
-        row = "(" + ", ".join("?" * len(self.names)) + ")"
-        if not values.startswith(row) or "?" in values[len(row) :]:
-            return None
-        return head, row, values[len(row) :]  # the rest: "", or ON CONFLICT …
 
     def parameters(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         """``values`` (in the statement's order) as the driver takes them."""
@@ -169,10 +160,19 @@ class RowWriter:
             plan = self._plans[key] = _Plan(
                 sql=compiled.string,
                 names=names,
+                split=_split(compiled.string, len(names)),
                 values=_getter(names),
                 conversions=tuple((i, f) for i, f in enumerate(converters) if f is not None),
             )
         return plan
+
+
+def _split(sql: str, width: int) -> tuple[str, str, str] | None:
+    head, _, values = sql.partition(" VALUES ")
+    row = "(" + ", ".join("?" * width) + ")"
+    if not values.startswith(row) or "?" in values[len(row) :]:
+        return None
+    return head, row, values[len(row) :]  # the rest: "", or ON CONFLICT …
 
 
 def _getter(names: Sequence[str]) -> Callable[[Row], tuple[Any, ...]]:
