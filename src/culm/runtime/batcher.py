@@ -90,12 +90,12 @@ class EventBatcher:
         return self._added - self._written
 
     def congested(self) -> bool:
-        return self._added - self._written > self._backlog_limit
+        return self.backlog > self._backlog_limit
 
     async def room(self) -> None:
         """Return once no more than half of ``backlog_limit`` events await storage (at once
         when nothing is writing them: flush and close store those)."""
-        while self._added - self._written > self._backlog_limit // 2:
+        while self.backlog > self._backlog_limit // 2:
             if self._task is None or self._task.done():
                 return
             progress = self._progress
