@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,13 +25,9 @@ def writer_threads() -> set[threading.Thread]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}")
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.aclose()
+def store(sqlite_store: SqlStore) -> SqlStore:
+    """The writer thread is SQLite's: these tests run on SQLite alone."""
+    return sqlite_store
 
 
 def insert_session(session_id: str) -> sa.Insert:
