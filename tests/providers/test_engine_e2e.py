@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import culm
 from culm.settings import Settings
 from tests.providers.fakes import FakeUpstream, Reply, anthropic_events, json_reply, openai_events
@@ -190,3 +192,31 @@ async def test_an_auth_error_fails_the_run_naming_the_cause(
     assert events[-1].code == "model_auth_error"
     assert "Incorrect API key provided" in events[-1].message
     assert len(upstream.requests) == 1
+
+
+async def test_local_servers_need_no_api_key(
+    upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(f"CULM_{name}", raising=False)
+    upstream.push(
+        _anthropic_turn([{"type": "text", "text": "local"}], usage_in=3, usage_out=1),
+        Reply(
+            chunks=openai_events(
+                _openai_chunk({"content": "local"}, finish="stop"), _openai_usage(3, 1), "[DONE]"
+            )
+        ),
+    )
+    settings = Settings(
+        home=tmp_path, openai_base_url=f"{upstream.url}/v1", anthropic_base_url=upstream.url
+    )
+    async with culm.Engine(settings) as engine:
+        for model in ("anthropic:claude-sonnet-4-5", "openai:llama3.2"):
+            run = await engine.run("hi", model=model)
+            done = await engine.wait(run.run_id, timeout=10)
+            assert (done.status, done.error) == (culm.RunStatus.COMPLETED, None), model
+    assert len(upstream.requests) == 2
+    for request in upstream.requests:
+        assert "x-api-key" not in request.headers
+        assert "authorization" not in request.headers

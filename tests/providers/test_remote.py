@@ -48,6 +48,9 @@ async def test_missing_keys(make_settings: type[Settings]) -> None:
 
         with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY is not set"):
             build_http_model("anthropic", "claude-sonnet-4", local, client)
+        anthropic_local = make_settings(anthropic_base_url="http://127.0.0.1:8000")
+        model = build_http_model("anthropic", "claude-sonnet-4", anthropic_local, client)
+        assert model.name == "anthropic:claude-sonnet-4"
         empty = make_settings(anthropic_api_key="")
         with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY is not set"):
             build_http_model("anthropic", "claude-sonnet-4", empty, client)

@@ -59,8 +59,9 @@ class _ProviderSpec:
     wire_format: WireFormat
     key_env: str
     base_url_env: str
-    # The key is required for this host only; ``None``: required for every host.
-    key_required_host: str | None
+    # The key is required for the provider's public host only: a local or compatible server
+    # (``*_BASE_URL``) may need none.
+    key_required_host: str
     public_limit_field: str
     compatible_limit_field: str
 
@@ -78,7 +79,7 @@ _PROVIDERS: Final[dict[str, _ProviderSpec]] = {
         wire_format="messages",
         key_env="ANTHROPIC_API_KEY",
         base_url_env="ANTHROPIC_BASE_URL",
-        key_required_host=None,
+        key_required_host="api.anthropic.com",
         public_limit_field="max_tokens",
         compatible_limit_field="max_tokens",
     ),
@@ -132,7 +133,7 @@ def provider_config(provider: str, settings: Settings) -> ProviderConfig:
         base_url=base_url,
         api_key=getattr(settings, f"{provider}_api_key"),
         key_env=spec.key_env,
-        key_required=spec.key_required_host is None or public,
+        key_required=public,
         output_limit_field=spec.public_limit_field if public else spec.compatible_limit_field,
     )
 
