@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from culm.errors import MCPServerError, ToolFailure
@@ -137,6 +139,45 @@ async def test_a_server_that_exits_at_once_shows_its_stderr(connect: Connect) ->
     async with connect("quitter", config) as connection:
         with pytest.raises(MCPServerError, match="could not start: .*stderr: missing API key"):
             await connection.tools()
+
+
+# Reads nothing and answers nothing: it hangs in the handshake until it is killed.
+SILENT_SERVER = {
+    "command": sys.executable,
+    "args": ["-c", "import time; time.sleep(600)", "silent-mcp-server"],
+}
+
+
+def silent_servers() -> list[psutil.Process]:
+    return [
+        child
+        for child in psutil.Process().children(recursive=True)
+        if "silent-mcp-server" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+async def test_a_server_hanging_in_its_handshake_fails_at_the_request_timeout(
+    connect: Connect,
+) -> None:
+    # The SDK probes ``server/discover`` (10 s of its own) before ``initialize``: without a
+    # deadline over both, a 2 s timeout failed after some 14 s, and the default 30 s after 44.
+    async with connect("silent", SILENT_SERVER, request_timeout=2) as connection:
+        started = time.monotonic()
+        with pytest.raises(
+            MCPServerError,
+            match=r"'silent' could not start: no answer to the handshake within 2 s "
+            r"\(CULM_MCP_REQUEST_TIMEOUT\)",
+        ):
+            await connection.tools()
+        assert time.monotonic() - started < 2 + 2  # generous: CI noise, not another timeout
+        assert connection.info().status is ServerStatus.ERROR
+        async with asyncio.timeout(10):  # the server is stopped meanwhile
+            while silent_servers():
+                await asyncio.sleep(0.05)
+        # The next call starts it again (after the backoff) and fails the same way.
+        with pytest.raises(MCPServerError, match="no answer to the handshake within 2 s"):
+            await connection.tools()
+    assert silent_servers() == []
 
 
 async def test_cancelling_a_call_abandons_it_and_the_server_goes_on(

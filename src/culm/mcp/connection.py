@@ -88,6 +88,7 @@ class _Attempt:
     ready: asyncio.Future[Client]
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
+    overdue: bool = False  # failed by the handshake's deadline (its owner is cancelled)
     error: str | None = None  # why it ended, when it failed
     task: asyncio.Task[None] | None = None
 
@@ -247,28 +248,49 @@ class ServerConnection:
         """The owner task of one connection: open, list, hold until lost or stopped, close."""
         from culm.mcp import transport
 
+        overdue: asyncio.TimerHandle | None = None
         try:
             if before is not None:
                 await asyncio.wait([before])  # the previous connection is closed first
             await asyncio.sleep(delay)
             if self._connected_once:
                 self._restarts += 1
+            timeout = self._options.request_timeout
+            overdue = asyncio.get_running_loop().call_later(timeout, self._overdue, attempt)
             async with transport.open_client(
-                self.config,
-                lost=attempt.lost,
-                log=self.log_path,
-                request_timeout=self._options.request_timeout,
+                self.config, lost=attempt.lost, log=self.log_path, request_timeout=timeout
             ) as client:
                 listing = await transport.list_tools(client)
+                overdue.cancel()
                 self._ready(attempt, client, listing)
                 await attempt.lost.wait()
+        except asyncio.CancelledError:
+            if not attempt.overdue or _owner().uncancel() > 0:
+                raise  # not (only) the handshake's deadline: the engine is stopping
         except Exception as exc:
-            self._ended(attempt, transport.describe(exc))
+            if not attempt.overdue:
+                self._ended(attempt, transport.describe(exc))
         else:
             self._ended(attempt, None if attempt.stopping else transport.CLOSED)
         finally:
+            if overdue is not None:
+                overdue.cancel()
             if not attempt.ready.done():
                 attempt.ready.set_exception(MCPServerError(f"{self.label} was stopped"))
+
+    def _overdue(self, attempt: _Attempt) -> None:
+        """The handshake and tool listing took longer than ``CULM_MCP_REQUEST_TIMEOUT``: fail
+        the attempt now, and cancel its owner, which stops the server meanwhile (that may take a
+        few seconds more: the SDK lets a stdio server exit before it kills it)."""
+        if attempt.ready.done() or attempt.stopping or attempt.task is None:
+            return
+        attempt.overdue = True
+        timeout = self._options.request_timeout
+        self._ended(
+            attempt,
+            f"no answer to the handshake within {timeout:g} s (CULM_MCP_REQUEST_TIMEOUT)",
+        )
+        attempt.task.cancel()
 
     def _ready(self, attempt: _Attempt, client: Client, listing: list[RemoteTool]) -> None:
         self._tools = make_tools(self, listing)
@@ -309,6 +331,12 @@ class ServerConnection:
         return MCPServerError(
             f"{self.label} failed during the call: {reason}; it is started again on the next call"
         )
+
+
+def _owner() -> asyncio.Task[Any]:
+    task = asyncio.current_task()
+    assert task is not None
+    return task
 
 
 def _mark_retrieved(future: asyncio.Future[Any]) -> None:
