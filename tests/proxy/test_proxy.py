@@ -617,6 +617,7 @@ async def test_upstream_silent_before_answering_is_504(
             assert raised.value.body == {
                 "code": "upstream_timeout",
                 "type": "upstream_timeout",
+                "param": None,
                 "message": raised.value.body["message"],  # type: ignore[index]
             }
             status, response = raised.value.status_code, raised.value.response
@@ -824,22 +825,49 @@ async def test_culm_key_required(make_proxy: ProxyFactory) -> None:
                 assert response.status_code == 401, (path, headers)
                 assert response.json()["error"]["code"] == "unauthorized"
         assert proxy.upstream.requests == []
-        assert proxy.completions.events == []
+        # Each refusal is metered, as the proxy's other errors are.
+        records = await proxy.records(len(PROXY_ROUTES) * len(refused))
+        assert {(r.status, r.status_code, r.partial) for r in records} == {("error", 401, False)}
+        assert all("missing or wrong API key" in (r.error or "") for r in records)
         # ``x-api-key`` is a culm key on the proxy's routes only
         assert (await http.get("/v1/runs", headers={"x-api-key": CULM_KEY})).status_code == 401
 
 
+KEY_MESSAGE = "missing or wrong API key (send Authorization: Bearer <CULM_API_KEY>)"
+
+
 async def test_culm_key_refusal_through_the_sdks(make_proxy: ProxyFactory) -> None:
+    """In each provider's own error shape, so its SDK reads every field; metered."""
     async with make_proxy(api_key=CULM_KEY, openai_api_key=SERVER_OPENAI_KEY) as proxy:
         async with proxy.openai(api_key="wrong") as client:
-            with pytest.raises(openai.AuthenticationError, match="missing or wrong API key"):
+            with pytest.raises(openai.AuthenticationError, match="missing or wrong API key") as o:
                 await client.chat.completions.create(model=wire.CHAT_MODEL, messages=HELLO)
+        assert o.value.body == {
+            "message": KEY_MESSAGE,
+            "type": "unauthorized",
+            "param": None,
+            "code": "unauthorized",
+        }
+        assert (o.value.code, o.value.type, o.value.param) == ("unauthorized", "unauthorized", None)
         async with proxy.anthropic(api_key="wrong") as a_client:
-            with pytest.raises(anthropic.AuthenticationError, match="missing or wrong API key"):
+            with pytest.raises(
+                anthropic.AuthenticationError, match="missing or wrong API key"
+            ) as a:
                 await a_client.messages.create(
                     model=wire.CLAUDE, max_tokens=10, messages=ANTHROPIC_HELLO
                 )
+        body = a.value.body
+        assert isinstance(body, dict) and body["type"] == "error"
+        assert body["error"]["type"] == "unauthorized"
+        assert body["error"]["message"] == KEY_MESSAGE
         assert proxy.upstream.requests == []
+        chat, messages = await proxy.records(2)
+        for record, endpoint in (
+            (chat, "openai.chat_completions"),
+            (messages, "anthropic.messages"),
+        ):
+            expect(record, endpoint=endpoint, status="error", status_code=401, error=KEY_MESSAGE)
+        assert o.value.response.headers["x-culm-request-id"] == chat.request_id
 
 
 async def test_culm_key_by_bearer_or_x_api_key_with_server_keys(make_proxy: ProxyFactory) -> None:
@@ -1256,7 +1284,14 @@ async def test_a_body_over_the_proxy_limit_is_413(
         big = {"model": "m", "input": "x" * 4096}
         response = await http.post("/openai/v1/responses", json=big)
         assert response.status_code == 413
-        assert response.json()["error"]["code"] == "body_too_large"
+        assert response.json() == {
+            "error": {
+                "message": "request body over 4096 bytes",
+                "type": "body_too_large",
+                "param": None,
+                "code": "body_too_large",
+            }
+        }
 
         async def chunks() -> AsyncIterator[bytes]:  # no content-length: counted as it streams
             for _ in range(10):
@@ -1264,8 +1299,28 @@ async def test_a_body_over_the_proxy_limit_is_413(
 
         streamed = await http.post("/anthropic/v1/messages", content=chunks())
         assert streamed.status_code == 413
+        assert streamed.json()["type"] == "error"
+        assert streamed.json()["error"]["type"] == "body_too_large"
         assert proxy.upstream.requests == []
-        assert proxy.completions.events == []
+        records = await proxy.records(2)
+        assert [(r.endpoint, r.status, r.status_code) for r in records] == [
+            ("openai.responses", "error", 413),
+            ("anthropic.messages", "error", 413),
+        ]
+        assert response.headers["x-culm-request-id"] == records[0].request_id
+        with pytest.raises(openai.APIStatusError, match="request body over 4096 bytes") as raised:
+            async with proxy.openai() as client:
+                await client.responses.create(model=wire.CHAT_MODEL, input="x" * 4096)
+        assert (raised.value.status_code, raised.value.code) == (413, "body_too_large")
+        with pytest.raises(anthropic.APIStatusError, match="request body over 4096") as a_raised:
+            async with proxy.anthropic() as a_client:
+                await a_client.messages.create(
+                    model=wire.CLAUDE,
+                    max_tokens=10,
+                    messages=[{"role": "user", "content": "x" * 4096}],
+                )
+        assert a_raised.value.status_code == 413
+        assert len(await proxy.records(2)) == 2
         proxy.upstream.push(body_reply({}))
         assert (await http.post("/openai/v1/responses", json={"model": "m"})).status_code == 200
         await proxy.record()

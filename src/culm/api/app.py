@@ -72,9 +72,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         BodySizeLimit,
         limit=settings.max_request_bytes,
         larger={prefix: settings.proxy_max_request_bytes for prefix in PROXY_PREFIXES},
+        proxy_refusal=forwarder.refusal,
     )
     if settings.api_key is not None:
-        app.add_middleware(APIKeyAuth, api_key=settings.api_key.get_secret_value())
+        app.add_middleware(
+            APIKeyAuth,
+            api_key=settings.api_key.get_secret_value(),
+            proxy_refusal=forwarder.refusal,
+        )
     return app
 
 

@@ -17,6 +17,23 @@ OPEN_PATHS = frozenset({"/health"})
 # The forward proxy's routes: they also take the key as ``x-api-key`` (Anthropic's header),
 # and bigger bodies (``CULM_PROXY_MAX_REQUEST_BYTES``).
 PROXY_PREFIXES = ("/openai/", "/anthropic/")
+# Answers culm's own refusal (status, code, message) of a request to a proxy route, in the
+# provider's error shape and metered (``Forwarder.refusal``).
+ProxyRefusal = Callable[[Scope, int, str, str], ASGIApp]
+
+
+async def _refuse(
+    refusal: ProxyRefusal | None, scope: Scope, send: Send, status: int, code: str, message: str
+) -> None:
+    if refusal is not None and scope["path"].startswith(PROXY_PREFIXES):
+        await refusal(scope, status, code, message)(scope, _no_body, send)
+    else:
+        extra = {"www-authenticate": "Bearer"} if status == 401 else {}
+        await _send_error(send, status, code, message, **extra)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
 
 
 async def _send_error(send: Send, status: int, code: str, message: str, **headers: str) -> None:
@@ -31,8 +48,11 @@ class APIKeyAuth:
     """With ``CULM_API_KEY`` set, every route but ``/health`` needs ``Authorization: Bearer``
     (the proxy's routes take ``x-api-key`` as well)."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str, proxy_refusal: ProxyRefusal | None = None
+    ) -> None:
         self.app = app
+        self._proxy_refusal = proxy_refusal
         self._key = api_key.encode()
         self._expected = b"Bearer " + self._key
 
@@ -52,15 +72,22 @@ class APIKeyAuth:
             await send({"type": "websocket.close", "code": 4401, "reason": "unauthorized"})
             return
         message = "missing or wrong API key (send Authorization: Bearer <CULM_API_KEY>)"
-        await _send_error(send, 401, "unauthorized", message, **{"www-authenticate": "Bearer"})
+        await _refuse(self._proxy_refusal, scope, send, 401, "unauthorized", message)
 
 
 class BodySizeLimit:
     """Refuse request bodies over ``limit`` bytes with 413, whether announced or streamed;
     ``larger`` gives other limits to the paths under some prefixes."""
 
-    def __init__(self, app: ASGIApp, limit: int, larger: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        larger: dict[str, int] | None = None,
+        proxy_refusal: ProxyRefusal | None = None,
+    ) -> None:
         self.app = app
+        self._proxy_refusal = proxy_refusal
         self.default = limit
         self.larger = tuple((larger or {}).items())
 
@@ -71,7 +98,7 @@ class BodySizeLimit:
         limit = self._limit(scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _send_error(send, 413, "body_too_large", _message(limit))
+            await _refuse(self._proxy_refusal, scope, send, 413, "body_too_large", _message(limit))
             return
         received = 0
         refused = False
@@ -86,7 +113,9 @@ class BodySizeLimit:
             if message["type"] == "http.request" and not refused:
                 received += len(message.get("body", b""))
                 if received > limit:
-                    await _send_error(send, 413, "body_too_large", _message(limit))
+                    await _refuse(
+                        self._proxy_refusal, scope, send, 413, "body_too_large", _message(limit)
+                    )
                     refused = True
                     return {"type": "http.disconnect"}
             return message

@@ -13,3 +13,12 @@ RESPONSES: Final = Endpoint("openai.responses", "openai", "POST", "responses", "
 OPENAI_MODELS: Final = Endpoint("openai.models", "openai", "GET", "models", "none")
 MESSAGES: Final = Endpoint("anthropic.messages", "anthropic", "POST", "v1/messages", "messages")
 ANTHROPIC_MODELS: Final = Endpoint("anthropic.models", "anthropic", "GET", "v1/models", "none")
+
+# culm's route for each endpoint (``culm.api.routes.proxy`` serves them).
+ROUTES: Final[dict[str, Endpoint]] = {
+    "/openai/v1/chat/completions": CHAT_COMPLETIONS,
+    "/openai/v1/responses": RESPONSES,
+    "/openai/v1/models": OPENAI_MODELS,
+    "/anthropic/v1/messages": MESSAGES,
+    "/anthropic/v1/models": ANTHROPIC_MODELS,
+}

@@ -12,6 +12,7 @@ upstream answered, body relayed        success    upstream's   no
 upstream answered with an error        error      upstream's   no
 no answer in ``proxy_read_timeout``    timeout    504          no
 upstream unreachable                   error      502          no
+refused by culm (key: 401, size: 413)  error      401 / 413    no
 body cut by the upstream / timed out   error /    upstream's   yes
                                        timeout
 client went away                       error      upstream's,  yes once the answer
@@ -138,6 +139,19 @@ class Forwarder:
 
     def exchange(self, endpoint: Endpoint, scope: Scope, body: bytes) -> Exchange:
         return Exchange(self, endpoint, scope, body)
+
+    def refusal(self, scope: Scope, status: int, code: str, message: str) -> Response:
+        """culm's own refusal of a request to a proxy route before it is forwarded (401 for the
+        culm key, 413 for its size): in the provider's error shape, metered like the proxy's
+        other errors when the route is a proxied endpoint."""
+        from culm.proxy.endpoints import ROUTES  # it builds on this module's Endpoint
+
+        endpoint = ROUTES.get(scope["path"])
+        if endpoint is not None:
+            return Refusal(self, endpoint, scope, (status, code, message))
+        provider: Provider = "anthropic" if scope["path"].startswith("/anthropic/") else "openai"
+        body = json.dumps(_error_body(provider, code, message)).encode()
+        return Response(body, status_code=status, media_type="application/json")
 
 
 def _credential(provider: Provider, key: str | None) -> tuple[bytes, bytes] | None:
@@ -343,6 +357,29 @@ class Exchange(Response):
             )
 
 
+class Refusal(Exchange):
+    """A request culm refuses before forwarding it (``status, code, message``): the error
+    answer and its metering, as for an upstream culm could not reach. The body is not read."""
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        endpoint: Endpoint,
+        scope: Scope,
+        refusal: tuple[int, str, str],
+    ) -> None:
+        super().__init__(forwarder, endpoint, scope, b"")
+        self._refusal = refusal
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        self._meter_start()
+        try:
+            await self._refuse(send, *self._refusal)
+        finally:
+            self._meter_end(time.perf_counter() - started)
+
+
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     model: str
@@ -380,8 +417,9 @@ def _with_usage(body: bytes, payload: dict[str, Any], options: Any) -> bytes:
 
 
 def _error_body(provider: Provider, code: str, message: str) -> dict[str, Any]:
-    """culm's error body, in the provider's shape too (so its SDK shows the message)."""
-    error = {"code": code, "message": message, "type": code}
+    """culm's error body in the provider's shape (OpenAI: ``{"error": {"message", "type",
+    "param", "code"}}``; Anthropic: ``{"type": "error", "error": {"type", "message"}}``), so its
+    SDK reads it as its own; ``type`` is culm's ``code``, which both keep."""
     if provider == "anthropic":
-        return {"type": "error", "error": error}
-    return {"error": error}
+        return {"type": "error", "error": {"type": code, "message": message, "code": code}}
+    return {"error": {"message": message, "type": code, "param": None, "code": code}}

@@ -2,8 +2,9 @@
 
 Each route hands the request to the app's :class:`~culm.proxy.forward.Forwarder`; the request
 body is not validated here (the upstream judges it, and its answer comes back as it is). What
-culm answers itself (502, 504; 401 and 413 from the middleware) is an ``ErrorBody``, shaped so
-the provider's SDK also finds the message.
+culm answers itself (502, 504; 401 and 413 from the middleware, through
+:meth:`~culm.proxy.forward.Forwarder.refusal`) is an ``ErrorBody`` in the provider's error
+shape, so the provider's SDK reads it as its own, and it is metered like a forwarded request.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from culm.proxy.endpoints import (
     MESSAGES,
     OPENAI_MODELS,
     RESPONSES,
+    ROUTES,
 )
 from culm.proxy.forward import CLIENT_CLOSED, Endpoint, Forwarder
 
@@ -65,8 +67,12 @@ def _route(path: str, endpoint: Endpoint, summary: str) -> None:
     )
 
 
-_route("/openai/v1/chat/completions", CHAT_COMPLETIONS, "OpenAI Chat Completions, forwarded")
-_route("/openai/v1/responses", RESPONSES, "OpenAI Responses, forwarded")
-_route("/openai/v1/models", OPENAI_MODELS, "OpenAI models list, forwarded")
-_route("/anthropic/v1/messages", MESSAGES, "Anthropic Messages, forwarded")
-_route("/anthropic/v1/models", ANTHROPIC_MODELS, "Anthropic models list, forwarded")
+_SUMMARIES: Final = {
+    CHAT_COMPLETIONS: "OpenAI Chat Completions, forwarded",
+    RESPONSES: "OpenAI Responses, forwarded",
+    OPENAI_MODELS: "OpenAI models list, forwarded",
+    MESSAGES: "Anthropic Messages, forwarded",
+    ANTHROPIC_MODELS: "Anthropic models list, forwarded",
+}
+for _path, _endpoint in ROUTES.items():
+    _route(_path, _endpoint, _SUMMARIES[_endpoint])
