@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx2
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from culm.proxy.transport import HIGH_WATER, AsyncioTransport
+from tests.proxy.tunnel import http_proxy, self_signed
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 LIMITS = httpx2.Limits(max_connections=10, max_keepalive_connections=10)
@@ -166,36 +161,8 @@ async def test_connecting_to_a_closed_port_is_a_connect_error() -> None:
 
 
 def _self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_file, key_file)
-    client = ssl.create_default_context(cafile=str(cert_file))
-    return server, client
+    server, cert_file = self_signed(tmp_path)
+    return server, ssl.create_default_context(cafile=str(cert_file))
 
 
 async def test_https(tmp_path: Path) -> None:
@@ -329,3 +296,43 @@ async def test_a_header_with_a_line_break_is_refused() -> None:
         request.headers._list.append((b"x-evil", b"x-evil", b"a\r\nx-injected: 1"))
         with pytest.raises(httpx2.LocalProtocolError):
             await client.send(request)
+
+
+# Through an HTTP proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)
+
+
+async def test_https_through_a_connect_tunnel(tmp_path: Path) -> None:
+    server_context, client_context = _self_signed(tmp_path)
+    async with serving(answering(b"tunnelled"), server_context) as port, http_proxy() as proxy:
+        transport = AsyncioTransport(
+            limits=LIMITS, ssl_context=client_context, proxies={"https": proxy.url}
+        )
+        async with httpx2.AsyncClient(transport=transport) as client:
+            first = await client.get(f"https://127.0.0.1:{port}/v1/models")
+            second = await client.get(f"https://127.0.0.1:{port}/v1/models")
+    assert (first.content, second.content) == (b"tunnelled", b"tunnelled")
+    assert proxy.tunnels == [f"127.0.0.1:{port}"]  # one tunnel, kept for the second request
+
+
+async def test_http_through_a_proxy_and_no_proxy(tmp_path: Path) -> None:
+    async with serving(answering(b"plain")) as port, http_proxy() as proxy:
+        proxies = {"http": proxy.url, "no": "localhost,.internal.example"}
+        transport = AsyncioTransport(limits=LIMITS, proxies=proxies)
+        async with httpx2.AsyncClient(transport=transport) as client:
+            through = await client.get(f"http://127.0.0.1:{port}/v1/models?x=1")
+            direct = await client.get(f"http://localhost:{port}/v1/models")
+    assert (through.content, direct.content) == (b"plain", b"plain")
+    assert proxy.forwarded == [f"http://127.0.0.1:{port}/v1/models?x=1"]
+    assert proxy.tunnels == []
+
+
+async def test_a_tunnel_the_proxy_refuses_is_a_proxy_error(tmp_path: Path) -> None:
+    _, client_context = _self_signed(tmp_path)
+    async with http_proxy() as proxy:
+        proxy.refuse = True
+        transport = AsyncioTransport(
+            limits=LIMITS, ssl_context=client_context, proxies={"all": proxy.url}
+        )
+        async with httpx2.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx2.ProxyError, match="refused the tunnel to 127.0.0.1:9"):
+                await client.get("https://127.0.0.1:9/")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -111,7 +112,13 @@ class Forwarder:
             )
             self._client = httpx2.AsyncClient(
                 timeout=httpx2.Timeout(s.proxy_read_timeout, connect=s.proxy_connect_timeout),
-                transport=AsyncioTransport(limits=limits),
+                # The environment's CA bundle (``SSL_CERT_FILE``, ``SSL_CERT_DIR``) and proxies
+                # (``HTTPS_PROXY`` …), as for the providers' client.
+                transport=AsyncioTransport(
+                    limits=limits,
+                    ssl_context=httpx2.create_ssl_context(trust_env=True),
+                    proxies=urllib.request.getproxies(),
+                ),
                 follow_redirects=False,
                 trust_env=False,
             )

@@ -13,7 +13,10 @@ before each request, and h11's state machine. Here:
 - reads, writes and waits are futures, with ``asyncio.timeout`` only when a timeout is set.
 
 It is HTTP/1.1 only (what the providers' APIs and compatible servers speak to a client that
-offers no HTTP/2), ``http`` and ``https``. httpx2's timeouts apply (``connect``, ``read``,
+offers no HTTP/2), ``http`` and ``https``, directly or through an HTTP proxy (``proxies``, as
+:func:`urllib.request.getproxies` gives them from ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``
+and ``NO_PROXY``): an ``https`` origin through a ``CONNECT`` tunnel, an ``http`` one by sending
+the request with its absolute URL to the proxy. httpx2's timeouts apply (``connect``, ``read``,
 ``write``, ``pool``) and failures are httpx2's exceptions (``ConnectError``, ``ReadTimeout``,
 ``RemoteProtocolError`` …), so callers cannot tell the difference. A connection is used for one
 request at a time and kept for the next only once its response was read to the end and the
@@ -23,10 +26,11 @@ server did not ask to close it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
 import httptools
@@ -35,6 +39,8 @@ import httpx2
 # Stop reading from a socket while this much of a response body waits unread.
 HIGH_WATER: Final = 256 * 1024
 _DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
+# The longest answer head a proxy may give to ``CONNECT``.
+MAX_TUNNEL_HEAD: Final = 64 * 1024
 Origin = tuple[bytes, bytes, int]
 
 
@@ -239,8 +245,16 @@ class AsyncioTransport(httpx2.AsyncBaseTransport):
     origin, ``limits.keepalive_expiry`` how long an idle one is kept.
     """
 
-    def __init__(self, *, limits: httpx2.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        limits: httpx2.Limits,
+        ssl_context: ssl.SSLContext | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> None:
         self._ssl = ssl_context or httpx2.create_ssl_context(trust_env=False)
+        self._proxies = dict(proxies or {})
+        self._proxy_of: dict[Origin, _Proxy | None] = {}
         self._max_in_use = limits.max_connections
         self._max_idle = limits.max_keepalive_connections
         self._expiry = (
@@ -260,7 +274,12 @@ class AsyncioTransport(httpx2.AsyncBaseTransport):
         if request.method == "HEAD":
             raise httpx2.UnsupportedProtocol("HEAD requests are not supported by this transport")
         origin = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
-        head = _request_head(request.method.encode(), url.raw_path, request.headers.raw)
+        target, headers = url.raw_path, request.headers.raw
+        proxy = self._proxy(origin)
+        if proxy is not None and scheme == b"http":  # the proxy's own connection takes it
+            origin, target = proxy.origin, str(url).encode("ascii")
+            headers = [*headers, *proxy.authorization]
+        head = _request_head(request.method.encode(), target, headers)
         body = await request.aread()
         connection = await self._acquire(origin, timeouts)
         try:
@@ -311,25 +330,67 @@ class AsyncioTransport(httpx2.AsyncBaseTransport):
         except TimeoutError:
             raise httpx2.PoolTimeout("no upstream connection was free in time") from None
 
+    def _proxy(self, origin: Origin) -> _Proxy | None:
+        """The proxy that requests to ``origin`` go through, if any (looked up once)."""
+        if origin in self._proxy_of:
+            return self._proxy_of[origin]
+        scheme, host, port = origin
+        found = None
+        url = self._proxies.get(scheme.decode()) or self._proxies.get("all")
+        if url and not _bypassed(host.decode("ascii").lower(), port, self._proxies.get("no", "")):
+            found = _Proxy.parse(url)
+        self._proxy_of[origin] = found
+        return found
+
     async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         hostname = host.decode("ascii")
         tls = scheme == b"https"
+        proxy = self._proxy(origin) if tls else None
         try:
             async with asyncio.timeout(timeout):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(origin),
-                    hostname,
-                    port,
-                    ssl=self._ssl if tls else None,
-                    server_hostname=hostname if tls else None,
-                )
+                if proxy is not None:
+                    connection = await self._tunnel(proxy, origin)
+                else:
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(origin),
+                        hostname,
+                        port,
+                        ssl=self._ssl if tls else None,
+                        server_hostname=hostname if tls else None,
+                    )
         except TimeoutError:
             raise httpx2.ConnectTimeout(f"connecting to {hostname}:{port} timed out") from None
         except (OSError, ssl.SSLError) as exc:
             raise httpx2.ConnectError(str(exc) or type(exc).__name__) from exc
         self._everyone.add(connection)
+        return connection
+
+    async def _tunnel(self, proxy: _Proxy, origin: Origin) -> _Connection:
+        """A TLS connection to ``origin`` through a ``CONNECT`` tunnel of ``proxy``."""
+        _, host, port = origin
+        loop = asyncio.get_running_loop()
+        _, proxy_host, proxy_port = proxy.origin
+        raw, tunnel = await loop.create_connection(_Tunnel, proxy_host.decode("ascii"), proxy_port)
+        try:
+            authority = b"%s:%d" % (host, port)
+            head = [(b"host", authority), *proxy.authorization]
+            raw.write(_request_head(b"CONNECT", authority, head))
+            status_line = await tunnel.answer()
+            parts = status_line.split(b" ", 2)
+            if len(parts) < 2 or not parts[1].startswith(b"2"):
+                raise httpx2.ProxyError(
+                    f"the proxy refused the tunnel to {authority.decode()}: "
+                    f"{status_line.decode('latin-1')}"
+                )
+            connection = _Connection(origin)
+            tls = await loop.start_tls(raw, connection, self._ssl, server_hostname=host.decode())
+        except BaseException:
+            raw.close()
+            raise
+        assert tls is not None
+        connection.connection_made(tls)
         return connection
 
     def release(self, connection: _Connection) -> None:
@@ -359,6 +420,66 @@ class AsyncioTransport(httpx2.AsyncBaseTransport):
         self._everyone.clear()
         self._idle.clear()
         await asyncio.sleep(0)  # let the transports finish closing
+
+
+def _bypassed(host: str, port: int, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` (``no_proxy``) names ``host``: ``*``, the host, a domain it is in
+    (``example.com`` or ``.example.com``), each optionally with ``:port``."""
+    for entry in no_proxy.lower().split(","):
+        name, _, only_port = entry.strip().lstrip(".").partition(":")
+        if name == "*":
+            return True
+        if not name or (only_port and only_port != str(port)):
+            continue
+        if host == name or host.endswith("." + name):
+            return True
+    return False
+
+
+class _Proxy:
+    """An HTTP proxy: where it is, and its credentials (from the URL's user:password)."""
+
+    def __init__(self, origin: Origin, authorization: list[tuple[bytes, bytes]]) -> None:
+        self.origin = origin
+        self.authorization = authorization
+
+    @classmethod
+    def parse(cls, url: str) -> _Proxy:
+        parsed = httpx2.URL(url if "://" in url else f"http://{url}")
+        if parsed.raw_scheme != b"http":
+            raise httpx2.UnsupportedProtocol(
+                f"only http:// proxies are supported, not {parsed.scheme}:// ({url})"
+            )
+        authorization = []
+        if parsed.username or parsed.password:
+            user = f"{parsed.username}:{parsed.password}".encode()
+            authorization.append((b"proxy-authorization", b"Basic " + base64.b64encode(user)))
+        return cls((b"http", parsed.raw_host, parsed.port or 80), authorization)
+
+
+class _Tunnel(asyncio.Protocol):
+    """A connection to a proxy until it answered ``CONNECT`` (its head only)."""
+
+    def __init__(self) -> None:
+        self._head = bytearray()
+        self._answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._head += data
+        if b"\r\n\r\n" in self._head and not self._answered.done():
+            self._answered.set_result(bytes(self._head.split(b"\r\n", 1)[0]))
+        elif len(self._head) > MAX_TUNNEL_HEAD and not self._answered.done():
+            self._answered.set_exception(httpx2.ProxyError("the proxy's answer is too long"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._answered.done():
+            self._answered.set_exception(
+                httpx2.ProxyError(f"the proxy closed the connection ({exc or 'no answer'})")
+            )
+
+    async def answer(self) -> bytes:
+        """The status line of the proxy's answer."""
+        return await self._answered
 
 
 def _request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
