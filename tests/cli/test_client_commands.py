@@ -131,6 +131,22 @@ async def test_runs_table_filters_and_json(server: Server, cli: Cli) -> None:
     assert [row.split()[0] for row in by_session.stdout.splitlines()[1:]] == [done.run_id]
 
 
+async def test_times_show_their_zone(server: Server, cli: Cli) -> None:
+    done = await finished_run(server)
+    for zone, names in (
+        ("UTC", {"UTC"}),
+        ("Asia/Tokyo", {"JST"}),
+        ("Europe/Paris", {"CET", "CEST"}),
+    ):
+        runs = await cli("runs", server=server.url, env={"TZ": zone})
+        show = await cli("show", done.run_id, server=server.url, env={"TZ": zone})
+        assert runs.code == show.code == 0, runs.stderr + show.stderr
+        created = runs.stdout.splitlines()[1].split()[-1]
+        assert created in names, runs.stdout
+        fields = dict(line.split(None, 1) for line in show.stdout.splitlines() if line)
+        assert fields["created"].split()[-1] in names, show.stdout
+
+
 async def test_empty_lists_say_so_on_stderr(server: Server, cli: Cli) -> None:
     result = await cli("runs", server=server.url)
 
@@ -245,7 +261,9 @@ async def test_tail_of_a_finished_run_replays_it(server: Server, cli: Cli) -> No
     assert result.code == 0, result.stderr
     assert result.stdout == DEMO_ANSWER
     lines = result.stderr.strip().splitlines()
-    assert '▸ list_dir {"path": "."}' in lines
+    start = lines.index('▸ list_dir {"path": "."} running…')
+    assert re.fullmatch(r"✓ list_dir \d+ ms", lines[start + 1])
+    assert lines[start + 2].startswith("    ")  # the listing (of the run's fresh workspace)
     assert re.fullmatch(
         rf"completed · 2 rounds · [\d,]+ tokens \([\d,]+ in / [\d,]+ out\) · \d+\.\d s · "
         rf"run {run.run_id}",

@@ -74,10 +74,10 @@ async def test_by_model_tool_and_day(server: Server, tmp_path: Path) -> None:
     ]
     by_tool = await metrics(server, home, "--by", "tool")
     assert by_tool.stdout.splitlines()[1].split()[:3] == ["list_dir", "2", "0"]
-    by_day = await metrics(server, home, "--by", "day", "--days", "3")
+    by_day = await metrics(server, home, "--by", "day", "--days", "30")
     rows = by_day.stdout.splitlines()[1:]
-    assert len(rows) == 3
-    assert rows[-1].split()[1:4] == ["2", "4", "2"]  # today: runs, rounds, tool calls
+    assert len(rows) == 1  # the days without activity are left out (29 rows of zeros before)
+    assert rows[0].split()[1:4] == ["2", "4", "2"]  # today: runs, rounds, tool calls
 
 
 async def test_json_lines(server: Server, tmp_path: Path) -> None:
@@ -103,3 +103,25 @@ async def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "cannot reach the culm server" in done.stderr.decode()
+
+
+async def test_by_day_with_no_activity_says_so(tmp_path: Path) -> None:
+    async with running_server(culm.Settings(home=tmp_path / "empty")) as empty:
+        result = await metrics(empty, tmp_path / "cli", "--by", "day")
+    assert (result.code, result.stdout) == (0, "")
+    assert result.stderr.strip() == "no metrics in this range"
+
+
+def test_flags_take_no_value_in_help(tmp_path: Path) -> None:
+    """A flag is shown as ``--json``, not ``--json <bool>`` (typer's rich help did that)."""
+    for command in (["metrics"], ["runs"], ["run"], ["show"], ["tail"], ["mcp", "list"]):
+        done = subprocess.run(
+            culm_command(*command, "--help"),
+            env=clean_env(tmp_path),
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=TIMEOUT,
+            check=True,
+        )
+        text = done.stdout.decode()
+        assert "--json" in text and "<bool>" not in text, text

@@ -16,6 +16,7 @@ from culm.domain.events import (
     RunEvent,
     RunnerProgress,
     Token,
+    ToolComplete,
     ToolError,
     ToolStart,
     ToolToken,
@@ -55,7 +56,7 @@ def test_the_answer_goes_to_stdout_and_the_rest_to_stderr() -> None:
     screen.output.notice("bye")
 
     assert screen.out.getvalue() == "Let me look.\nDone.\n"
-    assert screen.err == 'thinking\n▸ list_dir {"path": "."}\nbye\n'
+    assert screen.err == 'thinking\n▸ list_dir {"path": "."} running…\nbye\n'
 
 
 def test_tool_output_is_indented_line_by_line() -> None:
@@ -68,7 +69,7 @@ def test_tool_output_is_indented_line_by_line() -> None:
     )
 
     assert screen.err.splitlines() == [
-        "▸ bash {}",
+        "▸ bash {} running…",
         "    one",
         "    two",
         "    three",
@@ -113,3 +114,35 @@ def test_the_summary_of_a_failed_run_sums_the_rounds_reported() -> None:
     line = summary_line(tally, "r", 1.0).plain
 
     assert line == "error · 1 round · 12 tokens (10 in / 2 out) · 1.0 s · run r"
+
+
+def test_a_tool_result_shows_under_its_line_cut_to_ten_lines_of_160_characters() -> None:
+    screen = Screen()
+    listing = "\n".join(f"file{i}.txt" for i in range(1, 13)) + "\n"
+    screen.show(
+        tool_start("list_dir"),
+        ToolComplete(tool_call_id="c1", tool_name="list_dir", result=listing, elapsed_ms=3),
+        tool_start("read_file"),
+        ToolComplete(tool_call_id="c1", tool_name="read_file", result="x" * 161, elapsed_ms=1),
+    )
+
+    assert screen.err.splitlines() == [
+        "▸ list_dir {} running…",
+        "✓ list_dir 3 ms",
+        *(f"    file{i}.txt" for i in range(1, 11)),
+        "    … 2 more lines",
+        "▸ read_file {} running…",
+        "✓ read_file 1 ms",
+        "    " + "x" * 159 + "…",
+    ]
+
+
+def test_a_result_streamed_as_output_is_not_shown_again() -> None:
+    screen = Screen()
+    screen.show(
+        tool_start(),
+        ToolToken(tool_call_id="c1", content="hello\n"),
+        ToolComplete(tool_call_id="c1", tool_name="bash", result="hello\n", elapsed_ms=5),
+    )
+
+    assert screen.err.splitlines() == ["▸ bash {} running…", "    hello", "✓ bash 5 ms"]

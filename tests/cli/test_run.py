@@ -23,8 +23,13 @@ SUMMARY = re.compile(
 )
 
 
-def test_demo_run_streams_the_answer_and_shows_the_tools(culm: CulmRunner) -> None:
-    result = culm("run", "What is in the workspace?", "--tools", "read")
+def test_demo_run_streams_the_answer_and_shows_the_tools(culm: CulmRunner, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    (workspace / "docs").mkdir(parents=True)
+    (workspace / "notes.txt").write_text("hello")
+    result = culm(
+        "run", "What is in the workspace?", "--tools", "read", "--workspace", str(workspace)
+    )
 
     assert result.code == 0, result.stderr
     assert result.stdout == (
@@ -34,8 +39,10 @@ def test_demo_run_streams_the_answer_and_shows_the_tools(culm: CulmRunner) -> No
     )
     lines = result.stderr_lines
     assert "The user asked about the workspace. I will list it first." in lines
-    assert '▸ list_dir {"path": "."}' in lines
-    assert any(re.fullmatch(r"✓ list_dir \d+ ms", line) for line in lines)
+    start = lines.index('▸ list_dir {"path": "."} running…')
+    assert re.fullmatch(r"✓ list_dir \d+ ms", lines[start + 1])
+    # The answer speaks of "the listing above": it is there, under the tool's line.
+    assert lines[start + 2 : start + 4] == ["    docs/", "    notes.txt (5 bytes)"]
     assert SUMMARY.match(lines[-1]) and lines[-1].startswith("completed · 2 rounds · ")
     assert "\x1b[" not in result.stdout + result.stderr
 

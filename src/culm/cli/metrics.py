@@ -1,7 +1,8 @@
 """``culm metrics``: usage metrics from a running server, as a table or JSON lines.
 
 Without ``--by``: the summary of the last ``--days`` UTC days (today included). With ``--by
-model`` / ``tool`` / ``day``: one row per model, tool or day of that range.
+model`` / ``tool`` / ``day``: one row per model, tool or day of that range (in the table, only
+the days with runs, rounds or tool calls; as JSON, every day).
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def metrics_command(
         _show(body["tools"], json_lines, lambda: _tools_table(body["tools"]))
     else:
         body = call(server, lambda client: client.metrics("daily", days=days, granularity="day"))
-        _show(body["periods"], json_lines, lambda: _days_table(body["periods"]))
+        periods = body["periods"]
+        if not json_lines:  # the table shows the days with activity, JSON every day of the range
+            periods = [p for p in periods if p["runs"] or p["rounds"] or p["tool_calls"]]
+        _show(periods, json_lines, lambda: _days_table(periods))
 
 
 def _show(items: Sequence[Json], json_lines: bool, table: Callable[[], None]) -> None:

@@ -1,7 +1,8 @@
 """Showing a run to a person or a program.
 
 :class:`HumanOutput` writes the assistant's answer to stdout as it streams and everything else
-(reasoning, tool calls and their output, notices, the closing summary) to stderr, so that
+(reasoning, tool calls, their live output or the start of their results, notices, the closing
+summary) to stderr, so that
 ``culm run … > answer.txt`` keeps only the answer. :class:`JsonOutput` writes every run event as
 one JSON line on stdout. Styling comes from rich, which writes no ANSI codes when stderr is not a
 terminal; ``NO_COLOR`` turns styling off entirely.
@@ -40,6 +41,9 @@ from culm.domain.models import Usage
 
 ARGUMENTS_WIDTH = 100
 ERROR_WIDTH = 200
+# A tool's result is shown under its line, cut to this many lines of at most this many characters.
+RESULT_LINES = 10
+RESULT_WIDTH = 160
 INDENT = "    "
 STATUS_WORDS = {"complete": "completed", "cancelled": "cancelled", "error": "error"}
 STATUS_STYLES = {"completed": "bold green", "cancelled": "bold yellow", "error": "bold red"}
@@ -67,6 +71,20 @@ def format_arguments(arguments: Any) -> str:
     if isinstance(arguments, str):
         return shorten(arguments, ARGUMENTS_WIDTH)
     return shorten(json.dumps(arguments, ensure_ascii=False), ARGUMENTS_WIDTH)
+
+
+def result_preview(result: str) -> list[str]:
+    """A tool's result as the lines to show: the first ``RESULT_LINES``, each cut to
+    ``RESULT_WIDTH`` characters, and how many more there are."""
+    lines = result.rstrip("\n").splitlines()
+    shown = [
+        line if len(line) <= RESULT_WIDTH else line[: RESULT_WIDTH - 1] + "…"
+        for line in lines[:RESULT_LINES]
+    ]
+    hidden = len(lines) - len(shown)
+    if hidden:
+        shown.append(f"… {hidden} more line" + ("" if hidden == 1 else "s"))
+    return shown
 
 
 @dataclass
@@ -145,6 +163,7 @@ class HumanOutput:
         self._err = err
         self._block: str | None = None
         self._open = False
+        self._streamed: set[str] = set()  # tool calls whose output was shown as it came
         self._handlers: dict[str, Callable[[Any], None]] = {
             "token": self._token,
             "reasoning_token": self._reasoning,
@@ -183,6 +202,7 @@ class HumanOutput:
         self._track(event.content)
 
     def _tool_token(self, event: ToolToken) -> None:
+        self._streamed.add(event.tool_call_id)
         self._enter(f"tool:{event.tool_call_id}")
         text = Text(style="dim")
         for line in _LINES.findall(event.content):
@@ -195,14 +215,24 @@ class HumanOutput:
     def _tool_start(self, event: ToolStart) -> None:
         arguments = format_arguments(event.arguments)
         self._line(
-            Text.assemble(("▸ ", "cyan"), (event.tool_name, "bold"), (f" {arguments}", "dim"))
+            Text.assemble(
+                ("▸ ", "cyan"),
+                (event.tool_name, "bold"),
+                (f" {arguments}", "dim"),
+                (" running…", "cyan"),
+            )
         )
 
     def _tool_complete(self, event: ToolComplete) -> None:
         elapsed = f" {event.elapsed_ms} ms"
         self._line(Text.assemble(("✓ ", "green"), (event.tool_name, "bold"), (elapsed, "dim")))
+        if event.tool_call_id not in self._streamed:  # else it was shown as it came
+            for line in result_preview(event.result):
+                self._err.print(Text(INDENT + line, style="dim"))
+        self._streamed.discard(event.tool_call_id)
 
     def _tool_error(self, event: ToolError) -> None:
+        self._streamed.discard(event.tool_call_id)
         self._line(
             Text.assemble(
                 ("✗ ", "red"),

@@ -210,7 +210,7 @@ def _event_line(data: Json) -> str:
     """``   7  08:00:00.123  token                  {"content": "Hel"}``."""
     details = {key: value for key, value in data.items() if key not in ENVELOPE}
     shown = shorten(json.dumps(details, ensure_ascii=False), DETAILS_WIDTH) if details else ""
-    when = local_time(data.get("ts"), precise=True).split(" ")[-1]  # the time of day
+    when = local_time(data.get("ts"), precise=True).split(" ")[1]  # the time of day
     return f"{data['seq']:>5}  {when}  {data.get('type', '?'):<22} {shown}".rstrip()
 
 

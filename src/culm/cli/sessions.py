@@ -84,9 +84,12 @@ def print_json_lines(items: Iterable[Any]) -> None:
 
 
 def local_time(value: str | None, *, precise: bool = False) -> str:
-    """An ISO-8601 UTC time from the server as local ``YYYY-MM-DD HH:MM:SS``; "-" for none."""
+    """An ISO-8601 UTC time from the server as local ``YYYY-MM-DD HH:MM:SS ZONE`` (the zone's
+    abbreviation, e.g. ``CET``); "-" for none."""
     if not value:
         return "-"
     moment = datetime.fromisoformat(value).astimezone()
     text = moment.strftime("%Y-%m-%d %H:%M:%S")
-    return f"{text}.{moment.microsecond // 1000:03d}" if precise else text
+    if precise:
+        text += f".{moment.microsecond // 1000:03d}"
+    return f"{text} {moment.strftime('%Z')}"
