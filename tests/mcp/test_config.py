@@ -3,6 +3,7 @@ the field; tool names; which names a session may enable."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,17 @@ async def test_a_session_brings_its_own_servers(
             await engine.create_session(mcp_servers={"mine": {"url": "nope"}})
         with pytest.raises(culm.ConfigError, match="the session's mcp_servers: expected a table"):
             await engine.create_session(metadata={"mcp_servers": ["x"]})
+
+
+def test_a_bare_command_not_on_path_is_found_beside_culms_python(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither the system's nor culm's virtualenv
+    beside = str(Path(sys.executable).parent / "mcp-server-time")
+    assert StdioServer(command="mcp-server-time").executable == beside
+    on_path = tmp_path / "mcp-server-time"
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    assert StdioServer(command="mcp-server-time").executable == "mcp-server-time"
+    for command in ("no-such-server", "/opt/servers/time", "./time"):
+        assert StdioServer(command=command).executable == command

@@ -3,8 +3,8 @@
 In ``$CULM_HOME/config.toml``::
 
     [mcp_servers.time]                      # stdio: culm starts the command
-    command = "uvx"
-    args = ["mcp-server-time", "--local-timezone", "UTC"]
+    command = "mcp-server-time"             # on PATH, or installed beside culm
+    args = ["--local-timezone", "UTC"]
     env = { TZ = "UTC" }                    # added to a minimal environment (PATH, HOME …)
     timeout = 30                            # seconds per call (default: CULM_TOOL_TIMEOUT)
 
@@ -20,8 +20,12 @@ Every mistake is a :class:`~culm.errors.ConfigError` that names the server and t
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -54,6 +58,16 @@ class StdioServer(_Server):
     @property
     def transport(self) -> Transport:
         return "stdio"
+
+    @property
+    def executable(self) -> str:
+        """The program to start: ``command``, or, when it is a bare name that is not on ``PATH``,
+        the program of that name installed beside culm's Python (a server installed in culm's
+        virtualenv runs although that virtualenv is not activated)."""
+        if os.sep in self.command or shutil.which(self.command) is not None:
+            return self.command
+        beside = Path(sys.executable).parent / self.command
+        return str(beside) if os.access(beside, os.X_OK) and beside.is_file() else self.command
 
 
 class HttpServer(_Server):

@@ -184,7 +184,7 @@ def _lost_on_close() -> Iterator[None]:
 
 def _stdio_parameters(config: StdioServer) -> StdioServerParameters:
     # The SDK starts from a minimal environment (PATH, HOME …), not culm's own.
-    return StdioServerParameters(command=config.command, args=list(config.args), env=config.env)
+    return StdioServerParameters(command=config.executable, args=list(config.args), env=config.env)
 
 
 def _log(path: Path) -> TextIO:
