@@ -56,7 +56,7 @@ async def test_the_summary_table(server: Server, tmp_path: Path) -> None:
     table = {line[:34].strip(): line[34:].strip() for line in lines[1:]}
     assert table["runs"] == "2"
     assert table["rounds"] == "4 (0 failed, 0 partial)"
-    assert table["tool calls"] == "2 (0 failed)"
+    assert table["tool calls"] == "2 (0 failed, 0 cancelled)"
     assert table["tokens: prompt"] == "4,600"
     assert table["tokens: total"] == "4,840"
 
@@ -73,7 +73,7 @@ async def test_by_model_tool_and_day(server: Server, tmp_path: Path) -> None:
         "4,600",
     ]
     by_tool = await metrics(server, home, "--by", "tool")
-    assert by_tool.stdout.splitlines()[1].split()[:3] == ["list_dir", "2", "0"]
+    assert by_tool.stdout.splitlines()[1].split()[:4] == ["list_dir", "2", "0", "0"]
     by_day = await metrics(server, home, "--by", "day", "--days", "30")
     rows = by_day.stdout.splitlines()[1:]
     assert len(rows) == 1  # the days without activity are left out (29 rows of zeros before)
@@ -125,3 +125,30 @@ def test_flags_take_no_value_in_help(tmp_path: Path) -> None:
         )
         text = done.stdout.decode()
         assert "--json" in text and "<bool>" not in text, text
+
+
+async def test_a_cancelled_run_counts_its_round_and_tool_call_as_cancelled(tmp_path: Path) -> None:
+    """Not as failures, and the tool call the cancel ended is counted."""
+    script = {"turns": [[{"tool_call": {"name": "bash", "arguments": {"command": "sleep 30"}}}]]}
+    async with running_server(culm.Settings(home=tmp_path / "server")) as server:
+        engine = server.engine
+        engine.scripts.register("sleeper", script)
+        run = await engine.run("go", model="scripted:sleeper", tools=["bash"])
+        async for event in engine.subscribe(run.run_id):
+            if event.type == "tool_start":
+                await engine.cancel(run.run_id, wait=True, timeout=20)
+                break
+        streaming = await engine.run("count", model="scripted:slow")  # cut in its model call
+        async for event in engine.subscribe(streaming.run_id):
+            if event.type == "token":
+                await engine.cancel(streaming.run_id, wait=True, timeout=20)
+                break
+        await engine.metrics.flush()
+        summary = await metrics(server, tmp_path / "cli")
+        by_tool = await metrics(server, tmp_path / "cli", "--by", "tool")
+    assert summary.code == 0, summary.stderr
+    table = {line[:34].strip(): line[34:].strip() for line in summary.stdout.splitlines()[1:]}
+    assert table["completed / failed / cancelled"] == "0 / 0 / 2"
+    assert table["rounds"] == "2 (0 failed, 1 partial)"
+    assert table["tool calls"] == "1 (0 failed, 1 cancelled)"
+    assert by_tool.stdout.splitlines()[1].split()[:4] == ["bash", "1", "0", "1"]

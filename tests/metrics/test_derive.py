@@ -17,6 +17,7 @@ from culm.domain.events import (
     Token,
     ToolComplete,
     ToolError,
+    ToolStart,
 )
 from culm.domain.models import Usage
 from culm.metrics import events as m
@@ -104,7 +105,7 @@ def test_terminal_statuses() -> None:
         assert out[-1].status is status
 
 
-def test_a_partial_round_is_a_failed_round_with_its_usage() -> None:
+def test_a_round_cut_by_a_cancel_is_cancelled_with_its_usage_not_failed() -> None:
     stamp = Stamper()
     events = [
         stamp(ExecutionStarted(started_at=T, attempt=1)),
@@ -120,7 +121,7 @@ def test_a_partial_round_is_a_failed_round_with_its_usage() -> None:
     partial = out[2]
     assert isinstance(partial, m.RoundCompleted)
     assert (partial.status, partial.partial, partial.error, partial.usage) == (
-        m.RoundStatus.FAILED,
+        m.RoundStatus.CANCELLED,
         True,
         "cancelled",
         USAGE,
@@ -128,6 +129,23 @@ def test_a_partial_round_is_a_failed_round_with_its_usage() -> None:
     count = out[3]
     assert isinstance(count, m.MessageCountUpdated)
     assert count.message_count == 1  # the user message; no assistant message was stored
+
+
+def test_a_partial_round_that_broke_is_failed() -> None:
+    stamp = Stamper()
+    events = [
+        stamp(ExecutionStarted(started_at=T, attempt=1)),
+        stamp(RunnerProgress(round_count=1)),
+        stamp(
+            RoundCompleted(
+                round=1, usage=USAGE, latency_ms=5, model="m", partial=True, error="reset"
+            )
+        ),
+        stamp(Error(message="reset", code="model_error")),
+    ]
+    partial = derive(events)[2]
+    assert isinstance(partial, m.RoundCompleted)
+    assert (partial.status, partial.partial) == (m.RoundStatus.FAILED, True)
 
 
 def test_a_requeued_attempt_numbers_its_rounds_apart() -> None:
@@ -153,3 +171,22 @@ def test_sub_agent_copies_are_ignored_and_the_model_falls_back() -> None:
     out = derive(events, models={})
     assert [e.type for e in out] == ["session_started", "round_started"]
     assert isinstance(out[0], m.SessionStarted) and out[0].model == "unknown"
+
+
+def test_tool_calls_a_cancel_ended_are_counted_as_cancelled() -> None:
+    stamp = Stamper()
+    events = [
+        stamp(ExecutionStarted(started_at=T, attempt=1)),
+        stamp(RunnerProgress(round_count=1)),
+        stamp(RoundCompleted(round=1, usage=USAGE, latency_ms=5, model="m")),
+        stamp(ToolStart(tool_call_id="c1", tool_name="read_file", arguments={})),
+        stamp(ToolStart(tool_call_id="c2", tool_name="bash", arguments={})),
+        stamp(ToolComplete(tool_call_id="c1", tool_name="read_file", result="x", elapsed_ms=3)),
+        stamp(Cancelled(reason="by request")),
+    ]
+    calls = [e for e in derive(events) if isinstance(e, m.ToolCalled)]
+    assert [(c.tool_call_id, c.success, c.cancelled, c.latency_ms) for c in calls] == [
+        ("c1", True, False, 3),
+        ("c2", False, True, 2000),  # from its start (seq 5) to the cancel (seq 7)
+    ]
+    assert calls[1].round_id == "run-1:1:1"

@@ -104,6 +104,7 @@ async def test_a_stream_cancelled_after_usage_ends_with_a_partial_round(
         done = await engine.wait(run.run_id, timeout=10)
         await engine.metrics.flush()
         detail = await engine.metrics.queries.session(run.session_id)
+        summary = await engine.metrics.queries.summary()
     reported = Usage(
         prompt_tokens=1200, completion_tokens=1, total_tokens=1201, cache_read_tokens=500
     )
@@ -114,11 +115,12 @@ async def test_a_stream_cancelled_after_usage_ends_with_a_partial_round(
     assert detail is not None
     (record,) = detail.rounds
     assert (record.status, record.partial, record.error, record.usage) == (
-        "failed",
+        "cancelled",  # the cancel cut it: not a failure
         True,
         "cancelled",
         reported,
     )
+    assert (summary.rounds, summary.failed_rounds, summary.partial_rounds) == (1, 0, 1)
 
 
 async def test_an_upstream_cut_after_output_keeps_the_usage_sent_before_it(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -99,9 +100,18 @@ async def test_writing_a_batch_twice_counts_it_once(
     assert len(await rows(metrics_store, tables.tool_calls)) == 1
 
 
-async def test_a_run_that_ends_closes_its_open_rounds_as_failed(
-    metrics_store: MetricsStore, queries: MetricsQueries
+@pytest.mark.parametrize(
+    ("ended", "round_status", "failed"),
+    [(m.SessionStatus.CANCELLED, "cancelled", 0), (m.SessionStatus.FAILED, "failed", 1)],
+)
+async def test_a_run_that_ends_closes_its_open_rounds(
+    metrics_store: MetricsStore,
+    queries: MetricsQueries,
+    ended: m.SessionStatus,
+    round_status: str,
+    failed: int,
 ) -> None:
+    """As failed, or as cancelled (not a failure) when the run was cancelled."""
     start = m.SessionStarted(meta=at(T0, "run-1"), session_id="s1", model="openai:gpt-4o")
     round_start = m.RoundStarted(
         meta=at(T0 + timedelta(seconds=1), "run-1"),
@@ -112,21 +122,19 @@ async def test_a_run_that_ends_closes_its_open_rounds_as_failed(
     await metrics_store.write([start, round_start])
     assert (await queries.summary()).active_sessions == 1
     end = m.SessionCompleted(
-        meta=at(T0 + timedelta(seconds=3), "run-1"),
-        session_id="s1",
-        status=m.SessionStatus.CANCELLED,
+        meta=at(T0 + timedelta(seconds=3), "run-1"), session_id="s1", status=ended
     )
     await metrics_store.write([end])
     (round_row,) = await rows(metrics_store, tables.rounds)
     assert (round_row["status"], round_row["partial"], round_row["latency_ms"]) == (
-        "failed",
+        round_status,
         True,
         2000,
     )
-    assert "cancelled" in round_row["error"]
+    assert ended.value in round_row["error"]
     summary = await queries.summary()
-    assert (summary.rounds, summary.failed_rounds, summary.partial_rounds) == (1, 1, 1)
-    assert (summary.active_sessions, summary.runs_by_status.cancelled) == (0, 1)
+    assert (summary.rounds, summary.failed_rounds, summary.partial_rounds) == (1, failed, 1)
+    assert summary.active_sessions == 0
 
 
 async def test_start_and_end_in_one_batch_close_the_round_too(

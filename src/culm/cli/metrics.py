@@ -86,7 +86,11 @@ def _summary_table(body: Json, start: date, end: date) -> None:
             "rounds",
             f"{_n(body['rounds'])} ({body['failed_rounds']} failed, {body['partial_rounds']} partial)",
         ),
-        ("tool calls", f"{_n(body['tool_calls'])} ({body['tool_failures']} failed)"),
+        (
+            "tool calls",
+            f"{_n(body['tool_calls'])} ({body['tool_failures']} failed, "
+            f"{body.get('tool_cancelled', 0)} cancelled)",
+        ),
         *((f"tokens: {kind.removesuffix('_tokens')}", _n(tokens[kind])) for kind in tokens),
     ]
     print_table(("METRIC", "VALUE"), rows)
@@ -111,7 +115,7 @@ def _models_table(models: list[Json]) -> None:
 
 
 def _tools_table(tools: list[Json]) -> None:
-    headers = ("TOOL", "CALLS", "FAILURES", "P50_MS", "P95_MS", "AVG_MS")
+    headers = ("TOOL", "CALLS", "FAILURES", "CANCELLED", "P50_MS", "P95_MS", "AVG_MS")
     print_table(
         headers,
         (
@@ -119,6 +123,7 @@ def _tools_table(tools: list[Json]) -> None:
                 t["tool_name"],
                 _n(t["calls"]),
                 _n(t["failures"]),
+                _n(t.get("cancelled", 0)),
                 _n(t["p50_latency_ms"]),
                 _n(t["p95_latency_ms"]),
                 _ms(t["avg_latency_ms"]),

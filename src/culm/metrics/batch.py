@@ -141,6 +141,7 @@ def _tool_called(event: Any) -> Change:
         "session_id": event.session_id,
         "tool_name": event.tool_name,
         "success": event.success,
+        "cancelled": event.cancelled,
         "latency_ms": event.latency_ms,
         "occurred_at": _at(event),
         "day": _at(event).date(),

@@ -10,10 +10,13 @@ run event                             chat event
                                       the run's model)
 ``runner_progress``                   ``round_started`` (round_id ``<run_id>:<attempt>:<round>``)
 ``round_completed``                   ``round_completed`` (usage exactly as reported, latency_ms,
-                                      model; ``partial`` → status ``failed`` with its error,
-                                      else ``success``)
+                                      model; ``partial`` → status ``cancelled`` when the run's
+                                      cancel cut it, else ``failed``, with its error; else
+                                      ``success``)
 ``tool_complete`` / ``tool_error``    ``tool_called`` (success true / false, latency_ms =
                                       elapsed_ms, in the current round)
+``cancelled``, a ``tool_start``       ``tool_called`` (success false, ``cancelled``, latency_ms
+without its end                       from the start to the cancel)
 ``complete`` / ``cancelled`` /        ``message_count_updated``, then ``session_completed``
 ``error``                             (status ``completed`` / ``cancelled`` / ``failed``)
 ====================================  ==============================================================
@@ -32,7 +35,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from culm.domain.events import (
@@ -45,10 +49,14 @@ from culm.domain.events import (
     RunnerProgress,
     ToolComplete,
     ToolError,
+    ToolStart,
 )
 from culm.metrics import events as m
 
 UNKNOWN_MODEL = "unknown"
+# The error of a partial ``round_completed`` whose model call was cut by the run's cancel (the
+# loop's driver gives it).
+CANCELLED_ROUND_ERROR = "cancelled"
 MAX_TRACKED_RUNS = 10_000
 
 Emit = Callable[[m.MetricsEvent], object]
@@ -63,6 +71,8 @@ class _Run:
     round: int = 0
     messages: int = 0
     pending_results: int = 0
+    # Tool calls started and not finished: call id → (tool name, start).
+    running_tools: dict[str, tuple[str, datetime]] = field(default_factory=dict)
 
     def round_id(self, run_id: str) -> str:
         return f"{run_id}:{self.attempt}:{self.round}"
@@ -91,6 +101,7 @@ class RunMetricsDeriver:
             "execution_started": self._started,
             "runner_progress": self._round_started,
             "round_completed": self._round_completed,
+            "tool_start": self._tool_started,
             "tool_complete": self._tool_called,
             "tool_error": self._tool_called,
             "complete": self._ended,
@@ -113,6 +124,7 @@ class RunMetricsDeriver:
     def _started(self, event: ExecutionStarted) -> None:
         run = self._track(event)
         run.attempt, run.round, run.pending_results = event.attempt, 0, 0
+        run.running_tools.clear()  # a requeued attempt: the crash ended them, not a cancel
         run.messages += event.attempt == 1
         self._emit(
             m.SessionStarted(meta=self._meta(event), session_id=run.session_id, model=run.model)
@@ -137,7 +149,10 @@ class RunMetricsDeriver:
         run.messages += not event.partial
         if run.model == UNKNOWN_MODEL:
             run.model = event.model
-        status = m.RoundStatus.FAILED if event.partial else m.RoundStatus.SUCCESS
+        status = m.RoundStatus.SUCCESS
+        if event.partial:
+            cancelled = event.error == CANCELLED_ROUND_ERROR
+            status = m.RoundStatus.CANCELLED if cancelled else m.RoundStatus.FAILED
         self._emit(
             m.RoundCompleted(
                 meta=self._meta(event),
@@ -152,9 +167,14 @@ class RunMetricsDeriver:
             )
         )
 
+    def _tool_started(self, event: ToolStart) -> None:
+        run = self._track(event)
+        run.running_tools[event.tool_call_id] = (event.tool_name, event.ts)
+
     def _tool_called(self, event: ToolComplete | ToolError) -> None:
         run = self._track(event)
         run.pending_results += 1
+        run.running_tools.pop(event.tool_call_id, None)
         self._emit(
             m.ToolCalled(
                 meta=self._meta(event),
@@ -170,6 +190,8 @@ class RunMetricsDeriver:
     def _ended(self, event: Complete | Cancelled | Error) -> None:
         run = self._track(event)
         self._runs.pop(event.run_id, None)
+        if isinstance(event, Cancelled):
+            self._tools_cancelled(run, event)
         meta = self._meta(event)
         self._emit(
             m.MessageCountUpdated(meta=meta, session_id=run.session_id, message_count=run.messages)
@@ -181,6 +203,24 @@ class RunMetricsDeriver:
                 status=_SESSION_STATUS[event.type],
             )
         )
+
+    def _tools_cancelled(self, run: _Run, event: Cancelled) -> None:
+        """The tool calls the cancel interrupted: counted, as cancelled (their results were
+        not stored, so they add no message)."""
+        for tool_call_id, (tool_name, started) in run.running_tools.items():
+            elapsed = int((event.ts - started).total_seconds() * 1000)
+            self._emit(
+                m.ToolCalled(
+                    meta=self._meta(event),
+                    tool_call_id=tool_call_id,
+                    round_id=run.round_id(event.run_id),
+                    session_id=run.session_id,
+                    tool_name=tool_name,
+                    latency_ms=max(0, elapsed),
+                    success=False,
+                    cancelled=True,
+                )
+            )
 
 
 _SESSION_STATUS = {

@@ -79,6 +79,7 @@ class SessionStatus(StrEnum):
 class RoundStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # its run was cancelled during the model call: not a failure
 
 
 class ForwardStatus(StrEnum):
@@ -141,7 +142,8 @@ class RoundCompleted(_Event):
 
 
 class ToolCalled(_Event):
-    """A tool call of a round finished (``success`` false: it failed)."""
+    """A tool call of a round finished (``success`` false: it failed, or, with ``cancelled``,
+    its run was cancelled while it ran)."""
 
     category: Literal["chat"] = "chat"
     type: Literal["tool_called"] = "tool_called"
@@ -151,6 +153,7 @@ class ToolCalled(_Event):
     tool_name: str
     latency_ms: int = Field(ge=0)
     success: bool
+    cancelled: bool = False
 
 
 class MessageCountUpdated(_Event):

@@ -15,7 +15,8 @@ both also labelled ``gen_ai_operation_name`` (``chat``), ``gen_ai_provider_name`
 
 ``culm_runs_active``                  runs in progress in this process
 ``culm_runs_finished_total``          by ``status`` (``completed`` | ``cancelled`` | ``error``)
-``culm_tool_calls_total``             by ``tool_name`` and ``outcome`` (``success`` | ``error``)
+``culm_tool_calls_total``             by ``tool_name`` and ``outcome`` (``success`` | ``error`` |
+                                      ``cancelled``)
 ``culm_metrics_queue_depth``, ``culm_metrics_events_dropped_total``,
 ``culm_metrics_storage_errors_total``  the metrics pipeline itself
 
@@ -137,7 +138,8 @@ class PrometheusExporter:
             case RoundCompleted():
                 self._round(event)
             case ToolCalled():
-                outcome = "success" if event.success else "error"
+                outcome = "cancelled" if event.cancelled else "error"
+                outcome = "success" if event.success else outcome
                 self.tool_calls.labels(event.tool_name, outcome).inc()
             case SessionCompleted():
                 self.runs_finished.labels(RUN_STATUS[event.status.value]).inc()
@@ -151,7 +153,8 @@ class PrometheusExporter:
     def _round(self, event: RoundCompleted) -> None:
         provider, _, model = (event.model or "unknown").partition(":")
         labels = ("chat", provider, model or provider, "run")
-        error = "stream_cut" if event.partial else ""
+        error = "cancelled" if event.status.value == "cancelled" else ""
+        error = error or ("stream_cut" if event.partial else "")
         self.duration.labels(*labels, error).observe(event.latency_ms / 1000)
         self._tokens(labels, event.usage.prompt_tokens, event.usage.completion_tokens)
 

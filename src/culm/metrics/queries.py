@@ -83,6 +83,7 @@ class MetricsQueries:
             partial_rounds=rollup.partial_rounds,
             tool_calls=tools.calls,
             tool_failures=tools.failures,
+            tool_cancelled=tools.cancelled,
             tokens=_usage(rollup),
             error_rate=counts.failed / finished if finished else 0.0,
         )
@@ -210,15 +211,20 @@ class MetricsQueries:
                 calls.tool_name,
                 calls.latency_ms,
                 sa.func.count().label("calls"),
-                sa.func.sum(sa.case((calls.success, 0), else_=1)).label("failures"),
+                sa.func.sum(sa.case((calls.success | calls.cancelled, 0), else_=1)).label(
+                    "failures"
+                ),
+                sa.func.sum(sa.case((calls.cancelled, 1), else_=0)).label("cancelled"),
             )
             .where(*_days(calls.day, start, end))
             .group_by(calls.tool_name, calls.latency_ms)
             .order_by(calls.tool_name, calls.latency_ms)
         )
-        histograms: defaultdict[str, list[tuple[int, int, int]]] = defaultdict(list)
+        histograms: defaultdict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
         for row in await self._all(query):
-            histograms[row.tool_name].append((row.latency_ms, row.calls, row.failures))
+            histograms[row.tool_name].append(
+                (row.latency_ms, row.calls, row.failures, row.cancelled)
+            )
         tools = sorted(
             (_tool_metrics(name, histogram) for name, histogram in histograms.items()),
             key=lambda tool: (-tool.calls, tool.tool_name),
@@ -332,7 +338,7 @@ def _model_totals(start: date | None, end: date | None) -> sa.Select[Any]:
 
 def _tool_totals(start: date | None, end: date | None) -> sa.Select[Any]:
     daily = t.daily_tools
-    return sa.select(*_counter_sums(daily, ("calls", "failures"))).where(
+    return sa.select(*_counter_sums(daily, ("calls", "failures", "cancelled"))).where(
         *_days(daily.c.day, start, end)
     )
 
@@ -376,24 +382,25 @@ def _usage(row: Any) -> Usage:
     return Usage(**{kind: int(getattr(row, kind) or 0) for kind in t.USAGE_KINDS})
 
 
-def _tool_metrics(name: str, histogram: list[tuple[int, int, int]]) -> ToolMetrics:
-    """From ``(latency_ms, calls, failures)`` in latency order."""
-    total = sum(calls for _, calls, _ in histogram)
+def _tool_metrics(name: str, histogram: list[tuple[int, int, int, int]]) -> ToolMetrics:
+    """From ``(latency_ms, calls, failures, cancelled)`` in latency order."""
+    total = sum(calls for _, calls, _, _ in histogram)
     return ToolMetrics(
         tool_name=name,
         calls=total,
-        failures=sum(failures for _, _, failures in histogram),
-        avg_latency_ms=sum(latency * calls for latency, calls, _ in histogram) / total,
+        failures=sum(failures for _, _, failures, _ in histogram),
+        cancelled=sum(cancelled for *_, cancelled in histogram),
+        avg_latency_ms=sum(latency * calls for latency, calls, *_ in histogram) / total,
         p50_latency_ms=_nearest_rank(histogram, total, 50),
         p95_latency_ms=_nearest_rank(histogram, total, 95),
     )
 
 
-def _nearest_rank(histogram: list[tuple[int, int, int]], total: int, percent: int) -> int:
+def _nearest_rank(histogram: list[tuple[int, int, int, int]], total: int, percent: int) -> int:
     """The value at rank ceil(total * percent / 100)."""
     rank = (total * percent + 99) // 100
     seen = 0
-    for latency, calls, _ in histogram:
+    for latency, calls, *_ in histogram:
         seen += calls
         if seen >= rank:
             return latency
@@ -502,6 +509,7 @@ def _session_detail(
                 tool_call_id=call.tool_call_id,
                 tool_name=call.tool_name,
                 success=call.success,
+                cancelled=call.cancelled,
                 latency_ms=call.latency_ms,
                 occurred_at=call.occurred_at,
             )

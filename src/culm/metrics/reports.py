@@ -36,7 +36,8 @@ class MetricsSummary(_Report):
     failed_rounds: int
     partial_rounds: int = Field(description="rounds whose model stream was cut")
     tool_calls: int
-    tool_failures: int
+    tool_failures: int = Field(description="tool calls that failed (cancelled ones are not)")
+    tool_cancelled: int = Field(default=0, description="tool calls their run's cancel ended")
     tokens: Usage
     error_rate: float = Field(description="failed runs / finished runs (0 when none finished)")
 
@@ -79,6 +80,7 @@ class ToolCallMetrics(_Report):
     tool_call_id: str
     tool_name: str
     success: bool
+    cancelled: bool = False
     latency_ms: int
     occurred_at: datetime
 
@@ -87,7 +89,7 @@ class RoundMetrics(_Report):
     round_id: str
     run_id: str | None
     model: str | None
-    status: str = Field(description="running, success or failed")
+    status: str = Field(description="running, success, failed or cancelled")
     partial: bool
     error: str | None
     started_at: datetime | None
@@ -166,6 +168,7 @@ class ToolMetrics(_Report):
     tool_name: str
     calls: int
     failures: int
+    cancelled: int = 0
     avg_latency_ms: float
     p50_latency_ms: int
     p95_latency_ms: int

@@ -130,7 +130,8 @@ class MetricsStore:
             self._add_to_daily_models(conn, ends)
 
     def _close_open_rounds(self, conn: sa.Connection, batch: Batch) -> None:
-        """Rounds still open when their run ended get a failed, partial completion."""
+        """Rounds still open when their run ended get a partial completion (failed, or
+        cancelled with their run)."""
         ended = {key: row for key, row in batch.sessions.items() if row["completed_at"]}
         if not ended:
             return
@@ -171,12 +172,13 @@ class MetricsStore:
             return
         self._rows.execute(conn, self._sql.tool_calls, rows)
         sums: defaultdict[tuple[date, str], Row] = defaultdict(
-            lambda: {"calls": 0, "failures": 0, "latency_ms": 0}
+            lambda: {"calls": 0, "failures": 0, "latency_ms": 0, "cancelled": 0}
         )
         for row in rows:
             total = sums[(row["day"], row["tool_name"])]
             total["calls"] += 1
-            total["failures"] += not row["success"]
+            total["failures"] += not row["success"] and not row["cancelled"]
+            total["cancelled"] += row["cancelled"]
             total["latency_ms"] += row["latency_ms"]
         values = [{"day": day, "tool_name": name, **total} for (day, name), total in sums.items()]
         self._rows.execute(conn, self._sql.increments[t.daily_tools.name], values)
@@ -217,15 +219,17 @@ class MetricsStore:
 
 
 def _closed(start: Row, session_end: Row) -> Row:
-    """A failed, partial completion for a round that was open when its run ended."""
+    """A partial completion for a round that was open when its run ended: ``cancelled`` when the
+    run was, else ``failed``."""
     started, ended = start.get("started_at"), session_end["completed_at"]
     latency = max(0, int((ended - started).total_seconds() * 1000)) if started else 0
+    cancelled = session_end["status"] == "cancelled"
     return {
         "round_id": start["round_id"],
         "run_id": start["run_id"],
         "session_id": start["session_id"],
         "model": start.get("model"),
-        "status": "failed",
+        "status": "cancelled" if cancelled else "failed",
         "partial": True,
         "error": f"the run ended ({session_end['status']}) before the round did",
         "started_at": started,

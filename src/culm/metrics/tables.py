@@ -120,6 +120,7 @@ tool_calls = sa.Table(
     sa.Column("run_id", sa.String(64), nullable=True),
     sa.Column("tool_name", sa.String(200), nullable=False),
     sa.Column("success", sa.Boolean, nullable=False),
+    sa.Column("cancelled", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("latency_ms", sa.BigInteger, nullable=False),
     sa.Column("occurred_at", UTCDateTime, nullable=False),
     sa.Column("day", sa.Date, nullable=False),
@@ -195,6 +196,7 @@ daily_tools = sa.Table(
     sa.Column("calls", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("failures", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("latency_ms", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cancelled", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 ALL_TABLES = (
