@@ -13,13 +13,14 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 import culm
 from culm.cli.client import Client, NotFound, ServerUnreachable, StreamEvent
 from culm.domain.models import RunStatus
+from culm.tools.base import Tool, ToolContext
 from tests.api.conftest import Server, free_port, running_server
 from tests.cli.conftest import TIMEOUT, Result, clean_env, culm_command, restore_sigint
 
@@ -29,13 +30,32 @@ DEMO_ANSWER = (
     "Done: the listing above shows what the workspace holds "
     "(this answer comes from the scripted demo model).\n"
 )
-TICKS = {"turns": [[{"delay": 0.05}, {"text": "tick "}] * 30 + [{"text": "done"}]]}
+GATED = {
+    "turns": [
+        [{"text": "tick "}, {"tool_call": {"name": "gate", "arguments": {}}}],
+        [{"text": "tick "}, {"text": "done"}],
+    ]
+}
+
+
+class GateTool(Tool):
+    """Returns once the test opens it."""
+
+    name: ClassVar[str] = "gate"
+    description: ClassVar[str] = "Wait for the gate."
+    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        await self.open.wait()
+        return "open"
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     async with running_server(culm.Settings(home=tmp_path / "server")) as running:
-        running.engine.scripts.register("ticks", TICKS)
         yield running
 
 
@@ -296,14 +316,21 @@ async def test_tail_after_starts_past_the_cursor(server: Server, cli: Cli) -> No
     assert "is completed; no more events after the cursor" in past_the_end.stderr
 
 
-async def test_tail_follows_a_live_run_to_its_end(server: Server, cli_home: Path) -> None:
-    live = await server.engine.run("count", model="scripted:ticks")
-    process = await _spawn(cli_home, "tail", live.run_id, "--json", "--server", server.url)
-    assert process.stdout is not None
+async def test_tail_follows_a_live_run_to_its_end(tmp_path: Path, cli_home: Path) -> None:
+    # The run waits inside a tool until the test has read tail's first line: it is live then,
+    # however slowly the CLI starts.
+    gate = GateTool()
+    settings = culm.Settings(home=tmp_path / "server")
+    async with running_server(settings, tools=[gate]) as server:
+        server.engine.scripts.register("gated", GATED)
+        live = await server.engine.run("count", model="scripted:gated", tools=["gate"])
+        process = await _spawn(cli_home, "tail", live.run_id, "--json", "--server", server.url)
+        assert process.stdout is not None
 
-    first = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
-    still = (await server.engine.get_run(live.run_id)).status
-    rest, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
+        first = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
+        still = (await server.engine.get_run(live.run_id)).status
+        gate.open.set()
+        rest, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
 
     assert still is RunStatus.RUNNING
     assert process.returncode == 0, stderr
