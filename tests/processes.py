@@ -8,10 +8,14 @@ the host, also when the command ran in its own PID namespace) that each of them 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shlex
 import shutil
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -31,6 +35,32 @@ def escaping_command(marker: str, *, wait: str = "sleep 300") -> str:
         f"( (exec -a {marker}-daemon sleep 300 </dev/null >/dev/null 2>&1 &) & ); "
         f"sleep 0.2; echo ready; {wait}"
     )
+
+
+def mcp_server(home: Path, marker: str) -> Path:
+    """The tests' demo MCP server under a name of its own (so its process is this test's),
+    configured in ``home/config.toml`` as ``demo``, started by a shell that first starts a
+    helper (``<marker>-helper``) in a session of its own, as servers run through launchers do.
+    Returns the file the server notes its calls in (``sleep started``)."""
+    from tests.mcp.servers import demo
+
+    copy = home / f"{marker}.py"
+    shutil.copy(demo.__file__, copy)
+    events = home / "demo-events.txt"
+    launcher = (
+        f"setsid bash -c 'exec -a {marker}-helper sleep 300' </dev/null >/dev/null 2>&1 & "
+        f"exec {shlex.quote(sys.executable)} {shlex.quote(str(copy))}"
+    )
+    (home / "config.toml").write_text(
+        '[mcp_servers.demo]\ncommand = "bash"\n'
+        f'args = ["-c", {json.dumps(launcher)}]\n'
+        f"env = {{ DEMO_EVENTS_FILE = {json.dumps(str(events))} }}\n"
+    )
+    return events
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
 
 
 def marked(marker: str) -> list[psutil.Process]:

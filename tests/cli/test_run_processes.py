@@ -5,11 +5,8 @@ a second Ctrl-C (exit at once) or kill -9."""
 from __future__ import annotations
 
 import json
-import shlex
-import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -17,10 +14,11 @@ import pytest
 
 from culm import Engine, RunStatus, Settings
 from tests.cli.conftest import clean_env, culm_command, restore_sigint
-from tests.mcp.servers import demo
 from tests.processes import (
     escapees_started,
     escaping_command,
+    lines,
+    mcp_server,
     new_marker,
     nothing_left,
     require_bwrap,
@@ -33,25 +31,6 @@ def script(home: Path, name: str, call: dict[str, object]) -> None:
     scripts.mkdir(exist_ok=True)
     turns = [[{"tool_call": call}], [{"text": "done"}]]
     (scripts / f"{name}.json").write_text(json.dumps({"turns": turns}))
-
-
-def mcp_server(home: Path, marker: str) -> Path:
-    """The demo MCP server under a name of its own (so its process is this test's), configured
-    in config.toml as ``demo``, started by a shell that first starts a helper in a session of
-    its own (as servers run through launchers do); returns the file it notes its calls in."""
-    copy = home / f"{marker}.py"
-    shutil.copy(demo.__file__, copy)
-    events = home / "demo-events.txt"
-    launcher = (
-        f"setsid bash -c 'exec -a {marker}-helper sleep 300' </dev/null >/dev/null 2>&1 & "
-        f"exec {shlex.quote(sys.executable)} {shlex.quote(str(copy))}"
-    )
-    (home / "config.toml").write_text(
-        '[mcp_servers.demo]\ncommand = "bash"\n'
-        f'args = ["-c", {json.dumps(launcher)}]\n'
-        f"env = {{ DEMO_EVENTS_FILE = {json.dumps(str(events))} }}\n"
-    )
-    return events
 
 
 @pytest.fixture(params=["none", "bwrap"])
@@ -131,7 +110,7 @@ def test_kill_9_of_culm_run_leaves_no_process(
     else:
         events = mcp_server(home, marker)
         call = {"name": "mcp__demo__sleep", "arguments": {"seconds": 300}}
-        ready = lambda: "sleep started" in _lines(events)  # noqa: E731
+        ready = lambda: "sleep started" in lines(events)  # noqa: E731
     script(home, "hang", call)
     tools = "bash" if tool == "bash" else "mcp__demo__sleep"
     process = culm_run(home, started, "-m", "scripted:hang", "--tools", tools, env=sandbox_env)
@@ -150,7 +129,7 @@ def test_a_second_ctrl_c_during_a_hanging_mcp_call_leaves_no_server(
     events = mcp_server(home, marker)
     script(home, "hang", {"name": "mcp__demo__sleep", "arguments": {"seconds": 300}})
     process = culm_run(home, started, "-m", "scripted:hang", "--tools", "mcp__demo__sleep")
-    wait_sync(lambda: "sleep started" in _lines(events), timeout=30, what="the call started")
+    wait_sync(lambda: "sleep started" in lines(events), timeout=30, what="the call started")
 
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
@@ -158,7 +137,3 @@ def test_a_second_ctrl_c_during_a_hanging_mcp_call_leaves_no_server(
 
     assert process.returncode == 130, stderr
     wait_sync(lambda: nothing_left(marker), what="the MCP server gone")
-
-
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
