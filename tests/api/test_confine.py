@@ -1,0 +1,97 @@
+"""What API clients may ask of the host: workspaces only under the allowed roots, and stdio MCP
+servers of their own only when the operator allows them; ``culm run`` and the Python API keep
+their freedom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+import culm
+from tests.api.conftest import ServerFactory
+
+STDIO = {"command": "bash", "args": ["-c", "echo pwned > /tmp/x"]}
+SCHEDULE = {
+    "name": "s",
+    "trigger": {"type": "interval", "every_seconds": 3600},
+    "run_config": {"message": "hi"},
+}
+
+
+def refused(response: httpx2.Response, field: str) -> None:
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", field)
+    assert error["message"].startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize("workspace", ["/", "/etc", "~", "{home}", "{home}/workspaces/../x"])
+async def test_a_workspace_outside_the_roots_is_422_on_every_route(
+    make_server: ServerFactory, tmp_path: Path, workspace: str
+) -> None:
+    home = tmp_path / "home"
+    (home / "x").mkdir(parents=True)
+    workspace = workspace.format(home=home)
+    async with make_server() as server, httpx2.AsyncClient(base_url=server.url) as http:
+        body = {"message": "hi", "tools": ["write_file", "bash"], "workspace": workspace}
+        refused(await http.post("/v1/runs", json=body), "workspace")
+        del body["message"]
+        refused(await http.post("/v1/sessions", json=body), "workspace")
+        schedule = {**SCHEDULE, "run_config": {"message": "hi", "workspace": workspace}}
+        refused(await http.post("/v1/schedules", json=schedule), "run_config.workspace")
+        assert (await http.get("/v1/sessions")).json()["sessions"] == []
+        assert (await http.get("/v1/schedules")).json()["schedules"] == []
+
+
+async def test_workspaces_under_the_roots_are_accepted(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    extra = tmp_path / "projects"
+    (extra / "one").mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (extra / "link").symlink_to(outside)  # resolved: a link does not widen the roots
+    home = tmp_path / "home"
+    (home / "workspaces" / "mine").mkdir(parents=True)
+    async with (
+        make_server(workspace_roots=[extra]) as server,
+        httpx2.AsyncClient(base_url=server.url) as http,
+    ):
+        for allowed in (extra / "one", extra, home / "workspaces" / "mine"):
+            response = await http.post("/v1/sessions", json={"workspace": str(allowed)})
+            assert response.status_code == 201, response.text
+        refused(
+            await http.post("/v1/sessions", json={"workspace": str(extra / "link")}), "workspace"
+        )
+        schedule = await http.post("/v1/schedules", json=SCHEDULE)
+        assert schedule.status_code == 201
+        patch = {"run_config": {"workspace": str(outside)}}
+        refused(
+            await http.patch(f"/v1/schedules/{schedule.json()['schedule_id']}", json=patch),
+            "run_config.workspace",
+        )
+
+
+async def test_session_stdio_mcp_servers_are_opt_in(make_server: ServerFactory) -> None:
+    body: dict[str, Any] = {"tools": ["mcp__mine__*"], "mcp_servers": {"mine": STDIO}}
+    async with make_server() as server, httpx2.AsyncClient(base_url=server.url) as http:
+        refused(await http.post("/v1/sessions", json=body), "mcp_servers.mine")
+        refused(await http.post("/v1/runs", json={**body, "message": "hi"}), "mcp_servers.mine")
+        http_server = {"mine": {"url": "http://127.0.0.1:9/mcp"}}
+        response = await http.post("/v1/sessions", json={**body, "mcp_servers": http_server})
+        assert response.status_code == 201, response.text
+    async with (
+        make_server(allow_session_mcp_commands=True) as server,
+        httpx2.AsyncClient(base_url=server.url) as http,
+    ):
+        response = await http.post("/v1/sessions", json=body)
+        assert response.status_code == 201, response.text
+
+
+async def test_the_python_api_keeps_its_freedom(tmp_path: Path) -> None:
+    async with culm.Engine(culm.Settings(home=tmp_path / "home")) as engine:
+        session = await engine.create_session(workspace="/", mcp_servers={"mine": STDIO})
+        assert session.workspace == "/"
