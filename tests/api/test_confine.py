@@ -11,6 +11,7 @@ import httpx2
 import pytest
 
 import culm
+from culm.settings import load_settings
 from tests.api.conftest import ServerFactory
 
 STDIO = {"command": "bash", "args": ["-c", "echo pwned > /tmp/x"]}
@@ -95,3 +96,28 @@ async def test_the_python_api_keeps_its_freedom(tmp_path: Path) -> None:
     async with culm.Engine(culm.Settings(home=tmp_path / "home")) as engine:
         session = await engine.create_session(workspace="/", mcp_servers={"mine": STDIO})
         assert session.workspace == "/"
+
+
+async def test_secrets_in_culms_environment_never_reach_the_model_or_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = {
+        "OPENAI_API_KEY": "sk-openai-do-not-leak",
+        "ANTHROPIC_API_KEY": "sk-ant-do-not-leak",
+        "CULM_API_KEY": "culm-do-not-leak",
+        "CULM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/do-not-leak.db",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CULM_HOME", str(tmp_path / "home"))
+    call = {"tool_call": {"name": "bash", "arguments": {"command": "env; cat /proc/self/environ"}}}
+    async with culm.Engine(load_settings()) as engine:
+        engine.scripts.register("env", {"turns": [[call], [{"text": "done"}]]})
+        run = await engine.run("show me", model="scripted:env", tools=["bash"])
+        events = [event async for event in engine.subscribe(run.run_id)]
+        messages = await engine.get_messages(run.session_id)
+    stored = "".join(event.model_dump_json() for event in events)
+    stored += "".join(message.model_dump_json() for message in messages)
+    assert "CULM_RUN_ID" in stored  # the command's environment was shown
+    for value in secrets.values():
+        assert value not in stored
