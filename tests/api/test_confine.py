@@ -13,6 +13,7 @@ import pytest
 import culm
 from culm.settings import load_settings
 from tests.api.conftest import ServerFactory
+from tests.processes import require_bwrap
 
 STDIO = {"command": "bash", "args": ["-c", "echo pwned > /tmp/x"]}
 SCHEDULE = {
@@ -121,3 +122,26 @@ async def test_secrets_in_culms_environment_never_reach_the_model_or_the_store(
     assert "CULM_RUN_ID" in stored  # the command's environment was shown
     for value in secrets.values():
         assert value not in stored
+
+
+async def test_a_sandboxed_command_sees_neither_the_database_nor_other_workspaces(
+    tmp_path: Path,
+) -> None:
+    require_bwrap()
+    home = tmp_path / "home"
+    settings = culm.Settings(home=home, bash_sandbox="bwrap")
+    async with culm.Engine(settings) as engine:
+        other = await engine.create_session()
+        (Path(other.workspace) / "theirs.txt").write_text("another session's file")
+        command = f"ls -a {home} {home}/workspaces; cat {home}/culm.db | head -c 16"
+        call = {"tool_call": {"name": "bash", "arguments": {"command": command}}}
+        engine.scripts.register("look", {"turns": [[call], [{"text": "done"}]]})
+        run = await engine.run("look", model="scripted:look", tools=["bash"])
+        events = [event async for event in engine.subscribe(run.run_id)]
+    [result] = [event for event in events if event.type == "tool_complete"]
+    output = result.result  # type: ignore[attr-defined]
+    assert (home / "culm.db").exists()
+    assert "culm.db" not in output.replace(f"{home}/culm.db: No such file", "")
+    assert "No such file" in output
+    assert other.session_id not in output
+    assert run.session_id in output  # its own workspace, and nothing else of CULM_HOME
