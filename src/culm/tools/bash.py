@@ -121,7 +121,7 @@ class BashTool(Tool):
 
     def _environment(self, ctx: ToolContext, cwd: Path) -> dict[str, str]:
         env = minimal_environment(self.env_passthrough, _run_environment(ctx))
-        if home := self.sandbox.home(cwd):
+        if home := self.sandbox.home:
             env["HOME"] = home
         return {**env, "PWD": str(cwd)}
 

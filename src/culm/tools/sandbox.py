@@ -69,7 +69,8 @@ class Sandbox:
     def confined(self) -> bool:
         return self.kind == SandboxMode.BWRAP
 
-    def home(self, workspace: Path) -> str | None:
+    @property
+    def home(self) -> str | None:
         """The ``HOME`` a command gets (None: culm's own)."""
         return "/tmp" if self.confined else None
 
