@@ -102,3 +102,23 @@ async def test_wait_with_zero_timeout_returns_a_finished_run(tmp_path: Path) -> 
         run = await engine.run("hi", model="scripted:echo")
         await engine.wait(run.run_id)
         assert (await engine.wait(run.run_id, timeout=0)).status is culm.RunStatus.COMPLETED
+
+
+def test_list_settings_are_comma_separated_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CULM_HOME", str(tmp_path))
+    monkeypatch.setenv("CULM_BASH_ENV_PASSTHROUGH", "GITHUB_TOKEN, NPM_TOKEN")
+    monkeypatch.setenv("CULM_WORKSPACE_ROOTS", f"{tmp_path}/a,{tmp_path}/b")
+    monkeypatch.setenv("CULM_BASH_SANDBOX", "none")
+    settings = load_settings()
+    assert settings.bash_env_passthrough == ["GITHUB_TOKEN", "NPM_TOKEN"]
+    assert settings.workspace_roots == [tmp_path / "a", tmp_path / "b"]
+    assert settings.allowed_workspace_roots == [
+        (tmp_path / "workspaces").resolve(),
+        (tmp_path / "a").resolve(),
+        (tmp_path / "b").resolve(),
+    ]
+    assert settings.bash_sandbox == "none"
+    assert settings.allow_session_mcp_commands is False
+    assert settings.bash_network is True

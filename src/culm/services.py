@@ -51,6 +51,7 @@ from culm.settings import Settings, load_settings
 from culm.storage.base import Store
 from culm.storage.sql import SqlStore
 from culm.tools import Tool, ToolRegistry, builtin_tools
+from culm.tools.sandbox import sandbox_from
 
 DEFAULT_GROUPS = {"read": ("read_file", "list_dir", "glob", "grep")}
 
@@ -83,7 +84,10 @@ class Engine:
         )
         extra = [SpawnAgentTool(self, self.subagents), *(tools or ())]
         overridden = {tool.name for tool in extra}
-        builtins = [t for t in builtin_tools(self.settings) if t.name not in overridden]
+        self.sandbox = sandbox_from(self.settings)  # the bash tool's, checked now
+        builtins = [
+            t for t in builtin_tools(self.settings, self.sandbox) if t.name not in overridden
+        ]
         self.mcp = MCPManager(self.settings)
         self.tools = ToolRegistry([*builtins, *extra], DEFAULT_GROUPS, sources=[self.mcp])
         self.scripts = scripts or ScriptLibrary(self.settings.scripts_dir)

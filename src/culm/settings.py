@@ -9,11 +9,12 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -27,6 +28,19 @@ class RecoveryPolicy(StrEnum):
 
     REQUEUE = "requeue"
     ERROR = "error"
+
+
+class SandboxMode(StrEnum):
+    """How the bash tool is confined (see culm.tools.sandbox)."""
+
+    AUTO = "auto"
+    BWRAP = "bwrap"
+    NONE = "none"
+
+
+Names = Annotated[list[str], NoDecode]
+"""A list setting given in the environment as ``A,B,C`` (config.toml: an array)."""
+Paths = Annotated[list[Path], NoDecode]
 
 
 class ShutdownPolicy(StrEnum):
@@ -92,6 +106,17 @@ class Settings(BaseSettings):
     model_connect_timeout: float = Field(default=10.0, gt=0)
     stream_idle_timeout: float = Field(default=120.0, gt=0)
     bash_output_limit: int = Field(default=64 * 1024, ge=1024)
+    bash_sandbox: SandboxMode = SandboxMode.AUTO
+    bash_network: bool = True
+    # Variables of culm's environment that bash commands see besides PATH, HOME, LANG, TZ …
+    bash_env_passthrough: Names = Field(default_factory=list)
+    # Directories bash commands may read inside the sandbox, besides the system's.
+    bash_read_only_paths: Paths = Field(default_factory=list)
+
+    # What API clients may ask for (`culm run` is not limited): workspaces under these roots
+    # (besides CULM_HOME/workspaces), and MCP servers of their own that run a command here.
+    workspace_roots: Paths = Field(default_factory=list)
+    allow_session_mcp_commands: bool = False
 
     # MCP tool servers: [mcp_servers.<name>] tables (see culm.mcp.config)
     mcp_servers: dict[str, ServerConfig] = Field(default_factory=dict)
@@ -139,6 +164,15 @@ class Settings(BaseSettings):
     def _parse_mcp_servers(cls, value: Any) -> dict[str, ServerConfig]:
         return parse_servers(value, SETTINGS_ORIGIN)  # a ConfigError naming server and field
 
+    @field_validator(
+        "bash_env_passthrough", "bash_read_only_paths", "workspace_roots", mode="before"
+    )
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
@@ -163,6 +197,12 @@ class Settings(BaseSettings):
     @property
     def workspaces_dir(self) -> Path:
         return self.home / "workspaces"
+
+    @property
+    def allowed_workspace_roots(self) -> list[Path]:
+        """Where API clients' workspaces may be: CULM_HOME/workspaces and CULM_WORKSPACE_ROOTS."""
+        roots = [self.workspaces_dir, *self.workspace_roots]
+        return [Path(root).expanduser().resolve() for root in roots]
 
     @property
     def scripts_dir(self) -> Path:

@@ -97,11 +97,18 @@ def make_engine(tmp_path: Path) -> EngineFactory:
     return factory
 
 
+def is_reaper(process: psutil.Process) -> bool:
+    return any(part.endswith("reaper.py") for part in process.cmdline()[:4])
+
+
 def mcp_children() -> list[psutil.Process]:
-    """This process's live descendants that are MCP servers of the tests."""
+    """This process's live descendants that are MCP servers of the tests (not the reapers
+    they run under)."""
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
+            if is_reaper(child):
+                continue
             if child.status() != psutil.STATUS_ZOMBIE and any(
                 marker in part for part in child.cmdline() for marker in MCP_SERVER_MARKERS
             ):

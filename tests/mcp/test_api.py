@@ -20,7 +20,11 @@ from tests.mcp.conftest import DemoServer, mcp_children
 
 @pytest.fixture
 async def server(tmp_path: Path, demo_server: DemoServer) -> AsyncIterator[Server]:
-    settings = culm.Settings(home=tmp_path / "server", mcp_servers={"demo": demo_server.config()})
+    settings = culm.Settings(
+        home=tmp_path / "server",
+        mcp_servers={"demo": demo_server.config()},
+        allow_session_mcp_commands=True,  # the sessions here bring stdio servers of their own
+    )
     async with running_server(settings) as running:
         running.engine.scripts.register(
             "add",

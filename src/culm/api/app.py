@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     @app.get("/health", tags=["health"])
     async def health() -> Health:
-        return Health(status="ok", version=__version__)
+        return Health(status="ok", version=__version__, bash_sandbox=engine.sandbox.kind)
 
     app.include_router(proxy.router)  # first: the routes matched most often
     app.include_router(sessions.router)

@@ -42,6 +42,10 @@ class CreateHeadlessRun(CreateSession):
 class Health(BaseModel):
     status: str
     version: str
+    bash_sandbox: str = Field(
+        description="How the bash tool's commands are confined: `bwrap` or `none`",
+        examples=["bwrap"],
+    )
 
 
 class SessionList(BaseModel):

@@ -1,8 +1,10 @@
 """``culm run "prompt"``: run an agent in this process, on the embedded store, and stream it.
 
 Exit codes: 0 when the run completes, 1 when it ends in error (or is cancelled by something other
-than the user), 2 for a mistake in the command or the configuration, 130 after Ctrl-C. The first
-Ctrl-C cancels the run and keeps showing its events until it has ended; a second exits at once.
+than the user), 2 for a mistake in the command or the configuration, 130 after Ctrl-C, 143 after
+SIGTERM. The first Ctrl-C or SIGTERM cancels the run and keeps showing its events until it has
+ended, then closes the engine (its tools' processes and MCP servers stopped); a second exits at
+once, and the processes culm started end with it (their reaper's parent-death signal).
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ from culm.settings import Settings, load_settings
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 USER_CANCEL_REASON = "cancelled by user (Ctrl-C)"
+TERM_CANCEL_REASON = "cancelled: culm run got SIGTERM"
+_EXIT_CODES = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+_REASONS = {signal.SIGINT: USER_CANCEL_REASON, signal.SIGTERM: TERM_CANCEL_REASON}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,10 +83,35 @@ def run_command(
     # Like asyncio.run: leave SIGINT alone when it is ignored (e.g. a shell's background job).
     catch_sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     try:
-        code = asyncio.run(execute(request, settings, catch_sigint=catch_sigint))
+        with _sigterm_as_interrupt():
+            code = asyncio.run(execute(request, settings, catch_sigint=catch_sigint))
     except KeyboardInterrupt:  # Ctrl-C before the handler below was in place
         code = EXIT_INTERRUPTED
+    except _Terminated:  # SIGTERM before the handler below was in place
+        code = EXIT_TERMINATED
     raise typer.Exit(code)
+
+
+class _Terminated(BaseException):
+    pass
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Until the loop's own handler is in place, SIGTERM stops start-up (like Ctrl-C) instead of
+    killing the process outright; left alone when it is ignored."""
+
+    def terminated(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _read_prompt(prompt: str) -> str:
@@ -102,28 +133,33 @@ async def execute(request: RunRequest, settings: Settings, *, catch_sigint: bool
         JsonOutput(sys.stdout, console) if request.json_lines else HumanOutput(sys.stdout, console)
     )
     interrupt = Interrupt(output)
-    with _sigint_handler(interrupt, enabled=catch_sigint):
+    signals = [signal.SIGTERM, *([signal.SIGINT] if catch_sigint else [])]
+    with _signal_handlers(interrupt, signals):
         try:
             return await _run(request, settings, output, interrupt)
         except asyncio.CancelledError:
             if not interrupt.count:
                 raise
-            return EXIT_INTERRUPTED  # Ctrl-C while the engine was starting
+            return interrupt.exit_code  # a signal while the engine was starting
 
 
 @contextlib.contextmanager
-def _sigint_handler(handler: Callable[[], None], *, enabled: bool) -> Iterator[None]:
+def _signal_handlers(
+    handler: Callable[[signal.Signals], None], signals: list[signal.Signals]
+) -> Iterator[None]:
     loop = asyncio.get_running_loop()
-    if enabled:
-        try:
-            loop.add_signal_handler(signal.SIGINT, handler)
-        except NotImplementedError:  # Windows: asyncio.run's KeyboardInterrupt remains
-            enabled = False
+    installed: list[signal.Signals] = []
     try:
+        for signum in signals:
+            try:
+                loop.add_signal_handler(signum, handler, signum)
+            except NotImplementedError:  # Windows: asyncio.run's KeyboardInterrupt remains
+                continue
+            installed.append(signum)
         yield
     finally:
-        if enabled:
-            loop.remove_signal_handler(signal.SIGINT)
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 async def _run(
@@ -141,54 +177,60 @@ async def _run(
             system_prompt=request.system_prompt,
             trigger=RunTrigger.CLI,
         )
-        interrupt.arm(functools.partial(engine.cancel, run.run_id, reason=USER_CANCEL_REASON))
+        interrupt.arm(functools.partial(engine.cancel, run.run_id))
         tally = Tally()
         async for event in engine.subscribe(run.run_id):
             tally.observe(event)
             output.event(event)
         await interrupt.settle()
         output.finish(tally, run.run_id, time.monotonic() - started)
-    return exit_code(tally, interrupted=interrupt.count > 0)
+    return exit_code(tally, interrupted=interrupt.count > 0, code=interrupt.exit_code)
 
 
-def exit_code(tally: Tally, *, interrupted: bool) -> int:
+def exit_code(tally: Tally, *, interrupted: bool, code: int = EXIT_INTERRUPTED) -> int:
     if interrupted:
-        return EXIT_INTERRUPTED
+        return code
     if tally.terminal is None:
         raise RuntimeError("the run's event stream ended before its terminal event")
     return EXIT_OK if tally.terminal.type == "complete" else EXIT_FAILED
 
 
 class Interrupt:
-    """The SIGINT handler of ``culm run``.
+    """The SIGINT and SIGTERM handler of ``culm run``.
 
-    The first Ctrl-C cancels the run (the caller keeps draining its events to the terminal one)
+    The first signal cancels the run (the caller keeps draining its events to the terminal one)
     or, before the run exists, cancels the main task. The second exits at once, skipping the
-    engine's shutdown: the run is then left to the next start-up's recovery.
+    engine's shutdown: the run is then left to the next start-up's recovery, and the processes
+    culm started end with it. The exit code is the first signal's (130 for SIGINT, 143 for
+    SIGTERM).
     """
 
     def __init__(self, output: Output) -> None:
         self.count = 0
+        self.exit_code = EXIT_INTERRUPTED
         self._output = output
         self._main = asyncio.current_task()
-        self._cancel: Callable[[], Coroutine[Any, Any, object]] | None = None
+        self._cancel: Callable[..., Coroutine[Any, Any, object]] | None = None
         self._pending: asyncio.Task[object] | None = None
         self._over = False
 
-    def arm(self, cancel: Callable[[], Coroutine[Any, Any, object]]) -> None:
-        """From now on the first Ctrl-C calls ``cancel`` (the run exists)."""
+    def arm(self, cancel: Callable[..., Coroutine[Any, Any, object]]) -> None:
+        """From now on the first signal calls ``cancel(reason=…)`` (the run exists)."""
         self._cancel = cancel
 
-    def __call__(self) -> None:
+    def __call__(self, signum: signal.Signals = signal.SIGINT) -> None:
         self.count += 1
         if self.count > 1:
             self._exit_now()
+        self.exit_code = _EXIT_CODES.get(signum, EXIT_INTERRUPTED)
         if self._over:
             return
         again = "(Ctrl-C again to exit at once)"
         if self._cancel is not None:
             self._output.notice(f"cancelling the run… {again}")
-            self._pending = asyncio.create_task(self._cancel())
+            self._pending = asyncio.create_task(
+                self._cancel(reason=_REASONS.get(signum, USER_CANCEL_REASON))
+            )
         elif self._main is not None:
             self._output.notice(f"stopping… {again}")
             self._main.cancel()
@@ -203,4 +245,4 @@ class Interrupt:
         self._output.notice("exiting")
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
+        os._exit(self.exit_code)

@@ -74,9 +74,11 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
         lifespan="on",
     )
+    sandbox = app.state.engine.sandbox
+    confined = "bwrap" if sandbox.confined else f"none, unconfined: {sandbox.reason}"
     typer.echo(
         f"culm serving on http://{settings.host}:{settings.port} "
-        f"(state in {settings.resolved_database_url.split('///')[-1]})",
+        f"(state in {settings.resolved_database_url.split('///')[-1]}; bash sandbox: {confined})",
         err=True,
     )
     Server(config).run()

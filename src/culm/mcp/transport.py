@@ -5,7 +5,10 @@ The SDK's ``Client`` negotiates the protocol era itself (``server/discover``, or
 context manager must be entered and left by one task (the connection's owner task); other tasks
 may send requests through the client meanwhile.
 
-A stdio server's stderr goes to a log file (the server's chatter stays out of culm's output, and
+A stdio server runs under :mod:`culm.tools.reaper` (it and whatever it starts end when it is
+stopped, and when culm dies, ``kill -9`` included) with
+:func:`~culm.tools.process.minimal_environment` plus its configured ``env``, never culm's own
+environment. Its stderr goes to a log file (the server's chatter stays out of culm's output, and
 its last lines explain a crash). The connection reports its end through ``lost``: set when the
 server closes its side (a stdio server exited).
 """
@@ -32,6 +35,7 @@ from culm._version import __version__
 from culm.errors import ToolFailure
 from culm.mcp.config import HttpServer, ServerConfig, StdioServer
 from culm.mcp.tool import CallResult, ProgressCallback, RemoteTool
+from culm.tools.process import minimal_environment, reaped
 
 if TYPE_CHECKING:
     from mcp.client import Transport
@@ -47,6 +51,9 @@ HTTP_CONNECT_TIMEOUT = 10.0
 HTTP_READ_TIMEOUT = 300.0
 STDERR_TAIL_BYTES = 4096
 STDERR_TAIL_LINES = 5
+KILL_GRACE = 1.0
+"""Seconds a stopped server's leftover processes get between SIGTERM and SIGKILL (the SDK sends
+SIGKILL to the server's group 2 s after SIGTERM)."""
 
 
 @contextlib.asynccontextmanager
@@ -183,8 +190,9 @@ def _lost_on_close() -> Iterator[None]:
 
 
 def _stdio_parameters(config: StdioServer) -> StdioServerParameters:
-    # The SDK starts from a minimal environment (PATH, HOME …), not culm's own.
-    return StdioServerParameters(command=config.executable, args=list(config.args), env=config.env)
+    reaper, *args = reaped([config.executable, *config.args], grace=KILL_GRACE)
+    env = minimal_environment(extra=config.env)
+    return StdioServerParameters(command=reaper, args=args, env=env)
 
 
 def _log(path: Path) -> TextIO:

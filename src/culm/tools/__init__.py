@@ -1,7 +1,8 @@
 """Tools: the seam (:mod:`culm.tools.base`) and the built-in tools.
 
 The built-ins work inside the session's workspace: file tools (:mod:`culm.tools.files`) confined to
-it by :mod:`culm.tools.paths`, and ``bash`` (:mod:`culm.tools.bash`), which runs there.
+it by :mod:`culm.tools.paths`, and ``bash`` (:mod:`culm.tools.bash`), which runs there, confined by
+:mod:`culm.tools.sandbox` when bubblewrap works.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from culm.tools.files import (
     ReadFileTool,
     WriteFileTool,
 )
+from culm.tools.sandbox import Sandbox, sandbox_from
 
 __all__ = [
     "READ_GROUP",
@@ -38,8 +40,14 @@ READ_GROUP = "read"
 """The group naming every read-only built-in tool."""
 
 
-def builtin_tools(settings: Settings) -> list[Tool]:
-    """A fresh instance of each built-in tool, configured from ``settings``."""
+def builtin_tools(settings: Settings, sandbox: Sandbox | None = None) -> list[Tool]:
+    """A fresh instance of each built-in tool, configured from ``settings`` (``sandbox``: the
+    bash sandbox, else the one the settings ask for, checked now)."""
+    bash = BashTool(
+        output_limit=settings.bash_output_limit,
+        sandbox=sandbox_from(settings) if sandbox is None else sandbox,
+        env_passthrough=settings.bash_env_passthrough,
+    )
     return [
         ReadFileTool(),
         WriteFileTool(),
@@ -47,7 +55,7 @@ def builtin_tools(settings: Settings) -> list[Tool]:
         ListDirTool(),
         GlobTool(),
         GrepTool(),
-        BashTool(output_limit=settings.bash_output_limit),
+        bash,
     ]
 
 

@@ -1,19 +1,23 @@
 """The bash tool: run a shell command in the workspace and stream its output live.
 
-The command runs as ``bash -c`` in a new session, so it and everything it starts share one process
-group that can be ended together. Its stdout and stderr share one pipe; what arrives is decoded as
-UTF-8 and sent at once through ``ToolContext.emit_output``, and the first ``output_limit`` bytes are
-kept for the result.
+The command runs as ``bash -c`` under :mod:`culm.tools.reaper` (and inside the sandbox, if one is
+in force: :mod:`culm.tools.sandbox`), in a new session. Its stdout and stderr share one pipe; what
+arrives is decoded as UTF-8 and sent at once through ``ToolContext.emit_output``, and the first
+``output_limit`` bytes are kept for the result.
 
-The process group is the call's: when bash exits, when the timeout passes and when the call is
-cancelled, whatever is left of it gets SIGTERM, then SIGKILL after a short grace, and bash is reaped
-before the call returns. That cleanup runs shielded, so a cancel cannot leave processes or zombies
+Everything the command starts is the call's: when bash exits, when the timeout passes and when the
+call is cancelled, whatever is left of it — ``setsid`` and double-forked daemons included, which
+the reaper finds as a child subreaper — gets SIGTERM, then SIGKILL after a short grace, and is
+reaped before the call returns. The same happens when culm dies, ``kill -9`` included (the reaper's
+parent-death signal). The cleanup runs shielded, so a cancel cannot leave processes or zombies
 behind; the cancel is re-raised once it is done.
 
-The command sees the run it belongs to: ``CULM_RUN_ID``, ``CULM_SESSION_ID`` and a W3C
-``TRACEPARENT`` whose trace-id is the run id. A script that calls culm's forward proxy with
-``x-culm-run-id: $CULM_RUN_ID`` or ``traceparent: $TRACEPARENT`` has its model calls counted
-in the run's metrics.
+The command does not see culm's environment (provider keys, ``CULM_API_KEY``, the database URL),
+only :func:`culm.tools.process.minimal_environment` — ``PATH``, ``HOME``, ``LANG``, ``TZ`` … and
+the names in ``CULM_BASH_ENV_PASSTHROUGH`` — and the run it belongs to: ``CULM_RUN_ID``,
+``CULM_SESSION_ID`` and a W3C ``TRACEPARENT`` whose trace-id is the run id. A script that calls
+culm's forward proxy with ``x-culm-run-id: $CULM_RUN_ID`` or ``traceparent: $TRACEPARENT`` has its
+model calls counted in the run's metrics.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import codecs
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -32,10 +36,15 @@ from culm.domain.trace import traceparent_for
 from culm.errors import ToolFailure, ToolTimeoutError
 from culm.tools.args import check_fields, get_positive_number, get_str
 from culm.tools.base import Tool, ToolContext
+from culm.tools.process import minimal_environment, reaped
+from culm.tools.sandbox import NO_SANDBOX, Sandbox
 
 DEFAULT_OUTPUT_LIMIT = 64 * 1024
 KILL_GRACE = 0.2
 """Seconds between SIGTERM and SIGKILL to the process group."""
+REAPER_WAIT = KILL_GRACE + 1.0
+"""Seconds the reaper gets to end what is left (SIGTERM, grace, SIGKILL) before its whole group
+gets SIGKILL."""
 REAP_TIMEOUT = 2.0
 """Seconds to wait for bash to be reaped after SIGKILL (it only takes longer if the kernel is stuck)."""
 DRAIN_TIMEOUT = 0.5
@@ -69,10 +78,18 @@ class BashTool(Tool):
         "additionalProperties": False,
     }
 
-    def __init__(self, output_limit: int = DEFAULT_OUTPUT_LIMIT) -> None:
+    def __init__(
+        self,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        *,
+        sandbox: Sandbox = NO_SANDBOX,
+        env_passthrough: Sequence[str] = (),
+    ) -> None:
         if output_limit < 1:
             raise ValueError(f"output_limit must be positive, got {output_limit}")
         self.output_limit = output_limit
+        self.sandbox = sandbox
+        self.env_passthrough = tuple(env_passthrough)
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
         check_fields(arguments, self.parameters)
@@ -84,7 +101,8 @@ class BashTool(Tool):
         if not cwd.is_dir():
             raise ToolFailure(f"the workspace directory {cwd} does not exist")
         output = _Output(self.output_limit, ctx.emit_output)
-        transport, protocol = await _spawn(command, cwd, output, _run_environment(ctx))
+        argv = reaped(self.sandbox.wrap(["bash", "-c", command], cwd), grace=KILL_GRACE)
+        transport, protocol = await _spawn(argv, cwd, output, self._environment(ctx, cwd))
         timed_out = False
         try:
             async with asyncio.timeout(deadline):
@@ -100,6 +118,12 @@ class BashTool(Tool):
                 f"output so far:\n{output.text() or '(no output)'}"
             )
         return _result(output.text(), transport.get_returncode())
+
+    def _environment(self, ctx: ToolContext, cwd: Path) -> dict[str, str]:
+        env = minimal_environment(self.env_passthrough, _run_environment(ctx))
+        if home := self.sandbox.home:
+            env["HOME"] = home
+        return {**env, "PWD": str(cwd)}
 
 
 def kill_deadline(requested: float | None, allowed: float) -> float:
@@ -174,20 +198,18 @@ def _run_environment(ctx: ToolContext) -> dict[str, str]:
 
 
 async def _spawn(
-    command: str, cwd: Path, output: _Output, env: dict[str, str]
+    argv: list[str], cwd: Path, output: _Output, env: dict[str, str]
 ) -> tuple[asyncio.SubprocessTransport, _ShellProtocol]:
     loop = asyncio.get_running_loop()
     try:
         return await loop.subprocess_exec(
             lambda: _ShellProtocol(output),
-            "bash",
-            "-c",
-            command,
+            *argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=cwd,
-            env={**os.environ, **env, "PWD": str(cwd)},
+            env=env,
             start_new_session=True,
         )
     except OSError as exc:
@@ -197,12 +219,13 @@ async def _spawn(
 async def _end_process_group(
     transport: asyncio.SubprocessTransport, protocol: _ShellProtocol
 ) -> None:
-    """Stop what is left of the group (SIGTERM, then SIGKILL), reap bash, close the pipe."""
+    """Stop what is left (SIGTERM to the group: the reaper then ends everything below it), give
+    the reaper time to finish, SIGKILL the group if it has not, reap, close the pipe."""
     group = transport.get_pid()
     if _group_alive(group):
         _signal_group(group, signal.SIGTERM)
         with suppress(TimeoutError):
-            async with asyncio.timeout(KILL_GRACE):
+            async with asyncio.timeout(REAPER_WAIT):
                 # No event says "the group is empty" (its members are not our children): poll.
                 while _group_alive(group):  # noqa: ASYNC110
                     await asyncio.sleep(0.01)

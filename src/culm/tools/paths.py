@@ -7,8 +7,8 @@ followed, including a dangling link or a linked parent of a file not yet created
 relative to the workspace, so the model never needs to know where the workspace lives.
 
 The check is made before the file is opened; a process racing the tool to swap a directory for a
-link between the check and the use is outside what this guards against (``bash`` runs unconfined
-in any case).
+link between the check and the use is outside what this guards against (``bash`` is confined
+differently: by :mod:`culm.tools.sandbox`, when bubblewrap works).
 """
 
 from __future__ import annotations

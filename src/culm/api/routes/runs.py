@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
+from culm.api.confine import check_client_session
 from culm.api.deps import EngineDep, ShutdownDep, ws_engine, ws_shutdown
 from culm.api.openapi import errors, event_stream, wait_timeout
 from culm.api.schemas import CreateHeadlessRun, RunChild, RunDetail, RunList
@@ -34,6 +35,7 @@ STILL_ACTIVE = wait_timeout("the run is not terminal after `timeout` seconds; `r
 @router.post("", status_code=202, responses=errors({422: UNKNOWN_NAME}))
 async def create_run(body: CreateHeadlessRun, engine: EngineDep) -> Run:
     """Create a session and start a run on it, in one call."""
+    check_client_session(engine.settings, workspace=body.workspace, mcp_servers=body.mcp_servers)
     return await engine.run(body.message, **body.model_dump(exclude={"message"}))
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from culm.api.confine import check_client_session
 from culm.api.deps import EngineDep
 from culm.api.openapi import errors
 from culm.api.schemas import ScheduleList, ScheduleRunList
@@ -27,6 +28,7 @@ INVALID = errors(
 @router.post("", status_code=201, responses=INVALID)
 async def create_schedule(body: ScheduleSpec, engine: EngineDep) -> Schedule:
     """Create a schedule; ``next_fire_at`` says when it fires first."""
+    check_client_session(engine.settings, workspace=body.run_config.workspace, prefix="run_config.")
     return await engine.schedules.create(body)
 
 
@@ -45,6 +47,10 @@ async def get_schedule(schedule_id: str, engine: EngineDep) -> Schedule:
 async def update_schedule(schedule_id: str, body: SchedulePatch, engine: EngineDep) -> Schedule:
     """Change a schedule: the fields given replace its own (``run_config`` field by field).
     ``{"enabled": false}`` pauses it, ``{"enabled": true}`` resumes it from now."""
+    if body.run_config is not None:
+        check_client_session(
+            engine.settings, workspace=body.run_config.workspace, prefix="run_config."
+        )
     return await engine.schedules.update(schedule_id, body)
 
 

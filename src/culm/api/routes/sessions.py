@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
+from culm.api.confine import check_client_session
 from culm.api.deps import EngineDep, ShutdownDep
 from culm.api.openapi import errors, event_stream
 from culm.api.schemas import CreateRun, CreateSession, MessageList, RunList, SessionList
@@ -28,6 +29,7 @@ ALREADY_RUNNING = (
 
 @router.post("", status_code=201, responses=errors({422: f"{UNKNOWN_NAME}, tool or workspace"}))
 async def create_session(body: CreateSession, engine: EngineDep) -> Session:
+    check_client_session(engine.settings, workspace=body.workspace, mcp_servers=body.mcp_servers)
     return await engine.create_session(**body.model_dump())
 
 
