@@ -38,7 +38,7 @@ _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 UNAUTHORIZED = (
     "`unauthorized`: the server has `CULM_API_KEY` set and the bearer token is missing or wrong"
 )
-BAD_JSON = "`bad_request`: the request body is not JSON"
+BAD_JSON = "`invalid_json`: the request body is not JSON (the message says where it fails)"
 BODY_TOO_LARGE = (
     "`body_too_large`: the request body is over the server's limit "
     "(1 MiB by default, 32 MiB on the proxy's routes)"

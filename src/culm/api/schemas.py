@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, Session, Usage
+from culm.domain.text import refuse_unstorable
 from culm.scheduler.models import Schedule, ScheduleRun
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """NUL, lone surrogates and deep nesting are refused, naming the field (see
+        :mod:`culm.domain.text`)."""
+        return refuse_unstorable(data)
 
 
 class CreateSession(_Request):

@@ -7,15 +7,16 @@
      "misfire_policy": "run_once", "overlap_policy": "skip"}
 
 A trigger is ``{"type": "cron", "expr"}`` (five fields), ``{"type": "interval",
-"every_seconds"}`` or ``{"type": "once", "at"}`` (ISO-8601; without an offset it is a wall-clock
-time in the schedule's zone).
+"every_seconds"}`` or ``{"type": "once", "at", "run_now_if_past"}`` (ISO-8601; without an offset
+it is a wall-clock time in the schedule's zone; a time that has passed is refused unless
+``run_now_if_past`` is true, which fires it at once).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,9 +25,11 @@ from pydantic import (
     Field,
     computed_field,
     field_validator,
+    model_validator,
 )
 
 from culm.domain.models import RunStatus
+from culm.domain.text import refuse_unstorable
 from culm.scheduler import cron
 from culm.scheduler.zones import load_zone
 
@@ -35,6 +38,13 @@ MAX_INTERVAL = 366 * 24 * 3600
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """NUL, lone surrogates and deep nesting are refused, naming the field (see
+        :mod:`culm.domain.text`)."""
+        return refuse_unstorable(data)
 
 
 class MisfirePolicy(StrEnum):
@@ -108,6 +118,11 @@ def _no_number(value: object) -> object:
 class OnceTrigger(_Model):
     type: Literal["once"] = "once"
     at: Annotated[datetime, BeforeValidator(_no_number)] = Field(examples=["2026-12-01T09:00:00"])
+    run_now_if_past: bool = Field(
+        default=False,
+        description="When the trigger is set (created, or replaced by a PATCH) with an `at` "
+        "that has passed: fire once right away instead of refusing it (422 on `trigger.at`)",
+    )
 
 
 Trigger = Annotated[CronTrigger | IntervalTrigger | OnceTrigger, Field(discriminator="type")]

@@ -13,6 +13,7 @@ from culm.api.openapi import errors, event_stream, wait_timeout
 from culm.api.schemas import CreateHeadlessRun, RunChild, RunDetail, RunList
 from culm.api.streaming import sse_response, websocket_stream
 from culm.domain.models import Run, RunStatus
+from culm.scheduler.runs import check_names
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -34,6 +35,7 @@ STILL_ACTIVE = wait_timeout("the run is not terminal after `timeout` seconds; `r
 @router.post("", status_code=202, responses=errors({422: UNKNOWN_NAME}))
 async def create_run(body: CreateHeadlessRun, engine: EngineDep) -> Run:
     """Create a session and start a run on it, in one call."""
+    check_names(engine, model=body.model, tools=body.tools, workspace=body.workspace)
     return await engine.run(body.message, **body.model_dump(exclude={"message"}))
 
 
@@ -109,10 +111,12 @@ async def run_events(
 
 
 def _cursor(last_event_id: str | None) -> int:
-    value = (last_event_id or "").strip()
-    if value.isascii() and value.isdigit():  # not "²": str.isdigit is true for it, int() fails
-        return min(int(value), MAX_SEQ)
-    return 0
+    """The ``Last-Event-ID`` as a cursor: 0 if it is not a number, at most the largest seq (a
+    number longer than any seq is not converted: Python refuses over 4,300 digits)."""
+    value = (last_event_id or "").strip().lstrip("0") or "0"
+    if not (value.isascii() and value.isdigit()):  # not "²": isdigit is true for it, int() fails
+        return 0
+    return MAX_SEQ if len(value) > len(str(MAX_SEQ)) else min(int(value), MAX_SEQ)
 
 
 @router.websocket("/{run_id}/ws")

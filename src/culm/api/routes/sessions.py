@@ -12,6 +12,7 @@ from culm.api.openapi import errors, event_stream
 from culm.api.schemas import CreateRun, CreateSession, MessageList, RunList, SessionList
 from culm.api.streaming import one_by_one, sse_response
 from culm.domain.models import Run, Session
+from culm.scheduler.runs import check_names
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -28,6 +29,7 @@ ALREADY_RUNNING = (
 
 @router.post("", status_code=201, responses=errors({422: f"{UNKNOWN_NAME}, tool or workspace"}))
 async def create_session(body: CreateSession, engine: EngineDep) -> Session:
+    check_names(engine, model=body.model, tools=body.tools, workspace=body.workspace)
     return await engine.create_session(**body.model_dump())
 
 
@@ -58,6 +60,8 @@ async def get_messages(session_id: str, engine: EngineDep) -> MessageList:
     responses={**UNKNOWN, **errors({409: ALREADY_RUNNING, 422: UNKNOWN_NAME})},
 )
 async def create_run(session_id: str, body: CreateRun, engine: EngineDep) -> Run:
+    if body.model is not None:
+        check_names(engine, model=body.model)
     return await engine.start_run(
         session_id, body.message, model=body.model, multitask=body.multitask
     )
