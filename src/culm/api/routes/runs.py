@@ -121,5 +121,6 @@ def _cursor(last_event_id: str | None) -> int:
 
 @router.websocket("/{run_id}/ws")
 async def run_websocket(websocket: WebSocket, run_id: str) -> None:
-    """The run's events as JSON text frames; the first client frame may be ``{"after": N}``."""
+    """The run's events as JSON text frames, from ``?after=N``, else from the client's first
+    frame ``{"after": N}`` (or ``{}``), waited for up to 5 s."""
     await websocket_stream(websocket, ws_engine(websocket), ws_shutdown(websocket), run_id)
