@@ -10,10 +10,10 @@ from sse_starlette import EventSourceResponse
 
 from culm.api.deps import EngineDep, ShutdownDep, ws_engine, ws_shutdown
 from culm.api.openapi import errors, event_stream, wait_timeout
+from culm.api.routes.sessions import check_session
 from culm.api.schemas import CreateHeadlessRun, RunChild, RunDetail, RunList
 from culm.api.streaming import sse_response, websocket_stream
 from culm.domain.models import Run, RunStatus
-from culm.scheduler.runs import check_names
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -35,7 +35,7 @@ STILL_ACTIVE = wait_timeout("the run is not terminal after `timeout` seconds; `r
 @router.post("", status_code=202, responses=errors({422: UNKNOWN_NAME}))
 async def create_run(body: CreateHeadlessRun, engine: EngineDep) -> Run:
     """Create a session and start a run on it, in one call."""
-    check_names(engine, model=body.model, tools=body.tools, workspace=body.workspace)
+    check_session(engine, body)
     return await engine.run(body.message, **body.model_dump(exclude={"message"}))
 
 

@@ -12,7 +12,10 @@ from culm.api.openapi import errors, event_stream
 from culm.api.schemas import CreateRun, CreateSession, MessageList, RunList, SessionList
 from culm.api.streaming import one_by_one, sse_response
 from culm.domain.models import Run, Session
+from culm.errors import ConfigError, InvalidFieldError
+from culm.mcp.config import SESSION_ORIGIN, parse_servers
 from culm.scheduler.runs import check_names
+from culm.services import Engine
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -29,8 +32,17 @@ ALREADY_RUNNING = (
 
 @router.post("", status_code=201, responses=errors({422: f"{UNKNOWN_NAME}, tool or workspace"}))
 async def create_session(body: CreateSession, engine: EngineDep) -> Session:
-    check_names(engine, model=body.model, tools=body.tools, workspace=body.workspace)
+    check_session(engine, body)
     return await engine.create_session(**body.model_dump())
+
+
+def check_session(engine: Engine, body: CreateSession) -> None:
+    """Refuse with 422 naming the field what the engine would refuse of a new session."""
+    check_names(engine, model=body.model, tools=body.tools, workspace=body.workspace)
+    try:
+        parse_servers(body.mcp_servers, SESSION_ORIGIN)
+    except ConfigError as exc:
+        raise InvalidFieldError("mcp_servers", str(exc)) from None
 
 
 @router.get("")
