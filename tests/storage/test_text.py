@@ -62,6 +62,24 @@ async def test_a_run_whose_model_calls_a_tool_named_with_nul_ends_cleanly(
     assert errors and "bad\x00tool" in errors[0].tool_name  # event bodies are JSON: kept as is
 
 
+async def test_a_run_whose_model_streams_a_lone_surrogate_completes(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A lone surrogate (a provider's stream can split a pair) has no UTF-8 form: storing the
+    token event retried for ever, then the message failed the run."""
+    async with culm.Engine(culm.Settings(home=tmp_path, database_url=database_url)) as engine:
+        engine.scripts.register("split", {"turns": [[{"text": "a\ud83d"}, {"text": "b"}]]})
+        session = await engine.create_session(model="scripted:split")
+        run = await engine.start_run(session.session_id, "hi")
+        done = await engine.wait(run.run_id, timeout=30)
+        events = [event async for event in engine.subscribe(run.run_id)]
+        messages = await engine.get_messages(session.session_id)
+    assert done.status is culm.RunStatus.COMPLETED, done.error
+    tokens = [event.content for event in events if event.type == "token"]
+    assert tokens == ["a\ufffd", "b"]
+    assert messages[-1].content == "a\ufffdb"
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

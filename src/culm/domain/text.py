@@ -13,9 +13,13 @@ surrogate (``\\ud800``: JSON may spell one, Unicode has no such character). So:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from culm.errors import InvalidFieldError
 
@@ -112,3 +116,14 @@ def storable_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [storable_value(item) for item in value]
     return value
+
+
+def model_json(model: BaseModel) -> str:
+    """``model.model_dump_json()``; for text with a lone surrogate (which has no UTF-8 form: a
+    model's stream can split a pair), the same JSON with U+FFFD in its place, so that storing
+    and streaming never fail on it."""
+    try:
+        return model.model_dump_json()
+    except PydanticSerializationError:
+        data = storable_value(model.model_dump(mode="json"))
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
