@@ -187,3 +187,13 @@ async def test_the_bearer_scheme_is_case_insensitive(make_server: ServerFactory)
             async with websockets.connect(url, additional_headers={"authorization": "bearer no"}):
                 pass
         assert refused.value.response.status_code == 403
+
+
+async def test_json_too_deep_to_parse_is_400_invalid_json(client: httpx2.AsyncClient) -> None:
+    """json.loads gives up on it (RecursionError): FastAPI's own 400, with culm's code."""
+    body = '{"message": "hi", "metadata": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = await client.post(
+        "/v1/runs", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_json"
