@@ -239,6 +239,9 @@ async def test_websocket_errors_close_with_a_reason(
         bad, code = await _ws_session(server, run_id, first=first)
         assert bad[0]["error"]["code"] == "invalid_request", first
         assert code == 1008
+    huge, code = await _ws_session(server, run_id, query="?after=" + "9" * 5000)
+    assert huge[0]["error"]["code"] == "invalid_request" and code == 1008
+    assert len(huge[0]["error"]["message"]) < 200
 
 
 async def test_http_cancel_inside_a_model_stream_within_a_second(

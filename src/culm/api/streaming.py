@@ -114,10 +114,11 @@ async def _first_cursor(websocket: WebSocket) -> int:
 
 def _non_negative(value: object) -> int:
     text = str(value)
+    shown = repr(value) if len(text) <= 40 else f"{text[:20]}… ({len(text)} characters)"
     if isinstance(value, bool) or not isinstance(value, int | str) or not text.isascii():
-        raise ValueError(f"after must be a non-negative integer, got {value!r}")
+        raise ValueError(f"after must be a non-negative integer, got {shown}")
     if not text.isdigit() or len(text) > len(str(MAX_SEQ)) or int(text) > MAX_SEQ:
-        raise ValueError(f"after must be an integer from 0 to {MAX_SEQ}, got {value!r}")
+        raise ValueError(f"after must be an integer from 0 to {MAX_SEQ}, got {shown}")
     return int(text)
 
 
