@@ -115,6 +115,15 @@ async def test_bad_input_is_a_422_naming_the_field_on_both_backends(
         ok = await client.post("/v1/sessions", json={"metadata": nested(32), "system_prompt": "é"})
         assert ok.status_code == 201, ok.text
         session = ok.json()
+        for path, status in [
+            ("/v1/sessions/%00", 404),
+            ("/v1/runs/%00/events", 404),
+            ("/v1/schedules/%00", 404),
+            ("/v1/runs?session_id=%00", 200),
+            ("/v1/metrics/sessions?model=%00", 200),
+        ]:  # a NUL in a path or query: PostgreSQL refused the statement (500)
+            answer = await client.get(path)
+            assert answer.status_code == status, (path, answer.text)
         busy = await client.post(
             f"/v1/sessions/{session['session_id']}/runs",
             json={"message": "hi", "model": "nope:x"},
