@@ -34,6 +34,7 @@ from culm.scheduler.models import (
     SchedulePatch,
     ScheduleRun,
     ScheduleSpec,
+    Trigger,
 )
 from culm.scheduler.runs import EngineRuns
 from culm.scheduler.store import ScheduleStore, schedule_row
@@ -200,5 +201,6 @@ def _next_fire(schedule: Schedule, now: datetime, *, is_new: bool) -> datetime |
     return first if schedule.enabled else None
 
 
-def _at(trigger: Any) -> str:
-    return str(trigger.at.isoformat())
+def _at(trigger: Trigger) -> str:
+    """What a trigger's time was given as (a ``once``'s ``at``), for a message."""
+    return trigger.at.isoformat() if isinstance(trigger, OnceTrigger) else str(trigger)
