@@ -7,9 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 import culm
 from culm.domain.text import find_problem, storable
+from culm.storage.rowwriter import RowWriter
+from culm.storage.sql import SqlStore
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -110,3 +113,27 @@ def test_find_problem_names_the_path_and_counts_levels() -> None:
     )
     assert find_problem({"run_config": {"tools": ["ok", "b\x00"]}})[0] == "run_config.tools.1"  # type: ignore[index]
     assert find_problem({"metadata": {"a": "\ud800"}})[0] == "metadata.a"  # type: ignore[index]
+
+
+async def test_rows_written_many_at_a_time_take_a_lone_surrogate(tmp_path: Path) -> None:
+    """The SQLite RowWriter hands values to the driver itself (run events, metrics): a tool
+    name with a lone surrogate made the metrics worker drop whole batches."""
+    metadata = sa.MetaData()
+    items = sa.Table(
+        "text_items", metadata, sa.Column("k", sa.Integer), sa.Column("label", sa.Text)
+    )
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}")
+    await store.start()
+    values = [(1, "plain"), (2, "bad\ud800name"), (3, "nul\x00kept")]
+
+    def transaction(conn: sa.Connection) -> list[tuple[int, str]]:
+        metadata.create_all(conn)
+        RowWriter("sqlite").prepare_values(items.insert(), ("k", "label"), values).execute(conn)
+        return [tuple(row) for row in conn.execute(sa.select(items).order_by(items.c.k))]
+
+    try:
+        stored = await store.write(transaction)
+    finally:
+        await store.aclose()
+    # A NUL is storable in SQLite: this path (a hot one) keeps it rather than look for it.
+    assert stored == [(1, "plain"), (2, "bad\ufffdname"), (3, "nul\x00kept")]

@@ -118,6 +118,24 @@ def storable_value(value: Any) -> Any:
     return value
 
 
+def storable_parameters(value: Any) -> Any:
+    """A driver's parameters (a sequence or mapping, or a sequence of them for executemany)
+    with every string made storable; the same object when none needs it."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list | tuple):
+        items = [storable_parameters(item) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return tuple(items) if isinstance(value, tuple) else items
+    if isinstance(value, Mapping):
+        mapping = {key: storable_parameters(item) for key, item in value.items()}
+        if all(mapping[key] is item for key, item in value.items()):
+            return value
+        return mapping
+    return value
+
+
 def model_json(model: BaseModel) -> str:
     """``model.model_dump_json()``; for text with a lone surrogate (which has no UTF-8 form: a
     model's stream can split a pair), the same JSON with U+FFFD in its place, so that storing

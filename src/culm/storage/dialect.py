@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from culm.domain.text import storable, storable_value
+from culm.domain.text import storable_parameters, storable_value
 from culm.errors import ConfigError
 from culm.storage.writer import AsyncWriter, ThreadWriter, Writer
 
@@ -144,24 +143,6 @@ def storable_writes(engine: sa.Engine) -> None:
         executemany: bool,
     ) -> tuple[str, Any]:
         return statement, storable_parameters(parameters)
-
-
-def storable_parameters(value: Any) -> Any:
-    """A driver's parameters (a sequence or mapping, or a sequence of them for executemany)
-    with every string made storable; the same object when none needs it."""
-    if isinstance(value, str):
-        return storable(value)
-    if isinstance(value, list | tuple):
-        items = [storable_parameters(item) for item in value]
-        if all(new is old for new, old in zip(items, value, strict=True)):
-            return value
-        return tuple(items) if isinstance(value, tuple) else items
-    if isinstance(value, Mapping):
-        mapping = {key: storable_parameters(item) for key, item in value.items()}
-        if all(mapping[key] is item for key, item in value.items()):
-            return value
-        return mapping
-    return value
 
 
 def dialect_for(url: str) -> Dialect:
