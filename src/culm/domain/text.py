@@ -7,8 +7,10 @@ surrogate (``\\ud800``: JSON may spell one, Unicode has no such character). So:
   nested deeper than :data:`MAX_DEPTH`: :func:`find_problem` names the field at fault;
 - **what runs produce** (a model's text, a tool's output, an error message) is never refused:
   :func:`storable` replaces each NUL and lone surrogate with U+FFFD (``�``), as a UTF-8 decoder
-  does with bytes it cannot read, on both backends (the store applies it to every value it
-  writes, see :mod:`culm.storage.dialect`).
+  does with bytes it cannot read, on both backends: the store applies it to every value that it
+  writes through SQLAlchemy (see :mod:`culm.storage.dialect`); JSON bodies go through
+  :func:`model_json`; SQLite's batch writes (``storage/rowwriter.py``) replace lone surrogates
+  only (a NUL is storable there, and looking for it would cost every batch).
 """
 
 from __future__ import annotations
