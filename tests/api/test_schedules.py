@@ -202,5 +202,9 @@ async def test_patch_changes_the_trigger_and_run_config_field_by_field(
 async def test_once_keeps_the_wall_clock_time_it_was_given(client: httpx2.AsyncClient) -> None:
     body = BODY | {"trigger": {"type": "once", "at": "2026-12-01T09:00:00"}}
     schedule = (await client.post("/v1/schedules", json=body)).json()
-    assert schedule["trigger"] == {"type": "once", "at": "2026-12-01T09:00:00"}
+    assert schedule["trigger"] == {
+        "type": "once",
+        "at": "2026-12-01T09:00:00",
+        "run_now_if_past": False,
+    }
     assert schedule["next_fire_at"] == "2026-12-01T08:00:00Z"  # 09:00 in Paris

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -191,9 +192,40 @@ async def test_websocket_streams_the_same_events(
 ) -> None:
     run_id = await _start(client, "scripted:demo", tools=["read"])
     sse = [f.json for f in await read_run(client, run_id)]
-    assert await _ws_events(server, run_id) == sse
+    assert await _ws_events(server, run_id) == sse  # no frame: from the start, after a wait
+    assert await _ws_events(server, run_id, first={}) == sse
     assert await _ws_events(server, run_id, first={"after": 4}) == sse[4:]
     assert await _ws_events(server, run_id, query="?after=7") == sse[7:]
+
+
+async def test_websocket_honours_a_cursor_frame_sent_late(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    """A first frame ``{"after": N}`` sent 0.25 s after connecting was ignored: the stream
+    replayed from seq 1. The client here sends it once the run has emitted ten more events
+    (``scripted:slow``: one every 50 ms), then a second cursor, which is refused."""
+    run_id = await _start(client, "scripted:slow")
+    url = server.url.replace("http", "ws") + f"/v1/runs/{run_id}/ws"
+    async with websockets.connect(url) as ws:
+        connected_at = (await server.engine.get_run(run_id)).last_seq
+        async with contextlib.aclosing(server.engine.subscribe(run_id)) as events:
+            async for event in events:
+                if event.seq >= connected_at + 10:
+                    break
+        await ws.send(json.dumps({"after": connected_at + 5}))
+        first = json.loads(await ws.recv())
+        assert first["seq"] == connected_at + 6
+        await ws.send(json.dumps({"after": 1}))
+        received = []
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                received.append(json.loads(await ws.recv()))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert received[-1]["error"]["code"] == "invalid_request"
+    assert "must come first" in received[-1]["error"]["message"]
+    seqs = [frame["seq"] for frame in received[:-1]]
+    assert seqs == list(range(connected_at + 7, connected_at + 7 + len(seqs)))
+    await client.post(f"/v1/runs/{run_id}/cancel", params={"wait": "true"})
 
 
 async def test_websocket_errors_close_with_a_reason(
@@ -207,6 +239,9 @@ async def test_websocket_errors_close_with_a_reason(
         bad, code = await _ws_session(server, run_id, first=first)
         assert bad[0]["error"]["code"] == "invalid_request", first
         assert code == 1008
+    huge, code = await _ws_session(server, run_id, query="?after=" + "9" * 5000)
+    assert huge[0]["error"]["code"] == "invalid_request" and code == 1008
+    assert len(huge[0]["error"]["message"]) < 200
 
 
 async def test_http_cancel_inside_a_model_stream_within_a_second(

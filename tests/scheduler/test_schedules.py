@@ -4,6 +4,7 @@ fields its errors name, and what a restart does with fires missed while the engi
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -161,31 +162,74 @@ async def test_once_fires_once(engine: culm.Engine, clock: FakeClock) -> None:
     assert fire.scheduled_for == at and fire.status is SUCCESS
     done = await engine.schedules.get(schedule.schedule_id)
     assert done.next_fire_at is None and done.enabled
-    # Resuming a once trigger that already fired does not fire it again.
+    # Resuming a once trigger that already fired does not fire it again; nor does changing
+    # its zone (its time was claimed again: "a fire time was claimed twice").
     await engine.schedules.pause(schedule.schedule_id)
-    await engine.schedules.resume(schedule.schedule_id)
+    resumed = await engine.schedules.resume(schedule.schedule_id)
+    assert resumed.next_fire_at is None
+    await engine.schedules.tick()
+    assert len(await engine.schedules.runs(schedule.schedule_id)) == 1
+    moved = await engine.schedules.update(schedule.schedule_id, timezone="UTC", enabled=True)
+    assert moved.next_fire_at is None
     await engine.schedules.tick()
     assert len(await engine.schedules.runs(schedule.schedule_id)) == 1
 
 
-@pytest.mark.parametrize(("policy", "status"), [("skip", MISSED), ("run_once", SUCCESS)])
-async def test_once_in_the_past_is_a_misfire(
-    engine: culm.Engine, clock: FakeClock, policy: str, status: FireStatus
+async def test_once_in_the_past_is_refused(engine: culm.Engine, clock: FakeClock) -> None:
+    at = (clock.now - timedelta(hours=2)).replace(tzinfo=None)  # wall clock in Paris: 07:00
+    trigger = {"type": "once", "at": at.isoformat()}
+    with pytest.raises(InvalidFieldError) as refused:
+        await engine.schedules.create(cron("* * * * *", timezone="Europe/Paris", trigger=trigger))
+    assert refused.value.field == "trigger.at"
+    assert "run_now_if_past" in str(refused.value)
+    assert await engine.schedules.list() == []
+    future = await engine.schedules.create(cron("0 9 * * *", timezone="Europe/Paris"))
+    with pytest.raises(InvalidFieldError) as patched:
+        await engine.schedules.update(future.schedule_id, trigger=trigger)
+    assert patched.value.field == "trigger.at"
+    assert (await engine.schedules.get(future.schedule_id)).trigger == future.trigger
+
+
+@pytest.mark.parametrize("policy", ["skip", "run_once"])
+async def test_once_in_the_past_runs_now_when_asked(
+    engine: culm.Engine, clock: FakeClock, policy: str
 ) -> None:
     at = (clock.now - timedelta(hours=2)).replace(tzinfo=None)  # wall clock in Paris: 07:00
     schedule = await engine.schedules.create(
         cron(
             "* * * * *",
             timezone="Europe/Paris",
-            trigger={"type": "once", "at": at.isoformat()},
+            trigger={"type": "once", "at": at.isoformat(), "run_now_if_past": True},
             misfire_policy=policy,
         )
     )
-    assert schedule.trigger.model_dump(mode="json") == {"type": "once", "at": at.isoformat()}
-    assert schedule.next_fire_at == clock.now - timedelta(hours=3)  # 06:00 UTC
+    assert schedule.trigger.model_dump(mode="json") == {
+        "type": "once",
+        "at": at.isoformat(),
+        "run_now_if_past": True,
+    }
+    assert schedule.next_fire_at == clock.now  # now, on time: the misfire policy plays no part
     await engine.schedules.tick()
     [fire] = await settled_fires(engine, schedule.schedule_id, 1)
-    assert fire.status is status
+    assert fire.status is SUCCESS and fire.scheduled_for == clock.now
+    await engine.schedules.resume(schedule.schedule_id)
+    await engine.schedules.tick()
+    assert len(await engine.schedules.runs(schedule.schedule_id)) == 1
+
+
+@pytest.mark.parametrize(
+    ("timezone", "at"),
+    [("America/Los_Angeles", "9999-12-31T23:59:59"), ("Asia/Tokyo", "0001-01-01T00:00:00")],
+)
+async def test_once_at_the_ends_of_the_calendar_is_refused(
+    engine: culm.Engine, timezone: str, at: str
+) -> None:
+    """Its time has no UTC date: an OverflowError was a plain-text 500."""
+    trigger = {"type": "once", "at": at, "run_now_if_past": True}
+    with pytest.raises(InvalidFieldError) as refused:
+        await engine.schedules.create(cron("* * * * *", timezone=timezone, trigger=trigger))
+    assert refused.value.field == "trigger.at"
+    assert "out of the range of dates" in str(refused.value)
 
 
 async def test_run_now_fires_at_once_even_while_paused(
@@ -308,3 +352,32 @@ async def test_scheduler_off_means_no_clock_fires(tmp_path: Path, clock: FakeClo
         assert await engine.schedules.runs(schedule.schedule_id) == []
         fire = await engine.schedules.trigger(schedule.schedule_id)  # run now still works
         assert fire.status is RUNNING
+
+
+async def test_no_time_is_claimed_twice_after_a_patch_or_a_run_now(
+    engine: culm.Engine,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A PATCH of a `once` that had fired set its time again, and the next look claimed it a
+    second time; a run-now at the very time a fire comes due was logged as a double claim."""
+    caplog.set_level(logging.DEBUG)
+    at = clock.now + timedelta(minutes=5)
+    once = await engine.schedules.create(cron("* * * * *", trigger={"type": "once", "at": at}))
+    clock.set(at)
+    await engine.schedules.tick()
+    await settled_fires(engine, once.schedule_id, 1)
+    await engine.schedules.update(once.schedule_id, enabled=True, timezone="Europe/Paris")
+    await engine.schedules.tick()
+    every = await engine.schedules.create(
+        cron("* * * * *", trigger={"type": "interval", "every_seconds": 60})
+    )
+    clock.advance(seconds=60)
+    manual = await engine.schedules.trigger(every.schedule_id)
+    assert manual.scheduled_for == every.anchor_at + timedelta(seconds=60)
+    await engine.schedules.tick()
+    await settled_fires(engine, every.schedule_id, 1)
+    assert len(await engine.schedules.runs(once.schedule_id)) == 1
+    logged = caplog.text + "".join(capsys.readouterr())
+    assert "claimed twice" not in logged

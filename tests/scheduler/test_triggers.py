@@ -42,7 +42,13 @@ def test_once_fires_at_its_time_only() -> None:
     once = OnceTrigger(at=at)
     assert triggers.next_after(once, UTC_ZONE, T0, T0) == at
     assert triggers.next_after(once, UTC_ZONE, T0, at) is None
-    assert triggers.first_fire(once, UTC_ZONE, T0, at + timedelta(days=1)) == at  # due: a misfire
+    later = at + timedelta(days=1)
+    assert triggers.first_fire(once, UTC_ZONE, T0, T0, is_new=True) == at
+    assert triggers.first_fire(once, UTC_ZONE, T0, later, is_new=True) is None  # passed
+    assert triggers.first_fire(once, UTC_ZONE, T0, at, is_new=False) is None  # fired: not again
+    run_now = OnceTrigger(at=at, run_now_if_past=True)
+    assert triggers.first_fire(run_now, UTC_ZONE, T0, later, is_new=True) == later  # now
+    assert triggers.first_fire(run_now, UTC_ZONE, T0, later, is_new=False) is None
 
 
 def test_once_without_offset_is_wall_clock_time_in_the_zone() -> None:

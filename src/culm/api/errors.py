@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from culm.domain.fields import field_path
+from culm.domain.text import storable
 from culm.errors import (
     AlreadyRunningError,
     ConfigError,
@@ -41,6 +42,8 @@ def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     detail = {"code": code, "message": message, **{k: v for k, v in extra.items() if v is not None}}
+    # A message may quote the input: never let a lone surrogate in it fail the response.
+    detail = {k: storable(v) if isinstance(v, str) else v for k, v in detail.items()}
     return JSONResponse({"error": detail}, status_code=status, headers=headers)
 
 
@@ -66,6 +69,17 @@ def _field(loc: Sequence[Any], body: Any = None) -> str:
     return ".".join(parts) or ".".join(str(part) for part in loc)
 
 
+def _invalid_json(error: Mapping[str, Any]) -> JSONResponse:
+    """A body that is not JSON: 400, with where the parser gave up (not a 422 naming a
+    character position as if it were a field)."""
+    loc = error.get("loc", ())
+    position = loc[-1] if len(loc) > 1 and isinstance(loc[-1], int) else None
+    reason = str((error.get("ctx") or {}).get("error") or "not JSON")
+    where = f" at character {position}" if position is not None else ""
+    message = f"the request body is not valid JSON: {reason}{where}"
+    return error_response(400, "invalid_json", message)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def _on_user_error(request: Request, exc: UserError) -> JSONResponse:
@@ -79,6 +93,8 @@ def install(app: FastAPI) -> None:
     async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            return _invalid_json(first)
         field = _field(first.get("loc", ()), exc.body)
         text = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         message = f"{field}: {text}" if field else text
@@ -89,12 +105,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
+            code = "invalid_json"  # json.loads failed otherwise (nested too deep, not UTF-8)
         headers = exc.headers
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": _allowed_methods(request)}
         return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
 
+# What FastAPI raises when parsing a JSON body fails otherwise than by a JSONDecodeError.
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 

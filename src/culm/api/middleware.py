@@ -54,15 +54,14 @@ class APIKeyAuth:
         self.app = app
         self._proxy_refusal = proxy_refusal
         self._key = api_key.encode()
-        self._expected = b"Bearer " + self._key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        given = headers.get(b"authorization", b"")
-        if hmac.compare_digest(given, self._expected) or (
+        token = _bearer(headers.get(b"authorization", b""))
+        if (token and hmac.compare_digest(token, self._key)) or (
             scope["path"].startswith(PROXY_PREFIXES)
             and hmac.compare_digest(headers.get(b"x-api-key", b""), self._key)
         ):
@@ -73,6 +72,12 @@ class APIKeyAuth:
             return
         message = "missing or wrong API key (send Authorization: Bearer <CULM_API_KEY>)"
         await _refuse(self._proxy_refusal, scope, send, 401, "unauthorized", message)
+
+
+def _bearer(authorization: bytes) -> bytes:
+    """The token of ``Bearer <token>``; the scheme's case does not matter (RFC 7235)."""
+    scheme, _, token = authorization.strip().partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""
 
 
 class BodySizeLimit:

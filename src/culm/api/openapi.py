@@ -38,7 +38,7 @@ _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 UNAUTHORIZED = (
     "`unauthorized`: the server has `CULM_API_KEY` set and the bearer token is missing or wrong"
 )
-BAD_JSON = "`bad_request`: the request body is not JSON"
+BAD_JSON = "`invalid_json`: the request body is not JSON (the message says where it fails)"
 BODY_TOO_LARGE = (
     "`body_too_large`: the request body is over the server's limit "
     "(1 MiB by default, 32 MiB on the proxy's routes)"
@@ -58,7 +58,9 @@ def wait_timeout(description: str) -> Responses:
 
 def event_stream(description: str) -> Responses:
     """``responses=`` metadata for an SSE stream of run events (``id: seq``, ``event: type``,
-    ``data: the event's JSON``), in the ``itemSchema`` form that FastAPI uses for its own SSE."""
+    ``data: the event's JSON``). OpenAPI 3.1 has no item schema for streams (``itemSchema`` is
+    3.2's): as tools read 3.1 (schemathesis among them), the media type's ``schema`` describes
+    each event of the stream."""
     item = {
         "type": "object",
         "required": ["id", "event", "data"],
@@ -72,7 +74,8 @@ def event_stream(description: str) -> Responses:
             },
         },
     }
-    content = {"text/event-stream": {"itemSchema": item}}
+    item["description"] = "One event of the stream (each SSE frame)"
+    content = {"text/event-stream": {"schema": item}}
     return {200: {"description": description, "content": content}}
 
 

@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, Session, Usage
+from culm.domain.text import refuse_unstorable
+from culm.mcp.config import MAX_SERVER_NAME, HttpServer, StdioServer
 from culm.scheduler.models import Schedule, ScheduleRun
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """NUL, lone surrogates and deep nesting are refused, naming the field (see
+        :mod:`culm.domain.text`)."""
+        return refuse_unstorable(data)
+
+
+def _mcp_servers_schema() -> dict[str, Any]:
+    """What a session's ``mcp_servers`` may be, exactly as the engine checks it (the Python
+    type stays a plain mapping: the engine validates it, naming the server and the field)."""
+    stdio = StdioServer.model_json_schema()
+    http = HttpServer.model_json_schema()
+    http["properties"]["url"]["pattern"] = r"^https?://[^\s/]+\S*$"
+    return {
+        "type": "object",
+        "propertyNames": {"pattern": MCP_SERVER_NAME, "maxLength": MAX_SERVER_NAME},
+        "additionalProperties": {"oneOf": [stdio, http]},
+    }
+
+
+# Letters, digits, '-', and '_' only before a letter or digit (a bit narrower than the engine's
+# rule, which also allows "a_-b"; what the schema allows, the engine takes).
+MCP_SERVER_NAME = "^[A-Za-z0-9](?:-|_?[A-Za-z0-9])*$"
+MCPServers = Annotated[dict[str, dict[str, Any]], WithJsonSchema(_mcp_servers_schema())]
 
 
 class CreateSession(_Request):
@@ -20,7 +48,7 @@ class CreateSession(_Request):
     tools: list[str] = Field(default_factory=list, max_length=200, examples=[["read"]])
     workspace: str | None = Field(default=None, max_length=4096)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    mcp_servers: dict[str, dict[str, Any]] | None = Field(
+    mcp_servers: MCPServers | None = Field(
         default=None,
         max_length=50,
         description="The session's own MCP servers, as in config.toml's [mcp_servers.<name>]: "

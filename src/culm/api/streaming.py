@@ -21,7 +21,13 @@ from culm.domain.events import RunEvent, is_terminal
 from culm.errors import NotFoundError
 from culm.services import Engine
 
-FIRST_FRAME_WAIT = 0.25
+# How long a WebSocket without ``?after=`` waits for the client's first frame (its cursor):
+# long enough for a slow link, since a cursor that came later could not be honoured.
+FIRST_FRAME_WAIT = 5.0
+LATE_CURSOR = (
+    f"a cursor frame must come first, within {FIRST_FRAME_WAIT:g} s of connecting; this one "
+    "came after the stream had begun (or put ?after=N on the URL)"
+)
 MAX_SEQ = 2**63 - 1
 
 
@@ -86,7 +92,9 @@ async def websocket_stream(
 
 
 async def _first_cursor(websocket: WebSocket) -> int:
-    """``?after=N``, else an optional first frame ``{"after": N}`` sent right on connect."""
+    """``?after=N`` (the stream begins at once), else the client's first frame: ``{"after":
+    N}`` or ``{}`` (from the start); without a frame within ``FIRST_FRAME_WAIT``, from the
+    start."""
     query = websocket.query_params.get("after")
     if query is not None:
         return _non_negative(query)
@@ -106,10 +114,11 @@ async def _first_cursor(websocket: WebSocket) -> int:
 
 def _non_negative(value: object) -> int:
     text = str(value)
+    shown = repr(value) if len(text) <= 40 else f"{text[:20]}… ({len(text)} characters)"
     if isinstance(value, bool) or not isinstance(value, int | str) or not text.isascii():
-        raise ValueError(f"after must be a non-negative integer, got {value!r}")
-    if not text.isdigit() or int(text) > MAX_SEQ:
-        raise ValueError(f"after must be an integer from 0 to {MAX_SEQ}, got {value!r}")
+        raise ValueError(f"after must be a non-negative integer, got {shown}")
+    if not text.isdigit() or len(text) > len(str(MAX_SEQ)) or int(text) > MAX_SEQ:
+        raise ValueError(f"after must be an integer from 0 to {MAX_SEQ}, got {shown}")
     return int(text)
 
 
@@ -124,7 +133,21 @@ async def _send_events(
 
 
 async def _until_disconnect(websocket: WebSocket) -> None:
+    """Wait for the client to go; a cursor frame now is refused (1008) rather than ignored."""
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
+        if _is_cursor(message.get("text")):
+            error = {"error": {"code": "invalid_request", "message": LATE_CURSOR}}
+            await websocket.send_text(json.dumps(error))
+            await websocket.close(code=1008)
+            return
+
+
+def _is_cursor(text: str | None) -> bool:
+    try:
+        frame = json.loads(text or "")
+    except json.JSONDecodeError:
+        return False
+    return isinstance(frame, dict) and "after" in frame

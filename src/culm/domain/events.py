@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from culm.domain.models import Usage
+from culm.domain.text import model_json
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _E = TypeVar("_E", bound=BaseModel)
@@ -240,7 +241,8 @@ _adapter: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
 
 
 def event_to_json(event: RunEvent) -> str:
-    return event.model_dump_json()
+    """The event's JSON; never fails on text with a lone surrogate (see ``model_json``)."""
+    return model_json(event)
 
 
 def event_to_dict(event: RunEvent) -> dict[str, Any]:

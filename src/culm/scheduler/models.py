@@ -7,15 +7,16 @@
      "misfire_policy": "run_once", "overlap_policy": "skip"}
 
 A trigger is ``{"type": "cron", "expr"}`` (five fields), ``{"type": "interval",
-"every_seconds"}`` or ``{"type": "once", "at"}`` (ISO-8601; without an offset it is a wall-clock
-time in the schedule's zone).
+"every_seconds"}`` or ``{"type": "once", "at", "run_now_if_past"}`` (ISO-8601; without an offset
+it is a wall-clock time in the schedule's zone; a time that has passed is refused unless
+``run_now_if_past`` is true, which fires it at once).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,9 +25,11 @@ from pydantic import (
     Field,
     computed_field,
     field_validator,
+    model_validator,
 )
 
 from culm.domain.models import RunStatus
+from culm.domain.text import refuse_unstorable
 from culm.scheduler import cron
 from culm.scheduler.zones import load_zone
 
@@ -35,6 +38,13 @@ MAX_INTERVAL = 366 * 24 * 3600
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """NUL, lone surrogates and deep nesting are refused, naming the field (see
+        :mod:`culm.domain.text`)."""
+        return refuse_unstorable(data)
 
 
 class MisfirePolicy(StrEnum):
@@ -79,7 +89,18 @@ _RUN_OUTCOMES = {
 }
 
 
+def _type_required(schema: dict[str, Any]) -> None:
+    """In the JSON schema, a trigger's ``type`` is required: it is the tag that tells the
+    kinds apart in a request (only Python callers may leave it out)."""
+    schema["required"] = ["type", *[name for name in schema.get("required", []) if name != "type"]]
+
+
+_TRIGGER_CONFIG = ConfigDict(json_schema_extra=_type_required)
+
+
 class CronTrigger(_Model):
+    model_config = _TRIGGER_CONFIG
+
     type: Literal["cron"] = "cron"
     expr: str = Field(max_length=200, examples=["0 9 * * 1-5"])
 
@@ -90,6 +111,8 @@ class CronTrigger(_Model):
 
 
 class IntervalTrigger(_Model):
+    model_config = _TRIGGER_CONFIG
+
     type: Literal["interval"] = "interval"
     every_seconds: int = Field(ge=1, le=MAX_INTERVAL, examples=[3600])
 
@@ -106,8 +129,15 @@ def _no_number(value: object) -> object:
 
 
 class OnceTrigger(_Model):
+    model_config = _TRIGGER_CONFIG
+
     type: Literal["once"] = "once"
     at: Annotated[datetime, BeforeValidator(_no_number)] = Field(examples=["2026-12-01T09:00:00"])
+    run_now_if_past: bool = Field(
+        default=False,
+        description="When the trigger is set (created, or replaced by a PATCH) with an `at` "
+        "that has passed: fire once right away instead of refusing it (422 on `trigger.at`)",
+    )
 
 
 Trigger = Annotated[CronTrigger | IntervalTrigger | OnceTrigger, Field(discriminator="type")]
@@ -123,8 +153,23 @@ class RunConfig(_Model):
     workspace: str | None = Field(default=None, max_length=4096)
 
 
+def _not_null(schema: dict[str, Any], *names: str) -> None:
+    """Take null out of the JSON schema of the fields ``names`` (all, if none is named) of a
+    patch: in Python None means "not given", and a request's null is refused (422)."""
+    for name, field in schema.get("properties", {}).items():
+        branches = field.get("anyOf")
+        if (names and name not in names) or not branches:
+            continue
+        kept = [branch for branch in branches if branch != {"type": "null"}]
+        del field["anyOf"]
+        field.pop("default", None)  # null: not one of its values any more
+        field.update(kept[0] if len(kept) == 1 else {"anyOf": kept})
+
+
 class RunConfigPatch(_Model):
     """A change to a run config: the fields given replace those of the schedule."""
+
+    model_config = ConfigDict(json_schema_extra=lambda schema: _not_null(schema, "message"))
 
     message: str | None = Field(default=None, min_length=1)
     model: str | None = Field(default=None, max_length=200)
@@ -160,6 +205,9 @@ class ScheduleSpec(_Model):
 class SchedulePatch(_Model):
     """A change to a schedule (``PATCH``): the fields given replace the schedule's; a trigger is
     replaced whole, a run config field by field."""
+
+    # Left out means unchanged; null is refused (422), so the JSON schema does not offer it.
+    model_config = ConfigDict(json_schema_extra=lambda schema: _not_null(schema))
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     enabled: bool | None = None

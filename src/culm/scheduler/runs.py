@@ -50,10 +50,29 @@ async def launch(
 def check(engine: EngineRuns, config: RunConfig) -> None:
     """Raise :class:`InvalidFieldError` naming the field of ``config`` that the engine would
     refuse (an unknown model or tool, a workspace that is not a directory)."""
+    check_names(
+        engine,
+        prefix="run_config.",
+        model=config.model,
+        tools=config.tools,
+        workspace=config.workspace,
+    )
+
+
+def check_names(
+    engine: EngineRuns,
+    *,
+    prefix: str = "",
+    model: str | None = None,
+    tools: Sequence[str] = (),
+    workspace: str | None = None,
+) -> None:
+    """Raise :class:`InvalidFieldError` naming (after ``prefix``) the first of ``model``,
+    ``tools`` and ``workspace`` that the engine would refuse."""
     fields: dict[str, dict[str, Any]] = {
-        "model": {"model": config.model},
-        "tools": {"tools": config.tools},
-        "workspace": {"workspace": config.workspace},
+        "model": {"model": model},
+        "tools": {"tools": tools},
+        "workspace": {"workspace": workspace},
     }
     for field, settings in fields.items():
         try:
@@ -61,4 +80,4 @@ def check(engine: EngineRuns, config: RunConfig) -> None:
         except InvalidFieldError:
             raise
         except UserError as exc:
-            raise InvalidFieldError(f"run_config.{field}", str(exc)) from None
+            raise InvalidFieldError(f"{prefix}{field}", str(exc)) from None

@@ -28,11 +28,13 @@ from culm.errors import InvalidFieldError, NotFoundError
 from culm.scheduler import runs
 from culm.scheduler.dispatch import Clock
 from culm.scheduler.models import (
+    OnceTrigger,
     RunConfig,
     Schedule,
     SchedulePatch,
     ScheduleRun,
     ScheduleSpec,
+    Trigger,
 )
 from culm.scheduler.runs import EngineRuns
 from culm.scheduler.store import ScheduleStore, schedule_row
@@ -67,7 +69,8 @@ class Schedules:
             updated_at=now,
             anchor_at=now,
         )
-        schedule = schedule.model_copy(update={"next_fire_at": _next_fire(schedule, now)})
+        next_fire_at = _next_fire(schedule, now, is_new=True)
+        schedule = schedule.model_copy(update={"next_fire_at": next_fire_at})
         await self._store.create(schedule)
         self._ticker.wake()
         return schedule
@@ -103,7 +106,8 @@ class Schedules:
             updated = updated.model_copy(update={"anchor_at": now})
         columns = {"updated_at", "anchor_at", *changes}
         if columns & _TIMING:
-            updated = updated.model_copy(update={"next_fire_at": _next_fire(updated, now)})
+            next_fire_at = _next_fire(updated, now, is_new="trigger" in changes)
+            updated = updated.model_copy(update={"next_fire_at": next_fire_at})
             columns.add("next_fire_at")
         row = schedule_row(updated)
         saved = await self._store.update(schedule_id, {key: row[key] for key in columns})
@@ -176,8 +180,27 @@ def _merged_config(config: RunConfig, patch: SchedulePatch) -> RunConfig:
     return config.model_copy(update=given)
 
 
-def _next_fire(schedule: Schedule, now: datetime) -> datetime | None:
-    if not schedule.enabled:
-        return None
+def _next_fire(schedule: Schedule, now: datetime, *, is_new: bool) -> datetime | None:
+    """When ``schedule`` fires next from ``now``; ``is_new``: its trigger was just set (a
+    ``once`` in the past is then refused unless it asks to run now)."""
+    trigger = schedule.trigger
     zone = load_zone(schedule.timezone)
-    return first_fire(schedule.trigger, zone, schedule.anchor_at, now)
+    try:
+        first = first_fire(trigger, zone, schedule.anchor_at, now, is_new=is_new)
+    except OverflowError:
+        raise InvalidFieldError(
+            "trigger.at", f"{_at(trigger)} in {schedule.timezone} is out of the range of dates"
+        ) from None
+    if is_new and first is None and isinstance(trigger, OnceTrigger):
+        raise InvalidFieldError(
+            "trigger.at",
+            f"{_at(trigger)} in {schedule.timezone} has passed (it is now "
+            f"{now.isoformat(timespec='seconds')}); set trigger.run_now_if_past to true to "
+            "fire it now",
+        )
+    return first if schedule.enabled else None
+
+
+def _at(trigger: Trigger) -> str:
+    """What a trigger's time was given as (a ``once``'s ``at``), for a message."""
+    return trigger.at.isoformat() if isinstance(trigger, OnceTrigger) else str(trigger)

@@ -400,17 +400,17 @@ def _insert_fires(
     now: datetime,
     manual: bool,
 ) -> int:
-    """Insert fire records; a time already recorded (by a run-now at that very microsecond) is
-    left as it is. Returns how many were left so."""
+    """Insert fire records; a time already recorded is left as it is. Returns how many of them
+    were recorded by the clock, not by a run-now at that very microsecond (which stands for
+    that time): those were claimed twice, which compare-and-set should make impossible."""
     times = [fire.scheduled_for for fire in fires]
-    taken = set(
-        conn.scalars(
-            sa.select(schedule_runs.c.scheduled_for).where(
-                schedule_runs.c.schedule_id == schedule_id,
-                schedule_runs.c.scheduled_for.in_(times),
-            )
+    found = conn.execute(
+        sa.select(schedule_runs.c.scheduled_for, schedule_runs.c.manual).where(
+            schedule_runs.c.schedule_id == schedule_id,
+            schedule_runs.c.scheduled_for.in_(times),
         )
-    )
+    ).all()
+    taken = {row.scheduled_for for row in found}
     rows = [
         {
             "schedule_id": schedule_id,
@@ -425,7 +425,7 @@ def _insert_fires(
     ]
     if rows:
         conn.execute(schedule_runs.insert(), rows)
-    return len(fires) - len(rows)
+    return sum(not row.manual for row in found)
 
 
 def _get_fire(conn: sa.Connection, schedule_id: str, at: datetime) -> ScheduleRun:

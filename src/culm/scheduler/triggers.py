@@ -40,12 +40,17 @@ def next_after(
 
 
 def first_fire(
-    trigger: AnyTrigger, zone: ZoneInfo, anchor: datetime, now: datetime
+    trigger: AnyTrigger, zone: ZoneInfo, anchor: datetime, now: datetime, *, is_new: bool
 ) -> datetime | None:
-    """``next_fire_at`` of a trigger set (or resumed) at ``now``: its next fire after ``now``;
-    for ``once``, its time even if that has passed (then it is due at once, as a misfire)."""
+    """``next_fire_at`` of a trigger at ``now``: its next fire after ``now``. A ``once`` whose
+    time has passed fires never again, except a new one (just created or replaced) asked to
+    ``run_now_if_past``: that fires ``now``, on time (a resumed one never fires twice).
+    OverflowError if a ``once`` time has no UTC date (year 1 east of UTC, 9999 west of it)."""
     if isinstance(trigger, OnceTrigger):
-        return once_at(trigger, zone)
+        at = once_at(trigger, zone)
+        if at > now:
+            return at
+        return now if is_new and trigger.run_now_if_past else None
     return next_after(trigger, zone, anchor, now)
 
 

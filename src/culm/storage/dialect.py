@@ -4,10 +4,18 @@ The store speaks portable SQLAlchemy Core; it asks its :class:`Dialect` for the 
 and for the :class:`~culm.storage.writer.Writer` that runs its write transactions (and so how
 they begin and whether they are serialized), and for what a unique-constraint violation looks
 like.
+
+Both dialects store text the same way: every string written through SQLAlchemy (a column's
+value, and every string inside a JSON value) goes through :func:`culm.domain.text.storable`,
+which replaces NUL and lone surrogates with U+FFFD. PostgreSQL would refuse the first, any
+UTF-8 database the second; a model's or a tool's text must never make a write fail. (Requests
+with them are refused before they get here; run event bodies are JSON text, whose escapes
+hold a NUL faithfully.)
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -16,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from culm.domain.text import storable_parameters, storable_value
 from culm.errors import ConfigError
 from culm.storage.writer import AsyncWriter, ThreadWriter, Writer
 
@@ -53,10 +62,14 @@ class SqliteDialect(Dialect):
             raise ConfigError("CULM_DATABASE_URL: SQLite needs a file path (WAL mode)")
         Path(database).parent.mkdir(parents=True, exist_ok=True)
         writes = sa.create_engine(
-            self.url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0
+            self.url.set(drivername="sqlite+pysqlite"),
+            pool_size=1,
+            max_overflow=0,
+            json_serializer=json_dumps,
         )
         # Many lagging subscribers may read at once: they queue for a connection, never give up.
         reader = create_async_engine(self.url, pool_size=4, max_overflow=4, pool_timeout=3600)
+        storable_writes(writes)
         self._configure(writes, "BEGIN IMMEDIATE", raw=True)
         self._configure(reader.sync_engine, "BEGIN")
         return ThreadWriter(writes, name="culm-sqlite-writer"), reader
@@ -94,11 +107,42 @@ class PostgresDialect(Dialect):
     name = "postgresql"
 
     def create_engines(self) -> tuple[Writer, AsyncEngine]:
-        engine = create_async_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        engine = create_async_engine(
+            self.url,
+            pool_size=10,
+            max_overflow=10,
+            pool_pre_ping=True,
+            json_serializer=json_dumps,
+        )
+        storable_writes(engine.sync_engine)
         return AsyncWriter(engine), engine
 
     def is_unique_violation(self, exc: sa.exc.IntegrityError) -> bool:
         return getattr(exc.orig, "sqlstate", None) == "23505" or "unique" in str(exc.orig).lower()
+
+
+def json_dumps(value: Any) -> str:
+    """SQLAlchemy's JSON serializer (``json.dumps``), with every string made storable. The
+    escapes it writes for NUL and surrogates are looked for first: most values have none."""
+    text = json.dumps(value)
+    if "\\u0000" in text or "\\ud" in text:  # \ud also starts a valid pair: then nothing changes
+        text = json.dumps(storable_value(value))
+    return text
+
+
+def storable_writes(engine: sa.Engine) -> None:
+    """Make every string parameter of ``engine``'s statements storable."""
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _storable(
+        conn: sa.Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> tuple[str, Any]:
+        return statement, storable_parameters(parameters)
 
 
 def dialect_for(url: str) -> Dialect:

@@ -22,6 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.dml import Insert
 
+from culm.domain.text import storable_parameters
+
 Row = dict[str, Any]
 Convert = Callable[[Any], Any]
 
@@ -111,7 +113,11 @@ class Prepared:
             start = 0
             for size in plan.sizes(len(rows)):
                 sql = plan.sql_for(size)
-                cursor.execute(sql, [value for row in rows[start : start + size] for value in row])
+                values = [value for row in rows[start : start + size] for value in row]
+                try:
+                    cursor.execute(sql, values)
+                except UnicodeEncodeError:  # a lone surrogate (see culm.domain.text): U+FFFD
+                    cursor.execute(sql, storable_parameters(values))
                 start += size
         except sqlite3.Error as exc:  # as SQLAlchemy would raise it (IntegrityError …)
             raise sa.exc.DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc

@@ -31,6 +31,7 @@ from culm.domain.models import (
     Session,
     Usage,
 )
+from culm.domain.text import model_json
 from culm.domain.time import as_utc, utc_now
 from culm.errors import AlreadyRunningError, SessionBusyError
 from culm.storage import migrate
@@ -559,7 +560,7 @@ def _insert_messages(
             "idx": start + i,
             "run_id": run_id,
             "role": item.role,
-            "body": item.model_dump_json(),
+            "body": model_json(item),
             "created_at": now,
         }
         for i, item in enumerate(items)

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from culm.api.confine import check_client_session
 from culm.api.deps import EngineDep, ShutdownDep, ws_engine, ws_shutdown
 from culm.api.openapi import errors, event_stream, wait_timeout
+from culm.api.routes.sessions import check_session
 from culm.api.schemas import CreateHeadlessRun, RunChild, RunDetail, RunList
 from culm.api.streaming import sse_response, websocket_stream
 from culm.domain.models import Run, RunStatus
@@ -35,7 +35,7 @@ STILL_ACTIVE = wait_timeout("the run is not terminal after `timeout` seconds; `r
 @router.post("", status_code=202, responses=errors({422: UNKNOWN_NAME}))
 async def create_run(body: CreateHeadlessRun, engine: EngineDep) -> Run:
     """Create a session and start a run on it, in one call."""
-    check_client_session(engine.settings, workspace=body.workspace, mcp_servers=body.mcp_servers)
+    check_session(engine, body)
     return await engine.run(body.message, **body.model_dump(exclude={"message"}))
 
 
@@ -111,13 +111,16 @@ async def run_events(
 
 
 def _cursor(last_event_id: str | None) -> int:
-    value = (last_event_id or "").strip()
-    if value.isascii() and value.isdigit():  # not "²": str.isdigit is true for it, int() fails
-        return min(int(value), MAX_SEQ)
-    return 0
+    """The ``Last-Event-ID`` as a cursor: 0 if it is not a number, at most the largest seq (a
+    number longer than any seq is not converted: Python refuses over 4,300 digits)."""
+    value = (last_event_id or "").strip().lstrip("0") or "0"
+    if not (value.isascii() and value.isdigit()):  # not "²": isdigit is true for it, int() fails
+        return 0
+    return MAX_SEQ if len(value) > len(str(MAX_SEQ)) else min(int(value), MAX_SEQ)
 
 
 @router.websocket("/{run_id}/ws")
 async def run_websocket(websocket: WebSocket, run_id: str) -> None:
-    """The run's events as JSON text frames; the first client frame may be ``{"after": N}``."""
+    """The run's events as JSON text frames, from ``?after=N``, else from the client's first
+    frame ``{"after": N}`` (or ``{}``), waited for up to 5 s."""
     await websocket_stream(websocket, ws_engine(websocket), ws_shutdown(websocket), run_id)

@@ -13,6 +13,10 @@ from culm.api.openapi import errors, event_stream
 from culm.api.schemas import CreateRun, CreateSession, MessageList, RunList, SessionList
 from culm.api.streaming import one_by_one, sse_response
 from culm.domain.models import Run, Session
+from culm.errors import ConfigError, InvalidFieldError
+from culm.mcp.config import SESSION_ORIGIN, parse_servers
+from culm.scheduler.runs import check_names
+from culm.services import Engine
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -29,8 +33,19 @@ ALREADY_RUNNING = (
 
 @router.post("", status_code=201, responses=errors({422: f"{UNKNOWN_NAME}, tool or workspace"}))
 async def create_session(body: CreateSession, engine: EngineDep) -> Session:
-    check_client_session(engine.settings, workspace=body.workspace, mcp_servers=body.mcp_servers)
+    check_session(engine, body)
     return await engine.create_session(**body.model_dump())
+
+
+def check_session(engine: Engine, body: CreateSession) -> None:
+    """Refuse with 422 naming the field what this server allows no API client (confine.py), then
+    what the engine would refuse of a new session."""
+    check_client_session(engine.settings, workspace=body.workspace, mcp_servers=body.mcp_servers)
+    check_names(engine, model=body.model, tools=body.tools, workspace=body.workspace)
+    try:
+        parse_servers(body.mcp_servers, SESSION_ORIGIN)
+    except ConfigError as exc:
+        raise InvalidFieldError("mcp_servers", str(exc)) from None
 
 
 @router.get("")
@@ -60,6 +75,8 @@ async def get_messages(session_id: str, engine: EngineDep) -> MessageList:
     responses={**UNKNOWN, **errors({409: ALREADY_RUNNING, 422: UNKNOWN_NAME})},
 )
 async def create_run(session_id: str, body: CreateRun, engine: EngineDep) -> Run:
+    if body.model is not None:
+        check_names(engine, model=body.model)
     return await engine.start_run(
         session_id, body.message, model=body.model, multitask=body.multitask
     )
