@@ -206,17 +206,14 @@ class Engine:
         """Create a session. The model and tool names are checked now, so mistakes surface here.
         ``mcp_servers`` are the session's own MCP servers (kept in its metadata)."""
         self._require_open()
-        model_name = model or self.settings.default_model
-        self.models.resolve(model_name)
         session_id = new_id()
-        draft = Session(
-            session_id=session_id,
+        draft = self._draft(
+            session_id,
+            model=model,
+            metadata=session_metadata(metadata, mcp_servers),
             kind=kind,
             parent_session_id=parent_session_id,
-            model=model_name,
             system_prompt=system_prompt,
-            workspace="",
-            metadata=session_metadata(metadata, mcp_servers),
         )
         tool_names = self.tools.expand(tools, draft)  # MCP names are checked against its servers
         workspace_path = str(self._workspace(session_id, workspace))
@@ -230,13 +227,20 @@ class Engine:
         model: str | None = None,
         tools: Sequence[str] = (),
         workspace: str | Path | None = None,
+        mcp_servers: dict[str, Any] | None = None,
     ) -> None:
         """Raise what :meth:`create_session` would raise for these settings, creating nothing."""
         self._require_open()
-        self.models.resolve(model or self.settings.default_model)
-        self.tools.expand(tools)
+        draft = self._draft("", model=model, metadata=session_metadata(None, mcp_servers))
+        self.tools.expand(tools, draft)
         if workspace is not None:
             self._workspace("", workspace)
+
+    def _draft(self, session_id: str, *, model: str | None, **fields: Any) -> Session:
+        """A session not yet stored, its model resolved (or the error raised)."""
+        model_name = model or self.settings.default_model
+        self.models.resolve(model_name)
+        return Session(session_id=session_id, model=model_name, workspace="", **fields)
 
     def _workspace(self, session_id: str, workspace: str | Path | None) -> Path:
         if workspace is None:

@@ -28,6 +28,7 @@ class EngineRuns(Protocol):
         model: str | None = None,
         tools: Sequence[str] = (),
         workspace: str | None = None,
+        mcp_servers: dict[str, Any] | None = None,
     ) -> None: ...
 
 
@@ -66,12 +67,14 @@ def check_names(
     model: str | None = None,
     tools: Sequence[str] = (),
     workspace: str | None = None,
+    mcp_servers: dict[str, Any] | None = None,
 ) -> None:
     """Raise :class:`InvalidFieldError` naming (after ``prefix``) the first of ``model``,
-    ``tools`` and ``workspace`` that the engine would refuse."""
+    ``tools`` and ``workspace`` that the engine would refuse (``tools`` may name the session's
+    own ``mcp_servers``, already validated)."""
     fields: dict[str, dict[str, Any]] = {
         "model": {"model": model},
-        "tools": {"tools": tools},
+        "tools": {"tools": tools, "mcp_servers": mcp_servers},
         "workspace": {"workspace": workspace},
     }
     for field, settings in fields.items():

@@ -41,11 +41,17 @@ def check_session(engine: Engine, body: CreateSession) -> None:
     """Refuse with 422 naming the field what this server allows no API client (confine.py), then
     what the engine would refuse of a new session."""
     check_client_session(engine.settings, workspace=body.workspace, mcp_servers=body.mcp_servers)
-    check_names(engine, model=body.model, tools=body.tools, workspace=body.workspace)
     try:
         parse_servers(body.mcp_servers, SESSION_ORIGIN)
     except ConfigError as exc:
         raise InvalidFieldError("mcp_servers", str(exc)) from None
+    check_names(
+        engine,
+        model=body.model,
+        tools=body.tools,
+        workspace=body.workspace,
+        mcp_servers=body.mcp_servers,
+    )
 
 
 @router.get("")
