@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import culm
 from culm.domain.events import RunEvent, SubAgentStarted, Token, TokenBudget, TokenBudgetUpdated
+from culm.runtime.runner import Runner
 from tests.contract.gate import GateTool
 from tests.support import settings as engine_settings
 from tests.support import tool_turn
@@ -24,23 +25,25 @@ SPAWNED = 40  # more sub_agent_started events than the cache holds
 BUDGETS = 5
 
 
-async def _cache_until(stream: AsyncGenerator[RunEvent], is_marker: object) -> list[RunEvent]:
+async def _cache_until(
+    stream: AsyncGenerator[RunEvent], is_marker: Callable[[RunEvent], bool]
+) -> list[RunEvent]:
     """What the stream gives before the first event ``is_marker`` accepts."""
     cached: list[RunEvent] = []
     async with asyncio.timeout(20):
         async for event in stream:
-            if is_marker(event):  # type: ignore[operator]
+            if is_marker(event):
                 return cached
             cached.append(event)
     raise AssertionError("the stream ended")
 
 
-def _emit_history(runner: culm.Engine | object) -> None:
+def _emit_history(runner: Runner) -> None:
     for i in range(SPAWNED):
-        runner.emit(SubAgentStarted(child_session_id=f"s{i}", child_run_id=f"r{i}"))  # type: ignore[attr-defined]
+        runner.emit(SubAgentStarted(child_session_id=f"s{i}", child_run_id=f"r{i}"))
         if i % (SPAWNED // BUDGETS) == 0:
             budget = TokenBudget(prompt_tokens=1000 + i, max_context_tokens=8000)
-            runner.emit(TokenBudgetUpdated(usage=budget))  # type: ignore[attr-defined]
+            runner.emit(TokenBudgetUpdated(usage=budget))
 
 
 async def test_a_live_runs_cache_is_the_last_32_critical_events_and_the_last_budget(
@@ -70,7 +73,7 @@ async def test_a_live_runs_cache_is_the_last_32_critical_events_and_the_last_bud
         f"s{i}" for i in range(SPAWNED - CRITICAL, SPAWNED)
     ]
     budgets = [e for e in cached if e.type == "token_budget_updated"]
-    assert [b.usage.prompt_tokens for b in budgets] == [1000 + 32]  # type: ignore[union-attr]
+    assert [b.usage.prompt_tokens for b in budgets] == [1000 + 32]
     assert [e.seq for e in cached] == sorted(e.seq for e in cached)
 
 
