@@ -84,7 +84,7 @@ class ConnectionOptions:
 def restart_backoff(failures: int, options: ConnectionOptions) -> float:
     """How long to wait before starting a server again after ``failures`` failures in a row:
     ``restart_delay`` doubled with each one, at most ``max_restart_delay``."""
-    return min(options.restart_delay * 2 ** (failures - 1), options.max_restart_delay)
+    return min(options.restart_delay * 2.0 ** (failures - 1), options.max_restart_delay)
 
 
 @dataclass(eq=False)
