@@ -8,7 +8,7 @@ CONSTRAINTS := requirements/constraints.txt
 PIP_INSTALL := $(BIN)/pip install -c $(CONSTRAINTS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev test lint typecheck check lock openapi bench serve
+.PHONY: help install dev test lint typecheck check lock openapi bench serve mutation
 
 help:
 	@echo "make install    venv at $(VENV) with culm[all] (pinned by $(CONSTRAINTS))"
@@ -20,6 +20,7 @@ help:
 	@echo "make lock       regenerate $(CONSTRAINTS) from pyproject.toml"
 	@echo "make openapi    regenerate docs/openapi.json from the app"
 	@echo "make bench      engine overhead benchmark"
+	@echo "make mutation   mutmut over the core modules (slow: hours; docs/testing.md)"
 	@echo "make serve      culm serve"
 
 $(BIN)/python:
@@ -65,6 +66,13 @@ openapi:
 
 bench:
 	$(BIN)/python bench/engine_overhead.py
+
+# Mutation testing of the core ([tool.mutmut] in pyproject.toml names the modules). Too slow for
+# CI; MUTMUT_ARGS picks mutants, e.g. MUTMUT_ARGS='"culm.runtime.registry*"'. Results are kept
+# in mutants/ (a later run only checks what changed); `mutmut browse` to triage.
+mutation:
+	nice -n 19 $(BIN)/mutmut run $(MUTMUT_ARGS)
+	$(BIN)/mutmut results
 
 serve:
 	$(BIN)/culm serve

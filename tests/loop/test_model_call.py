@@ -14,6 +14,7 @@ from culm.errors import ModelStallError
 from culm.loop.context import LoopContext, LoopLimits
 from culm.loop.model_call import _stall_guard, call_model
 from culm.providers.base import ModelRequest, StreamPart, TextDelta
+from tests.clock import run_virtual
 
 
 async def parts(*delays: float) -> AsyncIterator[StreamPart]:
@@ -27,52 +28,63 @@ async def texts(stream: AsyncIterator[StreamPart]) -> list[str]:
     return [part.text for part in [p async for p in stream] if isinstance(part, TextDelta)]
 
 
-async def test_parts_each_in_time_never_stall_however_long_the_stream() -> None:
-    # 0.5 s in all, but never 0.15 s without a part.
-    assert await texts(_stall_guard(parts(*[0.05] * 10), 0.15)) == [str(i) for i in range(10)]
+def test_parts_each_in_time_never_stall_however_long_the_stream() -> None:
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        # 5 s in all, but never 1.5 s without a part.
+        received = await texts(_stall_guard(parts(*[0.5] * 10), 1.5))
+        assert received == [str(i) for i in range(10)]
+        assert loop.time() == pytest.approx(5)
+
+    run_virtual(check())
 
 
-async def test_a_wait_longer_than_the_limit_stalls_after_the_parts_so_far() -> None:
-    received: list[str] = []
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    with pytest.raises(ModelStallError, match="0.1 s"):
-        async for part in _stall_guard(parts(0, 0.05, 0.05, 30), 0.1):
-            assert isinstance(part, TextDelta)
-            received.append(part.text)
-    assert received == ["0", "1", "2"]
-    assert 0.19 <= loop.time() - started < 1  # 0.1 s after the last part, not from the start
+def test_a_wait_longer_than_the_limit_stalls_after_the_parts_so_far() -> None:
+    async def check() -> None:
+        received: list[str] = []
+        loop = asyncio.get_running_loop()
+        with pytest.raises(ModelStallError, match="1 s"):
+            async for part in _stall_guard(parts(0, 0.5, 0.5, 30), 1):
+                assert isinstance(part, TextDelta)
+                received.append(part.text)
+        assert received == ["0", "1", "2"]
+        assert loop.time() == pytest.approx(2)  # 1 s after the last part, not from the start
+
+    run_virtual(check())
 
 
-async def test_time_spent_by_the_consumer_does_not_count() -> None:
-    received = []
-    async for part in _stall_guard(parts(0, 0, 0), 0.05):
-        await asyncio.sleep(0.1)
-        received.append(part)
-    assert len(received) == 3
+def test_time_spent_by_the_consumer_does_not_count() -> None:
+    async def check() -> None:
+        received = []
+        async for part in _stall_guard(parts(0, 0, 0), 1):
+            await asyncio.sleep(10)
+            received.append(part)
+        assert len(received) == 3
+
+    run_virtual(check())
 
 
-async def test_a_cancel_from_outside_stays_a_cancel() -> None:
-    async def consume() -> list[str]:
-        return await texts(_stall_guard(parts(0, 30), 0.1))
+def test_a_cancel_from_outside_stays_a_cancel() -> None:
+    async def check() -> None:
+        task = asyncio.create_task(texts(_stall_guard(parts(0, 30), 1)))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
-    task = asyncio.create_task(consume())
-    await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    run_virtual(check())
 
 
-async def test_a_cancel_from_outside_racing_the_deadline_stays_a_cancel() -> None:
-    async def consume() -> list[str]:
-        return await texts(_stall_guard(parts(0, 30), 0.05))
+def test_a_cancel_from_outside_racing_the_deadline_stays_a_cancel() -> None:
+    async def check() -> None:
+        task = asyncio.create_task(texts(_stall_guard(parts(0, 30), 1)))
+        await asyncio.sleep(1)  # the deadline is due in this very iteration
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelling() == 1
 
-    task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)  # the deadline is due in this very iteration
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert task.cancelling() == 1
+    run_virtual(check())
 
 
 class EndlessModel:

@@ -41,9 +41,10 @@ class DemoServer:
     def lines(self) -> list[str]:
         return self.events.read_text().splitlines() if self.events.exists() else []
 
-    async def wait_for(self, line: str, timeout: float = 5) -> None:
+    async def wait_for(self, line: str, timeout: float = 5, *, count: int = 1) -> None:
+        """Until the server has noted ``line`` ``count`` times (the timeout only guards a hang)."""
         async with asyncio.timeout(timeout):
-            while line not in self.lines():
+            while self.lines().count(line) < count:
                 await asyncio.sleep(0.02)
 
 

@@ -12,7 +12,9 @@ import pytest
 from culm.metrics.batch import Change
 from culm.metrics.bus import MetricsBus
 from culm.metrics.events import SessionStarted
+from culm.metrics.queries import MetricsQueries
 from culm.metrics.reports import MetricsWorkerState
+from culm.metrics.store import MetricsStore
 from culm.metrics.worker import MetricsWorker
 
 NEVER = 3600.0  # a flush interval no test waits for
@@ -95,12 +97,24 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(h: Harne
     assert [len([c for c in b if c[0] == "session_started"]) for b in h.store.writes] == [3, 3]
 
 
-async def test_a_partial_batch_is_written_after_the_interval(store: FakeStore) -> None:
-    running = harness(store, flush_interval=0.01)
-    running.worker.start()
-    running.bus.emit(event(1))
-    await until(lambda: len(store.written()) == 1)
-    await running.worker.aclose()
+async def test_a_partial_batch_is_written_after_the_interval(
+    metrics_store: MetricsStore, queries: MetricsQueries
+) -> None:
+    """On the real store: one event, a batch of 100, nobody flushes — the interval writes it."""
+    bus = MetricsBus(1000, batch_size=100)
+    worker = MetricsWorker(
+        bus, metrics_store.write_changes, batch_size=100, flush_interval=0.01, max_attempts=3
+    )
+    worker.start()
+    try:
+        bus.emit(SessionStarted(session_id="interval", model="m"))
+        async with asyncio.timeout(10):
+            while (found := await queries.session("interval")) is None:
+                await asyncio.sleep(0.01)
+        assert found.session_id == "interval"
+        assert worker.state is MetricsWorkerState.RUNNING
+    finally:
+        await worker.aclose()
 
 
 async def test_flush_returns_once_everything_emitted_is_written(h: Harness) -> None:

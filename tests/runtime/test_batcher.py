@@ -19,11 +19,13 @@ class FlakyStore(SqlStore):
     def __init__(self, url: str, failures: int) -> None:
         super().__init__(url)
         self.failures = failures
+        self.failed = asyncio.Event()  # set at the first failure
         self.batches: list[int] = []
 
     async def append_events(self, events: Sequence[RunEvent]) -> None:
         if self.failures:
             self.failures -= 1
+            self.failed.set()
             raise OSError("disk on fire")
         self.batches.append(len(events))
         await super().append_events(events)
@@ -46,14 +48,16 @@ def _events(count: int, start: int = 1) -> list[RunEvent]:
 
 async def test_events_are_stored_within_the_interval_without_a_flush(tmp_path: Path) -> None:
     store = await _store(tmp_path)
-    published: list[RunEvent] = []
-    batcher = EventBatcher(store, publish=published.extend, linger=0.05, max_batch=1000)
+    published = asyncio.Queue[list[RunEvent]]()
+    batcher = EventBatcher(
+        store, publish=lambda batch: published.put_nowait(list(batch)), linger=0.05, max_batch=1000
+    )
     batcher.start()
     for event in _events(10):
         batcher.add(event)
-    async with asyncio.timeout(2):
-        while await store.last_event_seq("r") < 10:
-            await asyncio.sleep(0.01)
+    batch = await published.get()  # nobody flushes: the writer stores them by itself
+    assert [e.seq for e in batch] == list(range(1, 11))
+    assert await store.last_event_seq("r") == 10
     assert store.batches == [10]  # one transaction for the burst
     await batcher.aclose()
     await store.aclose()
@@ -80,7 +84,7 @@ async def test_a_failing_store_is_retried_and_nothing_is_lost(tmp_path: Path) ->
     batcher.start()
     for event in _events(5):
         batcher.add(event)
-    await asyncio.sleep(0.02)
+    await store.failed.wait()  # more events come while the store is failing
     for event in _events(5, start=6):
         batcher.add(event)
     async with asyncio.timeout(5):
@@ -119,8 +123,10 @@ class SlowStore(FlakyStore):
     def __init__(self, url: str) -> None:
         super().__init__(url, failures=0)
         self.gate = asyncio.Event()
+        self.arrived = asyncio.Queue[int]()  # the size of each batch that reaches the gate
 
     async def append_events(self, events: Sequence[RunEvent]) -> None:
+        self.arrived.put_nowait(len(events))
         await self.gate.wait()
         self.gate.clear()
         await super().append_events(events)
@@ -138,17 +144,17 @@ async def test_a_producer_waits_for_room_until_half_the_backlog_is_stored(
     events = iter(_events(11))
     for event in [next(events) for _ in range(4)]:
         batcher.add(event)
-    await asyncio.sleep(0.05)  # the writer takes these 4 and waits at the gate
+    assert await store.arrived.get() == 4  # the writer took these 4 and waits at the gate
     for event in [next(events) for _ in range(6)]:
         batcher.add(event)
     assert not batcher.congested()  # 10 waiting: at the limit, not over it
     batcher.add(next(events))
     assert batcher.congested()
     room = asyncio.create_task(batcher.room())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # room() is waiting now
     assert not room.done()
     store.gate.set()  # the 4 are stored; 7 still wait, more than half the limit
-    await asyncio.sleep(0.05)
+    assert await store.arrived.get() == 7
     assert not room.done() and batcher.backlog == 7
     store.gate.set()
     async with asyncio.timeout(2):

@@ -14,6 +14,7 @@ from culm.storage.sql import SqlStore
 from tests.support import collect, settings, types
 
 WORKER = Path(__file__).with_name("crash_worker.py")
+REQUEUE_WORKER = Path(__file__).with_name("requeue_worker.py")
 
 
 def _engine(engine_settings: culm.Settings, script: dict[str, object]) -> culm.Engine:
@@ -80,13 +81,43 @@ async def test_requeue_policy_runs_an_interrupted_run_again(tmp_path: Path) -> N
         assert [m.content for m in transcript if m.role == "user"].count("go") == 1
 
 
-async def test_requeue_stops_after_max_attempts(tmp_path: Path) -> None:
+async def _requeued_then_killed(home: Path, run_id: str, max_attempts: int) -> str:
+    """Start an engine in a process with the requeue policy, read what it says about
+    ``run_id`` (``running <attempt>`` or ``ended <status>``), then SIGKILL it."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(REQUEUE_WORKER),
+        str(home),
+        str(max_attempts),
+        run_id,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        said = (await process.stdout.readline()).decode().strip()
+    process.send_signal(signal.SIGKILL)
+    await process.wait()
+    return said
+
+
+@pytest.mark.timeout(120)
+async def test_requeue_runs_again_up_to_max_attempts_then_errors(tmp_path: Path) -> None:
+    """max_attempts=2: the first interruption re-queues (attempt 2), the second ends the run."""
     [(active, _)] = await _crashed_runs(tmp_path, 1)
-    overrides = {"recovery_policy": "requeue", "max_attempts": 1}
+    assert await _requeued_then_killed(tmp_path, active, max_attempts=2) == "running 2"
+    overrides = {"recovery_policy": "requeue", "max_attempts": 2}
     async with culm.Engine(settings(tmp_path, **overrides)) as engine:
         run = await engine.get_run(active)
         assert run.status is culm.RunStatus.ERROR
         assert run.error == "interrupted"
+        assert run.attempt == 2
+        events = await collect(engine.subscribe(active))
+        recovered = [e for e in events if e.type == "run_recovered"]
+        assert [(e.previous_attempt, e.action) for e in recovered] == [  # type: ignore[union-attr]
+            (1, "requeued"),
+            (2, "errored"),
+        ]
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
 
 
 async def test_clean_shutdown_cancels_active_runs(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ import pytest
 
 from culm.domain.events import RunEvent, SubAgentStarted, Token, TokenBudget, TokenBudgetUpdated
 from culm.domain.models import Run
-from culm.runtime.runner import CRITICAL_EVENTS_CAPACITY, RING_CAPACITY, Runner
+from culm.runtime.runner import RING_CAPACITY, Runner
 from culm.runtime.subscription import Lagged
+
+CRITICAL = 32  # docs/ARCHITECTURE.md: "the last ≤ 32 critical events" (the contract's number)
 
 
 def _runner(queue_size: int = 10) -> tuple[Runner, list[RunEvent]]:
@@ -78,14 +80,14 @@ async def test_a_full_queue_marks_the_subscriber_lagged_without_blocking_others(
 
 async def test_replay_cache_keeps_the_last_critical_events_and_budget() -> None:
     runner, _ = _runner()
-    for i in range(CRITICAL_EVENTS_CAPACITY + 3):
+    for i in range(CRITICAL + 3):
         runner.emit(SubAgentStarted(child_session_id=str(i), child_run_id=str(i)))
         runner.emit(TokenBudgetUpdated(usage=TokenBudget(prompt_tokens=i)))
     cache = runner.replay_cache()
-    assert len(cache) == CRITICAL_EVENTS_CAPACITY + 1
+    assert len(cache) == CRITICAL + 1
     assert cache[0].child_session_id == "3"  # type: ignore[union-attr]
     assert cache[-1].type == "token_budget_updated"
-    assert cache[-1].usage.prompt_tokens == CRITICAL_EVENTS_CAPACITY + 2  # type: ignore[union-attr]
+    assert cache[-1].usage.prompt_tokens == CRITICAL + 2  # type: ignore[union-attr]
     assert [e.seq for e in cache] == sorted(e.seq for e in cache)
 
 

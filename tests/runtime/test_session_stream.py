@@ -7,8 +7,9 @@ from pathlib import Path
 
 import culm
 from culm.domain.events import RunEvent, SubAgentStarted
-from culm.runtime.runner import CRITICAL_EVENTS_CAPACITY
 from tests.support import collect, settings
+
+CRITICAL = 32  # docs/ARCHITECTURE.md: "the last ≤ 32 critical events" (the contract's number)
 
 
 async def _take(stream: object, count: int) -> list[RunEvent]:
@@ -50,17 +51,15 @@ async def test_a_late_session_subscriber_gets_the_replay_cache_first(tmp_path: P
                 break
         runner = engine.registry.get(run.run_id)
         assert runner is not None
-        for i in range(CRITICAL_EVENTS_CAPACITY + 5):
+        for i in range(CRITICAL + 5):
             runner.emit(SubAgentStarted(child_session_id=f"s{i}", child_run_id=f"r{i}"))
         await engine.batcher.flush()  # published to the runner once stored
-        late = await _take(
-            engine.subscribe_session(session.session_id), CRITICAL_EVENTS_CAPACITY + 1
-        )
+        late = await _take(engine.subscribe_session(session.session_id), CRITICAL + 1)
         await engine.wait(run.run_id)
-    cached = late[:CRITICAL_EVENTS_CAPACITY]
+    cached = late[:CRITICAL]
     # The oldest critical events (execution_started, the first sub-agents) were evicted.
     assert [e.child_session_id for e in cached] == [  # type: ignore[union-attr]
-        f"s{i}" for i in range(5, CRITICAL_EVENTS_CAPACITY + 5)
+        f"s{i}" for i in range(5, CRITICAL + 5)
     ]
     assert late[-1].type in {"token", "round_completed"}  # then live events follow
 

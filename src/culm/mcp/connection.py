@@ -81,6 +81,12 @@ class ConnectionOptions:
     wait_for_restart: float = 1.0
 
 
+def restart_backoff(failures: int, options: ConnectionOptions) -> float:
+    """How long to wait before starting a server again after ``failures`` failures in a row:
+    ``restart_delay`` doubled with each one, at most ``max_restart_delay``."""
+    return min(options.restart_delay * 2.0 ** (failures - 1), options.max_restart_delay)
+
+
 @dataclass(eq=False)
 class _Attempt:
     """One connection, from its start to its end; ``ready`` gives callers the client."""
@@ -312,9 +318,8 @@ class ServerConnection:
         attempt.error = self._last_error = detail if started else f"could not start: {detail}"
         self._status = ServerStatus.ERROR
         self._failures += 1
-        delay = self._options.restart_delay * 2 ** (self._failures - 1)
-        self._retry_at = asyncio.get_running_loop().time() + min(
-            delay, self._options.max_restart_delay
+        self._retry_at = asyncio.get_running_loop().time() + restart_backoff(
+            self._failures, self._options
         )
         if not started:
             attempt.ready.set_exception(MCPServerError(f"{self.label} {self._last_error}"))

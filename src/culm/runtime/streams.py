@@ -33,6 +33,8 @@ def _until_terminal(batch: list[RunEvent]) -> list[RunEvent]:
 
 
 POLL_INTERVAL = 0.25
+# How many of a session's latest runs a lagging session subscriber catches up on.
+CATCH_UP_RUNS = 10
 
 
 class Streams:
@@ -152,6 +154,9 @@ class Streams:
         if await self._store.get_session(session_id) is None:
             raise NotFoundError("session", session_id)
         seen: dict[str, int] = {}
+        # Runs already over before we subscribed are history: a catch-up after a lag skips
+        # them (unless the cache showed them), and replays every other run, from its start.
+        history = await self._finished_runs(session_id)
         subscription = Subscription(self._queue_size)
         self._registry.add_session_subscriber(session_id, subscription)
         try:
@@ -169,7 +174,7 @@ class Streams:
                     self._registry.remove_session_subscriber(session_id, subscription)
                     subscription = Subscription(self._queue_size)
                     self._registry.add_session_subscriber(session_id, subscription)
-                    batch = await self._catch_up(session_id, seen)
+                    batch = await self._catch_up(session_id, seen, history)
                 for event in batch:
                     if event.seq > seen.get(event.run_id, 0):
                         seen[event.run_id] = event.seq
@@ -188,12 +193,21 @@ class Streams:
         budget = await self._store.read_events_of_types(run_id, ["token_budget_updated"], limit=1)
         return sorted([*critical, *budget], key=lambda event: event.seq)
 
-    async def _catch_up(self, session_id: str, seen: dict[str, int]) -> list[RunEvent]:
-        """After a lag: what the session's recent runs stored past what we delivered."""
+    async def _finished_runs(self, session_id: str) -> set[str]:
+        runs = await self._store.list_runs(session_id=session_id, limit=CATCH_UP_RUNS)
+        return {run.run_id for run in runs if run.status.is_terminal}
+
+    async def _catch_up(
+        self, session_id: str, seen: dict[str, int], history: set[str]
+    ) -> list[RunEvent]:
+        """After a lag: what the session's recent runs stored past what we delivered (runs
+        that started and ended during the lag included)."""
         await self._batcher.flush()
         events: list[RunEvent] = []
-        for run in reversed(await self._store.list_runs(session_id=session_id, limit=10)):
-            if run.run_id in seen or not run.status.is_terminal:
+        for run in reversed(
+            await self._store.list_runs(session_id=session_id, limit=CATCH_UP_RUNS)
+        ):
+            if run.run_id in seen or run.run_id not in history:
                 events.extend(
                     await self._store.read_events(run.run_id, after=seen.get(run.run_id, 0))
                 )
