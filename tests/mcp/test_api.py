@@ -137,8 +137,10 @@ async def test_sessions_and_headless_runs_bring_their_own_servers(
         "/v1/sessions", json={"tools": ["mcp__x__*"], "mcp_servers": {"x": {"command": 3}}}
     )
     assert bad.status_code == 422
+    assert bad.json()["error"]["field"] == "mcp_servers"
     assert bad.json()["error"]["message"] == (
-        "MCP server 'x' in the session's mcp_servers: command: Input should be a valid string"
+        "mcp_servers: MCP server 'x' in the session's mcp_servers: command: "
+        "Input should be a valid string"
     )
     unknown = await client.post("/v1/sessions", json={"tools": ["mcp__x__*"]})
     assert unknown.status_code == 422
