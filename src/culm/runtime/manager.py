@@ -2,16 +2,19 @@
 
 Every run executes in a task owned by the manager's task group. Cancel means cancelling that
 task; the manager turns the cancel it issued into a ``cancelled`` outcome. Whatever happens, the
-terminal event is stored, then the terminal status, and only then is the runner released.
+terminal event is stored, then the terminal status, and only then is the runner released; and
+it happens whenever the task ends, even one cancelled before its first step (a done-callback
+finalizes any task that ended without doing so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from culm.domain.events import (
     Cancelled,
@@ -32,7 +35,7 @@ from culm.runtime.ownership import new_owner_id, owner_is_gone
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
 from culm.settings import RecoveryPolicy, Settings, ShutdownPolicy
-from culm.storage.base import Orphan, Store
+from culm.storage.base import Orphan, Reservation, Store
 
 log = get_logger(__name__)
 
@@ -43,6 +46,8 @@ ContextFactory = Callable[
 ]
 
 HEARTBEAT_INTERVAL = 1.0
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,8 @@ class RunManager:
         self._group: asyncio.TaskGroup | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
+        # Tasks that finish runs and that must outlive a cancel of whoever started them.
+        self._finishing: set[asyncio.Task[Any]] = set()
 
     # Lifecycle
 
@@ -99,6 +106,8 @@ class RunManager:
         for runner in runners:
             runner.request_cancel("shutdown" if not recover else _RELEASE)
         await asyncio.gather(*(runner.done.wait() for runner in runners))
+        while self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         if recover:
             await self._store.release_runs(self.owner)
 
@@ -111,6 +120,14 @@ class RunManager:
         """Reserve ``run`` on its session by ``policy`` and start it (or queue it)."""
         if self._closing or self._group is None:
             raise EngineClosedError("the engine is not running")
+        # Reserving and launching are one step that a cancel of the caller cannot split: a run
+        # reserved but never launched would hold its session, pending, for good.
+        reservation = await asyncio.shield(self._owned(self._reserve(run, policy)))
+        if reservation.active_run_id is not None and policy is MultitaskPolicy.INTERRUPT:
+            await self.cancel(reservation.active_run_id, reason="interrupted by a new run")
+        return reservation.run
+
+    async def _reserve(self, run: Run, policy: MultitaskPolicy) -> Reservation:
         reservation = await self._store.reserve_run(
             run,
             owner=self.owner,
@@ -120,9 +137,14 @@ class RunManager:
         )
         if reservation.active_run_id is None:
             self._launch(reservation.run)
-        elif policy is MultitaskPolicy.INTERRUPT:
-            await self.cancel(reservation.active_run_id, reason="interrupted by a new run")
-        return reservation.run
+        return reservation
+
+    def _owned(self, work: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        """A task of the manager's own for ``work``, kept until it ends (``aclose`` awaits it)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._finishing.add(task)
+        task.add_done_callback(_forget(self._finishing))
+        return task
 
     def _launch(self, run: Run) -> Runner:
         assert self._group is not None
@@ -134,7 +156,22 @@ class RunManager:
         )
         self._registry.add(runner)
         runner.task = self._group.create_task(self._execute(runner), name=f"culm-run-{run.run_id}")
+        runner.task.add_done_callback(lambda _: self._ended(runner))
         return runner
+
+    def _ended(self, runner: Runner) -> None:
+        """The run's task is done. If it never finalized (cancelled from outside before its
+        first step), do it now: the run must not hold its session, pending, for good."""
+        if not runner.finalizing:
+            reason = runner.cancel_reason if runner.cancel_reason is not None else "cancelled"
+            self._finish(runner, LoopState(messages=[]), _cancelled(reason))
+
+    def _finish(
+        self, runner: Runner, state: LoopState, outcome: Outcome | None
+    ) -> asyncio.Task[None]:
+        """Finalize the run in a task of its own (a cancel of the run's task cannot stop it)."""
+        runner.finalizing = True
+        return self._owned(self._finalize(runner, state, outcome))
 
     async def _start_next(self, session_id: str) -> None:
         if self._closing:
@@ -148,15 +185,19 @@ class RunManager:
     # Executing
 
     async def _execute(self, runner: Runner) -> None:
+        runner.started = True
         state = LoopState(messages=[])
         try:
-            outcome = await self._run(runner, state)
+            if runner.cancel_reason is not None:  # cancelled before this first step
+                outcome: Outcome | None = _cancelled(runner.cancel_reason)
+            else:
+                outcome = await self._run(runner, state)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             reason = runner.cancel_reason
             if reason is None or task is None or task.uncancel() > 0:
                 # A cancel we did not issue: record it, then let it propagate.
-                await asyncio.shield(self._finalize(runner, state, _cancelled("cancelled")))
+                await asyncio.shield(self._finish(runner, state, _cancelled("cancelled")))
                 raise
             outcome = _cancelled(reason)
         except RunFailure as exc:
@@ -167,7 +208,7 @@ class RunManager:
             log.exception("run failed with an internal error", run_id=runner.run_id)
             message = f"internal error: {type(exc).__name__}: {exc}"
             outcome = Outcome(RunStatus.ERROR, error=message, code="internal_error")
-        await asyncio.shield(self._finalize(runner, state, outcome))
+        await asyncio.shield(self._finish(runner, state, outcome))
 
     async def _run(self, runner: Runner, state: LoopState) -> Outcome | None:
         started_at = utc_now()
@@ -193,7 +234,6 @@ class RunManager:
         return Outcome(RunStatus.COMPLETED, final_message=final)
 
     async def _finalize(self, runner: Runner, state: LoopState, outcome: Outcome | None) -> None:
-        runner.finalizing = True
         # Whether to promote the session's next queued run: unknown (so look) unless
         # finish_run says; nothing when the run is handed back.
         start_next = outcome is None or outcome.reason != _RELEASE
@@ -320,6 +360,15 @@ class RunManager:
 
 
 _RELEASE = "\x00release"
+
+
+def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # its awaiter (if it still has one) got it; nobody else must
+
+    return done
 
 
 def _cancelled(reason: str) -> Outcome:

@@ -40,6 +40,9 @@ class Runner:
         self.started_at: datetime | None = None
         self.completed_at: datetime | None = None
         self.task: asyncio.Task[None] | None = None
+        # Set by the task's first step: until then a cancel is only recorded (a task cancelled
+        # before its first step never runs a line of its coroutine, so nothing would end it).
+        self.started = False
         self.cancel_reason: str | None = None
         self.finalizing = False
         self.usage = Usage()
@@ -115,10 +118,12 @@ class Runner:
         return sorted(cached, key=lambda event: event.seq)
 
     def request_cancel(self, reason: str) -> bool:
-        """Cancel the task that owns the run (once). False if it is already ending."""
+        """Cancel the task that owns the run (once). False if it is already ending.
+
+        Before the task's first step the cancel is only recorded: the task looks at it first."""
         if self.cancel_reason is not None or self.finalizing:
             return False
         self.cancel_reason = reason
-        if self.task is not None and not self.task.done():
+        if self.started and self.task is not None and not self.task.done():
             self.task.cancel()
         return True
