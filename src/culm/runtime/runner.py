@@ -1,7 +1,8 @@
 """The runner: in-memory state of one active run (the seed's ``AgentRunner``).
 
-It stamps every event the run emits and hands it to the batched store writer, keeping the
-liveness fields current. Once stored, the writer publishes the event back here, and the runner
+It stamps every event the run emits and hands it to the batched store writer. Once stored, the
+writer publishes the event back here, and the runner keeps the liveness fields current (so they
+never name an event the store does not hold: a client may resume from any seq they report) and
 fans it out: to each subscriber's bounded queue, to the session's subscribers, into a ring of
 recent events (so a subscriber can attach without a gap), and into the replay cache of the last
 32 critical events and the last ``token_budget_updated``.
@@ -60,6 +61,7 @@ class Runner:
 
     @property
     def last_seq(self) -> int:
+        """The last seq stamped (stored or not); what clients see is ``liveness.last_seq``."""
         return self._seq
 
     def emit(self, payload: RunEventBase) -> RunEvent:
@@ -69,13 +71,13 @@ class Runner:
         event = payload.stamped(
             seq=self._seq, run_id=self.run_id, session_id=self.session_id, ts=utc_now()
         )
-        self.liveness = liveness.apply(self.liveness, event)
         self._persist(event)
         return event
 
     def publish(self, event: RunEvent) -> None:
         """Deliver a stored event: ring, replay caches, subscribers, the session's subscribers."""
         self._published = event.seq
+        self.liveness = liveness.apply(self.liveness, event)
         self._ring.append(event)
         if event.type in CRITICAL_EVENT_TYPES:
             self.critical_events.append(event)
