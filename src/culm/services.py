@@ -357,11 +357,13 @@ class Engine:
         wait: bool = False,
         timeout: float | None = None,
     ) -> Run:
-        """Cancel a run (idempotent). With ``wait``, return once it is terminal."""
+        """Cancel a run (idempotent). With ``wait``, return once it and every sub-agent run
+        below it are terminal."""
         self._require_open()
         run = await self.runs.cancel(run_id, reason=reason)
         if wait:
-            return await self.wait(run_id, timeout=timeout)
+            async with asyncio.timeout(timeout):
+                return await self.runs.wait_tree(run_id, reason=reason)
         return run
 
     async def wait(self, run_id: str, *, timeout: float | None = None) -> Run:

@@ -290,6 +290,16 @@ class RunManager:
                     async with asyncio.timeout(0.25):
                         await changed.wait()
 
+    async def wait_tree(self, run_id: str, *, reason: str) -> Run:
+        """The run once it and every run below it are terminal; a descendant still active once
+        its parent has ended (reserved while the parent was being cancelled) is cancelled."""
+        run = await self.wait(run_id)
+        for child in await self._store.list_runs(parent_run_id=run_id, limit=10_000):
+            if not child.status.is_terminal:
+                await self.cancel(child.run_id, reason=reason)
+            await self.wait_tree(child.run_id, reason=reason)
+        return run
+
     async def _require_run(self, run_id: str) -> Run:
         run = await self._store.get_run(run_id)
         if run is None:
