@@ -6,7 +6,6 @@ the parent's ``cancel(wait=True)`` returned before the tree was terminal.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest

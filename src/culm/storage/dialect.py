@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from culm.errors import ConfigError
 from culm.storage.writer import AsyncWriter, ThreadWriter, Writer
 
-
 WAL_CHECKPOINT_PAGES = 2000
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
 
