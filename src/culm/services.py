@@ -129,6 +129,8 @@ class Engine:
                 linger=settings.event_flush_interval,
                 max_batch=settings.event_batch_size,
                 backlog_limit=settings.event_backlog_limit,
+                retry_window=settings.storage_retry_window,
+                on_unavailable=lambda run_ids, exc: self.runs.storage_unavailable(run_ids, exc),
             )
             batcher.start()
             stack.push_async_callback(batcher.aclose)
@@ -152,6 +154,12 @@ class Engine:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
+
+    async def check_store(self) -> str | None:
+        """None while the store works, else why it does not (for a health check)."""
+        if self._stack is None or not isinstance(self.store, SqlStore):
+            return None
+        return await self.store.check()
 
     async def _start_metrics(self, store: Store, stack: contextlib.AsyncExitStack) -> None:
         """The metrics pipeline, on the engine's SQL database (another store runs without)."""

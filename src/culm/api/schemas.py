@@ -40,8 +40,9 @@ class CreateHeadlessRun(CreateSession):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # ok | degraded (then 503)
     version: str
+    store: str = "ok"  # or why the store does not work
 
 
 class SessionList(BaseModel):

@@ -26,7 +26,13 @@ from culm.domain.events import (
 )
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, UserMessage
 from culm.domain.time import utc_now
-from culm.errors import EngineClosedError, NotFoundError, RunFailure, UserError
+from culm.errors import (
+    EngineClosedError,
+    NotFoundError,
+    RunFailure,
+    StorageUnavailableError,
+    UserError,
+)
 from culm.logs import get_logger
 from culm.loop.context import LoopContext, LoopState
 from culm.loop.driver import run_agent
@@ -105,11 +111,33 @@ class RunManager:
         recover = self._settings.shutdown_policy is ShutdownPolicy.RECOVER
         for runner in runners:
             runner.request_cancel("shutdown" if not recover else _RELEASE)
-        await asyncio.gather(*(runner.done.wait() for runner in runners))
+        await self._until_done(runners)
         while self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
         if recover:
             await self._store.release_runs(self.owner)
+
+    async def _until_done(self, runners: list[Runner]) -> None:
+        """Wait for ``runners`` to end. A run ending waits for the store to take its terminal
+        event; if the store keeps failing past half the shutdown timeout, stop waiting for it
+        (what it cannot take is dropped; the next start recovers those runs)."""
+        done = asyncio.gather(*(runner.done.wait() for runner in runners))
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self._settings.shutdown_timeout / 2)
+        except TimeoutError:
+            if self._batcher.failing:
+                log.error("the store keeps failing; stopping without it", runs=len(runners))
+                self._batcher.give_up()
+            await done
+
+    def storage_unavailable(self, run_ids: set[str], exc: BaseException) -> None:
+        """The store has failed to take these runs' events for longer than the retry window:
+        end them in error (their terminal events are stored once the store takes them)."""
+        for run_id in run_ids:
+            runner = self._registry.get(run_id)
+            if runner is not None and runner.request_cancel(_STORAGE):
+                runner.storage_error = str(exc)
+                log.error("ending a run: the store keeps failing", run_id=run_id)
 
     def _lease(self) -> datetime:
         return utc_now() + timedelta(seconds=self._settings.lease_seconds)
@@ -188,8 +216,10 @@ class RunManager:
         runner.started = True
         state = LoopState(messages=[])
         try:
-            if runner.cancel_reason is not None:  # cancelled before this first step
-                outcome: Outcome | None = _cancelled(runner.cancel_reason)
+            if runner.cancel_reason == _STORAGE:
+                outcome: Outcome | None = _storage_error(runner)
+            elif runner.cancel_reason is not None:  # cancelled before this first step
+                outcome = _cancelled(runner.cancel_reason)
             else:
                 outcome = await self._run(runner, state)
         except asyncio.CancelledError:
@@ -199,7 +229,7 @@ class RunManager:
                 # A cancel we did not issue: record it, then let it propagate.
                 await asyncio.shield(self._finish(runner, state, _cancelled("cancelled")))
                 raise
-            outcome = _cancelled(reason)
+            outcome = _storage_error(runner) if reason == _STORAGE else _cancelled(reason)
         except RunFailure as exc:
             outcome = Outcome(RunStatus.ERROR, error=str(exc), code=exc.code)
         except UserError as exc:
@@ -379,6 +409,14 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None
             task.exception()  # its awaiter (if it still has one) got it; nobody else must
 
     return done
+
+
+_STORAGE = "\x00storage"
+
+
+def _storage_error(runner: Runner) -> Outcome:
+    message = f"the store kept failing: {runner.storage_error or 'unavailable'}"
+    return Outcome(RunStatus.ERROR, error=message, code=StorageUnavailableError.code)
 
 
 def _cancelled(reason: str) -> Outcome:

@@ -45,6 +45,7 @@ class Runner:
         # before its first step never runs a line of its coroutine, so nothing would end it).
         self.started = False
         self.cancel_reason: str | None = None
+        self.storage_error: str | None = None  # why the store could not take its events
         self.finalizing = False
         self.usage = Usage()
         self.done = asyncio.Event()
