@@ -19,6 +19,7 @@ CulmError
 │   ├── LimitExceededError     max rounds, or a similar engine limit
 │   └── MCPServerError         an MCP server could not be started or reached
 ├── EngineClosedError          the engine is shutting down or closed
+├── StorageUnavailableError    the store keeps failing (disk full, database unreachable)
 └── ToolFailure                raised by a tool: reported to the model as an error result
     └── ToolTimeoutError       the tool ran past its timeout
 """
@@ -125,6 +126,13 @@ class MCPServerError(RunFailure):
 
 class EngineClosedError(CulmError):
     pass
+
+
+class StorageUnavailableError(CulmError):
+    """The store failed to read or write (disk full, database unreachable). Runs whose events
+    it cannot take past ``CULM_STORAGE_RETRY_WINDOW`` end ``error`` with this code."""
+
+    code = "storage_unavailable"
 
 
 class ToolFailure(CulmError):

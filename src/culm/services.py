@@ -133,6 +133,8 @@ class Engine:
                 linger=settings.event_flush_interval,
                 max_batch=settings.event_batch_size,
                 backlog_limit=settings.event_backlog_limit,
+                retry_window=settings.storage_retry_window,
+                on_unavailable=lambda run_ids, exc: self.runs.storage_unavailable(run_ids, exc),
             )
             batcher.start()
             stack.push_async_callback(batcher.aclose)
@@ -156,6 +158,12 @@ class Engine:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
+
+    async def check_store(self) -> str | None:
+        """None while the store works, else why it does not (for a health check)."""
+        if self._stack is None or not isinstance(self.store, SqlStore):
+            return None
+        return await self.store.check()
 
     async def _start_metrics(self, store: Store, stack: contextlib.AsyncExitStack) -> None:
         """The metrics pipeline, on the engine's SQL database (another store runs without)."""
@@ -365,11 +373,13 @@ class Engine:
         wait: bool = False,
         timeout: float | None = None,
     ) -> Run:
-        """Cancel a run (idempotent). With ``wait``, return once it is terminal."""
+        """Cancel a run (idempotent). With ``wait``, return once it and every sub-agent run
+        below it are terminal."""
         self._require_open()
         run = await self.runs.cancel(run_id, reason=reason)
         if wait:
-            return await self.wait(run_id, timeout=timeout)
+            async with asyncio.timeout(timeout):
+                return await self.runs.wait_tree(run_id, reason=reason)
         return run
 
     async def wait(self, run_id: str, *, timeout: float | None = None) -> Run:

@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     shutdown_policy: ShutdownPolicy = ShutdownPolicy.CANCEL
     shutdown_grace: float = Field(default=0.0, ge=0)
+    # How long the store may keep failing (disk full, database gone) before the runs whose
+    # events it cannot take end in error (code storage_unavailable).
+    storage_retry_window: float = Field(default=30.0, gt=0)
 
     @field_validator("mcp_servers", mode="before")
     @classmethod

@@ -145,3 +145,34 @@ def test_refuses_a_public_bind_without_an_api_key(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert "CULM_API_KEY" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(120)
+async def test_racing_interrupts_leave_no_run_pending_and_sigterm_ends_the_server(
+    tmp_path: Path,
+) -> None:
+    _scripts(tmp_path, ticks={"turns": [[{"delay": 0.001}, {"text": "t"}] * 20]})
+    async with (
+        culm_serve(tmp_path) as (process, url),
+        httpx2.AsyncClient(base_url=url, timeout=30) as client,
+    ):
+        session = (await client.post("/v1/sessions", json={"model": "scripted:ticks"})).json()
+        path = f"/v1/sessions/{session['session_id']}/runs"
+        run_ids: list[str] = []
+        for _ in range(10):
+            answers = await asyncio.gather(
+                *(
+                    client.post(path, json={"message": "go", "multitask": "interrupt"})
+                    for _ in range(10)
+                )
+            )
+            run_ids += [answer.json()["run_id"] for answer in answers]
+        for run_id in run_ids:
+            waited = await client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 10})
+            assert waited.status_code == 200, waited.text
+            assert waited.json()["status"] in ("completed", "cancelled")
+        last = await client.post(path, json={"message": "free?", "multitask": "reject"})
+        assert last.status_code == 202
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            assert await process.wait() in (0, -signal.SIGTERM)

@@ -175,3 +175,55 @@ async def test_room_does_not_wait_when_nothing_is_writing(tmp_path: Path) -> Non
     await batcher.aclose()
     assert await store.last_event_seq("r") == 5
     await store.aclose()
+
+
+async def test_a_store_failing_past_the_window_reports_the_runs_it_cannot_take(
+    tmp_path: Path,
+) -> None:
+    store = await _store(tmp_path, failures=10**6)
+    reported: list[set[str]] = []
+    published: list[RunEvent] = []
+    batcher = EventBatcher(
+        store,
+        publish=published.extend,
+        linger=0,
+        max_batch=1000,
+        retry_window=0.3,
+        on_unavailable=lambda run_ids, exc: reported.append(run_ids),
+    )
+    batcher.start()
+    for event in _events(3):
+        batcher.add(event)
+    async with asyncio.timeout(5):
+        while not batcher.failing:
+            await asyncio.sleep(0.01)
+    assert reported == []  # within the window: only retried
+    async with asyncio.timeout(10):
+        while not reported:
+            await asyncio.sleep(0.01)
+    assert reported[0] == {"r"}
+    store.failures = 0  # the store works again: everything is stored, then published
+    await batcher.flush()
+    assert not batcher.failing
+    assert [e.seq for e in published] == [1, 2, 3]
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_giving_up_on_a_failing_store_drops_what_it_cannot_take(tmp_path: Path) -> None:
+    store = await _store(tmp_path, failures=10**6)
+    published: list[RunEvent] = []
+    batcher = EventBatcher(store, publish=published.extend, linger=0, max_batch=1000)
+    batcher.start()
+    for event in _events(3):
+        batcher.add(event)
+    async with asyncio.timeout(5):
+        while not batcher.failing:
+            await asyncio.sleep(0.01)
+    batcher.give_up()
+    async with asyncio.timeout(5):
+        await batcher.flush()  # returns: nothing is left to wait for
+        await batcher.aclose()
+    assert published == []  # never published, so no client saw a seq the store lacks
+    assert await store.last_event_seq("r") == 0
+    await store.aclose()

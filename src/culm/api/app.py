@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from culm._version import __version__
 from culm.api import errors, openapi
@@ -57,9 +58,17 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     errors.install(app)
     openapi.install(app)
 
-    @app.get("/health", tags=["health"])
-    async def health() -> Health:
-        return Health(status="ok", version=__version__, bash_sandbox=engine.sandbox.kind)
+    @app.get("/health", tags=["health"], response_model=Health, responses={503: {"model": Health}})
+    async def health() -> Health | JSONResponse:
+        """``ok``, or 503 ``degraded`` naming what does not work (the store)."""
+        problem = await engine.check_store()
+        sandbox = engine.sandbox.kind
+        if problem is None:
+            return Health(status="ok", version=__version__, bash_sandbox=sandbox)
+        degraded = Health(
+            status="degraded", version=__version__, store=problem, bash_sandbox=sandbox
+        )
+        return JSONResponse(degraded.model_dump(), status_code=503)
 
     app.include_router(proxy.router)  # first: the routes matched most often
     app.include_router(sessions.router)

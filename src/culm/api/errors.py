@@ -20,6 +20,7 @@ from culm.errors import (
     InvalidFieldError,
     NotFoundError,
     SessionBusyError,
+    StorageUnavailableError,
     UnknownModelError,
     UnknownToolError,
     UserError,
@@ -88,6 +89,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(EngineClosedError)
     async def _on_closed(request: Request, exc: EngineClosedError) -> JSONResponse:
         return error_response(503, "unavailable", str(exc))
+
+    @app.exception_handler(StorageUnavailableError)
+    async def _on_storage(request: Request, exc: StorageUnavailableError) -> JSONResponse:
+        return error_response(503, exc.code, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -68,8 +68,9 @@ class CreateHeadlessRun(CreateSession):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # ok | degraded (then 503)
     version: str
+    store: str = "ok"  # or why the store does not work
     bash_sandbox: str = Field(
         description="How the bash tool's commands are confined: `bwrap` or `none`",
         examples=["bwrap"],

@@ -14,12 +14,19 @@ await storage, awaits :meth:`EventBatcher.room` until half of them are stored. W
 burst bigger than the store's pace piles up in memory, and every event of it waits for the
 whole pile to be written before any subscriber sees it. While the store keeps failing, such a
 producer keeps waiting (it can still be cancelled): memory stays bounded rather than growing.
+
+Storage failure: once the store has kept failing for ``retry_window`` seconds, every retry
+hands the runs whose events wait to ``on_unavailable`` (the manager ends them in error; their
+terminal events are stored as soon as the store takes them). Once :meth:`give_up` is called (a
+stop that cannot wait for the store any longer), what cannot be stored is dropped: it was never
+published, so no client saw it and no seq a client knows is ever reused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 
 from culm.domain.events import RunEvent
@@ -38,6 +45,8 @@ class EventBatcher:
         linger: float,
         max_batch: int,
         backlog_limit: int = 2000,
+        retry_window: float = 30.0,
+        on_unavailable: Callable[[set[str], BaseException], None] | None = None,
     ) -> None:
         self._store = store
         self._publish = publish
@@ -52,6 +61,10 @@ class EventBatcher:
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._retry_window = retry_window
+        self._on_unavailable = on_unavailable
+        self._failing_since: float | None = None
+        self._giving_up = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="culm-event-batcher")
@@ -84,6 +97,16 @@ class EventBatcher:
             await self._task
             self._task = None
         await self._write_now()
+
+    def give_up(self) -> None:
+        """Stop retrying a failing store: drop what it cannot take (the engine is stopping)."""
+        self._giving_up = True
+        self._urgent.set()
+
+    @property
+    def failing(self) -> bool:
+        """Whether the store failed the last write of run events."""
+        return self._failing_since is not None
 
     @property
     def backlog(self) -> int:
@@ -118,25 +141,48 @@ class EventBatcher:
         count = len(self._pending)
         if count:
             batch = self._pending[:count]
-            await self._store_with_retry(batch)
+            stored = await self._store_with_retry(batch)
             del self._pending[:count]
             if self._pending:
                 self._has_pending.set()
             try:
-                self._publish(batch)
+                if stored:
+                    self._publish(batch)
             except Exception:
                 log.exception("publishing stored run events failed")
         self._written += count
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
 
-    async def _store_with_retry(self, batch: list[RunEvent]) -> None:
+    async def _store_with_retry(self, batch: list[RunEvent]) -> bool:
+        """Store ``batch``, retrying with backoff; False if it was dropped (:meth:`give_up`)."""
         delay = 0.05
         while True:
             try:
                 await self._store.append_events(batch)
-                return
+                self._failing_since = None
+                return True
             except Exception as exc:
+                if self._giving_up:
+                    log.error(
+                        "the store keeps failing; run events dropped at stop", events=len(batch)
+                    )
+                    return False
                 log.error("storing run events failed; retrying", error=str(exc), events=len(batch))
-                await asyncio.sleep(delay)
+                self._unavailable(batch, exc)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop_retrying()
                 delay = min(delay * 2, 1.0)
+
+    def _unavailable(self, batch: list[RunEvent], exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if self._on_unavailable is not None and now - self._failing_since >= self._retry_window:
+            self._on_unavailable({event.run_id for event in batch}, exc)
+
+    async def _stop_retrying(self) -> None:
+        while not self._giving_up:
+            self._urgent.clear()
+            await self._urgent.wait()

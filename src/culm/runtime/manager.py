@@ -2,16 +2,19 @@
 
 Every run executes in a task owned by the manager's task group. Cancel means cancelling that
 task; the manager turns the cancel it issued into a ``cancelled`` outcome. Whatever happens, the
-terminal event is stored, then the terminal status, and only then is the runner released.
+terminal event is stored, then the terminal status, and only then is the runner released; and
+it happens whenever the task ends, even one cancelled before its first step (a done-callback
+finalizes any task that ended without doing so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from culm.domain.events import (
     Cancelled,
@@ -23,7 +26,13 @@ from culm.domain.events import (
 )
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, UserMessage
 from culm.domain.time import utc_now
-from culm.errors import EngineClosedError, NotFoundError, RunFailure, UserError
+from culm.errors import (
+    EngineClosedError,
+    NotFoundError,
+    RunFailure,
+    StorageUnavailableError,
+    UserError,
+)
 from culm.logs import get_logger
 from culm.loop.context import LoopContext, LoopState
 from culm.loop.driver import run_agent
@@ -32,7 +41,7 @@ from culm.runtime.ownership import new_owner_id, owner_is_gone
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
 from culm.settings import RecoveryPolicy, Settings, ShutdownPolicy
-from culm.storage.base import Orphan, Store
+from culm.storage.base import Orphan, Reservation, Store
 
 log = get_logger(__name__)
 
@@ -43,6 +52,8 @@ ContextFactory = Callable[
 ]
 
 HEARTBEAT_INTERVAL = 1.0
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +84,8 @@ class RunManager:
         self._group: asyncio.TaskGroup | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
+        # Tasks that finish runs and that must outlive a cancel of whoever started them.
+        self._finishing: set[asyncio.Task[Any]] = set()
 
     # Lifecycle
 
@@ -98,9 +111,33 @@ class RunManager:
         recover = self._settings.shutdown_policy is ShutdownPolicy.RECOVER
         for runner in runners:
             runner.request_cancel("shutdown" if not recover else _RELEASE)
-        await asyncio.gather(*(runner.done.wait() for runner in runners))
+        await self._until_done(runners)
+        while self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         if recover:
             await self._store.release_runs(self.owner)
+
+    async def _until_done(self, runners: list[Runner]) -> None:
+        """Wait for ``runners`` to end. A run ending waits for the store to take its terminal
+        event; if the store keeps failing past half the shutdown timeout, stop waiting for it
+        (what it cannot take is dropped; the next start recovers those runs)."""
+        done = asyncio.gather(*(runner.done.wait() for runner in runners))
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self._settings.shutdown_timeout / 2)
+        except TimeoutError:
+            if self._batcher.failing:
+                log.error("the store keeps failing; stopping without it", runs=len(runners))
+                self._batcher.give_up()
+            await done
+
+    def storage_unavailable(self, run_ids: set[str], exc: BaseException) -> None:
+        """The store has failed to take these runs' events for longer than the retry window:
+        end them in error (their terminal events are stored once the store takes them)."""
+        for run_id in run_ids:
+            runner = self._registry.get(run_id)
+            if runner is not None and runner.request_cancel(_STORAGE):
+                runner.storage_error = str(exc)
+                log.error("ending a run: the store keeps failing", run_id=run_id)
 
     def _lease(self) -> datetime:
         return utc_now() + timedelta(seconds=self._settings.lease_seconds)
@@ -111,6 +148,14 @@ class RunManager:
         """Reserve ``run`` on its session by ``policy`` and start it (or queue it)."""
         if self._closing or self._group is None:
             raise EngineClosedError("the engine is not running")
+        # Reserving and launching are one step that a cancel of the caller cannot split: a run
+        # reserved but never launched would hold its session, pending, for good.
+        reservation = await asyncio.shield(self._owned(self._reserve(run, policy)))
+        if reservation.active_run_id is not None and policy is MultitaskPolicy.INTERRUPT:
+            await self.cancel(reservation.active_run_id, reason="interrupted by a new run")
+        return reservation.run
+
+    async def _reserve(self, run: Run, policy: MultitaskPolicy) -> Reservation:
         reservation = await self._store.reserve_run(
             run,
             owner=self.owner,
@@ -120,9 +165,14 @@ class RunManager:
         )
         if reservation.active_run_id is None:
             self._launch(reservation.run)
-        elif policy is MultitaskPolicy.INTERRUPT:
-            await self.cancel(reservation.active_run_id, reason="interrupted by a new run")
-        return reservation.run
+        return reservation
+
+    def _owned(self, work: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        """A task of the manager's own for ``work``, kept until it ends (``aclose`` awaits it)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._finishing.add(task)
+        task.add_done_callback(_forget(self._finishing))
+        return task
 
     def _launch(self, run: Run) -> Runner:
         assert self._group is not None
@@ -134,7 +184,22 @@ class RunManager:
         )
         self._registry.add(runner)
         runner.task = self._group.create_task(self._execute(runner), name=f"culm-run-{run.run_id}")
+        runner.task.add_done_callback(lambda _: self._ended(runner))
         return runner
+
+    def _ended(self, runner: Runner) -> None:
+        """The run's task is done. If it never finalized (cancelled from outside before its
+        first step), do it now: the run must not hold its session, pending, for good."""
+        if not runner.finalizing:
+            reason = runner.cancel_reason if runner.cancel_reason is not None else "cancelled"
+            self._finish(runner, LoopState(messages=[]), _cancelled(reason))
+
+    def _finish(
+        self, runner: Runner, state: LoopState, outcome: Outcome | None
+    ) -> asyncio.Task[None]:
+        """Finalize the run in a task of its own (a cancel of the run's task cannot stop it)."""
+        runner.finalizing = True
+        return self._owned(self._finalize(runner, state, outcome))
 
     async def _start_next(self, session_id: str) -> None:
         if self._closing:
@@ -148,17 +213,23 @@ class RunManager:
     # Executing
 
     async def _execute(self, runner: Runner) -> None:
+        runner.started = True
         state = LoopState(messages=[])
         try:
-            outcome = await self._run(runner, state)
+            if runner.cancel_reason == _STORAGE:
+                outcome: Outcome | None = _storage_error(runner)
+            elif runner.cancel_reason is not None:  # cancelled before this first step
+                outcome = _cancelled(runner.cancel_reason)
+            else:
+                outcome = await self._run(runner, state)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             reason = runner.cancel_reason
             if reason is None or task is None or task.uncancel() > 0:
                 # A cancel we did not issue: record it, then let it propagate.
-                await asyncio.shield(self._finalize(runner, state, _cancelled("cancelled")))
+                await asyncio.shield(self._finish(runner, state, _cancelled("cancelled")))
                 raise
-            outcome = _cancelled(reason)
+            outcome = _storage_error(runner) if reason == _STORAGE else _cancelled(reason)
         except RunFailure as exc:
             outcome = Outcome(RunStatus.ERROR, error=str(exc), code=exc.code)
         except UserError as exc:
@@ -167,7 +238,7 @@ class RunManager:
             log.exception("run failed with an internal error", run_id=runner.run_id)
             message = f"internal error: {type(exc).__name__}: {exc}"
             outcome = Outcome(RunStatus.ERROR, error=message, code="internal_error")
-        await asyncio.shield(self._finalize(runner, state, outcome))
+        await asyncio.shield(self._finish(runner, state, outcome))
 
     async def _run(self, runner: Runner, state: LoopState) -> Outcome | None:
         started_at = utc_now()
@@ -193,7 +264,6 @@ class RunManager:
         return Outcome(RunStatus.COMPLETED, final_message=final)
 
     async def _finalize(self, runner: Runner, state: LoopState, outcome: Outcome | None) -> None:
-        runner.finalizing = True
         # Whether to promote the session's next queued run: unknown (so look) unless
         # finish_run says; nothing when the run is handed back.
         start_next = outcome is None or outcome.reason != _RELEASE
@@ -249,6 +319,16 @@ class RunManager:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.25):
                         await changed.wait()
+
+    async def wait_tree(self, run_id: str, *, reason: str) -> Run:
+        """The run once it and every run below it are terminal; a descendant still active once
+        its parent has ended (reserved while the parent was being cancelled) is cancelled."""
+        run = await self.wait(run_id)
+        for child in await self._store.list_runs(parent_run_id=run_id, limit=10_000):
+            if not child.status.is_terminal:
+                await self.cancel(child.run_id, reason=reason)
+            await self.wait_tree(child.run_id, reason=reason)
+        return run
 
     async def _require_run(self, run_id: str) -> Run:
         run = await self._store.get_run(run_id)
@@ -320,6 +400,23 @@ class RunManager:
 
 
 _RELEASE = "\x00release"
+
+
+def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # its awaiter (if it still has one) got it; nobody else must
+
+    return done
+
+
+_STORAGE = "\x00storage"
+
+
+def _storage_error(runner: Runner) -> Outcome:
+    message = f"the store kept failing: {runner.storage_error or 'unavailable'}"
+    return Outcome(RunStatus.ERROR, error=message, code=StorageUnavailableError.code)
 
 
 def _cancelled(reason: str) -> Outcome:

@@ -1,7 +1,8 @@
 """The runner: in-memory state of one active run (the seed's ``AgentRunner``).
 
-It stamps every event the run emits and hands it to the batched store writer, keeping the
-liveness fields current. Once stored, the writer publishes the event back here, and the runner
+It stamps every event the run emits and hands it to the batched store writer. Once stored, the
+writer publishes the event back here, and the runner keeps the liveness fields current (so they
+never name an event the store does not hold: a client may resume from any seq they report) and
 fans it out: to each subscriber's bounded queue, to the session's subscribers, into a ring of
 recent events (so a subscriber can attach without a gap), and into the replay cache of the last
 32 critical events and the last ``token_budget_updated``.
@@ -40,7 +41,11 @@ class Runner:
         self.started_at: datetime | None = None
         self.completed_at: datetime | None = None
         self.task: asyncio.Task[None] | None = None
+        # Set by the task's first step: until then a cancel is only recorded (a task cancelled
+        # before its first step never runs a line of its coroutine, so nothing would end it).
+        self.started = False
         self.cancel_reason: str | None = None
+        self.storage_error: str | None = None  # why the store could not take its events
         self.finalizing = False
         self.usage = Usage()
         self.done = asyncio.Event()
@@ -57,6 +62,7 @@ class Runner:
 
     @property
     def last_seq(self) -> int:
+        """The last seq stamped (stored or not); what clients see is ``liveness.last_seq``."""
         return self._seq
 
     def emit(self, payload: RunEventBase) -> RunEvent:
@@ -66,13 +72,13 @@ class Runner:
         event = payload.stamped(
             seq=self._seq, run_id=self.run_id, session_id=self.session_id, ts=utc_now()
         )
-        self.liveness = liveness.apply(self.liveness, event)
         self._persist(event)
         return event
 
     def publish(self, event: RunEvent) -> None:
         """Deliver a stored event: ring, replay caches, subscribers, the session's subscribers."""
         self._published = event.seq
+        self.liveness = liveness.apply(self.liveness, event)
         self._ring.append(event)
         if event.type in CRITICAL_EVENT_TYPES:
             self.critical_events.append(event)
@@ -115,10 +121,12 @@ class Runner:
         return sorted(cached, key=lambda event: event.seq)
 
     def request_cancel(self, reason: str) -> bool:
-        """Cancel the task that owns the run (once). False if it is already ending."""
+        """Cancel the task that owns the run (once). False if it is already ending.
+
+        Before the task's first step the cancel is only recorded: the task looks at it first."""
         if self.cancel_reason is not None or self.finalizing:
             return False
         self.cancel_reason = reason
-        if self.task is not None and not self.task.done():
+        if self.started and self.task is not None and not self.task.done():
             self.task.cancel()
         return True

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, ClassVar, Protocol
@@ -34,6 +34,7 @@ from culm.errors import ToolFailure, UserError
 from culm.tools.base import Tool, ToolContext
 
 SPAWN_TOOL = "spawn_agent"
+PARENT_CANCELLED = "the parent run was cancelled"
 CHILD_PROMPT = (
     "You are a sub-agent: another agent gave you one task. Do it with the tools you have, "
     "then answer with the result, complete and self-contained."
@@ -195,8 +196,14 @@ class SpawnAgentTool(Tool):
                 # The parent's own MCP servers come along, so their tools resolve for the child.
                 mcp_servers=parent.metadata.get("mcp_servers"),
             )
-            child = await self._spawner.start_run(
-                session.session_id, request.task, trigger=RunTrigger.SPAWN, parent_run_id=ctx.run_id
+            child = await _started(
+                self._spawner,
+                self._spawner.start_run(
+                    session.session_id,
+                    request.task,
+                    trigger=RunTrigger.SPAWN,
+                    parent_run_id=ctx.run_id,
+                ),
             )
         except UserError as exc:
             raise ToolFailure(f"could not start the sub-agent: {exc}") from exc
@@ -207,6 +214,26 @@ class SpawnAgentTool(Tool):
             )
         )
         return child
+
+
+async def _started(spawner: Spawner, starting: Coroutine[Any, Any, Run]) -> Run:
+    """The child run once started. If the parent is cancelled meanwhile, the child (which the
+    store may have reserved already) is cancelled too, and waited for, before the cancel goes
+    on: a child reserved by a cancelled parent never stays pending."""
+    start = asyncio.ensure_future(starting)
+    try:
+        return await asyncio.shield(start)
+    except asyncio.CancelledError:
+        await asyncio.shield(_cancel_started(spawner, start))
+        raise
+
+
+async def _cancel_started(spawner: Spawner, start: asyncio.Future[Run]) -> None:
+    try:
+        child = await start
+    except Exception:
+        return  # it never started
+    await spawner.cancel(child.run_id, reason=PARENT_CANCELLED, wait=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +302,8 @@ class _Follower:
         try:
             outcome = await self._follow()
         except asyncio.CancelledError:
-            await asyncio.shield(self._cancel_child("the parent run was cancelled"))
-            self._completed(ChildOutcome("cancelled", "the parent run was cancelled"))
+            await asyncio.shield(self._cancel_child(PARENT_CANCELLED))
+            self._completed(ChildOutcome("cancelled", PARENT_CANCELLED))
             raise
         finally:
             pump.cancel()

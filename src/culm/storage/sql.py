@@ -7,6 +7,7 @@ why a cancel never tears one). Reads run on the async reader engine.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -33,10 +34,11 @@ from culm.domain.models import (
 )
 from culm.domain.text import model_json
 from culm.domain.time import as_utc, utc_now
-from culm.errors import AlreadyRunningError, SessionBusyError
+from culm.errors import AlreadyRunningError, SessionBusyError, StorageUnavailableError
 from culm.storage import migrate
 from culm.storage.base import Orphan, Reservation, Store
 from culm.storage.dialect import Dialect, dialect_for
+from culm.storage.health import StoreHealth, is_store_failure, unavailable
 from culm.storage.rows import run_from_row, run_to_row, session_from_row
 from culm.storage.rowwriter import Prepared, RowWriter
 from culm.storage.schema import messages, run_events, runs, sessions
@@ -54,6 +56,7 @@ class SqlStore(Store):
     def __init__(self, url: str) -> None:
         self.dialect: Dialect = dialect_for(url)
         self._rows = RowWriter(self.dialect.name)
+        self.health = StoreHealth()
 
     async def start(self) -> None:
         self._writer, self._reader = self.dialect.create_engines()
@@ -71,13 +74,40 @@ class SqlStore(Store):
 
     async def write(self, fn: Write[_T]) -> _T:
         """Run ``fn(conn)`` as one write transaction (serialized with this store's own where
-        the dialect needs it) and return what it returns."""
-        return await self._writer.run(fn)
+        the dialect needs it) and return what it returns. A store failure (disk full, the
+        database gone) is raised as ``StorageUnavailableError`` and marks the store failing."""
+        try:
+            result = await self._writer.run(fn)
+        except Exception as exc:
+            if not is_store_failure(exc):
+                self.health.succeeded()  # the store answered: the write itself was refused
+                raise
+            self.health.failed(exc)
+            raise unavailable(exc) from exc
+        self.health.succeeded()
+        return result
 
     @contextlib.asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:
-        async with self._reader.connect() as conn:
-            yield conn
+        try:
+            async with self._reader.connect() as conn:
+                yield conn
+        except Exception as exc:
+            if is_store_failure(exc):
+                raise unavailable(exc) from exc
+            raise
+
+    async def check(self) -> str | None:
+        """None while the store works, else why not: its last write failed, or it cannot be
+        read (for a health check)."""
+        if self.health.last_error is not None:
+            return f"{self.health.last_error} (for {self.health.failing_for:.0f} s)"
+        try:
+            async with asyncio.timeout(2), self.read_connection() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except (StorageUnavailableError, TimeoutError) as exc:
+            return str(exc) or "the store did not answer within 2 s"
+        return None
 
     # Sessions and messages
 

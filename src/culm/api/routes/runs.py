@@ -68,26 +68,32 @@ async def wait_run(run_id: str, engine: EngineDep, timeout: Seconds = 30) -> Run
     try:
         return await engine.wait(run_id, timeout=timeout)
     except TimeoutError:
-        run = await engine.get_run(run_id)
-        if run.status.is_terminal:  # it ended right at the deadline
-            return run
-        message = f"run {run_id!r} is still {run.status.value} after {timeout:g} s"
-        body = {
-            "error": {"code": "timeout", "message": message},
-            "run": run.model_dump(mode="json"),
-        }
-        return JSONResponse(body, status_code=408)
+        return await _still_active(run_id, engine, timeout)
+
+
+async def _still_active(run_id: str, engine: EngineDep, timeout: float) -> Run | JSONResponse:
+    """The run if it ended right at the deadline, else 408 with the run as it is."""
+    run = await engine.get_run(run_id)
+    if run.status.is_terminal:  # it ended right at the deadline
+        return run
+    message = f"run {run_id!r} is still {run.status.value} after {timeout:g} s"
+    body = {"error": {"code": "timeout", "message": message}, "run": run.model_dump(mode="json")}
+    return JSONResponse(body, status_code=408)
 
 
 @router.post("/{run_id}/cancel", response_model=Run, responses={**UNKNOWN, **STILL_ACTIVE})
 async def cancel_run(
     run_id: str, engine: EngineDep, wait: bool = False, timeout: Seconds = 30
 ) -> Run | JSONResponse:
-    """Cancel a run (idempotent). With ``wait=true``, answer once it is terminal."""
+    """Cancel a run (idempotent). With ``wait=true``, answer once it and every sub-agent run
+    below it are terminal."""
     run = await engine.cancel(run_id)
     if not wait:
         return run
-    return await wait_run(run_id, engine, timeout)
+    try:
+        return await engine.cancel(run_id, wait=True, timeout=timeout)
+    except TimeoutError:
+        return await _still_active(run_id, engine, timeout)
 
 
 @router.get(

@@ -1,0 +1,50 @@
+"""Whether the store works: the outcome of its last write, and what counts as a store failure.
+
+A store failure is the database refusing or failing to do its job (disk full, an I/O error,
+the server gone): ``sqlalchemy.exc.OperationalError`` / ``InterfaceError``, a connection that was
+invalidated, or an ``OSError``. A constraint violation or bad data is not: that is the caller's
+business, and says nothing about the store's health.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from culm.errors import StorageUnavailableError, describe
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | OSError):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+
+
+def unavailable(exc: BaseException) -> StorageUnavailableError:
+    origin = getattr(exc, "orig", None) or exc
+    return StorageUnavailableError(f"the store is unavailable: {describe(origin)}")
+
+
+class StoreHealth:
+    """Failing since when (monotonic clock), and why; None while the store works."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+
+    def succeeded(self) -> None:
+        self.failing_since = None
+        self.last_error = None
+
+    def failed(self, exc: BaseException) -> None:
+        if self.failing_since is None:
+            self.failing_since = self._clock()
+        self.last_error = str(unavailable(exc))
+
+    @property
+    def failing_for(self) -> float:
+        """Seconds the store has been failing (0 while it works)."""
+        return 0.0 if self.failing_since is None else self._clock() - self.failing_since

@@ -1,0 +1,35 @@
+"""The store's health: a refused write is not a store failure; a real failure is one, named."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from culm.domain.models import Session
+from culm.errors import StorageUnavailableError
+from culm.storage.sql import SqlStore
+
+
+async def test_a_working_store_is_healthy_and_a_refused_write_keeps_it_so(store: SqlStore) -> None:
+    assert await store.check() is None
+    session = Session(session_id="s", model="scripted:echo", workspace="/tmp")
+    await store.create_session(session)
+    with pytest.raises(sa.exc.IntegrityError):  # the same id twice: the caller's mistake
+        await store.create_session(session)
+    assert await store.check() is None
+
+
+async def test_a_failing_write_is_storage_unavailable_until_one_succeeds(store: SqlStore) -> None:
+    def broken(conn: sa.Connection) -> None:
+        conn.execute(sa.text("SELECT * FROM no_such_table_at_all"))
+
+    def fine(conn: sa.Connection) -> int:
+        return int(conn.scalar(sa.text("SELECT 1")) or 0)
+
+    if store.dialect.name == "sqlite":  # SQLite reports a missing table as OperationalError
+        with pytest.raises(StorageUnavailableError, match="no_such_table_at_all"):
+            await store.write(broken)
+        problem = await store.check()
+        assert problem is not None and "unavailable" in problem
+    assert await store.write(fine) == 1
+    assert await store.check() is None
