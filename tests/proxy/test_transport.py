@@ -336,3 +336,14 @@ async def test_a_tunnel_the_proxy_refuses_is_a_proxy_error(tmp_path: Path) -> No
         async with httpx2.AsyncClient(transport=transport) as client:
             with pytest.raises(httpx2.ProxyError, match="refused the tunnel to 127.0.0.1:9"):
                 await client.get("https://127.0.0.1:9/")
+
+
+async def test_an_unsupported_proxy_is_refused_without_its_credentials() -> None:
+    proxies = {"https": "https://user:s3cret@proxy.invalid:3128"}
+    transport = AsyncioTransport(limits=LIMITS, proxies=proxies)
+    async with httpx2.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx2.UnsupportedProtocol) as refused:
+            await client.get("https://127.0.0.1:9/")
+    assert "proxy.invalid:3128" in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+    assert "user" not in str(refused.value)

@@ -448,7 +448,8 @@ class _Proxy:
         parsed = httpx2.URL(url if "://" in url else f"http://{url}")
         if parsed.raw_scheme != b"http":
             raise httpx2.UnsupportedProtocol(
-                f"only http:// proxies are supported, not {parsed.scheme}:// ({url})"
+                f"only http:// proxies are supported, not {parsed.scheme}:// "
+                f"({parsed.copy_with(username=None, password=None)})"
             )
         authorization = []
         if parsed.username or parsed.password:
