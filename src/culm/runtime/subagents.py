@@ -31,7 +31,10 @@ from culm.domain.events import (
 )
 from culm.domain.models import Run, RunTrigger, Session, SessionKind
 from culm.errors import ToolFailure, UserError
+from culm.logs import get_logger
 from culm.tools.base import Tool, ToolContext
+
+log = get_logger(__name__)
 
 SPAWN_TOOL = "spawn_agent"
 PARENT_CANCELLED = "the parent run was cancelled"
@@ -233,7 +236,16 @@ async def _cancel_started(spawner: Spawner, start: asyncio.Future[Run]) -> None:
         child = await start
     except Exception:
         return  # it never started
-    await spawner.cancel(child.run_id, reason=PARENT_CANCELLED, wait=True)
+    await _cancel_quietly(spawner, child.run_id, PARENT_CANCELLED)
+
+
+async def _cancel_quietly(spawner: Spawner, run_id: str, reason: str) -> None:
+    """Cancel a child (and wait for it) while its parent's own cancel is under way: a failure
+    here (the store down) is logged, never raised in place of that cancel, which must go on."""
+    try:
+        await spawner.cancel(run_id, reason=reason, wait=True)
+    except Exception:
+        log.exception("cancelling a sub-agent failed", run_id=run_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +314,9 @@ class _Follower:
         try:
             outcome = await self._follow()
         except asyncio.CancelledError:
-            await asyncio.shield(self._cancel_child(PARENT_CANCELLED))
+            await asyncio.shield(
+                _cancel_quietly(self._spawner, self._child.run_id, PARENT_CANCELLED)
+            )
             self._completed(ChildOutcome("cancelled", PARENT_CANCELLED))
             raise
         finally:
@@ -387,9 +401,6 @@ class _Follower:
                 error=outcome.error,
             )
         )
-
-    async def _cancel_child(self, reason: str) -> None:
-        await self._spawner.cancel(self._child.run_id, reason=reason, wait=True)
 
 
 async def _events(spawner: Spawner, run_id: str) -> AsyncGenerator[RunEvent]:
