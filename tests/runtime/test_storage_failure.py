@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 import culm
+from culm.domain.models import Message
 from culm.errors import StorageUnavailableError
+from culm.storage.sql import SqlStore
 from tests.conftest import CI
 from tests.support import collect, settings
 
@@ -89,3 +91,24 @@ async def test_runs_end_in_error_when_the_disk_stays_full(tmp_path: Path, tiny_f
         again = await engine.start_run(session.session_id, "hi")
         assert (await engine.wait(again.run_id, timeout=10)).status is culm.RunStatus.COMPLETED
         assert await engine.check_store() is None
+
+
+class _MessagesUnavailable(SqlStore):
+    """The real SQLite store, whose transcript reads fail as a full or unreachable store's do."""
+
+    async def get_messages(self, session_id: str) -> list[Message]:
+        raise StorageUnavailableError("the store could not read the transcript")
+
+
+async def test_a_store_failure_inside_a_run_ends_it_storage_unavailable(tmp_path: Path) -> None:
+    config = settings(tmp_path, scheduler=False)
+    store = _MessagesUnavailable(config.resolved_database_url)
+    async with culm.Engine(config, store=store) as engine:
+        run = await engine.run("hello", model="scripted:echo")
+        ended = await engine.wait(run.run_id, timeout=10)
+        events = await collect(engine.subscribe(run.run_id))
+
+    assert ended.status is culm.RunStatus.ERROR
+    assert events[-1].type == "error"
+    assert events[-1].code == "storage_unavailable"
+    assert "could not read the transcript" in (ended.error or "")

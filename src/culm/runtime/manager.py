@@ -108,7 +108,7 @@ class RunManager:
                 async with asyncio.timeout(self._settings.shutdown_grace):
                     await asyncio.gather(*(runner.done.wait() for runner in runners))
         runners = self._registry.runners()
-        recover = self._settings.shutdown_policy is ShutdownPolicy.RECOVER
+        recover = self._recovers
         for runner in runners:
             runner.request_cancel("shutdown" if not recover else _RELEASE)
         await self._until_done(runners)
@@ -138,6 +138,10 @@ class RunManager:
             if runner is not None and runner.request_cancel(_STORAGE):
                 runner.storage_error = str(exc)
                 log.error("ending a run: the store keeps failing", run_id=run_id)
+
+    @property
+    def _recovers(self) -> bool:
+        return self._settings.shutdown_policy is ShutdownPolicy.RECOVER
 
     def _lease(self) -> datetime:
         return utc_now() + timedelta(seconds=self._settings.lease_seconds)
@@ -185,14 +189,15 @@ class RunManager:
         self._registry.add(runner)
         runner.task = self._group.create_task(self._execute(runner), name=f"culm-run-{run.run_id}")
         runner.task.add_done_callback(lambda _: self._ended(runner))
+        if self._closing:  # a reservation that ended after aclose took its list of runners
+            runner.request_cancel(_RELEASE if self._recovers else "shutdown")
         return runner
 
     def _ended(self, runner: Runner) -> None:
         """The run's task is done. If it never finalized (cancelled from outside before its
         first step), do it now: the run must not hold its session, pending, for good."""
         if not runner.finalizing:
-            reason = runner.cancel_reason if runner.cancel_reason is not None else "cancelled"
-            self._finish(runner, LoopState(messages=[]), _cancelled(reason))
+            self._finish(runner, LoopState(messages=[]), _requested(runner))
 
     def _finish(
         self, runner: Runner, state: LoopState, outcome: Outcome | None
@@ -216,10 +221,8 @@ class RunManager:
         runner.started = True
         state = LoopState(messages=[])
         try:
-            if runner.cancel_reason == _STORAGE:
-                outcome: Outcome | None = _storage_error(runner)
-            elif runner.cancel_reason is not None:  # cancelled before this first step
-                outcome = _cancelled(runner.cancel_reason)
+            if runner.cancel_reason is not None:  # cancelled before this first step
+                outcome: Outcome | None = _requested(runner)
             else:
                 outcome = await self._run(runner, state)
         except asyncio.CancelledError:
@@ -229,8 +232,8 @@ class RunManager:
                 # A cancel we did not issue: record it, then let it propagate.
                 await asyncio.shield(self._finish(runner, state, _cancelled("cancelled")))
                 raise
-            outcome = _storage_error(runner) if reason == _STORAGE else _cancelled(reason)
-        except RunFailure as exc:
+            outcome = _requested(runner)
+        except (RunFailure, StorageUnavailableError) as exc:
             outcome = Outcome(RunStatus.ERROR, error=str(exc), code=exc.code)
         except UserError as exc:
             outcome = Outcome(RunStatus.ERROR, error=str(exc), code="invalid_request")
@@ -414,9 +417,13 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None
 _STORAGE = "\x00storage"
 
 
-def _storage_error(runner: Runner) -> Outcome:
-    message = f"the store kept failing: {runner.storage_error or 'unavailable'}"
-    return Outcome(RunStatus.ERROR, error=message, code=StorageUnavailableError.code)
+def _requested(runner: Runner) -> Outcome:
+    """The outcome of the cancel the engine requested of ``runner`` (its ``cancel_reason``)."""
+    reason = runner.cancel_reason or "cancelled"
+    if reason == _STORAGE:
+        message = f"the store kept failing: {runner.storage_error or 'unavailable'}"
+        return Outcome(RunStatus.ERROR, error=message, code=StorageUnavailableError.code)
+    return _cancelled(reason)
 
 
 def _cancelled(reason: str) -> Outcome:
