@@ -26,6 +26,7 @@ reaches when it is on.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -137,8 +138,11 @@ def choose_sandbox(
     return Sandbox(kind="none", network=network, reason=problem)
 
 
+@functools.cache
 def _probe(sandbox: Sandbox) -> str | None:
-    """Why bwrap cannot run a command here (e.g. no user namespaces), or None when it can."""
+    """Why bwrap cannot run a command here (e.g. no user namespaces), or None when it can.
+    Asked once per process and sandbox: every Engine and tool registry would otherwise start
+    bwrap again, blocking its caller for a few milliseconds each time."""
     with tempfile.TemporaryDirectory(prefix="culm-probe-") as workspace:
         command = sandbox.wrap(["/bin/sh", "-c", "exit 0"], Path(workspace).resolve())
         try:
