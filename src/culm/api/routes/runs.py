@@ -87,9 +87,8 @@ async def cancel_run(
 ) -> Run | JSONResponse:
     """Cancel a run (idempotent). With ``wait=true``, answer once it and every sub-agent run
     below it are terminal."""
-    run = await engine.cancel(run_id)
     if not wait:
-        return run
+        return await engine.cancel(run_id)
     try:
         return await engine.cancel(run_id, wait=True, timeout=timeout)
     except TimeoutError:
