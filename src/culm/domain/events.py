@@ -131,6 +131,10 @@ class TokenBudgetUpdated(RunEventBase):
     usage: TokenBudget
 
 
+# The ``error`` of a partial ``round_completed`` whose model call the run's cancel cut short.
+CANCELLED_ROUND_ERROR = "cancelled"
+
+
 class RoundCompleted(RunEventBase):
     """A round's model call ended. ``partial``: it did not finish (the stream was cut, failed or
     was cancelled); ``usage`` is then what the provider reported before that, and ``error``

@@ -17,7 +17,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from culm.domain.events import RoundCompleted, RunnerProgress, TokenBudget, TokenBudgetUpdated
+from culm.domain.events import (
+    CANCELLED_ROUND_ERROR,
+    RoundCompleted,
+    RunnerProgress,
+    TokenBudget,
+    TokenBudgetUpdated,
+)
 from culm.domain.models import Usage
 from culm.errors import LimitExceededError, describe
 from culm.loop.context import FinalAnswer, LoopContext, LoopState, NextStep, RunAgain
@@ -89,7 +95,7 @@ def _round_completed(
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
+        return CANCELLED_ROUND_ERROR
     return describe(exc)
 
 

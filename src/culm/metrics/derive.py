@@ -40,6 +40,7 @@ from datetime import datetime
 from typing import Any
 
 from culm.domain.events import (
+    CANCELLED_ROUND_ERROR,
     Cancelled,
     Complete,
     Error,
@@ -54,9 +55,6 @@ from culm.domain.events import (
 from culm.metrics import events as m
 
 UNKNOWN_MODEL = "unknown"
-# The error of a partial ``round_completed`` whose model call was cut by the run's cancel (the
-# loop's driver gives it).
-CANCELLED_ROUND_ERROR = "cancelled"
 MAX_TRACKED_RUNS = 10_000
 
 Emit = Callable[[m.MetricsEvent], object]

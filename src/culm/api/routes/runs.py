@@ -12,14 +12,12 @@ from culm.api.deps import EngineDep, ShutdownDep, ws_engine, ws_shutdown
 from culm.api.openapi import errors, event_stream, wait_timeout
 from culm.api.routes.sessions import check_session
 from culm.api.schemas import CreateHeadlessRun, RunChild, RunDetail, RunList
-from culm.api.streaming import sse_response, websocket_stream
+from culm.api.streaming import MAX_SEQ, sse_response, websocket_stream
 from culm.domain.models import Run, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 Seconds = Annotated[float, Query(ge=0, le=3600)]
-MAX_SEQ = 2**63 - 1  # the store keeps seq as a signed 64-bit integer
-
 UNKNOWN = errors({404: "`not_found`: no run has this id"})
 UNKNOWN_NAME = (
     "`invalid_request`: a field is invalid (`field` names it), or an unknown model, tool or "
