@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 import sqlalchemy as sa
+
+from culm.storage.sql import SqlStore
 
 CI = os.environ.get("CI", "").lower() in {"true", "1"}
 
@@ -79,3 +82,36 @@ async def redis_url() -> str:
     finally:
         await client.aclose()
     service_unavailable("Redis", REDIS_URL, error)
+
+
+# The engine's store, started with its migrations applied on a fresh database: per backend, and
+# parametrized over both (a store conformance test asks for ``store``).
+BACKENDS = ["sqlite", "postgres"]
+
+
+async def _started(url: str) -> AsyncIterator[SqlStore]:
+    store = SqlStore(url)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqlStore]:
+    async for store in _started(f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}"):
+        yield store
+
+
+@pytest.fixture
+async def postgres_store(postgres_url: str) -> AsyncIterator[SqlStore]:
+    async for store in _started(postgres_url):
+        yield store
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest) -> SqlStore:
+    """A started store with migrations applied, on a fresh database of the backend."""
+    result: SqlStore = request.getfixturevalue(f"{request.param}_store")
+    return result

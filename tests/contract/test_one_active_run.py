@@ -10,9 +10,7 @@ host that lost the race would, and the database must refuse them.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,33 +21,6 @@ from culm.domain.time import utc_now
 from culm.storage.rows import run_to_row
 from culm.storage.schema import runs
 from culm.storage.sql import SqlStore
-
-
-async def _started(url: str) -> AsyncIterator[SqlStore]:
-    store = SqlStore(url)
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.aclose()
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    async for store in _started(f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}"):
-        yield store
-
-
-@pytest.fixture
-async def postgres_store(postgres_url: str) -> AsyncIterator[SqlStore]:
-    async for store in _started(postgres_url):
-        yield store
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest) -> SqlStore:
-    started: SqlStore = request.getfixturevalue(f"{request.param}_store")
-    return started
 
 
 def _run(session_id: str, **fields: Any) -> Run:

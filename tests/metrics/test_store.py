@@ -258,7 +258,7 @@ async def test_the_runs_rollup_follows_each_runs_state(
 
 
 async def test_the_sqlite_fast_path_writes_what_sqlalchemy_would(
-    sqlite_sql_store: SqlStore,
+    sqlite_store: SqlStore,
 ) -> None:
     from datetime import UTC, date, datetime, timedelta, timezone
 
@@ -281,8 +281,8 @@ async def test_the_sqlite_fast_path_writes_what_sqlalchemy_would(
         RowWriter("sqlite").execute(conn, sa.insert(table), [row])
         conn.execute(sa.insert(table), [{**row, "event_id": "f"}])
 
-    await sqlite_sql_store.write(transaction)
-    async with sqlite_sql_store.read_connection() as conn:
+    await sqlite_store.write(transaction)
+    async with sqlite_store.read_connection() as conn:
         raw = (
             await conn.exec_driver_sql(
                 "SELECT event_id, occurred_at, day FROM metrics_system_events ORDER BY event_id"
