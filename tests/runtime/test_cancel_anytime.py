@@ -63,8 +63,12 @@ async def promoted_not_started(engine: culm.Engine) -> tuple[list[culm.Run], Run
     session = await engine.create_session(model="scripted:nap", tools=["sleep"])
     first = await engine.start_run(session.session_id, "one")
     queued = await engine.start_run(session.session_id, "two", multitask="enqueue")
+    running = engine.registry.get(first.run_id)
+    assert running is not None
     with engine.registry.watch(queued.run_id) as launched:
-        await engine.cancel(first.run_id)
+        # The engine's own cancel, requested without awaiting anything: this task's next
+        # suspension is the wait below, so it wakes before the launched task's first step.
+        running.request_cancel("cancelled by request")
         async with asyncio.timeout(10):
             await launched.wait()
     runner = engine.registry.get(queued.run_id)
