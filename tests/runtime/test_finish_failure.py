@@ -174,3 +174,33 @@ async def test_a_run_stuck_finalizing_past_the_window_has_its_lease_no_longer_re
         assert engine.registry.get(run.run_id) is runner and runner.finalizing  # still stuck
         store.refuse = False  # the store takes its end again: the run completes
         assert (await engine.wait(run.run_id, timeout=30)).status is RunStatus.COMPLETED
+
+
+async def test_a_stop_does_not_wait_out_the_window_for_a_failing_finish(
+    tmp_path: Path, database_url: str
+) -> None:
+    # The retry window is long; a stop gives up on the store after half the shutdown timeout.
+    engine = _engine(
+        tmp_path, database_url, failures=1_000_000, storage_retry_window=600.0, shutdown_timeout=1.0
+    )
+    async with engine:
+        session = await engine.create_session(model="scripted:slow")
+        run = await engine.start_run(session.session_id, "go")
+        async for event in engine.subscribe(run.run_id):
+            if event.type == "token":
+                break
+    # The stop cancelled the run: its terminal event is stored, its status could not be (the
+    # next start's recovery ends it from that event).
+    store = SqlStore(database_url)
+    await store.start()
+    try:
+        assert (await store.read_events(run.run_id))[-1].type == "cancelled"
+        assert (await get_run(store, run.run_id)).status is RunStatus.RUNNING
+    finally:
+        await store.aclose()
+
+
+async def get_run(store: SqlStore, run_id: str) -> culm.Run:
+    run = await store.get_run(run_id)
+    assert run is not None
+    return run
