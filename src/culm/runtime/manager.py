@@ -38,7 +38,7 @@ from culm.logs import get_logger
 from culm.loop.context import LoopContext, LoopState
 from culm.loop.driver import run_agent
 from culm.runtime.batcher import EventBatcher
-from culm.runtime.ownership import new_owner_id, owner_is_gone
+from culm.runtime.ownership import lease_expired, new_owner_id, owner_is_gone
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
 from culm.settings import RecoveryPolicy, Settings, ShutdownPolicy
@@ -402,7 +402,7 @@ class RunManager:
             orphan
             for orphan in await self._store.list_owned_runs(self.owner)
             if self._registry.get(orphan.run.run_id) is None
-            and _lease_expired(orphan.lease_expires_at)
+            and lease_expired(orphan.lease_expires_at)
         ]
         for orphan in orphans:
             run = await self._recover_one(orphan)
@@ -455,10 +455,6 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None
 
 
 _STORAGE = "\x00storage"
-
-
-def _lease_expired(lease_expires_at: datetime | None) -> bool:
-    return lease_expires_at is None or lease_expires_at <= utc_now()
 
 
 def _storage_error(runner: Runner) -> Outcome:
