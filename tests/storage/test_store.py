@@ -691,6 +691,69 @@ async def test_recover_ends_in_error_interrupted(store: SqlStore) -> None:
     assert await store.list_orphan_candidates(exclude_owner="me") == []
 
 
+@pytest.mark.parametrize("requeue", [False, True])
+@pytest.mark.parametrize(
+    ("terminal", "status", "error"),
+    [
+        (Error(message="boom", code="internal_error"), RunStatus.ERROR, "boom"),
+        (Cancelled(reason="stop"), RunStatus.CANCELLED, None),
+    ],
+)
+async def test_recovering_a_run_whose_terminal_event_is_stored_ends_it_as_that_says(
+    store: SqlStore, requeue: bool, terminal: RunEventBase, status: RunStatus, error: str | None
+) -> None:
+    run = await running_run(store, "dead")
+    usage = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
+    rounds = [
+        RoundCompleted(round=1, usage=usage, latency_ms=1, model="m"),
+        RoundCompleted(round=2, usage=usage, latency_ms=1, model="m"),
+    ]
+    await store.append_events(stamp(run, [ExecutionStarted(started_at=T0, attempt=1), *rounds]))
+    [ended_event] = stamp(run, [terminal], first_seq=4)
+    await store.append_events([ended_event])
+    orphan = await orphan_of(store, run.run_id)
+    events = [RunRecovered(previous_attempt=1, action="errored")]
+
+    ended = await store.recover_run(
+        orphan, owner="me", lease_expires_at=lease(), requeue=requeue, now=utc_now(),
+        events=events,
+    )  # fmt: skip
+
+    assert ended is not None and ended == await get(store, run.run_id)
+    assert (ended.status, ended.error, ended.attempt) == (status, error, 1)
+    assert (ended.usage, ended.completed_at, ended.last_seq) == (usage + usage, ended_event.ts, 4)
+    assert [e.seq for e in await store.read_events(run.run_id)] == [1, 2, 3, 4]  # nothing added
+    assert await store.get_active_run(run.session_id) is None
+    assert await store.list_orphan_candidates(exclude_owner="") == []
+
+
+async def test_a_completed_runs_usage_is_its_complete_events(store: SqlStore) -> None:
+    run = await running_run(store, "dead")
+    usage = Usage(prompt_tokens=7, completion_tokens=1, total_tokens=8)
+    await store.append_events(stamp(run, [Complete(usage=usage, final_message="done")]))
+    orphan = await orphan_of(store, run.run_id)
+    ended = await store.recover_run(
+        orphan, owner="me", lease_expires_at=lease(), requeue=True, now=utc_now(), events=[]
+    )
+    assert ended is not None
+    assert (ended.status, ended.error, ended.usage) == (RunStatus.COMPLETED, None, usage)
+
+
+async def test_owned_runs_are_the_owners_slot_holders(store: SqlStore) -> None:
+    mine = await running_run(store, "me")
+    reserved = (await reserve(store, (await new_session(store)).session_id, owner="me")).run
+    await reserve(store, mine.session_id, owner="me", queue=True)  # queued: not
+    await running_run(store, "other")
+    finished = await running_run(store, "me")
+    await finish(store, finished.run_id)
+
+    owned = await store.list_owned_runs("me")
+
+    assert {o.run.run_id for o in owned} == {mine.run_id, reserved.run_id}
+    assert {o.owner for o in owned} == {"me"}
+    assert all(is_utc(o.lease_expires_at) for o in owned)
+
+
 async def test_recover_is_a_compare_and_set_on_what_was_seen(store: SqlStore) -> None:
     session = await new_session(store)
     run = (await reserve(store, session.session_id, owner="slow")).run

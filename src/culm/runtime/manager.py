@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,7 +38,7 @@ from culm.logs import get_logger
 from culm.loop.context import LoopContext, LoopState
 from culm.loop.driver import run_agent
 from culm.runtime.batcher import EventBatcher
-from culm.runtime.ownership import new_owner_id, owner_is_gone
+from culm.runtime.ownership import lease_expired, new_owner_id, owner_is_gone
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
 from culm.settings import RecoveryPolicy, Settings, ShutdownPolicy
@@ -86,6 +87,8 @@ class RunManager:
         self._closing = False
         # Tasks that finish runs and that must outlive a cancel of whoever started them.
         self._finishing: set[asyncio.Task[Any]] = set()
+        # Set when a stop stops waiting for a failing store.
+        self._give_up = asyncio.Event()
 
     # Lifecycle
 
@@ -125,6 +128,7 @@ class RunManager:
         try:
             await asyncio.wait_for(asyncio.shield(done), self._settings.shutdown_timeout / 2)
         except TimeoutError:
+            self._give_up.set()  # stop retrying finish_run
             if self._batcher.failing:
                 log.error("the store keeps failing; stopping without it", runs=len(runners))
                 self._batcher.give_up()
@@ -204,6 +208,7 @@ class RunManager:
     ) -> asyncio.Task[None]:
         """Finalize the run in a task of its own (a cancel of the run's task cannot stop it)."""
         runner.finalizing = True
+        runner.finalizing_since = time.monotonic()
         return self._owned(self._finalize(runner, state, outcome))
 
     async def _start_next(self, session_id: str) -> None:
@@ -276,15 +281,10 @@ class RunManager:
             elif outcome is not None:
                 runner.emit(_terminal_event(outcome, state))
                 await self._batcher.flush()
-                start_next = await self._store.finish_run(
-                    runner.run_id,
-                    status=outcome.status,
-                    error=outcome.error,
-                    usage=state.usage,
-                    completed_at=utc_now(),
-                )
+                start_next = await self._finish_run(runner.run_id, outcome, state)
                 runner.status = outcome.status
         except Exception:
+            # Its lease is no longer renewed: recovery ends it (from its stored terminal event).
             log.exception("finishing a run failed; recovery will end it", run_id=runner.run_id)
         finally:
             runner.completed_at = utc_now()
@@ -293,6 +293,29 @@ class RunManager:
             runner.done.set()
         if start_next:
             await self._start_next(runner.session_id)
+
+    async def _finish_run(self, run_id: str, outcome: Outcome, state: LoopState) -> bool:
+        """Store the run's terminal status; while the store fails, retry for up to the storage
+        retry window (or until a stop gives up on the store), then raise."""
+        deadline = time.monotonic() + self._settings.storage_retry_window
+        delay = 0.05
+        while True:
+            try:
+                return await self._store.finish_run(
+                    run_id,
+                    status=outcome.status,
+                    error=outcome.error,
+                    usage=state.usage,
+                    completed_at=utc_now(),
+                )
+            except StorageUnavailableError as exc:
+                if time.monotonic() >= deadline or self._give_up.is_set():
+                    raise
+                log.error("storing a run's end failed; retrying", run_id=run_id, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._give_up.wait()
+            delay = min(delay * 2, 1.0)
 
     # Cancel and wait
 
@@ -355,20 +378,39 @@ class RunManager:
                 log.exception("heartbeat failed")
 
     async def _renew(self) -> None:
-        run_ids = [runner.run_id for runner in self._registry.runners()]
+        """Renew the leases of the runs this process still runs: not of a run without a
+        runner, nor of one whose finalizing outlasted the storage retry window (it is stuck on
+        a store that does not take its end; an expired lease lets recovery end it)."""
+        stuck_since = time.monotonic() - self._settings.storage_retry_window
+        run_ids = [
+            runner.run_id
+            for runner in self._registry.runners()
+            if runner.finalizing_since is None or runner.finalizing_since > stuck_since
+        ]
         for run_id in await self._store.renew_leases(self.owner, run_ids, self._lease()):
             runner = self._registry.get(run_id)
             if runner is not None:
                 runner.request_cancel("cancelled by request")
 
     async def recover(self) -> list[Run]:
-        """End or re-queue runs whose owner is gone; start stranded queues."""
+        """End or re-queue runs whose owner is gone, and this process's own runs that it no
+        longer runs (no runner, lease run out: finishing failed); start stranded queues."""
         recovered: list[Run] = []
-        for orphan in await self._store.list_orphan_candidates(exclude_owner=self.owner):
-            if owner_is_gone(orphan.owner, orphan.lease_expires_at):
-                run = await self._recover_one(orphan)
-                if run is not None:
-                    recovered.append(run)
+        orphans = [
+            orphan
+            for orphan in await self._store.list_orphan_candidates(exclude_owner=self.owner)
+            if owner_is_gone(orphan.owner, orphan.lease_expires_at)
+        ]
+        orphans += [
+            orphan
+            for orphan in await self._store.list_owned_runs(self.owner)
+            if self._registry.get(orphan.run.run_id) is None
+            and lease_expired(orphan.lease_expires_at)
+        ]
+        for orphan in orphans:
+            run = await self._recover_one(orphan)
+            if run is not None:
+                recovered.append(run)
         for session_id in await self._store.list_stranded_sessions():
             await self._start_next(session_id)
         return recovered
@@ -394,8 +436,9 @@ class RunManager:
         )
         if run is None:
             return None
-        log.warning("recovered an interrupted run", run_id=run.run_id, requeued=requeue)
-        if requeue:
+        # Ended as error, re-queued, or (its terminal event was stored) ended as that says.
+        log.warning("recovered an interrupted run", run_id=run.run_id, status=run.status.value)
+        if run.status is RunStatus.PENDING:
             self._launch(run)
         else:
             await self._start_next(run.session_id)

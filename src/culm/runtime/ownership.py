@@ -19,7 +19,7 @@ def owner_is_gone(owner: str | None, lease_expires_at: datetime | None) -> bool:
     An expired (or missing) lease means gone. So does an owner process on this host that no
     longer exists: a restart recovers at once instead of waiting for the lease to run out.
     """
-    if owner is None or lease_expires_at is None or lease_expires_at <= utc_now():
+    if owner is None or lease_expired(lease_expires_at):
         return True
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
@@ -27,6 +27,11 @@ def owner_is_gone(owner: str | None, lease_expires_at: datetime | None) -> bool:
         return False
     pid = int(pid_text)
     return pid != os.getpid() and not _pid_alive(pid)
+
+
+def lease_expired(lease_expires_at: datetime | None) -> bool:
+    """True when nobody holds the lease (none, or run out)."""
+    return lease_expires_at is None or lease_expires_at <= utc_now()
 
 
 def _pid_alive(pid: int) -> bool:

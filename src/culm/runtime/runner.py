@@ -47,6 +47,7 @@ class Runner:
         self.cancel_reason: str | None = None
         self.storage_error: str | None = None  # why the store could not take its events
         self.finalizing = False
+        self.finalizing_since: float | None = None  # time.monotonic() when it began
         self.usage = Usage()
         self.done = asyncio.Event()
         self.liveness = liveness.Liveness(last_seq=run.last_seq, round_count=run.round_count)

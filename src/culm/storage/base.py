@@ -155,6 +155,10 @@ class Store(ABC):
         """Active (not queued) runs owned by anyone but ``exclude_owner``, or by nobody."""
 
     @abstractmethod
+    async def list_owned_runs(self, owner: str) -> list[Orphan]:
+        """Active (not queued) runs held by ``owner`` (for it to find those it no longer runs)."""
+
+    @abstractmethod
     async def recover_run(
         self,
         orphan: Orphan,
@@ -167,7 +171,11 @@ class Store(ABC):
     ) -> Run | None:
         """Take over an orphan if it is still as seen (compare-and-set on status and owner):
         re-queue it for ``owner`` (pending, attempt + 1) or end it as error ("interrupted"),
-        appending ``events`` after its last stored event. None if someone moved it first."""
+        appending ``events`` after its last stored event. None if someone moved it first.
+
+        An orphan whose last stored event is terminal did end (only its status was not
+        stored): it gets the status its terminal event says, unowned, and nothing is appended
+        or re-queued, whatever ``requeue`` says."""
 
     @abstractmethod
     async def release_runs(self, owner: str) -> list[str]:

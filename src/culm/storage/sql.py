@@ -38,6 +38,7 @@ from culm.errors import AlreadyRunningError, SessionBusyError, StorageUnavailabl
 from culm.storage import migrate
 from culm.storage.base import Orphan, Reservation, Store
 from culm.storage.dialect import Dialect, dialect_for
+from culm.storage.ending import ending_values
 from culm.storage.health import StoreHealth, is_store_failure, unavailable
 from culm.storage.rows import run_from_row, run_to_row, session_from_row
 from culm.storage.rowwriter import Prepared, RowWriter
@@ -368,9 +369,13 @@ class SqlStore(Store):
             return [run_from_row(row) for row in await conn.execute(query)]
 
     async def list_orphan_candidates(self, *, exclude_owner: str) -> list[Orphan]:
-        query = runs.select().where(
-            _SLOT, sa.or_(runs.c.owner.is_(None), runs.c.owner != exclude_owner)
-        )
+        return await self._orphans(sa.or_(runs.c.owner.is_(None), runs.c.owner != exclude_owner))
+
+    async def list_owned_runs(self, owner: str) -> list[Orphan]:
+        return await self._orphans(runs.c.owner == owner)
+
+    async def _orphans(self, whose: sa.ColumnElement[bool]) -> list[Orphan]:
+        query = runs.select().where(_SLOT, whose)
         async with self.read_connection() as conn:
             return [
                 Orphan(
@@ -412,6 +417,10 @@ class SqlStore(Store):
             }
 
         def transaction(conn: sa.Connection) -> Run | None:
+            ended = ending_values(conn, run.run_id)
+            if ended is not None:  # it did end: its status just was not stored
+                changed = conn.execute(runs.update().where(*same).values(**ended, queued=False))
+                return _get_run(conn, run.run_id) if changed.rowcount == 1 else None
             result = conn.execute(runs.update().where(*same).values(**values))
             if result.rowcount != 1:
                 return None

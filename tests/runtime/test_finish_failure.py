@@ -1,0 +1,206 @@
+"""The store fails between a run's terminal event and its terminal status, on both backends.
+
+The run must still end, with the status its terminal event says, and free its session: the
+manager retries ``finish_run`` within the storage retry window; past it, the run's lease is no
+longer renewed and the process's own recovery ends it from its stored terminal event (it has no
+runner left). Recovery never appends after a terminal event, nor re-queues such a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import culm
+from culm.domain.events import RunEvent, is_terminal
+from culm.domain.models import RunStatus, Usage
+from culm.domain.time import utc_now
+from culm.errors import StorageUnavailableError
+from culm.storage.schema import runs
+from culm.storage.sql import SqlStore
+from tests.support import collect, settings, types
+
+
+class FinishFailingStore(SqlStore):
+    """The real store, but ``finish_run`` fails (as a store failure) ``failures`` times first."""
+
+    def __init__(self, url: str, failures: int) -> None:
+        super().__init__(url)
+        self.failures = failures
+        self.failed = 0
+
+    async def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus,
+        error: str | None,
+        usage: Usage,
+        completed_at: datetime,
+    ) -> bool:
+        if self.failed < self.failures:
+            self.failed += 1
+            raise StorageUnavailableError("the store is unavailable: disk I/O error")
+        return await super().finish_run(
+            run_id, status=status, error=error, usage=usage, completed_at=completed_at
+        )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def _engine(tmp_path: Path, url: str, failures: int, **overrides: Any) -> culm.Engine:
+    config = settings(tmp_path / "home", database_url=url, scheduler=False, **overrides)
+    return culm.Engine(config, store=FinishFailingStore(url, failures))
+
+
+async def _ends_as_its_terminal_event_says(engine: culm.Engine, run_id: str) -> None:
+    run = await engine.wait(run_id, timeout=30)
+    events = await collect(engine.subscribe(run_id))
+    assert types(events)[-1] == "complete"
+    assert "run_recovered" not in types(events)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert run.status is RunStatus.COMPLETED
+    assert run.error is None
+    assert run.usage == events[-1].usage  # type: ignore[union-attr]
+    # The session is free: a new run on it starts and completes.
+    again = await engine.start_run(run.session_id, "again")
+    assert (await engine.wait(again.run_id, timeout=30)).status is RunStatus.COMPLETED
+
+
+async def test_a_failing_finish_is_retried_within_the_window(
+    tmp_path: Path, database_url: str
+) -> None:
+    # A long lease: recovery would not end the run within the test; only the retry can.
+    engine = _engine(tmp_path, database_url, failures=3, lease_seconds=600.0)
+    async with engine:
+        run = await engine.run("hi", model="scripted:echo")
+        await _ends_as_its_terminal_event_says(engine, run.run_id)
+        assert isinstance(engine.store, FinishFailingStore)
+        assert engine.store.failed == 3
+
+
+async def test_a_run_whose_finish_keeps_failing_is_ended_by_its_terminal_event(
+    tmp_path: Path, database_url: str
+) -> None:
+    # finish_run fails past the retry window: the runner is gone, the run still `running`
+    # under this process; its lease runs out and this process's recovery ends it.
+    engine = _engine(
+        tmp_path,
+        database_url,
+        failures=1_000_000,
+        storage_retry_window=0.2,
+        lease_seconds=1.0,
+        recovery_policy="requeue",  # a run that did end is never run again
+    )
+    async with engine:
+        run = await engine.run("hi", model="scripted:echo")
+        await _ends_as_its_terminal_event_says(engine, run.run_id)
+        assert (await engine.get_run(run.run_id)).attempt == 1
+
+
+async def test_recovery_after_a_crash_sets_the_status_from_the_terminal_event(
+    tmp_path: Path, database_url: str
+) -> None:
+    # The process stopped between the two writes (its finish never stored): the next start
+    # ends the run as its terminal event says, with nothing appended after it.
+    engine = _engine(
+        tmp_path, database_url, failures=1_000_000, storage_retry_window=0.01, lease_seconds=600.0
+    )
+    async with engine:
+        run = await engine.run("hi", model="scripted:echo")
+        async with asyncio.timeout(30):
+            while engine.registry.get(run.run_id) is not None:
+                await asyncio.sleep(0.01)
+        assert (await engine.get_run(run.run_id)).status is RunStatus.RUNNING
+        # Its owner is gone once its lease has run out (this test's process lives on).
+        expired = runs.update().values(lease_expires_at=utc_now() - timedelta(seconds=1))
+        await engine.store.write(
+            lambda conn: conn.execute(expired.where(runs.c.run_id == run.run_id))
+        )
+    async with _engine(tmp_path, database_url, failures=0, recovery_policy="requeue") as engine:
+        await _ends_as_its_terminal_event_says(engine, run.run_id)
+
+
+class TerminalRefusingStore(FinishFailingStore):
+    """The real store, but it refuses batches holding a terminal event while ``refuse`` is set,
+    and hands every lease renewal's run ids to ``renewals``."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, failures=0)
+        self.refuse = True
+        self.renewals: asyncio.Queue[list[str]] = asyncio.Queue()
+
+    async def append_events(self, events: Sequence[RunEvent]) -> None:
+        if self.refuse and any(is_terminal(event) for event in events):
+            raise StorageUnavailableError("the store is unavailable: disk I/O error")
+        await super().append_events(events)
+
+    async def renew_leases(
+        self, owner: str, run_ids: Sequence[str], lease_expires_at: datetime
+    ) -> list[str]:
+        self.renewals.put_nowait(list(run_ids))
+        return await super().renew_leases(owner, run_ids, lease_expires_at)
+
+
+async def test_a_run_stuck_finalizing_past_the_window_has_its_lease_no_longer_renewed(
+    tmp_path: Path, database_url: str
+) -> None:
+    store = TerminalRefusingStore(database_url)
+    config = settings(
+        tmp_path / "home",
+        database_url=database_url,
+        scheduler=False,
+        storage_retry_window=0.5,
+        lease_seconds=600.0,
+    )
+    async with culm.Engine(config, store=store) as engine:
+        run = await engine.run("hi", model="scripted:echo")
+        runner = engine.registry.get(run.run_id)
+        assert runner is not None
+        async with asyncio.timeout(30):
+            while run.run_id in await store.renewals.get():  # renewed while it runs, then not
+                pass
+        assert engine.registry.get(run.run_id) is runner and runner.finalizing  # still stuck
+        store.refuse = False  # the store takes its end again: the run completes
+        assert (await engine.wait(run.run_id, timeout=30)).status is RunStatus.COMPLETED
+
+
+async def test_a_stop_does_not_wait_out_the_window_for_a_failing_finish(
+    tmp_path: Path, database_url: str
+) -> None:
+    # The retry window is long; a stop gives up on the store after half the shutdown timeout.
+    engine = _engine(
+        tmp_path, database_url, failures=1_000_000, storage_retry_window=600.0, shutdown_timeout=1.0
+    )
+    async with engine:
+        session = await engine.create_session(model="scripted:slow")
+        run = await engine.start_run(session.session_id, "go")
+        async for event in engine.subscribe(run.run_id):
+            if event.type == "token":
+                break
+    # The stop cancelled the run: its terminal event is stored, its status could not be (the
+    # next start's recovery ends it from that event).
+    store = SqlStore(database_url)
+    await store.start()
+    try:
+        assert (await store.read_events(run.run_id))[-1].type == "cancelled"
+        assert (await get_run(store, run.run_id)).status is RunStatus.RUNNING
+    finally:
+        await store.aclose()
+
+
+async def get_run(store: SqlStore, run_id: str) -> culm.Run:
+    run = await store.get_run(run_id)
+    assert run is not None
+    return run
