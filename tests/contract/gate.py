@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, NamedTuple
 
+import culm
+from culm.runtime.runner import Runner
 from culm.tools.base import Tool, ToolContext
+from tests.support import tool_turn
 
 
 class GateTool(Tool):
@@ -32,3 +37,26 @@ class GateTool(Tool):
         finally:
             self.inside -= 1
         return "passed"
+
+
+class Held(NamedTuple):
+    engine: culm.Engine
+    run: culm.Run
+    runner: Runner
+    gate: GateTool
+
+
+@contextlib.asynccontextmanager
+async def held_run(settings: culm.Settings) -> AsyncIterator[Held]:
+    """An engine whose one run waits inside the gate tool, its runner live; on the way out the
+    gate opens and the run ends before the engine closes."""
+    gate = GateTool()
+    async with culm.Engine(settings, tools=[gate]) as engine:
+        engine.scripts.register("gated", {"turns": [tool_turn("gate"), [{"text": "done"}]]})
+        run = await engine.run("go", model="scripted:gated", tools=["gate"])
+        await gate.entered.wait()
+        runner = engine.registry.get(run.run_id)
+        assert runner is not None
+        yield Held(engine, run, runner, gate)
+        gate.release.set()
+        await engine.wait(run.run_id)

@@ -16,9 +16,8 @@ from pathlib import Path
 import culm
 from culm.domain.events import RunEvent, SubAgentStarted, Token, TokenBudget, TokenBudgetUpdated
 from culm.runtime.runner import Runner
-from tests.contract.gate import GateTool
+from tests.contract.gate import held_run
 from tests.support import settings as engine_settings
-from tests.support import tool_turn
 
 CRITICAL = 32  # docs/ARCHITECTURE.md: "the last ≤ 32 critical events"
 SPAWNED = 40  # more sub_agent_started events than the cache holds
@@ -49,13 +48,7 @@ def _emit_history(runner: Runner) -> None:
 async def test_a_live_runs_cache_is_the_last_32_critical_events_and_the_last_budget(
     tmp_path: Path,
 ) -> None:
-    gate = GateTool()
-    async with culm.Engine(engine_settings(tmp_path), tools=[gate]) as engine:
-        engine.scripts.register("gated", {"turns": [tool_turn("gate"), [{"text": "done"}]]})
-        run = await engine.run("go", model="scripted:gated", tools=["gate"])
-        await gate.entered.wait()
-        runner = engine.registry.get(run.run_id)
-        assert runner is not None
+    async with held_run(engine_settings(tmp_path)) as (engine, run, runner, gate):
         _emit_history(runner)
         await engine.batcher.flush()
         stream = engine.subscribe_session(run.session_id)
@@ -80,13 +73,7 @@ async def test_a_live_runs_cache_is_the_last_32_critical_events_and_the_last_bud
 async def test_a_finished_runs_cache_comes_from_the_store_with_the_same_rules(
     tmp_path: Path,
 ) -> None:
-    gate = GateTool()
-    async with culm.Engine(engine_settings(tmp_path), tools=[gate]) as engine:
-        engine.scripts.register("gated", {"turns": [tool_turn("gate"), [{"text": "done"}]]})
-        run = await engine.run("go", model="scripted:gated", tools=["gate"])
-        await gate.entered.wait()
-        runner = engine.registry.get(run.run_id)
-        assert runner is not None
+    async with held_run(engine_settings(tmp_path)) as (engine, run, runner, gate):
         _emit_history(runner)
         gate.release.set()
         await engine.wait(run.run_id)

@@ -16,13 +16,12 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import culm
 from culm.domain.events import RunEvent, Token
 from culm.domain.models import Run
 from culm.runtime.runner import RING_CAPACITY, Runner
 from culm.runtime.streams import STORE_PAGE
-from tests.contract.gate import GateTool
-from tests.support import collect, tool_turn
+from tests.contract.gate import held_run
+from tests.support import collect
 from tests.support import settings as engine_settings
 
 
@@ -45,13 +44,7 @@ def _boundaries(oldest: int, last: int) -> set[int]:
 async def test_a_cursor_at_every_boundary_of_the_ring_and_the_store_resumes_exactly(
     tmp_path: Path,
 ) -> None:
-    gate = GateTool()
-    async with culm.Engine(engine_settings(tmp_path), tools=[gate]) as engine:
-        engine.scripts.register("gated", {"turns": [tool_turn("gate"), [{"text": "done"}]]})
-        run = await engine.run("go", model="scripted:gated", tools=["gate"])
-        await gate.entered.wait()
-        runner = engine.registry.get(run.run_id)
-        assert runner is not None
+    async with held_run(engine_settings(tmp_path)) as (engine, run, runner, gate):
         while runner.last_seq < STORE_PAGE + RING_CAPACITY + 10:  # past a page and a ring
             runner.emit(Token(content=str(runner.last_seq)))
         await engine.batcher.flush()  # stored, so published into the ring

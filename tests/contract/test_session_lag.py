@@ -13,10 +13,9 @@ import contextlib
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
-import culm
 from culm.domain.events import RunEvent, Token, is_terminal
-from tests.contract.gate import GateTool
-from tests.support import collect, tool_turn
+from tests.contract.gate import held_run
+from tests.support import collect
 from tests.support import settings as engine_settings
 
 QUEUE = 2
@@ -35,15 +34,9 @@ async def _until_terminal_of(stream: AsyncGenerator[RunEvent], run_id: str) -> l
 async def test_a_session_subscriber_whose_queue_overflows_gets_every_event_once(
     tmp_path: Path,
 ) -> None:
-    gate = GateTool()
     home = engine_settings(tmp_path, subscriber_queue_size=QUEUE)
-    async with culm.Engine(home, tools=[gate]) as engine:
-        engine.scripts.register("gated", {"turns": [tool_turn("gate"), [{"text": "done"}]]})
-        run = await engine.run("go", model="scripted:gated", tools=["gate"])
-        await gate.entered.wait()
+    async with held_run(home) as (engine, run, runner, gate):
         await engine.batcher.flush()  # what the run emitted so far is published
-        runner = engine.registry.get(run.run_id)
-        assert runner is not None
         cache = runner.replay_cache()  # what the stream starts with (the run waits at the gate)
         stream = engine.subscribe_session(run.session_id)
         async with contextlib.aclosing(stream):
@@ -62,15 +55,9 @@ async def test_a_session_subscriber_whose_queue_overflows_gets_every_event_once(
 async def test_runs_that_start_and_end_while_the_subscriber_lags_are_not_skipped(
     tmp_path: Path,
 ) -> None:
-    gate = GateTool()
     home = engine_settings(tmp_path, subscriber_queue_size=QUEUE)
-    async with culm.Engine(home, tools=[gate]) as engine:
-        engine.scripts.register("gated", {"turns": [tool_turn("gate"), [{"text": "done"}]]})
-        first_run = await engine.run("go", model="scripted:gated", tools=["gate"])
-        await gate.entered.wait()
+    async with held_run(home) as (engine, first_run, runner, gate):
         await engine.batcher.flush()  # what the run emitted so far is published
-        runner = engine.registry.get(first_run.run_id)
-        assert runner is not None
         cache = runner.replay_cache()
         stream = engine.subscribe_session(first_run.session_id)
         async with contextlib.aclosing(stream):
