@@ -10,20 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from culm.domain import liveness
 from culm.domain.events import (
-    Cancelled,
     RunEvent,
     RunEventBase,
     event_from_json,
-    event_to_json,
 )
 from culm.domain.models import (
     Message,
@@ -32,23 +29,18 @@ from culm.domain.models import (
     Session,
     Usage,
 )
-from culm.domain.text import model_json
-from culm.domain.time import as_utc, utc_now
 from culm.errors import AlreadyRunningError, SessionBusyError, StorageUnavailableError
-from culm.storage import migrate
+from culm.storage import migrate, ops
 from culm.storage.base import Orphan, Reservation, Store
 from culm.storage.dialect import Dialect, dialect_for
 from culm.storage.ending import ending_values
 from culm.storage.health import StoreHealth, is_store_failure, unavailable
 from culm.storage.rows import run_from_row, run_to_row, session_from_row
-from culm.storage.rowwriter import Prepared, RowWriter
+from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import messages, run_events, runs, sessions
 from culm.storage.writer import Write
 
 _messages: TypeAdapter[Message] = TypeAdapter(Message)
-_ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
-_SLOT = sa.and_(runs.c.status.in_(_ACTIVE), runs.c.queued.is_(False))
-_QUEUED = sa.and_(runs.c.queued.is_(True), runs.c.status == RunStatus.PENDING.value)
 
 _T = TypeVar("_T")
 
@@ -136,7 +128,7 @@ class SqlStore(Store):
 
     async def delete_session(self, session_id: str) -> bool:
         def transaction(conn: sa.Connection) -> bool:
-            active = _active_run_id(conn, session_id)
+            active = ops.active_run_id(conn, session_id)
             if active is not None:
                 raise SessionBusyError(session_id, active)
             run_ids = sa.select(runs.c.run_id).where(runs.c.session_id == session_id)
@@ -155,7 +147,7 @@ class SqlStore(Store):
             return
 
         def transaction(conn: sa.Connection) -> None:
-            _insert_messages(conn, self._rows, session_id, items, run_id)
+            ops.insert_messages(conn, self._rows, session_id, items, run_id)
 
         await self.write(transaction)
 
@@ -182,17 +174,17 @@ class SqlStore(Store):
         row = run_to_row(run)
 
         def transaction(conn: sa.Connection) -> Reservation:
-            active = _active_run_id(conn, run.session_id)
+            active = ops.active_run_id(conn, run.session_id)
             if active is None:
                 conn.execute(
-                    _RUN_INSERT,
+                    ops.RUN_INSERT,
                     {**row, "queued": False, "owner": owner, "lease_expires_at": lease_expires_at},
                 )
                 return Reservation(run=run)
             if not queue:
                 raise AlreadyRunningError(run.session_id, active)
-            order = _queue_order(conn, run.session_id, jump_queue)
-            conn.execute(_RUN_INSERT, {**row, "queued": True, "queue_order": order})
+            order = ops.queue_order(conn, run.session_id, jump_queue)
+            conn.execute(ops.RUN_INSERT, {**row, "queued": True, "queue_order": order})
             queued = run.model_copy(update={"queued": True})
             return Reservation(run=queued, active_run_id=active)
 
@@ -209,11 +201,11 @@ class SqlStore(Store):
         self, session_id: str, *, owner: str, lease_expires_at: datetime
     ) -> Run | None:
         def transaction(conn: sa.Connection) -> Run | None:
-            if _active_run_id(conn, session_id) is not None:
+            if ops.active_run_id(conn, session_id) is not None:
                 return None
             next_id = conn.scalar(
                 sa.select(runs.c.run_id)
-                .where(runs.c.session_id == session_id, _QUEUED)
+                .where(runs.c.session_id == session_id, ops.QUEUED)
                 .order_by(runs.c.queue_order, runs.c.created_at)
                 .limit(1)
             )
@@ -222,14 +214,14 @@ class SqlStore(Store):
             # Compare-and-set: a concurrent promoter may have taken this run first.
             result = conn.execute(
                 runs.update()
-                .where(runs.c.run_id == next_id, _QUEUED)
+                .where(runs.c.run_id == next_id, ops.QUEUED)
                 .values(
                     queued=False, queue_order=None, owner=owner, lease_expires_at=lease_expires_at
                 )
             )
             if result.rowcount != 1:
                 return None
-            return _get_run(conn, next_id)
+            return ops.get_run(conn, next_id)
 
         try:
             return await self.write(transaction)
@@ -250,7 +242,7 @@ class SqlStore(Store):
     ) -> Run | None:
         def transaction(conn: sa.Connection) -> Run | None:
             claimed = conn.execute(
-                _CLAIM,
+                ops.CLAIM,
                 {
                     "b_run_id": run_id,
                     "b_owner": owner,
@@ -262,16 +254,16 @@ class SqlStore(Store):
                 run = run_from_row(claimed)
                 # A later attempt (after a recovery) may have stored it already.
                 first = run.attempt == 1
-                if message is not None and (first or not _has_run_messages(conn, run_id)):
-                    _insert_messages(conn, self._rows, run.session_id, [message], run_id)
+                if message is not None and (first or not ops.has_run_messages(conn, run_id)):
+                    ops.insert_messages(conn, self._rows, run.session_id, [message], run_id)
                 return run
             # A run of ours whose cancel was requested while nobody ran it (before a crash or a
             # release, then re-queued): end it now, so that "not claimable" means "ended".
             flagged = conn.execute(
-                runs.select().where(runs.c.run_id == run_id, runs.c.owner == owner, _SLOT)
+                runs.select().where(runs.c.run_id == run_id, runs.c.owner == owner, ops.SLOT)
             ).first()
             if flagged is not None and flagged.cancel_requested is not None:
-                _end_cancelled(conn, self._rows, run_from_row(flagged), flagged.cancel_requested)
+                ops.end_cancelled(conn, self._rows, run_from_row(flagged), flagged.cancel_requested)
             return None
 
         return await self.write(transaction)
@@ -303,7 +295,7 @@ class SqlStore(Store):
     ) -> bool:
         def transaction(conn: sa.Connection) -> bool:
             session_id = conn.scalar(
-                _FINISH,
+                ops.FINISH,
                 {
                     "b_run_id": run_id,
                     "status": status.value,
@@ -314,7 +306,7 @@ class SqlStore(Store):
             )
             if session_id is None:
                 return False
-            return conn.scalar(_QUEUED_RUN, {"b_session_id": session_id}) is not None
+            return conn.scalar(ops.QUEUED_RUN, {"b_session_id": session_id}) is not None
 
         return await self.write(transaction)
 
@@ -328,25 +320,25 @@ class SqlStore(Store):
                 return run
             if run.status is RunStatus.PENDING:
                 # Nobody executes it yet: end it here, with its terminal event.
-                _end_cancelled(conn, self._rows, run, reason)
+                ops.end_cancelled(conn, self._rows, run, reason)
             else:
                 conn.execute(
                     runs.update()
                     .where(runs.c.run_id == run_id, runs.c.cancel_requested.is_(None))
                     .values(cancel_requested=reason)
                 )
-            return _get_run(conn, run_id)
+            return ops.get_run(conn, run_id)
 
         return await self.write(transaction)
 
     async def get_run(self, run_id: str) -> Run | None:
         async with self.read_connection() as conn:
-            return await conn.run_sync(_get_run, run_id)
+            return await conn.run_sync(ops.get_run, run_id)
 
     async def get_active_run(self, session_id: str) -> Run | None:
         async with self.read_connection() as conn:
             row = (
-                await conn.execute(runs.select().where(runs.c.session_id == session_id, _SLOT))
+                await conn.execute(runs.select().where(runs.c.session_id == session_id, ops.SLOT))
             ).first()
         return None if row is None else run_from_row(row)
 
@@ -375,7 +367,7 @@ class SqlStore(Store):
         return await self._orphans(runs.c.owner == owner)
 
     async def _orphans(self, whose: sa.ColumnElement[bool]) -> list[Orphan]:
-        query = runs.select().where(_SLOT, whose)
+        query = runs.select().where(ops.SLOT, whose)
         async with self.read_connection() as conn:
             return [
                 Orphan(
@@ -420,23 +412,23 @@ class SqlStore(Store):
             ended = ending_values(conn, run.run_id)
             if ended is not None:  # it did end: its status just was not stored
                 changed = conn.execute(runs.update().where(*same).values(**ended, queued=False))
-                return _get_run(conn, run.run_id) if changed.rowcount == 1 else None
+                return ops.get_run(conn, run.run_id) if changed.rowcount == 1 else None
             result = conn.execute(runs.update().where(*same).values(**values))
             if result.rowcount != 1:
                 return None
-            seq = _last_seq(conn, run.run_id)
+            seq = ops.last_seq(conn, run.run_id)
             stamped = [
                 event.stamped(seq=seq + i, run_id=run.run_id, session_id=run.session_id, ts=now)
                 for i, event in enumerate(events, start=1)
             ]
-            _insert_events(conn, self._rows, stamped)
-            _update_liveness(conn, stamped)
-            return _get_run(conn, run.run_id)
+            ops.insert_events(conn, self._rows, stamped)
+            ops.update_liveness(conn, stamped)
+            return ops.get_run(conn, run.run_id)
 
         return await self.write(transaction)
 
     async def release_runs(self, owner: str) -> list[str]:
-        mine = sa.and_(runs.c.owner == owner, _SLOT)
+        mine = sa.and_(runs.c.owner == owner, ops.SLOT)
 
         def transaction(conn: sa.Connection) -> list[str]:
             run_ids = list(conn.scalars(sa.select(runs.c.run_id).where(mine)))
@@ -459,16 +451,16 @@ class SqlStore(Store):
         holder = runs.alias("holder")
         has_holder = sa.exists().where(
             holder.c.session_id == runs.c.session_id,
-            holder.c.status.in_(_ACTIVE),
+            holder.c.status.in_(ops.ACTIVE),
             holder.c.queued.is_(False),
         )
-        query = sa.select(runs.c.session_id).where(_QUEUED).where(~has_holder).distinct()
+        query = sa.select(runs.c.session_id).where(ops.QUEUED).where(~has_holder).distinct()
         async with self.read_connection() as conn:
             return list(await conn.scalars(query))
 
     async def has_run_messages(self, run_id: str) -> bool:
         async with self.read_connection() as conn:
-            return await conn.run_sync(_has_run_messages, run_id)
+            return await conn.run_sync(ops.has_run_messages, run_id)
 
     # Run events
 
@@ -478,12 +470,12 @@ class SqlStore(Store):
 
         # Everything but the statements is done here, on the caller's thread, so the writer
         # (SQLite's runs on a thread of its own) holds the GIL as briefly as it can.
-        inserts = _prepare_events(self._rows, events)
-        liveness = _liveness_rows(events)
+        inserts = ops.prepare_events(self._rows, events)
+        liveness = ops.liveness_rows(events)
 
         def transaction(conn: sa.Connection) -> None:
             inserts.execute(conn)
-            conn.execute(_LIVENESS_UPDATE, liveness)
+            conn.execute(ops.LIVENESS_UPDATE, liveness)
 
         await self.write(transaction)
 
@@ -502,7 +494,7 @@ class SqlStore(Store):
 
     async def last_event_seq(self, run_id: str) -> int:
         async with self.read_connection() as conn:
-            return await conn.run_sync(_last_seq, run_id)
+            return await conn.run_sync(ops.last_seq, run_id)
 
     async def read_events_of_types(
         self, run_id: str, types: Sequence[str], *, limit: int
@@ -516,184 +508,3 @@ class SqlStore(Store):
         async with self.read_connection() as conn:
             bodies = list(await conn.scalars(query))
         return [event_from_json(body) for body in reversed(bodies)]
-
-
-# Helpers shared by the methods above (plain functions over a connection), and the statements
-# they run, built once (building a statement costs more than SQLite takes to run it).
-
-_ACTIVE_RUN_ID = sa.select(runs.c.run_id).where(
-    runs.c.session_id == sa.bindparam("session_id"), _SLOT
-)
-_RUN = runs.select().where(runs.c.run_id == sa.bindparam("run_id"))
-_LAST_SEQ = sa.select(sa.func.max(run_events.c.seq)).where(
-    run_events.c.run_id == sa.bindparam("run_id")
-)
-_RUN_HAS_MESSAGES = (
-    sa.select(messages.c.idx).where(messages.c.run_id == sa.bindparam("run_id")).limit(1)
-)
-_LAST_MESSAGE_IDX = sa.select(sa.func.max(messages.c.idx)).where(
-    messages.c.session_id == sa.bindparam("session_id")
-)
-_MESSAGE_INSERT = messages.insert()
-_RUN_INSERT = runs.insert()
-_CLAIM = (
-    runs.update()
-    .where(runs.c.run_id == sa.bindparam("b_run_id"), runs.c.owner == sa.bindparam("b_owner"))
-    .where(runs.c.status == RunStatus.PENDING.value, runs.c.queued.is_(False))
-    .where(runs.c.cancel_requested.is_(None))
-    .values(status=RunStatus.RUNNING.value)
-    .returning(*runs.c)
-)
-_FINISH = (
-    runs.update()
-    .where(runs.c.run_id == sa.bindparam("b_run_id"))
-    .values(owner=None, lease_expires_at=None, queued=False, queue_order=None)
-    .returning(runs.c.session_id)
-)
-_QUEUED_RUN = (
-    sa.select(runs.c.run_id)
-    .where(runs.c.session_id == sa.bindparam("b_session_id"), _QUEUED)
-    .limit(1)
-)
-
-
-def _active_run_id(conn: sa.Connection, session_id: str) -> str | None:
-    return conn.scalar(_ACTIVE_RUN_ID, {"session_id": session_id})
-
-
-def _queue_order(conn: sa.Connection, session_id: str, jump_queue: bool) -> float:
-    queued = sa.and_(runs.c.session_id == session_id, runs.c.queued.is_(True))
-    if jump_queue:
-        first = conn.scalar(sa.select(sa.func.min(runs.c.queue_order)).where(queued))
-        return (first if first is not None else 0.0) - 1.0
-    last = conn.scalar(sa.select(sa.func.max(runs.c.queue_order)).where(queued))
-    return (last if last is not None else 0.0) + 1.0
-
-
-def _get_run(conn: sa.Connection, run_id: str) -> Run | None:
-    row = conn.execute(_RUN, {"run_id": run_id}).first()
-    return None if row is None else run_from_row(row)
-
-
-def _last_seq(conn: sa.Connection, run_id: str) -> int:
-    return int(conn.scalar(_LAST_SEQ, {"run_id": run_id}) or 0)
-
-
-def _has_run_messages(conn: sa.Connection, run_id: str) -> bool:
-    return conn.scalar(_RUN_HAS_MESSAGES, {"run_id": run_id}) is not None
-
-
-def _insert_messages(
-    conn: sa.Connection,
-    rows: RowWriter,
-    session_id: str,
-    items: Sequence[Message],
-    run_id: str | None,
-) -> None:
-    last = conn.scalar(_LAST_MESSAGE_IDX, {"session_id": session_id})
-    start = 0 if last is None else last + 1
-    now = utc_now()
-    values = [
-        {
-            "session_id": session_id,
-            "idx": start + i,
-            "run_id": run_id,
-            "role": item.role,
-            "body": model_json(item),
-            "created_at": now,
-        }
-        for i, item in enumerate(items)
-    ]
-    rows.execute(conn, _MESSAGE_INSERT, values)
-
-
-def _end_cancelled(conn: sa.Connection, rows: RowWriter, run: Run, reason: str) -> None:
-    """End a run nobody executes as ``cancelled``, with its terminal event."""
-    now = utc_now()
-    seq = _last_seq(conn, run.run_id) + 1
-    event = Cancelled(reason=reason).stamped(
-        seq=seq, run_id=run.run_id, session_id=run.session_id, ts=now
-    )
-    _insert_events(conn, rows, [event])
-    conn.execute(
-        runs.update()
-        .where(runs.c.run_id == run.run_id)
-        .values(
-            status=RunStatus.CANCELLED.value,
-            completed_at=now,
-            last_seq=seq,
-            last_event_at=now,
-            owner=None,
-            lease_expires_at=None,
-            queued=False,
-            queue_order=None,
-            cancel_requested=reason,
-        )
-    )
-
-
-def _insert_events(conn: sa.Connection, rows: RowWriter, events: Sequence[RunEvent]) -> None:
-    _prepare_events(rows, events).execute(conn)
-
-
-def _prepare_events(rows: RowWriter, events: Sequence[RunEvent]) -> Prepared:
-    values = [
-        (event.run_id, event.seq, event.type, event.ts, event_to_json(_in_utc(event)))
-        for event in events
-    ]
-    return rows.prepare_values(_EVENT_INSERT, _EVENT_COLUMNS, values)
-
-
-def _in_utc(event: RunEvent) -> RunEvent:
-    """The event with its ``ts`` in UTC, as replay promises (a copy only when it is not)."""
-    if event.ts.tzinfo is UTC or event.ts.utcoffset() == timedelta(0):
-        return event
-    return event.model_copy(update={"ts": as_utc(event.ts)})
-
-
-def _update_liveness(conn: sa.Connection, events: Sequence[RunEvent]) -> None:
-    if events:
-        conn.execute(_LIVENESS_UPDATE, _liveness_rows(events))
-
-
-def _liveness_rows(events: Sequence[RunEvent]) -> list[dict[str, Any]]:
-    """The parameters of one executemany of ``_LIVENESS_UPDATE`` for the runs of ``events``;
-    fields the events say nothing about keep their stored value (NULL parameters fall back to
-    the column through COALESCE)."""
-    states: dict[str, liveness.Liveness] = {}
-    for event in events:
-        states[event.run_id] = liveness.apply(states.get(event.run_id, _NO_LIVENESS), event)
-    rows = [
-        {
-            "b_run_id": run_id,
-            "b_last_seq": state.last_seq,
-            "b_last_event_at": state.last_event_at,
-            "b_round_count": state.round_count or None,
-            "b_tool_name": state.last_tool_name if state.last_tool_phase else None,
-            "b_tool_phase": state.last_tool_phase.value if state.last_tool_phase else None,
-        }
-        for run_id, state in states.items()
-    ]
-    return rows
-
-
-_EVENT_INSERT = run_events.insert()
-_EVENT_COLUMNS = ("run_id", "seq", "type", "ts", "body")
-_LIVENESS_UPDATE = (
-    runs.update()
-    .where(runs.c.run_id == sa.bindparam("b_run_id"))
-    .values(
-        last_seq=sa.bindparam("b_last_seq"),
-        last_event_at=sa.bindparam("b_last_event_at", type_=runs.c.last_event_at.type),
-        round_count=sa.func.coalesce(
-            sa.bindparam("b_round_count", type_=sa.Integer), runs.c.round_count
-        ),
-        last_tool_name=sa.func.coalesce(
-            sa.bindparam("b_tool_name", type_=sa.String), runs.c.last_tool_name
-        ),
-        last_tool_phase=sa.func.coalesce(
-            sa.bindparam("b_tool_phase", type_=sa.String), runs.c.last_tool_phase
-        ),
-    )
-)
-_NO_LIVENESS = liveness.Liveness()

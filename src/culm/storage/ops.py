@@ -1,0 +1,202 @@
+"""The plain functions over a connection that ``SqlStore``'s write transactions are made of,
+and the statements they run, built once (building a statement costs more than SQLite takes to
+run it)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from culm.domain import liveness
+from culm.domain.events import Cancelled, RunEvent, event_to_json
+from culm.domain.models import Message, Run, RunStatus
+from culm.domain.text import model_json
+from culm.domain.time import as_utc, utc_now
+from culm.storage.rows import run_from_row
+from culm.storage.rowwriter import Prepared, RowWriter
+from culm.storage.schema import messages, run_events, runs
+
+ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+SLOT = sa.and_(runs.c.status.in_(ACTIVE), runs.c.queued.is_(False))
+QUEUED = sa.and_(runs.c.queued.is_(True), runs.c.status == RunStatus.PENDING.value)
+
+
+ACTIVE_RUN_ID = sa.select(runs.c.run_id).where(
+    runs.c.session_id == sa.bindparam("session_id"), SLOT
+)
+RUN = runs.select().where(runs.c.run_id == sa.bindparam("run_id"))
+LAST_SEQ = sa.select(sa.func.max(run_events.c.seq)).where(
+    run_events.c.run_id == sa.bindparam("run_id")
+)
+RUN_HAS_MESSAGES = (
+    sa.select(messages.c.idx).where(messages.c.run_id == sa.bindparam("run_id")).limit(1)
+)
+LAST_MESSAGE_IDX = sa.select(sa.func.max(messages.c.idx)).where(
+    messages.c.session_id == sa.bindparam("session_id")
+)
+MESSAGE_INSERT = messages.insert()
+RUN_INSERT = runs.insert()
+CLAIM = (
+    runs.update()
+    .where(runs.c.run_id == sa.bindparam("b_run_id"), runs.c.owner == sa.bindparam("b_owner"))
+    .where(runs.c.status == RunStatus.PENDING.value, runs.c.queued.is_(False))
+    .where(runs.c.cancel_requested.is_(None))
+    .values(status=RunStatus.RUNNING.value)
+    .returning(*runs.c)
+)
+FINISH = (
+    runs.update()
+    .where(runs.c.run_id == sa.bindparam("b_run_id"))
+    .values(owner=None, lease_expires_at=None, queued=False, queue_order=None)
+    .returning(runs.c.session_id)
+)
+QUEUED_RUN = (
+    sa.select(runs.c.run_id)
+    .where(runs.c.session_id == sa.bindparam("b_session_id"), QUEUED)
+    .limit(1)
+)
+
+
+def active_run_id(conn: sa.Connection, session_id: str) -> str | None:
+    return conn.scalar(ACTIVE_RUN_ID, {"session_id": session_id})
+
+
+def queue_order(conn: sa.Connection, session_id: str, jump_queue: bool) -> float:
+    queued = sa.and_(runs.c.session_id == session_id, runs.c.queued.is_(True))
+    if jump_queue:
+        first = conn.scalar(sa.select(sa.func.min(runs.c.queue_order)).where(queued))
+        return (first if first is not None else 0.0) - 1.0
+    last = conn.scalar(sa.select(sa.func.max(runs.c.queue_order)).where(queued))
+    return (last if last is not None else 0.0) + 1.0
+
+
+def get_run(conn: sa.Connection, run_id: str) -> Run | None:
+    row = conn.execute(RUN, {"run_id": run_id}).first()
+    return None if row is None else run_from_row(row)
+
+
+def last_seq(conn: sa.Connection, run_id: str) -> int:
+    return int(conn.scalar(LAST_SEQ, {"run_id": run_id}) or 0)
+
+
+def has_run_messages(conn: sa.Connection, run_id: str) -> bool:
+    return conn.scalar(RUN_HAS_MESSAGES, {"run_id": run_id}) is not None
+
+
+def insert_messages(
+    conn: sa.Connection,
+    rows: RowWriter,
+    session_id: str,
+    items: Sequence[Message],
+    run_id: str | None,
+) -> None:
+    last = conn.scalar(LAST_MESSAGE_IDX, {"session_id": session_id})
+    start = 0 if last is None else last + 1
+    now = utc_now()
+    values = [
+        {
+            "session_id": session_id,
+            "idx": start + i,
+            "run_id": run_id,
+            "role": item.role,
+            "body": model_json(item),
+            "created_at": now,
+        }
+        for i, item in enumerate(items)
+    ]
+    rows.execute(conn, MESSAGE_INSERT, values)
+
+
+def end_cancelled(conn: sa.Connection, rows: RowWriter, run: Run, reason: str) -> None:
+    """End a run nobody executes as ``cancelled``, with its terminal event."""
+    now = utc_now()
+    seq = last_seq(conn, run.run_id) + 1
+    event = Cancelled(reason=reason).stamped(
+        seq=seq, run_id=run.run_id, session_id=run.session_id, ts=now
+    )
+    insert_events(conn, rows, [event])
+    conn.execute(
+        runs.update()
+        .where(runs.c.run_id == run.run_id)
+        .values(
+            status=RunStatus.CANCELLED.value,
+            completed_at=now,
+            last_seq=seq,
+            last_event_at=now,
+            owner=None,
+            lease_expires_at=None,
+            queued=False,
+            queue_order=None,
+            cancel_requested=reason,
+        )
+    )
+
+
+def insert_events(conn: sa.Connection, rows: RowWriter, events: Sequence[RunEvent]) -> None:
+    prepare_events(rows, events).execute(conn)
+
+
+def prepare_events(rows: RowWriter, events: Sequence[RunEvent]) -> Prepared:
+    values = [
+        (event.run_id, event.seq, event.type, event.ts, event_to_json(in_utc(event)))
+        for event in events
+    ]
+    return rows.prepare_values(EVENT_INSERT, EVENT_COLUMNS, values)
+
+
+def in_utc(event: RunEvent) -> RunEvent:
+    """The event with its ``ts`` in UTC, as replay promises (a copy only when it is not)."""
+    if event.ts.tzinfo is UTC or event.ts.utcoffset() == timedelta(0):
+        return event
+    return event.model_copy(update={"ts": as_utc(event.ts)})
+
+
+def update_liveness(conn: sa.Connection, events: Sequence[RunEvent]) -> None:
+    if events:
+        conn.execute(LIVENESS_UPDATE, liveness_rows(events))
+
+
+def liveness_rows(events: Sequence[RunEvent]) -> list[dict[str, Any]]:
+    """The parameters of one executemany of ``LIVENESS_UPDATE`` for the runs of ``events``;
+    fields the events say nothing about keep their stored value (NULL parameters fall back to
+    the column through COALESCE)."""
+    states: dict[str, liveness.Liveness] = {}
+    for event in events:
+        states[event.run_id] = liveness.apply(states.get(event.run_id, NO_LIVENESS), event)
+    rows = [
+        {
+            "b_run_id": run_id,
+            "b_last_seq": state.last_seq,
+            "b_last_event_at": state.last_event_at,
+            "b_round_count": state.round_count or None,
+            "b_tool_name": state.last_tool_name if state.last_tool_phase else None,
+            "b_tool_phase": state.last_tool_phase.value if state.last_tool_phase else None,
+        }
+        for run_id, state in states.items()
+    ]
+    return rows
+
+
+EVENT_INSERT = run_events.insert()
+EVENT_COLUMNS = ("run_id", "seq", "type", "ts", "body")
+LIVENESS_UPDATE = (
+    runs.update()
+    .where(runs.c.run_id == sa.bindparam("b_run_id"))
+    .values(
+        last_seq=sa.bindparam("b_last_seq"),
+        last_event_at=sa.bindparam("b_last_event_at", type_=runs.c.last_event_at.type),
+        round_count=sa.func.coalesce(
+            sa.bindparam("b_round_count", type_=sa.Integer), runs.c.round_count
+        ),
+        last_tool_name=sa.func.coalesce(
+            sa.bindparam("b_tool_name", type_=sa.String), runs.c.last_tool_name
+        ),
+        last_tool_phase=sa.func.coalesce(
+            sa.bindparam("b_tool_phase", type_=sa.String), runs.c.last_tool_phase
+        ),
+    )
+)
+NO_LIVENESS = liveness.Liveness()
