@@ -813,6 +813,7 @@ async def test_culm_key_required(make_proxy: ProxyFactory) -> None:
         {"authorization": CULM_KEY},  # no Bearer
         {"x-api-key": f"Bearer {CULM_KEY}"},
         {"authorization": f"Basic {CULM_KEY}"},
+        {"x-culm-run-id": "3f0b1c2e-1d2a-4b6c-9e8f-0a1b2c3d4e5f"},  # no key: links no run
     ]
     async with (
         make_proxy(api_key=CULM_KEY) as proxy,
@@ -829,6 +830,7 @@ async def test_culm_key_required(make_proxy: ProxyFactory) -> None:
         records = await proxy.records(len(PROXY_ROUTES) * len(refused))
         assert {(r.status, r.status_code, r.partial) for r in records} == {("error", 401, False)}
         assert all("missing or wrong API key" in (r.error or "") for r in records)
+        assert {r.trace_id for r in records} == {None}
         # ``x-api-key`` is a culm key on the proxy's routes only
         assert (await http.get("/v1/runs", headers={"x-api-key": CULM_KEY})).status_code == 401
 

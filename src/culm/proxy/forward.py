@@ -377,6 +377,8 @@ class Refusal(Exchange):
     ) -> None:
         super().__init__(forwarder, endpoint, scope, b"")
         self._refusal = refusal
+        if refusal[0] == 401:  # whoever did not show the key links nothing to a run
+            self._trace_id = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
