@@ -95,7 +95,9 @@ async def until(condition: object, timeout: float = 10.0, what: str = "condition
         await asyncio.sleep(0.02)
 
 
-def wait_sync(condition: object, timeout: float = 10.0, what: str = "condition") -> None:
+def wait_sync(condition: object, timeout: float = 30.0, what: str = "condition") -> None:
+    """Wait until ``condition()`` holds. The timeout bounds a promise of "eventually" (every
+    process gone), not a speed: generous, so a loaded machine does not fail it."""
     assert callable(condition)
     deadline = time.monotonic() + timeout
     while not condition():

@@ -140,7 +140,7 @@ async def test_interrupts_racing_each_other_leave_no_run_pending(engine: culm.En
 
 @pytest.mark.timeout(300)
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     model=st.sampled_from(["scripted:echo", "scripted:ticks", "scripted:nap"]),
