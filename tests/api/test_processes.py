@@ -15,7 +15,7 @@ import pytest
 
 import culm
 from tests.api.conftest import Server, free_port, running_server
-from tests.cli.conftest import TIMEOUT, clean_env, culm_command, restore_sigint
+from tests.cli.conftest import clean_env, culm_command, restore_sigint, run_culm
 from tests.processes import (
     escapees_started,
     escaping_command,
@@ -52,17 +52,8 @@ async def _http_cancel(server: Server, run_id: str) -> None:
 
 async def _cli_cancel(server: Server, run_id: str) -> None:
     home = Path(server.settings.home).parent / "cli"
-    home.mkdir(exist_ok=True)
-    process = await asyncio.create_subprocess_exec(
-        *culm_command("cancel", run_id, "--wait", "--server", server.url),
-        env=clean_env(home),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=restore_sigint,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
-    assert process.returncode == 0, stderr.decode()
+    done = await run_culm(home, "cancel", run_id, "--wait", "--server", server.url)
+    assert done.code == 0, done.stderr
 
 
 Cancel = Callable[[Server, str], Awaitable[None]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -45,6 +46,24 @@ def culm_command(*args: str) -> list[str]:
 def restore_sigint() -> None:
     """In the child: take SIGINT's default even if the test runner's shell ignores it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+async def run_culm(home: Path, *args: str, env: Mapping[str, str] | None = None) -> Result:
+    """The real ``culm`` in a subprocess on ``home`` (made if missing), run to its end while the
+    event loop keeps serving; what it printed."""
+    home.mkdir(parents=True, exist_ok=True)
+    process = await asyncio.create_subprocess_exec(
+        *culm_command(*args),
+        env=clean_env(home, env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=home,
+        preexec_fn=restore_sigint,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    assert process.returncode is not None
+    return Result(process.returncode, stdout.decode(), stderr.decode())
 
 
 @pytest.fixture

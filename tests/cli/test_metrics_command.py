@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ import pytest
 
 import culm
 from tests.api.conftest import Server, running_server
-from tests.cli.conftest import TIMEOUT, Result, clean_env, culm_command
+from tests.cli.conftest import TIMEOUT, Result, clean_env, culm_command, run_culm
 
 SCRIPT = {
     "turns": [
@@ -34,18 +33,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 
 
 async def metrics(server: Server, home: Path, *args: str) -> Result:
-    home.mkdir(exist_ok=True)
-    process = await asyncio.create_subprocess_exec(
-        *culm_command("metrics", *args, "--server", server.url),
-        env=clean_env(home),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=home,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
-    assert process.returncode is not None
-    return Result(process.returncode, stdout.decode(), stderr.decode())
+    return await run_culm(home, "metrics", *args, "--server", server.url)
 
 
 async def test_the_summary_table(server: Server, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ from culm.cli.schedules import seconds, trigger_of
 from culm.errors import UserError
 from culm.scheduler.models import ScheduleRun
 from tests.api.conftest import Server, running_server
-from tests.cli.conftest import TIMEOUT, Result, clean_env, culm_command, restore_sigint
+from tests.cli.conftest import Result, run_culm
 from tests.scheduler.conftest import FakeClock
 
 UUID = r"[0-9a-f-]{36}"
@@ -34,18 +33,7 @@ def cli(tmp_path: Path) -> Cli:
     home.mkdir()
 
     async def run(*args: str, server: str) -> Result:
-        process = await asyncio.create_subprocess_exec(
-            *culm_command(*args, "--server", server),
-            env=clean_env(home),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=home,
-            preexec_fn=restore_sigint,
-        )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
-        assert process.returncode is not None
-        return Result(process.returncode, stdout.decode(), stderr.decode())
+        return await run_culm(home, *args, "--server", server)
 
     return run
 

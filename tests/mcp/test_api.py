@@ -3,9 +3,7 @@ session and headless-run bodies) and ``culm mcp list``/``refresh`` against a run
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 
 import culm
 from tests.api.conftest import Server, running_server
-from tests.cli.conftest import TIMEOUT, Result, clean_env, culm_command, restore_sigint
+from tests.cli.conftest import Result, run_culm
 from tests.mcp.conftest import DemoServer, mcp_children
 
 
@@ -46,20 +44,7 @@ async def client(server: Server) -> AsyncIterator[httpx2.AsyncClient]:
 
 async def culm_cli(tmp_path: Path, *args: str) -> Result:
     """The real ``culm`` in a subprocess (the event loop keeps serving meanwhile)."""
-    home = tmp_path / "cli"
-    home.mkdir(exist_ok=True)
-    process = await asyncio.create_subprocess_exec(
-        *culm_command(*args),
-        env=clean_env(home),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=home,
-        preexec_fn=restore_sigint,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
-    assert process.returncode is not None
-    return Result(process.returncode, stdout.decode(), stderr.decode())
+    return await run_culm(tmp_path / "cli", *args)
 
 
 async def test_servers_are_listed_and_refreshed(
