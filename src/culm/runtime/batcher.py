@@ -64,7 +64,7 @@ class EventBatcher:
         self._retry_window = retry_window
         self._on_unavailable = on_unavailable
         self._failing_since: float | None = None
-        self._giving_up = False
+        self._given_up = asyncio.Event()  # give_up(): stop retrying a failing store
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="culm-event-batcher")
@@ -100,8 +100,7 @@ class EventBatcher:
 
     def give_up(self) -> None:
         """Stop retrying a failing store: drop what it cannot take (the engine is stopping)."""
-        self._giving_up = True
-        self._urgent.set()
+        self._given_up.set()
 
     @property
     def failing(self) -> bool:
@@ -163,7 +162,7 @@ class EventBatcher:
                 self._failing_since = None
                 return True
             except Exception as exc:
-                if self._giving_up:
+                if self._given_up.is_set():
                     log.error(
                         "the store keeps failing; run events dropped at stop", events=len(batch)
                     )
@@ -172,7 +171,7 @@ class EventBatcher:
                 self._unavailable(batch, exc)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
-                        await self._stop_retrying()
+                        await self._given_up.wait()
                 delay = min(delay * 2, 1.0)
 
     def _unavailable(self, batch: list[RunEvent], exc: BaseException) -> None:
@@ -181,8 +180,3 @@ class EventBatcher:
             self._failing_since = now
         if self._on_unavailable is not None and now - self._failing_since >= self._retry_window:
             self._on_unavailable({event.run_id for event in batch}, exc)
-
-    async def _stop_retrying(self) -> None:
-        while not self._giving_up:
-            self._urgent.clear()
-            await self._urgent.wait()
