@@ -13,7 +13,7 @@ PIP_INSTALL := $(BIN)/pip install -c $(CONSTRAINTS)
 help:
 	@echo "make install    venv at $(VENV) with culm[all] (pinned by $(CONSTRAINTS))"
 	@echo "make dev        the same with culm[dev]: tests, ruff, mypy"
-	@echo "make test       pytest (PostgreSQL/Redis tests skip if unreachable, fail with CI=true)"
+	@echo "make test       pytest -n 2 (PostgreSQL/Redis tests skip if unreachable, fail with CI=true)"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make typecheck  mypy (strict)"
 	@echo "make check      lint + typecheck + test"
@@ -33,7 +33,7 @@ dev: $(BIN)/python
 	$(PIP_INSTALL) -e '.[dev]'
 
 test:
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 lint:
 	$(BIN)/ruff check .
