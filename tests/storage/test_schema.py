@@ -16,7 +16,7 @@ from culm.storage.sql import SqlStore
 async def test_the_migrations_create_the_engine_tables(store: SqlStore) -> None:
     def compare(connection: sa.Connection) -> list[Any]:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        return compare_metadata(context, schema.metadata)
+        return list(compare_metadata(context, schema.metadata))
 
     async with store.read_connection() as conn:
         diffs = await conn.run_sync(compare)
