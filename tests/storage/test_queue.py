@@ -342,3 +342,37 @@ async def test_queue_stats_count_ready_queued_and_running(store: SqlStore) -> No
 
     assert (stats.pending, stats.ready, stats.running) == (3, 2, 1)
     assert stats.oldest_pending_age is not None and stats.oldest_pending_age >= 0
+
+
+async def test_a_listener_whose_connection_is_killed_reconnects(
+    postgres_store: SqlStore, postgres_url: str
+) -> None:
+    other = SqlStore(postgres_url)
+    await other.start()
+    wakeups = other.wakeups()
+    database = sa.make_url(postgres_url).database
+    kill = sa.text(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = :db AND query LIKE 'LISTEN%'"
+    )
+    try:
+        for _ in range(100):  # until its LISTEN is in place
+            await ready_run(postgres_store)
+            if await wakeups.wait(0.2):
+                break
+        killed = await postgres_store.write(lambda conn: conn.execute(kill, {"db": database}).all())
+        assert killed, "the listener's backend was found and terminated"
+        while await wakeups.wait(0.01):
+            pass
+        # Back after a reconnect: its wake-up says notifications may have been missed, and new
+        # ones are heard again.
+        assert await wakeups.wait(30) is True
+        for _ in range(100):
+            await ready_run(postgres_store)
+            if await wakeups.wait(0.2):
+                break
+        else:
+            pytest.fail("no notification after the reconnect")
+    finally:
+        await wakeups.aclose()
+        await other.aclose()
