@@ -57,6 +57,15 @@ async def test_claims_take_ready_runs_oldest_first(store: SqlStore) -> None:
     assert await store.claim_runs("w3", limit=0, lease_seconds=300) == []
 
 
+async def test_a_claim_takes_at_most_its_limit(store: SqlStore) -> None:
+    for _ in range(40):
+        await ready_run(store)
+
+    sizes = [len(await store.claim_runs("w1", limit=3, lease_seconds=300)) for _ in range(15)]
+
+    assert sizes == [3] * 13 + [1, 0]
+
+
 async def test_concurrent_claimers_claim_every_ready_run_exactly_once(
     two_stores: tuple[SqlStore, SqlStore],
 ) -> None:
@@ -66,6 +75,7 @@ async def test_concurrent_claimers_claim_every_ready_run_exactly_once(
 
     async def claimer(store: SqlStore, name: str) -> None:
         while batch := await store.claim_runs(name, limit=5, lease_seconds=300):
+            assert len(batch) <= 5, "never more than the limit"
             claimed.extend((name, run) for run in batch)
 
     await asyncio.wait_for(
