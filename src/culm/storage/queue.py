@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from culm.domain.models import Message, Run, RunStatus, Usage
 from culm.errors import AlreadyRunningError, LeaseLostError
-from culm.storage import dbtime, ops
+from culm.storage import dbtime, ops, schema
 from culm.storage.base import Fence, Renewal, Reservation
 from culm.storage.rows import run_from_row
 from culm.storage.rowwriter import RowWriter
@@ -69,7 +69,7 @@ def claim(
     # loop semi join), and each rescan locks further rows: one claim took every ready run.
     picked = (
         sa.select(runs.c.run_id)
-        .where(ops.READY)
+        .where(schema.READY)  # the partial index's own predicate, constants and all
         .order_by(runs.c.created_at, runs.c.run_id)
         .limit(limit)
         .with_for_update(skip_locked=True)  # nothing on SQLite, whose writes are serialized
