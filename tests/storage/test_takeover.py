@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 
 import pytest
+import sqlalchemy as sa
 
 from culm.domain.events import (
     Cancelled,
@@ -19,6 +20,7 @@ from culm.domain.events import (
 )
 from culm.domain.models import Run, RunStatus, Usage
 from culm.storage.base import SweepPolicy
+from culm.storage.schema import run_events
 from culm.storage.sql import SqlStore
 from tests.storage.queue_support import (
     T0,
@@ -26,6 +28,7 @@ from tests.storage.queue_support import (
     get,
     new_session,
     owned_run,
+    raw_rows,
     stamp,
     tokens,
 )
@@ -234,3 +237,64 @@ async def test_release_hands_back_our_runs_and_ends_their_children(store: SqlSto
     # Released runs are ready: any worker claims them.
     claimed = await store.claim_runs("w3", limit=10, lease_seconds=300)
     assert {run.run_id for run in claimed} == {running.run_id, claimed_only.run_id}
+
+
+async def test_a_zombie_writing_through_a_takeover_never_lands_a_stale_event(
+    two_stores: tuple[SqlStore, SqlStore],
+) -> None:
+    zombie_store, live_store = two_stores
+    made = [await owned_run(zombie_store, "zombie", lease_seconds=0) for _ in range(12)]
+    fences = {run.run_id: ("zombie", 1) for run in made}
+    stop = asyncio.Event()
+    refused: set[str] = set()
+
+    async def zombie() -> None:
+        seq = 3
+        while True:
+            last = stop.is_set()  # one more batch once every run is taken over
+            batch = [event for run in made for event in tokens(run, 2, first_seq=seq)]
+            refused.update(await zombie_store.append_events(batch, fences=fences))
+            seq += 2
+            if last:
+                return
+            await asyncio.sleep(0)
+
+    async def sweeper() -> set[str]:
+        taken: set[str] = set()
+        while len(taken) < len(made):
+            taken.update(run.run_id for run in await live_store.sweep("sweeper", REQUEUE))
+            await asyncio.sleep(0)
+        stop.set()
+        return taken
+
+    first = [event for run in made for event in tokens(run, 2)]
+    assert await zombie_store.append_events(first, fences=fences) == set()
+    writing = asyncio.create_task(zombie())
+    taken = await asyncio.wait_for(sweeper(), timeout=60)
+    await asyncio.wait_for(writing, timeout=60)
+    # The new owner writes after the takeover's event.
+    for run in await live_store.claim_runs("w2", limit=len(made), lease_seconds=300):
+        last = await live_store.last_event_seq(run.run_id)
+        fence = {run.run_id: ("w2", run.epoch)}
+        assert (
+            await live_store.append_events(tokens(run, 1, first_seq=last + 1), fences=fence)
+            == set()
+        )
+
+    assert taken == {run.run_id for run in made}
+    assert refused == taken, "once taken over, every zombie write is refused"
+    rows = await raw_rows(
+        live_store,
+        sa.select(
+            run_events.c.run_id, run_events.c.seq, run_events.c.type, run_events.c.epoch
+        ).order_by(run_events.c.run_id, run_events.c.seq),
+    )
+    for run in made:
+        mine = [row for row in rows if row.run_id == run.run_id]
+        assert [row.seq for row in mine] == list(range(1, len(mine) + 1)), "gapless"
+        epochs = [row.epoch for row in mine]
+        assert epochs == sorted(epochs), "along seq, epochs never decrease"
+        recovered = [row.seq for row in mine if row.type == "run_recovered"]
+        assert len(recovered) == 1
+        assert all(row.epoch == 1 for row in mine if row.seq < recovered[0])
+        assert all(row.epoch == 3 for row in mine if row.seq > recovered[0])
