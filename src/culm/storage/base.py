@@ -69,9 +69,10 @@ class WorkerInfo:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """``pending``: ready and queued runs; ``ready``: those waiting for a worker;
-    ``oldest_pending_age``: seconds since the oldest pending run was created (database time;
-    None without pending runs)."""
+    """``pending``: runs waiting for a worker, ready or queued (no owner); ``ready``: those of
+    them a worker may claim now; ``running``: runs a worker holds (started, or claimed and about
+    to start); ``oldest_pending_age``: seconds since the oldest pending run was created (None
+    without pending runs; the database's now less the run's ``created_at``)."""
 
     pending: int
     ready: int
