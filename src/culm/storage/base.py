@@ -83,7 +83,8 @@ class QueueStats:
 @dataclass(frozen=True, slots=True)
 class SweepPolicy:
     """How a sweeper ends runs it takes over: re-queued while ``requeue`` and the attempt is
-    below ``max_attempts``, else ended ``error`` "interrupted"."""
+    below ``max_attempts``, else ended ``error`` "interrupted". (``lease_seconds``, the
+    sweeper's lease setting, is for its caller; expiry is read from each run's lease.)"""
 
     requeue: bool
     max_attempts: int
