@@ -21,7 +21,6 @@ from culm.storage.base import Fence
 from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import run_events, runs
 
-
 FENCE_ROWS = (
     sa.select(runs.c.run_id, runs.c.owner, runs.c.epoch)
     .where(runs.c.run_id.in_(sa.bindparam("run_ids", expanding=True)))
