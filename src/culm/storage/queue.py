@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from culm.domain.models import Message, Run, RunStatus, Usage
 from culm.errors import AlreadyRunningError, LeaseLostError
-from culm.storage import dbtime, ops
+from culm.storage import dbtime, ops, schema
 from culm.storage.base import Fence, Renewal, Reservation
 from culm.storage.rows import run_from_row
 from culm.storage.rowwriter import RowWriter
@@ -64,16 +64,20 @@ def reserve(
 def claim(
     conn: sa.Connection, dialect: str, owner: str, limit: int, lease_seconds: float
 ) -> list[Run]:
+    # The pick is a CTE: PostgreSQL evaluates it once. As a plain ``IN (SELECT … LIMIT n FOR
+    # UPDATE SKIP LOCKED)`` the planner may rescan the subquery for every outer row (a nested
+    # loop semi join), and each rescan locks further rows: one claim took every ready run.
     picked = (
         sa.select(runs.c.run_id)
-        .where(ops.READY)
+        .where(schema.READY)  # the partial index's own predicate, constants and all
         .order_by(runs.c.created_at, runs.c.run_id)
         .limit(limit)
         .with_for_update(skip_locked=True)  # nothing on SQLite, whose writes are serialized
+        .cte("picked")
     )
     statement = (
         runs.update()
-        .where(runs.c.run_id.in_(picked), ops.READY)
+        .where(runs.c.run_id.in_(sa.select(picked.c.run_id)), ops.READY)
         .values(
             owner=owner,
             epoch=runs.c.epoch + 1,

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from culm.domain.events import Cancelled, Error, RunEventBase, RunRecovered
 from culm.domain.models import Run, RunStatus
-from culm.storage import dbtime, ops
+from culm.storage import dbtime, ops, schema
 from culm.storage.base import SweepPolicy
 from culm.storage.ending import ending_values
 from culm.storage.queue import promote_next
@@ -37,7 +37,9 @@ PARENT_RECOVERED = "parent recovered"
 INTERRUPTED = "interrupted"
 SWEEP_LIMIT = 200  # runs per sweep transaction; the next tick takes the rest
 
-_LEASED = sa.and_(ops.SLOT, runs.c.owner.is_not(None))
+# The partial index's own predicate (constants, not parameters, so that the planner can use
+# it), and only runs in their slot.
+_LEASED = sa.and_(schema.LEASED, runs.c.queued.is_(False))
 
 
 @dataclass(slots=True)

@@ -21,6 +21,8 @@ from culm.logs import get_logger
 from culm.storage.base import Wakeups
 
 CHANNEL = "culm_runs"
+RECONNECT_SECONDS = 1.0
+PROBE_SECONDS = 30.0
 _NOTIFY = sa.text(f"SELECT pg_notify('{CHANNEL}', '')")
 log = get_logger(__name__)
 
@@ -102,9 +104,9 @@ class PostgresWakeups(Wakeups):
                 conn.add_termination_listener(lambda _conn: self._lost.set())
                 await conn.add_listener(CHANNEL, self._notified)
                 if not first:
-                    self._local.event.set()  # we may have missed some
+                    self._local.event.set()  # notifications were missed meanwhile
                 first = False
-                await self._lost.wait()
+                await self._watch(conn)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database is away: try again shortly
@@ -113,7 +115,18 @@ class PostgresWakeups(Wakeups):
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=1)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _watch(self, conn: Any) -> None:
+        """Until the connection is lost: a closed socket says so at once, a silent one is found
+        by a probe every ``PROBE_SECONDS``."""
+        while True:
+            try:
+                async with asyncio.timeout(PROBE_SECONDS):
+                    await self._lost.wait()
+                return
+            except TimeoutError:
+                await conn.fetchval("SELECT 1", timeout=5)
 
     def _notified(self, *_args: Any) -> None:
         self._local.event.set()
