@@ -148,6 +148,11 @@ async def test_fast_restart_takes_over_only_a_dead_process_of_this_host_boot_and
             worker_id: (await store.get_run(f"run-{worker_id}")).status  # type: ignore[union-attr]
             for worker_id in rows
         }
+        stopped = {
+            worker.worker_id
+            for worker in await store.list_workers(lease_seconds=10.0, include_stopped=True)
+            if worker.stopped_at is not None
+        }
     finally:
         await heartbeat.aclose()
     assert ended == {
@@ -156,3 +161,4 @@ async def test_fast_restart_takes_over_only_a_dead_process_of_this_host_boot_and
         "other-boot": culm.RunStatus.PENDING,
         "other-host": culm.RunStatus.PENDING,
     }
+    assert stopped == {"dead-here"}  # marked stopped: not looked at again
