@@ -27,16 +27,6 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
-class Orphan:
-    """Obsolete (the sweeper replaced orphan recovery): kept only so that ``runtime/manager.py``
-    imports until its recovery moves to ``Store.sweep``. Nothing in storage uses it."""
-
-    run: Run
-    owner: str | None
-    lease_expires_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
 class Renewal:
     """What a lease renewal found."""
 
