@@ -41,6 +41,7 @@ from culm.providers.scripted import ScriptLibrary
 from culm.runtime.batcher import EventBatcher
 from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
+from culm.runtime.roles import Role
 from culm.runtime.streams import Streams
 from culm.runtime.subagents import SpawnAgentTool, SubAgentLimits, SubAgents
 from culm.scheduler.dispatch import Clock
@@ -59,7 +60,11 @@ DEFAULT_GROUPS = {"read": ("read_file", "list_dir", "glob", "grep")}
 class Engine:
     """culm's engine: sessions, runs, live streams, cancel. Use it as an async context manager;
     leaving it drains cleanly (active runs are cancelled, or handed back by
-    ``shutdown_policy``; every event is stored)."""
+    ``shutdown_policy``; every event is stored).
+
+    ``role`` (:class:`~culm.runtime.roles.Role`) picks what the process does besides serving
+    the API: EMBEDDED (the default) claims and executes runs and ticks schedules; API only
+    reserves runs for workers; WORKER executes runs; CLI executes only the runs it starts."""
 
     def __init__(
         self,
@@ -69,8 +74,10 @@ class Engine:
         scripts: ScriptLibrary | None = None,
         store: Store | None = None,
         clock: Clock | None = None,
+        role: Role = Role.EMBEDDED,
     ) -> None:
         self.settings = settings or load_settings()
+        self.role = role
         self._clock = clock or utc_now  # the schedules' time (tests pass a fake one)
         self.subagents = SubAgents(
             SubAgentLimits(
@@ -188,7 +195,7 @@ class Engine:
             self._clock,
             interval=self.settings.schedule_tick,
             grace=self.settings.schedule_misfire_grace,
-            enabled=self.settings.scheduler,
+            enabled=self.settings.scheduler and self.role.ticks,
         )
         self.schedules = Schedules(schedule_store, self._ticker, self, self._clock)
         await self._ticker.start(stack)

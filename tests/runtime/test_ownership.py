@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from culm.runtime import ownership
-from culm.runtime.ownership import boot_id, pid_namespace, same_machine
+from culm.runtime.ownership import boot_id, pid_alive, pid_namespace, same_machine
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # What a child process reports about itself.
@@ -92,11 +91,13 @@ def test_any_field_that_differs_or_is_unknown_means_another_machine() -> None:
     assert not same_machine(host, boot, None)
 
 
-def test_without_proc_nothing_is_the_same_machine(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    host, boot, namespace = socket.gethostname(), boot_id(), pid_namespace()
-    monkeypatch.setattr(ownership, "BOOT_ID_PATH", str(tmp_path / "no-boot-id"))
-    monkeypatch.setattr(ownership, "PID_NAMESPACE_PATH", str(tmp_path / "no-ns"))
-    assert boot_id() is None and pid_namespace() is None
-    assert not same_machine(host, boot, namespace)
+def test_pid_alive_until_the_process_is_reaped() -> None:
+    assert pid_alive(os.getpid())
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        assert pid_alive(child.pid)
+    finally:
+        child.communicate(timeout=30)
+    assert not pid_alive(child.pid)
