@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.api.conftest import free_port
 from tests.cli.conftest import CulmRunner, clean_env, culm_command, restore_sigint
 
 START = re.compile(
@@ -101,3 +102,12 @@ def test_an_invalid_concurrency_setting_names_it(culm: CulmRunner) -> None:
     assert result.code == 2
     assert result.stderr_lines[-1].startswith("error:")
     assert "worker_concurrency" in result.stderr.lower()
+
+
+def test_a_database_it_cannot_reach_is_one_line(culm: CulmRunner) -> None:
+    url = f"postgresql+asyncpg://culm:s3cret-pass@127.0.0.1:{free_port()}/culm"  # nothing there
+    result = culm("worker", env={"CULM_DATABASE_URL": url})
+    assert result.code == 2
+    [line] = result.stderr_lines
+    assert line.startswith("error: CULM_DATABASE_URL: cannot use postgresql+asyncpg://culm:***@")
+    assert "s3cret-pass" not in result.stderr

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from culm.cli.serve import describe_database
+from culm.errors import ConfigError, StorageUnavailableError, describe
 from culm.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from culm.services import Engine
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -41,7 +45,7 @@ def worker_command(
 
 
 async def work(settings: Settings) -> None:
-    """Run an engine in the WORKER role until a stop signal, then leave it (which drains it)."""
+    """Run an engine in the WORKER role until a stop signal, then close it (which drains it)."""
     from culm.runtime.roles import Role
     from culm.services import Engine
 
@@ -50,7 +54,9 @@ async def work(settings: Settings) -> None:
     for number in STOP_SIGNALS:
         loop.add_signal_handler(number, _on_signal, stop, number)
     try:
-        async with Engine(settings, role=Role.WORKER) as engine:
+        engine = Engine(settings, role=Role.WORKER)
+        await _start(engine)
+        try:
             typer.echo(
                 f"culm worker {engine.runs.owner} on {describe_database(settings)} "
                 f"(concurrency {settings.worker_concurrency}; "
@@ -59,9 +65,25 @@ async def work(settings: Settings) -> None:
                 err=True,
             )
             await stop.wait()
+        finally:
+            await engine.aclose()
     finally:
         for number in STOP_SIGNALS:
             loop.remove_signal_handler(number)
+
+
+async def _start(engine: Engine) -> None:
+    """Start the engine; a database it cannot reach is the setting's fault, said in one line."""
+    from culm.storage.health import is_store_failure
+
+    try:
+        await engine.start()
+    except Exception as exc:
+        if not (is_store_failure(exc) or isinstance(exc, StorageUnavailableError)):
+            raise
+        where = describe_database(engine.settings)
+        reason = describe(getattr(exc, "orig", None) or exc)
+        raise ConfigError(f"CULM_DATABASE_URL: cannot use {where} ({reason})") from exc
 
 
 def _on_signal(stop: asyncio.Event, number: int) -> None:
