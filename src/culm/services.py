@@ -39,6 +39,8 @@ from culm.metrics.store import MetricsStore
 from culm.providers.resolve import ModelResolver
 from culm.providers.scripted import ScriptLibrary
 from culm.runtime.batcher import EventBatcher
+from culm.runtime.dispatch import Dispatcher, WorkerCounters
+from culm.runtime.lease import Heartbeat
 from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.roles import Role
@@ -142,6 +144,7 @@ class Engine:
                 backlog_limit=settings.event_backlog_limit,
                 retry_window=settings.storage_retry_window,
                 on_unavailable=lambda run_ids, exc: self.runs.storage_unavailable(run_ids, exc),
+                on_rejected=lambda run_ids: self.runs.rejected(run_ids),
             )
             batcher.start()
             stack.push_async_callback(batcher.aclose)
@@ -154,11 +157,59 @@ class Engine:
                 batcher=batcher,
                 settings=settings,
                 context_factory=self._loop_context,
+                runs_own_runs=self.role is Role.CLI,
             )
+            await self._start_heartbeat(store, stack)  # closes after the runs are done
             await self.mcp.start(stack)  # before the runs: it closes after them
             await self.runs.start(stack)
+            self._start_dispatcher(store)  # the runs stop it first when they close
             await self._start_schedules(store, stack)
             self._stack = stack.pop_all()
+
+    async def _start_heartbeat(self, store: Store, stack: contextlib.AsyncExitStack) -> None:
+        """Leases, sweeper and ``workers`` row, for every role that executes runs."""
+        if self.role is Role.API:
+            return
+        embedded = isinstance(store, SqlStore) and store.dialect.name == "sqlite"
+        heartbeat = Heartbeat(
+            store,
+            owner=self.runs.owner,
+            kind=self.role.worker_kind,
+            settings=self.settings,
+            holder=self.runs.lease_holder(),
+            counters=self.runs.counters,
+            fast_restart=embedded,  # distributed (PostgreSQL): leases only, no pid shortcut
+        )
+        await heartbeat.start()
+        stack.push_async_callback(heartbeat.aclose)
+
+    def _start_dispatcher(self, store: Store) -> None:
+        """Claim ready runs from the queue (roles EMBEDDED and WORKER)."""
+        if not self.role.claims:
+            return
+        settings = self.settings
+        dispatcher = Dispatcher(
+            store,
+            owner=self.runs.owner,
+            concurrency=settings.worker_concurrency,
+            lease_seconds=settings.lease_seconds,
+            poll_seconds=settings.claim_poll_seconds,
+            active=lambda: len(self.registry),
+            launch=self.runs.launch,
+            counters=self.runs.counters,
+        )
+        self.runs.dispatcher = dispatcher
+        dispatcher.start()
+
+    @property
+    def worker_id(self) -> str:
+        """This process's worker id (the owner of the runs it executes)."""
+        return self.runs.owner
+
+    @property
+    def counters(self) -> WorkerCounters:
+        """Claims, takeovers and fenced writes of this process (cumulative)."""
+        return self.runs.counters
 
     async def aclose(self) -> None:
         self.close_streams()

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import datetime
 from functools import cache
 
-from culm.domain.time import new_id, utc_now
+from culm.domain.time import new_id
 
 
 def new_owner_id() -> str:
@@ -61,18 +60,3 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-# Until the run manager moves to database-time leases (removed with it).
-def owner_is_gone(owner: str | None, lease_expires_at: datetime | None) -> bool:
-    if owner is None or lease_expired(lease_expires_at):
-        return True
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    return not pid_alive(int(pid_text))
-
-
-def lease_expired(lease_expires_at: datetime | None) -> bool:
-    return lease_expires_at is None or lease_expires_at <= utc_now()
