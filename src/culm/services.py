@@ -43,6 +43,7 @@ from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.streams import Streams
 from culm.runtime.subagents import SpawnAgentTool, SubAgentLimits, SubAgents
+from culm.scheduler import testclock
 from culm.scheduler.dispatch import Clock
 from culm.scheduler.service import Schedules
 from culm.scheduler.store import ScheduleStore
@@ -71,7 +72,8 @@ class Engine:
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings or load_settings()
-        self._clock = clock or utc_now  # the schedules' time (tests pass a fake one)
+        # The schedules' time: tests pass a fake one (or, in processes, CULM_TEST_SCHEDULE_CLOCK).
+        self._clock = clock or testclock.from_env() or utc_now
         self.subagents = SubAgents(
             SubAgentLimits(
                 per_run=self.settings.subagents_per_run,
