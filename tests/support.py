@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import culm
 from culm.domain.events import RunEvent
+from culm.runtime.runner import Runner
 from culm.tools.base import Tool, ToolContext
 
 
@@ -95,3 +96,12 @@ class RecordingTool(Tool):
         await asyncio.sleep(0.01)
         self.log.append(f"exit {label}")
         return label
+
+
+async def launched(engine: culm.Engine, run_id: str, *, timeout: float = 10) -> Runner:
+    """The run's runner in ``engine``, once the engine's worker has claimed and launched it
+    (a run is reserved ready and claimed by the dispatcher, not started by ``start_run``)."""
+    async with asyncio.timeout(timeout):
+        while (runner := engine.registry.get(run_id)) is None:
+            await asyncio.sleep(0.005)
+    return runner

@@ -20,6 +20,7 @@ CulmError
 │   └── MCPServerError         an MCP server could not be started or reached
 ├── EngineClosedError          the engine is shutting down or closed
 ├── StorageUnavailableError    the store keeps failing (disk full, database unreachable)
+├── LeaseLostError             a fenced write: the writer no longer owns the run (owner/epoch)
 └── ToolFailure                raised by a tool: reported to the model as an error result
     └── ToolTimeoutError       the tool ran past its timeout
 """
@@ -133,6 +134,18 @@ class StorageUnavailableError(CulmError):
     it cannot take past ``CULM_STORAGE_RETRY_WINDOW`` end ``error`` with this code."""
 
     code = "storage_unavailable"
+
+
+class LeaseLostError(CulmError):
+    """A write for a run by a worker that no longer owns it: the run's (owner, epoch) is not
+    the writer's any more (its lease expired and the run was taken over, released or ended).
+    Nothing was written; the worker must stop the run locally, writing nothing more."""
+
+    code = "lease_lost"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r}: lease lost (taken over, released or ended)")
+        self.run_id = run_id
 
 
 class ToolFailure(CulmError):

@@ -39,8 +39,11 @@ from culm.metrics.store import MetricsStore
 from culm.providers.resolve import ModelResolver
 from culm.providers.scripted import ScriptLibrary
 from culm.runtime.batcher import EventBatcher
+from culm.runtime.dispatch import Dispatcher, WorkerCounters
+from culm.runtime.lease import Heartbeat
 from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
+from culm.runtime.roles import Role
 from culm.runtime.streams import Streams
 from culm.runtime.subagents import SpawnAgentTool, SubAgentLimits, SubAgents
 from culm.scheduler import testclock
@@ -60,7 +63,11 @@ DEFAULT_GROUPS = {"read": ("read_file", "list_dir", "glob", "grep")}
 class Engine:
     """culm's engine: sessions, runs, live streams, cancel. Use it as an async context manager;
     leaving it drains cleanly (active runs are cancelled, or handed back by
-    ``shutdown_policy``; every event is stored)."""
+    ``shutdown_policy``; every event is stored).
+
+    ``role`` (:class:`~culm.runtime.roles.Role`) picks what the process does besides serving
+    the API: EMBEDDED (the default) claims and executes runs and ticks schedules; API only
+    reserves runs for workers; WORKER executes runs; CLI executes only the runs it starts."""
 
     def __init__(
         self,
@@ -70,8 +77,10 @@ class Engine:
         scripts: ScriptLibrary | None = None,
         store: Store | None = None,
         clock: Clock | None = None,
+        role: Role = Role.EMBEDDED,
     ) -> None:
         self.settings = settings or load_settings()
+        self.role = role
         # The schedules' time: tests pass a fake one (or, in processes, CULM_TEST_SCHEDULE_CLOCK).
         self._clock = clock or testclock.from_env() or utc_now
         self.subagents = SubAgents(
@@ -137,6 +146,7 @@ class Engine:
                 backlog_limit=settings.event_backlog_limit,
                 retry_window=settings.storage_retry_window,
                 on_unavailable=lambda run_ids, exc: self.runs.storage_unavailable(run_ids, exc),
+                on_rejected=lambda run_ids: self.runs.rejected(run_ids),
             )
             batcher.start()
             stack.push_async_callback(batcher.aclose)
@@ -149,11 +159,59 @@ class Engine:
                 batcher=batcher,
                 settings=settings,
                 context_factory=self._loop_context,
+                runs_own_runs=self.role is Role.CLI,
             )
+            await self._start_heartbeat(store, stack)  # closes after the runs are done
             await self.mcp.start(stack)  # before the runs: it closes after them
             await self.runs.start(stack)
+            self._start_dispatcher(store)  # the runs stop it first when they close
             await self._start_schedules(store, stack)
             self._stack = stack.pop_all()
+
+    async def _start_heartbeat(self, store: Store, stack: contextlib.AsyncExitStack) -> None:
+        """Leases, sweeper and ``workers`` row, for every role that executes runs."""
+        if self.role is Role.API:
+            return
+        embedded = isinstance(store, SqlStore) and store.dialect.name == "sqlite"
+        heartbeat = Heartbeat(
+            store,
+            owner=self.runs.owner,
+            kind=self.role.worker_kind,
+            settings=self.settings,
+            holder=self.runs.lease_holder(),
+            counters=self.runs.counters,
+            fast_restart=embedded,  # distributed (PostgreSQL): leases only, no pid shortcut
+        )
+        await heartbeat.start()
+        stack.push_async_callback(heartbeat.aclose)
+
+    def _start_dispatcher(self, store: Store) -> None:
+        """Claim ready runs from the queue (roles EMBEDDED and WORKER)."""
+        if not self.role.claims:
+            return
+        settings = self.settings
+        dispatcher = Dispatcher(
+            store,
+            owner=self.runs.owner,
+            concurrency=settings.worker_concurrency,
+            lease_seconds=settings.lease_seconds,
+            poll_seconds=settings.claim_poll_seconds,
+            active=lambda: len(self.registry),
+            launch=self.runs.launch,
+            counters=self.runs.counters,
+        )
+        self.runs.dispatcher = dispatcher
+        dispatcher.start()
+
+    @property
+    def worker_id(self) -> str:
+        """This process's worker id (the owner of the runs it executes)."""
+        return self.runs.owner
+
+    @property
+    def counters(self) -> WorkerCounters:
+        """Claims, takeovers and fenced writes of this process (cumulative)."""
+        return self.runs.counters
 
     async def aclose(self) -> None:
         self.close_streams()
@@ -190,7 +248,7 @@ class Engine:
             self._clock,
             interval=self.settings.schedule_tick,
             grace=self.settings.schedule_misfire_grace,
-            enabled=self.settings.scheduler,
+            enabled=self.settings.scheduler and self.role.ticks,
         )
         self.schedules = Schedules(schedule_store, self._ticker, self, self._clock)
         await self._ticker.start(stack)

@@ -24,7 +24,8 @@ from culm.mcp.config import SETTINGS_ORIGIN, ServerConfig, parse_servers
 
 
 class RecoveryPolicy(StrEnum):
-    """What start-up does with runs a dead process left active."""
+    """What a sweeper does with a run whose lease expired (its owner is gone): a database-wide
+    behaviour, since every sweeper applies its own setting, so set it alike everywhere."""
 
     REQUEUE = "requeue"
     ERROR = "error"
@@ -155,7 +156,14 @@ class Settings(BaseSettings):
     subscriber_queue_size: int = Field(default=1000, ge=1)
     recovery_policy: RecoveryPolicy = RecoveryPolicy.ERROR
     max_attempts: int = Field(default=3, ge=1)
-    lease_seconds: float = Field(default=30.0, gt=0)
+    # Leases, in the database's time: every `heartbeat_seconds` a process renews the leases of
+    # the runs it executes by `lease_seconds`; a run whose lease runs out is taken over.
+    lease_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    # How many runs one worker (or embedded server) executes at once, and how often it looks
+    # for ready runs when no wake-up came (a lost notification).
+    worker_concurrency: int = Field(default=64, ge=1)
+    claim_poll_seconds: float = Field(default=2.0, gt=0)
     shutdown_policy: ShutdownPolicy = ShutdownPolicy.CANCEL
     shutdown_grace: float = Field(default=0.0, ge=0)
     # How long the store may keep failing (disk full, database gone) before the runs whose

@@ -45,8 +45,7 @@ async def _insert(store: SqlStore, run: Run, *, queued: bool = False) -> None:
 
 async def _active(store: SqlStore, session_id: str) -> str:
     run = _run(session_id)
-    lease = utc_now() + timedelta(minutes=5)
-    await store.reserve_run(run, owner="host-a", lease_expires_at=lease, queue=False)
+    await store.reserve_run(run, queue=False, owner="host-a", lease_seconds=300)
     return run.run_id
 
 

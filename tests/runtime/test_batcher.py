@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from culm.domain.events import RunEvent, Token
 from culm.domain.models import Run, Session
 from culm.domain.time import utc_now
 from culm.runtime.batcher import EventBatcher
+from culm.storage.base import Fence
 from culm.storage.sql import SqlStore
 
 
@@ -22,13 +23,15 @@ class FlakyStore(SqlStore):
         self.failed = asyncio.Event()  # set at the first failure
         self.batches: list[int] = []
 
-    async def append_events(self, events: Sequence[RunEvent]) -> None:
+    async def append_events(
+        self, events: Sequence[RunEvent], *, fences: Mapping[str, Fence] | None = None
+    ) -> set[str]:
         if self.failures:
             self.failures -= 1
             self.failed.set()
             raise OSError("disk on fire")
         self.batches.append(len(events))
-        await super().append_events(events)
+        return await super().append_events(events, fences=fences)
 
 
 async def _store(tmp_path: Path, failures: int = 0) -> FlakyStore:
@@ -125,11 +128,13 @@ class SlowStore(FlakyStore):
         self.gate = asyncio.Event()
         self.arrived = asyncio.Queue[int]()  # the size of each batch that reaches the gate
 
-    async def append_events(self, events: Sequence[RunEvent]) -> None:
+    async def append_events(
+        self, events: Sequence[RunEvent], *, fences: Mapping[str, Fence] | None = None
+    ) -> set[str]:
         self.arrived.put_nowait(len(events))
         await self.gate.wait()
         self.gate.clear()
-        await super().append_events(events)
+        return await super().append_events(events, fences=fences)
 
 
 async def test_a_producer_waits_for_room_until_half_the_backlog_is_stored(

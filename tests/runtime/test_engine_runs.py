@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -147,28 +146,6 @@ async def test_enqueue_runs_after_the_active_run(engine: culm.Engine) -> None:
     assert done[1].completed_at <= done[2].started_at  # type: ignore[operator]
     texts = [m.content for m in await engine.get_messages(session.session_id)]
     assert texts == ["one", "You said: one", "two", "You said: two", "three", "You said: three"]
-
-
-async def test_a_run_ends_without_promoting_unless_runs_wait(engine: culm.Engine) -> None:
-    promoted: list[str] = []
-    promote = engine.store.promote_next
-
-    async def recording(session_id: str, **kwargs: Any) -> culm.Run | None:
-        promoted.append(session_id)
-        return await promote(session_id, **kwargs)
-
-    engine.store.promote_next = recording  # type: ignore[method-assign]
-    engine.scripts.register("brief", {"turns": [[{"delay": 0.2}, {"echo": True}]]})
-    session = await engine.create_session(model="scripted:brief")
-    alone = await engine.start_run(session.session_id, "alone")
-    await engine.wait(alone.run_id, timeout=10)
-    assert promoted == []  # nothing queued: no promote transaction
-
-    first = await engine.start_run(session.session_id, "one")
-    second = await engine.start_run(session.session_id, "two", multitask="enqueue")
-    for run in (first, second):
-        assert (await engine.wait(run.run_id, timeout=10)).status is culm.RunStatus.COMPLETED
-    assert promoted == [session.session_id]  # after the first only
 
 
 async def test_interrupt_cancels_the_active_run_and_starts_the_new_one(

@@ -2,15 +2,15 @@
 
 The run must still end, with the status its terminal event says, and free its session: the
 manager retries ``finish_run`` within the storage retry window; past it, the run's lease is no
-longer renewed and the process's own recovery ends it from its stored terminal event (it has no
-runner left). Recovery never appends after a terminal event, nor re-queues such a run.
+longer renewed and a sweeper (this process's own, too) ends it from its stored terminal event (it
+has no runner left). A sweeper never appends after a terminal event, nor re-queues such a run.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ from culm.domain.events import RunEvent, is_terminal
 from culm.domain.models import RunStatus, Usage
 from culm.domain.time import utc_now
 from culm.errors import StorageUnavailableError
+from culm.storage.base import Fence, Renewal
 from culm.storage.schema import runs
 from culm.storage.sql import SqlStore
-from tests.support import collect, settings, types
+from tests.support import collect, launched, settings, types
 
 
 class FinishFailingStore(SqlStore):
@@ -38,17 +39,15 @@ class FinishFailingStore(SqlStore):
         self,
         run_id: str,
         *,
+        fence: Fence | None,
         status: RunStatus,
         error: str | None,
         usage: Usage,
-        completed_at: datetime,
-    ) -> bool:
+    ) -> None:
         if self.failed < self.failures:
             self.failed += 1
             raise StorageUnavailableError("the store is unavailable: disk I/O error")
-        return await super().finish_run(
-            run_id, status=status, error=error, usage=usage, completed_at=completed_at
-        )
+        await super().finish_run(run_id, fence=fence, status=status, error=error, usage=usage)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -94,7 +93,7 @@ async def test_a_run_whose_finish_keeps_failing_is_ended_by_its_terminal_event(
     tmp_path: Path, database_url: str
 ) -> None:
     # finish_run fails past the retry window: the runner is gone, the run still `running`
-    # under this process; its lease runs out and this process's recovery ends it.
+    # under this process; its lease runs out and this process's sweeper ends it.
     engine = _engine(
         tmp_path,
         database_url,
@@ -119,8 +118,8 @@ async def test_recovery_after_a_crash_sets_the_status_from_the_terminal_event(
     )
     async with engine:
         run = await engine.run("hi", model="scripted:echo")
-        async with asyncio.timeout(30):
-            while engine.registry.get(run.run_id) is not None:
+        async with asyncio.timeout(30):  # until its end is stored and its runner dropped
+            while engine.registry.get(run.run_id) is not None or not await _ended(engine, run):
                 await asyncio.sleep(0.01)
         assert (await engine.get_run(run.run_id)).status is RunStatus.RUNNING
         # Its owner is gone once its lease has run out (this test's process lives on).
@@ -132,25 +131,39 @@ async def test_recovery_after_a_crash_sets_the_status_from_the_terminal_event(
         await _ends_as_its_terminal_event_says(engine, run.run_id)
 
 
+async def _ended(engine: culm.Engine, run: culm.Run) -> bool:
+    events = await engine.store.read_events(run.run_id)
+    return bool(events) and is_terminal(events[-1])
+
+
 class TerminalRefusingStore(FinishFailingStore):
     """The real store, but it refuses batches holding a terminal event while ``refuse`` is set,
-    and hands every lease renewal's run ids to ``renewals``."""
+    and hands the run ids each heartbeat renewed to ``renewals``."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url, failures=0)
         self.refuse = True
         self.renewals: asyncio.Queue[list[str]] = asyncio.Queue()
+        self._renewed: list[str] = []
 
-    async def append_events(self, events: Sequence[RunEvent]) -> None:
+    async def append_events(
+        self, events: Sequence[RunEvent], *, fences: Mapping[str, Fence] | None = None
+    ) -> set[str]:
         if self.refuse and any(is_terminal(event) for event in events):
             raise StorageUnavailableError("the store is unavailable: disk I/O error")
-        await super().append_events(events)
+        return await super().append_events(events, fences=fences)
 
     async def renew_leases(
-        self, owner: str, run_ids: Sequence[str], lease_expires_at: datetime
-    ) -> list[str]:
-        self.renewals.put_nowait(list(run_ids))
-        return await super().renew_leases(owner, run_ids, lease_expires_at)
+        self, owner: str, fences: Mapping[str, int], lease_seconds: float
+    ) -> Renewal:
+        self._renewed += fences
+        return await super().renew_leases(owner, fences, lease_seconds)
+
+    async def worker_heartbeat(self, worker_id: str, **counters: int) -> None:
+        # The heartbeat's last step: what it renewed this beat (nothing renewed: []).
+        self.renewals.put_nowait(self._renewed)
+        self._renewed = []
+        await super().worker_heartbeat(worker_id, **counters)
 
 
 async def test_a_run_stuck_finalizing_past_the_window_has_its_lease_no_longer_renewed(
@@ -163,13 +176,15 @@ async def test_a_run_stuck_finalizing_past_the_window_has_its_lease_no_longer_re
         scheduler=False,
         storage_retry_window=0.5,
         lease_seconds=600.0,
+        heartbeat_seconds=0.1,
     )
     async with culm.Engine(config, store=store) as engine:
         run = await engine.run("hi", model="scripted:echo")
-        runner = engine.registry.get(run.run_id)
-        assert runner is not None
+        runner = await launched(engine, run.run_id)
         async with asyncio.timeout(30):
-            while run.run_id in await store.renewals.get():  # renewed while it runs, then not
+            while run.run_id not in await store.renewals.get():  # renewed while it runs
+                pass
+            while run.run_id in await store.renewals.get():  # then not
                 pass
         assert engine.registry.get(run.run_id) is runner and runner.finalizing  # still stuck
         store.refuse = False  # the store takes its end again: the run completes

@@ -11,7 +11,7 @@ import pytest
 
 import culm
 from culm.storage.sql import SqlStore
-from tests.support import collect, settings, types
+from tests.support import collect, launched, settings, types
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 REQUEUE_WORKER = Path(__file__).with_name("requeue_worker.py")
@@ -126,7 +126,7 @@ async def test_clean_shutdown_cancels_active_runs(tmp_path: Path) -> None:
         queued = await engine.start_run(
             run.session_id, "next", multitask="enqueue", model="scripted:echo"
         )
-        await asyncio.sleep(0.1)
+        await launched(engine, run.run_id)
     async with culm.Engine(settings(tmp_path)) as engine:
         ended = await engine.get_run(run.run_id)
         assert ended.status is culm.RunStatus.CANCELLED
@@ -142,14 +142,16 @@ async def test_shutdown_policy_recover_hands_runs_back(tmp_path: Path) -> None:
     async with culm.Engine(engine_settings) as engine:
         engine.scripts.register("stuck", {"turns": [[{"text": "a"}, {"delay": 3600}]]})
         run = await engine.run("go", model="scripted:stuck")
-        await asyncio.sleep(0.1)
-    # The stopped engine left nothing `running`: the run is pending again, owned by nobody.
+        await launched(engine, run.run_id)
+    # The stopped engine left nothing `running`: the run is ready again, for any worker.
     store = SqlStore(engine_settings.resolved_database_url)
     await store.start()
     try:
         row = await store.get_run(run.run_id)
         assert row is not None and row.status is culm.RunStatus.PENDING
-        assert [o.owner for o in await store.list_orphan_candidates(exclude_owner="x")] == [None]
+        assert row.attempt == 2
+        stats = await store.queue_stats()
+        assert (stats.ready, stats.running) == (1, 0)
     finally:
         await store.aclose()
     async with _engine(engine_settings, {"turns": [[{"text": "finished now"}]]}) as engine:
@@ -162,6 +164,7 @@ async def test_shutdown_grace_lets_short_runs_finish(tmp_path: Path) -> None:
     async with culm.Engine(settings(tmp_path, shutdown_grace=5)) as engine:
         engine.scripts.register("short", {"turns": [[{"delay": 0.2}, {"text": "done"}]]})
         run = await engine.run("go", model="scripted:short")
+        await launched(engine, run.run_id)  # claimed (one not yet claimed stays ready)
     async with culm.Engine(settings(tmp_path)) as engine:
         assert (await engine.get_run(run.run_id)).status is culm.RunStatus.COMPLETED
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import timedelta
 from typing import Any
 
 from culm.domain.models import Run, RunStatus, Usage
-from culm.domain.time import new_id, utc_now
+from culm.domain.time import new_id
 from culm.errors import AlreadyRunningError
 from culm.storage.sql import SqlStore
 
@@ -31,9 +30,11 @@ async def _attempt(
 ) -> None:
     run = Run(run_id=new_id(), session_id=session_id, model="scripted:demo")
     queue = mode == "hold" and i % 2 == 1
-    lease = utc_now() + timedelta(minutes=5)
     try:
-        reservation = await store.reserve_run(run, owner=owner, lease_expires_at=lease, queue=queue)
+        if queue:
+            reservation = await store.reserve_run(run, queue=True)
+        else:
+            reservation = await store.reserve_run(run, queue=False, owner=owner, lease_seconds=300)
     except AlreadyRunningError as exc:
         out["rejected"].append([session_id, exc.run_id])
         return
@@ -44,10 +45,10 @@ async def _attempt(
     if mode == "cycle":
         await store.finish_run(
             run.run_id,
+            fence=(owner, 1),
             status=RunStatus.COMPLETED,
             error=None,
             usage=Usage(),
-            completed_at=utc_now(),
         )
 
 

@@ -60,10 +60,11 @@ from culm.domain.models import (
     Usage,
     UserMessage,
 )
-from culm.domain.time import new_id, utc_now
-from culm.errors import AlreadyRunningError, SessionBusyError
-from culm.storage.base import Orphan, Reservation
+from culm.domain.time import new_id
+from culm.errors import AlreadyRunningError, LeaseLostError, SessionBusyError
+from culm.storage.base import Renewal, Reservation
 from culm.storage.schema import messages as messages_table
+from culm.storage.schema import runs as runs_table
 from culm.storage.sql import SqlStore
 
 T0 = datetime(2026, 11, 21, 8, 0, 0, 123456, tzinfo=UTC)
@@ -71,10 +72,6 @@ WORKER = Path(__file__).with_name("reserve_worker.py")
 
 
 # Builders
-
-
-def lease() -> datetime:
-    return utc_now() + timedelta(minutes=5)
 
 
 def a_session(**fields: Any) -> Session:
@@ -103,27 +100,31 @@ async def reserve(
     jump_queue: bool = False,
     **fields: Any,
 ) -> Reservation:
+    """A run reserved for ``owner`` (claimed at once, epoch 1); with ``queue``, unowned (a run
+    reserved for an owner never queues)."""
     run = a_run(session_id, **fields)
-    return await store.reserve_run(
-        run, owner=owner, lease_expires_at=lease(), queue=queue, jump_queue=jump_queue
-    )
+    if queue:
+        return await store.reserve_run(run, queue=True, jump_queue=jump_queue)
+    return await store.reserve_run(run, queue=False, owner=owner, lease_seconds=300)
 
 
 async def running_run(store: SqlStore, owner: str = "w1") -> Run:
-    """A run that ``owner`` reserved and claimed, on a fresh session."""
+    """A run that ``owner`` reserved and started (epoch 1), on a fresh session."""
     session = await new_session(store)
     run = (await reserve(store, session.session_id, owner=owner)).run
-    claimed = await store.claim_run(
-        run.run_id, owner=owner, lease_expires_at=lease(), started_at=utc_now()
-    )
-    assert claimed is not None
-    return claimed
+    started = await store.start_run(run.run_id, 1, owner=owner)
+    assert started is not None
+    return started
 
 
-async def finish(store: SqlStore, run_id: str, status: RunStatus = RunStatus.COMPLETED) -> bool:
-    return await store.finish_run(
-        run_id, status=status, error=None, usage=Usage(), completed_at=utc_now()
-    )
+async def finish(store: SqlStore, run_id: str, status: RunStatus = RunStatus.COMPLETED) -> None:
+    """End a run unfenced (as the store's own callers may)."""
+    await store.finish_run(run_id, fence=None, status=status, error=None, usage=Usage())
+
+
+async def leases(store: SqlStore) -> dict[str, datetime]:
+    rows = await raw_rows(store, sa.select(runs_table.c.run_id, runs_table.c.lease_expires_at))
+    return {row.run_id: row.lease_expires_at for row in rows}
 
 
 def stamp(run: Run, events: Sequence[RunEventBase], *, first_seq: int = 1) -> list[RunEvent]:
@@ -146,15 +147,6 @@ async def get(store: SqlStore, run_id: str) -> Run:
     run = await store.get_run(run_id)
     assert run is not None
     return run
-
-
-async def orphan_of(store: SqlStore, run_id: str) -> Orphan:
-    """The run as ``list_orphan_candidates`` shows it (with its owner and lease)."""
-    found = [
-        o for o in await store.list_orphan_candidates(exclude_owner="") if o.run.run_id == run_id
-    ]
-    assert len(found) == 1, f"{run_id} is not an orphan candidate"
-    return found[0]
 
 
 async def raw_rows(store: SqlStore, query: sa.Select[Any]) -> list[sa.Row[Any]]:
@@ -233,7 +225,7 @@ async def test_delete_refused_while_a_run_holds_the_slot(store: SqlStore, claime
     session = await new_session(store)
     run = (await reserve(store, session.session_id)).run
     if claimed:
-        await store.claim_run(run.run_id, owner="w1", lease_expires_at=lease(), started_at=T0)
+        await store.start_run(run.run_id, 1, owner="w1")
 
     with pytest.raises(SessionBusyError) as busy:
         await store.delete_session(session.session_id)
@@ -285,27 +277,45 @@ async def test_messages_append_and_read_in_order(store: SqlStore) -> None:
 # The active-run slot and the queue
 
 
-async def test_reserve_run_takes_the_free_slot(store: SqlStore) -> None:
+async def test_reserve_run_takes_the_free_slot_ready_and_unowned(store: SqlStore) -> None:
     session = await new_session(store)
     run = a_run(session.session_id, trigger=RunTrigger.CLI, input="hello", created_at=T0)
 
-    reservation = await store.reserve_run(run, owner="w1", lease_expires_at=lease(), queue=False)
+    reservation = await store.reserve_run(run, queue=False)
 
     assert reservation == Reservation(run=run, active_run_id=None)
     assert await store.get_run(run.run_id) == run
     assert await store.get_active_run(session.session_id) == run
+    [row] = await raw_rows(store, sa.select(runs_table).where(runs_table.c.run_id == run.run_id))
+    assert (row.owner, row.lease_expires_at, row.epoch) == (None, None, 0)
 
 
-@pytest.mark.parametrize("claimed", [False, True], ids=["pending", "running"])
-async def test_reserve_on_a_busy_session_is_refused(store: SqlStore, claimed: bool) -> None:
+async def test_reserving_for_an_owner_claims_it_at_once(store: SqlStore) -> None:
+    session = await new_session(store)
+    run = a_run(session.session_id)
+
+    reservation = await store.reserve_run(run, queue=True, owner="w1", lease_seconds=300)
+
+    assert reservation.run.epoch == 1
+    assert (await get(store, run.run_id)).epoch == 1
+    [row] = await raw_rows(store, sa.select(runs_table).where(runs_table.c.run_id == run.run_id))
+    assert (row.owner, row.status, row.queued) == ("w1", "pending", False)
+    assert await store.claim_runs("w2", limit=10, lease_seconds=300) == [], "never ready"
+    # It never enters the queue: a busy slot refuses it whatever ``queue`` says.
+    with pytest.raises(AlreadyRunningError):
+        await store.reserve_run(a_run(session.session_id), queue=True, owner="w1", lease_seconds=9)
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["pending", "running"])
+async def test_reserve_on_a_busy_session_is_refused(store: SqlStore, started: bool) -> None:
     session = await new_session(store)
     active = (await reserve(store, session.session_id)).run
-    if claimed:
-        await store.claim_run(active.run_id, owner="w1", lease_expires_at=lease(), started_at=T0)
+    if started:
+        await store.start_run(active.run_id, 1, owner="w1")
     refused = a_run(session.session_id)
 
     with pytest.raises(AlreadyRunningError) as err:
-        await store.reserve_run(refused, owner="w2", lease_expires_at=lease(), queue=False)
+        await store.reserve_run(refused, queue=False)
 
     assert (err.value.session_id, err.value.run_id) == (session.session_id, active.run_id)
     assert await store.get_run(refused.run_id) is None
@@ -316,7 +326,7 @@ async def test_a_queued_run_waits_behind_the_active_one(store: SqlStore) -> None
     session = await new_session(store)
     active = (await reserve(store, session.session_id)).run
 
-    reservation = await reserve(store, session.session_id, owner="w2", queue=True)
+    reservation = await reserve(store, session.session_id, queue=True)
 
     assert reservation.active_run_id == active.run_id
     assert reservation.run.queued is True
@@ -324,14 +334,11 @@ async def test_a_queued_run_waits_behind_the_active_one(store: SqlStore) -> None
     assert (stored.status, stored.queued) == (RunStatus.PENDING, True)
     assert (await get(store, active.run_id)).queued is False
     assert await store.get_active_run(session.session_id) == await get(store, active.run_id)
-    # A queued run is not claimable: it has no slot and no owner yet.
-    claim = await store.claim_run(
-        stored.run_id, owner="w2", lease_expires_at=lease(), started_at=T0
-    )
-    assert claim is None
+    # A queued run is not claimable: it has no slot yet.
+    assert await store.claim_runs("w2", limit=10, lease_seconds=300) == []
 
 
-async def test_promote_next_follows_queue_order_and_jump_queue(store: SqlStore) -> None:
+async def test_finishing_a_run_makes_the_next_queued_ready_in_queue_order(store: SqlStore) -> None:
     session = await new_session(store)
     sid = session.session_id
     first = (await reserve(store, sid)).run
@@ -339,137 +346,112 @@ async def test_promote_next_follows_queue_order_and_jump_queue(store: SqlStore) 
     c = (await reserve(store, sid, queue=True)).run
     d = (await reserve(store, sid, queue=True, jump_queue=True)).run
     e = (await reserve(store, sid, queue=True, jump_queue=True)).run
-
-    # The slot is taken: nothing moves.
-    assert await store.promote_next(sid, owner="w9", lease_expires_at=lease()) is None
+    other = (await reserve(store, (await new_session(store)).session_id, queue=True)).run
 
     order = []
-    current = first
+    current, epoch, owner = first, 1, "w1"
     while True:
-        await finish(store, current.run_id)
-        promoted = await store.promote_next(sid, owner="w2", lease_expires_at=lease())
-        if promoted is None:
+        await store.finish_run(
+            current.run_id,
+            fence=(owner, epoch),
+            status=RunStatus.COMPLETED,
+            error=None,
+            usage=Usage(),
+        )
+        claimed = await store.claim_runs("w2", limit=10, lease_seconds=300)
+        if not claimed:
             break
+        [promoted] = [run for run in claimed if run.session_id == sid]
         assert (promoted.status, promoted.queued) == (RunStatus.PENDING, False)
         assert await store.get_active_run(sid) == promoted
-        claimed = await store.claim_run(
-            promoted.run_id, owner="w2", lease_expires_at=lease(), started_at=T0
-        )
-        assert claimed is not None, "a promoted run is claimable by its new owner"
+        assert await store.start_run(promoted.run_id, promoted.epoch, owner="w2") is not None
         order.append(promoted.run_id)
-        current = promoted
+        current, epoch, owner = promoted, promoted.epoch, "w2"
 
     assert order == [e.run_id, d.run_id, b.run_id, c.run_id]
     assert await store.get_active_run(sid) is None
+    assert (await get(store, other.run_id)).queued is False, "another session: ready at once"
 
 
-async def test_promote_next_without_a_queue_is_none(store: SqlStore) -> None:
-    session = await new_session(store)
-    assert (
-        await store.promote_next(session.session_id, owner="w1", lease_expires_at=lease()) is None
-    )
+# Starts, leases, cancel, finish
 
 
-async def test_concurrent_promote_next_gives_the_run_to_one_owner(store: SqlStore) -> None:
-    session = await new_session(store)
-    sid = session.session_id
-    first = (await reserve(store, sid)).run
-    queued = [(await reserve(store, sid, queue=True)).run for _ in range(3)]
-    await finish(store, first.run_id)
-
-    results = await asyncio.gather(
-        *(store.promote_next(sid, owner=f"w{i}", lease_expires_at=lease()) for i in range(10)),
-        return_exceptions=True,
-    )
-
-    promoted = [r for r in results if r is not None]
-    assert len(promoted) == 1, results
-    assert isinstance(promoted[0], Run)
-    assert promoted[0].run_id == queued[0].run_id
-    owner = (await orphan_of(store, queued[0].run_id)).owner
-    winner = results.index(promoted[0])
-    assert owner == f"w{winner}", "the owner in the row is the caller that was told it won"
-
-
-# Claims, leases, cancel, finish
-
-
-async def test_claim_run_only_by_its_owner(store: SqlStore) -> None:
-    session = await new_session(store)
-    run = (await reserve(store, session.session_id, owner="w1")).run
-    started = T0 + timedelta(seconds=1)
-
-    assert (
-        await store.claim_run(run.run_id, owner="w2", lease_expires_at=lease(), started_at=T0)
-        is None
-    )
-    claimed = await store.claim_run(
-        run.run_id, owner="w1", lease_expires_at=lease(), started_at=started
-    )
-
-    assert claimed is not None
-    assert (claimed.status, claimed.started_at) == (RunStatus.RUNNING, started)
-    assert await get(store, run.run_id) == claimed
-    # Only a pending run can be claimed.
-    again = await store.claim_run(run.run_id, owner="w1", lease_expires_at=lease(), started_at=T0)
-    assert again is None
-    assert (
-        await store.claim_run(new_id(), owner="w1", lease_expires_at=lease(), started_at=T0) is None
-    )
-
-
-async def test_a_run_with_a_cancel_request_cannot_be_claimed(store: SqlStore) -> None:
+async def test_start_run_only_by_its_owner_at_its_epoch(store: SqlStore) -> None:
     session = await new_session(store)
     run = (await reserve(store, session.session_id, owner="w1")).run
 
-    await store.request_cancel(run.run_id, "user")
+    with pytest.raises(LeaseLostError):
+        await store.start_run(run.run_id, 1, owner="w2")
+    with pytest.raises(LeaseLostError):
+        await store.start_run(run.run_id, 2, owner="w1")
+    started = await store.start_run(run.run_id, 1, owner="w1")
 
-    assert (
-        await store.claim_run(run.run_id, owner="w1", lease_expires_at=lease(), started_at=T0)
-        is None
-    )
-    assert (await get(store, run.run_id)).status is not RunStatus.RUNNING
+    assert started is not None
+    assert started.status is RunStatus.RUNNING and is_utc(started.started_at)
+    assert await get(store, run.run_id) == started
+    # Only a pending run can be started; an unknown one is not there to start.
+    assert await store.start_run(run.run_id, 1, owner="w1") is None
+    assert await store.start_run(new_id(), 1, owner="w1") is None
 
 
-async def test_a_claim_appends_the_runs_first_message_once(store: SqlStore) -> None:
+async def test_a_claimed_run_with_a_cancel_request_ends_instead_of_starting(
+    store: SqlStore,
+) -> None:
+    session = await new_session(store)
+    run = (await reserve(store, session.session_id, owner="w1")).run
+
+    flagged = await store.request_cancel(run.run_id, "user")
+    assert flagged is not None and flagged.status is RunStatus.PENDING, "owned: only flagged"
+
+    assert await store.start_run(run.run_id, 1, owner="w1") is None
+    ended = await get(store, run.run_id)
+    assert ended.status is RunStatus.CANCELLED
+    [cancel] = await store.read_events(run.run_id)
+    assert isinstance(cancel, Cancelled) and cancel.reason == "user"
+    assert await store.get_active_run(session.session_id) is None
+
+
+async def test_a_start_appends_the_runs_first_message_once(store: SqlStore) -> None:
     session = await new_session(store)
     run = (await reserve(store, session.session_id, owner="w1")).run
     message = UserMessage(content="hello")
 
-    async def claim(owner: str = "w1") -> Run | None:
-        return await store.claim_run(
-            run.run_id, owner=owner, lease_expires_at=lease(), started_at=T0, message=message
-        )
-
-    assert await claim(owner="w2") is None  # not claimed: nothing appended
+    with pytest.raises(LeaseLostError):  # not started: nothing appended
+        await store.start_run(run.run_id, 1, owner="w2", message=message)
     assert await store.get_messages(session.session_id) == []
-    assert await claim() is not None
+    assert await store.start_run(run.run_id, 1, owner="w1", message=message) is not None
     assert await store.get_messages(session.session_id) == [message]
     assert await store.has_run_messages(run.run_id)
-    # A later attempt (after a recovery re-queued it) does not append it again.
-    orphan = await orphan_of(store, run.run_id)
-    await store.recover_run(
-        orphan, owner="w1", lease_expires_at=lease(), requeue=True, now=utc_now(), events=[]
-    )
-    assert await claim() is not None
+    # A later attempt (after a release re-queued it) does not append it again.
+    assert await store.release_runs("w1", {run.run_id: 1}) == [run.run_id]
+    [again] = await store.claim_runs("w2", limit=1, lease_seconds=300)
+    assert (again.run_id, again.attempt, again.epoch) == (run.run_id, 2, 3)
+    assert await store.start_run(run.run_id, 3, owner="w2", message=message) is not None
     assert await store.get_messages(session.session_id) == [message]
 
 
-async def test_renew_leases_extends_and_reports_cancel_requests(store: SqlStore) -> None:
+async def test_renew_leases_extends_ours_and_reports_cancel_requests_and_lost_runs(
+    store: SqlStore,
+) -> None:
     mine = [await running_run(store, "w1") for _ in range(3)]
     theirs = await running_run(store, "w2")
     await store.request_cancel(mine[0].run_id, "user")
     await store.request_cancel(theirs.run_id, "user")
-    new_lease = utc_now() + timedelta(hours=1)
+    before = await leases(store)
 
-    ids = [r.run_id for r in (*mine, theirs)]
-    cancelled = await store.renew_leases("w1", ids, new_lease)
+    fences = {run.run_id: 1 for run in (*mine, theirs)}
+    fences[mine[2].run_id] = 7  # a stale epoch: no longer ours
+    renewal = await store.renew_leases("w1", fences, 3600)
 
-    assert cancelled == [mine[0].run_id]
-    for run in mine:
-        assert (await orphan_of(store, run.run_id)).lease_expires_at == new_lease
-    assert (await orphan_of(store, theirs.run_id)).lease_expires_at != new_lease
-    assert await store.renew_leases("w1", [], new_lease) == []
+    assert renewal == Renewal(
+        cancel_requested=[mine[0].run_id], lost=sorted([mine[2].run_id, theirs.run_id])
+    )
+    after = await leases(store)
+    for run in mine[:2]:
+        assert after[run.run_id] > before[run.run_id]
+    for run in (mine[2], theirs):
+        assert after[run.run_id] == before[run.run_id]
+    assert await store.renew_leases("w1", {}, 3600) == Renewal(cancel_requested=[], lost=[])
 
 
 async def test_cancelling_a_queued_run_ends_it_at_once(store: SqlStore) -> None:
@@ -479,13 +461,12 @@ async def test_cancelling_a_queued_run_ends_it_at_once(store: SqlStore) -> None:
     # Events left from an earlier attempt: the cancel goes after them.
     await store.append_events(tokens(queued, 2))
 
-    before = utc_now()
     result = await store.request_cancel(queued.run_id, "user asked")
 
     assert result is not None
     assert result == await get(store, queued.run_id)
     assert (result.status, result.queued, result.last_seq) == (RunStatus.CANCELLED, False, 3)
-    assert result.completed_at is not None and result.completed_at >= before
+    assert is_utc(result.completed_at)
     events = await store.read_events(queued.run_id)
     assert [e.seq for e in events] == [1, 2, 3]
     cancel = events[-1]
@@ -499,24 +480,35 @@ async def test_cancelling_a_queued_run_ends_it_at_once(store: SqlStore) -> None:
     # The active run is untouched and nothing gets promoted from the queue any more.
     assert await store.get_active_run(session.session_id) == await get(store, active.run_id)
     await finish(store, active.run_id)
-    assert (
-        await store.promote_next(session.session_id, owner="w1", lease_expires_at=lease()) is None
-    )
+    assert await store.get_active_run(session.session_id) is None
 
 
-async def test_cancel_racing_a_claim_never_ends_a_run_its_owner_runs(store: SqlStore) -> None:
+async def test_cancelling_a_ready_run_ends_it_and_readies_the_next(store: SqlStore) -> None:
+    session = await new_session(store)
+    ready = (await store.reserve_run(a_run(session.session_id), queue=False)).run
+    queued = (await reserve(store, session.session_id, queue=True)).run
+
+    result = await store.request_cancel(ready.run_id, "user")
+
+    assert result is not None and result.status is RunStatus.CANCELLED
+    [claimed] = await store.claim_runs("w1", limit=5, lease_seconds=300)
+    assert claimed.run_id == queued.run_id
+
+
+async def test_cancel_racing_a_start_never_ends_a_run_its_owner_runs(store: SqlStore) -> None:
     session = await new_session(store)
     for _ in range(20):
         run = (await reserve(store, session.session_id)).run
-        claimed, _ = await asyncio.gather(
-            store.claim_run(run.run_id, owner="w1", lease_expires_at=lease(), started_at=T0),
+        started, _ = await asyncio.gather(
+            store.start_run(run.run_id, 1, owner="w1"),
             store.request_cancel(run.run_id, "user"),
         )
         final = await get(store, run.run_id)
-        if claimed is not None:
+        if started is not None:
             # The owner runs it: the cancel must only be flagged for the owner to act on.
             assert final.status is RunStatus.RUNNING
-            assert await store.renew_leases("w1", [run.run_id], lease()) == [run.run_id]
+            renewal = await store.renew_leases("w1", {run.run_id: 1}, 300)
+            assert renewal.cancel_requested == [run.run_id]
             await finish(store, run.run_id, RunStatus.CANCELLED)
         else:
             assert final.status is RunStatus.CANCELLED
@@ -533,7 +525,8 @@ async def test_cancelling_a_running_run_only_flags_it(store: SqlStore) -> None:
     assert first is not None and second is not None
     assert first.status is second.status is RunStatus.RUNNING
     assert await store.last_event_seq(run.run_id) == 2, "the owner writes the terminal event"
-    assert await store.renew_leases("w1", [run.run_id], lease()) == [run.run_id]
+    renewal = await store.renew_leases("w1", {run.run_id: 1}, 300)
+    assert renewal.cancel_requested == [run.run_id]
 
 
 async def test_cancelling_a_terminal_run_changes_nothing(store: SqlStore) -> None:
@@ -551,31 +544,24 @@ async def test_cancelling_a_terminal_run_changes_nothing(store: SqlStore) -> Non
 async def test_finish_run_records_the_outcome_and_frees_the_slot(store: SqlStore) -> None:
     run = await running_run(store)
     usage = Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, cache_read_tokens=3)
-    done_at = T0 + timedelta(minutes=1)
 
-    queued = await store.finish_run(
-        run.run_id, status=RunStatus.ERROR, error="boom", usage=usage, completed_at=done_at
+    await store.finish_run(
+        run.run_id, fence=("w1", 1), status=RunStatus.ERROR, error="boom", usage=usage
     )
-
-    assert queued is False  # no run waits in the session's queue
 
     finished = await get(store, run.run_id)
     assert (finished.status, finished.error, finished.usage) == (RunStatus.ERROR, "boom", usage)
-    assert finished.completed_at == done_at and is_utc(finished.completed_at)
+    assert is_utc(finished.completed_at)
+    assert finished.started_at is not None and finished.completed_at is not None
+    assert finished.completed_at >= finished.started_at, "both database time"
     assert await store.get_active_run(run.session_id) is None
-    assert await store.list_orphan_candidates(exclude_owner="") == []
     assert (await reserve(store, run.session_id)).active_run_id is None
-
-
-async def test_finish_run_says_whether_runs_wait_in_the_queue(store: SqlStore) -> None:
-    session = await new_session(store)
-    active = (await reserve(store, session.session_id)).run
-    await reserve(store, session.session_id, queue=True)
-    other = await running_run(store)  # another session's queue is not this one's
-
-    assert await finish(store, active.run_id) is True
-    assert await finish(store, other.run_id) is False
-    assert await finish(store, new_id()) is False
+    # Fenced: once it ended (owner gone), a second finish is a lost lease.
+    with pytest.raises(LeaseLostError):
+        await store.finish_run(
+            run.run_id, fence=("w1", 1), status=RunStatus.COMPLETED, error=None, usage=usage
+        )
+    assert (await get(store, run.run_id)).status is RunStatus.ERROR
 
 
 async def test_list_runs_filters_newest_first(store: SqlStore) -> None:
@@ -607,248 +593,20 @@ async def test_list_runs_filters_newest_first(store: SqlStore) -> None:
     assert await store.list_runs(session_id=s2.session_id, status=RunStatus.COMPLETED) == []
 
 
-# Crash recovery
-
-
-async def test_orphan_candidates_are_slot_holders_of_other_owners(store: SqlStore) -> None:
-    dead_running = await running_run(store, "dead")
-    dead_pending = (await reserve(store, (await new_session(store)).session_id, owner="dead")).run
-    mine = await running_run(store, "me")
-    await reserve(store, dead_running.session_id, owner="dead", queue=True)  # queued: not
-    finished = await running_run(store, "dead")
-    await finish(store, finished.run_id)
-
-    found = await store.list_orphan_candidates(exclude_owner="me")
-
-    assert {o.run.run_id for o in found} == {dead_running.run_id, dead_pending.run_id}
-    assert {o.owner for o in found} == {"dead"}
-    assert all(is_utc(o.lease_expires_at) for o in found)
-    everyone = await store.list_orphan_candidates(exclude_owner="")
-    assert mine.run_id in {o.run.run_id for o in everyone}
-
-
-async def test_recover_requeues_once(store: SqlStore) -> None:
-    run = await running_run(store, "dead")
-    started = ExecutionStarted(started_at=T0, attempt=1)
-    await store.append_events(
-        stamp(run, [started, RunnerProgress(round_count=1), Token(content="x")])
-    )
-    orphan = await orphan_of(store, run.run_id)
-    now = utc_now()
-    recovered_event = RunRecovered(previous_attempt=1, action="requeued")
-
-    def recover() -> Any:
-        return store.recover_run(
-            orphan, owner="me", lease_expires_at=lease(), requeue=True, now=now,
-            events=[recovered_event],
-        )  # fmt: skip
-
-    first, second = await recover(), await recover()
-
-    assert first is not None and second is None
-    assert (first.status, first.attempt, first.started_at) == (RunStatus.PENDING, 2, None)
-    assert (first.last_seq, first.round_count, first.last_event_at) == (4, 1, now)
-    assert first == await get(store, run.run_id)
-    events = await store.read_events(run.run_id)
-    assert [e.seq for e in events] == [1, 2, 3, 4]
-    assert events[-1] == recovered_event.stamped(
-        seq=4, run_id=run.run_id, session_id=run.session_id, ts=now
-    )
-    assert (await orphan_of(store, run.run_id)).owner == "me"
-    claimed = await store.claim_run(
-        run.run_id, owner="me", lease_expires_at=lease(), started_at=now
-    )
-    assert claimed is not None and claimed.attempt == 2
-
-
-async def test_recover_ends_in_error_interrupted(store: SqlStore) -> None:
-    run = await running_run(store, "dead")
-    await store.append_events(tokens(run, 5))
-    orphan = await orphan_of(store, run.run_id)
-    now = utc_now()
-    events = [
-        RunRecovered(previous_attempt=1, action="errored"),
-        Error(message="interrupted", code="interrupted"),
-    ]
-
-    ended = await store.recover_run(
-        orphan, owner="me", lease_expires_at=lease(), requeue=False, now=now, events=events
-    )
-    again = await store.recover_run(
-        orphan, owner="me", lease_expires_at=lease(), requeue=False, now=now, events=events
-    )
-
-    assert ended is not None and again is None
-    assert (ended.status, ended.error, ended.completed_at) == (RunStatus.ERROR, "interrupted", now)
-    assert (ended.last_seq, ended.attempt) == (7, 1)
-    stored = await store.read_events(run.run_id)
-    assert [(e.seq, e.type) for e in stored[-3:]] == [
-        (5, "token"),
-        (6, "run_recovered"),
-        (7, "error"),
-    ]
-    assert await store.get_active_run(run.session_id) is None
-    assert await store.list_orphan_candidates(exclude_owner="me") == []
-
-
-@pytest.mark.parametrize("requeue", [False, True])
-@pytest.mark.parametrize(
-    ("terminal", "status", "error"),
-    [
-        (Error(message="boom", code="internal_error"), RunStatus.ERROR, "boom"),
-        (Cancelled(reason="stop"), RunStatus.CANCELLED, None),
-    ],
-)
-async def test_recovering_a_run_whose_terminal_event_is_stored_ends_it_as_that_says(
-    store: SqlStore, requeue: bool, terminal: RunEventBase, status: RunStatus, error: str | None
-) -> None:
-    run = await running_run(store, "dead")
-    usage = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
-    rounds = [
-        RoundCompleted(round=1, usage=usage, latency_ms=1, model="m"),
-        RoundCompleted(round=2, usage=usage, latency_ms=1, model="m"),
-    ]
-    await store.append_events(stamp(run, [ExecutionStarted(started_at=T0, attempt=1), *rounds]))
-    [ended_event] = stamp(run, [terminal], first_seq=4)
-    await store.append_events([ended_event])
-    orphan = await orphan_of(store, run.run_id)
-    events = [RunRecovered(previous_attempt=1, action="errored")]
-
-    ended = await store.recover_run(
-        orphan, owner="me", lease_expires_at=lease(), requeue=requeue, now=utc_now(),
-        events=events,
-    )  # fmt: skip
-
-    assert ended is not None and ended == await get(store, run.run_id)
-    assert (ended.status, ended.error, ended.attempt) == (status, error, 1)
-    assert (ended.usage, ended.completed_at, ended.last_seq) == (usage + usage, ended_event.ts, 4)
-    assert [e.seq for e in await store.read_events(run.run_id)] == [1, 2, 3, 4]  # nothing added
-    assert await store.get_active_run(run.session_id) is None
-    assert await store.list_orphan_candidates(exclude_owner="") == []
-
-
-async def test_a_completed_runs_usage_is_its_complete_events(store: SqlStore) -> None:
-    run = await running_run(store, "dead")
-    usage = Usage(prompt_tokens=7, completion_tokens=1, total_tokens=8)
-    await store.append_events(stamp(run, [Complete(usage=usage, final_message="done")]))
-    orphan = await orphan_of(store, run.run_id)
-    ended = await store.recover_run(
-        orphan, owner="me", lease_expires_at=lease(), requeue=True, now=utc_now(), events=[]
-    )
-    assert ended is not None
-    assert (ended.status, ended.error, ended.usage) == (RunStatus.COMPLETED, None, usage)
-
-
-async def test_owned_runs_are_the_owners_slot_holders(store: SqlStore) -> None:
-    mine = await running_run(store, "me")
-    reserved = (await reserve(store, (await new_session(store)).session_id, owner="me")).run
-    await reserve(store, mine.session_id, owner="me", queue=True)  # queued: not
-    await running_run(store, "other")
-    finished = await running_run(store, "me")
-    await finish(store, finished.run_id)
-
-    owned = await store.list_owned_runs("me")
-
-    assert {o.run.run_id for o in owned} == {mine.run_id, reserved.run_id}
-    assert {o.owner for o in owned} == {"me"}
-    assert all(is_utc(o.lease_expires_at) for o in owned)
-
-
-async def test_recover_is_a_compare_and_set_on_what_was_seen(store: SqlStore) -> None:
-    session = await new_session(store)
-    run = (await reserve(store, session.session_id, owner="slow")).run
-    orphan = await orphan_of(store, run.run_id)  # seen pending
-    # Meanwhile its owner turns out to be alive and claims it.
-    await store.claim_run(run.run_id, owner="slow", lease_expires_at=lease(), started_at=T0)
-
-    result = await store.recover_run(
-        orphan, owner="me", lease_expires_at=lease(), requeue=True, now=utc_now(), events=[]
-    )
-
-    assert result is None
-    assert (await get(store, run.run_id)).status is RunStatus.RUNNING
-    assert (await orphan_of(store, run.run_id)).owner == "slow"
-
-
-async def test_a_requeued_run_whose_cancel_was_requested_ends_cancelled_on_claim(
-    store: SqlStore,
-) -> None:
-    run = await running_run(store, "dead")
-    await store.append_events(tokens(run, 2))
-    await store.request_cancel(run.run_id, "user")  # flagged; then its owner dies
-    orphan = await orphan_of(store, run.run_id)
-    requeued = await store.recover_run(
-        orphan, owner="me", lease_expires_at=lease(), requeue=True, now=utc_now(), events=[]
-    )
-    assert requeued is not None and requeued.status is RunStatus.PENDING
-
-    claim = await store.claim_run(run.run_id, owner="me", lease_expires_at=lease(), started_at=T0)
-
-    assert claim is None, "a cancel request is never lost by a recovery"
-    ended = await get(store, run.run_id)
-    assert ended.status is RunStatus.CANCELLED
-    [cancel] = await store.read_events(run.run_id, after=2)
-    assert isinstance(cancel, Cancelled) and (cancel.seq, cancel.reason) == (3, "user")
-    assert await store.get_active_run(run.session_id) is None
-
-
-async def test_release_runs_hands_back_the_owners_active_runs(store: SqlStore) -> None:
-    running = await running_run(store, "w1")
-    pending = (await reserve(store, (await new_session(store)).session_id, owner="w1")).run
-    queued = (await reserve(store, running.session_id, owner="w1", queue=True)).run
-    other = await running_run(store, "w2")
-    done = await running_run(store, "w1")
-    await finish(store, done.run_id)
-
-    released = await store.release_runs("w1")
-
-    assert sorted(released) == sorted([running.run_id, pending.run_id])
-    for run_id in released:
-        run = await get(store, run_id)
-        assert (run.status, run.started_at, run.queued) == (RunStatus.PENDING, None, False)
-        assert await store.get_active_run(run.session_id) == run, "it keeps the slot"
-        assert (await orphan_of(store, run_id)).owner is None
-    assert (await get(store, queued.run_id)).queued is True
-    assert (await get(store, other.run_id)).status is RunStatus.RUNNING
-    assert (await get(store, done.run_id)).status is RunStatus.COMPLETED
-    assert await store.release_runs("w1") == []
-    # A released run belongs to nobody: the next start recovers it.
-    orphan = await orphan_of(store, running.run_id)
-    recovered = await store.recover_run(
-        orphan, owner="w3", lease_expires_at=lease(), requeue=True, now=utc_now(), events=[]
-    )
-    assert recovered is not None and recovered.attempt == 2
-
-
 async def test_cancelling_a_released_run_ends_it_at_once(store: SqlStore) -> None:
     run = await running_run(store, "w1")
     await store.append_events(tokens(run, 4))
-    await store.release_runs("w1")
+    await store.release_runs("w1", {run.run_id: 1})
 
     result = await store.request_cancel(run.run_id, "user")
 
     assert result is not None and result.status is RunStatus.CANCELLED
     assert [(e.seq, e.type) for e in await store.read_events(run.run_id, after=3)] == [
         (4, "token"),
-        (5, "cancelled"),
+        (5, "run_recovered"),
+        (6, "cancelled"),
     ]
     assert await store.get_active_run(run.session_id) is None
-
-
-async def test_stranded_sessions_have_a_queue_but_no_active_run(store: SqlStore) -> None:
-    busy, stranded, idle = [await new_session(store) for _ in range(3)]
-    await reserve(store, busy.session_id)
-    await reserve(store, busy.session_id, queue=True)
-    holder = (await reserve(store, stranded.session_id)).run
-    await reserve(store, stranded.session_id, queue=True)
-    await reserve(store, stranded.session_id, queue=True)
-    await reserve(store, idle.session_id)
-
-    assert await store.list_stranded_sessions() == []
-    await finish(store, holder.run_id)  # ... and its process dies before promoting the next
-    assert await store.list_stranded_sessions() == [stranded.session_id]
-    await store.promote_next(stranded.session_id, owner="w1", lease_expires_at=lease())
-    assert await store.list_stranded_sessions() == []
 
 
 async def test_has_run_messages(store: SqlStore) -> None:
@@ -1011,14 +769,14 @@ async def test_timestamps_read_back_timezone_aware_utc(store: SqlStore) -> None:
     local = datetime(2026, 6, 1, 12, 0, 0, 1, tzinfo=plus_two)
     session = await new_session(store, created_at=local)
     run = a_run(session.session_id, created_at=local)
-    await store.reserve_run(run, owner="w1", lease_expires_at=local, queue=False)
-    await store.claim_run(run.run_id, owner="w1", lease_expires_at=local, started_at=local)
+    await store.reserve_run(run, queue=False, owner="w1", lease_seconds=60)
+    await store.start_run(run.run_id, 1, owner="w1")
     await store.append_events(
         [Token(content="x").stamped(seq=1, run_id=run.run_id, session_id=run.session_id, ts=local)]
     )
-    orphan = await orphan_of(store, run.run_id)
+    lease = (await leases(store))[run.run_id]
     await store.finish_run(
-        run.run_id, status=RunStatus.COMPLETED, error=None, usage=Usage(), completed_at=local
+        run.run_id, fence=("w1", 1), status=RunStatus.COMPLETED, error=None, usage=Usage()
     )
     stored = await get(store, run.run_id)
     [event] = await store.read_events(run.run_id)
@@ -1028,15 +786,15 @@ async def test_timestamps_read_back_timezone_aware_utc(store: SqlStore) -> None:
     values = {
         "session.created_at": got_session.created_at,
         "run.created_at": stored.created_at,
-        "run.started_at": stored.started_at,
-        "run.completed_at": stored.completed_at,
         "run.last_event_at": stored.last_event_at,
         "event.ts": event.ts,
-        "orphan.lease_expires_at": orphan.lease_expires_at,
     }
     for name, value in values.items():
         assert is_utc(value), f"{name} = {value!r}"
         assert value == local, name
+    # Database time: stamped by the database, read back UTC all the same.
+    for value in (stored.started_at, stored.completed_at, lease):
+        assert is_utc(value), value
 
 
 @settings(

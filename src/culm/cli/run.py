@@ -165,9 +165,13 @@ def _signal_handlers(
 async def _run(
     request: RunRequest, settings: Settings, output: Output, interrupt: Interrupt
 ) -> int:
-    from culm.services import Engine  # imported here: `culm --help` need not load the engine
+    # Imported here: `culm --help` need not load the engine.
+    from culm.runtime.roles import Role
+    from culm.services import Engine
 
-    async with Engine(settings) as engine:
+    # Role CLI: its run is reserved owned by this process and executed here, never queued for
+    # (or claimed from) anyone else; no ticker.
+    async with Engine(settings, role=Role.CLI) as engine:
         started = time.monotonic()
         run = await engine.run(
             request.prompt,
@@ -200,7 +204,7 @@ class Interrupt:
 
     The first signal cancels the run (the caller keeps draining its events to the terminal one)
     or, before the run exists, cancels the main task. The second exits at once, skipping the
-    engine's shutdown: the run is then left to the next start-up's recovery, and the processes
+    engine's shutdown: the run is then left to a sweeper (once its lease runs out), and the processes
     culm started end with it. The exit code is the first signal's (130 for SIGINT, 143 for
     SIGTERM).
     """

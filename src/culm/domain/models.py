@@ -152,3 +152,6 @@ class Run(_Frozen):
     # and whether it waits behind another run of its session (multitask "enqueue").
     input: str = ""
     queued: bool = False
+    # Fencing: bumped on every claim, takeover and release of the run; a worker's writes for
+    # the run are conditional on the epoch it claimed it at (see ``storage/base.py``).
+    epoch: int = 0

@@ -15,6 +15,13 @@ burst bigger than the store's pace piles up in memory, and every event of it wai
 whole pile to be written before any subscriber sees it. While the store keeps failing, such a
 producer keeps waiting (it can still be cancelled): memory stays bounded rather than growing.
 
+Fencing and isolation: each event is added with its run's fence ``(owner, epoch)`` and the store
+writes a run's events only while the run still has that owner and epoch. The store reports the
+runs whose fence failed, or whose events broke a constraint (a duplicate seq), and stores the
+others' events: such a run is isolated (``on_rejected``: the manager cancels its runner, "lease
+lost", writing nothing more) and its later events are dropped, so one run never blocks the
+others and no seq gap is ever stored. Only errors of the store as a whole are retried.
+
 Storage failure: once the store has kept failing for ``retry_window`` seconds, every retry
 hands the runs whose events wait to ``on_unavailable`` (the manager ends them in error; their
 terminal events are stored as soon as the store takes them). Once :meth:`give_up` is called (a
@@ -27,13 +34,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from culm.domain.events import RunEvent
 from culm.logs import get_logger
 from culm.storage.base import Store
 
 log = get_logger(__name__)
+
+Fence = tuple[str, int]  # (owner, epoch) a run's events are written under
 
 
 class EventBatcher:
@@ -47,13 +56,16 @@ class EventBatcher:
         backlog_limit: int = 2000,
         retry_window: float = 30.0,
         on_unavailable: Callable[[set[str], BaseException], None] | None = None,
+        on_rejected: Callable[[set[str]], None] | None = None,
     ) -> None:
         self._store = store
         self._publish = publish
         self._linger = linger
         self._max_batch = max_batch
         self._backlog_limit = backlog_limit
-        self._pending: list[RunEvent] = []
+        self._pending: list[tuple[RunEvent, Fence | None]] = []
+        self._isolated: set[str] = set()  # runs whose events the store refused
+        self._on_rejected = on_rejected
         self._added = 0
         self._written = 0
         self._has_pending = asyncio.Event()
@@ -69,8 +81,11 @@ class EventBatcher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="culm-event-batcher")
 
-    def add(self, event: RunEvent) -> None:
-        self._pending.append(event)
+    def add(self, event: RunEvent, fence: Fence | None = None) -> None:
+        """Buffer ``event``; stored only while its run has ``fence`` (None: unfenced)."""
+        if event.run_id in self._isolated:
+            return  # after a refused event, storing later ones would leave a seq gap
+        self._pending.append((event, fence))
         self._added += 1
         if len(self._pending) == 1:
             self._has_pending.set()
@@ -106,6 +121,20 @@ class EventBatcher:
     def failing(self) -> bool:
         """Whether the store failed the last write of run events."""
         return self._failing_since is not None
+
+    def failing_for(self) -> float:
+        """Seconds the store has been failing to take run events (0 while it works)."""
+        if self._failing_since is None:
+            return 0.0
+        return time.monotonic() - self._failing_since
+
+    def isolated(self, run_id: str) -> bool:
+        """Whether the store refused events of the run (fence or constraint)."""
+        return run_id in self._isolated
+
+    def forget(self, run_ids: Iterable[str]) -> None:
+        """The runs ended here: drop what is remembered about them."""
+        self._isolated.difference_update(run_ids)
 
     @property
     def backlog(self) -> int:
@@ -146,33 +175,48 @@ class EventBatcher:
                 self._has_pending.set()
             try:
                 if stored:
-                    self._publish(batch)
+                    self._publish(stored)
             except Exception:
                 log.exception("publishing stored run events failed")
         self._written += count
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
 
-    async def _store_with_retry(self, batch: list[RunEvent]) -> bool:
-        """Store ``batch``, retrying with backoff; False if it was dropped (:meth:`give_up`)."""
+    async def _store_with_retry(self, batch: list[tuple[RunEvent, Fence | None]]) -> list[RunEvent]:
+        """Store ``batch``, retrying with backoff; the events stored (none if it was dropped at
+        :meth:`give_up`; not those of runs the store refused)."""
         delay = 0.05
         while True:
+            events = [event for event, _ in batch if event.run_id not in self._isolated]
+            fences = {event.run_id: fence for event, fence in batch if fence is not None}
+            if not events:
+                return []
             try:
-                await self._store.append_events(batch)
+                rejected = await self._store.append_events(events, fences=fences)
                 self._failing_since = None
-                return True
             except Exception as exc:
                 if self._given_up.is_set():
                     log.error(
                         "the store keeps failing; run events dropped at stop", events=len(batch)
                     )
-                    return False
+                    return []
                 log.error("storing run events failed; retrying", error=str(exc), events=len(batch))
-                self._unavailable(batch, exc)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._given_up.wait()
-                delay = min(delay * 2, 1.0)
+                self._unavailable(events, exc)
+            else:
+                return self._refused(events, rejected)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._given_up.wait()
+            delay = min(delay * 2, 1.0)
+
+    def _refused(self, events: list[RunEvent], rejected: set[str]) -> list[RunEvent]:
+        if not rejected:
+            return events
+        log.warning("the store refused a run's events: isolating it", runs=sorted(rejected))
+        self._isolated.update(rejected)
+        if self._on_rejected is not None:
+            self._on_rejected(rejected)
+        return [event for event in events if event.run_id not in rejected]
 
     def _unavailable(self, batch: list[RunEvent], exc: BaseException) -> None:
         now = time.monotonic()

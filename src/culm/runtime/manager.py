@@ -1,4 +1,11 @@
-"""The run manager: reserves, starts, cancels, awaits, finishes and recovers runs.
+"""The run manager: reserves, launches, cancels, awaits and finishes runs.
+
+A run is reserved in the store ready and unowned (the store wakes the workers); a worker's
+dispatcher claims it and :meth:`RunManager.launch` executes it here. Sub-agents, and ``culm
+run``'s own run, are reserved already owned by this process and launched at once (they never
+enter the queue). Every write for a run (start, messages, events, finish) is fenced on the claim
+it runs under, ``(owner, epoch)``: once another process has taken the run over, nothing this one
+writes lands, and the run is cancelled here with a "lease lost" outcome that writes nothing.
 
 Every run executes in a task owned by the manager's task group. Cancel means cancelling that
 task; the manager turns the cancel it issued into a ``cancelled`` outcome. Whatever happens, the
@@ -11,24 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from culm.domain.events import (
-    Cancelled,
-    Complete,
-    Error,
-    ExecutionStarted,
-    RunEventBase,
-    RunRecovered,
-)
+from culm.domain.events import Cancelled, Complete, Error, ExecutionStarted, RunEventBase
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, UserMessage
 from culm.domain.time import utc_now
 from culm.errors import (
     EngineClosedError,
+    LeaseLostError,
     NotFoundError,
     RunFailure,
     StorageUnavailableError,
@@ -38,11 +39,13 @@ from culm.logs import get_logger
 from culm.loop.context import LoopContext, LoopState
 from culm.loop.driver import run_agent
 from culm.runtime.batcher import EventBatcher
-from culm.runtime.ownership import lease_expired, new_owner_id, owner_is_gone
+from culm.runtime.dispatch import Dispatcher, WorkerCounters
+from culm.runtime.lease import LeaseHolder
+from culm.runtime.ownership import new_owner_id
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
-from culm.settings import RecoveryPolicy, Settings, ShutdownPolicy
-from culm.storage.base import Orphan, Reservation, Store
+from culm.settings import Settings, ShutdownPolicy
+from culm.storage.base import Reservation, Store
 
 log = get_logger(__name__)
 
@@ -51,8 +54,6 @@ ContextFactory = Callable[
     [Run, Callable[[RunEventBase], object], Callable[[Sequence[Message]], Awaitable[None]]],
     Awaitable[LoopContext],
 ]
-
-HEARTBEAT_INTERVAL = 1.0
 
 _T = TypeVar("_T")
 
@@ -75,55 +76,72 @@ class RunManager:
         batcher: EventBatcher,
         settings: Settings,
         context_factory: ContextFactory,
+        runs_own_runs: bool = False,
     ) -> None:
         self.owner = new_owner_id()
+        self.counters = WorkerCounters()
+        # Set by the engine when this process claims ready runs (roles EMBEDDED and WORKER).
+        self.dispatcher: Dispatcher | None = None
         self._store = store
         self._registry = registry
         self._batcher = batcher
         self._settings = settings
         self._context_factory = context_factory
+        # CLI: the runs this process starts are reserved owned by it and executed here.
+        self._runs_own_runs = runs_own_runs
         self._group: asyncio.TaskGroup | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
         self._closing = False
         # Tasks that finish runs and that must outlive a cancel of whoever started them.
         self._finishing: set[asyncio.Task[Any]] = set()
         # Set when a stop stops waiting for a failing store.
         self._give_up = asyncio.Event()
+        # Runs handed back at a stop (run_id -> epoch), released once they are all done.
+        self._released: dict[str, int] = {}
 
     # Lifecycle
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         self._group = await stack.enter_async_context(asyncio.TaskGroup())
         stack.push_async_callback(self.aclose)
-        await self.recover()
-        self._heartbeat = self._group.create_task(self._beat(), name="culm-heartbeat")
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     async def aclose(self) -> None:
-        """Stop: wait ``shutdown_grace`` for active runs, then cancel them or hand them back."""
+        """Stop: stop claiming, wait ``shutdown_grace`` for active runs, then cancel them or
+        hand them back (``release_runs``: ready again for any worker) by ``shutdown_policy``."""
         if self._closing:
             return
         self._closing = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        if self.dispatcher is not None:
+            await self.dispatcher.aclose()
         runners = self._registry.runners()
         if runners and self._settings.shutdown_grace > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.shutdown_grace):
                     await asyncio.gather(*(runner.done.wait() for runner in runners))
         runners = self._registry.runners()
-        recover = self._recovers
         for runner in runners:
-            runner.request_cancel("shutdown" if not recover else _RELEASE)
+            runner.request_cancel(self._stop_reason)
         await self._until_done(runners)
         while self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
-        if recover:
-            await self._store.release_runs(self.owner)
+        if self._released:
+            released, self._released = self._released, {}
+            try:
+                await self._store.release_runs(self.owner, released)
+            except Exception:
+                log.exception("handing back runs failed; their leases run out instead")
+
+    @property
+    def _stop_reason(self) -> str:
+        return _RELEASE if self._settings.shutdown_policy is ShutdownPolicy.RECOVER else "shutdown"
 
     async def _until_done(self, runners: list[Runner]) -> None:
         """Wait for ``runners`` to end. A run ending waits for the store to take its terminal
         event; if the store keeps failing past half the shutdown timeout, stop waiting for it
-        (what it cannot take is dropped; the next start recovers those runs)."""
+        (what it cannot take is dropped; its lease runs out and a sweeper ends the run)."""
         done = asyncio.gather(*(runner.done.wait() for runner in runners))
         try:
             await asyncio.wait_for(asyncio.shield(done), self._settings.shutdown_timeout / 2)
@@ -143,36 +161,73 @@ class RunManager:
                 runner.storage_error = str(exc)
                 log.error("ending a run: the store keeps failing", run_id=run_id)
 
-    @property
-    def _recovers(self) -> bool:
-        return self._settings.shutdown_policy is ShutdownPolicy.RECOVER
+    def rejected(self, run_ids: set[str]) -> None:
+        """The store refused these runs' events (fence or constraint): cancel them here,
+        writing nothing more (their lease runs out, or has been taken over already)."""
+        self.counters.fenced_writes += len(run_ids)
+        self.lease_lost(run_ids)
 
-    def _lease(self) -> datetime:
-        return utc_now() + timedelta(seconds=self._settings.lease_seconds)
+    def lease_lost(self, run_ids: Sequence[str] | set[str]) -> None:
+        for run_id in run_ids:
+            runner = self._registry.get(run_id)
+            if runner is not None and runner.request_cancel(_LEASE_LOST):
+                log.warning("lease lost: cancelling the run here", run_id=run_id)
+
+    def lease_holder(self) -> LeaseHolder:
+        """What the heartbeat renews and whom it tells what it learnt."""
+        return LeaseHolder(
+            fences=self._fences,
+            cancel_requested=self._cancel_requested,
+            lost=self.lease_lost,
+            active_runs=lambda: len(self._registry),
+            store_failing_for=self._batcher.failing_for,
+        )
+
+    def _fences(self) -> Mapping[str, int]:
+        """The runs whose leases to renew: not one whose finalizing outlasted the storage retry
+        window (it is stuck on a store that does not take its end; a sweeper ends it)."""
+        stuck_since = time.monotonic() - self._settings.storage_retry_window
+        return {
+            runner.run_id: runner.epoch
+            for runner in self._registry.runners()
+            if runner.finalizing_since is None or runner.finalizing_since > stuck_since
+        }
+
+    def _cancel_requested(self, run_ids: Sequence[str]) -> None:
+        for run_id in run_ids:
+            runner = self._registry.get(run_id)
+            if runner is not None:
+                runner.request_cancel("cancelled by request")
 
     # Starting runs
 
     async def start_run(self, run: Run, policy: MultitaskPolicy) -> Run:
-        """Reserve ``run`` on its session by ``policy`` and start it (or queue it)."""
+        """Reserve ``run`` on its session by ``policy`` (or queue it). A sub-agent (and, for
+        role CLI, every run) is reserved owned by this process and launched here; any other is
+        reserved ready, for a worker to claim."""
         if self._closing or self._group is None:
             raise EngineClosedError("the engine is not running")
         # Reserving and launching are one step that a cancel of the caller cannot split: a run
-        # reserved but never launched would hold its session, pending, for good.
+        # reserved owned but never launched would hold its session until its lease ran out.
         reservation = await asyncio.shield(self._owned(self._reserve(run, policy)))
         if reservation.active_run_id is not None and policy is MultitaskPolicy.INTERRUPT:
             await self.cancel(reservation.active_run_id, reason="interrupted by a new run")
         return reservation.run
 
     async def _reserve(self, run: Run, policy: MultitaskPolicy) -> Reservation:
+        queue = policy is not MultitaskPolicy.REJECT
+        jump_queue = policy is MultitaskPolicy.INTERRUPT
+        if run.parent_run_id is None and not self._runs_own_runs:
+            return await self._store.reserve_run(run, queue=queue, jump_queue=jump_queue)
         reservation = await self._store.reserve_run(
             run,
+            queue=queue,
+            jump_queue=jump_queue,
             owner=self.owner,
-            lease_expires_at=self._lease(),
-            queue=policy is not MultitaskPolicy.REJECT,
-            jump_queue=policy is MultitaskPolicy.INTERRUPT,
+            lease_seconds=self._settings.lease_seconds,
         )
         if reservation.active_run_id is None:
-            self._launch(reservation.run)
+            self.launch(reservation.run)
         return reservation
 
     def _owned(self, work: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
@@ -182,19 +237,20 @@ class RunManager:
         task.add_done_callback(_forget(self._finishing))
         return task
 
-    def _launch(self, run: Run) -> Runner:
+    def launch(self, run: Run) -> Runner:
+        """Execute ``run``, claimed by this process under ``run.epoch``."""
         assert self._group is not None
         runner = Runner(
             run,
-            persist=self._batcher.add,
+            persist=functools.partial(self._batcher.add, fence=(self.owner, run.epoch)),
             fan_out_session=self._registry.fan_out_session,
             queue_size=self._settings.subscriber_queue_size,
         )
         self._registry.add(runner)
         runner.task = self._group.create_task(self._execute(runner), name=f"culm-run-{run.run_id}")
         runner.task.add_done_callback(lambda _: self._ended(runner))
-        if self._closing:  # a reservation that ended after aclose took its list of runners
-            runner.request_cancel(_RELEASE if self._recovers else "shutdown")
+        if self._closing:  # claimed while aclose was taking its list of runners
+            runner.request_cancel(self._stop_reason)
         return runner
 
     def _ended(self, runner: Runner) -> None:
@@ -210,15 +266,6 @@ class RunManager:
         runner.finalizing = True
         runner.finalizing_since = time.monotonic()
         return self._owned(self._finalize(runner, state, outcome))
-
-    async def _start_next(self, session_id: str) -> None:
-        if self._closing:
-            return
-        run = await self._store.promote_next(
-            session_id, owner=self.owner, lease_expires_at=self._lease()
-        )
-        if run is not None:
-            self._launch(run)
 
     # Executing
 
@@ -237,7 +284,9 @@ class RunManager:
                 # A cancel we did not issue: record it, then let it propagate.
                 await asyncio.shield(self._finish(runner, state, _cancelled("cancelled")))
                 raise
-            outcome = _requested(runner)
+            outcome = None if runner.ended_in_store else _requested(runner)
+        except LeaseLostError:
+            outcome = _cancelled(_LEASE_LOST)
         except (RunFailure, StorageUnavailableError) as exc:
             outcome = Outcome(RunStatus.ERROR, error=str(exc), code=exc.code)
         except UserError as exc:
@@ -248,23 +297,39 @@ class RunManager:
             outcome = Outcome(RunStatus.ERROR, error=message, code="internal_error")
         await asyncio.shield(self._finish(runner, state, outcome))
 
-    async def _run(self, runner: Runner, state: LoopState) -> Outcome | None:
-        started_at = utc_now()
-        run = await self._store.claim_run(
-            runner.run_id,
-            owner=self.owner,
-            lease_expires_at=self._lease(),
-            started_at=started_at,
-            message=UserMessage(content=runner.run.input) if runner.run.input else None,
+    async def _start(self, runner: Runner) -> Run | None:
+        """Mark the run running in the store. A cancel arriving meanwhile waits for the store's
+        answer first: if the store ended the run (a cancel request it saw), nothing more is
+        written for it here."""
+        message = UserMessage(content=runner.run.input) if runner.run.input else None
+        start = asyncio.ensure_future(
+            self._store.start_run(runner.run_id, runner.epoch, owner=self.owner, message=message)
         )
+        try:
+            return await asyncio.shield(start)
+        except asyncio.CancelledError:
+            try:
+                runner.ended_in_store = await start is None
+            except LeaseLostError:
+                runner.cancel_reason = _LEASE_LOST
+            except Exception:
+                pass  # not started: the engine's cancel ends it as usual
+            raise
+
+    async def _run(self, runner: Runner, state: LoopState) -> Outcome | None:
+        fence = (self.owner, runner.epoch)
+        run = await self._start(runner)
         if run is None:
             return None  # cancelled before it started; the store has ended it
+        started_at = run.started_at or utc_now()
         runner.status = RunStatus.RUNNING
         runner.started_at = started_at
         runner.emit(ExecutionStarted(started_at=started_at, attempt=run.attempt))
 
         async def append(messages: Sequence[Message]) -> None:
-            await self._store.append_messages(run.session_id, messages, run_id=run.run_id)
+            await self._store.append_messages(
+                run.session_id, messages, run_id=run.run_id, fence=fence
+            )
 
         ctx = await self._context_factory(run, runner.emit, append)
         state.messages = await self._store.get_messages(run.session_id)
@@ -272,46 +337,60 @@ class RunManager:
         return Outcome(RunStatus.COMPLETED, final_message=final)
 
     async def _finalize(self, runner: Runner, state: LoopState, outcome: Outcome | None) -> None:
-        # Whether to promote the session's next queued run: unknown (so look) unless
-        # finish_run says; nothing when the run is handed back.
-        start_next = outcome is None or outcome.reason != _RELEASE
         try:
-            if outcome is not None and outcome.reason == _RELEASE:
-                await self._batcher.flush()  # handed back for recovery: no terminal event
-            elif outcome is not None:
+            if outcome is None:
+                pass  # cancelled before it started: the store has ended it
+            elif outcome.reason == _LEASE_LOST:
+                log.warning("lease lost: the run ends here, writing nothing", run_id=runner.run_id)
+            elif outcome.reason == _RELEASE:
+                await self._batcher.flush()  # handed back for another worker: no terminal event
+                self._released[runner.run_id] = runner.epoch
+            else:
                 runner.emit(_terminal_event(outcome, state))
                 await self._batcher.flush()
-                start_next = await self._finish_run(runner.run_id, outcome, state)
-                runner.status = outcome.status
+                if self._batcher.isolated(runner.run_id):
+                    log.warning(
+                        "the store refused the run's end; writing nothing", run_id=runner.run_id
+                    )
+                else:
+                    await self._finish_run(runner, outcome, state)
+                    runner.status = outcome.status
+        except LeaseLostError:
+            log.warning("lease lost while finishing a run; writing nothing", run_id=runner.run_id)
         except Exception:
-            # Its lease is no longer renewed: recovery ends it (from its stored terminal event).
-            log.exception("finishing a run failed; recovery will end it", run_id=runner.run_id)
+            # Its lease is no longer renewed: a sweeper ends it (from its stored terminal event).
+            log.exception("finishing a run failed; a sweeper will end it", run_id=runner.run_id)
         finally:
             runner.completed_at = utc_now()
             runner.usage = state.usage
             self._registry.remove(runner)
+            self._batcher.forget([runner.run_id])
             runner.done.set()
-        if start_next:
-            await self._start_next(runner.session_id)
+            if self.dispatcher is not None:
+                self.dispatcher.freed()
 
-    async def _finish_run(self, run_id: str, outcome: Outcome, state: LoopState) -> bool:
-        """Store the run's terminal status; while the store fails, retry for up to the storage
-        retry window (or until a stop gives up on the store), then raise."""
+    async def _finish_run(self, runner: Runner, outcome: Outcome, state: LoopState) -> None:
+        """Store the run's terminal status (the store then makes the session's next queued run
+        ready); while the store fails, retry for up to the storage retry window (or until a
+        stop gives up on the store), then raise."""
         deadline = time.monotonic() + self._settings.storage_retry_window
         delay = 0.05
         while True:
             try:
-                return await self._store.finish_run(
-                    run_id,
+                await self._store.finish_run(
+                    runner.run_id,
+                    fence=(self.owner, runner.epoch),
                     status=outcome.status,
                     error=outcome.error,
                     usage=state.usage,
-                    completed_at=utc_now(),
                 )
+                return
             except StorageUnavailableError as exc:
                 if time.monotonic() >= deadline or self._give_up.is_set():
                     raise
-                log.error("storing a run's end failed; retrying", run_id=run_id, error=str(exc))
+                log.error(
+                    "storing a run's end failed; retrying", run_id=runner.run_id, error=str(exc)
+                )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._give_up.wait()
@@ -320,6 +399,8 @@ class RunManager:
     # Cancel and wait
 
     async def cancel(self, run_id: str, *, reason: str) -> Run:
+        """Cancel a run: at once when it runs here; otherwise by the store's flag, which its
+        owner sees at its next heartbeat (a run nobody claimed yet ends at once)."""
         runner = self._registry.get(run_id)
         if runner is not None:
             runner.request_cancel(reason)
@@ -327,12 +408,11 @@ class RunManager:
         run = await self._store.request_cancel(run_id, reason)
         if run is None:
             raise NotFoundError("run", run_id)
-        if run.status is RunStatus.CANCELLED:
-            await self._start_next(run.session_id)
         return run
 
     async def wait(self, run_id: str) -> Run:
-        """The run once it is terminal (wrap in ``asyncio.timeout`` to bound the wait)."""
+        """The run once it is terminal (wrap in ``asyncio.timeout`` to bound the wait). A run
+        executing elsewhere is polled in the store."""
         while True:
             runner = self._registry.get(run_id)
             if runner is not None:
@@ -362,90 +442,12 @@ class RunManager:
             raise NotFoundError("run", run_id)
         return run
 
-    # Leases, cross-process cancel, recovery
 
-    async def _beat(self) -> None:
-        ticks = 0
-        while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            ticks += 1
-            try:
-                await self._renew()
-                if ticks * HEARTBEAT_INTERVAL >= self._settings.lease_seconds:
-                    ticks = 0
-                    await self.recover()
-            except Exception:
-                log.exception("heartbeat failed")
-
-    async def _renew(self) -> None:
-        """Renew the leases of the runs this process still runs: not of a run without a
-        runner, nor of one whose finalizing outlasted the storage retry window (it is stuck on
-        a store that does not take its end; an expired lease lets recovery end it)."""
-        stuck_since = time.monotonic() - self._settings.storage_retry_window
-        run_ids = [
-            runner.run_id
-            for runner in self._registry.runners()
-            if runner.finalizing_since is None or runner.finalizing_since > stuck_since
-        ]
-        for run_id in await self._store.renew_leases(self.owner, run_ids, self._lease()):
-            runner = self._registry.get(run_id)
-            if runner is not None:
-                runner.request_cancel("cancelled by request")
-
-    async def recover(self) -> list[Run]:
-        """End or re-queue runs whose owner is gone, and this process's own runs that it no
-        longer runs (no runner, lease run out: finishing failed); start stranded queues."""
-        recovered: list[Run] = []
-        orphans = [
-            orphan
-            for orphan in await self._store.list_orphan_candidates(exclude_owner=self.owner)
-            if owner_is_gone(orphan.owner, orphan.lease_expires_at)
-        ]
-        orphans += [
-            orphan
-            for orphan in await self._store.list_owned_runs(self.owner)
-            if self._registry.get(orphan.run.run_id) is None
-            and lease_expired(orphan.lease_expires_at)
-        ]
-        for orphan in orphans:
-            run = await self._recover_one(orphan)
-            if run is not None:
-                recovered.append(run)
-        for session_id in await self._store.list_stranded_sessions():
-            await self._start_next(session_id)
-        return recovered
-
-    async def _recover_one(self, orphan: Orphan) -> Run | None:
-        previous = orphan.run.attempt
-        requeue = (
-            self._settings.recovery_policy is RecoveryPolicy.REQUEUE
-            and previous < self._settings.max_attempts
-        )
-        events: list[RunEventBase] = [
-            RunRecovered(previous_attempt=previous, action="requeued" if requeue else "errored")
-        ]
-        if not requeue:
-            events.append(Error(message="interrupted", code="interrupted"))
-        run = await self._store.recover_run(
-            orphan,
-            owner=self.owner,
-            lease_expires_at=self._lease(),
-            requeue=requeue,
-            now=utc_now(),
-            events=events,
-        )
-        if run is None:
-            return None
-        # Ended as error, re-queued, or (its terminal event was stored) ended as that says.
-        log.warning("recovered an interrupted run", run_id=run.run_id, status=run.status.value)
-        if run.status is RunStatus.PENDING:
-            self._launch(run)
-        else:
-            await self._start_next(run.session_id)
-        return run
-
-
+# Cancel reasons the engine gives itself (never shown): handed back at a stop, the store kept
+# failing, the run was taken over (or its writes refused).
+_LEASE_LOST = "\x00lease-lost"
 _RELEASE = "\x00release"
+_STORAGE = "\x00storage"
 
 
 def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
@@ -455,9 +457,6 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None
             task.exception()  # its awaiter (if it still has one) got it; nobody else must
 
     return done
-
-
-_STORAGE = "\x00storage"
 
 
 def _requested(runner: Runner) -> Outcome:

@@ -1,40 +1,58 @@
-"""Who owns a run: ``host:pid:token`` per engine instance, and whether an owner is gone."""
+"""Who owns a run: ``host:pid:token`` per engine instance, and whether a process is this
+machine's (same host name, boot and PID namespace) so that its pid can be checked.
+
+The pid shortcut (a restart recovers its dead predecessor's runs at once instead of waiting
+for their leases to run out) is only sound when all three match: two containers on the host
+network share a host name but not a PID namespace, and a pid means nothing after a reboot.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
-from datetime import datetime
+from functools import cache
 
-from culm.domain.time import new_id, utc_now
+from culm.domain.time import new_id
 
 
 def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
 
 
-def owner_is_gone(owner: str | None, lease_expires_at: datetime | None) -> bool:
-    """True when the run's owner cannot still be running it.
+@cache
+def boot_id() -> str | None:
+    """This boot's id (``/proc/sys/kernel/random/boot_id``), None where there is none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
+            return file.read().strip() or None
+    except OSError:
+        return None
 
-    An expired (or missing) lease means gone. So does an owner process on this host that no
-    longer exists: a restart recovers at once instead of waiting for the lease to run out.
-    """
-    if owner is None or lease_expired(lease_expires_at):
+
+def pid_namespace() -> str | None:
+    """The inode of this process's PID namespace (``/proc/self/ns/pid``), None where unknown."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return None
+
+
+def same_machine(host: str, boot: str | None, namespace: str | None) -> bool:
+    """Whether a process registered with these is on this machine, this boot, and in this
+    PID namespace: only then does its pid name a process here. Unknown never matches."""
+    return (
+        host == socket.gethostname()
+        and boot is not None
+        and boot == boot_id()
+        and namespace is not None
+        and namespace == pid_namespace()
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (only meaningful on :func:`same_machine`)."""
+    if pid == os.getpid():
         return True
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    return pid != os.getpid() and not _pid_alive(pid)
-
-
-def lease_expired(lease_expires_at: datetime | None) -> bool:
-    """True when nobody holds the lease (none, or run out)."""
-    return lease_expires_at is None or lease_expires_at <= utc_now()
-
-
-def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -36,6 +36,8 @@ class Runner:
     ) -> None:
         self.run = run
         self.run_id = run.run_id
+        # The claim it runs under: every write for the run is conditional on (owner, epoch).
+        self.epoch = run.epoch
         self.session_id = run.session_id
         self.status = RunStatus.PENDING
         self.started_at: datetime | None = None
@@ -46,6 +48,7 @@ class Runner:
         self.started = False
         self.cancel_reason: str | None = None
         self.storage_error: str | None = None  # why the store could not take its events
+        self.ended_in_store = False  # the store ended it (cancelled before it started)
         self.finalizing = False
         self.finalizing_since: float | None = None  # time.monotonic() when it began
         self.usage = Usage()

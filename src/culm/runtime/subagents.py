@@ -7,7 +7,12 @@ order), ``sub_agent_heartbeat`` every few seconds while the child runs, and
 ``sub_agent_completed``. Cancelling the parent cancels the tool, whose cleanup cancels the child
 and waits for it, so a cancel reaches every descendant and ``cancel(wait=True)`` returns once the
 whole tree is terminal. A watchdog ends a child that is idle or runs too long (status
-``timeout``). Children per run and per engine are capped; the rest wait in order.
+``timeout``). Children per run and per process are capped; the rest wait in order.
+
+A child run is never queued for other workers: it is reserved owned by its parent's process and
+executed there (so the caps are per worker). When another worker takes the parent over (its
+lease ran out), the store ends the parent's non-terminal children (``cancelled``, "parent
+recovered"), and the re-queued parent spawns anew: a child never runs twice.
 """
 
 from __future__ import annotations

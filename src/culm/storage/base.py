@@ -7,11 +7,11 @@ conformance tests in ``tests/storage`` run against every backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from culm.domain.events import RunEvent, RunEventBase
+from culm.domain.events import RunEvent
 from culm.domain.models import Message, Run, RunStatus, Session, Usage
 
 
@@ -28,11 +28,80 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class Orphan:
-    """An active run whose owner may be gone."""
+    """Obsolete (the sweeper replaced orphan recovery): kept only so that ``runtime/manager.py``
+    imports until its recovery moves to ``Store.sweep``. Nothing in storage uses it."""
 
     run: Run
     owner: str | None
     lease_expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a lease renewal found."""
+
+    cancel_requested: list[str]  # runs (still ours) with a pending cancel request
+    lost: list[str]  # runs whose (owner, epoch) no longer match: cancel them locally
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker process's row (``workers`` table); counters are cumulative, written at each
+    heartbeat. ``alive``: its last heartbeat is within ``lease_seconds`` of the database's now
+    and it has not stopped."""
+
+    worker_id: str
+    host: str
+    pid: int
+    boot_id: str | None
+    pid_namespace: str | None
+    kind: str  # 'embedded' | 'worker' | 'cli'
+    concurrency: int
+    started_at: datetime
+    last_heartbeat_at: datetime
+    stopped_at: datetime | None
+    active_runs: int
+    claims: int
+    takeovers: int
+    fenced_writes: int
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """``pending``: ready and queued runs; ``ready``: those waiting for a worker;
+    ``oldest_pending_age``: seconds since the oldest pending run was created (database time;
+    None without pending runs)."""
+
+    pending: int
+    ready: int
+    running: int
+    oldest_pending_age: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPolicy:
+    """How a sweeper ends runs it takes over: re-queued while ``requeue`` and the attempt is
+    below ``max_attempts``, else ended ``error`` "interrupted"."""
+
+    requeue: bool
+    max_attempts: int
+    lease_seconds: float
+
+
+class Wakeups(ABC):
+    """Wake-ups for a worker: a run became ready. Best effort (a notification can be lost): the
+    caller also polls."""
+
+    @abstractmethod
+    async def wait(self, timeout: float) -> bool:
+        """Wait until a run became ready since the last call (True) or ``timeout`` passed."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+
+Fence = tuple[str, int]  # (owner, epoch)
 
 
 class Store(ABC):
@@ -63,74 +132,90 @@ class Store(ABC):
 
     @abstractmethod
     async def append_messages(
-        self, session_id: str, messages: Sequence[Message], *, run_id: str | None
-    ) -> None: ...
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        run_id: str | None,
+        fence: Fence | None = None,
+    ) -> None:
+        """Append to the session's messages. With ``fence`` (owner, epoch) the write is
+        conditional on ``run_id`` still being the fence's: else ``LeaseLostError``, nothing
+        written."""
 
     @abstractmethod
     async def get_messages(self, session_id: str) -> list[Message]: ...
 
-    # Runs
+    # Runs: the queue is the runs table. A *ready* run (pending, not queued, no owner) holds its
+    # session's slot and waits for a worker; a *queued* one waits behind its session's active
+    # run. Every write a worker makes for a run is fenced on (run_id, owner, epoch); the epoch
+    # is bumped on every claim, takeover and release. Leases are in database time.
+
     @abstractmethod
     async def reserve_run(
         self,
         run: Run,
         *,
-        owner: str,
-        lease_expires_at: datetime,
         queue: bool,
         jump_queue: bool = False,
+        owner: str | None = None,
+        lease_seconds: float | None = None,
     ) -> Reservation:
-        """Insert ``run`` holding the session's active slot for ``owner``, atomically.
+        """Insert ``run`` for its session, atomically.
 
-        If another run holds the slot: with ``queue`` the run is inserted queued behind it
-        (first in line with ``jump_queue``); without, ``AlreadyRunningError`` is raised.
-        """
+        Without ``owner``: ready (holding the free slot, unowned) and a wake-up is sent; or,
+        when another run holds the slot and ``queue``, queued behind it (first in line with
+        ``jump_queue``); without ``queue``, ``AlreadyRunningError``.
+
+        With ``owner`` (a sub-agent, ``culm run``'s own run): inserted already claimed by it,
+        epoch 1, lease = database now + ``lease_seconds``; it never enters the queue, so a
+        busy slot raises ``AlreadyRunningError`` whatever ``queue`` says. The returned
+        ``run.epoch`` is set."""
 
     @abstractmethod
-    async def promote_next(
-        self, session_id: str, *, owner: str, lease_expires_at: datetime
+    async def claim_runs(self, owner: str, *, limit: int, lease_seconds: float) -> list[Run]:
+        """Claim up to ``limit`` ready runs for ``owner``, oldest first (created_at, run_id),
+        in one statement: owner set, epoch + 1, lease = database now + ``lease_seconds``; the
+        status stays pending (``start_run`` starts it). Concurrent claimers never claim one
+        run twice."""
+
+    @abstractmethod
+    async def start_run(
+        self, run_id: str, epoch: int, *, owner: str, message: Message | None = None
     ) -> Run | None:
-        """Give the free slot of a session to its first queued run, for ``owner``, if any."""
-
-    @abstractmethod
-    async def claim_run(
-        self,
-        run_id: str,
-        *,
-        owner: str,
-        lease_expires_at: datetime,
-        started_at: datetime,
-        message: Message | None = None,
-    ) -> Run | None:
-        """Mark a pending run of ``owner`` running; None if it is not claimable (cancelled).
-
-        ``message`` (the run's input) is appended to the session in the same transaction,
-        unless the run has messages already (an attempt after a recovery)."""
-
-    @abstractmethod
-    async def renew_leases(
-        self, owner: str, run_ids: Sequence[str], lease_expires_at: datetime
-    ) -> list[str]:
-        """Extend the leases; returns the ids among them with a pending cancel request."""
+        """Mark a claimed run running (started_at = database now) and append ``message`` (its
+        input) unless the run has messages (an attempt after a recovery). ``LeaseLostError``
+        when (owner, epoch) no longer match; None when the run was cancelled meanwhile (it is
+        then ended ``cancelled``, with its terminal event) or ended already."""
 
     @abstractmethod
     async def finish_run(
         self,
         run_id: str,
         *,
+        fence: Fence | None,
         status: RunStatus,
         error: str | None,
         usage: Usage,
-        completed_at: datetime,
-    ) -> bool:
-        """Record the run's outcome and free its slot. Returns whether runs wait in its
-        session's queue (then it is for the caller to ``promote_next``)."""
+    ) -> None:
+        """Record the run's outcome (completed_at = database now) and free its slot; in the
+        same transaction the session's first queued run becomes ready (wake-up sent).
+        ``LeaseLostError`` when ``fence`` (owner, epoch) no longer matches (None: unfenced,
+        for the store's own callers and tests)."""
+
+    @abstractmethod
+    async def renew_leases(
+        self, owner: str, fences: Mapping[str, int], lease_seconds: float
+    ) -> Renewal:
+        """Extend, in one statement, the leases of the runs ``fences`` maps (run_id -> epoch)
+        that are still ``owner``'s at that epoch (to database now + ``lease_seconds``)."""
 
     @abstractmethod
     async def request_cancel(self, run_id: str, reason: str) -> Run | None:
-        """Record a cancel request. A run that is not executing yet (pending: queued, or
-        reserved but not claimed) is ended ``cancelled`` at once, with its terminal event; a
-        running one is only flagged, for its owner to act on. Returns the run as it now is."""
+        """Record a cancel request. A run nobody owns (ready or queued) is ended ``cancelled``
+        at once, with its terminal event (a ready one frees its slot for the session's next
+        queued run); an owned one (claimed or running) is only flagged, for its owner to act
+        on (``renew_leases`` reports it, ``start_run`` ends it). Returns the run as it now is."""
 
     @abstractmethod
     async def get_run(self, run_id: str) -> Run | None: ...
@@ -151,48 +236,90 @@ class Store(ABC):
         """Newest first."""
 
     @abstractmethod
-    async def list_orphan_candidates(self, *, exclude_owner: str) -> list[Orphan]:
-        """Active (not queued) runs owned by anyone but ``exclude_owner``, or by nobody."""
+    async def sweep(
+        self, owner: str, policy: SweepPolicy, *, dead_owners: Sequence[str] = ()
+    ) -> list[Run]:
+        """Take over active runs whose lease expired (database time) or whose owner is in
+        ``dead_owners``; concurrent sweepers never take one run twice (SKIP LOCKED). Each
+        gets epoch + 1 and, with events from ``last_seq + 1``:
+
+        - its last stored event is terminal: the status that event says (nothing appended);
+        - a sub-agent run (``parent_run_id``), or one with a cancel request: ``cancelled``
+          ("parent recovered", or the request's reason);
+        - ``policy.requeue`` and ``attempt < policy.max_attempts``: ready again, unowned,
+          attempt + 1, ``run_recovered`` "requeued" (wake-up);
+        - else ``error`` "interrupted" (``run_recovered`` "errored", then ``error``).
+
+        The non-terminal children of every run taken over end ``cancelled`` "parent
+        recovered". Ending a run makes its session's next queued run ready. Returns the runs
+        taken over (children included) as they now are. ``owner`` is the sweeper (logs)."""
 
     @abstractmethod
-    async def list_owned_runs(self, owner: str) -> list[Orphan]:
-        """Active (not queued) runs held by ``owner`` (for it to find those it no longer runs)."""
+    async def release_runs(self, owner: str, fences: Mapping[str, int]) -> list[str]:
+        """Hand back ``owner``'s runs of ``fences`` (run_id -> epoch) on a clean stop: epoch +
+        1, ready and unowned, attempt + 1, ``run_recovered`` "requeued" (wake-up); sub-agent
+        runs end ``cancelled`` "parent recovered" instead (and a run whose terminal event is
+        stored gets its status). Returns the ids released (runs no longer ours are left)."""
+
+    # Workers
 
     @abstractmethod
-    async def recover_run(
+    async def register_worker(
         self,
-        orphan: Orphan,
+        worker_id: str,
         *,
-        owner: str,
-        lease_expires_at: datetime,
-        requeue: bool,
-        now: datetime,
-        events: Sequence[RunEventBase],
-    ) -> Run | None:
-        """Take over an orphan if it is still as seen (compare-and-set on status and owner):
-        re-queue it for ``owner`` (pending, attempt + 1) or end it as error ("interrupted"),
-        appending ``events`` after its last stored event. None if someone moved it first.
-
-        An orphan whose last stored event is terminal did end (only its status was not
-        stored): it gets the status its terminal event says, unowned, and nothing is appended
-        or re-queued, whatever ``requeue`` says."""
+        host: str,
+        pid: int,
+        boot_id: str | None,
+        pid_namespace: str | None,
+        kind: str,
+        concurrency: int,
+    ) -> None:
+        """Insert (or reset) the worker's row; started_at and last_heartbeat_at = db now."""
 
     @abstractmethod
-    async def release_runs(self, owner: str) -> list[str]:
-        """Hand back ``owner``'s active runs (a clean stop that leaves them for recovery):
-        they become pending and unowned, so the next start re-queues them. Returns their ids."""
+    async def worker_heartbeat(
+        self, worker_id: str, *, active_runs: int, claims: int, takeovers: int, fenced_writes: int
+    ) -> None:
+        """last_heartbeat_at = database now, and the worker's cumulative counters."""
 
     @abstractmethod
-    async def list_stranded_sessions(self) -> list[str]:
-        """Sessions with queued runs but no run holding their slot."""
+    async def stop_worker(self, worker_id: str) -> None:
+        """stopped_at = database now."""
+
+    @abstractmethod
+    async def get_worker(
+        self, worker_id: str, *, lease_seconds: float = 10.0
+    ) -> WorkerInfo | None: ...
+
+    @abstractmethod
+    async def list_workers(
+        self, *, lease_seconds: float, include_stopped: bool = False
+    ) -> list[WorkerInfo]:
+        """Workers by started_at; ``alive`` judged against ``lease_seconds``."""
+
+    @abstractmethod
+    async def queue_stats(self) -> QueueStats: ...
+
+    @abstractmethod
+    def wakeups(self) -> Wakeups:
+        """A new subscription to "a run became ready" (close it with ``aclose``)."""
 
     @abstractmethod
     async def has_run_messages(self, run_id: str) -> bool: ...
 
     # Run events
     @abstractmethod
-    async def append_events(self, events: Sequence[RunEvent]) -> None:
-        """Persist events (of any runs) and update those runs' liveness columns."""
+    async def append_events(
+        self, events: Sequence[RunEvent], *, fences: Mapping[str, Fence] | None = None
+    ) -> set[str]:
+        """Persist events (of any runs) with their runs' liveness columns.
+
+        ``fences`` maps run_id -> (owner, epoch): per run the row is locked and checked first
+        (runs before run_events, always), and a run whose fence fails gets none of its events
+        stored. A run whose events break a constraint (a duplicate seq) is left out too, the
+        others' events are stored. Returns the ids of the runs left out. Runs absent from
+        ``fences`` are written unfenced."""
 
     @abstractmethod
     async def read_events(

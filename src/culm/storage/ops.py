@@ -4,8 +4,8 @@ run it)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +22,9 @@ from culm.storage.schema import messages, run_events, runs
 ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 SLOT = sa.and_(runs.c.status.in_(ACTIVE), runs.c.queued.is_(False))
 QUEUED = sa.and_(runs.c.queued.is_(True), runs.c.status == RunStatus.PENDING.value)
+READY = sa.and_(
+    runs.c.status == RunStatus.PENDING.value, runs.c.queued.is_(False), runs.c.owner.is_(None)
+)
 
 
 ACTIVE_RUN_ID = sa.select(runs.c.run_id).where(
@@ -39,25 +42,6 @@ LAST_MESSAGE_IDX = sa.select(sa.func.max(messages.c.idx)).where(
 )
 MESSAGE_INSERT = messages.insert()
 RUN_INSERT = runs.insert()
-CLAIM = (
-    runs.update()
-    .where(runs.c.run_id == sa.bindparam("b_run_id"), runs.c.owner == sa.bindparam("b_owner"))
-    .where(runs.c.status == RunStatus.PENDING.value, runs.c.queued.is_(False))
-    .where(runs.c.cancel_requested.is_(None))
-    .values(status=RunStatus.RUNNING.value)
-    .returning(*runs.c)
-)
-FINISH = (
-    runs.update()
-    .where(runs.c.run_id == sa.bindparam("b_run_id"))
-    .values(owner=None, lease_expires_at=None, queued=False, queue_order=None)
-    .returning(runs.c.session_id)
-)
-QUEUED_RUN = (
-    sa.select(runs.c.run_id)
-    .where(runs.c.session_id == sa.bindparam("b_session_id"), QUEUED)
-    .limit(1)
-)
 
 
 def active_run_id(conn: sa.Connection, session_id: str) -> str | None:
@@ -110,9 +94,12 @@ def insert_messages(
     rows.execute(conn, MESSAGE_INSERT, values)
 
 
-def end_cancelled(conn: sa.Connection, rows: RowWriter, run: Run, reason: str) -> None:
-    """End a run nobody executes as ``cancelled``, with its terminal event."""
-    now = utc_now()
+def end_cancelled(
+    conn: sa.Connection, rows: RowWriter, run: Run, reason: str, now: datetime | None = None
+) -> None:
+    """End a run nobody executes as ``cancelled``, with its terminal event (at ``now``, the
+    database's time when the caller read it)."""
+    now = now or utc_now()
     seq = last_seq(conn, run.run_id) + 1
     event = Cancelled(reason=reason).stamped(
         seq=seq, run_id=run.run_id, session_id=run.session_id, ts=now
@@ -135,13 +122,29 @@ def end_cancelled(conn: sa.Connection, rows: RowWriter, run: Run, reason: str) -
     )
 
 
-def insert_events(conn: sa.Connection, rows: RowWriter, events: Sequence[RunEvent]) -> None:
-    prepare_events(rows, events).execute(conn)
+def insert_events(
+    conn: sa.Connection,
+    rows: RowWriter,
+    events: Sequence[RunEvent],
+    epochs: Mapping[str, int] | None = None,
+) -> None:
+    prepare_events(rows, events, epochs).execute(conn)
 
 
-def prepare_events(rows: RowWriter, events: Sequence[RunEvent]) -> Prepared:
+def prepare_events(
+    rows: RowWriter, events: Sequence[RunEvent], epochs: Mapping[str, int] | None = None
+) -> Prepared:
+    """The insert of ``events``, each with its run's epoch from ``epochs`` (None: unfenced)."""
+    epoch = (epochs or {}).get
     values = [
-        (event.run_id, event.seq, event.type, event.ts, event_to_json(in_utc(event)))
+        (
+            event.run_id,
+            event.seq,
+            event.type,
+            event.ts,
+            event_to_json(in_utc(event)),
+            epoch(event.run_id),
+        )
         for event in events
     ]
     return rows.prepare_values(EVENT_INSERT, EVENT_COLUMNS, values)
@@ -175,13 +178,13 @@ def liveness_rows(events: Sequence[RunEvent]) -> list[dict[str, Any]]:
             "b_tool_name": state.last_tool_name if state.last_tool_phase else None,
             "b_tool_phase": state.last_tool_phase.value if state.last_tool_phase else None,
         }
-        for run_id, state in states.items()
+        for run_id, state in sorted(states.items())  # lock order: by run_id, always
     ]
     return rows
 
 
 EVENT_INSERT = run_events.insert()
-EVENT_COLUMNS = ("run_id", "seq", "type", "ts", "body")
+EVENT_COLUMNS = ("run_id", "seq", "type", "ts", "body", "epoch")
 LIVENESS_UPDATE = (
     runs.update()
     .where(runs.c.run_id == sa.bindparam("b_run_id"))

@@ -59,4 +59,5 @@ def run_from_row(row: sa.Row[Any]) -> Run:
         attempt=row.attempt,
         input=row.input,
         queued=row.queued,
+        epoch=row.epoch,
     )

@@ -76,6 +76,10 @@ messages = sa.Table(
 
 # Statuses that hold a session's one active-run slot (queued runs wait outside it).
 ACTIVE_SLOT = sa.text("status IN ('pending', 'running') AND queued = false")
+# A ready run: holds its slot, waits for a worker to claim it (the claim's index).
+READY = sa.text("status = 'pending' AND queued = false AND owner IS NULL")
+# A run some worker holds a lease on (the sweeper's index).
+LEASED = sa.text("status IN ('pending', 'running') AND owner IS NOT NULL")
 
 runs = sa.Table(
     "runs",
@@ -109,6 +113,9 @@ runs = sa.Table(
     sa.Column("owner", sa.String(200), nullable=True),
     sa.Column("lease_expires_at", UTCDateTime, nullable=True),
     sa.Column("cancel_requested", sa.Text, nullable=True),
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("ix_runs_ready", "created_at", sqlite_where=READY, postgresql_where=READY),
+    sa.Index("ix_runs_leased", "lease_expires_at", sqlite_where=LEASED, postgresql_where=LEASED),
     sa.Index(
         "uq_runs_active_session",
         "session_id",
@@ -126,4 +133,27 @@ run_events = sa.Table(
     sa.Column("type", sa.String(32), nullable=False),
     sa.Column("ts", UTCDateTime, nullable=False),
     sa.Column("body", sa.Text, nullable=False),
+    # The run's epoch the event was written under (None: written unfenced, by the store).
+    sa.Column("epoch", sa.Integer, nullable=True),
+)
+
+# Worker processes (``culm worker``, embedded ``culm serve``, ``culm run``): liveness and
+# cumulative counters, written at each heartbeat (database time).
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("worker_id", sa.String(200), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("boot_id", sa.Text, nullable=True),
+    sa.Column("pid_namespace", sa.Text, nullable=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("last_heartbeat_at", UTCDateTime, nullable=False),
+    sa.Column("stopped_at", UTCDateTime, nullable=True),
+    sa.Column("active_runs", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("claims", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("takeovers", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("fenced_writes", sa.BigInteger, nullable=False, server_default="0"),
 )

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from functools import partial
+from typing import TypeVar
 
 import sqlalchemy as sa
 from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from culm.domain.events import (
-    RunEvent,
-    RunEventBase,
-    event_from_json,
-)
+from culm.domain.events import RunEvent, event_from_json
 from culm.domain.models import (
     Message,
     Run,
@@ -30,14 +26,25 @@ from culm.domain.models import (
     Usage,
 )
 from culm.errors import AlreadyRunningError, SessionBusyError, StorageUnavailableError
-from culm.storage import migrate, ops
-from culm.storage.base import Orphan, Reservation, Store
+from culm.storage import fencing, migrate, ops, takeover, workers
+from culm.storage import queue as queue_ops
+from culm.storage.base import (
+    Fence,
+    QueueStats,
+    Renewal,
+    Reservation,
+    Store,
+    SweepPolicy,
+    Wakeups,
+    WorkerInfo,
+)
 from culm.storage.dialect import Dialect, dialect_for
-from culm.storage.ending import ending_values
 from culm.storage.health import StoreHealth, is_store_failure, unavailable
 from culm.storage.rows import run_from_row, run_to_row, session_from_row
 from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import messages, run_events, runs, sessions
+from culm.storage.schema import workers as worker_table
+from culm.storage.wakeups import PostgresWakeups, Signal, Wake
 from culm.storage.writer import Write
 
 _messages: TypeAdapter[Message] = TypeAdapter(Message)
@@ -50,6 +57,7 @@ class SqlStore(Store):
         self.dialect: Dialect = dialect_for(url)
         self._rows = RowWriter(self.dialect.name)
         self.health = StoreHealth()
+        self._signal = Signal()  # in-process wake-ups: a run became ready
 
     async def start(self) -> None:
         self._writer, self._reader = self.dialect.create_engines()
@@ -141,12 +149,21 @@ class SqlStore(Store):
         return await self.write(transaction)
 
     async def append_messages(
-        self, session_id: str, items: Sequence[Message], *, run_id: str | None
+        self,
+        session_id: str,
+        items: Sequence[Message],
+        *,
+        run_id: str | None,
+        fence: Fence | None = None,
     ) -> None:
         if not items:
             return
+        if fence is not None and run_id is None:
+            raise ValueError("append_messages: a fence needs the run_id it fences")
 
         def transaction(conn: sa.Connection) -> None:
+            if fence is not None and run_id is not None:
+                fencing.check_fence(conn, run_id, fence)  # runs before messages
             ops.insert_messages(conn, self._rows, session_id, items, run_id)
 
         await self.write(transaction)
@@ -160,176 +177,116 @@ class SqlStore(Store):
         async with self.read_connection() as conn:
             return [_messages.validate_json(body) for body in await conn.scalars(query)]
 
-    # Runs
+    # Runs (the queue: see ``queue.py``; taking over: ``takeover.py``)
+
+    def _wake(self) -> Wake:
+        return Wake(notify=self.dialect.name == "postgresql")
+
+    async def _queue_write(self, fn: Callable[[sa.Connection, Wake], _T]) -> _T:
+        """A write that may make a run ready: the in-process wake-up follows its commit."""
+        wake = self._wake()
+        try:
+            return await self.write(lambda conn: fn(conn, wake))
+        finally:
+            if wake.sent:
+                self._signal.fire()
 
     async def reserve_run(
         self,
         run: Run,
         *,
-        owner: str,
-        lease_expires_at: datetime,
         queue: bool,
         jump_queue: bool = False,
+        owner: str | None = None,
+        lease_seconds: float | None = None,
     ) -> Reservation:
         row = run_to_row(run)
 
-        def transaction(conn: sa.Connection) -> Reservation:
-            active = ops.active_run_id(conn, run.session_id)
-            if active is None:
-                conn.execute(
-                    ops.RUN_INSERT,
-                    {**row, "queued": False, "owner": owner, "lease_expires_at": lease_expires_at},
-                )
-                return Reservation(run=run)
-            if not queue:
-                raise AlreadyRunningError(run.session_id, active)
-            order = ops.queue_order(conn, run.session_id, jump_queue)
-            conn.execute(ops.RUN_INSERT, {**row, "queued": True, "queue_order": order})
-            queued = run.model_copy(update={"queued": True})
-            return Reservation(run=queued, active_run_id=active)
+        def transaction(conn: sa.Connection, wake: Wake) -> Reservation:
+            return queue_ops.reserve(
+                conn,
+                self.dialect.name,
+                run,
+                row,
+                queue=queue,
+                jump_queue=jump_queue,
+                owner=owner,
+                lease_seconds=lease_seconds,
+                wake=wake,
+            )
 
         for _ in range(5):
             try:
-                return await self.write(transaction)
+                return await self._queue_write(transaction)
             except sa.exc.IntegrityError as exc:
                 # Another process took the slot between our check and insert: look again.
                 if not self.dialect.is_unique_violation(exc):
                     raise
         raise AlreadyRunningError(run.session_id, "unknown")
 
-    async def promote_next(
-        self, session_id: str, *, owner: str, lease_expires_at: datetime
-    ) -> Run | None:
-        def transaction(conn: sa.Connection) -> Run | None:
-            if ops.active_run_id(conn, session_id) is not None:
-                return None
-            next_id = conn.scalar(
-                sa.select(runs.c.run_id)
-                .where(runs.c.session_id == session_id, ops.QUEUED)
-                .order_by(runs.c.queue_order, runs.c.created_at)
-                .limit(1)
-            )
-            if next_id is None:
-                return None
-            # Compare-and-set: a concurrent promoter may have taken this run first.
-            result = conn.execute(
-                runs.update()
-                .where(runs.c.run_id == next_id, ops.QUEUED)
-                .values(
-                    queued=False, queue_order=None, owner=owner, lease_expires_at=lease_expires_at
-                )
-            )
-            if result.rowcount != 1:
-                return None
-            return ops.get_run(conn, next_id)
-
-        try:
-            return await self.write(transaction)
-        except sa.exc.IntegrityError as exc:
-            # A concurrent promoter gave the slot to another queued run.
-            if not self.dialect.is_unique_violation(exc):
-                raise
-            return None
-
-    async def claim_run(
-        self,
-        run_id: str,
-        *,
-        owner: str,
-        lease_expires_at: datetime,
-        started_at: datetime,
-        message: Message | None = None,
-    ) -> Run | None:
-        def transaction(conn: sa.Connection) -> Run | None:
-            claimed = conn.execute(
-                ops.CLAIM,
-                {
-                    "b_run_id": run_id,
-                    "b_owner": owner,
-                    "lease_expires_at": lease_expires_at,
-                    "started_at": started_at,
-                },
-            ).first()
-            if claimed is not None:
-                run = run_from_row(claimed)
-                # A later attempt (after a recovery) may have stored it already.
-                first = run.attempt == 1
-                if message is not None and (first or not ops.has_run_messages(conn, run_id)):
-                    ops.insert_messages(conn, self._rows, run.session_id, [message], run_id)
-                return run
-            # A run of ours whose cancel was requested while nobody ran it (before a crash or a
-            # release, then re-queued): end it now, so that "not claimable" means "ended".
-            flagged = conn.execute(
-                runs.select().where(runs.c.run_id == run_id, runs.c.owner == owner, ops.SLOT)
-            ).first()
-            if flagged is not None and flagged.cancel_requested is not None:
-                ops.end_cancelled(conn, self._rows, run_from_row(flagged), flagged.cancel_requested)
-            return None
-
-        return await self.write(transaction)
-
-    async def renew_leases(
-        self, owner: str, run_ids: Sequence[str], lease_expires_at: datetime
-    ) -> list[str]:
-        if not run_ids:
+    async def claim_runs(self, owner: str, *, limit: int, lease_seconds: float) -> list[Run]:
+        if limit <= 0:
             return []
-        mine = sa.and_(runs.c.owner == owner, runs.c.run_id.in_(list(run_ids)))
+        name = self.dialect.name
+        return await self.write(
+            lambda conn: queue_ops.claim(conn, name, owner, limit, lease_seconds)
+        )
 
-        def transaction(conn: sa.Connection) -> list[str]:
-            conn.execute(runs.update().where(mine).values(lease_expires_at=lease_expires_at))
-            cancelled = conn.scalars(
-                sa.select(runs.c.run_id).where(mine, runs.c.cancel_requested.is_not(None))
+    async def start_run(
+        self, run_id: str, epoch: int, *, owner: str, message: Message | None = None
+    ) -> Run | None:
+        def transaction(conn: sa.Connection, wake: Wake) -> Run | None:
+            return queue_ops.start(
+                conn, self.dialect.name, self._rows, run_id, epoch, owner, message, wake
             )
-            return list(cancelled)
 
-        return await self.write(transaction)
+        return await self._queue_write(transaction)
 
     async def finish_run(
         self,
         run_id: str,
         *,
+        fence: Fence | None,
         status: RunStatus,
         error: str | None,
         usage: Usage,
-        completed_at: datetime,
-    ) -> bool:
-        def transaction(conn: sa.Connection) -> bool:
-            session_id = conn.scalar(
-                ops.FINISH,
-                {
-                    "b_run_id": run_id,
-                    "status": status.value,
-                    "error": error,
-                    "usage": usage.model_dump(),
-                    "completed_at": completed_at,
-                },
-            )
-            if session_id is None:
-                return False
-            return conn.scalar(ops.QUEUED_RUN, {"b_session_id": session_id}) is not None
+    ) -> None:
+        def transaction(conn: sa.Connection, wake: Wake) -> None:
+            queue_ops.finish(conn, self.dialect.name, run_id, fence, status, error, usage, wake)
 
-        return await self.write(transaction)
+        await self._queue_write(transaction)
+
+    async def renew_leases(
+        self, owner: str, fences: Mapping[str, int], lease_seconds: float
+    ) -> Renewal:
+        if not fences:
+            return Renewal(cancel_requested=[], lost=[])
+        name = self.dialect.name
+        return await self.write(
+            lambda conn: queue_ops.renew(conn, name, owner, fences, lease_seconds)
+        )
 
     async def request_cancel(self, run_id: str, reason: str) -> Run | None:
-        def transaction(conn: sa.Connection) -> Run | None:
-            # Lock the row: a concurrent claim must not start the run between look and write.
-            locked = runs.select().where(runs.c.run_id == run_id).with_for_update()
-            row = conn.execute(locked).first()
-            run = None if row is None else run_from_row(row)
-            if run is None or run.status.is_terminal:
-                return run
-            if run.status is RunStatus.PENDING:
-                # Nobody executes it yet: end it here, with its terminal event.
-                ops.end_cancelled(conn, self._rows, run, reason)
-            else:
-                conn.execute(
-                    runs.update()
-                    .where(runs.c.run_id == run_id, runs.c.cancel_requested.is_(None))
-                    .values(cancel_requested=reason)
-                )
-            return ops.get_run(conn, run_id)
+        def transaction(conn: sa.Connection, wake: Wake) -> Run | None:
+            return queue_ops.request_cancel(
+                conn, self.dialect.name, self._rows, run_id, reason, wake
+            )
 
-        return await self.write(transaction)
+        return await self._queue_write(transaction)
+
+    async def sweep(
+        self, owner: str, policy: SweepPolicy, *, dead_owners: Sequence[str] = ()
+    ) -> list[Run]:
+        def transaction(conn: sa.Connection, wake: Wake) -> list[Run]:
+            return takeover.sweep(conn, self.dialect.name, self._rows, policy, dead_owners, wake)
+
+        return await self._queue_write(transaction)
+
+    async def release_runs(self, owner: str, fences: Mapping[str, int]) -> list[str]:
+        def transaction(conn: sa.Connection, wake: Wake) -> list[str]:
+            return takeover.release(conn, self.dialect.name, self._rows, owner, fences, wake)
+
+        return await self._queue_write(transaction)
 
     async def get_run(self, run_id: str) -> Run | None:
         async with self.read_connection() as conn:
@@ -360,103 +317,72 @@ class SqlStore(Store):
         async with self.read_connection() as conn:
             return [run_from_row(row) for row in await conn.execute(query)]
 
-    async def list_orphan_candidates(self, *, exclude_owner: str) -> list[Orphan]:
-        return await self._orphans(sa.or_(runs.c.owner.is_(None), runs.c.owner != exclude_owner))
+    # Workers
 
-    async def list_owned_runs(self, owner: str) -> list[Orphan]:
-        return await self._orphans(runs.c.owner == owner)
-
-    async def _orphans(self, whose: sa.ColumnElement[bool]) -> list[Orphan]:
-        query = runs.select().where(ops.SLOT, whose)
-        async with self.read_connection() as conn:
-            return [
-                Orphan(
-                    run=run_from_row(row), owner=row.owner, lease_expires_at=row.lease_expires_at
-                )
-                for row in await conn.execute(query)
-            ]
-
-    async def recover_run(
+    async def register_worker(
         self,
-        orphan: Orphan,
+        worker_id: str,
         *,
-        owner: str,
-        lease_expires_at: datetime,
-        requeue: bool,
-        now: datetime,
-        events: Sequence[RunEventBase],
-    ) -> Run | None:
-        run = orphan.run
-        same = [runs.c.run_id == run.run_id, runs.c.status == run.status.value]
-        same.append(
-            runs.c.owner.is_(None) if orphan.owner is None else runs.c.owner == orphan.owner
-        )
-        if requeue:
-            values: dict[str, Any] = {
-                "status": RunStatus.PENDING.value,
-                "attempt": run.attempt + 1,
-                "owner": owner,
-                "lease_expires_at": lease_expires_at,
-                "started_at": None,
-            }
-        else:
-            values = {
-                "status": RunStatus.ERROR.value,
-                "error": "interrupted",
-                "completed_at": now,
-                "owner": None,
-                "lease_expires_at": None,
-            }
+        host: str,
+        pid: int,
+        boot_id: str | None,
+        pid_namespace: str | None,
+        kind: str,
+        concurrency: int,
+    ) -> None:
+        fields = {
+            "host": host,
+            "pid": pid,
+            "boot_id": boot_id,
+            "pid_namespace": pid_namespace,
+            "kind": kind,
+            "concurrency": concurrency,
+        }
+        name = self.dialect.name
+        await self.write(lambda conn: workers.register(conn, name, worker_id, fields))
 
-        def transaction(conn: sa.Connection) -> Run | None:
-            ended = ending_values(conn, run.run_id)
-            if ended is not None:  # it did end: its status just was not stored
-                changed = conn.execute(runs.update().where(*same).values(**ended, queued=False))
-                return ops.get_run(conn, run.run_id) if changed.rowcount == 1 else None
-            result = conn.execute(runs.update().where(*same).values(**values))
-            if result.rowcount != 1:
-                return None
-            seq = ops.last_seq(conn, run.run_id)
-            stamped = [
-                event.stamped(seq=seq + i, run_id=run.run_id, session_id=run.session_id, ts=now)
-                for i, event in enumerate(events, start=1)
-            ]
-            ops.insert_events(conn, self._rows, stamped)
-            ops.update_liveness(conn, stamped)
-            return ops.get_run(conn, run.run_id)
+    async def worker_heartbeat(
+        self, worker_id: str, *, active_runs: int, claims: int, takeovers: int, fenced_writes: int
+    ) -> None:
+        counters = {
+            "active_runs": active_runs,
+            "claims": claims,
+            "takeovers": takeovers,
+            "fenced_writes": fenced_writes,
+        }
+        name = self.dialect.name
+        await self.write(lambda conn: workers.heartbeat(conn, name, worker_id, counters))
 
-        return await self.write(transaction)
+    async def stop_worker(self, worker_id: str) -> None:
+        name = self.dialect.name
+        await self.write(lambda conn: workers.stop(conn, name, worker_id))
 
-    async def release_runs(self, owner: str) -> list[str]:
-        mine = sa.and_(runs.c.owner == owner, ops.SLOT)
-
-        def transaction(conn: sa.Connection) -> list[str]:
-            run_ids = list(conn.scalars(sa.select(runs.c.run_id).where(mine)))
-            if run_ids:
-                conn.execute(
-                    runs.update()
-                    .where(runs.c.run_id.in_(run_ids))
-                    .values(
-                        status=RunStatus.PENDING.value,
-                        owner=None,
-                        lease_expires_at=None,
-                        started_at=None,
-                    )
-                )
-            return run_ids
-
-        return await self.write(transaction)
-
-    async def list_stranded_sessions(self) -> list[str]:
-        holder = runs.alias("holder")
-        has_holder = sa.exists().where(
-            holder.c.session_id == runs.c.session_id,
-            holder.c.status.in_(ops.ACTIVE),
-            holder.c.queued.is_(False),
-        )
-        query = sa.select(runs.c.session_id).where(ops.QUEUED).where(~has_holder).distinct()
+    async def get_worker(self, worker_id: str, *, lease_seconds: float = 10.0) -> WorkerInfo | None:
+        query = workers.select_workers(self.dialect.name, lease_seconds)
+        query = query.where(worker_table.c.worker_id == worker_id)
         async with self.read_connection() as conn:
-            return list(await conn.scalars(query))
+            row = (await conn.execute(query)).first()
+        return None if row is None else workers.worker_from_row(row)
+
+    async def list_workers(
+        self, *, lease_seconds: float, include_stopped: bool = False
+    ) -> list[WorkerInfo]:
+        query = workers.select_workers(self.dialect.name, lease_seconds)
+        if not include_stopped:
+            query = query.where(worker_table.c.stopped_at.is_(None))
+        async with self.read_connection() as conn:
+            return [workers.worker_from_row(row) for row in await conn.execute(query)]
+
+    async def queue_stats(self) -> QueueStats:
+        async with self.read_connection() as conn:
+            row = (await conn.execute(workers.select_queue_stats(self.dialect.name))).one()
+        return workers.queue_stats_from_row(row)
+
+    def wakeups(self) -> Wakeups:
+        if self.dialect.name == "postgresql":
+            dsn = self.dialect.url.set(drivername="postgresql")
+            return PostgresWakeups(self._signal, dsn.render_as_string(hide_password=False))
+        return self._signal.subscribe()
 
     async def has_run_messages(self, run_id: str) -> bool:
         async with self.read_connection() as conn:
@@ -464,20 +390,26 @@ class SqlStore(Store):
 
     # Run events
 
-    async def append_events(self, events: Sequence[RunEvent]) -> None:
-        if not events:
-            return
-
-        # Everything but the statements is done here, on the caller's thread, so the writer
-        # (SQLite's runs on a thread of its own) holds the GIL as briefly as it can.
-        inserts = ops.prepare_events(self._rows, events)
-        liveness = ops.liveness_rows(events)
-
-        def transaction(conn: sa.Connection) -> None:
-            inserts.execute(conn)
-            conn.execute(ops.LIVENESS_UPDATE, liveness)
-
-        await self.write(transaction)
+    async def append_events(
+        self, events: Sequence[RunEvent], *, fences: Mapping[str, Fence] | None = None
+    ) -> set[str]:
+        left_out = fencing.duplicated_in_batch(events)
+        remaining = fencing.without(events, left_out)
+        while remaining:
+            # Prepared here, on the caller's thread, so the writer (SQLite's runs on a thread
+            # of its own) holds the GIL as briefly as it can.
+            batch = fencing.EventBatch(self._rows, remaining, fences or {})
+            try:
+                return left_out | await self.write(batch)
+            except sa.exc.IntegrityError as exc:
+                if not self.dialect.is_unique_violation(exc):
+                    raise
+                clashing = await self.write(partial(fencing.stored_already, events=batch.events))
+                if not clashing:
+                    raise  # not one run's events: nothing to isolate
+                left_out |= clashing
+                remaining = fencing.without(remaining, clashing)
+        return left_out
 
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int | None = None

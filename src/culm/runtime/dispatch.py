@@ -1,0 +1,128 @@
+"""The claim/dispatch seam: a worker's loop that takes ready runs from the queue.
+
+The queue is the ``runs`` table: a run is reserved ready (pending, unowned) and the store sends a
+wake-up in the same transaction. The :class:`Dispatcher` waits for a wake-up (or, should one be
+lost, the safety poll of ``claim_poll_seconds``), claims up to its free capacity in one statement
+(``claim_runs``: owner set, epoch bumped, lease in database time) and hands each run to the run
+manager, which executes it locally. Embedded ``culm serve`` and ``culm worker`` run this same
+code; ``culm serve --no-worker`` and ``culm run`` run none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from culm.domain.models import Run
+from culm.logs import get_logger
+from culm.storage.base import Store
+
+log = get_logger(__name__)
+
+
+@dataclass(slots=True)
+class WorkerCounters:
+    """Cumulative counts of one worker process, written into its ``workers`` row at every
+    heartbeat (and read by ``/metrics``)."""
+
+    claims: int = 0
+    takeovers: int = 0
+    fenced_writes: int = 0
+
+
+class Dispatcher:
+    """Claims ready runs while this process has room for them, and launches them.
+
+    ``active`` counts the runs executing here (sub-agents included: capacity is per worker);
+    ``launch`` starts one claimed run. Call :meth:`freed` when a run ends here, so a dispatcher
+    that was full looks again at once.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        owner: str,
+        concurrency: int,
+        lease_seconds: float,
+        poll_seconds: float,
+        active: Callable[[], int],
+        launch: Callable[[Run], object],
+        counters: WorkerCounters,
+    ) -> None:
+        self._store = store
+        self._owner = owner
+        self._concurrency = concurrency
+        self._lease_seconds = lease_seconds
+        self._poll = poll_seconds
+        self._active = active
+        self._launch = launch
+        self._counters = counters
+        self._freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="culm-dispatcher")
+
+    def freed(self) -> None:
+        self._freed.set()
+
+    async def aclose(self) -> None:
+        """Stop claiming. A claim under way completes (its runs are launched, so none is left
+        claimed but never executed); the wait for the next one is cut short."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+
+    async def _run(self) -> None:
+        wakeups = self._store.wakeups()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    full = await self.claim()
+                except Exception:
+                    log.exception("claiming runs failed; retrying at the next poll")
+                    full = False
+                if full:
+                    continue  # there may be more ready runs than one claim took
+                await self._wait(wakeups.wait)
+        finally:
+            with contextlib.suppress(Exception):
+                await wakeups.aclose()
+
+    async def claim(self) -> bool:
+        """Claim and launch up to the free capacity; True if it took all the room it had
+        (more may be ready). With no room, waits for a run to end (or the poll) first."""
+        free = self._concurrency - self._active()
+        if free <= 0:
+            self._freed.clear()
+            await self._wait(self._wait_freed)
+            return False
+        runs = await self._store.claim_runs(
+            self._owner, limit=free, lease_seconds=self._lease_seconds
+        )
+        self._counters.claims += len(runs)
+        for run in runs:
+            self._launch(run)
+        return len(runs) == free
+
+    async def _wait_freed(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._freed.wait()
+        return self._freed.is_set()
+
+    async def _wait(self, wait: Callable[[float], Awaitable[bool]]) -> None:
+        """Await ``wait(poll)`` (a wake-up or the poll), or until :meth:`aclose` is called."""
+        waiting = asyncio.ensure_future(wait(self._poll))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, stopping):
+                task.cancel()
+            await asyncio.gather(waiting, stopping, return_exceptions=True)

@@ -1,0 +1,99 @@
+"""Fenced writes of run events and messages.
+
+A worker's write for a run is conditional on (run_id, owner, epoch): the run's row is locked
+and checked first — runs before run_events and messages, in run_id order, everywhere, so two
+writers never deadlock — and a run whose fence fails gets nothing written. A batch of events of
+many runs isolates its runs from each other: a failed fence, or a constraint one run's events
+break (a duplicate seq), leaves that run out and stores the others.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import sqlalchemy as sa
+
+from culm.domain.events import RunEvent
+from culm.errors import LeaseLostError
+from culm.storage import ops
+from culm.storage.base import Fence
+from culm.storage.rowwriter import RowWriter
+from culm.storage.schema import run_events, runs
+
+
+def failed_fences(conn: sa.Connection, fences: Mapping[str, Fence]) -> set[str]:
+    """Lock the rows of the fenced runs (in run_id order) and return those whose (owner,
+    epoch) is not the fence's any more."""
+    if not fences:
+        return set()
+    query = (
+        sa.select(runs.c.run_id, runs.c.owner, runs.c.epoch)
+        .where(runs.c.run_id.in_(sorted(fences)))
+        .order_by(runs.c.run_id)
+        .with_for_update()
+    )
+    held = {
+        row.run_id for row in conn.execute(query) if (row.owner, row.epoch) == fences[row.run_id]
+    }
+    return set(fences) - held
+
+
+def check_fence(conn: sa.Connection, run_id: str, fence: Fence) -> None:
+    """Lock ``run_id``'s row; ``LeaseLostError`` unless it is still the fence's."""
+    if failed_fences(conn, {run_id: fence}):
+        raise LeaseLostError(run_id)
+
+
+def duplicated_in_batch(events: Sequence[RunEvent]) -> set[str]:
+    """Runs with one seq twice among ``events`` (no insert of them can succeed)."""
+    counts = Counter((event.run_id, event.seq) for event in events)
+    return {run_id for (run_id, _seq), count in counts.items() if count > 1}
+
+
+def stored_already(conn: sa.Connection, events: Sequence[RunEvent]) -> set[str]:
+    """Runs some of whose events' seqs are stored already (a duplicate-key violation)."""
+    spans: dict[str, tuple[int, int]] = {}
+    for event in events:
+        low, high = spans.get(event.run_id, (event.seq, event.seq))
+        spans[event.run_id] = (min(low, event.seq), max(high, event.seq))
+    wanted = {(event.run_id, event.seq) for event in events}
+    clauses = [
+        sa.and_(run_events.c.run_id == run_id, run_events.c.seq.between(low, high))
+        for run_id, (low, high) in spans.items()
+    ]
+    found = conn.execute(sa.select(run_events.c.run_id, run_events.c.seq).where(sa.or_(*clauses)))
+    return {row.run_id for row in found if (row.run_id, row.seq) in wanted}
+
+
+class EventBatch:
+    """One attempt at storing a batch: statements prepared outside the transaction (on the
+    caller's thread) for the common case where every fence holds."""
+
+    def __init__(
+        self, rows: RowWriter, events: Sequence[RunEvent], fences: Mapping[str, Fence]
+    ) -> None:
+        self._rows = rows
+        self.events = events
+        run_ids = {event.run_id for event in events}
+        self.fences = {run_id: fences[run_id] for run_id in run_ids if run_id in fences}
+        self.epochs = {run_id: fence[1] for run_id, fence in self.fences.items()}
+        self._inserts = ops.prepare_events(rows, events, self.epochs)
+        self._liveness = ops.liveness_rows(events)
+
+    def __call__(self, conn: sa.Connection) -> set[str]:
+        """The transaction: returns the runs whose fence failed (nothing of theirs stored)."""
+        failed = failed_fences(conn, self.fences)
+        if not failed:
+            conn.execute(ops.LIVENESS_UPDATE, self._liveness)
+            self._inserts.execute(conn)
+            return failed
+        kept: list[RunEvent] = [event for event in self.events if event.run_id not in failed]
+        if kept:
+            conn.execute(ops.LIVENESS_UPDATE, ops.liveness_rows(kept))
+            ops.insert_events(conn, self._rows, kept, self.epochs)
+        return failed
+
+
+def without(events: Sequence[RunEvent], run_ids: set[str]) -> list[RunEvent]:
+    return [event for event in events if event.run_id not in run_ids]

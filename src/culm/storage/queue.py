@@ -1,0 +1,227 @@
+"""The run queue's write transactions: reserve, claim, start, finish, renew, cancel.
+
+The queue is the ``runs`` table: a *ready* run (pending, not queued, no owner) holds its
+session's slot and waits for a worker; a *queued* one waits behind its session's active run
+and becomes ready when that one ends (``promote_next``, in the ending transaction). Claims take
+ready runs oldest first in one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
+concurrent claimers never take one run twice; SQLite's writes are serialized anyway). Each
+claim bumps the run's epoch; every later write of the claimer is fenced on (owner, epoch).
+Leases are database time (``dbtime``). Each function is one transaction's body (see
+``writer.py``); ``wake`` is called when the transaction made a run ready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from culm.domain.models import Message, Run, RunStatus, Usage
+from culm.errors import AlreadyRunningError, LeaseLostError
+from culm.storage import dbtime, ops, schema
+from culm.storage.base import Fence, Renewal, Reservation
+from culm.storage.rows import run_from_row
+from culm.storage.rowwriter import RowWriter
+from culm.storage.schema import runs
+from culm.storage.wakeups import Wake
+
+
+def reserve(
+    conn: sa.Connection,
+    dialect: str,
+    run: Run,
+    row: dict[str, Any],
+    *,
+    queue: bool,
+    jump_queue: bool,
+    owner: str | None,
+    lease_seconds: float | None,
+    wake: Wake,
+) -> Reservation:
+    active = ops.active_run_id(conn, run.session_id)
+    if active is None:
+        if owner is None:
+            values = {**row, "queued": False, "owner": None, "epoch": 0}
+            conn.execute(ops.RUN_INSERT, {**values, "lease_expires_at": None})
+            wake(conn)
+            return Reservation(run=run.model_copy(update={"queued": False, "epoch": 0}))
+        if lease_seconds is None:
+            raise ValueError("reserve_run: lease_seconds is required with an owner")
+        lease = dbtime.later(dialect, lease_seconds)
+        values = {**row, "queued": False, "owner": owner, "epoch": 1}
+        conn.execute(runs.insert().values(**values, lease_expires_at=lease))
+        return Reservation(run=run.model_copy(update={"queued": False, "epoch": 1}))
+    if owner is not None or not queue:
+        raise AlreadyRunningError(run.session_id, active)
+    order = ops.queue_order(conn, run.session_id, jump_queue)
+    values = {**row, "queued": True, "queue_order": order, "owner": None, "epoch": 0}
+    conn.execute(ops.RUN_INSERT, {**values, "lease_expires_at": None})
+    queued = run.model_copy(update={"queued": True, "epoch": 0})
+    return Reservation(run=queued, active_run_id=active)
+
+
+def claim(
+    conn: sa.Connection, dialect: str, owner: str, limit: int, lease_seconds: float
+) -> list[Run]:
+    # The pick is a CTE: PostgreSQL evaluates it once. As a plain ``IN (SELECT … LIMIT n FOR
+    # UPDATE SKIP LOCKED)`` the planner may rescan the subquery for every outer row (a nested
+    # loop semi join), and each rescan locks further rows: one claim took every ready run.
+    picked = (
+        sa.select(runs.c.run_id)
+        .where(schema.READY)  # the partial index's own predicate, constants and all
+        .order_by(runs.c.created_at, runs.c.run_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)  # nothing on SQLite, whose writes are serialized
+        .cte("picked")
+    )
+    statement = (
+        runs.update()
+        .where(runs.c.run_id.in_(sa.select(picked.c.run_id)), ops.READY)
+        .values(
+            owner=owner,
+            epoch=runs.c.epoch + 1,
+            lease_expires_at=dbtime.later(dialect, lease_seconds),
+        )
+        .returning(*runs.c)
+    )
+    claimed = [run_from_row(row) for row in conn.execute(statement)]
+    claimed.sort(key=lambda run: (run.created_at, run.run_id))
+    return claimed
+
+
+def start(
+    conn: sa.Connection,
+    dialect: str,
+    rows: RowWriter,
+    run_id: str,
+    epoch: int,
+    owner: str,
+    message: Message | None,
+    wake: Wake,
+) -> Run | None:
+    statement = (
+        runs.update()
+        .where(runs.c.run_id == run_id, runs.c.owner == owner, runs.c.epoch == epoch)
+        .where(runs.c.status == RunStatus.PENDING.value, runs.c.queued.is_(False))
+        .where(runs.c.cancel_requested.is_(None))
+        .values(status=RunStatus.RUNNING.value, started_at=dbtime.now(dialect))
+        .returning(*runs.c)
+    )
+    started = conn.execute(statement).first()
+    if started is not None:
+        run = run_from_row(started)
+        # A later attempt (after a recovery or a release) may have stored it already.
+        first = run.attempt == 1
+        if message is not None and (first or not ops.has_run_messages(conn, run_id)):
+            ops.insert_messages(conn, rows, run.session_id, [message], run_id)
+        return run
+    current = conn.execute(runs.select().where(runs.c.run_id == run_id).with_for_update()).first()
+    if current is None or RunStatus(current.status).is_terminal:
+        return None
+    if current.owner != owner or current.epoch != epoch:
+        raise LeaseLostError(run_id)
+    if current.cancel_requested is not None and current.status == RunStatus.PENDING.value:
+        # Cancelled between its claim and its start: end it now ("not started" means "ended").
+        run = run_from_row(current)
+        ops.end_cancelled(conn, rows, run, current.cancel_requested, dbtime.read_now(conn, dialect))
+        promote_next(conn, run.session_id, wake)
+    return None
+
+
+def finish(
+    conn: sa.Connection,
+    dialect: str,
+    run_id: str,
+    fence: Fence | None,
+    status: RunStatus,
+    error: str | None,
+    usage: Usage,
+    wake: Wake,
+) -> None:
+    statement = runs.update().where(runs.c.run_id == run_id)
+    if fence is not None:
+        owner, epoch = fence
+        statement = statement.where(runs.c.owner == owner, runs.c.epoch == epoch)
+        statement = statement.where(runs.c.status.in_(ops.ACTIVE))
+    session_id = conn.scalar(
+        statement.values(
+            status=status.value,
+            error=error,
+            usage=usage.model_dump(),
+            completed_at=dbtime.now(dialect),
+            owner=None,
+            lease_expires_at=None,
+            queued=False,
+            queue_order=None,
+        ).returning(runs.c.session_id)
+    )
+    if session_id is None:
+        if fence is not None:
+            raise LeaseLostError(run_id)
+        return
+    promote_next(conn, session_id, wake)
+
+
+def promote_next(conn: sa.Connection, session_id: str, wake: Wake) -> None:
+    """Make the session's first queued run ready, if its slot is free."""
+    if ops.active_run_id(conn, session_id) is not None:
+        return
+    next_id = conn.scalar(
+        sa.select(runs.c.run_id)
+        .where(runs.c.session_id == session_id, ops.QUEUED)
+        .order_by(runs.c.queue_order, runs.c.created_at, runs.c.run_id)
+        .limit(1)
+        .with_for_update()
+    )
+    if next_id is None:
+        return
+    result = conn.execute(
+        runs.update()
+        .where(runs.c.run_id == next_id, ops.QUEUED)
+        .values(queued=False, queue_order=None)
+    )
+    if result.rowcount == 1:
+        wake(conn)
+
+
+def renew(
+    conn: sa.Connection, dialect: str, owner: str, fences: Mapping[str, int], lease_seconds: float
+) -> Renewal:
+    if not fences:
+        return Renewal(cancel_requested=[], lost=[])
+    pairs = sorted(fences.items())
+    statement = (
+        runs.update()
+        .where(runs.c.owner == owner, runs.c.status.in_(ops.ACTIVE))
+        .where(sa.tuple_(runs.c.run_id, runs.c.epoch).in_(pairs))
+        .values(lease_expires_at=dbtime.later(dialect, lease_seconds))
+        .returning(runs.c.run_id, runs.c.cancel_requested)
+    )
+    kept = {row.run_id: row.cancel_requested for row in conn.execute(statement)}
+    return Renewal(
+        cancel_requested=sorted(run_id for run_id, reason in kept.items() if reason is not None),
+        lost=sorted(set(fences) - set(kept)),
+    )
+
+
+def request_cancel(
+    conn: sa.Connection, dialect: str, rows: RowWriter, run_id: str, reason: str, wake: Wake
+) -> Run | None:
+    # Lock the row: a concurrent claim must not take the run between look and write.
+    row = conn.execute(runs.select().where(runs.c.run_id == run_id).with_for_update()).first()
+    run = None if row is None else run_from_row(row)
+    if row is None or run is None or run.status.is_terminal:
+        return run
+    if run.status is RunStatus.PENDING and row.owner is None:
+        # Nobody executes it (ready or queued): end it here, with its terminal event.
+        ops.end_cancelled(conn, rows, run, reason, dbtime.read_now(conn, dialect))
+        if not run.queued:
+            promote_next(conn, run.session_id, wake)
+    else:
+        conn.execute(
+            runs.update()
+            .where(runs.c.run_id == run_id, runs.c.cancel_requested.is_(None))
+            .values(cancel_requested=reason)
+        )
+    return ops.get_run(conn, run_id)

@@ -1,0 +1,138 @@
+"""Wake-ups: "a run became ready", for the workers waiting to claim.
+
+A transaction that makes a run ready (reserved unowned, promoted from its session's queue,
+re-queued, released) calls its :class:`Wake`. On PostgreSQL that sends ``NOTIFY culm_runs`` in
+the transaction (delivered at commit to every listening process); on both backends the store
+also fires its in-process :class:`Signal` after the commit, which is all SQLite has. A lost
+wake-up (a listener reconnecting, another process on one SQLite file) is covered by the
+caller's safety poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from typing import Any
+
+import sqlalchemy as sa
+
+from culm.logs import get_logger
+from culm.storage.base import Wakeups
+
+CHANNEL = "culm_runs"
+RECONNECT_SECONDS = 1.0
+PROBE_SECONDS = 30.0
+_NOTIFY = sa.text(f"SELECT pg_notify('{CHANNEL}', '')")
+log = get_logger(__name__)
+
+
+class Wake:
+    """Per write transaction: whether it made a run ready (and, on PostgreSQL, the NOTIFY)."""
+
+    __slots__ = ("notify", "sent")
+
+    def __init__(self, *, notify: bool) -> None:
+        self.notify = notify
+        self.sent = False
+
+    def __call__(self, conn: sa.Connection) -> None:
+        if self.notify and not self.sent:
+            conn.execute(_NOTIFY)
+        self.sent = True
+
+
+class Signal:
+    """The in-process wake-up: sets the event of every open subscription."""
+
+    def __init__(self) -> None:
+        self._events: weakref.WeakSet[_Subscription] = weakref.WeakSet()
+
+    def fire(self) -> None:
+        for subscription in list(self._events):
+            subscription.event.set()
+
+    def subscribe(self) -> _Subscription:
+        subscription = _Subscription(self)
+        self._events.add(subscription)
+        return subscription
+
+    def discard(self, subscription: _Subscription) -> None:
+        self._events.discard(subscription)
+
+
+class _Subscription(Wakeups):
+    def __init__(self, signal: Signal) -> None:
+        self.event = asyncio.Event()
+        self._signal = signal
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.event.wait()
+        except TimeoutError:
+            return False
+        self.event.clear()
+        return True
+
+    async def aclose(self) -> None:
+        self._signal.discard(self)
+
+
+class PostgresWakeups(Wakeups):
+    """The in-process signal, plus ``LISTEN culm_runs`` on a dedicated asyncpg connection
+    (re-opened when lost; a reconnect counts as a wake-up, since notifications were missed)."""
+
+    def __init__(self, signal: Signal, dsn: str) -> None:
+        self._local = signal.subscribe()
+        self._dsn = dsn
+        self._lost = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def wait(self, timeout: float) -> bool:
+        return await self._local.wait(timeout)
+
+    async def _listen(self) -> None:
+        import asyncpg  # type: ignore[import-untyped]
+
+        first = True
+        while True:
+            conn: Any = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=5)
+                self._lost.clear()
+                conn.add_termination_listener(lambda _conn: self._lost.set())
+                await conn.add_listener(CHANNEL, self._notified)
+                if not first:
+                    self._local.event.set()  # notifications were missed meanwhile
+                first = False
+                await self._watch(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is away: try again shortly
+                log.warning("wake-up listener lost its connection", error=str(exc))
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=1)
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _watch(self, conn: Any) -> None:
+        """Until the connection is lost: a closed socket says so at once, a silent one is found
+        by a probe every ``PROBE_SECONDS``."""
+        while True:
+            try:
+                async with asyncio.timeout(PROBE_SECONDS):
+                    await self._lost.wait()
+                return
+            except TimeoutError:
+                await conn.fetchval("SELECT 1", timeout=5)
+
+    def _notified(self, *_args: Any) -> None:
+        self._local.event.set()
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._local.aclose()
