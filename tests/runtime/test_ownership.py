@@ -1,0 +1,103 @@
+"""Which machine a process runs on: host name, boot id and PID namespace, read from real /proc,
+compared with real child processes (one in a PID namespace of its own, where ``unshare`` works)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from culm.runtime.ownership import boot_id, pid_alive, pid_namespace, same_machine
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# What a child process reports about itself.
+REPORT = (
+    "import json, socket; from culm.runtime.ownership import boot_id, pid_namespace; "
+    "print(json.dumps([socket.gethostname(), boot_id(), pid_namespace()]))"
+)
+UNSHARE_PID = ["unshare", "--pid", "--fork", "--mount-proc"]
+
+
+def _child(*prefix: str) -> tuple[str, str | None, str | None]:
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", REPORT],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    host, boot, namespace = json.loads(done.stdout)
+    return host, boot, namespace
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    done = subprocess.run([*UNSHARE_PID, "true"], capture_output=True, timeout=30, check=False)
+    return done.returncode == 0
+
+
+needs_unshare = pytest.mark.skipif(
+    not _unshare_works(), reason="unshare --pid is not allowed on this machine"
+)
+
+
+def test_boot_id_is_the_kernels() -> None:
+    found = boot_id()
+    assert found is not None and UUID.fullmatch(found)
+    assert found == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def test_pid_namespace_is_the_inode_readlink_names() -> None:
+    found = pid_namespace()
+    assert found is not None and found.isdigit()
+    assert os.readlink("/proc/self/ns/pid") == f"pid:[{found}]"
+
+
+def test_a_child_process_is_on_the_same_machine() -> None:
+    child = _child()
+    assert child == (socket.gethostname(), boot_id(), pid_namespace())
+    assert same_machine(*child)
+
+
+@needs_unshare
+def test_a_child_in_another_pid_namespace_is_not_the_same_machine() -> None:
+    host, boot, namespace = _child(*UNSHARE_PID)
+    assert (host, boot) == (socket.gethostname(), boot_id())  # same host, same boot …
+    assert namespace is not None and namespace != pid_namespace()  # … other pids
+    assert not same_machine(host, boot, namespace)
+
+
+@needs_unshare
+def test_two_children_in_pid_namespaces_of_their_own_differ() -> None:
+    first, second = _child(*UNSHARE_PID), _child(*UNSHARE_PID)
+    assert first[2] != second[2]
+
+
+def test_any_field_that_differs_or_is_unknown_means_another_machine() -> None:
+    host, boot, namespace = socket.gethostname(), boot_id(), pid_namespace()
+    assert same_machine(host, boot, namespace)
+    assert not same_machine(host + "x", boot, namespace)
+    assert not same_machine(host, "00000000-0000-0000-0000-000000000000", namespace)
+    assert not same_machine(host, boot, "1")
+    assert not same_machine(host, None, namespace)
+    assert not same_machine(host, boot, None)
+
+
+def test_pid_alive_until_the_process_is_reaped() -> None:
+    assert pid_alive(os.getpid())
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        assert pid_alive(child.pid)
+    finally:
+        child.communicate(timeout=30)
+    assert not pid_alive(child.pid)
