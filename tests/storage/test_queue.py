@@ -224,6 +224,20 @@ async def test_one_runs_duplicate_seq_leaves_only_that_run_out(store: SqlStore) 
     assert (await get(store, clash.run_id)).last_seq == 2
 
 
+async def test_a_run_its_owner_finished_is_not_reported_lost(store: SqlStore) -> None:
+    finished = await owned_run(store, "w1")
+    taken = await owned_run(store, "w1", lease_seconds=0)
+    await store.finish_run(
+        finished.run_id, fence=("w1", 1), status=RunStatus.COMPLETED, error=None, usage=Usage()
+    )
+    [swept] = await store.sweep("sweeper", SweepPolicy(False, 1, 10))  # ends it, epoch 2
+    assert swept.status is RunStatus.ERROR
+
+    renewal = await store.renew_leases("w1", {finished.run_id: 1, taken.run_id: 1}, 300)
+
+    assert renewal.lost == [taken.run_id], "ended by someone else: lost; by itself: done"
+
+
 # Leases in database time
 
 

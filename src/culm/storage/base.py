@@ -208,7 +208,9 @@ class Store(ABC):
         self, owner: str, fences: Mapping[str, int], lease_seconds: float
     ) -> Renewal:
         """Extend, in one statement, the leases of the runs ``fences`` maps (run_id -> epoch)
-        that are still ``owner``'s at that epoch (to database now + ``lease_seconds``)."""
+        that are still ``owner``'s at that epoch (to database now + ``lease_seconds``). ``lost``:
+        the others, except runs that ended at that epoch (the owner's own ``finish_run``: done,
+        not lost; a takeover or release always bumps the epoch)."""
 
     @abstractmethod
     async def request_cancel(self, run_id: str, reason: str) -> Run | None:

@@ -199,9 +199,19 @@ def renew(
         .returning(runs.c.run_id, runs.c.cancel_requested)
     )
     kept = {row.run_id: row.cancel_requested for row in conn.execute(statement)}
+    missing = set(fences) - set(kept)
+    if missing:
+        # A run its owner ended itself (``finish_run``, or ``start_run`` ending a cancelled one)
+        # keeps its epoch: it is done, not lost. Everyone else's ending bumps the epoch.
+        ended = sa.select(runs.c.run_id, runs.c.status, runs.c.epoch).where(
+            runs.c.run_id.in_(sorted(missing))
+        )
+        for row in conn.execute(ended):
+            if RunStatus(row.status).is_terminal and row.epoch == fences[row.run_id]:
+                missing.discard(row.run_id)
     return Renewal(
         cancel_requested=sorted(run_id for run_id, reason in kept.items() if reason is not None),
-        lost=sorted(set(fences) - set(kept)),
+        lost=sorted(missing),
     )
 
 
