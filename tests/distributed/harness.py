@@ -91,8 +91,7 @@ class Culm:
     def host_pid(self) -> int:
         """The pid of culm's Python process as the host sees it (not the ``unshare`` or the
         shell around it)."""
-        if self._host_pid is None:
-            self._host_pid = _find_python(self.process.pid)
+        assert self._host_pid is not None
         return self._host_pid
 
     @property
@@ -122,20 +121,23 @@ class Culm:
         return await self.wait(timeout)
 
 
-def _find_python(pid: int) -> int:
-    """``pid`` itself when it runs culm, else the descendant that does."""
-    deadline = time.monotonic() + 10
+async def _find_python(pid: int) -> int:
+    """``pid`` itself when it runs culm, else the descendant that does (in a namespace, the
+    shell's short-lived children come and go meanwhile)."""
+    deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
             root = psutil.Process(pid)
-            for process in [root, *root.children(recursive=True)]:
+            family = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess as exc:
+            raise AssertionError(f"process {pid} ended before culm started") from exc
+        for process in family:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
                 cmdline = process.cmdline()
                 if len(cmdline) > 2 and cmdline[1:3] == ["-m", "culm"]:
                     return process.pid
-        except psutil.NoSuchProcess as exc:
-            raise AssertionError(f"process {pid} is gone before culm started") from exc
         assert time.monotonic() < deadline, f"no culm process under pid {pid}"
-        time.sleep(0.01)
+        await asyncio.sleep(0.01)
 
 
 def ns_pid(host_pid: int) -> int:
@@ -195,11 +197,14 @@ class Topology:
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
                 *command,
-                env=clean_env(self.home, {**self.env, **extra}),
+                env=clean_env(
+                    self.home, {"CULM_DATABASE_URL": self.database_url, **self.env, **extra}
+                ),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.home, start_new_session=True,
             )  # fmt: skip
         culm = Culm(kind, name, process, log_path, hostname=hostname if namespace else None)
+        culm._host_pid = await _find_python(process.pid)
         self.processes.append(culm)
         return culm
 
@@ -257,15 +262,18 @@ class Topology:
         while True:
             assert culm.alive, f"{culm.name} exited: {culm.log()}"
             pid, inode = ns_pid(culm.host_pid), pid_namespace_inode(culm.host_pid)
-            async with self.db.connect() as conn:
-                rows = await conn.execute(
-                    sa.text(
-                        "SELECT worker_id, pid_namespace FROM workers"
-                        " WHERE pid = :pid AND stopped_at IS NULL"
-                    ),
-                    {"pid": pid},
-                )
-                ids = [row.worker_id for row in rows if str(row.pid_namespace) == inode]
+            ids = []
+            # (Before the first process has migrated the database, it has no workers table.)
+            with contextlib.suppress(sa.exc.ProgrammingError):
+                async with self.db.connect() as conn:
+                    rows = await conn.execute(
+                        sa.text(
+                            "SELECT worker_id, pid_namespace FROM workers"
+                            " WHERE pid = :pid AND stopped_at IS NULL"
+                        ),
+                        {"pid": pid},
+                    )
+                    ids = [row.worker_id for row in rows if str(row.pid_namespace) == inode]
             if ids:
                 assert len(ids) == 1, ids
                 return str(ids[0])
