@@ -232,3 +232,79 @@ async def test_giving_up_on_a_failing_store_drops_what_it_cannot_take(tmp_path: 
     assert published == []  # never published, so no client saw a seq the store lacks
     assert await store.last_event_seq("r") == 0
     await store.aclose()
+
+
+async def _owned_runs(store: SqlStore, tmp_path: Path, *run_ids: str) -> None:
+    """Runs ``run_ids``, each on a session of its own, claimed by worker "w1" (epoch 1)."""
+    for run_id in run_ids:
+        session = Session(session_id=f"s-{run_id}", model="m", workspace=str(tmp_path))
+        await store.create_session(session)
+        run = Run(run_id=run_id, session_id=session.session_id, model="m")
+        reserved = await store.reserve_run(run, queue=False, owner="w1", lease_seconds=60)
+        assert reserved.run.epoch == 1
+
+
+def _run_events(run_id: str, seqs: range) -> list[RunEvent]:
+    now = utc_now()
+    return [
+        Token(content="x").stamped(seq=seq, run_id=run_id, session_id=f"s-{run_id}", ts=now)
+        for seq in seqs
+    ]
+
+
+async def test_a_run_whose_fence_fails_is_isolated_and_the_others_are_stored(
+    tmp_path: Path,
+) -> None:
+    store = await _store(tmp_path)
+    await _owned_runs(store, tmp_path, "ours", "lost")
+    rejected: list[set[str]] = []
+    published: list[RunEvent] = []
+    batcher = EventBatcher(
+        store, publish=published.extend, linger=0, max_batch=1000, on_rejected=rejected.append
+    )
+    batcher.start()
+    for event in _run_events("ours", range(1, 4)):
+        batcher.add(event, fence=("w1", 1))
+    for event in _run_events("lost", range(1, 4)):
+        batcher.add(event, fence=("w1", 0))  # a stale epoch: the run is no longer ours so
+    await batcher.flush()
+    assert rejected == [{"lost"}]
+    assert batcher.isolated("lost") and not batcher.isolated("ours")
+    assert [(e.run_id, e.seq) for e in published] == [("ours", 1), ("ours", 2), ("ours", 3)]
+    assert await store.last_event_seq("lost") == 0
+    # Later events of the isolated run are dropped, even under a valid fence: storing them
+    # would leave a gap in its seqs.
+    batcher.add(_run_events("lost", range(4, 5))[0], fence=("w1", 1))
+    batcher.add(_run_events("ours", range(4, 5))[0], fence=("w1", 1))
+    await batcher.flush()
+    assert await store.last_event_seq("lost") == 0
+    assert await store.last_event_seq("ours") == 4
+    assert rejected == [{"lost"}]
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_a_run_breaking_a_constraint_is_isolated_without_blocking_the_others(
+    tmp_path: Path,
+) -> None:
+    store = await _store(tmp_path)
+    await _owned_runs(store, tmp_path, "dup", "fine")
+    await store.append_events(_run_events("dup", range(1, 3)), fences={"dup": ("w1", 1)})
+    rejected: list[set[str]] = []
+    published: list[RunEvent] = []
+    batcher = EventBatcher(
+        store, publish=published.extend, linger=0, max_batch=1000, on_rejected=rejected.append
+    )
+    batcher.start()
+    batcher.add(_run_events("dup", range(2, 3))[0], fence=("w1", 1))  # seq 2 is stored already
+    for event in _run_events("fine", range(1, 3)):
+        batcher.add(event, fence=("w1", 1))
+    async with asyncio.timeout(10):  # not retried forever: the batch is stored without "dup"
+        await batcher.flush()
+    assert rejected == [{"dup"}]
+    assert not batcher.failing
+    assert [(e.run_id, e.seq) for e in published] == [("fine", 1), ("fine", 2)]
+    assert await store.last_event_seq("fine") == 2
+    assert await store.last_event_seq("dup") == 2
+    await batcher.aclose()
+    await store.aclose()

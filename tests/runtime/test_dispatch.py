@@ -182,7 +182,7 @@ async def test_a_parent_taken_over_ends_its_children_parent_recovered(
         ended = await other_store.get_run(child.run_id)
         assert ended is not None and ended.status is culm.RunStatus.CANCELLED
         last = (await other_store.read_events(child.run_id))[-1]
-        assert last.type == "cancelled" and last.reason == "parent recovered"  # type: ignore[union-attr]
+        assert last.type == "cancelled" and last.reason == "parent recovered"
         async with asyncio.timeout(10):  # both cancelled here within a heartbeat
             while len(worker.registry):
                 await asyncio.sleep(0.02)

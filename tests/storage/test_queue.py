@@ -357,6 +357,8 @@ async def test_queue_stats_count_ready_queued_and_running(store: SqlStore) -> No
     await store.reserve_run(a_run(ready.session_id), queue=True)
     await ready_run(store)
     await owned_run(store, "w1")
+    session = await new_session(store)  # claimed, not started yet: a worker holds it
+    await store.reserve_run(a_run(session.session_id), queue=False, owner="w2", lease_seconds=60)
     done = await owned_run(store, "w1")
     await store.finish_run(
         done.run_id, fence=("w1", 1), status=RunStatus.COMPLETED, error=None, usage=Usage()
@@ -364,7 +366,7 @@ async def test_queue_stats_count_ready_queued_and_running(store: SqlStore) -> No
 
     stats = await store.queue_stats()
 
-    assert (stats.pending, stats.ready, stats.running) == (3, 2, 1)
+    assert (stats.pending, stats.ready, stats.running) == (3, 2, 2)
     assert stats.oldest_pending_age is not None and stats.oldest_pending_age >= 0
 
 

@@ -126,3 +126,9 @@ class Dispatcher:
             for task in (waiting, stopping):
                 task.cancel()
             await asyncio.gather(waiting, stopping, return_exceptions=True)
+        if waiting.done() and not waiting.cancelled() and waiting.exception() is not None:
+            # The wake-ups failed (their connection lost): poll, never spin.
+            log.error("waiting for wake-ups failed", error=str(waiting.exception()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll):
+                    await self._stopping.wait()

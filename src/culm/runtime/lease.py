@@ -93,6 +93,8 @@ class Heartbeat:
         if self._sweeps:
             dead = await self._dead_owners() if self._fast_restart else []
             await self.sweep(dead)
+            for worker_id in dead:  # its runs are taken over: it is not looked at again
+                await self._store.stop_worker(worker_id)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="culm-heartbeat")
 
     async def aclose(self) -> None:

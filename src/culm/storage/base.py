@@ -27,16 +27,6 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
-class Orphan:
-    """Obsolete (the sweeper replaced orphan recovery): kept only so that ``runtime/manager.py``
-    imports until its recovery moves to ``Store.sweep``. Nothing in storage uses it."""
-
-    run: Run
-    owner: str | None
-    lease_expires_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
 class Renewal:
     """What a lease renewal found."""
 
@@ -69,9 +59,10 @@ class WorkerInfo:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """``pending``: ready and queued runs; ``ready``: those waiting for a worker;
-    ``oldest_pending_age``: seconds since the oldest pending run was created (database time;
-    None without pending runs)."""
+    """``pending``: runs waiting for a worker, ready or queued (no owner); ``ready``: those of
+    them a worker may claim now; ``running``: runs a worker holds (started, or claimed and about
+    to start); ``oldest_pending_age``: seconds since the oldest pending run was created (None
+    without pending runs; the database's now less the run's ``created_at``)."""
 
     pending: int
     ready: int
@@ -82,7 +73,8 @@ class QueueStats:
 @dataclass(frozen=True, slots=True)
 class SweepPolicy:
     """How a sweeper ends runs it takes over: re-queued while ``requeue`` and the attempt is
-    below ``max_attempts``, else ended ``error`` "interrupted"."""
+    below ``max_attempts``, else ended ``error`` "interrupted". (``lease_seconds``, the
+    sweeper's lease setting, is for its caller; expiry is read from each run's lease.)"""
 
     requeue: bool
     max_attempts: int

@@ -21,20 +21,23 @@ from culm.storage.base import Fence
 from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import run_events, runs
 
+FENCE_ROWS = (
+    sa.select(runs.c.run_id, runs.c.owner, runs.c.epoch)
+    .where(runs.c.run_id.in_(sa.bindparam("run_ids", expanding=True)))
+    .order_by(runs.c.run_id)
+    .with_for_update()
+)
+
 
 def failed_fences(conn: sa.Connection, fences: Mapping[str, Fence]) -> set[str]:
     """Lock the rows of the fenced runs (in run_id order) and return those whose (owner,
     epoch) is not the fence's any more."""
     if not fences:
         return set()
-    query = (
-        sa.select(runs.c.run_id, runs.c.owner, runs.c.epoch)
-        .where(runs.c.run_id.in_(sorted(fences)))
-        .order_by(runs.c.run_id)
-        .with_for_update()
-    )
     held = {
-        row.run_id for row in conn.execute(query) if (row.owner, row.epoch) == fences[row.run_id]
+        run_id
+        for run_id, owner, epoch in conn.execute(FENCE_ROWS, {"run_ids": sorted(fences)})
+        if (owner, epoch) == fences[run_id]
     }
     return set(fences) - held
 

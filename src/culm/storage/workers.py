@@ -82,11 +82,13 @@ def _count(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
 
 
 def select_queue_stats(dialect: str) -> sa.Select[int, int, int, datetime, datetime]:
-    pending = runs.c.status == RunStatus.PENDING.value
+    # Waiting for a worker: ready or queued, nobody's. A run a worker holds (claimed, or
+    # reserved for its owner, and not started yet) counts as running.
+    pending = sa.and_(runs.c.status == RunStatus.PENDING.value, runs.c.owner.is_(None))
     return sa.select(
         _count(pending).label("pending"),
         _count(ops.READY).label("ready"),
-        _count(runs.c.status == RunStatus.RUNNING.value).label("running"),
+        _count(runs.c.owner.is_not(None)).label("running"),
         sa.type_coerce(
             sa.func.min(sa.case((pending, runs.c.created_at), else_=None)), UTCDateTime
         ).label("oldest"),
