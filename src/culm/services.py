@@ -52,7 +52,7 @@ from culm.scheduler.service import Schedules
 from culm.scheduler.store import ScheduleStore
 from culm.scheduler.ticker import Ticker
 from culm.settings import Settings, load_settings
-from culm.storage.base import Store
+from culm.storage.base import QueueStats, Store, WorkerInfo
 from culm.storage.sql import SqlStore
 from culm.tools import Tool, ToolRegistry, builtin_tools
 from culm.tools.sandbox import sandbox_from
@@ -480,6 +480,21 @@ class Engine:
         """The session's replay cache, then live events of all its runs. Never ends by itself."""
         self._require_open()
         return self.streams.session_events(session_id)
+
+    # Workers
+
+    async def list_workers(self, *, include_stopped: bool = False) -> list[WorkerInfo]:
+        """The processes that execute runs on this database (alive judged by the lease), and
+        with ``include_stopped`` those that stopped cleanly."""
+        self._require_open()
+        return await self.store.list_workers(
+            lease_seconds=self.settings.lease_seconds, include_stopped=include_stopped
+        )
+
+    async def queue_stats(self) -> QueueStats:
+        """Pending, ready and running runs, and the oldest pending run's age (database time)."""
+        self._require_open()
+        return await self.store.queue_stats()
 
     # Wiring for the loop
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx2
 import pytest
 import sqlalchemy as sa
 
@@ -102,6 +103,64 @@ def test_an_invalid_concurrency_setting_names_it(culm: CulmRunner) -> None:
     assert result.code == 2
     assert result.stderr_lines[-1].startswith("error:")
     assert "worker_concurrency" in result.stderr.lower()
+
+
+@asynccontextmanager
+async def culm_api(home: Path, env: Mapping[str, str]) -> AsyncIterator[str]:
+    """A ``culm serve --no-worker`` process; its URL once /health answers."""
+    port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    process = await asyncio.create_subprocess_exec(
+        *culm_command("serve", "--no-worker", "--port", str(port)),
+        env=clean_env(home, env), cwd=home, preexec_fn=restore_sigint,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(STARTUP):
+            line = (await process.stderr.readline()).decode()
+        assert line.startswith(f"culm serving the API only on {url} "), line
+        async with httpx2.AsyncClient(base_url=url) as client, asyncio.timeout(STARTUP):
+            while True:
+                try:
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    await asyncio.sleep(0.05)
+        yield url
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(STARTUP):
+                await process.communicate()
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_executes_the_runs_an_api_process_reserved(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = {"CULM_DATABASE_URL": postgres_url}
+    async with (
+        culm_api(tmp_path / "api", env) as url,
+        httpx2.AsyncClient(base_url=url, timeout=30) as client,
+    ):
+        body = {"message": "go", "model": "scripted:demo", "tools": ["read"]}
+        run = (await client.post("/v1/runs", json=body)).json()
+        queue = (await client.get("/v1/workers")).json()["queue"]
+        assert (queue["ready"], queue["running"]) == (1, 0)  # nobody executes it yet
+        async with culm_worker(tmp_path / "worker", env=env) as (worker, started):
+            done = await client.get(f"/v1/runs/{run['run_id']}/wait", params={"timeout": 30})
+            assert done.json()["status"] == "completed"
+            [row] = (await client.get("/v1/workers")).json()["workers"]
+            assert (row["worker_id"], row["kind"], row["alive"]) == (started["id"], "worker", True)
+            code, stderr = await _stop(worker, signal.SIGTERM)
+        assert code == 0, stderr
+        assert (await client.get("/v1/workers")).json()["workers"] == []
+        everyone = (await client.get("/v1/workers", params={"include_stopped": "true"})).json()
+        [stopped] = everyone["workers"]
+        assert stopped["worker_id"] == started["id"] and stopped["stopped_at"] is not None
+        assert stopped["claims"] == 1
 
 
 def test_a_database_it_cannot_reach_is_one_line(culm: CulmRunner) -> None:

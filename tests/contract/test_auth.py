@@ -86,6 +86,7 @@ def test_the_enumeration_sees_every_kind_of_route(keyed: culm.Settings) -> None:
         ("DELETE", "/v1/sessions/{session_id}"),
         ("PATCH", "/v1/schedules/{schedule_id}"),
         ("HEAD", "/docs"),
+        ("GET", "/v1/workers"),
     ]:
         assert expected in endpoints
     assert len(endpoints) > 40

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from culm.domain.models import Session
 from culm.errors import StorageUnavailableError
 from culm.storage.sql import SqlStore
+from tests.pgfaults import cut_off
 
 
 async def test_a_working_store_is_healthy_and_a_refused_write_keeps_it_so(store: SqlStore) -> None:
@@ -33,3 +34,17 @@ async def test_a_failing_write_is_storage_unavailable_until_one_succeeds(store: 
         assert problem is not None and "unavailable" in problem
     assert await store.write(fine) == 1
     assert await store.check() is None
+
+
+async def test_a_postgres_database_that_refuses_connections_is_a_store_failure(
+    postgres_store: SqlStore, postgres_url: str
+) -> None:
+    """asyncpg's errors reach SQLAlchemy as plain DBAPIError: the SQLSTATE (here 55000, the
+    database does not accept connections) says whether the store cannot serve."""
+    async with cut_off(postgres_url):
+        with pytest.raises(StorageUnavailableError, match="not currently accepting connections"):
+            await postgres_store.get_run("any")
+        problem = await postgres_store.check()
+        assert problem is not None and "accepting connections" in problem
+    assert await postgres_store.get_run("any") is None
+    assert await postgres_store.check() is None

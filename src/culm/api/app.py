@@ -14,9 +14,9 @@ from culm._version import __version__
 from culm.api import errors, openapi
 from culm.api.encoding import FrameCache
 from culm.api.middleware import PROXY_PREFIXES, APIKeyAuth, BodySizeLimit
-from culm.api.routes import mcp, metrics, proxy, runs, schedules, sessions
+from culm.api.routes import mcp, metrics, proxy, runs, schedules, sessions, workers
 from culm.api.schemas import Health
-from culm.metrics.prometheus import PrometheusExporter
+from culm.metrics.prometheus import Cluster, PrometheusExporter
 from culm.proxy.forward import Forwarder
 from culm.services import Engine
 from culm.settings import Settings, load_settings
@@ -53,7 +53,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.ping_seconds = settings.sse_ping_seconds
     app.state.shutdown_grace = settings.shutdown_timeout / 2
     app.state.prometheus = PrometheusExporter(
-        engine.metrics, active_runs=lambda: len(engine.registry) if engine.metrics.started else 0
+        engine.metrics,
+        active_runs=lambda: len(engine.registry) if engine.metrics.started else 0,
+        cluster=lambda: _cluster(engine),
     )
     errors.install(app)
     openapi.install(app)
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(runs.router)
     app.include_router(mcp.router)
     app.include_router(schedules.router)
+    app.include_router(workers.router)
     app.include_router(metrics.router)
     app.include_router(metrics.exposition)
     app.add_middleware(
@@ -90,6 +93,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             proxy_refusal=forwarder.refusal,
         )
     return app
+
+
+async def _cluster(engine: Engine) -> Cluster:
+    """Every worker's row (stopped ones too: their counters stay in the sums) and the queue."""
+    workers = await engine.list_workers(include_stopped=True)
+    return Cluster(workers=workers, queue=await engine.queue_stats())
 
 
 async def _close_streams_on(shutdown: anyio.Event, engine: Engine) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
@@ -123,3 +124,49 @@ class ScheduleList(BaseModel):
 
 class ScheduleRunList(BaseModel):
     runs: list[ScheduleRun]
+
+
+class Worker(BaseModel):
+    """A process that executes runs (``culm worker``, an embedded ``culm serve``, a ``culm run``)
+    as its row in the database says; the counters are cumulative and written at each heartbeat."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    worker_id: str = Field(description="`host:pid:token`, the owner of the runs it executes")
+    host: str
+    pid: int
+    boot_id: str | None = Field(description="the kernel's boot id of its machine")
+    pid_namespace: str | None = Field(description="the inode of its PID namespace")
+    kind: str = Field(description="`embedded` (culm serve), `worker` (culm worker) or `cli`")
+    concurrency: int = Field(description="how many runs it executes at once, at most")
+    started_at: datetime
+    last_heartbeat_at: datetime = Field(description="in the database's time")
+    stopped_at: datetime | None = Field(description="set when it stopped cleanly")
+    active_runs: int = Field(description="runs it executed at its last heartbeat")
+    claims: int = Field(description="ready runs it claimed")
+    takeovers: int = Field(description="runs whose lease ran out that its sweeper took over")
+    fenced_writes: int = Field(
+        description="writes refused because the run had passed to another owner (lease lost)"
+    )
+    alive: bool = Field(
+        description="not stopped, and its last heartbeat is within the lease (CULM_LEASE_SECONDS)"
+    )
+
+
+class QueueStatus(BaseModel):
+    """The run queue (the ``runs`` table) now."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    pending: int = Field(description="runs not started: ready ones and those queued in a session")
+    ready: int = Field(description="pending runs waiting for a worker to claim them")
+    running: int
+    oldest_pending_age: float | None = Field(
+        description="seconds since the oldest pending run was created (database time); null "
+        "without pending runs"
+    )
+
+
+class WorkerList(BaseModel):
+    workers: list[Worker]
+    queue: QueueStatus

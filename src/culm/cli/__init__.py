@@ -17,7 +17,7 @@ import typer
 from rich.text import Text
 
 from culm._version import __version__
-from culm.cli import mcp, metrics, run, runs, schedules, serve, sessions, worker
+from culm.cli import mcp, metrics, run, runs, schedules, serve, sessions, worker, workers
 from culm.cli.render import stderr_console
 from culm.errors import UserError
 
@@ -71,6 +71,7 @@ def configure_logging() -> None:
 app.command("run")(run.run_command)
 app.command("serve")(serve.serve_command)
 app.command("worker")(worker.worker_command)
+app.command("workers")(workers.workers_command)
 app.command("sessions")(sessions.sessions_command)
 app.command("runs")(runs.runs_command)
 app.command("show")(runs.show_command)

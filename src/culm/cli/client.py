@@ -207,6 +207,11 @@ class Client:
             missing=("run", run_id),
         )
 
+    async def list_workers(self, *, include_stopped: bool = False) -> Json:
+        """``{"workers": […], "queue": {…}}``: the processes that execute runs, and the queue."""
+        params: dict[str, Param] = {"include_stopped": "true" if include_stopped else None}
+        return await self._request("GET", "/v1/workers", params=params)
+
     async def list_mcp_servers(self) -> list[Json]:
         body = await self._request("GET", "/v1/mcp/servers")
         return list(body["servers"])

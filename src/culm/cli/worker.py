@@ -58,7 +58,7 @@ async def work(settings: Settings) -> None:
         await _start(engine)
         try:
             typer.echo(
-                f"culm worker {engine.runs.owner} on {describe_database(settings)} "
+                f"culm worker {engine.worker_id} on {describe_database(settings)} "
                 f"(concurrency {settings.worker_concurrency}; "
                 f"schedules {'on' if settings.scheduler else 'off'}; "
                 f"stops on SIGTERM/SIGINT, shutdown policy {settings.shutdown_policy.value})",

@@ -20,20 +20,37 @@ both also labelled ``gen_ai_operation_name`` (``chat``), ``gen_ai_provider_name`
 ``culm_metrics_queue_depth``, ``culm_metrics_events_dropped_total``,
 ``culm_metrics_storage_errors_total``  the metrics pipeline itself
 
+and, read from the database at each scrape (so every API process reports the same, for every
+worker on the database; absent while the database does not answer):
+
+``culm_workers_alive``                workers whose last heartbeat is within the lease
+``culm_runs_pending``                 runs not started (ready, or queued in their session)
+``culm_runs_ready``                   pending runs waiting for a worker to claim them
+``culm_runs_running``                 runs executing on any worker
+``culm_runs_oldest_pending_seconds``  age of the oldest pending run (database time; 0 if none)
+``culm_claims_total``, ``culm_takeovers_total``, ``culm_fenced_writes_total``
+                                      summed over every worker's row (written at its heartbeat):
+                                      runs claimed, runs taken over after their lease ran out,
+                                      writes refused because the run had passed to another owner
+
 The counters and histograms are fed by the metrics pipeline (a listener sees every metrics event
 as it is emitted), so they count what this process saw since it started, as Prometheus expects.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
+from culm.errors import EngineClosedError, StorageUnavailableError
 from culm.metrics.events import (
     MetricsEvent,
     RequestCompleted,
@@ -43,6 +60,9 @@ from culm.metrics.events import (
     ToolCalled,
 )
 from culm.metrics.pipeline import LiveCounts, MetricsPipeline
+from culm.storage.base import QueueStats, WorkerInfo
+
+logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # The buckets the OpenTelemetry GenAI conventions advise.
@@ -71,6 +91,18 @@ GENAI_LABELS = (
 )
 RUN_STATUS = {"completed": "completed", "cancelled": "cancelled", "failed": "error"}
 MAX_OPEN_REQUESTS = 10_000
+CLUSTER_TIMEOUT = 2.0  # seconds a scrape waits for the database's worker and queue figures
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """The workers' rows and the run queue, as read for one scrape."""
+
+    workers: Sequence[WorkerInfo]
+    queue: QueueStats
+
+
+ClusterReader = Callable[[], Awaitable[Cluster]]
 
 
 class _LiveCollector(Collector):
@@ -100,8 +132,51 @@ class _LiveCollector(Collector):
         )
 
 
+class _ClusterCollector(Collector):
+    """The database-wide figures of the last :meth:`PrometheusExporter.scrape` (none if the
+    database did not answer)."""
+
+    def __init__(self) -> None:
+        self.cluster: Cluster | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        cluster = self.cluster
+        if cluster is None:
+            return
+        queue, workers = cluster.queue, cluster.workers
+        alive = sum(1 for worker in workers if worker.alive)
+        yield GaugeMetricFamily(
+            "culm_workers_alive", "Workers whose last heartbeat is within the lease.", alive
+        )
+        yield GaugeMetricFamily(
+            "culm_runs_pending", "Runs not started (ready or queued).", queue.pending
+        )
+        yield GaugeMetricFamily(
+            "culm_runs_ready", "Pending runs waiting for a worker.", queue.ready
+        )
+        yield GaugeMetricFamily("culm_runs_running", "Runs executing on any worker.", queue.running)
+        yield GaugeMetricFamily(
+            "culm_runs_oldest_pending_seconds",
+            "Age of the oldest pending run (database time; 0 if none).",
+            queue.oldest_pending_age or 0.0,
+        )
+        for name, text in (
+            ("claims", "Runs claimed by workers."),
+            ("takeovers", "Runs taken over by a sweeper after their lease ran out."),
+            ("fenced_writes", "Writes refused because the run had passed to another owner."),
+        ):
+            total = sum(getattr(worker, name) for worker in workers)
+            yield CounterMetricFamily(f"culm_{name}", f"{text} Summed over workers.", value=total)
+
+
 class PrometheusExporter:
-    def __init__(self, pipeline: MetricsPipeline, *, active_runs: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        pipeline: MetricsPipeline,
+        *,
+        active_runs: Callable[[], int],
+        cluster: ClusterReader | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.tokens = Histogram(
             "gen_ai_client_token_usage",
@@ -127,11 +202,29 @@ class PrometheusExporter:
             registry=self.registry,
         )
         self.registry.register(_LiveCollector(active_runs, pipeline.live))
+        self._read_cluster = cluster
+        self._cluster = _ClusterCollector()
+        self.registry.register(self._cluster)
         self._requests: OrderedDict[str, tuple[str, str]] = OrderedDict()
         pipeline.add_listener(self.observe)
 
+    async def scrape(self) -> bytes:
+        """The exposition, with the database-wide figures read now."""
+        self._cluster.cluster = await self._cluster_now()
+        return self.render()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    async def _cluster_now(self) -> Cluster | None:
+        if self._read_cluster is None:
+            return None
+        try:
+            async with asyncio.timeout(CLUSTER_TIMEOUT):
+                return await self._read_cluster()
+        except (StorageUnavailableError, EngineClosedError, TimeoutError) as exc:
+            logger.warning("/metrics without the worker and queue figures: %s", exc or "timeout")
+            return None
 
     def observe(self, event: MetricsEvent) -> None:
         match event:

@@ -2,8 +2,13 @@
 
 A store failure is the database refusing or failing to do its job (disk full, an I/O error,
 the server gone): ``sqlalchemy.exc.OperationalError`` / ``InterfaceError``, a connection that was
-invalidated, or an ``OSError``. A constraint violation or bad data is not: that is the caller's
-business, and says nothing about the store's health.
+invalidated, an ``OSError``, or a PostgreSQL error whose SQLSTATE says the server cannot serve
+now (asyncpg's errors reach SQLAlchemy as plain ``DBAPIError``): a connection exception (class
+08), insufficient resources (53: disk full, out of memory, too many connections), an operator
+intervention (57P: shutting down, starting up — a restart), a system error (58: I/O), or a
+database that does not accept connections (55000, ``ALLOW_CONNECTIONS false``). A constraint
+violation or bad data is not: that is the caller's business, and says nothing about the store's
+health.
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ import sqlalchemy as sa
 
 from culm.errors import StorageUnavailableError, describe
 
+UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "58", "55000")
+
 
 def is_store_failure(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | OSError):
         return True
-    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return exc.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATES)
 
 
 def unavailable(exc: BaseException) -> StorageUnavailableError:

@@ -165,6 +165,8 @@ async def system(pipeline: PipelineDep) -> MetricsSystemStatus:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **NO_PARAMETERS},
 )
 async def prometheus(request: Request) -> Response:
-    """Prometheus text format (OpenTelemetry GenAI names): tokens, durations, runs, tool calls."""
+    """Prometheus text format (OpenTelemetry GenAI names): tokens, durations, runs, tool calls;
+    and, for the whole database, workers alive, pending runs and their oldest age, claims,
+    takeovers and fenced writes."""
     exporter: PrometheusExporter = request.app.state.prometheus
-    return Response(exporter.render(), media_type=CONTENT_TYPE)
+    return Response(await exporter.scrape(), media_type=CONTENT_TYPE)
