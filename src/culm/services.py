@@ -46,6 +46,7 @@ from culm.runtime.registry import RunnerRegistry
 from culm.runtime.roles import Role
 from culm.runtime.streams import Streams
 from culm.runtime.subagents import SpawnAgentTool, SubAgentLimits, SubAgents
+from culm.scheduler import testclock
 from culm.scheduler.dispatch import Clock
 from culm.scheduler.service import Schedules
 from culm.scheduler.store import ScheduleStore
@@ -80,7 +81,8 @@ class Engine:
     ) -> None:
         self.settings = settings or load_settings()
         self.role = role
-        self._clock = clock or utc_now  # the schedules' time (tests pass a fake one)
+        # The schedules' time: tests pass a fake one (or, in processes, CULM_TEST_SCHEDULE_CLOCK).
+        self._clock = clock or testclock.from_env() or utc_now
         self.subagents = SubAgents(
             SubAgentLimits(
                 per_run=self.settings.subagents_per_run,

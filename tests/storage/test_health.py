@@ -48,3 +48,18 @@ async def test_a_postgres_database_that_refuses_connections_is_a_store_failure(
         assert problem is not None and "accepting connections" in problem
     assert await postgres_store.get_run("any") is None
     assert await postgres_store.check() is None
+
+
+async def test_a_postgres_store_is_healthy_again_once_the_server_commits_again(
+    postgres_store: SqlStore, postgres_url: str
+) -> None:
+    """A process that writes nothing of its own (an API-only `culm serve --no-worker`) must not
+    stay degraded after a failed write once the database is back: check() tries a write."""
+    session = Session(session_id="s", model="scripted:echo", workspace="/tmp")
+    async with cut_off(postgres_url):
+        with pytest.raises(StorageUnavailableError):
+            await postgres_store.create_session(session)
+        problem = await postgres_store.check()
+        assert problem is not None and "accepting connections" in problem
+    assert await postgres_store.check() is None
+    assert await postgres_store.get_session("s") is None  # the probe wrote nothing

@@ -109,16 +109,26 @@ class SqliteDialect(Dialect):
         return "UNIQUE constraint failed" in str(exc.orig)
 
 
+# A session idle inside a transaction for longer than this is ended by the server. culm's
+# transactions never wait between their statements, so such a session belongs to a process that
+# stalled mid-transaction (SIGSTOP, a VM pause, a partition): the row locks it holds would hide
+# its runs from every sweeper (FOR UPDATE SKIP LOCKED) for as long as the stall lasts. Well under
+# a lease, so its runs are taken over once their leases expire.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 2000
+
+
 class PostgresDialect(Dialect):
     name = "postgresql"
 
     def create_engines(self) -> tuple[Writer, AsyncEngine]:
+        timeout = str(IDLE_IN_TRANSACTION_TIMEOUT_MS)
         engine = create_async_engine(
             self.url,
             pool_size=10,
             max_overflow=10,
             pool_pre_ping=True,
             json_serializer=json_dumps,
+            connect_args={"server_settings": {"idle_in_transaction_session_timeout": timeout}},
         )
         storable_writes(engine.sync_engine)
         return AsyncWriter(engine), engine

@@ -101,7 +101,7 @@ class SqlStore(Store):
     async def check(self) -> str | None:
         """None while the store works, else why not: its last write failed, or it cannot be
         read (for a health check)."""
-        if self.health.last_error is not None:
+        if self.health.last_error is not None and not await self._served_again():
             return f"{self.health.last_error} (for {self.health.failing_for:.0f} s)"
         try:
             async with asyncio.timeout(2), self.read_connection() as conn:
@@ -109,6 +109,25 @@ class SqlStore(Store):
         except (StorageUnavailableError, TimeoutError) as exc:
             return str(exc) or "the store did not answer within 2 s"
         return None
+
+    async def _served_again(self) -> bool:
+        """After a failed write, whether PostgreSQL commits a write again: a transaction that
+        takes a transaction id (its commit goes to the WAL), through the writer, which clears
+        the failure. Without it a process that writes nothing of its own (``culm serve
+        --no-worker``) stayed degraded after the server came back until a client's write
+        succeeded. On SQLite only a real write tells (a full disk still allows this one)."""
+        if self.dialect.name != "postgresql":
+            return False
+
+        def probe(conn: sa.Connection) -> None:
+            conn.execute(sa.text("SELECT txid_current()"))
+
+        try:
+            async with asyncio.timeout(2):
+                await self.write(probe)
+        except (StorageUnavailableError, TimeoutError):
+            return False
+        return True
 
     # Sessions and messages
 
