@@ -108,6 +108,8 @@ async def test_tool_calls_past_the_round_cap_are_refused(tmp_path: Path) -> None
     refused = [e for e in events if e.type == "tool_error"]
     assert len(refused) == 3
     assert all("too many tool calls in one round (limit 2)" in e.error for e in refused)
+    starts = [e for e in events if e.type == "tool_start"]  # refused ones too, parsed
+    assert [e.arguments for e in starts] == [{"label": str(i)} for i in range(5)]
     assert events[-1].type == "complete"
 
 
