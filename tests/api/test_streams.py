@@ -274,3 +274,83 @@ async def test_http_cancel_inside_a_bash_command_within_a_second(
     assert time.monotonic() - started < 1.0
     assert done.json()["status"] == "cancelled"
     assert done.json()["last_tool_name"] == "bash"
+
+
+async def test_websocket_frames_that_are_no_cursor_are_ignored_mid_stream(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    """Only a late ``{"after": N}`` is refused; other text the client sends (not JSON, an
+    object without ``after``, a list) leaves the stream running to its end."""
+    server.engine.scripts.register(
+        "ticks", {"turns": [[{"delay": 0.05}, {"text": "tick "}] * 20 + [{"text": "done"}]]}
+    )
+    run_id = await _start(client, "scripted:ticks")
+    url = server.url.replace("http", "ws") + f"/v1/runs/{run_id}/ws?after=0"
+    received: list[dict[str, Any]] = []
+    async with websockets.connect(url) as ws:
+        received.append(json.loads(await ws.recv()))
+        for text in ("hello", "", "{}", '{"ping": 1}', '["after"]', "null"):
+            await ws.send(text)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                received.append(json.loads(await ws.recv()))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    assert [frame["seq"] for frame in received] == list(range(1, len(received) + 1))
+    assert received[-1]["type"] == "complete"
+
+
+async def test_websocket_first_frame_errors_say_what_is_expected(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    run_id = await _start(client, "scripted:echo")
+    url = server.url.replace("http", "ws") + f"/v1/runs/{run_id}/ws"
+    expected = {
+        "not json": 'the first frame must be JSON: {"after": N}',
+        "[1]": 'the first frame must be {"after": N}',
+        '{"after": 1, "x": 2}': 'the first frame must be {"after": N}',
+    }
+    for text, message in expected.items():
+        async with websockets.connect(url) as ws:
+            await ws.send(text)
+            error = json.loads(await ws.recv())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+        assert error == {"error": {"code": "invalid_request", "message": message}}
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+MAX_SEQ = 2**63 - 1  # the store's signed 64-bit seq
+
+
+@pytest.mark.parametrize(
+    ("first", "query", "message"),
+    [
+        ({"after": True}, "", "after must be a non-negative integer, got True"),
+        ({"after": 1.5}, "", "after must be a non-negative integer, got 1.5"),
+        ({"after": None}, "", "after must be a non-negative integer, got None"),
+        ({"after": "²"}, "", "after must be a non-negative integer, got '²'"),
+        ({"after": -1}, "", f"after must be an integer from 0 to {MAX_SEQ}, got -1"),
+        (
+            None,
+            f"?after={MAX_SEQ + 1}",
+            f"after must be an integer from 0 to {MAX_SEQ}, got '{MAX_SEQ + 1}'",
+        ),
+        (
+            None,
+            "?after=" + "x" * 40,
+            f"after must be an integer from 0 to {MAX_SEQ}, got '{'x' * 40}'",
+        ),
+        (
+            None,
+            "?after=" + "y" * 41,
+            f"after must be an integer from 0 to {MAX_SEQ}, got {'y' * 20}… (41 characters)",
+        ),
+    ],
+)
+async def test_websocket_cursor_errors_show_the_value(
+    server: Server, client: httpx2.AsyncClient, first: Any, query: str, message: str
+) -> None:
+    run_id = await _start(client, "scripted:echo")
+    sent, code = await _ws_session(server, run_id, first=first, query=query)
+    assert sent == [{"error": {"code": "invalid_request", "message": message}}]
+    assert code == 1008
