@@ -34,13 +34,14 @@ def _calls(*calls: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"tool_call": {"name": name, "arguments": args}} for name, args in calls]
 
 
-async def test_read_only_tools_of_a_round_run_concurrently(tmp_path: Path) -> None:
-    tool = RendezvousTool(parties=3)
+@pytest.mark.parametrize("parties", [2, 3])
+async def test_read_only_tools_of_a_round_run_concurrently(tmp_path: Path, parties: int) -> None:
+    tool = RendezvousTool(parties=parties)
     async with culm.Engine(settings(tmp_path), tools=[tool]) as engine:
-        turn = _calls(("rendezvous", {}), ("rendezvous", {}), ("rendezvous", {}))
+        turn = _calls(*[("rendezvous", {})] * parties)
         events = await _run(engine, {"turns": [turn, [{"text": "ok"}]]}, ["rendezvous"])
     # Sequential execution would leave each call alone at the barrier until it timed out.
-    assert types(events).count("tool_complete") == 3
+    assert types(events).count("tool_complete") == parties
     assert events[-1].type == "complete"
 
 
