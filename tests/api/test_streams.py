@@ -354,3 +354,17 @@ async def test_websocket_cursor_errors_show_the_value(
     sent, code = await _ws_session(server, run_id, first=first, query=query)
     assert sent == [{"error": {"code": "invalid_request", "message": message}}]
     assert code == 1008
+
+
+async def test_a_websocket_at_the_last_cursor_of_a_finished_run_closes_1000_at_once(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    done = await _start(client, "scripted:echo")
+    await read_run(client, done)
+    assert await _ws_events(server, done, query=f"?after={MAX_SEQ}") == []
+
+
+async def test_a_websocket_for_a_missing_run_says_which(server: Server) -> None:
+    sent, code = await _ws_session(server, "no-such-run")
+    assert sent == [{"error": {"code": "not_found", "message": "run 'no-such-run' not found"}}]
+    assert code == 4404
