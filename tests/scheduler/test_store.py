@@ -324,3 +324,40 @@ async def test_ends_fold_into_the_schedules_state(
         (2, "two", second_failure, None),  # a cancel changes nothing
         (0, "two", second_failure, NOW + timedelta(minutes=3, seconds=30)),
     ]
+
+
+async def test_deleting_a_schedule_keeps_the_fires_of_the_others(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    gone, kept = a_schedule(), a_schedule()
+    for schedule in (gone, kept):
+        await store.create(schedule)
+        await store.add_manual_fire(schedule.schedule_id, NOW, OverlapPolicy.ALLOW)
+    assert await store.delete(gone.schedule_id)
+    assert await store.fires(gone.schedule_id) == []
+    assert [f.scheduled_for for f in await store.fires(kept.schedule_id)] == [NOW]
+
+
+async def test_a_claim_decides_on_the_schedules_own_busy_fires_and_records_clock_fires(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule, other = a_schedule(), a_schedule()
+    for each in (schedule, other):
+        await store.create(each)
+    for minute in range(2):  # two waiting fires of its own, one of another schedule
+        at = NINE - timedelta(minutes=minute + 1)
+        await store.add_manual_fire(schedule.schedule_id, at, OverlapPolicy.ALLOW)
+    await store.add_manual_fire(other.schedule_id, NINE, OverlapPolicy.ALLOW)
+    seen: list[int] = []
+
+    def decide(busy: int) -> list[Fire]:
+        seen.append(busy)
+        return [Fire(NINE, FireStatus.QUEUED)]
+
+    fires = await store.claim(schedule, next_fire_at=None, now=NOW, decide=decide)
+    assert fires == [Fire(NINE, FireStatus.QUEUED)]
+    assert seen == [2]
+    fire = await store.get_fire(schedule.schedule_id, NINE)
+    assert fire is not None and not fire.manual
