@@ -93,11 +93,19 @@ async def test_failing_unknown_and_malformed_calls_are_error_results(tmp_path: P
         transcript = await engine.get_messages(run.session_id)
     errors = [e.error for e in events if e.type == "tool_error"]
     assert errors[0] == "RuntimeError: kaboom"
-    assert "unknown tool 'not_enabled'" in errors[1]
+    assert errors[1] == "unknown tool 'not_enabled' (enabled tools: explode)"
     assert "must be a JSON object" in errors[2]
     assert events[-1].type == "complete"
     results = [m for m in transcript if m.role == "tool"]
     assert all(m.is_error and m.content.startswith("error: ") for m in results)
+
+
+async def test_a_call_in_a_session_without_tools_says_none_are_enabled(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path), tools=[FailingTool()]) as engine:
+        turn = [{"tool_call": {"name": "explode", "arguments": {}}}]
+        events = await _run(engine, {"turns": [turn, [{"text": "fine"}]]}, [])
+    errors = [e.error for e in events if e.type == "tool_error"]
+    assert errors == ["unknown tool 'explode' (enabled tools: none)"]
 
 
 async def test_tool_calls_past_the_round_cap_are_refused(tmp_path: Path) -> None:
