@@ -361,3 +361,4 @@ async def test_a_claim_decides_on_the_schedules_own_busy_fires_and_records_clock
     assert seen == [2]
     fire = await store.get_fire(schedule.schedule_id, NINE)
     assert fire is not None and not fire.manual
+    assert fire.schedule_id == schedule.schedule_id  # the other one has a fire at NINE too
