@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 import culm
 from culm.domain.events import RoundCompleted
 from culm.domain.models import Message
+from culm.errors import ToolFailure
+from culm.tools.base import Tool, ToolContext
 from tests.support import (
     FailingTool,
     RecordingTool,
@@ -98,6 +100,22 @@ async def test_failing_unknown_and_malformed_calls_are_error_results(tmp_path: P
     assert events[-1].type == "complete"
     results = [m for m in transcript if m.role == "tool"]
     assert all(m.is_error and m.content.startswith("error: ") for m in results)
+
+
+class SilentFailure(Tool):
+    name: ClassVar[str] = "silent"
+    description: ClassVar[str] = "Fails without a message."
+    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        raise ToolFailure("")
+
+
+async def test_a_tool_failure_without_a_message_is_named_by_its_type(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path), tools=[SilentFailure()]) as engine:
+        turn = [{"tool_call": {"name": "silent", "arguments": {}}}]
+        events = await _run(engine, {"turns": [turn, [{"text": "fine"}]]}, ["silent"])
+    assert [e.error for e in events if e.type == "tool_error"] == ["ToolFailure"]
 
 
 async def test_a_call_in_a_session_without_tools_says_none_are_enabled(tmp_path: Path) -> None:
