@@ -118,12 +118,17 @@ async def test_a_tool_failure_without_a_message_is_named_by_its_type(tmp_path: P
     assert [e.error for e in events if e.type == "tool_error"] == ["ToolFailure"]
 
 
-async def test_a_call_in_a_session_without_tools_says_none_are_enabled(tmp_path: Path) -> None:
-    async with culm.Engine(settings(tmp_path), tools=[FailingTool()]) as engine:
-        turn = [{"tool_call": {"name": "explode", "arguments": {}}}]
-        events = await _run(engine, {"turns": [turn, [{"text": "fine"}]]}, [])
+@pytest.mark.parametrize(
+    ("enabled", "listed"), [([], "none"), (["silent", "explode"], "explode, silent")]
+)
+async def test_an_unknown_tools_error_lists_the_enabled_ones(
+    tmp_path: Path, enabled: list[str], listed: str
+) -> None:
+    async with culm.Engine(settings(tmp_path), tools=[FailingTool(), SilentFailure()]) as engine:
+        turn = [{"tool_call": {"name": "nope", "arguments": {}}}]
+        events = await _run(engine, {"turns": [turn, [{"text": "fine"}]]}, enabled)
     errors = [e.error for e in events if e.type == "tool_error"]
-    assert errors == ["unknown tool 'explode' (enabled tools: none)"]
+    assert errors == [f"unknown tool 'nope' (enabled tools: {listed})"]
 
 
 async def test_tool_calls_past_the_round_cap_are_refused(tmp_path: Path) -> None:
