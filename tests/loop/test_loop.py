@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import pytest
 
 import culm
-from culm.domain.events import RoundCompleted
+from culm.domain.events import RoundCompleted, RunnerProgress
 from culm.domain.models import Message
 from culm.errors import ToolFailure
 from culm.tools.base import Tool, ToolContext
@@ -109,6 +109,43 @@ class SilentFailure(Tool):
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
         raise ToolFailure("")
+
+
+class ContextTool(Tool):
+    """Records the context it runs with; sends two pieces of output and one run event."""
+
+    name: ClassVar[str] = "context"
+    description: ClassVar[str] = "Look around."
+    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.seen: list[ToolContext] = []
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        self.seen.append(ctx)
+        ctx.emit_output("one ")
+        ctx.emit_output("two")
+        assert ctx.emit_event is not None
+        ctx.emit_event(RunnerProgress(round_count=99))
+        return "done"
+
+
+@pytest.mark.parametrize(("own", "expected"), [(None, 7.0), (2.5, 2.5)])
+async def test_a_tool_runs_with_its_call_run_session_and_timeout(
+    tmp_path: Path, own: float | None, expected: float
+) -> None:
+    tool = ContextTool(own)
+    async with culm.Engine(settings(tmp_path, tool_timeout=7.0), tools=[tool]) as engine:
+        turn = [{"tool_call": {"id": "call_x", "name": "context", "arguments": {}}}]
+        events = await _run(engine, {"turns": [turn, [{"text": "fine"}]]}, ["context"])
+    [ctx] = tool.seen
+    run = events[0]
+    assert (ctx.tool_call_id, ctx.run_id, ctx.session_id) == ("call_x", run.run_id, run.session_id)
+    assert ctx.timeout == expected
+    tokens = [(e.tool_call_id, e.content) for e in events if e.type == "tool_token"]
+    assert tokens == [("call_x", "one "), ("call_x", "two")]
+    assert [e.round_count for e in events if e.type == "runner_progress"] == [1, 99, 2]
 
 
 async def test_a_tool_failure_without_a_message_is_named_by_its_type(tmp_path: Path) -> None:
