@@ -368,3 +368,15 @@ async def test_a_websocket_for_a_missing_run_says_which(server: Server) -> None:
     sent, code = await _ws_session(server, "no-such-run")
     assert sent == [{"error": {"code": "not_found", "message": "run 'no-such-run' not found"}}]
     assert code == 4404
+
+
+async def test_a_ping_is_a_comment_framed_like_the_events(make_server: ServerFactory) -> None:
+    """Every line of the stream ends with ``\\n`` (events and pings alike)."""
+    async with make_server(sse_ping_seconds=0.1) as server:
+        server.engine.scripts.register("idle", {"turns": [[{"delay": 0.5}, {"text": "x"}]]})
+        async with httpx2.AsyncClient(base_url=server.url, timeout=10) as client:
+            run_id = await _start(client, "scripted:idle")
+            async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
+                raw = b"".join([chunk async for chunk in response.aiter_bytes()])
+    assert b": ping\n\n" in raw
+    assert b"\r" not in raw
