@@ -355,3 +355,28 @@ async def test_a_model_faster_than_the_store_waits_for_it(
         assert most <= bound
     else:
         assert most > 300  # the bursts piled up: the bound above is flow control's doing
+
+
+async def test_the_budget_event_carries_the_rounds_usage_the_context_and_the_limit(
+    tmp_path: Path,
+) -> None:
+    async with culm.Engine(settings(tmp_path)) as engine:
+        steps = [{"reasoning": "h"}, {"reasoning": "m"}, {"text": "ok"}]
+        usage = {"usage": {"prompt_tokens": 10, "completion_tokens": 3}}
+        engine.scripts.register("b", {"turns": [[*steps, usage]], "max_context_tokens": 5000})
+        run = await engine.run("go", model="scripted:b", metadata={"budget_limit": 900})
+        events = await collect(engine.subscribe(run.run_id))
+        messages = await engine.get_messages(run.session_id)
+    [budget] = [e for e in events if e.type == "token_budget_updated"]
+    assert budget.usage.model_dump() == {
+        "prompt_tokens": 10,
+        "completion_tokens": 3,
+        "total_tokens": 13,
+        "max_context_tokens": 5000,
+        "budget_limit": 900,
+    }
+    [done] = [e for e in events if e.type == "round_completed"]
+    assert (done.partial, done.error, done.usage.total_tokens) == (False, None, 13)
+    assert done.latency_ms < 60_000  # time since the round began, not a clock reading
+    assert [e.content for e in events if e.type == "reasoning_token"] == ["h", "m"]
+    assert messages[-1].reasoning == "hm"
