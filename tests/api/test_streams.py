@@ -274,3 +274,109 @@ async def test_http_cancel_inside_a_bash_command_within_a_second(
     assert time.monotonic() - started < 1.0
     assert done.json()["status"] == "cancelled"
     assert done.json()["last_tool_name"] == "bash"
+
+
+async def test_websocket_frames_that_are_no_cursor_are_ignored_mid_stream(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    """Only a late ``{"after": N}`` is refused; other text the client sends (not JSON, an
+    object without ``after``, a list) leaves the stream running to its end."""
+    server.engine.scripts.register(
+        "ticks", {"turns": [[{"delay": 0.05}, {"text": "tick "}] * 20 + [{"text": "done"}]]}
+    )
+    run_id = await _start(client, "scripted:ticks")
+    url = server.url.replace("http", "ws") + f"/v1/runs/{run_id}/ws?after=0"
+    received: list[dict[str, Any]] = []
+    async with websockets.connect(url) as ws:
+        received.append(json.loads(await ws.recv()))
+        for text in ("hello", "", "{}", '{"ping": 1}', '["after"]', "null"):
+            await ws.send(text)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                received.append(json.loads(await ws.recv()))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    assert [frame["seq"] for frame in received] == list(range(1, len(received) + 1))
+    assert received[-1]["type"] == "complete"
+
+
+async def test_websocket_first_frame_errors_say_what_is_expected(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    run_id = await _start(client, "scripted:echo")
+    url = server.url.replace("http", "ws") + f"/v1/runs/{run_id}/ws"
+    expected = {
+        "not json": 'the first frame must be JSON: {"after": N}',
+        "[1]": 'the first frame must be {"after": N}',
+        '{"after": 1, "x": 2}': 'the first frame must be {"after": N}',
+    }
+    for text, message in expected.items():
+        async with websockets.connect(url) as ws:
+            await ws.send(text)
+            error = json.loads(await ws.recv())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+        assert error == {"error": {"code": "invalid_request", "message": message}}
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+MAX_SEQ = 2**63 - 1  # the store's signed 64-bit seq
+
+
+@pytest.mark.parametrize(
+    ("first", "query", "message"),
+    [
+        ({"after": True}, "", "after must be a non-negative integer, got True"),
+        ({"after": 1.5}, "", "after must be a non-negative integer, got 1.5"),
+        ({"after": None}, "", "after must be a non-negative integer, got None"),
+        ({"after": "²"}, "", "after must be a non-negative integer, got '²'"),
+        ({"after": -1}, "", f"after must be an integer from 0 to {MAX_SEQ}, got -1"),
+        (
+            None,
+            f"?after={MAX_SEQ + 1}",
+            f"after must be an integer from 0 to {MAX_SEQ}, got '{MAX_SEQ + 1}'",
+        ),
+        (
+            None,
+            "?after=" + "x" * 40,
+            f"after must be an integer from 0 to {MAX_SEQ}, got '{'x' * 40}'",
+        ),
+        (
+            None,
+            "?after=" + "y" * 41,
+            f"after must be an integer from 0 to {MAX_SEQ}, got {'y' * 20}… (41 characters)",
+        ),
+    ],
+)
+async def test_websocket_cursor_errors_show_the_value(
+    server: Server, client: httpx2.AsyncClient, first: Any, query: str, message: str
+) -> None:
+    run_id = await _start(client, "scripted:echo")
+    sent, code = await _ws_session(server, run_id, first=first, query=query)
+    assert sent == [{"error": {"code": "invalid_request", "message": message}}]
+    assert code == 1008
+
+
+async def test_a_websocket_at_the_last_cursor_of_a_finished_run_closes_1000_at_once(
+    server: Server, client: httpx2.AsyncClient
+) -> None:
+    done = await _start(client, "scripted:echo")
+    await read_run(client, done)
+    assert await _ws_events(server, done, query=f"?after={MAX_SEQ}") == []
+
+
+async def test_a_websocket_for_a_missing_run_says_which(server: Server) -> None:
+    sent, code = await _ws_session(server, "no-such-run")
+    assert sent == [{"error": {"code": "not_found", "message": "run 'no-such-run' not found"}}]
+    assert code == 4404
+
+
+async def test_a_ping_is_a_comment_framed_like_the_events(make_server: ServerFactory) -> None:
+    """Every line of the stream ends with ``\\n`` (events and pings alike)."""
+    async with make_server(sse_ping_seconds=0.1) as server:
+        server.engine.scripts.register("idle", {"turns": [[{"delay": 0.5}, {"text": "x"}]]})
+        async with httpx2.AsyncClient(base_url=server.url, timeout=10) as client:
+            run_id = await _start(client, "scripted:idle")
+            async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
+                raw = b"".join([chunk async for chunk in response.aiter_bytes()])
+    assert b": ping\n\n" in raw
+    assert b"\r" not in raw

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 import culm
-from culm.domain.events import RoundCompleted
+from culm.domain.events import RoundCompleted, RunnerProgress
 from culm.domain.models import Message
+from culm.errors import ToolFailure
+from culm.tools.base import Tool, ToolContext
 from tests.support import (
     FailingTool,
     RecordingTool,
@@ -34,13 +36,14 @@ def _calls(*calls: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"tool_call": {"name": name, "arguments": args}} for name, args in calls]
 
 
-async def test_read_only_tools_of_a_round_run_concurrently(tmp_path: Path) -> None:
-    tool = RendezvousTool(parties=3)
+@pytest.mark.parametrize("parties", [2, 3])
+async def test_read_only_tools_of_a_round_run_concurrently(tmp_path: Path, parties: int) -> None:
+    tool = RendezvousTool(parties=parties)
     async with culm.Engine(settings(tmp_path), tools=[tool]) as engine:
-        turn = _calls(("rendezvous", {}), ("rendezvous", {}), ("rendezvous", {}))
+        turn = _calls(*[("rendezvous", {})] * parties)
         events = await _run(engine, {"turns": [turn, [{"text": "ok"}]]}, ["rendezvous"])
     # Sequential execution would leave each call alone at the barrier until it timed out.
-    assert types(events).count("tool_complete") == 3
+    assert types(events).count("tool_complete") == parties
     assert events[-1].type == "complete"
 
 
@@ -92,11 +95,77 @@ async def test_failing_unknown_and_malformed_calls_are_error_results(tmp_path: P
         transcript = await engine.get_messages(run.session_id)
     errors = [e.error for e in events if e.type == "tool_error"]
     assert errors[0] == "RuntimeError: kaboom"
-    assert "unknown tool 'not_enabled'" in errors[1]
+    assert errors[1] == "unknown tool 'not_enabled' (enabled tools: explode)"
     assert "must be a JSON object" in errors[2]
     assert events[-1].type == "complete"
     results = [m for m in transcript if m.role == "tool"]
     assert all(m.is_error and m.content.startswith("error: ") for m in results)
+
+
+class SilentFailure(Tool):
+    name: ClassVar[str] = "silent"
+    description: ClassVar[str] = "Fails without a message."
+    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        raise ToolFailure("")
+
+
+class ContextTool(Tool):
+    """Records the context it runs with; sends two pieces of output and one run event."""
+
+    name: ClassVar[str] = "context"
+    description: ClassVar[str] = "Look around."
+    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.seen: list[ToolContext] = []
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        self.seen.append(ctx)
+        ctx.emit_output("one ")
+        ctx.emit_output("two")
+        assert ctx.emit_event is not None
+        ctx.emit_event(RunnerProgress(round_count=99))
+        return "done"
+
+
+@pytest.mark.parametrize(("own", "expected"), [(None, 7.0), (2.5, 2.5)])
+async def test_a_tool_runs_with_its_call_run_session_and_timeout(
+    tmp_path: Path, own: float | None, expected: float
+) -> None:
+    tool = ContextTool(own)
+    async with culm.Engine(settings(tmp_path, tool_timeout=7.0), tools=[tool]) as engine:
+        turn = [{"tool_call": {"id": "call_x", "name": "context", "arguments": {}}}]
+        events = await _run(engine, {"turns": [turn, [{"text": "fine"}]]}, ["context"])
+    [ctx] = tool.seen
+    run = events[0]
+    assert (ctx.tool_call_id, ctx.run_id, ctx.session_id) == ("call_x", run.run_id, run.session_id)
+    assert ctx.timeout == expected
+    tokens = [(e.tool_call_id, e.content) for e in events if e.type == "tool_token"]
+    assert tokens == [("call_x", "one "), ("call_x", "two")]
+    assert [e.round_count for e in events if e.type == "runner_progress"] == [1, 99, 2]
+
+
+async def test_a_tool_failure_without_a_message_is_named_by_its_type(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path), tools=[SilentFailure()]) as engine:
+        turn = [{"tool_call": {"name": "silent", "arguments": {}}}]
+        events = await _run(engine, {"turns": [turn, [{"text": "fine"}]]}, ["silent"])
+    assert [e.error for e in events if e.type == "tool_error"] == ["ToolFailure"]
+
+
+@pytest.mark.parametrize(
+    ("enabled", "listed"), [([], "none"), (["silent", "explode"], "explode, silent")]
+)
+async def test_an_unknown_tools_error_lists_the_enabled_ones(
+    tmp_path: Path, enabled: list[str], listed: str
+) -> None:
+    async with culm.Engine(settings(tmp_path), tools=[FailingTool(), SilentFailure()]) as engine:
+        turn = [{"tool_call": {"name": "nope", "arguments": {}}}]
+        events = await _run(engine, {"turns": [turn, [{"text": "fine"}]]}, enabled)
+    errors = [e.error for e in events if e.type == "tool_error"]
+    assert errors == [f"unknown tool 'nope' (enabled tools: {listed})"]
 
 
 async def test_tool_calls_past_the_round_cap_are_refused(tmp_path: Path) -> None:
@@ -108,6 +177,8 @@ async def test_tool_calls_past_the_round_cap_are_refused(tmp_path: Path) -> None
     refused = [e for e in events if e.type == "tool_error"]
     assert len(refused) == 3
     assert all("too many tool calls in one round (limit 2)" in e.error for e in refused)
+    starts = [e for e in events if e.type == "tool_start"]  # refused ones too, parsed
+    assert [e.arguments for e in starts] == [{"label": str(i)} for i in range(5)]
     assert events[-1].type == "complete"
 
 
@@ -288,3 +359,28 @@ async def test_a_model_faster_than_the_store_waits_for_it(
         assert most <= bound
     else:
         assert most > 300  # the bursts piled up: the bound above is flow control's doing
+
+
+async def test_the_budget_event_carries_the_rounds_usage_the_context_and_the_limit(
+    tmp_path: Path,
+) -> None:
+    async with culm.Engine(settings(tmp_path)) as engine:
+        steps = [{"reasoning": "h"}, {"reasoning": "m"}, {"text": "ok"}]
+        usage = {"usage": {"prompt_tokens": 10, "completion_tokens": 3}}
+        engine.scripts.register("b", {"turns": [[*steps, usage]], "max_context_tokens": 5000})
+        run = await engine.run("go", model="scripted:b", metadata={"budget_limit": 900})
+        events = await collect(engine.subscribe(run.run_id))
+        messages = await engine.get_messages(run.session_id)
+    [budget] = [e for e in events if e.type == "token_budget_updated"]
+    assert budget.usage.model_dump() == {
+        "prompt_tokens": 10,
+        "completion_tokens": 3,
+        "total_tokens": 13,
+        "max_context_tokens": 5000,
+        "budget_limit": 900,
+    }
+    [done] = [e for e in events if e.type == "round_completed"]
+    assert (done.partial, done.error, done.usage.total_tokens) == (False, None, 13)
+    assert done.latency_ms < 60_000  # time since the round began, not a clock reading
+    assert [e.content for e in events if e.type == "reasoning_token"] == ["h", "m"]
+    assert messages[-1].reasoning == "hm"

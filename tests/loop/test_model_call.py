@@ -10,9 +10,9 @@ import pytest
 
 from culm.domain.models import Session
 from culm.domain.time import utc_now
-from culm.errors import ModelStallError
+from culm.errors import ModelHTTPError, ModelStallError
 from culm.loop.context import LoopContext, LoopLimits
-from culm.loop.model_call import _stall_guard, call_model
+from culm.loop.model_call import _stall_guard, call_model, retry_delay
 from culm.providers.base import ModelRequest, StreamPart, TextDelta
 from tests.clock import run_virtual
 
@@ -132,3 +132,54 @@ async def test_a_cancel_while_waiting_for_the_store_closes_the_model_stream_at_o
     with pytest.raises(asyncio.CancelledError):
         await call
     assert model.closed  # closed by the call itself, not later by the garbage collector
+
+
+def test_a_stall_in_the_last_wait_is_caught_after_the_timer_re_arms() -> None:
+    """The timer set at the first wait goes off while a later wait is still young: it re-arms
+    for when that wait will be too old, and the stall is caught then."""
+
+    async def check() -> None:
+        received: list[str] = []
+        loop = asyncio.get_running_loop()
+        with pytest.raises(ModelStallError):
+            async for part in _stall_guard(parts(0, 0.5, 30), 1):
+                assert isinstance(part, TextDelta)
+                received.append(part.text)
+        assert received == ["0", "1"]
+        assert loop.time() == pytest.approx(1.5)
+
+    run_virtual(check())
+
+
+LIMITS = LoopLimits(model_max_attempts=5, retry_base_delay=0.5, retry_max_delay=30.0)
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 4])
+def test_backoff_doubles_with_each_attempt_with_jitter_down_to_half(attempt: int) -> None:
+    full = 0.5 * 2 ** (attempt - 1)
+    delays = [
+        retry_delay(ModelHTTPError("busy", status=503), attempt, LIMITS, streamed=False)
+        for _ in range(200)
+    ]
+    assert all(d is not None and full / 2 <= d <= full for d in delays)
+    assert max(d for d in delays if d is not None) > full * 0.9  # the jitter spans the range
+    assert min(d for d in delays if d is not None) < full * 0.6
+
+
+def test_backoff_stops_at_the_max_delay_and_after_the_last_attempt() -> None:
+    limits = LoopLimits(model_max_attempts=12, retry_base_delay=0.5, retry_max_delay=30.0)
+    error = ModelHTTPError("busy", status=503)
+    assert retry_delay(error, 11, limits, streamed=False) == 30.0  # 0.5 × 1024 capped
+    assert retry_delay(error, 12, limits, streamed=False) is None
+    assert retry_delay(error, 1, limits, streamed=True) is None  # output already went out
+    assert retry_delay(ModelHTTPError("no", status=400), 1, limits, streamed=False) is None
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "delay"), [(29.5, 29.5), (30.0, 30.0), (30.5, None), (0.0, 0.0)]
+)
+def test_retry_after_is_honoured_up_to_the_max_delay(
+    retry_after: float, delay: float | None
+) -> None:
+    error = ModelHTTPError("slow down", status=429, retry_after=retry_after)
+    assert retry_delay(error, 1, LIMITS, streamed=False) == delay

@@ -349,3 +349,126 @@ def test_only_a_tap_that_may_leave_an_event_out_holds_bytes_back() -> None:
     assert ResponsesTap().passes_through
     assert MessagesTap().passes_through
     assert BodyTap("chat").passes_through
+
+
+# Edges found by mutation testing (docs/testing.md, "Mutation testing")
+
+
+def test_stream_tap_for_chat_hides_the_usage_chunk_only_when_asked() -> None:
+    hidden = stream_tap("chat", hide_usage_chunk=True)
+    assert run(hidden, CHAT) == b"".join(CHAT).replace(USAGE_EVENT, b"")
+    assert hidden.usage == wire.CHAT_USAGE_MAPPED
+    shown = stream_tap("chat", hide_usage_chunk=False)
+    assert run(shown, CHAT) == b"".join(CHAT)
+    assert shown.usage == wire.CHAT_USAGE_MAPPED
+
+
+@pytest.mark.parametrize("usage_format", ["chat", "responses", "messages", "none"])
+def test_a_stream_tap_that_got_no_bytes_sends_and_reads_nothing(
+    usage_format: taps.UsageFormat,
+) -> None:
+    tap = stream_tap(usage_format, hide_usage_chunk=True)
+    assert tap.close() == b""
+    assert tap.usage is None and tap.error is None
+
+
+def test_a_passing_tap_never_sends_an_unterminated_last_event_twice() -> None:
+    tap = ChatCompletionsTap(hide_usage_chunk=False)
+    chunk = CHAT[0] + USAGE_EVENT.rstrip(b"\n")
+    assert tap.feed(chunk) == chunk
+    assert tap.close() == b""
+    assert tap.usage == wire.CHAT_USAGE_MAPPED
+
+
+def test_a_held_event_tap_sends_whole_events_only() -> None:
+    tap = taps.EventTap(hold=True)
+    assert tap.feed(CHAT[0] + CHAT[1][:7]) == CHAT[0]
+    assert tap.feed(CHAT[1][7:] + CHAT[2]) == CHAT[1] + CHAT[2]
+    assert tap.close() == b""
+
+
+def test_data_without_a_space_after_the_colon_is_read() -> None:
+    """``data:{…}`` is as valid SSE as ``data: {…}``."""
+    event = b"data:" + json.dumps(wire.chat_usage_chunk()).encode() + b"\n\n"
+    tap = ChatCompletionsTap(hide_usage_chunk=True)
+    assert run(tap, [CHAT[0], event]) == CHAT[0]
+    assert tap.usage == wire.CHAT_USAGE_MAPPED
+
+
+@pytest.mark.parametrize("usage", [b'"n/a"', b"[1]", b"7"])
+def test_a_chat_usage_that_is_not_an_object_is_sent_on_unread(usage: bytes) -> None:
+    event = b'data: {"choices": [], "usage": ' + usage + b"}\n\n"
+    tap = ChatCompletionsTap(hide_usage_chunk=True)
+    assert run(tap, [event]) == event
+    assert tap.usage is None
+
+
+def test_events_that_mention_usage_but_are_not_json_objects_pass_unread() -> None:
+    chat = [b'data: ["usage", 1]\n\n', b'data: {"usage": {broken\n\n']
+    responses = [b"event: response.completed\ndata: [1]\n\n", b"data: response.failed\n\n"]
+    messages = [
+        b"event: message_start\ndata: [1]\n\n",
+        b'event: message_start\ndata: {"message": null}\n\n',
+        b'event: message_start\ndata: {"message": {"usage": 3}}\n\n',
+        b"event: message_delta\ndata: null\n\n",
+    ]
+    cases: list[tuple[Tap, list[bytes]]] = [
+        (ChatCompletionsTap(hide_usage_chunk=True), chat),
+        (ResponsesTap(), responses),
+        (MessagesTap(), messages),
+    ]
+    for tap, events in cases:
+        assert run(tap, events) == b"".join(events)
+        assert tap.usage is None and tap.error is None
+
+
+def test_only_the_events_that_end_a_response_are_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = LoadSpy(monkeypatch)
+    events = wire.responses_events()
+    tap = ResponsesTap()
+    run(tap, events)
+    assert len(spy.calls) == 1
+    assert b'"type": "response.completed"' in spy.calls[0]
+    assert tap.usage == wire.RESPONSES_USAGE_MAPPED
+
+
+def responses_done(status: str, **fields: Any) -> bytes:
+    kind = {"completed": "response.completed", "failed": "response.failed"}[status]
+    response = wire.response_object(status, usage=wire.RESPONSES_USAGE) | fields
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, 'response': response})}\n\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        (responses_done("completed"), None),
+        (responses_done("completed", error={"message": "ignored"}), None),
+        (responses_done("failed", error={"code": "server_error", "message": "Boom"}), "Boom"),
+        (responses_done("failed", error=None), "the response failed"),
+        (responses_done("failed", error={"code": "server_error"}), "the response failed"),
+        (responses_done("failed", error="just text"), "the response failed"),
+    ],
+)
+def test_a_failed_response_gives_its_error_message(event: bytes, error: str | None) -> None:
+    tap = ResponsesTap()
+    assert run(tap, [event]) == event
+    assert tap.error == error
+    assert tap.usage == wire.RESPONSES_USAGE_MAPPED
+
+
+def test_responses_usage_keeps_the_providers_total() -> None:
+    assert responses_usage({"input_tokens": 3, "output_tokens": 4, "total_tokens": 9}) == Usage(
+        prompt_tokens=3, completion_tokens=4, total_tokens=9
+    )
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_a_body_exactly_at_the_limit_is_read_one_byte_over_is_not(
+    monkeypatch: pytest.MonkeyPatch, extra: int
+) -> None:
+    body = json.dumps({"usage": wire.CHAT_USAGE}).encode()
+    monkeypatch.setattr(taps, "JSON_BODY_LIMIT", len(body))
+    body += b" " * extra  # still the same JSON
+    tap = BodyTap("chat")
+    assert run(tap, wire.rechunk([body], 9)) == body
+    assert tap.usage == (wire.CHAT_USAGE_MAPPED if extra == 0 else None)

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from culm.domain.time import new_id
+from culm.errors import NotFoundError
 from culm.scheduler.models import FireStatus, OverlapPolicy, Schedule
 from culm.scheduler.policy import Fire
 from culm.scheduler.schema import schedule_runs
@@ -162,3 +163,202 @@ async def test_one_at_a_time_policies_start_the_oldest_only_when_none_runs(
     assert (state.consecutive_failures, state.last_error, state.last_failure_at) == (1, "boom", NOW)
     [next_one] = await store.start_waiting(schedule.schedule_id, OverlapPolicy.QUEUE_ONE, NOW)
     assert next_one.scheduled_for == NOW + timedelta(seconds=1)
+
+
+# Edges found by mutation testing (docs/testing.md, "Mutation testing")
+
+
+async def test_schedules_are_listed_newest_first_up_to_the_limit(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    made = [a_schedule(created_at=NINE + timedelta(minutes=m)) for m in (2, 0, 1)]
+    for schedule in made:
+        await store.create(schedule)
+    listed = await store.list_schedules()
+    assert [s.created_at for s in listed] == [NINE + timedelta(minutes=m) for m in (2, 1, 0)]
+    assert [s.schedule_id for s in await store.list_schedules(limit=2)] == [
+        s.schedule_id for s in listed[:2]
+    ]
+
+
+async def test_due_lists_enabled_schedules_at_or_before_now_most_overdue_first(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    late = a_schedule(next_fire_at=NOW - timedelta(minutes=5))
+    on_time = a_schedule(next_fire_at=NOW)
+    later = a_schedule(next_fire_at=NOW - timedelta(minutes=1))
+    future = a_schedule(next_fire_at=NOW + timedelta(microseconds=1))
+    paused = a_schedule(next_fire_at=NOW - timedelta(hours=1), enabled=False)
+    never = a_schedule(next_fire_at=None)
+    for schedule in (on_time, future, late, paused, later, never):
+        await store.create(schedule)
+    due = await store.due(NOW)
+    assert [s.schedule_id for s in due] == [x.schedule_id for x in (late, later, on_time)]
+    assert [s.schedule_id for s in await store.due(NOW, limit=1)] == [late.schedule_id]
+
+
+async def test_update_and_delete_of_a_missing_schedule(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    assert await store.update("missing", {"enabled": False}) is None
+    assert await store.delete("missing") is False
+    schedule = a_schedule()
+    await store.create(schedule)
+    updated = await store.update(schedule.schedule_id, {"name": "renamed"})
+    assert updated is not None and updated.name == "renamed"
+    await store.add_manual_fire(schedule.schedule_id, NOW, OverlapPolicy.ALLOW)
+    assert await store.delete(schedule.schedule_id) is True
+    assert await store.get(schedule.schedule_id) is None
+    assert await store.fires(schedule.schedule_id) == []
+    assert await store.waiting_schedules() == []
+
+
+async def test_a_run_now_at_a_taken_time_takes_the_next_free_microsecond(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule = a_schedule()
+    await store.create(schedule)
+    times = [
+        (await store.add_manual_fire(schedule.schedule_id, NOW, OverlapPolicy.ALLOW)).scheduled_for
+        for _ in range(3)
+    ]
+    assert times == [NOW + timedelta(microseconds=us) for us in range(3)]
+    fires = await store.fires(schedule.schedule_id)
+    assert [f.scheduled_for for f in fires] == times[::-1]  # latest first
+    assert all(f.manual and f.status is FireStatus.QUEUED for f in fires)
+    assert [f.scheduled_for for f in await store.fires(schedule.schedule_id, limit=1)] == [
+        times[-1]
+    ]
+    with pytest.raises(NotFoundError):
+        await store.add_manual_fire("missing", NOW, OverlapPolicy.ALLOW)
+
+
+async def test_a_skipped_run_now_is_final_at_once(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule = a_schedule()
+    await store.create(schedule)
+    await store.add_manual_fire(schedule.schedule_id, NOW, OverlapPolicy.SKIP)
+    skipped = await store.add_manual_fire(schedule.schedule_id, NINE, OverlapPolicy.SKIP)
+    assert (skipped.status, skipped.completed_at) == (FireStatus.SKIPPED, NINE)
+    queued = await store.get_fire(schedule.schedule_id, NOW)
+    assert queued is not None and queued.completed_at is None
+    assert await store.get_fire(schedule.schedule_id, NOW + timedelta(hours=1)) is None
+    assert await store.waiting_schedules() == [schedule.schedule_id]
+
+
+async def test_a_started_fire_put_back_waits_again_and_a_run_attaches_while_running_only(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule = a_schedule()
+    await store.create(schedule)
+    await store.add_manual_fire(schedule.schedule_id, NOW, OverlapPolicy.ALLOW)
+    await store.attach_run(schedule.schedule_id, NOW, "too-early")  # still queued: ignored
+    started_at = NOW + timedelta(seconds=3)
+    [started] = await store.start_waiting(schedule.schedule_id, OverlapPolicy.ALLOW, started_at)
+    assert (started.status, started.started_at, started.run_id) == (
+        FireStatus.RUNNING,
+        started_at,
+        None,
+    )
+    assert started.dispatch_lag_ms == 3000
+    await store.put_back(schedule.schedule_id, NOW)
+    back = await store.get_fire(schedule.schedule_id, NOW)
+    assert back is not None
+    assert (back.status, back.started_at, back.run_id) == (FireStatus.QUEUED, None, None)
+    assert await store.waiting_schedules() == [schedule.schedule_id]
+    [again] = await store.start_waiting(schedule.schedule_id, OverlapPolicy.ALLOW, NOW)
+    await store.attach_run(schedule.schedule_id, NOW, "run-1")
+    await store.put_back(schedule.schedule_id, NOW)  # it has a run now: stays running
+    fire = await store.get_fire(schedule.schedule_id, NOW)
+    assert fire is not None and (fire.status, fire.run_id) == (FireStatus.RUNNING, "run-1")
+
+
+async def test_ends_fold_into_the_schedules_state(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule = a_schedule()
+    await store.create(schedule)
+    sid = schedule.schedule_id
+    outcomes = [
+        (FireStatus.FAILED, "one"),
+        (FireStatus.FAILED, "two"),
+        (FireStatus.CANCELLED, None),
+        (FireStatus.SUCCESS, None),
+    ]
+    states = []
+    for minute, (status, error) in enumerate(outcomes):
+        at = NOW + timedelta(minutes=minute)
+        await store.add_manual_fire(sid, at, OverlapPolicy.ALLOW)
+        await store.start_waiting(sid, OverlapPolicy.ALLOW, at)
+        done = at + timedelta(seconds=30)
+        assert await store.finish(sid, at, status, completed_at=done, error=error)
+        fire = await store.get_fire(sid, at)
+        assert fire is not None and (fire.status, fire.completed_at, fire.error) == (
+            status,
+            done,
+            error,
+        )
+        state = await store.get(sid)
+        assert state is not None
+        states.append(
+            (
+                state.consecutive_failures,
+                state.last_error,
+                state.last_failure_at,
+                state.last_success_at,
+            )
+        )
+    first_failure = NOW + timedelta(seconds=30)
+    second_failure = NOW + timedelta(minutes=1, seconds=30)
+    assert states == [
+        (1, "one", first_failure, None),
+        (2, "two", second_failure, None),
+        (2, "two", second_failure, None),  # a cancel changes nothing
+        (0, "two", second_failure, NOW + timedelta(minutes=3, seconds=30)),
+    ]
+
+
+async def test_deleting_a_schedule_keeps_the_fires_of_the_others(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    gone, kept = a_schedule(), a_schedule()
+    for schedule in (gone, kept):
+        await store.create(schedule)
+        await store.add_manual_fire(schedule.schedule_id, NOW, OverlapPolicy.ALLOW)
+    assert await store.delete(gone.schedule_id)
+    assert await store.fires(gone.schedule_id) == []
+    assert [f.scheduled_for for f in await store.fires(kept.schedule_id)] == [NOW]
+
+
+async def test_a_claim_decides_on_the_schedules_own_busy_fires_and_records_clock_fires(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule, other = a_schedule(), a_schedule()
+    for each in (schedule, other):
+        await store.create(each)
+    for minute in range(2):  # two waiting fires of its own, one of another schedule
+        at = NINE - timedelta(minutes=minute + 1)
+        await store.add_manual_fire(schedule.schedule_id, at, OverlapPolicy.ALLOW)
+    await store.add_manual_fire(other.schedule_id, NINE, OverlapPolicy.ALLOW)
+    seen: list[int] = []
+
+    def decide(busy: int) -> list[Fire]:
+        seen.append(busy)
+        return [Fire(NINE, FireStatus.QUEUED)]
+
+    fires = await store.claim(schedule, next_fire_at=None, now=NOW, decide=decide)
+    assert fires == [Fire(NINE, FireStatus.QUEUED)]
+    assert seen == [2]
+    fire = await store.get_fire(schedule.schedule_id, NINE)
+    assert fire is not None and not fire.manual
+    assert fire.schedule_id == schedule.schedule_id  # the other one has a fire at NINE too
