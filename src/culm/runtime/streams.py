@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncGenerator
 
 from culm.domain.events import CRITICAL_EVENT_TYPES, Gap, RunEvent, is_terminal
+from culm.domain.models import RunStatus
 from culm.errors import NotFoundError
 from culm.runtime.batcher import EventBatcher
 from culm.runtime.registry import RunnerRegistry
@@ -120,7 +121,10 @@ class Streams:
                 run = await self._store.get_run(run_id)
                 if run is None:
                     raise NotFoundError("run", run_id)
-                events = await self._page(run_id, cursor)
+                # A run not started yet has nothing stored after the cursor: wait for its
+                # runner here (a worker of this process may claim it in a moment).
+                waiting = run.status is RunStatus.PENDING and run.last_seq <= cursor
+                events = [] if waiting else await self._page(run_id, cursor)
                 if not events and not run.status.is_terminal:
                     if self._closed_meanwhile():
                         return
