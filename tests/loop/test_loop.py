@@ -226,16 +226,20 @@ async def test_each_round_stores_its_messages_in_one_write(tmp_path: Path) -> No
         append = engine.store.append_messages
 
         async def recording(
-            session_id: str, items: Sequence[Message], *, run_id: str | None
+            session_id: str,
+            items: Sequence[Message],
+            *,
+            run_id: str | None,
+            fence: tuple[str, int] | None = None,
         ) -> None:
             writes.append([m.role for m in items])
-            await append(session_id, items, run_id=run_id)
+            await append(session_id, items, run_id=run_id, fence=fence)
 
         engine.store.append_messages = recording  # type: ignore[method-assign]
         script = {"turns": [tool_turn("record", {"label": "a"}), [{"text": "done"}]]}
         events = await _run(engine, script, ["record"])
         transcript = await engine.get_messages(events[0].session_id)
-    # The user message is stored with the run's claim, each round's messages in one write.
+    # The user message is stored with the run's start, each round's messages in one write.
     assert writes == [["assistant", "tool"], ["assistant"]]
     assert [m.role for m in transcript] == ["user", "assistant", "tool", "assistant"]
 
@@ -269,9 +273,9 @@ async def test_a_model_faster_than_the_store_waits_for_it(
         most = 0
         add = engine.batcher.add
 
-        def counting_add(event: Any) -> None:
+        def counting_add(event: Any, fence: tuple[str, int] | None = None) -> None:
             nonlocal most
-            add(event)
+            add(event, fence)
             most = max(most, engine.batcher.backlog)
 
         engine.batcher.add = counting_add  # type: ignore[method-assign]
