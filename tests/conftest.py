@@ -115,3 +115,48 @@ def store(request: pytest.FixtureRequest) -> SqlStore:
     """A started store with migrations applied, on a fresh database of the backend."""
     result: SqlStore = request.getfixturevalue(f"{request.param}_store")
     return result
+
+
+# The backend of the engines a test builds. tests/runtime, tests/contract and tests/api use it on
+# every test (an autouse fixture in their conftest), so the same test bodies run on both.
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``sqlite`` or ``postgres``: the database of every engine the test builds.
+
+    On ``postgres`` ``CULM_DATABASE_URL`` names a fresh database (``postgres_url``) for the whole
+    test, so every ``culm.Settings`` it builds, and every culm process it starts, shares it; on
+    ``sqlite`` it is unset: each engine keeps its SQLite file under its ``CULM_HOME``. An explicit
+    ``database_url=`` still wins. A test inherently of one backend says so with
+    ``@pytest.mark.backends("sqlite")`` (and a comment why): its other variant is deselected.
+    """
+    if request.param == "postgres":
+        monkeypatch.setenv("CULM_DATABASE_URL", request.getfixturevalue("postgres_url"))
+    else:
+        monkeypatch.delenv("CULM_DATABASE_URL", raising=False)
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL of the test's backend: its fresh PostgreSQL database, or a SQLite file."""
+    if backend == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the variants of ``@pytest.mark.backends(...)`` tests on other backends."""
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("backends")
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("backend") if callspec is not None else None
+        if marker is not None and param is not None and param not in marker.args:
+            deselected.append(item)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -105,3 +106,17 @@ async def launched(engine: culm.Engine, run_id: str, *, timeout: float = 10) -> 
         while (runner := engine.registry.get(run_id)) is None:
             await asyncio.sleep(0.005)
     return runner
+
+
+def task_kinds() -> Counter[str]:
+    """The running tasks, counted by coroutine. Compare these, not task ids or a count: the
+    engine's idle tasks (its dispatcher waiting for a wake-up) are re-created as they wake."""
+    return Counter(task.get_coro().__qualname__ for task in asyncio.all_tasks())  # type: ignore[union-attr]
+
+
+async def settled_engine_tasks(engine: culm.Engine) -> Counter[str]:
+    """The engine's own tasks once its dispatcher has claimed a run (it opens its wake-up
+    listener, on PostgreSQL a task, lazily): the baseline for "no task left behind"."""
+    run = await engine.run("warm-up", model="scripted:echo")
+    await engine.wait(run.run_id)
+    return task_kinds()

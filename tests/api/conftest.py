@@ -2,6 +2,8 @@
 
 The server runs in the test's event loop, so a test can reach its engine directly
 (``server.engine.scripts.register(...)``) while it talks HTTP to it like any client.
+
+Every test here runs on both backends (SQLite and PostgreSQL), same body: see ``backend``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ import uvicorn
 
 import culm
 from culm.api.app import create_app
+
+
+@pytest.fixture(autouse=True)
+def _on_each_backend(backend: str) -> str:
+    return backend
 
 
 @dataclass

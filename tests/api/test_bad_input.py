@@ -79,24 +79,16 @@ REFUSED = [
 ]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The settings of a server on each backend."""
-    if request.param == "postgres":
-        return {"database_url": request.getfixturevalue("postgres_url")}
-    return {}
-
-
 def _raw(body: Any) -> bytes:
     text = body if isinstance(body, str) else json.dumps(body)
     return text.encode("utf-8", "surrogatepass")
 
 
 async def test_bad_input_is_a_422_naming_the_field_on_both_backends(
-    make_server: ServerFactory, backend: dict[str, Any]
+    make_server: ServerFactory,
 ) -> None:
     async with (
-        make_server(**backend) as server,
+        make_server() as server,
         httpx2.AsyncClient(base_url=server.url, timeout=30) as client,
     ):
         for path, body, field in REFUSED:

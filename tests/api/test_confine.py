@@ -124,6 +124,8 @@ async def test_secrets_in_culms_environment_never_reach_the_model_or_the_store(
         assert value not in stored
 
 
+# SQLite only: the database it must not see is CULM_HOME's SQLite file.
+@pytest.mark.backends("sqlite")
 async def test_a_sandboxed_command_sees_neither_the_database_nor_other_workspaces(
     tmp_path: Path,
 ) -> None:

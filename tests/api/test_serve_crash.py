@@ -29,14 +29,6 @@ AFTER_RESTART = {"turns": [[{"text": "finished after the restart"}]]}
 SEEN_BEFORE_KILL = 25
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 def _script(home: Path, name: str, script: dict[str, Any]) -> None:
     (home / "scripts").mkdir(parents=True, exist_ok=True)
     (home / "scripts" / f"{name}.json").write_text(json.dumps(script))

@@ -23,6 +23,9 @@ from culm.storage.sql import SqlStore
 from tests.providers.fakes import FakeUpstream, Reply, anthropic_events, openai_events
 from tests.support import SleepTool, collect, settings, tool_turn
 
+# Every test on both backends (SQLite and PostgreSQL), same body: see ``backend``.
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 async def test_a_run_is_recorded_with_its_rounds_tools_and_messages(tmp_path: Path) -> None:
     async with culm.Engine(settings(tmp_path)) as engine:
@@ -152,18 +155,20 @@ async def test_an_upstream_cut_after_output_keeps_the_usage_sent_before_it(
 
 
 @pytest.fixture
-async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[MetricsPipeline, dict[str, Run | None]]]:
+async def pipeline(
+    database_url: str,
+) -> AsyncIterator[tuple[MetricsPipeline, dict[str, Run | None]]]:
     known: dict[str, Run | None] = {}
 
     async def lookup(run_id: str) -> Run | None:
         return known.get(run_id)
 
-    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}")
+    store = SqlStore(database_url)
     await store.start()
     metrics = MetricsPipeline()
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.aclose)
-        metrics_store = MetricsStore(store.write, store.read_connection, "sqlite")
+        metrics_store = MetricsStore(store.write, store.read_connection, store.dialect.name)
         await metrics.start(metrics_store, stack, model_of=lambda run_id: None, lookup=lookup)
         yield metrics, known
 
@@ -199,13 +204,13 @@ async def test_reconcile_closes_runs_the_engine_has_ended(
     assert await metrics.reconcile() == 0
 
 
-async def test_overflow_is_dropped_counted_and_recorded_once(tmp_path: Path) -> None:
-    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}")
+async def test_overflow_is_dropped_counted_and_recorded_once(database_url: str) -> None:
+    store = SqlStore(database_url)
     await store.start()
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.aclose)
         metrics = MetricsPipeline(MetricsConfig(queue_size=5, batch_size=100))
-        metrics_store = MetricsStore(store.write, store.read_connection, "sqlite")
+        metrics_store = MetricsStore(store.write, store.read_connection, store.dialect.name)
         await metrics.start(metrics_store, stack, model_of=lambda run_id: None)
         accepted = [
             metrics.emit(

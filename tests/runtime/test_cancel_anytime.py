@@ -17,18 +17,8 @@ from hypothesis import strategies as st
 import culm
 from culm.domain.events import is_terminal
 from culm.runtime.runner import Runner
-from tests.support import SleepTool, collect, tool_turn, types
+from tests.support import SleepTool, collect, launched, tool_turn, types
 from tests.support import settings as engine_settings
-
-BACKENDS = ["sqlite", "postgres"]
-
-
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("postgres_url")
-        return url
-    return f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}"
 
 
 @pytest.fixture
@@ -63,14 +53,13 @@ async def promoted_not_started(engine: culm.Engine) -> tuple[list[culm.Run], Run
     session = await engine.create_session(model="scripted:nap", tools=["sleep"])
     first = await engine.start_run(session.session_id, "one")
     queued = await engine.start_run(session.session_id, "two", multitask="enqueue")
-    running = engine.registry.get(first.run_id)
-    assert running is not None
-    with engine.registry.watch(queued.run_id) as launched:
+    running = await launched(engine, first.run_id)  # claimed by the dispatcher, not in-line
+    with engine.registry.watch(queued.run_id) as watcher:
         # The engine's own cancel, requested without awaiting anything: this task's next
         # suspension is the wait below, so it wakes before the launched task's first step.
         running.request_cancel("cancelled by request")
         async with asyncio.timeout(10):
-            await launched.wait()
+            await watcher.wait()
     runner = engine.registry.get(queued.run_id)
     assert runner is not None and runner.task is not None and not runner.started
     return [first, queued], runner

@@ -21,7 +21,8 @@ from culm.storage.base import SweepPolicy
 from culm.storage.sql import SqlStore
 from tests.support import settings
 
-pytestmark = pytest.mark.timeout(60)
+# PostgreSQL only: several engines (API, workers) on one database, as distributed mode deploys.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.backends("postgres")]
 
 STUCK = {"turns": [[{"text": "working"}, {"delay": 3600}]]}
 QUICK = {"turns": [[{"text": "done"}]]}

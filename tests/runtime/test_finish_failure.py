@@ -14,8 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import culm
 from culm.domain.events import RunEvent, is_terminal
 from culm.domain.models import RunStatus, Usage
@@ -48,14 +46,6 @@ class FinishFailingStore(SqlStore):
             self.failed += 1
             raise StorageUnavailableError("the store is unavailable: disk I/O error")
         await super().finish_run(run_id, fence=fence, status=status, error=error, usage=usage)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 def _engine(tmp_path: Path, url: str, failures: int, **overrides: Any) -> culm.Engine:

@@ -16,6 +16,11 @@ from tests.support import collect, launched, settings, types
 WORKER = Path(__file__).with_name("crash_worker.py")
 REQUEUE_WORKER = Path(__file__).with_name("requeue_worker.py")
 
+# SQLite only: these take over a killed process's runs at the next start (embedded fast
+# restart, by pid). On PostgreSQL (distributed) a dead owner is found by its lease only; the
+# distributed tests (tests/distributed) cover that.
+SQLITE_FAST_RESTART = pytest.mark.backends("sqlite")
+
 
 def _engine(engine_settings: culm.Settings, script: dict[str, object]) -> culm.Engine:
     """An engine whose `scripted:stuck` is ready before start-up recovery runs anything."""
@@ -42,6 +47,7 @@ async def _crashed_runs(home: Path, count: int) -> list[tuple[str, str]]:
 
 
 @pytest.mark.timeout(90)
+@SQLITE_FAST_RESTART
 async def test_runs_of_a_killed_process_end_as_interrupted_on_start(tmp_path: Path) -> None:
     pairs = await _crashed_runs(tmp_path, 3)
     engine = _engine(settings(tmp_path), {"turns": [[{"text": "resumed"}]]})
@@ -62,6 +68,7 @@ async def test_runs_of_a_killed_process_end_as_interrupted_on_start(tmp_path: Pa
 
 
 @pytest.mark.timeout(90)
+@SQLITE_FAST_RESTART
 async def test_requeue_policy_runs_an_interrupted_run_again(tmp_path: Path) -> None:
     [(active, _queued)] = await _crashed_runs(tmp_path, 1)
     engine = _engine(settings(tmp_path, recovery_policy="requeue"), {"turns": [[{"text": "2"}]]})
@@ -101,6 +108,7 @@ async def _requeued_then_killed(home: Path, run_id: str, max_attempts: int) -> s
 
 
 @pytest.mark.timeout(120)
+@SQLITE_FAST_RESTART
 async def test_requeue_runs_again_up_to_max_attempts_then_errors(tmp_path: Path) -> None:
     """max_attempts=2: the first interruption re-queues (attempt 2), the second ends the run."""
     [(active, _)] = await _crashed_runs(tmp_path, 1)

@@ -54,6 +54,8 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+# SQLite only: a disk filling up is the SQLite file's tmpfs (PostgreSQL's disk is the server's).
+@pytest.mark.backends("sqlite")
 async def test_runs_end_in_error_when_the_disk_stays_full(tmp_path: Path, tiny_fs: Path) -> None:
     config = settings(
         tmp_path / "home",

@@ -11,7 +11,7 @@ import pytest
 
 import culm
 from culm.domain.events import RunEvent
-from tests.support import collect, settings
+from tests.support import collect, settings, settled_engine_tasks, task_kinds
 
 
 def _spawn(task: str, model: str, **extra: Any) -> dict[str, Any]:
@@ -73,7 +73,7 @@ async def test_parallel_children_keep_their_own_order(tmp_path: Path) -> None:
 async def test_cancelling_the_parent_ends_the_whole_tree_within_a_second(tmp_path: Path) -> None:
     engine = await _engine(tmp_path)
     async with engine:
-        baseline = len(asyncio.all_tasks())
+        baseline = await settled_engine_tasks(engine)
         engine.scripts.register("grandchild", {"turns": [[{"text": "deep"}, {"delay": 60}]]})
         engine.scripts.register(
             "child", {"turns": [[_spawn("go deeper", "scripted:grandchild")], [{"text": "x"}]]}
@@ -94,7 +94,7 @@ async def test_cancelling_the_parent_ends_the_whole_tree_within_a_second(tmp_pat
         assert await engine.list_runs(status="pending") == []
         assert len(await engine.list_runs(status="cancelled")) == 5
         async with asyncio.timeout(5):
-            while len(asyncio.all_tasks()) > baseline:
+            while task_kinds() - baseline:
                 await asyncio.sleep(0.01)
         events = await collect(engine.subscribe(run.run_id))
         assert [e.status for e in events if e.type == "sub_agent_completed"] == ["cancelled"] * 2  # type: ignore[union-attr]

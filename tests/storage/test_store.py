@@ -672,6 +672,9 @@ async def test_read_events_after_and_limit(store: SqlStore) -> None:
     assert await store.read_events(run.run_id, after=8) == events[8:]
     assert await store.read_events(run.run_id, after=10) == []
     assert await store.read_events(run.run_id, after=99) == []
+    # A cursor past any seq the column holds (int32 on PostgreSQL), up to the API's 2**63 - 1.
+    assert await store.read_events(run.run_id, after=2**31 - 1) == []
+    assert await store.read_events(run.run_id, after=2**63 - 1) == []
     assert await store.read_events(run.run_id, limit=0) == []
     assert await store.read_events(new_id()) == []
     assert await store.last_event_seq(new_id()) == 0

@@ -28,7 +28,7 @@ LATE_CURSOR = (
     f"a cursor frame must come first, within {FIRST_FRAME_WAIT:g} s of connecting; this one "
     "came after the stream had begun (or put ?after=N on the URL)"
 )
-MAX_SEQ = 2**63 - 1  # the store keeps seq as a signed 64-bit integer
+MAX_SEQ = 2**63 - 1  # the widest cursor taken; one past every stored seq reads nothing
 
 
 def sse_response(

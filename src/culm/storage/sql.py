@@ -50,6 +50,9 @@ from culm.storage.writer import Write
 _messages: TypeAdapter[Message] = TypeAdapter(Message)
 
 _T = TypeVar("_T")
+# seq is an INTEGER column: 32-bit on PostgreSQL, so a larger cursor is past every event (and
+# would not even bind there; the API takes cursors up to 2**63 - 1).
+SEQ_LIMIT = 2**31 - 1
 
 
 class SqlStore(Store):
@@ -433,9 +436,11 @@ class SqlStore(Store):
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int | None = None
     ) -> list[RunEvent]:
+        if after >= SEQ_LIMIT:  # past every seq; PostgreSQL refuses such a parameter
+            return []
         query = (
             sa.select(run_events.c.body)
-            .where(run_events.c.run_id == run_id, run_events.c.seq > after)
+            .where(run_events.c.run_id == run_id, run_events.c.seq > max(after, 0))
             .order_by(run_events.c.seq)
         )
         if limit is not None:
