@@ -83,11 +83,11 @@ class Dispatcher:
         try:
             while not self._stopping.is_set():
                 try:
-                    full = await self.claim()
+                    again = await self.claim()
                 except Exception:
                     log.exception("claiming runs failed; retrying at the next poll")
-                    full = False
-                if full:
+                    again = False
+                if again:
                     continue  # there may be more ready runs than one claim took
                 await self._wait(wakeups.wait)
         finally:
@@ -95,13 +95,15 @@ class Dispatcher:
                 await wakeups.aclose()
 
     async def claim(self) -> bool:
-        """Claim and launch up to the free capacity; True if it took all the room it had
-        (more may be ready). With no room, waits for a run to end (or the poll) first."""
+        """Claim and launch up to the free capacity; True to claim again at once: it took all
+        the room it had (more may be ready), or it had none and a run has ended since (or the
+        poll passed). Only a claim that got fewer runs than it had room for waits for a wake-up:
+        nothing wakes a full worker's backlog when one of its runs ends."""
         free = self._concurrency - self._active()
         if free <= 0:
             self._freed.clear()
             await self._wait(self._wait_freed)
-            return False
+            return not self._stopping.is_set()
         runs = await self._store.claim_runs(
             self._owner, limit=free, lease_seconds=self._lease_seconds
         )
