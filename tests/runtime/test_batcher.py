@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from culm.domain.events import RunEvent, Token
+from culm.domain.events import RunEvent, Token, ToolStart
 from culm.domain.models import Run, Session
 from culm.domain.time import utc_now
+from culm.errors import StorageUnavailableError
 from culm.runtime.batcher import EventBatcher
 from culm.storage.base import Fence
 from culm.storage.sql import SqlStore
@@ -29,7 +30,7 @@ class FlakyStore(SqlStore):
         if self.failures:
             self.failures -= 1
             self.failed.set()
-            raise OSError("disk on fire")
+            raise StorageUnavailableError("the store is unavailable: disk on fire")
         self.batches.append(len(events))
         return await super().append_events(events, fences=fences)
 
@@ -308,3 +309,33 @@ async def test_a_run_breaking_a_constraint_is_isolated_without_blocking_the_othe
     assert await store.last_event_seq("dup") == 2
     await batcher.aclose()
     await store.aclose()
+
+
+async def test_an_event_the_database_refuses_isolates_its_run_and_is_not_retried(
+    tmp_path: Path, postgres_store: SqlStore
+) -> None:
+    # A tool name longer than runs.last_tool_name (200) is refused by PostgreSQL (a DataError,
+    # not a unique violation, not a store failure): retrying it would fail forever, and the
+    # batcher would look like a failing store (no lease renewed here for any run).
+    store = postgres_store
+    await _owned_runs(store, tmp_path, "bad", "good")
+    rejected: list[set[str]] = []
+    published: list[RunEvent] = []
+    batcher = EventBatcher(
+        store, publish=published.extend, linger=0, max_batch=1000, on_rejected=rejected.append
+    )
+    batcher.start()
+    for event in _run_events("good", range(1, 3)):
+        batcher.add(event, fence=("w1", 1))
+    bad = ToolStart(tool_call_id="c", tool_name="t" * 300, arguments={})
+    batcher.add(bad.stamped(seq=1, run_id="bad", session_id="s-bad", ts=utc_now()), fence=("w1", 1))
+    batcher.add(_run_events("good", range(3, 4))[0], fence=("w1", 1))
+    async with asyncio.timeout(10):  # without isolation: retried forever
+        await batcher.flush()
+    assert rejected == [{"bad"}]
+    assert batcher.isolated("bad") and not batcher.isolated("good")
+    assert not batcher.failing and batcher.failing_for() == 0
+    assert [(e.run_id, e.seq) for e in published] == [("good", 1), ("good", 2), ("good", 3)]
+    assert await store.last_event_seq("good") == 3
+    assert await store.last_event_seq("bad") == 0
+    await batcher.aclose()

@@ -20,7 +20,10 @@ writes a run's events only while the run still has that owner and epoch. The sto
 runs whose fence failed, or whose events broke a constraint (a duplicate seq), and stores the
 others' events: such a run is isolated (``on_rejected``: the manager cancels its runner, "lease
 lost", writing nothing more) and its later events are dropped, so one run never blocks the
-others and no seq gap is ever stored. Only errors of the store as a whole are retried.
+others and no seq gap is ever stored. Only errors of the store as a whole are retried: any other
+error (a value the database refuses) makes the batch be written one run at a time, and the run
+whose write still fails is isolated, so one bad event never stops the others (nor, by looking
+like a failing store, the renewal of every lease here).
 
 Storage failure: once the store has kept failing for ``retry_window`` seconds, every retry
 hands the runs whose events wait to ``on_unavailable`` (the manager ends them in error; their
@@ -37,12 +40,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from culm.domain.events import RunEvent
+from culm.errors import StorageUnavailableError
 from culm.logs import get_logger
 from culm.storage.base import Store
 
 log = get_logger(__name__)
 
 Fence = tuple[str, int]  # (owner, epoch) a run's events are written under
+# Failures of the store as a whole (retried); any other error is about the events written.
+_TRANSIENT = (StorageUnavailableError, TimeoutError)
 
 
 class EventBatcher:
@@ -183,31 +189,50 @@ class EventBatcher:
         progress.set()
 
     async def _store_with_retry(self, batch: list[tuple[RunEvent, Fence | None]]) -> list[RunEvent]:
-        """Store ``batch``, retrying with backoff; the events stored (none if it was dropped at
-        :meth:`give_up`; not those of runs the store refused)."""
+        """Store ``batch``, retrying a failing store with backoff; the events stored (none of
+        the runs the store refused; none at all once :meth:`give_up` dropped them).
+
+        Only a store failure (``StorageUnavailableError``, a timeout) is retried. Any other
+        error is about the events themselves (a value the database refuses): the batch is then
+        written one run at a time, so only the run whose events cause it is isolated."""
+        stored: list[RunEvent] = []
+        todo = batch
+        split = False  # after an error of the events themselves: one run per write
         delay = 0.05
         while True:
-            events = [event for event, _ in batch if event.run_id not in self._isolated]
-            fences = {event.run_id: fence for event, fence in batch if fence is not None}
-            if not events:
-                return []
+            todo = [(event, fence) for event, fence in todo if event.run_id not in self._isolated]
+            if not todo:
+                return stored
+            part, rest = _first_run(todo) if split else (todo, [])
+            events = [event for event, _ in part]
+            fences = {event.run_id: fence for event, fence in part if fence is not None}
             try:
                 rejected = await self._store.append_events(events, fences=fences)
                 self._failing_since = None
-            except Exception as exc:
+            except _TRANSIENT as exc:
                 if self._given_up.is_set():
                     log.error(
-                        "the store keeps failing; run events dropped at stop", events=len(batch)
+                        "the store keeps failing; run events dropped at stop", events=len(todo)
                     )
-                    return []
-                log.error("storing run events failed; retrying", error=str(exc), events=len(batch))
+                    return stored
+                log.error("storing run events failed; retrying", error=str(exc), events=len(events))
                 self._unavailable(events, exc)
-            else:
-                return self._refused(events, rejected)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._given_up.wait()
-            delay = min(delay * 2, 1.0)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._given_up.wait()
+                delay = min(delay * 2, 1.0)
+                continue
+            except Exception as exc:
+                self._failing_since = None  # the store answered: it refused these events
+                if not split and len({event.run_id for event in events}) > 1:
+                    split = True  # write run by run, to find the one it refuses
+                    continue
+                log.error(
+                    "the store refused a run's events", run_id=events[0].run_id, error=str(exc)
+                )
+                rejected = {events[0].run_id}
+            stored += self._refused(events, rejected)
+            todo = rest
 
     def _refused(self, events: list[RunEvent], rejected: set[str]) -> list[RunEvent]:
         if not rejected:
@@ -224,3 +249,14 @@ class EventBatcher:
             self._failing_since = now
         if self._on_unavailable is not None and now - self._failing_since >= self._retry_window:
             self._on_unavailable({event.run_id for event in batch}, exc)
+
+
+def _first_run(
+    items: list[tuple[RunEvent, Fence | None]],
+) -> tuple[list[tuple[RunEvent, Fence | None]], list[tuple[RunEvent, Fence | None]]]:
+    """The items of the first item's run, and the others (order kept)."""
+    run_id = items[0][0].run_id
+    return (
+        [item for item in items if item[0].run_id == run_id],
+        [item for item in items if item[0].run_id != run_id],
+    )
