@@ -95,8 +95,6 @@ class RunManager:
         self._finishing: set[asyncio.Task[Any]] = set()
         # Set when a stop stops waiting for a failing store.
         self._give_up = asyncio.Event()
-        # Runs handed back at a stop (run_id -> epoch), released once they are all done.
-        self._released: dict[str, int] = {}
 
     # Lifecycle
 
@@ -127,12 +125,6 @@ class RunManager:
         await self._until_done(runners)
         while self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
-        if self._released:
-            released, self._released = self._released, {}
-            try:
-                await self._store.release_runs(self.owner, released)
-            except Exception:
-                log.exception("handing back runs failed; their leases run out instead")
 
     @property
     def _stop_reason(self) -> str:
@@ -343,8 +335,7 @@ class RunManager:
             elif outcome.reason == _LEASE_LOST:
                 log.warning("lease lost: the run ends here, writing nothing", run_id=runner.run_id)
             elif outcome.reason == _RELEASE:
-                await self._batcher.flush()  # handed back for another worker: no terminal event
-                self._released[runner.run_id] = runner.epoch
+                await self._release(runner)
             else:
                 runner.emit(_terminal_event(outcome, state))
                 await self._batcher.flush()
@@ -368,6 +359,18 @@ class RunManager:
             runner.done.set()
             if self.dispatcher is not None:
                 self.dispatcher.freed()
+
+    async def _release(self, runner: Runner) -> None:
+        """Hand the run back (a stop, policy "recover"): ready again for any worker, with no
+        terminal event. At once, while its lease is still renewed here: handed back only once
+        every run is done, it could expire first and be ended by a sweeper's policy instead."""
+        await self._batcher.flush()
+        if self._batcher.isolated(runner.run_id):
+            return  # its writes were refused: it is not ours to hand back
+        try:
+            await self._store.release_runs(self.owner, {runner.run_id: runner.epoch})
+        except Exception:
+            log.exception("handing back a run failed; its lease runs out", run_id=runner.run_id)
 
     async def _finish_run(self, runner: Runner, outcome: Outcome, state: LoopState) -> None:
         """Store the run's terminal status (the store then makes the session's next queued run
