@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from culm.domain.models import Run
@@ -36,6 +36,7 @@ class Dispatcher:
     """Claims ready runs while this process has room for them, and launches them.
 
     ``active`` counts the runs executing here (sub-agents included: capacity is per worker);
+    ``held`` names the runs this process still holds (never claimed again meanwhile);
     ``launch`` starts one claimed run. Call :meth:`freed` when a run ends here, so a dispatcher
     that was full looks again at once.
     """
@@ -49,6 +50,7 @@ class Dispatcher:
         lease_seconds: float,
         poll_seconds: float,
         active: Callable[[], int],
+        held: Callable[[], Collection[str]],
         launch: Callable[[Run], object],
         counters: WorkerCounters,
     ) -> None:
@@ -58,6 +60,7 @@ class Dispatcher:
         self._lease_seconds = lease_seconds
         self._poll = poll_seconds
         self._active = active
+        self._held = held
         self._launch = launch
         self._counters = counters
         self._freed = asyncio.Event()
@@ -104,8 +107,10 @@ class Dispatcher:
             self._freed.clear()
             await self._wait(self._wait_freed)
             return not self._stopping.is_set()
+        # Not a run whose earlier attempt is still winding down here (lost, then made ready
+        # again): one process never holds two attempts of one run.
         runs = await self._store.claim_runs(
-            self._owner, limit=free, lease_seconds=self._lease_seconds
+            self._owner, limit=free, lease_seconds=self._lease_seconds, exclude=self._held()
         )
         self._counters.claims += len(runs)
         for run in runs:
