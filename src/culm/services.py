@@ -146,7 +146,7 @@ class Engine:
                 backlog_limit=settings.event_backlog_limit,
                 retry_window=settings.storage_retry_window,
                 on_unavailable=lambda run_ids, exc: self.runs.storage_unavailable(run_ids, exc),
-                on_rejected=lambda run_ids: self.runs.rejected(run_ids),
+                on_rejected=lambda attempts: self.runs.rejected(attempts),
             )
             batcher.start()
             stack.push_async_callback(batcher.aclose)
@@ -197,6 +197,7 @@ class Engine:
             lease_seconds=settings.lease_seconds,
             poll_seconds=settings.claim_poll_seconds,
             active=lambda: len(self.registry),
+            held=self.registry.run_ids,
             launch=self.runs.launch,
             counters=self.runs.counters,
         )

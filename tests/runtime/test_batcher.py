@@ -6,11 +6,12 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from culm.domain.events import RunEvent, Token
+from culm.domain.events import RunEvent, Token, ToolStart
 from culm.domain.models import Run, Session
 from culm.domain.time import utc_now
-from culm.runtime.batcher import EventBatcher
-from culm.storage.base import Fence
+from culm.errors import StorageUnavailableError
+from culm.runtime.batcher import Attempt, EventBatcher
+from culm.storage.base import Fence, SweepPolicy
 from culm.storage.sql import SqlStore
 
 
@@ -29,7 +30,7 @@ class FlakyStore(SqlStore):
         if self.failures:
             self.failures -= 1
             self.failed.set()
-            raise OSError("disk on fire")
+            raise StorageUnavailableError("the store is unavailable: disk on fire")
         self.batches.append(len(events))
         return await super().append_events(events, fences=fences)
 
@@ -257,7 +258,7 @@ async def test_a_run_whose_fence_fails_is_isolated_and_the_others_are_stored(
 ) -> None:
     store = await _store(tmp_path)
     await _owned_runs(store, tmp_path, "ours", "lost")
-    rejected: list[set[str]] = []
+    rejected: list[set[Attempt]] = []
     published: list[RunEvent] = []
     batcher = EventBatcher(
         store, publish=published.extend, linger=0, max_batch=1000, on_rejected=rejected.append
@@ -268,18 +269,18 @@ async def test_a_run_whose_fence_fails_is_isolated_and_the_others_are_stored(
     for event in _run_events("lost", range(1, 4)):
         batcher.add(event, fence=("w1", 0))  # a stale epoch: the run is no longer ours so
     await batcher.flush()
-    assert rejected == [{"lost"}]
-    assert batcher.isolated("lost") and not batcher.isolated("ours")
+    assert rejected == [{("lost", 0)}]
+    assert batcher.isolated("lost", 0) and not batcher.isolated("ours", 1)
     assert [(e.run_id, e.seq) for e in published] == [("ours", 1), ("ours", 2), ("ours", 3)]
     assert await store.last_event_seq("lost") == 0
-    # Later events of the isolated run are dropped, even under a valid fence: storing them
-    # would leave a gap in its seqs.
-    batcher.add(_run_events("lost", range(4, 5))[0], fence=("w1", 1))
+    # Later events of the isolated attempt are dropped: storing them would leave a gap in its
+    # seqs.
+    batcher.add(_run_events("lost", range(4, 5))[0], fence=("w1", 0))
     batcher.add(_run_events("ours", range(4, 5))[0], fence=("w1", 1))
     await batcher.flush()
     assert await store.last_event_seq("lost") == 0
     assert await store.last_event_seq("ours") == 4
-    assert rejected == [{"lost"}]
+    assert rejected == [{("lost", 0)}]
     await batcher.aclose()
     await store.aclose()
 
@@ -290,7 +291,7 @@ async def test_a_run_breaking_a_constraint_is_isolated_without_blocking_the_othe
     store = await _store(tmp_path)
     await _owned_runs(store, tmp_path, "dup", "fine")
     await store.append_events(_run_events("dup", range(1, 3)), fences={"dup": ("w1", 1)})
-    rejected: list[set[str]] = []
+    rejected: list[set[Attempt]] = []
     published: list[RunEvent] = []
     batcher = EventBatcher(
         store, publish=published.extend, linger=0, max_batch=1000, on_rejected=rejected.append
@@ -301,10 +302,72 @@ async def test_a_run_breaking_a_constraint_is_isolated_without_blocking_the_othe
         batcher.add(event, fence=("w1", 1))
     async with asyncio.timeout(10):  # not retried forever: the batch is stored without "dup"
         await batcher.flush()
-    assert rejected == [{"dup"}]
+    assert rejected == [{("dup", 1)}]
     assert not batcher.failing
     assert [(e.run_id, e.seq) for e in published] == [("fine", 1), ("fine", 2)]
     assert await store.last_event_seq("fine") == 2
     assert await store.last_event_seq("dup") == 2
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_an_event_the_database_refuses_isolates_its_run_and_is_not_retried(
+    tmp_path: Path, postgres_store: SqlStore
+) -> None:
+    # A tool name longer than runs.last_tool_name (200) is refused by PostgreSQL (a DataError,
+    # not a unique violation, not a store failure): retrying it would fail forever, and the
+    # batcher would look like a failing store (no lease renewed here for any run).
+    store = postgres_store
+    await _owned_runs(store, tmp_path, "bad", "good")
+    rejected: list[set[Attempt]] = []
+    published: list[RunEvent] = []
+    batcher = EventBatcher(
+        store, publish=published.extend, linger=0, max_batch=1000, on_rejected=rejected.append
+    )
+    batcher.start()
+    for event in _run_events("good", range(1, 3)):
+        batcher.add(event, fence=("w1", 1))
+    bad = ToolStart(tool_call_id="c", tool_name="t" * 300, arguments={})
+    batcher.add(bad.stamped(seq=1, run_id="bad", session_id="s-bad", ts=utc_now()), fence=("w1", 1))
+    batcher.add(_run_events("good", range(3, 4))[0], fence=("w1", 1))
+    async with asyncio.timeout(10):  # without isolation: retried forever
+        await batcher.flush()
+    assert rejected == [{("bad", 1)}]
+    assert batcher.isolated("bad", 1) and not batcher.isolated("good", 1)
+    assert not batcher.failing and batcher.failing_for() == 0
+    assert [(e.run_id, e.seq) for e in published] == [("good", 1), ("good", 2), ("good", 3)]
+    assert await store.last_event_seq("good") == 3
+    assert await store.last_event_seq("bad") == 0
+    await batcher.aclose()
+
+
+async def test_two_attempts_of_one_run_here_are_fenced_apart(tmp_path: Path) -> None:
+    # This process lost attempt 1 of "r" (taken over, re-queued) and claimed it again
+    # (attempt at epoch 3) while attempt 1's last events still wait to be written: those are
+    # refused for attempt 1 only; attempt 3's are stored, and it is never told its lease is lost.
+    store = await _store(tmp_path)
+    await _owned_runs(store, tmp_path, "r")
+    requeue = SweepPolicy(requeue=True, max_attempts=3, lease_seconds=10.0)
+    assert [run.epoch for run in await store.sweep("w2", requeue, dead_owners=["w1"])] == [2]
+    [again] = await store.claim_runs("w1", limit=1, lease_seconds=60)
+    assert (again.epoch, again.last_seq) == (3, 1)  # seq 1: its run_recovered event
+    rejected: list[set[Attempt]] = []
+    published: list[RunEvent] = []
+    batcher = EventBatcher(
+        store, publish=published.extend, linger=0, max_batch=1000, on_rejected=rejected.append
+    )
+    for event in _run_events("r", range(1, 3)):
+        batcher.add(event, fence=("w1", 1))
+    for event in _run_events("r", range(2, 4)):
+        batcher.add(event, fence=("w1", 3))
+    await batcher.flush()  # one batch holds both attempts' events
+    assert rejected == [{("r", 1)}]
+    assert batcher.isolated("r", 1) and not batcher.isolated("r", 3)
+    assert [e.seq for e in published] == [2, 3]
+    assert [e.type for e in await store.read_events("r")] == ["run_recovered", "token", "token"]
+    batcher.forget([("r", 1)])  # attempt 1 ends here: attempt 3 goes on
+    batcher.add(_run_events("r", range(4, 5))[0], fence=("w1", 3))
+    await batcher.flush()
+    assert await store.last_event_seq("r") == 4
     await batcher.aclose()
     await store.aclose()

@@ -47,7 +47,7 @@ class Holder:
     def __init__(self, fences: dict[str, int]) -> None:
         self.fences = fences
         self.failing_for = 0.0
-        self.lost: list[str] = []
+        self.lost: list[tuple[str, int]] = []  # (run_id, epoch renewed)
         self.cancel_requested: list[str] = []
 
     def holder(self) -> LeaseHolder:
@@ -109,7 +109,7 @@ async def test_a_renewal_reports_runs_taken_over_and_cancel_requests(
     ]
     await store.request_cancel(kept.run_id, "please stop")
     await heartbeat.renew()
-    assert holder.lost == [taken.run_id]
+    assert holder.lost == [(taken.run_id, 1)]  # the attempt it renewed, not a later one
     assert holder.cancel_requested == [kept.run_id]
 
 

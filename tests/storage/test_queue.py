@@ -57,6 +57,17 @@ async def test_claims_take_ready_runs_oldest_first(store: SqlStore) -> None:
     assert await store.claim_runs("w3", limit=0, lease_seconds=300) == []
 
 
+async def test_a_claim_leaves_the_runs_it_is_told_to_exclude(store: SqlStore) -> None:
+    made = [await ready_run(store, created_at=T0 + timedelta(seconds=age)) for age in range(3)]
+    skipped = {made[0].run_id, made[2].run_id}
+    claimed = await store.claim_runs("w1", limit=3, lease_seconds=300, exclude=skipped)
+    assert [run.run_id for run in claimed] == [made[1].run_id]
+    # Still ready, unowned and at epoch 0, for any other claim.
+    rest = await store.claim_runs("w2", limit=3, lease_seconds=300)
+    assert [run.run_id for run in rest] == [made[0].run_id, made[2].run_id]
+    assert all(run.epoch == 1 for run in rest)
+
+
 async def test_a_claim_takes_at_most_its_limit(store: SqlStore) -> None:
     for _ in range(40):
         await ready_run(store)

@@ -18,9 +18,12 @@ producer keeps waiting (it can still be cancelled): memory stays bounded rather 
 Fencing and isolation: each event is added with its run's fence ``(owner, epoch)`` and the store
 writes a run's events only while the run still has that owner and epoch. The store reports the
 runs whose fence failed, or whose events broke a constraint (a duplicate seq), and stores the
-others' events: such a run is isolated (``on_rejected``: the manager cancels its runner, "lease
-lost", writing nothing more) and its later events are dropped, so one run never blocks the
-others and no seq gap is ever stored. Only errors of the store as a whole are retried.
+others' events: such a run's attempt ``(run_id, epoch)`` is isolated (``on_rejected``: the manager
+cancels its runner, "lease lost", writing nothing more) and its later events are dropped, so one run never blocks the
+others and no seq gap is ever stored. Only errors of the store as a whole are retried: any other
+error (a value the database refuses) makes the batch be written one run at a time, and the run
+whose write still fails is isolated, so one bad event never stops the others (nor, by looking
+like a failing store, the renewal of every lease here).
 
 Storage failure: once the store has kept failing for ``retry_window`` seconds, every retry
 hands the runs whose events wait to ``on_unavailable`` (the manager ends them in error; their
@@ -37,12 +40,20 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from culm.domain.events import RunEvent
+from culm.errors import StorageUnavailableError
 from culm.logs import get_logger
 from culm.storage.base import Store
 
 log = get_logger(__name__)
 
 Fence = tuple[str, int]  # (owner, epoch) a run's events are written under
+# One attempt of a run here: (run_id, epoch of its fence; None when written unfenced). A process
+# may still wind down one attempt of a run while it executes a later one, so what is refused is
+# refused for the attempt, never for the run.
+Attempt = tuple[str, int | None]
+_Item = tuple[RunEvent, Fence | None]
+# Failures of the store as a whole (retried); any other error is about the events written.
+_TRANSIENT = (StorageUnavailableError, TimeoutError)
 
 
 class EventBatcher:
@@ -56,15 +67,15 @@ class EventBatcher:
         backlog_limit: int = 2000,
         retry_window: float = 30.0,
         on_unavailable: Callable[[set[str], BaseException], None] | None = None,
-        on_rejected: Callable[[set[str]], None] | None = None,
+        on_rejected: Callable[[set[Attempt]], None] | None = None,
     ) -> None:
         self._store = store
         self._publish = publish
         self._linger = linger
         self._max_batch = max_batch
         self._backlog_limit = backlog_limit
-        self._pending: list[tuple[RunEvent, Fence | None]] = []
-        self._isolated: set[str] = set()  # runs whose events the store refused
+        self._pending: list[_Item] = []
+        self._isolated: set[Attempt] = set()  # attempts whose events the store refused
         self._on_rejected = on_rejected
         self._added = 0
         self._written = 0
@@ -83,7 +94,7 @@ class EventBatcher:
 
     def add(self, event: RunEvent, fence: Fence | None = None) -> None:
         """Buffer ``event``; stored only while its run has ``fence`` (None: unfenced)."""
-        if event.run_id in self._isolated:
+        if _attempt((event, fence)) in self._isolated:
             return  # after a refused event, storing later ones would leave a seq gap
         self._pending.append((event, fence))
         self._added += 1
@@ -128,13 +139,14 @@ class EventBatcher:
             return 0.0
         return time.monotonic() - self._failing_since
 
-    def isolated(self, run_id: str) -> bool:
-        """Whether the store refused events of the run (fence or constraint)."""
-        return run_id in self._isolated
+    def isolated(self, run_id: str, epoch: int | None) -> bool:
+        """Whether the store refused events of the run's attempt ``epoch`` (fence, constraint,
+        or a value it refuses)."""
+        return (run_id, epoch) in self._isolated
 
-    def forget(self, run_ids: Iterable[str]) -> None:
-        """The runs ended here: drop what is remembered about them."""
-        self._isolated.difference_update(run_ids)
+    def forget(self, attempts: Iterable[Attempt]) -> None:
+        """The attempts ended here: drop what is remembered about them."""
+        self._isolated.difference_update(attempts)
 
     @property
     def backlog(self) -> int:
@@ -182,41 +194,81 @@ class EventBatcher:
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
 
-    async def _store_with_retry(self, batch: list[tuple[RunEvent, Fence | None]]) -> list[RunEvent]:
-        """Store ``batch``, retrying with backoff; the events stored (none if it was dropped at
-        :meth:`give_up`; not those of runs the store refused)."""
+    async def _store_with_retry(self, batch: list[_Item]) -> list[RunEvent]:
+        """Store ``batch``, retrying a failing store with backoff; the events stored (none of
+        the runs the store refused; none at all once :meth:`give_up` dropped them).
+
+        Only a store failure (``StorageUnavailableError``, a timeout) is retried. Any other
+        error is about the events themselves (a value the database refuses): the batch is then
+        written one run at a time, so only the run whose events cause it is isolated."""
+        stored: list[RunEvent] = []
+        todo = batch
+        split = False  # after an error of the events themselves: one run per write
         delay = 0.05
         while True:
-            events = [event for event, _ in batch if event.run_id not in self._isolated]
-            fences = {event.run_id: fence for event, fence in batch if fence is not None}
-            if not events:
-                return []
+            self._refuse_stale(todo)
+            todo = [item for item in todo if _attempt(item) not in self._isolated]
+            if not todo:
+                return stored
+            part, rest = _first_run(todo) if split else (todo, [])
+            events = [event for event, _ in part]
+            fences = {event.run_id: fence for event, fence in part if fence is not None}
             try:
                 rejected = await self._store.append_events(events, fences=fences)
                 self._failing_since = None
-            except Exception as exc:
+            except _TRANSIENT as exc:
                 if self._given_up.is_set():
                     log.error(
-                        "the store keeps failing; run events dropped at stop", events=len(batch)
+                        "the store keeps failing; run events dropped at stop", events=len(todo)
                     )
-                    return []
-                log.error("storing run events failed; retrying", error=str(exc), events=len(batch))
+                    return stored
+                log.error("storing run events failed; retrying", error=str(exc), events=len(events))
                 self._unavailable(events, exc)
-            else:
-                return self._refused(events, rejected)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._given_up.wait()
-            delay = min(delay * 2, 1.0)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._given_up.wait()
+                delay = min(delay * 2, 1.0)
+                continue
+            except Exception as exc:
+                self._failing_since = None  # the store answered: it refused these events
+                if not split and len({event.run_id for event in events}) > 1:
+                    split = True  # write run by run, to find the one it refuses
+                    continue
+                log.error(
+                    "the store refused a run's events", run_id=events[0].run_id, error=str(exc)
+                )
+                rejected = {events[0].run_id}
+            stored += self._refused(part, rejected)
+            todo = rest
 
-    def _refused(self, events: list[RunEvent], rejected: set[str]) -> list[RunEvent]:
-        if not rejected:
-            return events
-        log.warning("the store refused a run's events: isolating it", runs=sorted(rejected))
-        self._isolated.update(rejected)
+    def _refused(self, part: list[_Item], rejected: set[str]) -> list[RunEvent]:
+        """The events of ``part`` stored: not those of the runs the store ``rejected`` (one
+        attempt of each in ``part``), which are isolated."""
+        if rejected:
+            self._isolate({_attempt(item) for item in part if item[0].run_id in rejected})
+        return [event for event, _ in part if event.run_id not in rejected]
+
+    def _refuse_stale(self, items: list[_Item]) -> None:
+        """Isolate the events of an older attempt of a run whose later attempt (claimed again
+        by this process) has events here too: its fence cannot hold any more, and one write
+        takes one fence per run."""
+        latest: dict[str, int] = {}
+        for run_id, epoch in map(_attempt, items):
+            if epoch is not None:
+                latest[run_id] = max(epoch, latest.get(run_id, epoch))
+        stale: set[Attempt] = {
+            (run_id, epoch)
+            for run_id, epoch in map(_attempt, items)
+            if epoch is not None and epoch < latest[run_id]
+        }
+        if stale - self._isolated:
+            self._isolate(stale - self._isolated)
+
+    def _isolate(self, attempts: set[Attempt]) -> None:
+        log.warning("the store refused a run's events: isolating it", runs=sorted(attempts))
+        self._isolated.update(attempts)
         if self._on_rejected is not None:
-            self._on_rejected(rejected)
-        return [event for event in events if event.run_id not in rejected]
+            self._on_rejected(attempts)
 
     def _unavailable(self, batch: list[RunEvent], exc: BaseException) -> None:
         now = time.monotonic()
@@ -224,3 +276,17 @@ class EventBatcher:
             self._failing_since = now
         if self._on_unavailable is not None and now - self._failing_since >= self._retry_window:
             self._on_unavailable({event.run_id for event in batch}, exc)
+
+
+def _attempt(item: _Item) -> Attempt:
+    event, fence = item
+    return (event.run_id, None if fence is None else fence[1])
+
+
+def _first_run(items: list[_Item]) -> tuple[list[_Item], list[_Item]]:
+    """The items of the first item's run, and the others (order kept)."""
+    run_id = items[0][0].run_id
+    return (
+        [item for item in items if item[0].run_id == run_id],
+        [item for item in items if item[0].run_id != run_id],
+    )

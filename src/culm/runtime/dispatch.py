@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from culm.domain.models import Run
@@ -36,6 +36,7 @@ class Dispatcher:
     """Claims ready runs while this process has room for them, and launches them.
 
     ``active`` counts the runs executing here (sub-agents included: capacity is per worker);
+    ``held`` names the runs this process still holds (never claimed again meanwhile);
     ``launch`` starts one claimed run. Call :meth:`freed` when a run ends here, so a dispatcher
     that was full looks again at once.
     """
@@ -49,6 +50,7 @@ class Dispatcher:
         lease_seconds: float,
         poll_seconds: float,
         active: Callable[[], int],
+        held: Callable[[], Collection[str]],
         launch: Callable[[Run], object],
         counters: WorkerCounters,
     ) -> None:
@@ -58,6 +60,7 @@ class Dispatcher:
         self._lease_seconds = lease_seconds
         self._poll = poll_seconds
         self._active = active
+        self._held = held
         self._launch = launch
         self._counters = counters
         self._freed = asyncio.Event()
@@ -83,11 +86,11 @@ class Dispatcher:
         try:
             while not self._stopping.is_set():
                 try:
-                    full = await self.claim()
+                    again = await self.claim()
                 except Exception:
                     log.exception("claiming runs failed; retrying at the next poll")
-                    full = False
-                if full:
+                    again = False
+                if again:
                     continue  # there may be more ready runs than one claim took
                 await self._wait(wakeups.wait)
         finally:
@@ -95,15 +98,19 @@ class Dispatcher:
                 await wakeups.aclose()
 
     async def claim(self) -> bool:
-        """Claim and launch up to the free capacity; True if it took all the room it had
-        (more may be ready). With no room, waits for a run to end (or the poll) first."""
+        """Claim and launch up to the free capacity; True to claim again at once: it took all
+        the room it had (more may be ready), or it had none and a run has ended since (or the
+        poll passed). Only a claim that got fewer runs than it had room for waits for a wake-up:
+        nothing wakes a full worker's backlog when one of its runs ends."""
         free = self._concurrency - self._active()
         if free <= 0:
             self._freed.clear()
             await self._wait(self._wait_freed)
-            return False
+            return not self._stopping.is_set()
+        # Not a run whose earlier attempt is still winding down here (lost, then made ready
+        # again): one process never holds two attempts of one run.
         runs = await self._store.claim_runs(
-            self._owner, limit=free, lease_seconds=self._lease_seconds
+            self._owner, limit=free, lease_seconds=self._lease_seconds, exclude=self._held()
         )
         self._counters.claims += len(runs)
         for run in runs:

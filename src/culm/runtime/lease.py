@@ -41,7 +41,7 @@ class LeaseHolder:
 
     fences: Callable[[], Mapping[str, int]]  # run_id -> epoch of the runs whose leases to renew
     cancel_requested: Callable[[list[str]], None]
-    lost: Callable[[list[str]], None]
+    lost: Callable[[list[tuple[str, int]]], None]  # (run_id, epoch) no longer this process's
     active_runs: Callable[[], int]
     store_failing_for: Callable[[], float]  # seconds the event writer has been failing (or 0)
 
@@ -135,7 +135,7 @@ class Heartbeat:
         renewal = await self._store.renew_leases(self._owner, fences, self._settings.lease_seconds)
         if renewal.lost:
             log.warning("lease lost: cancelling runs here, writing nothing", runs=renewal.lost)
-            self._holder.lost(list(renewal.lost))
+            self._holder.lost([(run_id, fences[run_id]) for run_id in renewal.lost])
         if renewal.cancel_requested:
             self._holder.cancel_requested(list(renewal.cancel_requested))
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,7 +38,7 @@ from culm.errors import (
 from culm.logs import get_logger
 from culm.loop.context import LoopContext, LoopState
 from culm.loop.driver import run_agent
-from culm.runtime.batcher import EventBatcher
+from culm.runtime.batcher import Attempt, EventBatcher
 from culm.runtime.dispatch import Dispatcher, WorkerCounters
 from culm.runtime.lease import LeaseHolder
 from culm.runtime.ownership import new_owner_id
@@ -95,8 +95,6 @@ class RunManager:
         self._finishing: set[asyncio.Task[Any]] = set()
         # Set when a stop stops waiting for a failing store.
         self._give_up = asyncio.Event()
-        # Runs handed back at a stop (run_id -> epoch), released once they are all done.
-        self._released: dict[str, int] = {}
 
     # Lifecycle
 
@@ -127,12 +125,6 @@ class RunManager:
         await self._until_done(runners)
         while self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
-        if self._released:
-            released, self._released = self._released, {}
-            try:
-                await self._store.release_runs(self.owner, released)
-            except Exception:
-                log.exception("handing back runs failed; their leases run out instead")
 
     @property
     def _stop_reason(self) -> str:
@@ -161,16 +153,20 @@ class RunManager:
                 runner.storage_error = str(exc)
                 log.error("ending a run: the store keeps failing", run_id=run_id)
 
-    def rejected(self, run_ids: set[str]) -> None:
-        """The store refused these runs' events (fence or constraint): cancel them here,
+    def rejected(self, attempts: set[Attempt]) -> None:
+        """The store refused these attempts' events (fence or constraint): cancel them here,
         writing nothing more (their lease runs out, or has been taken over already)."""
-        self.counters.fenced_writes += len(run_ids)
-        self.lease_lost(run_ids)
+        self.counters.fenced_writes += len(attempts)
+        self.lease_lost(attempts)
 
-    def lease_lost(self, run_ids: Sequence[str] | set[str]) -> None:
-        for run_id in run_ids:
+    def lease_lost(self, attempts: Iterable[Attempt]) -> None:
+        """Cancel these attempts (run_id, epoch) here: only the runner of that very attempt,
+        never a later attempt of the run this process claimed since."""
+        for run_id, epoch in attempts:
             runner = self._registry.get(run_id)
-            if runner is not None and runner.request_cancel(_LEASE_LOST):
+            if runner is None or (epoch is not None and runner.epoch != epoch):
+                continue
+            if runner.request_cancel(_LEASE_LOST):
                 log.warning("lease lost: cancelling the run here", run_id=run_id)
 
     def lease_holder(self) -> LeaseHolder:
@@ -343,12 +339,11 @@ class RunManager:
             elif outcome.reason == _LEASE_LOST:
                 log.warning("lease lost: the run ends here, writing nothing", run_id=runner.run_id)
             elif outcome.reason == _RELEASE:
-                await self._batcher.flush()  # handed back for another worker: no terminal event
-                self._released[runner.run_id] = runner.epoch
+                await self._release(runner)
             else:
                 runner.emit(_terminal_event(outcome, state))
                 await self._batcher.flush()
-                if self._batcher.isolated(runner.run_id):
+                if self._batcher.isolated(runner.run_id, runner.epoch):
                     log.warning(
                         "the store refused the run's end; writing nothing", run_id=runner.run_id
                     )
@@ -364,10 +359,22 @@ class RunManager:
             runner.completed_at = utc_now()
             runner.usage = state.usage
             self._registry.remove(runner)
-            self._batcher.forget([runner.run_id])
+            self._batcher.forget([(runner.run_id, runner.epoch)])
             runner.done.set()
             if self.dispatcher is not None:
                 self.dispatcher.freed()
+
+    async def _release(self, runner: Runner) -> None:
+        """Hand the run back (a stop, policy "recover"): ready again for any worker, with no
+        terminal event. At once, while its lease is still renewed here: handed back only once
+        every run is done, it could expire first and be ended by a sweeper's policy instead."""
+        await self._batcher.flush()
+        if self._batcher.isolated(runner.run_id, runner.epoch):
+            return  # its writes were refused: it is not ours to hand back
+        try:
+            await self._store.release_runs(self.owner, {runner.run_id: runner.epoch})
+        except Exception:
+            log.exception("handing back a run failed; its lease runs out", run_id=runner.run_id)
 
     async def _finish_run(self, runner: Runner, outcome: Outcome, state: LoopState) -> None:
         """Store the run's terminal status (the store then makes the session's next queued run

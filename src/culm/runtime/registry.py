@@ -50,8 +50,13 @@ class RunnerRegistry:
         self._by_session[runner.session_id] = runner
         self._notify(runner.run_id)
 
+    def run_ids(self) -> set[str]:
+        return set(self._runners)
+
     def remove(self, runner: Runner) -> None:
-        self._runners.pop(runner.run_id, None)
+        """Drop ``runner`` (only that one: never a later attempt of its run held since)."""
+        if self._runners.get(runner.run_id) is runner:
+            del self._runners[runner.run_id]
         if self._by_session.get(runner.session_id) is runner:
             del self._by_session[runner.session_id]
         self._notify(runner.run_id)

@@ -7,7 +7,7 @@ conformance tests in ``tests/storage`` run against every backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -165,11 +165,14 @@ class Store(ABC):
         ``run.epoch`` is set."""
 
     @abstractmethod
-    async def claim_runs(self, owner: str, *, limit: int, lease_seconds: float) -> list[Run]:
+    async def claim_runs(
+        self, owner: str, *, limit: int, lease_seconds: float, exclude: Collection[str] = ()
+    ) -> list[Run]:
         """Claim up to ``limit`` ready runs for ``owner``, oldest first (created_at, run_id),
         in one statement: owner set, epoch + 1, lease = database now + ``lease_seconds``; the
         status stays pending (``start_run`` starts it). Concurrent claimers never claim one
-        run twice."""
+        run twice. Runs in ``exclude`` are left (those whose earlier attempt the claimer still
+        winds down: one process never holds two attempts of a run)."""
 
     @abstractmethod
     async def start_run(

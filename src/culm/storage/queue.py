@@ -12,7 +12,7 @@ Leases are database time (``dbtime``). Each function is one transaction's body (
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -62,14 +62,22 @@ def reserve(
 
 
 def claim(
-    conn: sa.Connection, dialect: str, owner: str, limit: int, lease_seconds: float
+    conn: sa.Connection,
+    dialect: str,
+    owner: str,
+    limit: int,
+    lease_seconds: float,
+    exclude: Sequence[str] = (),
 ) -> list[Run]:
     # The pick is a CTE: PostgreSQL evaluates it once. As a plain ``IN (SELECT … LIMIT n FOR
     # UPDATE SKIP LOCKED)`` the planner may rescan the subquery for every outer row (a nested
     # loop semi join), and each rescan locks further rows: one claim took every ready run.
+    ready: sa.ColumnElement[bool] = sa.and_(schema.READY)  # the partial index's predicate
+    if exclude:
+        ready = sa.and_(ready, runs.c.run_id.not_in(exclude))
     picked = (
         sa.select(runs.c.run_id)
-        .where(schema.READY)  # the partial index's own predicate, constants and all
+        .where(ready)
         .order_by(runs.c.created_at, runs.c.run_id)
         .limit(limit)
         .with_for_update(skip_locked=True)  # nothing on SQLite, whose writes are serialized

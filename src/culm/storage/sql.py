@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -246,12 +246,15 @@ class SqlStore(Store):
                     raise
         raise AlreadyRunningError(run.session_id, "unknown")
 
-    async def claim_runs(self, owner: str, *, limit: int, lease_seconds: float) -> list[Run]:
+    async def claim_runs(
+        self, owner: str, *, limit: int, lease_seconds: float, exclude: Collection[str] = ()
+    ) -> list[Run]:
         if limit <= 0:
             return []
         name = self.dialect.name
+        skip = sorted(exclude)
         return await self.write(
-            lambda conn: queue_ops.claim(conn, name, owner, limit, lease_seconds)
+            lambda conn: queue_ops.claim(conn, name, owner, limit, lease_seconds, skip)
         )
 
     async def start_run(

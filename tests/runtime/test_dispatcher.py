@@ -1,0 +1,122 @@
+"""The dispatcher of one worker on SQLite: how it drains a backlog of ready runs, and never
+holds two attempts of one run."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import culm
+from culm.domain.models import Run
+from culm.runtime.dispatch import Dispatcher, WorkerCounters
+from culm.runtime.registry import RunnerRegistry
+from culm.runtime.roles import Role
+from culm.runtime.runner import Runner
+from culm.storage.sql import SqlStore
+from tests.storage.queue_support import ready_run
+from tests.support import settings
+
+pytestmark = pytest.mark.timeout(60)
+
+QUICK = {"turns": [[{"text": "done"}]]}
+
+
+def _engine(home: Path, role: Role, **overrides: Any) -> culm.Engine:
+    return culm.Engine(settings(home, heartbeat_seconds=0.1, **overrides), role=role)
+
+
+async def test_a_full_worker_claims_the_backlog_as_its_runs_end_without_waiting_for_the_poll(
+    tmp_path: Path,
+) -> None:
+    # Six ready runs in six sessions, reserved before any worker runs: ending one of them
+    # wakes nobody (no session has a queued run), so only the worker's own "a run ended here"
+    # can start the next. The safety poll is an hour: without that, the test times out.
+    api = _engine(tmp_path, Role.API)
+    async with api:
+        api.scripts.register("quick", QUICK)
+        run_ids = []
+        for _ in range(6):
+            session = await api.create_session(model="scripted:quick")
+            run = await api.start_run(session.session_id, "go")
+            run_ids.append(run.run_id)
+    worker = _engine(tmp_path, Role.WORKER, worker_concurrency=2, claim_poll_seconds=3600)
+    async with worker:
+        worker.scripts.register("quick", QUICK)
+        for run_id in run_ids:
+            done = await worker.wait(run_id, timeout=20)
+            assert done.status is culm.RunStatus.COMPLETED
+        assert worker.counters.claims == 6
+
+
+async def test_a_dispatcher_never_claims_a_run_whose_earlier_attempt_it_still_holds(
+    tmp_path: Path,
+) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    await store.start()
+    try:
+        winding_down = await ready_run(store)  # lost here, re-queued, its runner still ending
+        other = await ready_run(store)
+        launched: list[Run] = []
+        got = asyncio.Event()
+
+        def launch(run: Run) -> None:
+            launched.append(run)
+            got.set()
+
+        dispatcher = Dispatcher(
+            store,
+            owner="w1",
+            concurrency=4,
+            lease_seconds=60,
+            poll_seconds=3600,
+            active=lambda: len(launched),
+            held=lambda: {winding_down.run_id},
+            launch=launch,
+            counters=WorkerCounters(),
+        )
+        dispatcher.start()
+        async with asyncio.timeout(10):
+            await got.wait()
+        await dispatcher.aclose()
+        assert [run.run_id for run in launched] == [other.run_id]
+        left = await store.get_run(winding_down.run_id)
+        assert left is not None and left.epoch == 0  # still ready, for another worker
+    finally:
+        await store.aclose()
+
+
+def _runner(run: Run) -> Runner:
+    return Runner(run, persist=lambda _: None, fan_out_session=lambda _: None, queue_size=8)
+
+
+def test_removing_an_ended_attempt_keeps_the_later_attempt_of_its_run() -> None:
+    registry = RunnerRegistry()
+    old = _runner(Run(run_id="r", session_id="s", model="m", epoch=1))
+    new = _runner(Run(run_id="r", session_id="s", model="m", epoch=3))
+    registry.add(old)
+    registry.add(new)
+    registry.remove(old)  # the lost attempt finishes winding down
+    assert registry.get("r") is new and registry.for_session("s") is new
+    assert registry.run_ids() == {"r"}
+    registry.remove(new)
+    assert registry.get("r") is None and len(registry) == 0
+
+
+async def test_a_lost_lease_cancels_only_the_attempt_it_is_about(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, Role.EMBEDDED)
+    async with engine:
+        engine.scripts.register("stuck", {"turns": [[{"text": "working"}, {"delay": 3600}]]})
+        run = await engine.run("go", model="scripted:stuck")
+        async with asyncio.timeout(10):
+            while (runner := engine.registry.get(run.run_id)) is None:
+                await asyncio.sleep(0.01)
+        assert runner.epoch == 1
+        engine.runs.lease_lost([(run.run_id, 0)])  # news about an earlier attempt
+        assert runner.cancel_reason is None
+        engine.runs.lease_lost([(run.run_id, 1)])
+        assert runner.cancel_reason is not None
+        async with asyncio.timeout(10):
+            await runner.done.wait()
