@@ -94,7 +94,7 @@ class EventBatcher:
 
     def add(self, event: RunEvent, fence: Fence | None = None) -> None:
         """Buffer ``event``; stored only while its run has ``fence`` (None: unfenced)."""
-        if _attempt((event, fence)) in self._isolated:
+        if self._isolated and _attempt((event, fence)) in self._isolated:
             return  # after a refused event, storing later ones would leave a seq gap
         self._pending.append((event, fence))
         self._added += 1
@@ -206,13 +206,18 @@ class EventBatcher:
         split = False  # after an error of the events themselves: one run per write
         delay = 0.05
         while True:
-            self._refuse_stale(todo)
-            todo = [item for item in todo if _attempt(item) not in self._isolated]
+            # The common case costs one pass: no attempt isolated, one attempt per run.
+            fences = _fences_of(todo)
+            if fences is None or self._isolated:
+                self._refuse_stale(todo)
+                todo = [item for item in todo if _attempt(item) not in self._isolated]
+                fences = None
             if not todo:
                 return stored
             part, rest = _first_run(todo) if split else (todo, [])
+            if fences is None or split:
+                fences = _fences_of(part) or {}
             events = [event for event, _ in part]
-            fences = {event.run_id: fence for event, fence in part if fence is not None}
             try:
                 rejected = await self._store.append_events(events, fences=fences)
                 self._failing_since = None
@@ -276,6 +281,17 @@ class EventBatcher:
             self._failing_since = now
         if self._on_unavailable is not None and now - self._failing_since >= self._retry_window:
             self._on_unavailable({event.run_id for event in batch}, exc)
+
+
+def _fences_of(items: list[_Item]) -> dict[str, Fence] | None:
+    """Each run's fence among ``items``; None when a run has two (two of its attempts)."""
+    fences: dict[str, Fence] = {}
+    for event, fence in items:
+        if fence is not None:
+            known = fences.setdefault(event.run_id, fence)
+            if known is not fence and known != fence:
+                return None
+    return fences
 
 
 def _attempt(item: _Item) -> Attempt:

@@ -65,6 +65,10 @@ class Dispatcher:
         self._counters = counters
         self._freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        # One claim at a time per process (capacity is counted before each), and how many
+        # have started: a claim started after a run was reserved sees that run.
+        self._claiming = asyncio.Lock()
+        self._claims_started = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -102,11 +106,33 @@ class Dispatcher:
         the room it had (more may be ready), or it had none and a run has ended since (or the
         poll passed). Only a claim that got fewer runs than it had room for waits for a wake-up:
         nothing wakes a full worker's backlog when one of its runs ends."""
-        free = self._concurrency - self._active()
-        if free <= 0:
+        if self._concurrency - self._active() <= 0:
             self._freed.clear()
             await self._wait(self._wait_freed)
             return not self._stopping.is_set()
+        async with self._claiming:
+            return await self._claim_locked()
+
+    async def claim_now(self) -> None:
+        """Claim at once, for a run this process has just reserved: with room here, the run
+        is launched before its ``start_run`` returns, so its first subscribers attach to it
+        live instead of reading the store. Callers that arrive together share the claims:
+        one started after a caller's reservation was committed covers it. A failure is left to
+        the dispatcher's loop (the run stays ready; the poll claims it)."""
+        wanted = self._claims_started + 1
+        async with self._claiming:
+            if self._claims_started >= wanted or self._stopping.is_set():
+                return
+            try:
+                await self._claim_locked()
+            except Exception:
+                log.exception("claiming a run just reserved failed; the dispatcher retries")
+
+    async def _claim_locked(self) -> bool:
+        self._claims_started += 1
+        free = self._concurrency - self._active()
+        if free <= 0:
+            return True  # full meanwhile: the loop waits for a run to end
         # Not a run whose earlier attempt is still winding down here (lost, then made ready
         # again): one process never holds two attempts of one run.
         runs = await self._store.claim_runs(

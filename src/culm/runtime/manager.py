@@ -214,7 +214,10 @@ class RunManager:
         queue = policy is not MultitaskPolicy.REJECT
         jump_queue = policy is MultitaskPolicy.INTERRUPT
         if run.parent_run_id is None and not self._runs_own_runs:
-            return await self._store.reserve_run(run, queue=queue, jump_queue=jump_queue)
+            reservation = await self._store.reserve_run(run, queue=queue, jump_queue=jump_queue)
+            if reservation.active_run_id is None and self.dispatcher is not None:
+                await self.dispatcher.claim_now()  # a worker here: launch it before returning
+            return reservation
         reservation = await self._store.reserve_run(
             run,
             queue=queue,
