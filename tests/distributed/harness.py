@@ -17,7 +17,6 @@ import contextlib
 import functools
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -362,7 +361,3 @@ async def start_runs(
             return str(response.json()["run_id"])
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
-
-
-def command_line(culm: Culm) -> str:
-    return shlex.join(psutil.Process(culm.host_pid).cmdline())
