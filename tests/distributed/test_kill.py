@@ -71,6 +71,7 @@ async def test_a_killed_workers_runs_are_recovered_within_12_s(
             await _settled(top, run_ids, policy)
             await watcher.wait(timeout=30)
             await invariants.check(top.db, seen=watcher.seen, stuck_grace=4.0)
+            top.assert_clean_logs()
         finally:
             await watcher.aclose()
 
