@@ -17,7 +17,6 @@ import contextlib
 import functools
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -293,6 +292,16 @@ class Topology:
         if self._engine is not None:
             await self._engine.dispose()
 
+    def assert_clean_logs(self, *, tracebacks: bool = True) -> None:
+        """No process logged a deadlock or an exception the HTTP server had to catch, nor (with
+        ``tracebacks``; a database outage makes the workers log the errors they retry with
+        theirs) any traceback."""
+        signs = ["deadlock detected", "Exception in ASGI application"]
+        signs += ["Traceback"] if tracebacks else []
+        for culm in self.processes:
+            for sign in signs:
+                assert sign not in culm.log(), f"{culm.name} logged {sign!r}:\n{culm.log()[-6000:]}"
+
     def logs(self) -> str:
         return "\n".join(f"--- {culm.name}\n{culm.log()[-4000:]}" for culm in self.processes)
 
@@ -362,7 +371,3 @@ async def start_runs(
             return str(response.json()["run_id"])
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
-
-
-def command_line(culm: Culm) -> str:
-    return shlex.join(psutil.Process(culm.host_pid).cmdline())

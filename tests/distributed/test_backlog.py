@@ -69,6 +69,7 @@ async def test_a_backlog_is_claimed_exactly_once_in_session_order(
                    what="claims counted in the workers rows")  # fmt: skip
         for worker in workers:
             assert await worker.stop() == 0, worker.log()
+        top.assert_clean_logs()
 
 
 async def _enqueue(client: httpx2.AsyncClient) -> list[str]:

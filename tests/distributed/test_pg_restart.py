@@ -90,6 +90,7 @@ async def test_a_short_postgresql_restart_takes_nothing_over_and_the_api_says_50
             assert all(worker.alive for worker in workers), top.logs()
             async with top.client() as client:
                 assert (await client.get("/health")).status_code == 200
+            top.assert_clean_logs(tracebacks=False)
         finally:
             await watcher.aclose()
 

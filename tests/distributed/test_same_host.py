@@ -91,6 +91,7 @@ async def test_restarts_beside_a_live_worker_of_the_same_host_name_take_nothing_
             lambda: _all_cancelled(top, run_ids), timeout=HEARTBEAT + 5, what="runs cancelled"
         )
         await invariants.check(top.db, stuck_grace=HEARTBEAT + 2)
+        top.assert_clean_logs()
 
 
 async def _all_cancelled(top: Topology, run_ids: list[str]) -> bool:

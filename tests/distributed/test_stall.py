@@ -99,6 +99,7 @@ async def test_a_stalled_worker_writes_nothing_stale_and_then_works_normally(
             )
             assert {row.owner for row in executed} <= {zombie.worker_id, None}
             await invariants.check(top.db, seen=watcher.seen, stuck_grace=HEARTBEAT + 2)
+            top.assert_clean_logs()
         finally:
             await watcher.aclose()
 

@@ -48,6 +48,7 @@ async def test_two_worker_tickers_fire_each_time_exactly_once(
             fires = await _settled(client, f"/v1/schedules/{schedule_id}/runs")
         started = await rows(top, "SELECT run_id FROM runs WHERE trigger = 'schedule'")
         await invariants.check(top.db, stuck_grace=4.0)
+        top.assert_clean_logs()
 
     times = [datetime.fromisoformat(fire["scheduled_for"]) for fire in fires]
     assert len(times) >= 4, fires

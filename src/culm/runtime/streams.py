@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator
 
 from culm.domain.events import CRITICAL_EVENT_TYPES, Gap, RunEvent, is_terminal
 from culm.domain.models import RunStatus
-from culm.errors import NotFoundError
+from culm.errors import NotFoundError, StorageUnavailableError
 from culm.runtime.batcher import EventBatcher
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
@@ -118,13 +118,21 @@ class Streams:
         """Events from the store until the run ends or gets a runner in this process."""
         while self._registry.get(run_id) is None and not self.closed:
             with self._registry.watch(run_id) as changed:
-                run = await self._store.get_run(run_id)
+                try:
+                    run = await self._store.get_run(run_id)
+                    # A run not started yet has nothing stored after the cursor: wait for its
+                    # runner here (a worker of this process may claim it in a moment).
+                    waiting = run is None or (
+                        run.status is RunStatus.PENDING and run.last_seq <= cursor
+                    )
+                    events = [] if waiting else await self._page(run_id, cursor)
+                except StorageUnavailableError:
+                    # The run goes on in another process: wait for the store to come back (the
+                    # client's stream stays open, with its pings) rather than cut the stream.
+                    await asyncio.sleep(POLL_INTERVAL)
+                    continue
                 if run is None:
                     raise NotFoundError("run", run_id)
-                # A run not started yet has nothing stored after the cursor: wait for its
-                # runner here (a worker of this process may claim it in a moment).
-                waiting = run.status is RunStatus.PENDING and run.last_seq <= cursor
-                events = [] if waiting else await self._page(run_id, cursor)
                 if not events and not run.status.is_terminal:
                     if self._closed_meanwhile():
                         return

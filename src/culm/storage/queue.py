@@ -202,10 +202,17 @@ def renew(
     # alone locks them in its scan's order and deadlocked with the event batcher's fence check.
     conn.execute(fencing.FENCE_ROWS, {"run_ids": sorted(fences)})
     pairs = sorted(fences.items())
+    held = sa.and_(
+        runs.c.owner == owner,
+        runs.c.status.in_(ops.ACTIVE),
+        sa.tuple_(runs.c.run_id, runs.c.epoch).in_(pairs),
+    )
+    # Lock the rows in run_id order first, as every writer does: an UPDATE of many rows locks
+    # them in the order it finds them, and deadlocked with the event writer's fenced batches.
+    conn.execute(sa.select(runs.c.run_id).where(held).order_by(runs.c.run_id).with_for_update())
     statement = (
         runs.update()
-        .where(runs.c.owner == owner, runs.c.status.in_(ops.ACTIVE))
-        .where(sa.tuple_(runs.c.run_id, runs.c.epoch).in_(pairs))
+        .where(held)
         .values(lease_expires_at=dbtime.later(dialect, lease_seconds))
         .returning(runs.c.run_id, runs.c.cancel_requested)
     )

@@ -1,0 +1,263 @@
+"""Distributed deployment benchmark (issue 14): 1 API + 3 workers on PostgreSQL, real processes.
+
+    .venv/bin/python bench/distributed.py [--postgres URL] [--latency-runs 200]
+        [--drain-runs 1200] [--cancels 60] [--json]
+
+Scenarios, in one topology (`culm serve --no-worker` + 3 × `culm worker`, the default lease
+10 s and heartbeat 2 s, ``CULM_RECOVERY_POLICY=requeue``) on a fresh database of the server
+given by ``--postgres`` (default: the tests' ``CULM_TEST_POSTGRES_URL``):
+
+- ``latency``: runs posted one at a time to idle workers (the next once the previous ended);
+  enqueue → start is ``started_at - created_at`` of each run (both written by the database
+  or this host's clock: one machine), p50/p99/max. Target p50 ≤ 5 ms, p99 ≤ 50 ms. Also from
+  the client's 202 (the run committed) to ``started_at``, which leaves the API's own work out.
+- ``drain``: ``--drain-runs`` short runs posted as fast as 32 clients can; runs/s from the
+  first POST to the last run's completion (end to end). Target ≥ 70 runs/s.
+- ``cancel``: ``--cancels`` long runs executing on the workers, each cancelled through the API
+  (``POST /v1/runs/{id}/cancel?wait=true``), staggered over a few seconds so the cancels fall
+  at every phase of the owners' heartbeat; the seconds each request took, p50/p99/max.
+  Target p99 ≤ 2.5 s (the owner sees the flag at its next heartbeat).
+- ``recovery``: one worker alone executes 30 long runs, two more join, the first is killed
+  (kill -9); the seconds until all 30 are requeued by the others. Target ≤ 12 s.
+
+Then the distributed tests' invariant checks run on the database (gapless seq, fencing, one
+active run per session …). The exit status is 1 only when a check fails; a missed target
+prints MISS. Not a test: figures and the command are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
+
+# The topology and the invariant checks are the distributed tests' own.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.distributed import invariants
+from tests.distributed.harness import (
+    QUICK,
+    Topology,
+    poll,
+    rows,
+    running_on,
+    start_runs,
+    statuses,
+    streaming,
+    topology,
+    write_scripts,
+)
+
+TARGETS = {
+    "enqueue_to_start_p50_ms": ("<=", 5.0),
+    "enqueue_to_start_p99_ms": ("<=", 50.0),
+    "drain_runs_per_s": (">=", 70.0),
+    "recovery_s": ("<=", 12.0),
+    "cancel_p99_s": ("<=", 2.5),
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server: str) -> AsyncIterator[str]:
+    url = sa.make_url(server)
+    admin = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        database=url.database,
+    )  # fmt: skip
+    name = f"culm_bench_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def latency(top: Topology, count: int) -> dict[str, float]:
+    answered: dict[str, float] = {}
+    async with top.client() as client:
+        for i in range(count):
+            posted = await client.post(
+                "/v1/runs", json={"message": f"{i}", "model": "scripted:short"}
+            )
+            answered[posted.json()["run_id"]] = time.time()
+            run_id = posted.json()["run_id"]
+            waited = await client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 30})
+            assert waited.json()["status"] == "completed", waited.text
+    found = await rows(
+        top,
+        "SELECT run_id, extract(epoch FROM started_at - created_at) * 1000 AS ms,"
+        " extract(epoch FROM started_at) AS started FROM runs WHERE run_id = ANY(:ids)",
+        ids=list(answered),
+    )
+    ms = [float(row.ms) for row in found]
+    # From the moment the client had its 202 (the run reserved and committed) to the start: the
+    # API's own work before the reservation (the run's created_at is taken first) left out.
+    after_answer = [(float(row.started) - answered[row.run_id]) * 1000 for row in found]
+    return {
+        "enqueue_to_start_p50_ms": percentile(ms, 0.5),
+        "enqueue_to_start_p99_ms": percentile(ms, 0.99),
+        "enqueue_to_start_max_ms": max(ms),
+        "answered_to_start_p50_ms": percentile(after_answer, 0.5),
+        "answered_to_start_p99_ms": percentile(after_answer, 0.99),
+    }
+
+
+async def drain(top: Topology, count: int) -> dict[str, float]:
+    started = time.monotonic()
+    async with top.client() as client:
+        run_ids = await start_runs(client, count, "scripted:short", parallel=32)
+    posted = time.monotonic() - started
+
+    async def done() -> bool:
+        found = await statuses(top, run_ids)
+        return all(row.status == "completed" for row in found.values())
+
+    await poll(done, timeout=300, what="drain", every=0.02)
+    took = time.monotonic() - started
+    return {"drain_runs": count, "drain_post_s": posted, "drain_s": took,
+            "drain_runs_per_s": count / took}  # fmt: skip
+
+
+async def cancel(top: Topology, count: int) -> dict[str, float]:
+    async with top.client() as client:
+        run_ids = await start_runs(client, count, "scripted:long")
+
+        async def all_running() -> bool:
+            found = await statuses(top, run_ids)
+            return all(row.status == "running" for row in found.values())
+
+        await poll(all_running, timeout=60, what="runs running")
+        spread = 4.0  # two heartbeats: every phase of the owners' heartbeat
+
+        async def one(i: int, run_id: str) -> float:
+            await asyncio.sleep(spread * i / count)
+            sent = time.monotonic()
+            response = await client.post(
+                f"/v1/runs/{run_id}/cancel", params={"wait": "true", "timeout": 30}
+            )
+            assert response.status_code == 200 and response.json()["status"] == "cancelled", (
+                response.text
+            )
+            return time.monotonic() - sent
+
+        took = await asyncio.gather(*(one(i, run_id) for i, run_id in enumerate(run_ids)))
+    return {"cancel_p50_s": percentile(took, 0.5), "cancel_p99_s": percentile(took, 0.99),
+            "cancel_max_s": max(took)}  # fmt: skip
+
+
+async def recovery(top: Topology, home: Path) -> dict[str, float]:
+    for worker in [p for p in top.processes if p.kind == "worker" and p.alive]:
+        await worker.stop()
+    victim = await top.start_worker()
+    async with top.client() as client:
+        run_ids = await start_runs(client, 30, "scripted:long")
+    await poll(lambda: running_on(top, victim.worker_id or "", run_ids), timeout=60,
+               what="30 runs on one worker")  # fmt: skip
+    await top.start_workers(2)
+    write_scripts(home, long=QUICK)
+    killed = time.monotonic()
+    await victim.kill()
+
+    async def recovered() -> bool:
+        found = await statuses(top, run_ids)
+        return all(row.attempt >= 2 for row in found.values())
+
+    await poll(recovered, timeout=60, what="recovery", every=0.05)
+    took = time.monotonic() - killed
+
+    async def completed() -> bool:
+        found = await statuses(top, run_ids)
+        return all(row.status == "completed" for row in found.values())
+
+    await poll(completed, timeout=60, what="recovered runs completed")
+    return {"recovery_s": took}
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_1m": os.getloadavg()[0],
+    }
+
+
+async def main(args: argparse.Namespace) -> int:
+    results: dict[str, Any] = {"machine": machine()}
+    home = Path(tempfile.mkdtemp(prefix="culm-bench-"))
+    write_scripts(home, short={"turns": [[{"text": "done"}]]}, long=streaming(120, every=0.25))
+    async with (
+        fresh_database(args.postgres) as url,
+        topology(url, home, CULM_RECOVERY_POLICY="requeue") as top,
+    ):
+        await top.start_api()
+        await top.start_workers(3)
+        await asyncio.sleep(3)  # a couple of heartbeats: the workers are idle and settled
+        results |= await latency(top, args.latency_runs)
+        results |= await drain(top, args.drain_runs)
+        results |= await cancel(top, args.cancels)
+        results |= await recovery(top, home)
+        try:
+            summary = await invariants.check(top.db, stuck_grace=4.0)
+            results["checks"] = f"ok ({summary.runs} runs, {summary.events} events)"
+            failed = False
+        except AssertionError as exc:
+            results["checks"] = f"FAILED: {exc}"
+            failed = True
+    results["machine"]["load_1m_after"] = os.getloadavg()[0]
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        report(results)
+    return 1 if failed else 0
+
+
+def report(results: dict[str, Any]) -> None:
+    for key, value in results.items():
+        if key == "machine":
+            print(f"machine: {value}")
+            continue
+        verdict = ""
+        if key in TARGETS:
+            op, target = TARGETS[key]
+            ok = value <= target if op == "<=" else value >= target
+            verdict = f"  target {op} {target}: {'ok' if ok else 'MISS'}"
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        print(f"{key:28} {shown}{verdict}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "CULM_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+        ),
+        help="a PostgreSQL server (URL of an existing database) to create the bench's in",
+    )
+    parser.add_argument("--latency-runs", type=int, default=200)
+    parser.add_argument("--drain-runs", type=int, default=1200)
+    parser.add_argument("--cancels", type=int, default=60)
+    parser.add_argument("--json", action="store_true")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))
