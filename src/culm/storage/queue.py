@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from culm.domain.models import Message, Run, RunStatus, Usage
 from culm.errors import AlreadyRunningError, LeaseLostError
-from culm.storage import dbtime, fencing, ops, schema
+from culm.storage import dbtime, ops, schema
 from culm.storage.base import Fence, Renewal, Reservation
 from culm.storage.rows import run_from_row
 from culm.storage.rowwriter import RowWriter
@@ -198,9 +198,6 @@ def renew(
 ) -> Renewal:
     if not fences:
         return Renewal(cancel_requested=[], lost=[])
-    # Lock the rows in run_id order first, as every writer of several runs does: the UPDATE
-    # alone locks them in its scan's order and deadlocked with the event batcher's fence check.
-    conn.execute(fencing.FENCE_ROWS, {"run_ids": sorted(fences)})
     pairs = sorted(fences.items())
     held = sa.and_(
         runs.c.owner == owner,
