@@ -245,8 +245,10 @@ class Store(ABC):
         - else ``error`` "interrupted" (``run_recovered`` "errored", then ``error``).
 
         The non-terminal children of every run taken over end ``cancelled`` "parent
-        recovered". Ending a run makes its session's next queued run ready. Returns the runs
-        taken over (children included) as they now are. ``owner`` is the sweeper (logs)."""
+        recovered". Ending a run makes its session's next queued run ready. As a safety net it
+        also makes ready the first queued run of any session left with queued runs and no
+        active one. Returns the runs taken over (children included) as they now are. ``owner``
+        is the sweeper (logs)."""
 
     @abstractmethod
     async def release_runs(self, owner: str, fences: Mapping[str, int]) -> list[str]:

@@ -39,7 +39,7 @@ def reserve(
     lease_seconds: float | None,
     wake: Wake,
 ) -> Reservation:
-    active = ops.active_run_id(conn, run.session_id)
+    active = ops.lock_active_run_id(conn, run.session_id)
     if active is None:
         if owner is None:
             values = {**row, "queued": False, "owner": None, "epoch": 0}
@@ -161,6 +161,31 @@ def finish(
             raise LeaseLostError(run_id)
         return
     promote_next(conn, session_id, wake)
+
+
+def promote_stranded(conn: sa.Connection, wake: Wake, *, limit: int) -> list[str]:
+    """The safety net: make ready the first queued run of every session that has queued runs
+    but no active one (a state no transaction should leave; found by the sweeper). Returns
+    the sessions promoted. A concurrent promotion of one of them (the slot's unique index
+    refuses the second) is left to that one."""
+    waiting = runs.alias("waiting")
+    active = sa.exists().where(runs.c.session_id == waiting.c.session_id, ops.SLOT)
+    stranded = conn.scalars(
+        sa.select(waiting.c.session_id)
+        .where(waiting.c.queued.is_(True), waiting.c.status == RunStatus.PENDING.value)
+        .where(~active)
+        .distinct()
+        .limit(limit)
+    ).all()
+    promoted = []
+    for session_id in stranded:
+        try:
+            with conn.begin_nested():
+                promote_next(conn, session_id, wake)
+        except sa.exc.IntegrityError:
+            continue
+        promoted.append(session_id)
+    return promoted
 
 
 def promote_next(conn: sa.Connection, session_id: str, wake: Wake) -> None:
