@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from culm.domain.models import RunStatus, Usage
-from culm.storage.base import SweepPolicy
+from culm.storage.base import Renewal, SweepPolicy
 from culm.storage.schema import runs
 from culm.storage.sql import SqlStore
 from tests.storage.queue_support import (
@@ -19,6 +19,7 @@ from tests.storage.queue_support import (
     new_session,
     owned_run,
     raw_connection,
+    tokens,
     until_waiting,
 )
 
@@ -95,3 +96,35 @@ async def test_the_sweeper_promotes_a_stranded_queued_run(store: SqlStore) -> No
     assert (await get(store, second.run_id)).queued
     claimed = await store.claim_runs("w", limit=5, lease_seconds=60)
     assert [run.run_id for run in claimed] == [first.run_id]
+
+
+async def test_a_renewal_and_an_event_batch_of_one_worker_never_deadlock(
+    pg_stores: tuple[SqlStore, SqlStore], postgres_url: str
+) -> None:
+    """Review finding 4: the event batch locks its runs' rows in run_id order; a renewal that
+    locked them in plan order (here: physical order, the larger run_id first) could hold one
+    while waiting for the other, which the batch holds while waiting for the first."""
+    first, second = pg_stores
+    later = await owned_run(first, "w1", run_id="run-b")  # stored first: scanned first
+    earlier = await owned_run(first, "w1", run_id="run-a")
+    gate = await raw_connection(postgres_url)
+    try:
+        tx = gate.transaction()
+        await tx.start()
+        # Holds the batch (FOR UPDATE) off run-b, but not an UPDATE of it (FOR NO KEY UPDATE).
+        await gate.execute("SELECT 1 FROM runs WHERE run_id = 'run-b' FOR KEY SHARE")
+        events = tokens(earlier, 1) + tokens(later, 1)
+        fences = {"run-a": ("w1", 1), "run-b": ("w1", 1)}
+        batch = asyncio.create_task(second.append_events(events, fences=fences))
+        await until_waiting(gate, 1)  # the batch holds run-a and waits for run-b
+        renew = asyncio.create_task(
+            first.renew_leases("w1", {"run-a": 1, "run-b": 1}, lease_seconds=60)
+        )
+        await until_waiting(gate, 2)  # the renewal waits for run-a
+        await tx.commit()
+        results = await asyncio.gather(batch, renew, return_exceptions=True)
+    finally:
+        await gate.close()
+
+    assert results[0] == set(), results[0]
+    assert results[1] == Renewal(cancel_requested=[], lost=[]), results[1]

@@ -216,10 +216,20 @@ def renew(
     if not fences:
         return Renewal(cancel_requested=[], lost=[])
     pairs = sorted(fences.items())
-    statement = (
-        runs.update()
+    # The rows are locked first, in run_id order (the order every writer locks runs in); a
+    # plain multi-row UPDATE locks them in plan order and could deadlock with this worker's own
+    # event batch, which locks the same rows by run_id on another connection.
+    locked = (
+        sa.select(runs.c.run_id)
         .where(runs.c.owner == owner, runs.c.status.in_(ops.ACTIVE))
         .where(sa.tuple_(runs.c.run_id, runs.c.epoch).in_(pairs))
+        .order_by(runs.c.run_id)
+        .with_for_update()
+        .cte("locked")
+    )
+    statement = (
+        runs.update()
+        .where(runs.c.run_id.in_(sa.select(locked.c.run_id)))
         .values(lease_expires_at=dbtime.later(dialect, lease_seconds))
         .returning(runs.c.run_id, runs.c.cancel_requested)
     )
