@@ -25,7 +25,6 @@ import sqlalchemy as sa
 
 from culm.domain.events import Cancelled, Error, RunEventBase, RunRecovered
 from culm.domain.models import Run, RunStatus
-from culm.logs import get_logger
 from culm.storage import dbtime, ops, schema
 from culm.storage.base import SweepPolicy
 from culm.storage.ending import ending_values
@@ -33,8 +32,6 @@ from culm.storage.queue import promote_next, promote_stranded
 from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import runs
 from culm.storage.wakeups import Wake
-
-log = get_logger(__name__)
 
 PARENT_RECOVERED = "parent recovered"
 INTERRUPTED = "interrupted"
@@ -73,8 +70,7 @@ def sweep(
         .with_for_update(skip_locked=True)
     )
     found = conn.execute(query).all()
-    for session_id in promote_stranded(conn, wake, limit=SWEEP_LIMIT):
-        log.warning("promoted a queued run its session's ending left behind", session=session_id)
+    promote_stranded(conn, wake, limit=SWEEP_LIMIT)
     if not found:
         return []
     takeover = _Takeover(conn, rows, dbtime.read_now(conn, dialect), wake)
