@@ -402,3 +402,24 @@ async def test_a_listener_whose_connection_is_killed_reconnects(
     finally:
         await wakeups.aclose()
         await other.aclose()
+
+
+async def test_a_sub_agent_is_reserved_only_under_its_parents_fence(store: SqlStore) -> None:
+    """Review finding 5: a parent taken over (epoch bumped) cannot reserve a child."""
+    parent = await owned_run(store, "w1")
+    child_session = await new_session(store)
+    stale = a_run(child_session.session_id, parent_run_id=parent.run_id)
+    await store.sweep("w2", REQUEUE, dead_owners=["w1"])  # taken over: epoch 2, ready again
+
+    with pytest.raises(LeaseLostError):
+        await store.reserve_run(
+            stale, queue=False, owner="w1", lease_seconds=60, parent_fence=("w1", 1)
+        )
+    assert await store.get_run(stale.run_id) is None
+
+    [claimed] = await store.claim_runs("w2", limit=1, lease_seconds=60)
+    child = a_run(child_session.session_id, parent_run_id=parent.run_id)
+    reservation = await store.reserve_run(
+        child, queue=False, owner="w2", lease_seconds=60, parent_fence=("w2", claimed.epoch)
+    )
+    assert reservation.run.epoch == 1

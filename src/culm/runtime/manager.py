@@ -219,12 +219,20 @@ class RunManager:
         jump_queue = policy is MultitaskPolicy.INTERRUPT
         if run.parent_run_id is None and not self._runs_own_runs:
             return await self._store.reserve_run(run, queue=queue, jump_queue=jump_queue)
+        parent_fence = None
+        if run.parent_run_id is not None:
+            # A sub-agent only while its parent is still ours (not taken over meanwhile).
+            parent = self._registry.get(run.parent_run_id)
+            if parent is None:
+                raise LeaseLostError(run.parent_run_id)
+            parent_fence = (self.owner, parent.epoch)
         reservation = await self._store.reserve_run(
             run,
             queue=queue,
             jump_queue=jump_queue,
             owner=self.owner,
             lease_seconds=self._settings.lease_seconds,
+            parent_fence=parent_fence,
         )
         if reservation.active_run_id is None:
             self.launch(reservation.run)

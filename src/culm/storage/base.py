@@ -152,6 +152,7 @@ class Store(ABC):
         jump_queue: bool = False,
         owner: str | None = None,
         lease_seconds: float | None = None,
+        parent_fence: Fence | None = None,
     ) -> Reservation:
         """Insert ``run`` for its session, atomically.
 
@@ -162,7 +163,11 @@ class Store(ABC):
         With ``owner`` (a sub-agent, ``culm run``'s own run): inserted already claimed by it,
         epoch 1, lease = database now + ``lease_seconds``; it never enters the queue, so a
         busy slot raises ``AlreadyRunningError`` whatever ``queue`` says. The returned
-        ``run.epoch`` is set."""
+        ``run.epoch`` is set.
+
+        ``parent_fence`` (owner, epoch) of ``run.parent_run_id``: a sub-agent is reserved only
+        while its parent is still the fence's, checked in the same transaction (else
+        ``LeaseLostError``, nothing inserted): a parent taken over never starts a child."""
 
     @abstractmethod
     async def claim_runs(self, owner: str, *, limit: int, lease_seconds: float) -> list[Run]:

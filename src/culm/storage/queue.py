@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from culm.domain.models import Message, Run, RunStatus, Usage
 from culm.errors import AlreadyRunningError, LeaseLostError
-from culm.storage import dbtime, ops, schema
+from culm.storage import dbtime, fencing, ops, schema
 from culm.storage.base import Fence, Renewal, Reservation
 from culm.storage.rows import run_from_row
 from culm.storage.rowwriter import RowWriter
@@ -37,8 +37,11 @@ def reserve(
     jump_queue: bool,
     owner: str | None,
     lease_seconds: float | None,
+    parent_fence: Fence | None,
     wake: Wake,
 ) -> Reservation:
+    if parent_fence is not None and run.parent_run_id is not None:
+        fencing.check_fence(conn, run.parent_run_id, parent_fence)  # the parent is still ours
     active = ops.lock_active_run_id(conn, run.session_id)
     if active is None:
         if owner is None:

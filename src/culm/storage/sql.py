@@ -218,8 +218,11 @@ class SqlStore(Store):
         jump_queue: bool = False,
         owner: str | None = None,
         lease_seconds: float | None = None,
+        parent_fence: Fence | None = None,
     ) -> Reservation:
         row = run_to_row(run)
+        if parent_fence is not None and run.parent_run_id is None:
+            raise ValueError("reserve_run: a parent_fence needs the run's parent_run_id")
 
         def transaction(conn: sa.Connection, wake: Wake) -> Reservation:
             return queue_ops.reserve(
@@ -231,6 +234,7 @@ class SqlStore(Store):
                 jump_queue=jump_queue,
                 owner=owner,
                 lease_seconds=lease_seconds,
+                parent_fence=parent_fence,
                 wake=wake,
             )
 
