@@ -164,7 +164,7 @@ async def test_a_stale_epoch_writes_nothing(store: SqlStore) -> None:
 
     assert fenced == {run.run_id}
     assert lost.value.run_id == run.run_id and lost.value.code == "lease_lost"
-    assert renewal.lost == [run.run_id] and renewal.cancel_requested == []
+    assert renewal.lost == [run.run_id] and renewal.cancel_requested == {}
     assert await store.read_events(run.run_id) == events_before
     assert await store.get_messages(run.session_id) == []
     assert await get(store, run.run_id) == before

@@ -127,4 +127,4 @@ async def test_a_renewal_and_an_event_batch_of_one_worker_never_deadlock(
         await gate.close()
 
     assert results[0] == set(), results[0]
-    assert results[1] == Renewal(cancel_requested=[], lost=[]), results[1]
+    assert results[1] == Renewal(cancel_requested={}, lost=[]), results[1]

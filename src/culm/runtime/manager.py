@@ -193,11 +193,12 @@ class RunManager:
             if runner.finalizing_since is None or runner.finalizing_since > stuck_since
         }
 
-    def _cancel_requested(self, run_ids: Sequence[str]) -> None:
-        for run_id in run_ids:
+    def _cancel_requested(self, reasons: Mapping[str, str]) -> None:
+        """Cancel requests made through the store (another process): each with its reason."""
+        for run_id, reason in reasons.items():
             runner = self._registry.get(run_id)
             if runner is not None:
-                runner.request_cancel("cancelled by request")
+                runner.request_cancel(reason)
 
     # Starting runs
 

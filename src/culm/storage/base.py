@@ -30,7 +30,7 @@ class Reservation:
 class Renewal:
     """What a lease renewal found."""
 
-    cancel_requested: list[str]  # runs (still ours) with a pending cancel request
+    cancel_requested: dict[str, str]  # runs (still ours) with a cancel request -> its reason
     lost: list[str]  # runs whose (owner, epoch) no longer match: cancel them locally
 
 

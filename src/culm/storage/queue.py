@@ -217,7 +217,7 @@ def renew(
     conn: sa.Connection, dialect: str, owner: str, fences: Mapping[str, int], lease_seconds: float
 ) -> Renewal:
     if not fences:
-        return Renewal(cancel_requested=[], lost=[])
+        return Renewal(cancel_requested={}, lost=[])
     pairs = sorted(fences.items())
     # The rows are locked first, in run_id order (the order every writer locks runs in); a
     # plain multi-row UPDATE locks them in plan order and could deadlock with this worker's own
@@ -248,7 +248,7 @@ def renew(
             if RunStatus(row.status).is_terminal and row.epoch == fences[row.run_id]:
                 missing.discard(row.run_id)
     return Renewal(
-        cancel_requested=sorted(run_id for run_id, reason in kept.items() if reason is not None),
+        cancel_requested={run_id: reason for run_id, reason in sorted(kept.items()) if reason},
         lost=sorted(missing),
     )
 

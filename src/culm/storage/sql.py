@@ -283,7 +283,7 @@ class SqlStore(Store):
         self, owner: str, fences: Mapping[str, int], lease_seconds: float
     ) -> Renewal:
         if not fences:
-            return Renewal(cancel_requested=[], lost=[])
+            return Renewal(cancel_requested={}, lost=[])
         name = self.dialect.name
         return await self.write(
             lambda conn: queue_ops.renew(conn, name, owner, fences, lease_seconds)
