@@ -62,7 +62,9 @@ class QueueStats:
     """``pending``: runs waiting for a worker, ready or queued (no owner); ``ready``: those of
     them a worker may claim now; ``running``: runs a worker holds (started, or claimed and about
     to start); ``oldest_pending_age``: seconds since the oldest pending run was created (None
-    without pending runs; the database's now less the run's ``created_at``)."""
+    without pending runs; the database's now less the run's ``created_at``, which the process
+    that created the run stamped with its own clock, so the hosts' clock skew is in it; a
+    re-queued run counts from its creation, not from its re-queueing)."""
 
     pending: int
     ready: int
