@@ -18,7 +18,7 @@ from culm.domain.models import Run, RunStatus, Usage, UserMessage
 from culm.errors import LeaseLostError
 from culm.storage import dbtime
 from culm.storage.base import SweepPolicy
-from culm.storage.schema import run_events, runs
+from culm.storage.schema import run_events, runs, workers
 from culm.storage.sql import SqlStore
 from tests.storage.queue_support import (
     T0,
@@ -423,3 +423,41 @@ async def test_a_sub_agent_is_reserved_only_under_its_parents_fence(store: SqlSt
         child, queue=False, owner="w2", lease_seconds=60, parent_fence=("w2", claimed.epoch)
     )
     assert reservation.run.epoch == 1
+
+
+async def test_the_sweeper_retires_silent_workers_and_prunes_old_stopped_rows(
+    store: SqlStore,
+) -> None:
+    """Review finding 11: a worker silent for longer than a lease that holds no run is marked
+    stopped; a row stopped for longer than a day (24 h, the retention) is deleted."""
+    for worker_id in ("dead", "holding", "alive", "long-stopped"):
+        await store.register_worker(
+            worker_id,
+            host="h",
+            pid=1,
+            boot_id=None,
+            pid_namespace=None,
+            kind="worker",
+            concurrency=1,
+        )
+    held = await owned_run(store, "holding", lease_seconds=300)
+    name = store.dialect.name
+
+    def age(conn: sa.Connection) -> None:
+        silent = workers.c.worker_id.in_(["dead", "holding"])
+        conn.execute(
+            workers.update().where(silent).values(last_heartbeat_at=dbtime.later(name, -11))
+        )
+        conn.execute(
+            workers.update()
+            .where(workers.c.worker_id == "long-stopped")
+            .values(stopped_at=dbtime.later(name, -24 * 3600 - 60))
+        )
+
+    await store.write(age)
+    assert await store.sweep("alive", REQUEUE) == []
+
+    rows = await store.list_workers(lease_seconds=10, include_stopped=True)
+    stopped = {w.worker_id: w.stopped_at is not None for w in rows}
+    assert stopped == {"dead": True, "holding": False, "alive": False}
+    assert (await get(store, held.run_id)).status is RunStatus.RUNNING  # its lease holds

@@ -76,7 +76,8 @@ class QueueStats:
 class SweepPolicy:
     """How a sweeper ends runs it takes over: re-queued while ``requeue`` and the attempt is
     below ``max_attempts``, else ended ``error`` "interrupted". (``lease_seconds``, the
-    sweeper's lease setting, is for its caller; expiry is read from each run's lease.)"""
+    sweeper's lease setting: expiry is read from each run's lease; a worker whose heartbeat is
+    older than it and that holds no run is marked stopped.)"""
 
     requeue: bool
     max_attempts: int
@@ -254,8 +255,10 @@ class Store(ABC):
         The non-terminal children of every run taken over end ``cancelled`` "parent
         recovered". Ending a run makes its session's next queued run ready. As a safety net it
         also makes ready the first queued run of any session left with queued runs and no
-        active one. Returns the runs taken over (children included) as they now are. ``owner``
-        is the sweeper (logs)."""
+        active one. It also retires ``workers`` rows: a worker silent for longer than
+        ``policy.lease_seconds`` that holds no active run is marked stopped, and rows stopped
+        for longer than 24 hours are deleted. Returns the runs taken over (children included)
+        as they now are. ``owner`` is the sweeper (logs)."""
 
     @abstractmethod
     async def release_runs(self, owner: str, fences: Mapping[str, int]) -> list[str]:
