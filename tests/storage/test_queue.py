@@ -20,6 +20,7 @@ from culm.storage import dbtime
 from culm.storage.base import SweepPolicy
 from culm.storage.schema import run_events, runs, workers
 from culm.storage.sql import SqlStore
+from culm.storage.wakeups import PostgresWakeups, Signal
 from tests.storage.queue_support import (
     T0,
     a_run,
@@ -461,3 +462,39 @@ async def test_the_sweeper_retires_silent_workers_and_prunes_old_stopped_rows(
     stopped = {w.worker_id: w.stopped_at is not None for w in rows}
     assert stopped == {"dead": True, "holding": False, "alive": False}
     assert (await get(store, held.run_id)).status is RunStatus.RUNNING  # its lease holds
+
+
+async def test_a_listener_connects_with_sqlalchemy_only_url_parameters(
+    postgres_store: SqlStore, postgres_url: str
+) -> None:
+    """Review finding 7: the LISTEN connection took the URL's query string as is, and asyncpg
+    sent ``prepared_statement_cache_size`` to the server, which refused the connection: the
+    workers silently fell back to the poll. It must listen, and say so for /health."""
+    url = sa.make_url(postgres_url).update_query_dict({"prepared_statement_cache_size": "0"})
+    other = SqlStore(url.render_as_string(hide_password=False))
+    await other.start()
+    wakeups = other.wakeups()
+    try:
+        for _ in range(100):  # until its LISTEN is in place
+            await ready_run(postgres_store)
+            if await wakeups.wait(0.2):
+                break
+        else:
+            pytest.fail(f"no notification reached the listener: {other.wakeups_problem()}")
+        assert other.wakeups_problem() is None
+    finally:
+        await wakeups.aclose()
+        await other.aclose()
+
+
+async def test_a_listener_that_cannot_connect_says_why() -> None:
+    signal = Signal()
+    listener = PostgresWakeups(signal, {"host": "127.0.0.1", "port": 1, "user": "nobody"})
+    try:
+        while listener.problem == "connecting":
+            await asyncio.sleep(0.01)
+        assert listener.problem is not None
+        assert listener.problem.startswith("not listening, polling instead")
+    finally:
+        await listener.aclose()
+    assert listener.problem is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
@@ -44,7 +45,7 @@ from culm.storage.rows import run_from_row, run_to_row, session_from_row
 from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import messages, run_events, runs, sessions
 from culm.storage.schema import workers as worker_table
-from culm.storage.wakeups import PostgresWakeups, Signal, Wake
+from culm.storage.wakeups import PostgresWakeups, Signal, Wake, listen_connect_args
 from culm.storage.writer import Write
 
 _messages: TypeAdapter[Message] = TypeAdapter(Message)
@@ -58,6 +59,7 @@ class SqlStore(Store):
         self._rows = RowWriter(self.dialect.name)
         self.health = StoreHealth()
         self._signal = Signal()  # in-process wake-ups: a run became ready
+        self._listeners: weakref.WeakSet[PostgresWakeups] = weakref.WeakSet()
 
     async def start(self) -> None:
         self._writer, self._reader = self.dialect.create_engines()
@@ -403,9 +405,18 @@ class SqlStore(Store):
 
     def wakeups(self) -> Wakeups:
         if self.dialect.name == "postgresql":
-            dsn = self.dialect.url.set(drivername="postgresql")
-            return PostgresWakeups(self._signal, dsn.render_as_string(hide_password=False))
+            listener = PostgresWakeups(self._signal, listen_connect_args(self.dialect.url))
+            self._listeners.add(listener)
+            return listener
         return self._signal.subscribe()
+
+    def wakeups_problem(self) -> str | None:
+        """None while every open PostgreSQL listener of this store listens (or there is none),
+        else why one does not (its workers then find ready runs by their safety poll only)."""
+        for listener in list(self._listeners):
+            if listener.problem is not None:
+                return listener.problem
+        return None
 
     async def has_run_messages(self, run_id: str) -> bool:
         async with self.read_connection() as conn:
