@@ -226,6 +226,12 @@ class Engine:
             return None
         return await self.store.check()
 
+    def wakeups_problem(self) -> str | None:
+        """None while this process's wake-up listener works (or it has none), else why not."""
+        if self._stack is None or not isinstance(self.store, SqlStore):
+            return None
+        return self.store.wakeups_problem()
+
     async def _start_metrics(self, store: Store, stack: contextlib.AsyncExitStack) -> None:
         """The metrics pipeline, on the engine's SQL database (another store runs without)."""
         if not isinstance(store, SqlStore):

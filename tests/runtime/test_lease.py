@@ -3,6 +3,7 @@ takeover that trusts a pid only on the same host, boot and PID namespace (real S
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from culm.runtime.lease import Heartbeat, LeaseHolder
 from culm.runtime.ownership import boot_id, pid_namespace
 from culm.storage.base import Renewal, SweepPolicy
 from culm.storage.sql import SqlStore
-from tests.support import settings
+from tests.support import collect, settings
 
 
 class RecordingStore(SqlStore):
@@ -48,12 +49,12 @@ class Holder:
         self.fences = fences
         self.failing_for = 0.0
         self.lost: list[tuple[str, int]] = []  # (run_id, epoch renewed)
-        self.cancel_requested: list[str] = []
+        self.cancel_requested: dict[str, str] = {}
 
     def holder(self) -> LeaseHolder:
         return LeaseHolder(
             fences=lambda: self.fences,
-            cancel_requested=self.cancel_requested.extend,
+            cancel_requested=self.cancel_requested.update,
             lost=self.lost.extend,
             active_runs=lambda: len(self.fences),
             store_failing_for=lambda: self.failing_for,
@@ -110,7 +111,7 @@ async def test_a_renewal_reports_runs_taken_over_and_cancel_requests(
     await store.request_cancel(kept.run_id, "please stop")
     await heartbeat.renew()
     assert holder.lost == [(taken.run_id, 1)]  # the attempt it renewed, not a later one
-    assert holder.cancel_requested == [kept.run_id]
+    assert holder.cancel_requested == {kept.run_id: "please stop"}
 
 
 def _dead_pid() -> int:
@@ -162,3 +163,20 @@ async def test_fast_restart_takes_over_only_a_dead_process_of_this_host_boot_and
         "other-host": culm.RunStatus.PENDING,
     }
     assert stopped == {"dead-here"}  # marked stopped: not looked at again
+
+
+async def test_a_cancel_requested_elsewhere_ends_the_run_with_its_reason(tmp_path: Path) -> None:
+    """Review finding 9: a cancel another process records in the store reaches the owner at its
+    heartbeat with the request's reason (it was "cancelled by request")."""
+    engine = culm.Engine(settings(tmp_path, heartbeat_seconds=0.05))
+    async with engine:
+        engine.scripts.register("slow", {"turns": [[{"text": "x"}, {"delay": 60}]]})
+        run = await engine.run("go", model="scripted:slow")
+        while (await engine.get_run(run.run_id)).status is not culm.RunStatus.RUNNING:
+            await asyncio.sleep(0.01)
+        # As another process's API would: through the store, not this process's runner.
+        await engine.store.request_cancel(run.run_id, "stopped by the operator")
+        events = await collect(engine.subscribe(run.run_id))
+
+    assert events[-1].type == "cancelled"
+    assert events[-1].reason == "stopped by the operator"

@@ -280,3 +280,26 @@ async def test_child_usage_is_in_metrics_under_the_child_session_linked_to_the_p
     assert detail is not None
     assert [(r.run_id, r.parent_run_id) for r in detail.runs] == [(child.run_id, run.run_id)]
     assert detail.tokens.prompt_tokens == 7 and detail.tokens.completion_tokens == 3
+
+
+async def test_a_parent_taken_over_elsewhere_cannot_start_a_child(tmp_path: Path) -> None:
+    """Review finding 5: the child's reservation is fenced on the parent's (owner, epoch)."""
+    from culm.errors import LeaseLostError
+    from culm.storage.schema import runs
+
+    engine = await _engine(tmp_path)
+    async with engine:
+        engine.scripts.register("slow", {"turns": [[{"text": "x"}, {"delay": 60}]]})
+        parent = await engine.run("go", model="scripted:slow")
+        while (await engine.get_run(parent.run_id)).status is not culm.RunStatus.RUNNING:
+            await asyncio.sleep(0.01)
+        taken = runs.update().where(runs.c.run_id == parent.run_id)
+        await engine.store.write(  # type: ignore[attr-defined]
+            lambda conn: conn.execute(taken.values(epoch=runs.c.epoch + 1, owner="elsewhere"))
+        )
+        child_session = await engine.create_session(model="scripted:slow")
+
+        with pytest.raises(LeaseLostError):
+            await engine.start_run(child_session.session_id, "task", parent_run_id=parent.run_id)
+        assert await engine.get_children(parent.run_id) == []
+        await engine.cancel(parent.run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -76,3 +77,30 @@ async def raw_rows(store: SqlStore, query: sa.Select[Any]) -> list[sa.Row[Any]]:
             return list(await conn.execute(query))
     finally:
         await engine.dispose()
+
+
+async def raw_connection(url: str) -> Any:
+    """A plain asyncpg connection to the database of ``url`` (to hold locks a test needs)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    parsed = sa.make_url(url)
+    return await asyncpg.connect(
+        host=parsed.host,
+        port=parsed.port or 5432,
+        user=parsed.username,
+        password=parsed.password,
+        database=parsed.database,
+    )
+
+
+async def until_waiting(conn: Any, count: int, *, unless: Any = None) -> None:
+    """Until ``count`` sessions of this database wait for a lock (or ``unless``, a task, is
+    done: it did not have to wait). Polls ``pg_stat_activity``; no timing is asserted."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while await conn.fetchval(query) < count:
+        if unless is not None and unless.done():
+            return
+        await asyncio.sleep(0.01)

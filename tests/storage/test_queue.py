@@ -18,8 +18,9 @@ from culm.domain.models import Run, RunStatus, Usage, UserMessage
 from culm.errors import LeaseLostError
 from culm.storage import dbtime
 from culm.storage.base import SweepPolicy
-from culm.storage.schema import run_events, runs
+from culm.storage.schema import run_events, runs, workers
 from culm.storage.sql import SqlStore
+from culm.storage.wakeups import PostgresWakeups, Signal
 from tests.storage.queue_support import (
     T0,
     a_run,
@@ -175,7 +176,7 @@ async def test_a_stale_epoch_writes_nothing(store: SqlStore) -> None:
 
     assert fenced == {run.run_id}
     assert lost.value.run_id == run.run_id and lost.value.code == "lease_lost"
-    assert renewal.lost == [run.run_id] and renewal.cancel_requested == []
+    assert renewal.lost == [run.run_id] and renewal.cancel_requested == {}
     assert await store.read_events(run.run_id) == events_before
     assert await store.get_messages(run.session_id) == []
     assert await get(store, run.run_id) == before
@@ -413,3 +414,98 @@ async def test_a_listener_whose_connection_is_killed_reconnects(
     finally:
         await wakeups.aclose()
         await other.aclose()
+
+
+async def test_a_sub_agent_is_reserved_only_under_its_parents_fence(store: SqlStore) -> None:
+    """Review finding 5: a parent taken over (epoch bumped) cannot reserve a child."""
+    parent = await owned_run(store, "w1")
+    child_session = await new_session(store)
+    stale = a_run(child_session.session_id, parent_run_id=parent.run_id)
+    await store.sweep("w2", REQUEUE, dead_owners=["w1"])  # taken over: epoch 2, ready again
+
+    with pytest.raises(LeaseLostError):
+        await store.reserve_run(
+            stale, queue=False, owner="w1", lease_seconds=60, parent_fence=("w1", 1)
+        )
+    assert await store.get_run(stale.run_id) is None
+
+    [claimed] = await store.claim_runs("w2", limit=1, lease_seconds=60)
+    child = a_run(child_session.session_id, parent_run_id=parent.run_id)
+    reservation = await store.reserve_run(
+        child, queue=False, owner="w2", lease_seconds=60, parent_fence=("w2", claimed.epoch)
+    )
+    assert reservation.run.epoch == 1
+
+
+async def test_the_sweeper_retires_silent_workers_and_prunes_old_stopped_rows(
+    store: SqlStore,
+) -> None:
+    """Review finding 11: a worker silent for longer than a lease that holds no run is marked
+    stopped; a row stopped for longer than a day (24 h, the retention) is deleted."""
+    for worker_id in ("dead", "holding", "alive", "long-stopped"):
+        await store.register_worker(
+            worker_id,
+            host="h",
+            pid=1,
+            boot_id=None,
+            pid_namespace=None,
+            kind="worker",
+            concurrency=1,
+        )
+    held = await owned_run(store, "holding", lease_seconds=300)
+    name = store.dialect.name
+
+    def age(conn: sa.Connection) -> None:
+        silent = workers.c.worker_id.in_(["dead", "holding"])
+        conn.execute(
+            workers.update().where(silent).values(last_heartbeat_at=dbtime.later(name, -11))
+        )
+        conn.execute(
+            workers.update()
+            .where(workers.c.worker_id == "long-stopped")
+            .values(stopped_at=dbtime.later(name, -24 * 3600 - 60))
+        )
+
+    await store.write(age)
+    assert await store.sweep("alive", REQUEUE) == []
+
+    rows = await store.list_workers(lease_seconds=10, include_stopped=True)
+    stopped = {w.worker_id: w.stopped_at is not None for w in rows}
+    assert stopped == {"dead": True, "holding": False, "alive": False}
+    assert (await get(store, held.run_id)).status is RunStatus.RUNNING  # its lease holds
+
+
+async def test_a_listener_connects_with_sqlalchemy_only_url_parameters(
+    postgres_store: SqlStore, postgres_url: str
+) -> None:
+    """Review finding 7: the LISTEN connection took the URL's query string as is, and asyncpg
+    sent ``prepared_statement_cache_size`` to the server, which refused the connection: the
+    workers silently fell back to the poll. It must listen, and say so for /health."""
+    url = sa.make_url(postgres_url).update_query_dict({"prepared_statement_cache_size": "0"})
+    other = SqlStore(url.render_as_string(hide_password=False))
+    await other.start()
+    wakeups = other.wakeups()
+    try:
+        for _ in range(100):  # until its LISTEN is in place
+            await ready_run(postgres_store)
+            if await wakeups.wait(0.2):
+                break
+        else:
+            pytest.fail(f"no notification reached the listener: {other.wakeups_problem()}")
+        assert other.wakeups_problem() is None
+    finally:
+        await wakeups.aclose()
+        await other.aclose()
+
+
+async def test_a_listener_that_cannot_connect_says_why() -> None:
+    signal = Signal()
+    listener = PostgresWakeups(signal, {"host": "127.0.0.1", "port": 1, "user": "nobody"})
+    try:
+        while listener.problem == "connecting":
+            await asyncio.sleep(0.01)
+        assert listener.problem is not None
+        assert listener.problem.startswith("not listening, polling instead")
+    finally:
+        await listener.aclose()
+    assert listener.problem is None

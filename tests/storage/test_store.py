@@ -444,14 +444,14 @@ async def test_renew_leases_extends_ours_and_reports_cancel_requests_and_lost_ru
     renewal = await store.renew_leases("w1", fences, 3600)
 
     assert renewal == Renewal(
-        cancel_requested=[mine[0].run_id], lost=sorted([mine[2].run_id, theirs.run_id])
+        cancel_requested={mine[0].run_id: "user"}, lost=sorted([mine[2].run_id, theirs.run_id])
     )
     after = await leases(store)
     for run in mine[:2]:
         assert after[run.run_id] > before[run.run_id]
     for run in (mine[2], theirs):
         assert after[run.run_id] == before[run.run_id]
-    assert await store.renew_leases("w1", {}, 3600) == Renewal(cancel_requested=[], lost=[])
+    assert await store.renew_leases("w1", {}, 3600) == Renewal(cancel_requested={}, lost=[])
 
 
 async def test_cancelling_a_queued_run_ends_it_at_once(store: SqlStore) -> None:
@@ -508,7 +508,7 @@ async def test_cancel_racing_a_start_never_ends_a_run_its_owner_runs(store: SqlS
             # The owner runs it: the cancel must only be flagged for the owner to act on.
             assert final.status is RunStatus.RUNNING
             renewal = await store.renew_leases("w1", {run.run_id: 1}, 300)
-            assert renewal.cancel_requested == [run.run_id]
+            assert renewal.cancel_requested == {run.run_id: "user"}
             await finish(store, run.run_id, RunStatus.CANCELLED)
         else:
             assert final.status is RunStatus.CANCELLED
@@ -526,7 +526,7 @@ async def test_cancelling_a_running_run_only_flags_it(store: SqlStore) -> None:
     assert first.status is second.status is RunStatus.RUNNING
     assert await store.last_event_seq(run.run_id) == 2, "the owner writes the terminal event"
     renewal = await store.renew_leases("w1", {run.run_id: 1}, 300)
-    assert renewal.cancel_requested == [run.run_id]
+    assert renewal.cancel_requested == {run.run_id: "user"}
 
 
 async def test_cancelling_a_terminal_run_changes_nothing(store: SqlStore) -> None:

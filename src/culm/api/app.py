@@ -65,10 +65,15 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         """``ok``, or 503 ``degraded`` naming what does not work (the store)."""
         problem = await engine.check_store()
         sandbox = engine.sandbox.kind
+        wakeups = engine.wakeups_problem() or "ok"
         if problem is None:
-            return Health(status="ok", version=__version__, bash_sandbox=sandbox)
+            return Health(status="ok", version=__version__, bash_sandbox=sandbox, wakeups=wakeups)
         degraded = Health(
-            status="degraded", version=__version__, store=problem, bash_sandbox=sandbox
+            status="degraded",
+            version=__version__,
+            store=problem,
+            bash_sandbox=sandbox,
+            wakeups=wakeups,
         )
         return JSONResponse(degraded.model_dump(), status_code=503)
 

@@ -72,6 +72,12 @@ class Health(BaseModel):
     status: str  # ok | degraded (then 503)
     version: str
     store: str = "ok"  # or why the store does not work
+    wakeups: str = Field(
+        default="ok",
+        description="`ok`, or why this process's PostgreSQL wake-up listener (`LISTEN "
+        "culm_runs`) does not listen: its workers then find ready runs by the safety poll only "
+        "(`CULM_CLAIM_POLL_SECONDS`); not a reason for 503",
+    )
     bash_sandbox: str = Field(
         description="How the bash tool's commands are confined: `bwrap` or `none`",
         examples=["bwrap"],

@@ -40,7 +40,7 @@ class LeaseHolder:
     """What the heartbeat needs from the run manager."""
 
     fences: Callable[[], Mapping[str, int]]  # run_id -> epoch of the runs whose leases to renew
-    cancel_requested: Callable[[list[str]], None]
+    cancel_requested: Callable[[Mapping[str, str]], None]  # run_id -> the request's reason
     lost: Callable[[list[tuple[str, int]]], None]  # (run_id, epoch) no longer this process's
     active_runs: Callable[[], int]
     store_failing_for: Callable[[], float]  # seconds the event writer has been failing (or 0)
@@ -137,7 +137,7 @@ class Heartbeat:
             log.warning("lease lost: cancelling runs here, writing nothing", runs=renewal.lost)
             self._holder.lost([(run_id, fences[run_id]) for run_id in renewal.lost])
         if renewal.cancel_requested:
-            self._holder.cancel_requested(list(renewal.cancel_requested))
+            self._holder.cancel_requested(dict(renewal.cancel_requested))
 
     async def sweep(self, dead_owners: list[str] | None = None) -> None:
         if not self._sweeps:

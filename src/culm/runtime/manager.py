@@ -189,11 +189,12 @@ class RunManager:
             if runner.finalizing_since is None or runner.finalizing_since > stuck_since
         }
 
-    def _cancel_requested(self, run_ids: Sequence[str]) -> None:
-        for run_id in run_ids:
+    def _cancel_requested(self, reasons: Mapping[str, str]) -> None:
+        """Cancel requests made through the store (another process): each with its reason."""
+        for run_id, reason in reasons.items():
             runner = self._registry.get(run_id)
             if runner is not None:
-                runner.request_cancel("cancelled by request")
+                runner.request_cancel(reason)
 
     # Starting runs
 
@@ -218,12 +219,20 @@ class RunManager:
             if reservation.active_run_id is None and self.dispatcher is not None:
                 await self.dispatcher.claim_now()  # a worker here: launch it before returning
             return reservation
+        parent_fence = None
+        if run.parent_run_id is not None:
+            # A sub-agent only while its parent is still ours (not taken over meanwhile).
+            parent = self._registry.get(run.parent_run_id)
+            if parent is None:
+                raise LeaseLostError(run.parent_run_id)
+            parent_fence = (self.owner, parent.epoch)
         reservation = await self._store.reserve_run(
             run,
             queue=queue,
             jump_queue=jump_queue,
             owner=self.owner,
             lease_seconds=self._settings.lease_seconds,
+            parent_fence=parent_fence,
         )
         if reservation.active_run_id is None:
             self.launch(reservation.run)

@@ -30,7 +30,7 @@ class Reservation:
 class Renewal:
     """What a lease renewal found."""
 
-    cancel_requested: list[str]  # runs (still ours) with a pending cancel request
+    cancel_requested: dict[str, str]  # runs (still ours) with a cancel request -> its reason
     lost: list[str]  # runs whose (owner, epoch) no longer match: cancel them locally
 
 
@@ -62,7 +62,9 @@ class QueueStats:
     """``pending``: runs waiting for a worker, ready or queued (no owner); ``ready``: those of
     them a worker may claim now; ``running``: runs a worker holds (started, or claimed and about
     to start); ``oldest_pending_age``: seconds since the oldest pending run was created (None
-    without pending runs; the database's now less the run's ``created_at``)."""
+    without pending runs; the database's now less the run's ``created_at``, which the process
+    that created the run stamped with its own clock, so the hosts' clock skew is in it; a
+    re-queued run counts from its creation, not from its re-queueing)."""
 
     pending: int
     ready: int
@@ -74,7 +76,8 @@ class QueueStats:
 class SweepPolicy:
     """How a sweeper ends runs it takes over: re-queued while ``requeue`` and the attempt is
     below ``max_attempts``, else ended ``error`` "interrupted". (``lease_seconds``, the
-    sweeper's lease setting, is for its caller; expiry is read from each run's lease.)"""
+    sweeper's lease setting: expiry is read from each run's lease; a worker whose heartbeat is
+    older than it and that holds no run is marked stopped.)"""
 
     requeue: bool
     max_attempts: int
@@ -152,6 +155,7 @@ class Store(ABC):
         jump_queue: bool = False,
         owner: str | None = None,
         lease_seconds: float | None = None,
+        parent_fence: Fence | None = None,
     ) -> Reservation:
         """Insert ``run`` for its session, atomically.
 
@@ -162,7 +166,11 @@ class Store(ABC):
         With ``owner`` (a sub-agent, ``culm run``'s own run): inserted already claimed by it,
         epoch 1, lease = database now + ``lease_seconds``; it never enters the queue, so a
         busy slot raises ``AlreadyRunningError`` whatever ``queue`` says. The returned
-        ``run.epoch`` is set."""
+        ``run.epoch`` is set.
+
+        ``parent_fence`` (owner, epoch) of ``run.parent_run_id``: a sub-agent is reserved only
+        while its parent is still the fence's, checked in the same transaction (else
+        ``LeaseLostError``, nothing inserted): a parent taken over never starts a child."""
 
     @abstractmethod
     async def claim_runs(
@@ -248,8 +256,12 @@ class Store(ABC):
         - else ``error`` "interrupted" (``run_recovered`` "errored", then ``error``).
 
         The non-terminal children of every run taken over end ``cancelled`` "parent
-        recovered". Ending a run makes its session's next queued run ready. Returns the runs
-        taken over (children included) as they now are. ``owner`` is the sweeper (logs)."""
+        recovered". Ending a run makes its session's next queued run ready. As a safety net it
+        also makes ready the first queued run of any session left with queued runs and no
+        active one. It also retires ``workers`` rows: a worker silent for longer than
+        ``policy.lease_seconds`` that holds no active run is marked stopped, and rows stopped
+        for longer than 24 hours are deleted. Returns the runs taken over (children included)
+        as they now are. ``owner`` is the sweeper (logs)."""
 
     @abstractmethod
     async def release_runs(self, owner: str, fences: Mapping[str, int]) -> list[str]:

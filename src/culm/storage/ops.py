@@ -30,6 +30,11 @@ READY = sa.and_(
 ACTIVE_RUN_ID = sa.select(runs.c.run_id).where(
     runs.c.session_id == sa.bindparam("session_id"), SLOT
 )
+# The same, locking the active run's row (FOR SHARE) for the rest of the transaction: a run
+# queued behind it then commits before that run can end (its ending UPDATE waits), so the ending
+# transaction's promotion sees the queued run. Without it a run could queue behind a run that
+# ended meanwhile, and wait for good.
+ACTIVE_RUN_ID_LOCKED = ACTIVE_RUN_ID.with_for_update(read=True)
 RUN = runs.select().where(runs.c.run_id == sa.bindparam("run_id"))
 LAST_SEQ = sa.select(sa.func.max(run_events.c.seq)).where(
     run_events.c.run_id == sa.bindparam("run_id")
@@ -46,6 +51,10 @@ RUN_INSERT = runs.insert()
 
 def active_run_id(conn: sa.Connection, session_id: str) -> str | None:
     return conn.scalar(ACTIVE_RUN_ID, {"session_id": session_id})
+
+
+def lock_active_run_id(conn: sa.Connection, session_id: str) -> str | None:
+    return conn.scalar(ACTIVE_RUN_ID_LOCKED, {"session_id": session_id})
 
 
 def queue_order(conn: sa.Connection, session_id: str, jump_queue: bool) -> float:

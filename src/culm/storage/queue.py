@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from culm.domain.models import Message, Run, RunStatus, Usage
 from culm.errors import AlreadyRunningError, LeaseLostError
-from culm.storage import dbtime, ops, schema
+from culm.storage import dbtime, fencing, ops, schema
 from culm.storage.base import Fence, Renewal, Reservation
 from culm.storage.rows import run_from_row
 from culm.storage.rowwriter import RowWriter
@@ -37,9 +37,12 @@ def reserve(
     jump_queue: bool,
     owner: str | None,
     lease_seconds: float | None,
+    parent_fence: Fence | None,
     wake: Wake,
 ) -> Reservation:
-    active = ops.active_run_id(conn, run.session_id)
+    if parent_fence is not None and run.parent_run_id is not None:
+        fencing.check_fence(conn, run.parent_run_id, parent_fence)  # the parent is still ours
+    active = ops.lock_active_run_id(conn, run.session_id)
     if active is None:
         if owner is None:
             values = {**row, "queued": False, "owner": None, "epoch": 0}
@@ -171,6 +174,31 @@ def finish(
     promote_next(conn, session_id, wake)
 
 
+def promote_stranded(conn: sa.Connection, wake: Wake, *, limit: int) -> list[str]:
+    """The safety net: make ready the first queued run of every session that has queued runs
+    but no active one (a state no transaction should leave; found by the sweeper). Returns
+    the sessions promoted. A concurrent promotion of one of them (the slot's unique index
+    refuses the second) is left to that one."""
+    waiting = runs.alias("waiting")
+    active = sa.exists().where(runs.c.session_id == waiting.c.session_id, ops.SLOT)
+    stranded = conn.scalars(
+        sa.select(waiting.c.session_id)
+        .where(waiting.c.queued.is_(True), waiting.c.status == RunStatus.PENDING.value)
+        .where(~active)
+        .distinct()
+        .limit(limit)
+    ).all()
+    promoted = []
+    for session_id in stranded:
+        try:
+            with conn.begin_nested():
+                promote_next(conn, session_id, wake)
+        except sa.exc.IntegrityError:
+            continue
+        promoted.append(session_id)
+    return promoted
+
+
 def promote_next(conn: sa.Connection, session_id: str, wake: Wake) -> None:
     """Make the session's first queued run ready, if its slot is free."""
     if ops.active_run_id(conn, session_id) is not None:
@@ -197,7 +225,7 @@ def renew(
     conn: sa.Connection, dialect: str, owner: str, fences: Mapping[str, int], lease_seconds: float
 ) -> Renewal:
     if not fences:
-        return Renewal(cancel_requested=[], lost=[])
+        return Renewal(cancel_requested={}, lost=[])
     pairs = sorted(fences.items())
     held = sa.and_(
         runs.c.owner == owner,
@@ -225,7 +253,7 @@ def renew(
             if RunStatus(row.status).is_terminal and row.epoch == fences[row.run_id]:
                 missing.discard(row.run_id)
     return Renewal(
-        cancel_requested=sorted(run_id for run_id, reason in kept.items() if reason is not None),
+        cancel_requested={run_id: reason for run_id, reason in sorted(kept.items()) if reason},
         lost=sorted(missing),
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
@@ -44,7 +45,7 @@ from culm.storage.rows import run_from_row, run_to_row, session_from_row
 from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import messages, run_events, runs, sessions
 from culm.storage.schema import workers as worker_table
-from culm.storage.wakeups import PostgresWakeups, Signal, Wake
+from culm.storage.wakeups import PostgresWakeups, Signal, Wake, listen_connect_args
 from culm.storage.writer import Write
 
 _messages: TypeAdapter[Message] = TypeAdapter(Message)
@@ -61,6 +62,7 @@ class SqlStore(Store):
         self._rows = RowWriter(self.dialect.name)
         self.health = StoreHealth()
         self._signal = Signal()  # in-process wake-ups: a run became ready
+        self._listeners: weakref.WeakSet[PostgresWakeups] = weakref.WeakSet()
 
     async def start(self) -> None:
         self._writer, self._reader = self.dialect.create_engines()
@@ -221,8 +223,11 @@ class SqlStore(Store):
         jump_queue: bool = False,
         owner: str | None = None,
         lease_seconds: float | None = None,
+        parent_fence: Fence | None = None,
     ) -> Reservation:
         row = run_to_row(run)
+        if parent_fence is not None and run.parent_run_id is None:
+            raise ValueError("reserve_run: a parent_fence needs the run's parent_run_id")
 
         def transaction(conn: sa.Connection, wake: Wake) -> Reservation:
             return queue_ops.reserve(
@@ -234,6 +239,7 @@ class SqlStore(Store):
                 jump_queue=jump_queue,
                 owner=owner,
                 lease_seconds=lease_seconds,
+                parent_fence=parent_fence,
                 wake=wake,
             )
 
@@ -285,7 +291,7 @@ class SqlStore(Store):
         self, owner: str, fences: Mapping[str, int], lease_seconds: float
     ) -> Renewal:
         if not fences:
-            return Renewal(cancel_requested=[], lost=[])
+            return Renewal(cancel_requested={}, lost=[])
         name = self.dialect.name
         return await self.write(
             lambda conn: queue_ops.renew(conn, name, owner, fences, lease_seconds)
@@ -405,9 +411,18 @@ class SqlStore(Store):
 
     def wakeups(self) -> Wakeups:
         if self.dialect.name == "postgresql":
-            dsn = self.dialect.url.set(drivername="postgresql")
-            return PostgresWakeups(self._signal, dsn.render_as_string(hide_password=False))
+            listener = PostgresWakeups(self._signal, listen_connect_args(self.dialect.url))
+            self._listeners.add(listener)
+            return listener
         return self._signal.subscribe()
+
+    def wakeups_problem(self) -> str | None:
+        """None while every open PostgreSQL listener of this store listens (or there is none),
+        else why one does not (its workers then find ready runs by their safety poll only)."""
+        for listener in list(self._listeners):
+            if listener.problem is not None:
+                return listener.problem
+        return None
 
     async def has_run_messages(self, run_id: str) -> bool:
         async with self.read_connection() as conn:

@@ -25,10 +25,10 @@ import sqlalchemy as sa
 
 from culm.domain.events import Cancelled, Error, RunEventBase, RunRecovered
 from culm.domain.models import Run, RunStatus
-from culm.storage import dbtime, ops, schema
+from culm.storage import dbtime, ops, schema, workers
 from culm.storage.base import SweepPolicy
 from culm.storage.ending import ending_values
-from culm.storage.queue import promote_next
+from culm.storage.queue import promote_next, promote_stranded
 from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import runs
 from culm.storage.wakeups import Wake
@@ -70,12 +70,15 @@ def sweep(
         .with_for_update(skip_locked=True)
     )
     found = conn.execute(query).all()
+    promote_stranded(conn, wake, limit=SWEEP_LIMIT)
     if not found:
+        workers.retire(conn, dialect, policy.lease_seconds)
         return []
     takeover = _Takeover(conn, rows, dbtime.read_now(conn, dialect), wake)
     for row in found:
         requeue = policy.requeue and row.attempt < policy.max_attempts
         _take(takeover, row, requeue=requeue)
+    workers.retire(conn, dialect, policy.lease_seconds)
     return _runs(conn, takeover.taken)
 
 

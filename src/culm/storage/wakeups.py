@@ -79,13 +79,28 @@ class _Subscription(Wakeups):
         self._signal.discard(self)
 
 
+# Parameters of a SQLAlchemy asyncpg URL that are SQLAlchemy's own, not asyncpg's: passed on to
+# asyncpg (which sends what it does not know to the server as settings) the server refuses
+# the connection, and the listener would never connect.
+_SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
+
+
+def listen_connect_args(url: sa.URL) -> dict[str, Any]:
+    """``asyncpg.connect`` keyword arguments for ``url`` (a ``postgresql+asyncpg`` URL), as the
+    store's own engine connects, without SQLAlchemy's own parameters."""
+    _args, kwargs = url.get_dialect()().create_connect_args(url)
+    return {key: value for key, value in kwargs.items() if key not in _SQLALCHEMY_ONLY}
+
+
 class PostgresWakeups(Wakeups):
     """The in-process signal, plus ``LISTEN culm_runs`` on a dedicated asyncpg connection
-    (re-opened when lost; a reconnect counts as a wake-up, since notifications were missed)."""
+    (re-opened when lost; a reconnect counts as a wake-up, since notifications were missed).
+    ``problem``: None while it listens, else why not (for the health check)."""
 
-    def __init__(self, signal: Signal, dsn: str) -> None:
+    def __init__(self, signal: Signal, connect_args: dict[str, Any]) -> None:
         self._local = signal.subscribe()
-        self._dsn = dsn
+        self._connect_args = connect_args
+        self.problem: str | None = "connecting"
         self._lost = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._listen())
 
@@ -99,10 +114,11 @@ class PostgresWakeups(Wakeups):
         while True:
             conn: Any = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=5)
+                conn = await asyncpg.connect(**self._connect_args, timeout=5)
                 self._lost.clear()
                 conn.add_termination_listener(lambda _conn: self._lost.set())
                 await conn.add_listener(CHANNEL, self._notified)
+                self.problem = None
                 if not first:
                     self._local.event.set()  # notifications were missed meanwhile
                 first = False
@@ -110,6 +126,7 @@ class PostgresWakeups(Wakeups):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database is away: try again shortly
+                self.problem = f"not listening, polling instead: {type(exc).__name__}: {exc}"
                 log.warning("wake-up listener lost its connection", error=str(exc))
             finally:
                 if conn is not None:
@@ -135,4 +152,5 @@ class PostgresWakeups(Wakeups):
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        self.problem = None  # closed: nothing to report
         await self._local.aclose()

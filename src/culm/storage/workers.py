@@ -48,6 +48,41 @@ def stop(conn: sa.Connection, dialect: str, worker_id: str) -> None:
     )
 
 
+# A stopped worker's row is kept this long (its counters stay in the /metrics sums meanwhile).
+STOPPED_RETENTION_SECONDS = 24 * 3600.0
+
+
+def retire(conn: sa.Connection, dialect: str, lease_seconds: float) -> None:
+    """The sweeper's upkeep of the table: a worker silent for longer than a lease that holds no
+    active run (a killed process; its runs were taken over) is marked stopped, and rows stopped
+    for longer than ``STOPPED_RETENTION_SECONDS`` are deleted. Rows are locked in worker_id
+    order, skipping those another sweeper holds."""
+    holds_runs = sa.exists().where(
+        runs.c.owner == workers.c.worker_id, runs.c.status.in_(ops.ACTIVE)
+    )
+    silent = (
+        sa.select(workers.c.worker_id)
+        .where(workers.c.stopped_at.is_(None), ~holds_runs)
+        .where(workers.c.last_heartbeat_at < dbtime.later(dialect, -lease_seconds))
+        .order_by(workers.c.worker_id)
+        .with_for_update(skip_locked=True)
+        .cte("silent")
+    )
+    conn.execute(
+        workers.update()
+        .where(workers.c.worker_id.in_(sa.select(silent.c.worker_id)))
+        .values(stopped_at=dbtime.now(dialect))
+    )
+    expired = (
+        sa.select(workers.c.worker_id)
+        .where(workers.c.stopped_at < dbtime.later(dialect, -STOPPED_RETENTION_SECONDS))
+        .order_by(workers.c.worker_id)
+        .with_for_update(skip_locked=True)
+        .cte("expired")
+    )
+    conn.execute(workers.delete().where(workers.c.worker_id.in_(sa.select(expired.c.worker_id))))
+
+
 def select_workers(dialect: str, lease_seconds: float) -> sa.Select[Any]:
     alive = sa.and_(
         workers.c.stopped_at.is_(None),
