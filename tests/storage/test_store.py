@@ -20,7 +20,6 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from culm.domain.events import (
     Cancelled,
@@ -66,6 +65,7 @@ from culm.storage.base import Renewal, Reservation
 from culm.storage.schema import messages as messages_table
 from culm.storage.schema import runs as runs_table
 from culm.storage.sql import SqlStore
+from tests.storage.queue_support import get, raw_rows
 
 T0 = datetime(2026, 11, 21, 8, 0, 0, 123456, tzinfo=UTC)
 WORKER = Path(__file__).with_name("reserve_worker.py")
@@ -141,22 +141,6 @@ def stamp(run: Run, events: Sequence[RunEventBase], *, first_seq: int = 1) -> li
 
 def tokens(run: Run, count: int, *, first_seq: int = 1) -> list[RunEvent]:
     return stamp(run, [Token(content=f"t{i}") for i in range(count)], first_seq=first_seq)
-
-
-async def get(store: SqlStore, run_id: str) -> Run:
-    run = await store.get_run(run_id)
-    assert run is not None
-    return run
-
-
-async def raw_rows(store: SqlStore, query: sa.Select[Any]) -> list[sa.Row[Any]]:
-    """Rows the store does not expose through its API, read on a connection of our own."""
-    engine = create_async_engine(store.dialect.url)
-    try:
-        async with engine.connect() as conn:
-            return list(await conn.execute(query))
-    finally:
-        await engine.dispose()
 
 
 def is_utc(value: datetime | None) -> bool:
