@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from culm.domain.models import Session
 from culm.errors import StorageUnavailableError
+from culm.storage.health import is_store_failure
 from culm.storage.sql import SqlStore
 from tests.pgfaults import cut_off
 
@@ -63,3 +67,35 @@ async def test_a_postgres_store_is_healthy_again_once_the_server_commits_again(
         assert problem is not None and "accepting connections" in problem
     assert await postgres_store.check() is None
     assert await postgres_store.get_session("s") is None  # the probe wrote nothing
+
+
+async def test_a_deadlock_on_postgres_is_a_transient_store_failure(postgres_url: str) -> None:
+    """Two transactions that lock two rows in opposite orders: PostgreSQL breaks the deadlock by
+    failing one (SQLSTATE 40P01). That is a failure a retry gets past (the event writer retries
+    it), not a refusal of the data (which would isolate a run)."""
+    engine = create_async_engine(postgres_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE pair (id int PRIMARY KEY)"))
+            await conn.execute(sa.text("INSERT INTO pair VALUES (1), (2)"))
+        first_locked, second_locked = asyncio.Event(), asyncio.Event()
+
+        async def lock(first: int, second: int, mine: asyncio.Event, theirs: asyncio.Event) -> None:
+            async with engine.begin() as conn:
+                await conn.execute(sa.text(f"SELECT id FROM pair WHERE id = {first} FOR UPDATE"))
+                mine.set()
+                await theirs.wait()
+                await conn.execute(sa.text(f"SELECT id FROM pair WHERE id = {second} FOR UPDATE"))
+
+        outcomes = await asyncio.gather(
+            lock(1, 2, first_locked, second_locked),
+            lock(2, 1, second_locked, first_locked),
+            return_exceptions=True,
+        )
+        errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        assert len(errors) == 1, outcomes
+        assert isinstance(errors[0], sa.exc.DBAPIError)
+        assert getattr(errors[0].orig, "sqlstate", None) == "40P01"
+        assert is_store_failure(errors[0])
+    finally:
+        await engine.dispose()

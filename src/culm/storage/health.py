@@ -6,7 +6,10 @@ invalidated, an ``OSError``, or a PostgreSQL error whose SQLSTATE says the serve
 now (asyncpg's errors reach SQLAlchemy as plain ``DBAPIError``): a connection exception (class
 08), insufficient resources (53: disk full, out of memory, too many connections), an operator
 intervention (57P: shutting down, starting up — a restart), a system error (58: I/O), or a
-database that does not accept connections (55000, ``ALLOW_CONNECTIONS false``). A constraint
+database that does not accept connections (55000, ``ALLOW_CONNECTIONS false``); and the
+transient refusals that a retry gets past: a transaction rolled back by the server (class 40: a
+deadlock, a serialization failure), a lock not available (55P03), a statement cancelled
+(57014, e.g. a statement timeout). A constraint
 violation or bad data is not: that is the caller's business, and says nothing about the store's
 health.
 """
@@ -20,7 +23,7 @@ import sqlalchemy as sa
 
 from culm.errors import StorageUnavailableError, describe
 
-UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "58", "55000")
+UNAVAILABLE_SQLSTATES = ("08", "40", "53", "55000", "55P03", "57014", "57P", "58")
 
 
 def is_store_failure(exc: BaseException) -> bool:
