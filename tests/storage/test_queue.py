@@ -284,6 +284,22 @@ async def test_an_expired_lease_is_swept_and_a_live_one_is_not(store: SqlStore) 
 # Wake-ups
 
 
+async def test_a_run_queued_behind_a_ready_run_wakes_the_workers_again(store: SqlStore) -> None:
+    """Queueing locks the active run FOR SHARE, and a claim skips locked rows: a claim at that
+    moment misses the ready run, so the queueing wakes the workers to look again."""
+    wakeups = store.wakeups()
+    try:
+        session = await new_session(store)
+        await store.reserve_run(a_run(session.session_id), queue=False)
+        assert await wakeups.wait(10) is True  # the ready run itself
+        while await wakeups.wait(0.01):
+            pass
+        await store.reserve_run(a_run(session.session_id), queue=True)
+        assert await wakeups.wait(10) is True
+    finally:
+        await wakeups.aclose()
+
+
 async def test_a_ready_run_wakes_a_subscriber_of_the_store(store: SqlStore) -> None:
     wakeups = store.wakeups()
     try:

@@ -60,6 +60,10 @@ def reserve(
     order = ops.queue_order(conn, run.session_id, jump_queue)
     values = {**row, "queued": True, "queue_order": order, "owner": None, "epoch": 0}
     conn.execute(ops.RUN_INSERT, {**values, "lease_expires_at": None})
+    if conn.scalar(sa.select(runs.c.owner).where(runs.c.run_id == active)) is None:
+        # The active run is ready: a claim meanwhile skipped it (this transaction held it FOR
+        # SHARE, and claims SKIP LOCKED rows), so wake the workers to look again.
+        wake(conn)
     queued = run.model_copy(update={"queued": True, "epoch": 0})
     return Reservation(run=queued, active_run_id=active)
 
