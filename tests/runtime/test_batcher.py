@@ -285,6 +285,27 @@ async def test_a_run_whose_fence_fails_is_isolated_and_the_others_are_stored(
     await store.aclose()
 
 
+async def test_an_attempt_that_ends_with_events_still_buffered_is_not_remembered(
+    tmp_path: Path,
+) -> None:
+    """A run whose lease is lost ends without a flush: its buffered events are refused after
+    it was forgotten, and what is remembered about it must still go (no growth per loss)."""
+    store = await _store(tmp_path)
+    await _owned_runs(store, tmp_path, "lost")
+    rejected: list[set[Attempt]] = []
+    batcher = EventBatcher(
+        store, publish=lambda _: None, linger=0, max_batch=1000, on_rejected=rejected.append
+    )
+    for event in _run_events("lost", range(1, 3)):
+        batcher.add(event, fence=("w1", 0))  # a stale epoch, written after the forget below
+    batcher.forget([("lost", 0)])
+    await batcher.flush()
+    assert rejected == [{("lost", 0)}]
+    assert not batcher.isolated("lost", 0)
+    await batcher.aclose()
+    await store.aclose()
+
+
 async def test_a_run_breaking_a_constraint_is_isolated_without_blocking_the_others(
     tmp_path: Path,
 ) -> None:

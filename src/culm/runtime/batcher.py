@@ -76,6 +76,7 @@ class EventBatcher:
         self._backlog_limit = backlog_limit
         self._pending: list[_Item] = []
         self._isolated: set[Attempt] = set()  # attempts whose events the store refused
+        self._forget_later: set[Attempt] = set()  # ended, with events still buffered
         self._on_rejected = on_rejected
         self._added = 0
         self._written = 0
@@ -145,8 +146,18 @@ class EventBatcher:
         return (run_id, epoch) in self._isolated
 
     def forget(self, attempts: Iterable[Attempt]) -> None:
-        """The attempts ended here: drop what is remembered about them."""
-        self._isolated.difference_update(attempts)
+        """The attempts ended here: drop what is remembered about them, now or, for one with
+        events still buffered (a lost lease ends without a flush), once those are written."""
+        ended = set(attempts)
+        self._isolated -= ended
+        if self._pending:
+            self._forget_later |= {item for item in map(_attempt, self._pending) if item in ended}
+
+    def _forget_written(self) -> None:
+        buffered = set(map(_attempt, self._pending))
+        done = self._forget_later - buffered
+        self._isolated -= done
+        self._forget_later -= done
 
     @property
     def backlog(self) -> int:
@@ -191,6 +202,8 @@ class EventBatcher:
             except Exception:
                 log.exception("publishing stored run events failed")
         self._written += count
+        if self._forget_later:
+            self._forget_written()
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
 
