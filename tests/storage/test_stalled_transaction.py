@@ -1,5 +1,5 @@
 """A process stalled inside a PostgreSQL transaction (SIGSTOP, a VM pause) loses its session,
-and with it its row locks, after 2 s: a sweeper's ``FOR UPDATE SKIP LOCKED`` would otherwise
+and with it its row locks, after 5 s: a sweeper's ``FOR UPDATE SKIP LOCKED`` would otherwise
 skip its runs for as long as the stall lasts (found by tests/distributed/test_stall.py)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ async def test_the_store_sessions_end_when_idle_inside_a_transaction(
 ) -> None:
     async with postgres_store.read_connection() as stalled:
         timeout = await stalled.scalar(sa.text("SHOW idle_in_transaction_session_timeout"))
-        assert timeout == "2s"
+        assert timeout == "5s"
         assert await stalled.scalar(sa.text("SELECT pg_try_advisory_xact_lock(14)"))
         # The holder now does nothing inside its transaction, as a stopped process would.
         async with postgres_store.read_connection() as other:

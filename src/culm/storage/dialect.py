@@ -110,11 +110,13 @@ class SqliteDialect(Dialect):
 
 
 # A session idle inside a transaction for longer than this is ended by the server. culm's
-# transactions never wait between their statements, so such a session belongs to a process that
-# stalled mid-transaction (SIGSTOP, a VM pause, a partition): the row locks it holds would hide
-# its runs from every sweeper (FOR UPDATE SKIP LOCKED) for as long as the stall lasts. Well under
-# a lease, so its runs are taken over once their leases expire.
-IDLE_IN_TRANSACTION_TIMEOUT_MS = 2000
+# transactions do not wait on anything between their statements, so such a session belongs to a
+# process that stalled mid-transaction (SIGSTOP, a VM pause, a partition): the row locks it holds
+# would hide its runs from every sweeper (FOR UPDATE SKIP LOCKED) for as long as the stall lasts.
+# Under the default lease (10 s), so its runs are taken over once their leases expire; not much
+# shorter, because a busy event loop (or a loaded machine) can leave a live transaction idle for
+# a while between two statements: 2 s ended a migration under CI load once.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 5000
 
 
 class PostgresDialect(Dialect):
