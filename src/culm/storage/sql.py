@@ -433,8 +433,8 @@ class SqlStore(Store):
     async def append_events(
         self, events: Sequence[RunEvent], *, fences: Mapping[str, Fence] | None = None
     ) -> set[str]:
-        left_out = fencing.duplicated_in_batch(events)
-        remaining = fencing.without(events, left_out)
+        left_out: set[str] = set()
+        remaining = events
         while remaining:
             # Prepared here, on the caller's thread, so the writer (SQLite's runs on a thread
             # of its own) holds the GIL as briefly as it can.
@@ -444,7 +444,11 @@ class SqlStore(Store):
             except sa.exc.IntegrityError as exc:
                 if not self.dialect.is_unique_violation(exc):
                     raise
-                clashing = await self.write(partial(fencing.stored_already, events=batch.events))
+                # Looked for only once the database refused the batch (not on every write):
+                # a run with one seq twice in the batch, or one already stored.
+                clashing = fencing.duplicated_in_batch(batch.events) or await self.write(
+                    partial(fencing.stored_already, events=batch.events)
+                )
                 if not clashing:
                     raise  # not one run's events: nothing to isolate
                 left_out |= clashing
