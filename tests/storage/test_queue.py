@@ -50,7 +50,7 @@ async def test_claims_take_ready_runs_oldest_first(store: SqlStore) -> None:
 
     assert [run.run_id for run in first] == [made[age].run_id for age in range(4)]
     assert [run.run_id for run in rest] == [made[age].run_id for age in (4, 5)]
-    assert all(run.status is RunStatus.PENDING and run.epoch == 1 for run in first + rest)
+    assert all(run.status is RunStatus.RUNNING and run.epoch == 1 for run in first + rest)
     assert await store.claim_runs("w3", limit=4, lease_seconds=300) == []
     owners = await raw_rows(store, sa.select(runs.c.run_id, runs.c.owner, runs.c.epoch))
     by_id = {row.run_id: (row.owner, row.epoch) for row in owners}
@@ -124,7 +124,7 @@ async def test_concurrent_workers_keep_each_sessions_enqueue_order(
             for run in batch:
                 assert run.session_id not in active, "two active runs in one session"
                 active.add(run.session_id)
-                assert await store.start_run(run.run_id, run.epoch, owner=name) is not None
+                assert run.status is RunStatus.RUNNING, "started by its claim"
                 started[run.session_id].append(run.run_id)
                 active.discard(run.session_id)
                 await store.finish_run(
@@ -156,6 +156,24 @@ async def taken_over(store: SqlStore, owner: str = "w1") -> Run:
     return swept
 
 
+async def test_a_claim_starts_its_runs_and_stores_each_input_once(store: SqlStore) -> None:
+    # Started in the claim's own transaction (no start_run after it): running, started in
+    # database time, the input stored as the run's first message; a later claim of the run
+    # (after a takeover) does not store it again.
+    run = await ready_run(store, input="hello")
+    [claimed] = await store.claim_runs("w1", limit=1, lease_seconds=0)
+
+    assert claimed.status is RunStatus.RUNNING
+    assert claimed.started_at is not None
+    assert await get(store, run.run_id) == claimed
+    assert await store.get_messages(run.session_id) == [UserMessage(content="hello")]
+    [swept] = await store.sweep("sweeper", REQUEUE)
+    assert (swept.status, swept.started_at) == (RunStatus.PENDING, None)
+    [again] = await store.claim_runs("w2", limit=1, lease_seconds=300)
+    assert (again.status, again.epoch, again.attempt) == (RunStatus.RUNNING, 3, 2)
+    assert await store.get_messages(run.session_id) == [UserMessage(content="hello")]
+
+
 async def test_a_stale_epoch_writes_nothing(store: SqlStore) -> None:
     run = await taken_over(store)
     before = await get(store, run.run_id)
@@ -182,8 +200,7 @@ async def test_a_stale_epoch_writes_nothing(store: SqlStore) -> None:
     assert await get(store, run.run_id) == before
     # The run is claimable again, and its new owner's writes land.
     [again] = await store.claim_runs("w2", limit=1, lease_seconds=300)
-    assert again.epoch == 3
-    assert await store.start_run(run.run_id, 3, owner="w2") is not None
+    assert (again.epoch, again.status) == (3, RunStatus.RUNNING)
     fence = {run.run_id: ("w2", 3)}
     assert await store.append_events(tokens(run, 1, first_seq=4), fences=fence) == set()
     await store.append_messages(

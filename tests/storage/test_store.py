@@ -346,9 +346,8 @@ async def test_finishing_a_run_makes_the_next_queued_ready_in_queue_order(store:
         if not claimed:
             break
         [promoted] = [run for run in claimed if run.session_id == sid]
-        assert (promoted.status, promoted.queued) == (RunStatus.PENDING, False)
+        assert (promoted.status, promoted.queued) == (RunStatus.RUNNING, False)
         assert await store.get_active_run(sid) == promoted
-        assert await store.start_run(promoted.run_id, promoted.epoch, owner="w2") is not None
         order.append(promoted.run_id)
         current, epoch, owner = promoted, promoted.epoch, "w2"
 
@@ -397,7 +396,7 @@ async def test_a_claimed_run_with_a_cancel_request_ends_instead_of_starting(
 
 async def test_a_start_appends_the_runs_first_message_once(store: SqlStore) -> None:
     session = await new_session(store)
-    run = (await reserve(store, session.session_id, owner="w1")).run
+    run = (await reserve(store, session.session_id, owner="w1", input="hello")).run
     message = UserMessage(content="hello")
 
     with pytest.raises(LeaseLostError):  # not started: nothing appended
@@ -406,11 +405,12 @@ async def test_a_start_appends_the_runs_first_message_once(store: SqlStore) -> N
     assert await store.start_run(run.run_id, 1, owner="w1", message=message) is not None
     assert await store.get_messages(session.session_id) == [message]
     assert await store.has_run_messages(run.run_id)
-    # A later attempt (after a release re-queued it) does not append it again.
+    # A later attempt (after a release re-queued it), started by its claim, does not append it
+    # again.
     assert await store.release_runs("w1", {run.run_id: 1}) == [run.run_id]
     [again] = await store.claim_runs("w2", limit=1, lease_seconds=300)
     assert (again.run_id, again.attempt, again.epoch) == (run.run_id, 2, 3)
-    assert await store.start_run(run.run_id, 3, owner="w2", message=message) is not None
+    assert again.status is RunStatus.RUNNING
     assert await store.get_messages(session.session_id) == [message]
 
 

@@ -308,7 +308,9 @@ class RunManager:
     async def _start(self, runner: Runner) -> Run | None:
         """Mark the run running in the store. A cancel arriving meanwhile waits for the store's
         answer first: if the store ended the run (a cancel request it saw), nothing more is
-        written for it here."""
+        written for it here. A claimed run was started by its claim: nothing to write."""
+        if runner.run.status is RunStatus.RUNNING:
+            return runner.run
         message = UserMessage(content=runner.run.input) if runner.run.input else None
         start = asyncio.ensure_future(
             self._store.start_run(runner.run_id, runner.epoch, owner=self.owner, message=message)

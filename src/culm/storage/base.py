@@ -176,9 +176,11 @@ class Store(ABC):
     async def claim_runs(
         self, owner: str, *, limit: int, lease_seconds: float, exclude: Collection[str] = ()
     ) -> list[Run]:
-        """Claim up to ``limit`` ready runs for ``owner``, oldest first (created_at, run_id),
-        in one statement: owner set, epoch + 1, lease = database now + ``lease_seconds``; the
-        status stays pending (``start_run`` starts it). Concurrent claimers never claim one
+        """Claim and start up to ``limit`` ready runs for ``owner``, oldest first (created_at,
+        run_id), in one statement: owner set, epoch + 1, lease = database now +
+        ``lease_seconds``, status running (started_at = database now); in the same transaction
+        each run's input is appended as its first message, unless stored already (an earlier
+        attempt). ``start_run`` is not needed after it. Concurrent claimers never claim one
         run twice. Runs in ``exclude`` are left (those whose earlier attempt the claimer still
         winds down: one process never holds two attempts of a run)."""
 
@@ -186,8 +188,9 @@ class Store(ABC):
     async def start_run(
         self, run_id: str, epoch: int, *, owner: str, message: Message | None = None
     ) -> Run | None:
-        """Mark a claimed run running (started_at = database now) and append ``message`` (its
-        input) unless the run has messages (an attempt after a recovery). ``LeaseLostError``
+        """Mark a run reserved owned (a sub-agent, ``culm run``'s) running (started_at =
+        database now) and append ``message`` (its input) unless the run has messages (an
+        attempt after a recovery); a claimed run is started by its claim. ``LeaseLostError``
         when (owner, epoch) no longer match; None when the run was cancelled meanwhile (it is
         then ended ``cancelled``, with its terminal event) or ended already."""
 

@@ -79,6 +79,12 @@ def has_run_messages(conn: sa.Connection, run_id: str) -> bool:
     return conn.scalar(RUN_HAS_MESSAGES, {"run_id": run_id}) is not None
 
 
+def runs_with_messages(conn: sa.Connection, run_ids: Sequence[str]) -> set[str]:
+    """Those of ``run_ids`` that have messages stored."""
+    query = sa.select(messages.c.run_id).where(messages.c.run_id.in_(run_ids)).distinct()
+    return set(conn.scalars(query))
+
+
 def insert_messages(
     conn: sa.Connection,
     rows: RowWriter,

@@ -260,7 +260,7 @@ class SqlStore(Store):
         name = self.dialect.name
         skip = sorted(exclude)
         return await self.write(
-            lambda conn: queue_ops.claim(conn, name, owner, limit, lease_seconds, skip)
+            lambda conn: queue_ops.claim(conn, name, self._rows, owner, limit, lease_seconds, skip)
         )
 
     async def start_run(
