@@ -46,8 +46,7 @@ def reserve(
     if active is None:
         if owner is None:
             values = {**row, "queued": False, "owner": None, "epoch": 0}
-            conn.execute(ops.RUN_INSERT, {**values, "lease_expires_at": None})
-            wake(conn)
+            conn.execute(wake.sent_by(ops.RUN_INSERT), {**values, "lease_expires_at": None})
             return Reservation(run=run.model_copy(update={"queued": False, "epoch": 0}))
         if lease_seconds is None:
             raise ValueError("reserve_run: lease_seconds is required with an owner")
@@ -115,11 +114,11 @@ def claim(
 
 def _store_inputs(conn: sa.Connection, rows: RowWriter, started: Sequence[Run]) -> None:
     """Append each started run's input to its session, unless an earlier claim of the run (a
-    recovered or handed-back attempt) stored it already."""
+    recovered or handed-back attempt) stored it already. A run at epoch 1 is at its first claim
+    (reserved at 0; every claim, takeover and release bumps it): no look needed."""
     with_input = [run for run in started if run.input]
-    if not with_input:
-        return
-    stored = ops.runs_with_messages(conn, [run.run_id for run in with_input])
+    again = [run.run_id for run in with_input if run.epoch > 1]
+    stored = ops.runs_with_messages(conn, again) if again else set()
     for run in with_input:
         if run.run_id not in stored:
             message = UserMessage(content=run.input)
