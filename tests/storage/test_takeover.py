@@ -18,7 +18,7 @@ from culm.domain.events import (
     RunEventBase,
     RunRecovered,
 )
-from culm.domain.models import Run, RunStatus, Usage
+from culm.domain.models import Run, RunStatus, Usage, UserMessage
 from culm.storage.base import SweepPolicy
 from culm.storage.schema import run_events
 from culm.storage.sql import SqlStore
@@ -29,6 +29,7 @@ from tests.storage.queue_support import (
     new_session,
     owned_run,
     raw_rows,
+    ready_run,
     stamp,
     tokens,
 )
@@ -222,11 +223,12 @@ async def test_release_hands_back_our_runs_and_ends_their_children(store: SqlSto
     released = await store.release_runs("w1", fences)
 
     assert sorted(released) == sorted([running.run_id, child.run_id, claimed_only.run_id])
-    for run_id in (running.run_id, claimed_only.run_id):
+    for run_id, attempt in ((running.run_id, 2), (claimed_only.run_id, 1)):
         run = await get(store, run_id)
         assert (run.status, run.started_at, run.queued) == (RunStatus.PENDING, None, False)
-        assert (run.attempt, run.epoch) == (2, 2)
+        assert (run.attempt, run.epoch) == (attempt, 2), "never started: no attempt counted"
         assert await store.get_active_run(run.session_id) == run, "it keeps the slot"
+    assert await store.read_events(claimed_only.run_id) == [], "nothing happened to it"
     [recovered] = await store.read_events(running.run_id, after=2)
     assert isinstance(recovered, RunRecovered) and recovered.action == "requeued"
     ended_child = await get(store, child.run_id)
@@ -237,6 +239,28 @@ async def test_release_hands_back_our_runs_and_ends_their_children(store: SqlSto
     # Released runs are ready: any worker claims them.
     claimed = await store.claim_runs("w3", limit=10, lease_seconds=300)
     assert {run.run_id for run in claimed} == {running.run_id, claimed_only.run_id}
+
+
+async def test_releasing_a_claimed_run_that_never_executed_counts_no_attempt(
+    store: SqlStore,
+) -> None:
+    # Started by its claim, but no event written under that claim (its launch failed, or it
+    # was claimed while its worker was stopping): handed back as it was, however often.
+    run = await ready_run(store, input="hi")
+    for epoch in (1, 3, 5):
+        [claimed] = await store.claim_runs("w1", limit=1, lease_seconds=300)
+        assert (claimed.epoch, claimed.status) == (epoch, RunStatus.RUNNING)
+        assert await store.release_runs("w1", {run.run_id: epoch}) == [run.run_id]
+        released = await get(store, run.run_id)
+        assert (released.status, released.started_at) == (RunStatus.PENDING, None)
+        assert (released.attempt, released.epoch) == (1, epoch + 1)
+    assert await store.read_events(run.run_id) == []
+    assert await store.get_messages(run.session_id) == [UserMessage(content="hi")], "once"
+    # Once it wrote an event under a claim, a release counts that attempt.
+    [claimed] = await store.claim_runs("w1", limit=1, lease_seconds=300)
+    await store.append_events(tokens(claimed, 1), fences={run.run_id: ("w1", claimed.epoch)})
+    assert await store.release_runs("w1", {run.run_id: claimed.epoch}) == [run.run_id]
+    assert (await get(store, run.run_id)).attempt == 2
 
 
 async def test_a_zombie_writing_through_a_takeover_never_lands_a_stale_event(

@@ -30,7 +30,7 @@ from culm.storage.base import SweepPolicy
 from culm.storage.ending import ending_values
 from culm.storage.queue import promote_next, promote_stranded
 from culm.storage.rowwriter import RowWriter
-from culm.storage.schema import runs
+from culm.storage.schema import run_events, runs
 from culm.storage.wakeups import Wake
 
 PARENT_RECOVERED = "parent recovered"
@@ -103,9 +103,40 @@ def release(
     if not found:
         return []
     takeover = _Takeover(conn, rows, dbtime.read_now(conn, dialect), wake)
+    started = _with_events(conn, found)
     for row in found:
-        _take(takeover, row, requeue=True)
+        if row.run_id in started or row.parent_run_id or row.cancel_requested:
+            _take(takeover, row, requeue=True)  # a sub-agent ends, a cancel is obeyed
+        else:
+            _hand_back_unstarted(takeover, row)
     return [run_id for run_id in takeover.taken if run_id in fences]
+
+
+def _with_events(conn: sa.Connection, found: Sequence[Any]) -> set[str]:
+    """Those of the runs ``found`` that wrote an event under the epoch they are held at: they
+    started executing (``execution_started`` is every attempt's first event)."""
+    pairs = sorted((row.run_id, row.epoch) for row in found)
+    query = sa.select(run_events.c.run_id).where(
+        sa.tuple_(run_events.c.run_id, run_events.c.epoch).in_(pairs)
+    )
+    return set(conn.scalars(query.distinct()))
+
+
+def _hand_back_unstarted(takeover: _Takeover, row: Any) -> None:
+    """A run claimed but never executed here (a launch that failed, a claim made while
+    stopping): ready again as it was, no attempt counted (``max_attempts`` counts executions)
+    and no event (nothing happened to it); only the epoch moves on, fencing this claim out."""
+    values = {
+        "epoch": row.epoch + 1,
+        "owner": None,
+        "lease_expires_at": None,
+        "status": RunStatus.PENDING.value,
+        "started_at": None,
+    }
+    seen = sa.and_(runs.c.run_id == row.run_id, runs.c.epoch == row.epoch)
+    if takeover.conn.execute(runs.update().where(seen).values(**values)).rowcount == 1:
+        takeover.taken.append(row.run_id)
+        takeover.wake(takeover.conn)
 
 
 def _take(takeover: _Takeover, row: Any, *, requeue: bool) -> None:
