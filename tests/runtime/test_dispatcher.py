@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import culm
-from culm.domain.models import Run
+from culm.domain.models import Run, RunStatus
 from culm.runtime.dispatch import Dispatcher, WorkerCounters
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.roles import Role
@@ -84,6 +84,60 @@ async def test_a_dispatcher_never_claims_a_run_whose_earlier_attempt_it_still_ho
         assert [run.run_id for run in launched] == [other.run_id]
         left = await store.get_run(winding_down.run_id)
         assert left is not None and left.epoch == 0  # still ready, for another worker
+    finally:
+        await store.aclose()
+
+
+class _Launches:
+    """A dispatcher's ``launch`` and ``active`` for the tests: records the runs launched,
+    raises for those in ``failing``; ``others`` stands for runs started here meanwhile
+    (sub-agents)."""
+
+    def __init__(self, failing: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.failing = failing
+        self.launched: list[str] = []
+        self.others = 0
+
+    def launch(self, run: Run) -> None:
+        if run.run_id in self.failing:
+            raise RuntimeError("no task for it")
+        self.launched.append(run.run_id)
+
+    def active(self) -> int:
+        return len(self.launched) + self.others
+
+
+def _dispatcher(store: SqlStore, launches: _Launches, concurrency: int) -> Dispatcher:
+    return Dispatcher(
+        store,
+        owner="w1",
+        concurrency=concurrency,
+        lease_seconds=60,
+        poll_seconds=3600,
+        active=launches.active,
+        held=set,
+        launch=launches.launch,
+        counters=WorkerCounters(),
+    )
+
+
+async def test_a_launch_that_raises_hands_its_run_back_and_launches_the_rest(
+    tmp_path: Path,
+) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    await store.start()
+    try:
+        made = [await ready_run(store) for _ in range(3)]
+        launches = _Launches(failing={made[0].run_id})
+
+        await _dispatcher(store, launches, concurrency=4).claim()
+
+        assert launches.launched == [made[1].run_id, made[2].run_id], "the rest still launched"
+        back = await store.get_run(made[0].run_id)
+        assert back is not None
+        assert (back.status, back.attempt, back.epoch) == (RunStatus.PENDING, 1, 2)
+        [again] = await store.claim_runs("w2", limit=4, lease_seconds=60)
+        assert again.run_id == made[0].run_id, "ready again at once, not after its lease"
     finally:
         await store.aclose()
 

@@ -139,9 +139,28 @@ class Dispatcher:
             self._owner, limit=free, lease_seconds=self._lease_seconds, exclude=self._held()
         )
         self._counters.claims += len(runs)
-        for run in runs:
+        back = [run for run in runs if not self._launched(run)]
+        if back:
+            await self._hand_back(back)
+        return len(runs) == free and not back
+
+    def _launched(self, run: Run) -> bool:
+        """Launch ``run``; False (logged) when that raised: one run's failure must not leave the
+        rest of its claim owned here but never executed until their leases run out."""
+        try:
             self._launch(run)
-        return len(runs) == free
+        except Exception:
+            log.exception("launching a claimed run failed; handing it back", run_id=run.run_id)
+            return False
+        return True
+
+    async def _hand_back(self, runs: list[Run]) -> None:
+        """Release claimed runs that will not execute here: ready again at once for any worker
+        (never started, so no attempt is counted). Should that fail, their leases run out."""
+        try:
+            await self._store.release_runs(self._owner, {run.run_id: run.epoch for run in runs})
+        except Exception:
+            log.exception("handing back claimed runs failed; their leases run out", runs=len(runs))
 
     async def _wait_freed(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):

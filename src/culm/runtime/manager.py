@@ -255,7 +255,13 @@ class RunManager:
             queue_size=self._settings.subscriber_queue_size,
         )
         self._registry.add(runner)
-        runner.task = self._group.create_task(self._execute(runner), name=f"culm-run-{run.run_id}")
+        try:
+            runner.task = self._group.create_task(
+                self._execute(runner), name=f"culm-run-{run.run_id}"
+            )
+        except BaseException:
+            self._registry.remove(runner)  # not executing here: neither held nor counted
+            raise
         runner.task.add_done_callback(lambda _: self._ended(runner))
         if self._closing:  # claimed while aclose was taking its list of runners
             runner.request_cancel(self._stop_reason)
