@@ -142,6 +142,41 @@ async def test_a_launch_that_raises_hands_its_run_back_and_launches_the_rest(
         await store.aclose()
 
 
+class _SubAgentsMeanwhile(SqlStore):
+    """A store whose claims take long enough for two sub-agents to start meanwhile."""
+
+    launches: _Launches
+
+    async def claim_runs(self, *args: Any, **kwargs: Any) -> list[Run]:
+        claimed = await super().claim_runs(*args, **kwargs)
+        self.launches.others += 2
+        return claimed
+
+
+async def test_sub_agents_started_during_a_claim_never_push_the_worker_past_its_concurrency(
+    tmp_path: Path,
+) -> None:
+    store = _SubAgentsMeanwhile(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    store.launches = launches = _Launches()
+    await store.start()
+    try:
+        made = [await ready_run(store) for _ in range(4)]
+
+        again = await _dispatcher(store, launches, concurrency=3).claim()
+
+        assert launches.launched == [made[0].run_id], "3 places, 2 taken by sub-agents meanwhile"
+        assert launches.active() == 3
+        assert again is False
+        for run in made[1:3]:
+            back = await store.get_run(run.run_id)
+            assert back is not None
+            assert (back.status, back.attempt, back.epoch) == (RunStatus.PENDING, 1, 2)
+        claimed = await store.claim_runs("w2", limit=4, lease_seconds=60)
+        assert sorted(run.run_id for run in claimed) == sorted(run.run_id for run in made[1:])
+    finally:
+        await store.aclose()
+
+
 def _runner(run: Run) -> Runner:
     return Runner(run, persist=lambda _: None, fan_out_session=lambda _: None, queue_size=8)
 

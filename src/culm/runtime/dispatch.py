@@ -139,7 +139,13 @@ class Dispatcher:
             self._owner, limit=free, lease_seconds=self._lease_seconds, exclude=self._held()
         )
         self._counters.claims += len(runs)
-        back = [run for run in runs if not self._launched(run)]
+        # Sub-agents started here while the claim was awaited take room too (they cannot wait
+        # for it): launch only what fits now, hand the rest back at once.
+        room = max(self._concurrency - self._active(), 0)
+        back = runs[room:]
+        for run in runs[:room]:
+            if not self._launched(run):
+                back.append(run)
         if back:
             await self._hand_back(back)
         return len(runs) == free and not back
