@@ -81,6 +81,7 @@ class Engine:
     ) -> None:
         self.settings = settings or load_settings()
         self.role = role
+        self._heartbeat: Heartbeat | None = None  # set at start, for the roles that execute
         # The schedules' time: tests pass a fake one (or, in processes, CULM_TEST_SCHEDULE_CLOCK).
         self._clock = clock or testclock.from_env() or utc_now
         self.subagents = SubAgents(
@@ -184,12 +185,14 @@ class Engine:
         )
         await heartbeat.start()
         stack.push_async_callback(heartbeat.aclose)
+        self._heartbeat = heartbeat
 
     def _start_dispatcher(self, store: Store) -> None:
         """Claim ready runs from the queue (roles EMBEDDED and WORKER)."""
         if not self.role.claims:
             return
         settings = self.settings
+        heartbeat = self._heartbeat
         dispatcher = Dispatcher(
             store,
             owner=self.runs.owner,
@@ -200,6 +203,7 @@ class Engine:
             held=self.registry.run_ids,
             launch=self.runs.launch,
             counters=self.runs.counters,
+            peers=lambda: heartbeat.claimers if heartbeat is not None else (),
         )
         self.runs.dispatcher = dispatcher
         dispatcher.start()

@@ -4,6 +4,7 @@ holds two attempts of one run."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,45 @@ async def test_a_lost_lease_cancels_only_the_attempt_it_is_about(tmp_path: Path)
         assert runner.cancel_reason is not None
         async with asyncio.timeout(10):
             await runner.done.wait()
+
+
+def test_a_wake_up_naming_a_run_is_claimed_at_once_by_one_worker_the_others_later() -> None:
+    # The thundering herd: one reservation woke every worker into a claim transaction at once.
+    peers = ("w1", "w2", "w3")
+    store: Any = None
+    launches = _Launches()
+
+    def dispatcher(owner: str) -> Dispatcher:
+        return Dispatcher(
+            store,
+            owner=owner,
+            concurrency=4,
+            lease_seconds=60,
+            poll_seconds=3600,
+            active=launches.active,
+            held=set,
+            launch=launches.launch,
+            counters=WorkerCounters(),
+            peers=lambda: peers,
+        )
+
+    workers = [dispatcher(owner) for owner in peers]
+    for run_id in (f"run-{i}" for i in range(30)):
+        delays = [worker.stagger([run_id]) for worker in workers]
+        assert sorted(delays)[:2] == [0.0, 0.05], "one at once, the others 50 ms later"
+        assert delays.count(0.0) == 1
+    turns = Counter(
+        next(w for w in peers if dispatcher(w).stagger([f"r{i}"]) == 0) for i in range(300)
+    )
+    assert set(turns) == set(peers), "every worker gets turns"
+    # Other wake-ups (a promotion, a requeue, a reconnect), none heard, or no peers known:
+    # everyone claims at once, as before.
+    assert [worker.stagger(["run-1", ""]) for worker in workers] == [0.0] * 3
+    assert [worker.stagger([]) for worker in workers] == [0.0] * 3
+    peers = ()
+    assert [worker.stagger(["run-1"]) for worker in workers] == [0.0] * 3
+    # Half full (2 of 4 places here): it waits longer, so an idler one takes what is left.
+    peers = ("w1", "w2", "w3")
+    launches.others = 2
+    later = sorted(worker.stagger(["run-1"]) for worker in workers)[1:]
+    assert later == [pytest.approx(0.075)] * 2

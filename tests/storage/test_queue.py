@@ -542,3 +542,27 @@ async def test_a_listener_that_cannot_connect_says_why() -> None:
     finally:
         await listener.aclose()
     assert listener.problem is None
+
+
+async def test_a_reservations_wake_up_names_its_run(
+    postgres_store: SqlStore, postgres_url: str
+) -> None:
+    # So that the worker whose turn it is claims it at once, and the others wait (the herd).
+    other = SqlStore(postgres_url)
+    await other.start()
+    wakeups = other.wakeups()
+    try:
+        for _ in range(100):  # until its LISTEN is in place
+            await ready_run(postgres_store)
+            if await wakeups.wait(0.2):
+                break
+        while await wakeups.wait(0.05):
+            pass
+        wakeups.take_hints()
+        run = await ready_run(postgres_store)
+        assert await wakeups.wait(10) is True
+        assert wakeups.take_hints() == [run.run_id]
+        assert wakeups.take_hints() == []
+    finally:
+        await wakeups.aclose()
+        await other.aclose()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Collection
+import zlib
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from culm.domain.models import Run
@@ -20,6 +21,8 @@ from culm.logs import get_logger
 from culm.storage.base import Store
 
 log = get_logger(__name__)
+# Seconds a worker whose turn a wake-up is not waits before it claims (× 1 to 2, by fullness).
+STAGGER = 0.05
 
 
 @dataclass(slots=True)
@@ -53,6 +56,7 @@ class Dispatcher:
         held: Callable[[], Collection[str]],
         launch: Callable[[Run], object],
         counters: WorkerCounters,
+        peers: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self._store = store
         self._owner = owner
@@ -63,6 +67,7 @@ class Dispatcher:
         self._held = held
         self._launch = launch
         self._counters = counters
+        self._peers = peers
         self._freed = asyncio.Event()
         self._stopping = asyncio.Event()
         # One claim at a time per process (capacity is counted before each), and how many
@@ -97,6 +102,9 @@ class Dispatcher:
                 if again:
                     continue  # there may be more ready runs than one claim took
                 await self._wait(wakeups.wait)
+                delay = self.stagger(wakeups.take_hints())
+                if delay > 0:
+                    await self._wait(self._sleep, delay)
         finally:
             with contextlib.suppress(Exception):
                 await wakeups.aclose()
@@ -168,15 +176,40 @@ class Dispatcher:
         except Exception:
             log.exception("handing back claimed runs failed; their leases run out", runs=len(runs))
 
+    def stagger(self, hints: Sequence[str]) -> float:
+        """How long to wait before claiming after a wake-up: not at all when a reservation it
+        heard names this worker's turn (by the run id, over the live claimers sorted, the same
+        list in every worker), when one names none (other wake-ups), or when it knows no
+        claimers (SQLite's in-process wake-ups, the first heartbeat not yet beaten). Otherwise
+        ``STAGGER`` seconds, more the fuller it is: a run is claimed by the one worker whose
+        turn it is while the others stay idle, instead of every worker running a claim
+        transaction at once for one run (the thundering herd); should that worker not claim
+        it (full, stalled, gone), the others still do, a little later."""
+        peers = self._peers()
+        if not hints or self._owner not in peers:
+            return 0.0
+        for hint in hints:
+            if not hint or peers[zlib.crc32(hint.encode()) % len(peers)] == self._owner:
+                return 0.0
+        fullness = min(self._active() / max(self._concurrency, 1), 1.0)
+        return STAGGER * (1 + fullness)
+
+    async def _sleep(self, seconds: float) -> bool:
+        await asyncio.sleep(seconds)
+        return True
+
     async def _wait_freed(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._freed.wait()
         return self._freed.is_set()
 
-    async def _wait(self, wait: Callable[[float], Awaitable[bool]]) -> None:
-        """Await ``wait(poll)`` (a wake-up or the poll), or until :meth:`aclose` is called."""
-        waiting = asyncio.ensure_future(wait(self._poll))
+    async def _wait(
+        self, wait: Callable[[float], Awaitable[bool]], timeout: float | None = None
+    ) -> None:
+        """Await ``wait(timeout)`` (default: a wake-up or the poll), or until :meth:`aclose`
+        is called."""
+        waiting = asyncio.ensure_future(wait(self._poll if timeout is None else timeout))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -33,6 +33,7 @@ from culm.settings import RecoveryPolicy, Settings
 from culm.storage.base import Store, SweepPolicy
 
 log = get_logger(__name__)
+_CLAIMING_KINDS = ("worker", "embedded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,9 @@ class Heartbeat:
         self._sweeps = sweeps
         self._fast_restart = fast_restart
         self._task: asyncio.Task[None] | None = None
+        # The live processes that claim runs (this one included), sorted, as of the last
+        # heartbeat: the dispatcher's "whose turn is it" for a wake-up (``dispatch.py``).
+        self.claimers: tuple[str, ...] = ()
 
     @property
     def policy(self) -> SweepPolicy:
@@ -155,6 +159,10 @@ class Heartbeat:
             claims=counters.claims,
             takeovers=counters.takeovers,
             fenced_writes=counters.fenced_writes,
+        )
+        workers = await self._store.list_workers(lease_seconds=self._settings.lease_seconds)
+        self.claimers = tuple(
+            sorted(w.worker_id for w in workers if w.alive and w.kind in _CLAIMING_KINDS)
         )
 
     async def _dead_owners(self) -> list[str]:

@@ -92,6 +92,11 @@ class Wakeups(ABC):
     async def wait(self, timeout: float) -> bool:
         """Wait until a run became ready since the last call (True) or ``timeout`` passed."""
 
+    def take_hints(self) -> list[str]:
+        """The run ids the wake-ups since the last call named (a reservation's), emptied; "" for
+        one that named none (any other wake-up). None heard: nothing known, claim."""
+        return []
+
     @abstractmethod
     async def aclose(self) -> None: ...
 

@@ -46,7 +46,8 @@ def reserve(
     if active is None:
         if owner is None:
             values = {**row, "queued": False, "owner": None, "epoch": 0}
-            conn.execute(wake.sent_by(ops.RUN_INSERT), {**values, "lease_expires_at": None})
+            insert = wake.sent_by(ops.RUN_INSERT, run.run_id)
+            conn.execute(insert, {**values, "lease_expires_at": None})
             return Reservation(run=run.model_copy(update={"queued": False, "epoch": 0}))
         if lease_seconds is None:
             raise ValueError("reserve_run: lease_seconds is required with an owner")

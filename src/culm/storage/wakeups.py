@@ -5,7 +5,8 @@ re-queued, released) calls its :class:`Wake`. On PostgreSQL that sends ``NOTIFY 
 the transaction (delivered at commit to every listening process); on both backends the store
 also fires its in-process :class:`Signal` after the commit, which is all SQLite has. A lost
 wake-up (a listener reconnecting, another process on one SQLite file) is covered by the
-caller's safety poll.
+caller's safety poll. A reservation's notification names its run (the payload), so that one
+worker, not all, claims it at once (``runtime/dispatch.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ CHANNEL = "culm_runs"
 RECONNECT_SECONDS = 1.0
 PROBE_SECONDS = 30.0
 _NOTIFY = sa.text(f"SELECT pg_notify('{CHANNEL}', '')")
+_MAX_HINTS = 1024  # the claimer reads them at every wake-up; past this, one "" says "claim"
 log = get_logger(__name__)
 
 
@@ -41,13 +43,14 @@ class Wake:
             conn.execute(_NOTIFY)
         self.sent = True
 
-    def sent_by(self, statement: sa.Insert) -> sa.Insert:
+    def sent_by(self, statement: sa.Insert, run_id: str) -> sa.Insert:
         """``statement`` made to send the wake-up itself (``RETURNING pg_notify(…)``, on
-        PostgreSQL): one round trip less than a ``SELECT pg_notify`` after it, on the path
-        between a run's reservation and its claim. The caller executes it."""
+        PostgreSQL), naming the run it makes ready: one round trip less than a ``SELECT
+        pg_notify`` after it, on the path between a run's reservation and its claim. The
+        caller executes it."""
         notify = self.notify and not self.sent
         self.sent = True
-        return statement.returning(sa.func.pg_notify(CHANNEL, "")) if notify else statement
+        return statement.returning(sa.func.pg_notify(CHANNEL, run_id)) if notify else statement
 
 
 class Signal:
@@ -110,10 +113,15 @@ class PostgresWakeups(Wakeups):
         self._connect_args = connect_args
         self.problem: str | None = "connecting"
         self._lost = asyncio.Event()
+        self._hints: list[str] = []
         self._task = asyncio.get_running_loop().create_task(self._listen())
 
     async def wait(self, timeout: float) -> bool:
         return await self._local.wait(timeout)
+
+    def take_hints(self) -> list[str]:
+        hints, self._hints = self._hints, []
+        return hints
 
     async def _listen(self) -> None:
         import asyncpg  # type: ignore[import-untyped]
@@ -128,7 +136,8 @@ class PostgresWakeups(Wakeups):
                 await conn.add_listener(CHANNEL, self._notified)
                 self.problem = None
                 if not first:
-                    self._local.event.set()  # notifications were missed meanwhile
+                    self._hints.append("")  # notifications were missed meanwhile
+                    self._local.event.set()
                 first = False
                 await self._watch(conn)
             except asyncio.CancelledError:
@@ -153,7 +162,11 @@ class PostgresWakeups(Wakeups):
             except TimeoutError:
                 await conn.fetchval("SELECT 1", timeout=5)
 
-    def _notified(self, *_args: Any) -> None:
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if len(self._hints) < _MAX_HINTS:
+            self._hints.append(payload)
+        else:
+            self._hints[-1] = ""
         self._local.event.set()
 
     async def aclose(self) -> None:
