@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,8 @@ class _Launches:
     raises for those in ``failing``; ``others`` stands for runs started here meanwhile
     (sub-agents)."""
 
-    def __init__(self, failing: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        self.failing = failing
+    def __init__(self, failing: Collection[str] = ()) -> None:
+        self.failing = set(failing)
         self.launched: list[str] = []
         self.others = 0
 
