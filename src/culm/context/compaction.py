@@ -54,6 +54,7 @@ class _Draft:
     elided_now: int = 0
     summarized_now: int = 0
     parts: int = 0
+    touched: set[int] = field(default_factory=set)  # messages this compaction changed
 
     def compaction(self, request: CompactionRequest, before: int, after: int) -> Compaction:
         strategy = "+".join(
@@ -71,7 +72,7 @@ class _Draft:
             kept=self.kept,
             elided=self.elided,
             message_count=len(request.messages),
-            messages_compacted=self.elided_now + self.summarized_now,
+            messages_compacted=len(self.touched),
             tokens_before=before,
             tokens_after=after,
             summary_usage=self.usage,
@@ -127,6 +128,7 @@ def _elide(request: CompactionRequest, draft: _Draft, protected: int, tokens: in
             continue
         draft.elided[index] = (head, tail)
         draft.elided_now += 1
+        draft.touched.add(index)
         saved = estimate.text_tokens(message.content) - estimate.text_tokens(
             elide(message.content, head, tail)
         )
@@ -148,6 +150,7 @@ async def _summarize_part(request: CompactionRequest, draft: _Draft, protected: 
     draft.usage += usage
     draft.parts += 1
     draft.summarized_now += end - draft.summary_end
+    draft.touched.update(range(draft.summary_end, end))
     draft.summary = summary
     draft.summary_end = end
     draft.elided = {i: cut for i, cut in draft.elided.items() if i >= end}

@@ -142,7 +142,12 @@ class ContextWindow:
             )
         )
         if result.messages_compacted:
-            self.compaction = await self._ctx.context.save(result)
+            if result.summary != (self.compaction.summary if self.compaction else None):
+                summarizer = self._ctx.context.summarizer or self._ctx.model
+                result = result.model_copy(update={"summary_model": summarizer.name})
+            elif self.compaction is not None:
+                result = result.model_copy(update={"summary_model": self.compaction.summary_model})
+            result = self.compaction = await self._ctx.context.save(result)
             self._version += 1
             self._view, self._seen = [], 0
         if result.messages_compacted or trigger == "manual":

@@ -24,9 +24,10 @@ def insert(conn: sa.Connection, compaction: Compaction) -> Compaction:
 
 
 def to_row(compaction: Compaction) -> dict[str, Any]:
-    data = compaction.model_dump(mode="json")
-    state = {"kept": data.pop("kept"), "elided": data.pop("elided")}
-    return {**data, "state": state}
+    data = compaction.model_dump(exclude={"kept", "elided", "summary_usage"})
+    state = compaction.model_dump(mode="json", include={"kept", "elided"})
+    usage = compaction.summary_usage.model_dump(mode="json")
+    return {**data, "summary_usage": usage, "state": state}
 
 
 def from_row(row: Mapping[str, Any]) -> Compaction:
