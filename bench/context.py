@@ -32,6 +32,7 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,7 +207,7 @@ async def run(
         "summary_requests": [size for kind, size in model.sizes if kind == "summary"],
         "max_request": max(agent),
         "compactions": len(compactions),
-        "strategies": sorted({e.strategy for e in compactions}),  # type: ignore[attr-defined]
+        "strategies": dict(Counter(e.strategy for e in compactions)),  # type: ignore[attr-defined]
         "refused": model.refused,
         "prompt_tokens_sent": state.usage.prompt_tokens,
         "total_tokens": state.usage.total_tokens,
