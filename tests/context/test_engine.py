@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,45 @@ async def test_the_compact_context_tool_compacts_before_the_next_call(
     assert events[-1].type == "complete"
     [compacted] = [e for e in events if isinstance(e, ContextCompacted)]
     assert compacted.trigger == "manual"
+
+
+async def test_context_events_are_in_the_session_replay_cache(
+    tmp_path: Path, upstream: WindowedUpstream, big_output: BigOutputTool
+) -> None:
+    """context_pressure and context_compacted are critical: a late session subscriber gets them."""
+    settings = windowed_settings(tmp_path, upstream, context_auto_compact=False)
+    async with culm.Engine(settings, tools=[big_output]) as engine:
+        session_id = await _session(engine, upstream)
+        for n in range(3):
+            events = await _run(engine, session_id, f"task {n}")
+        stream = engine.subscribe_session(session_id)
+        replayed: list[culm.RunEvent] = []
+        async with contextlib.aclosing(stream), asyncio.timeout(20):
+            async for event in stream:
+                replayed.append(event)
+                if event.type == "complete":
+                    break
+    live = [e for e in events if e.type in {"context_pressure", "context_compacted"}]
+    assert [e.type for e in live] == [
+        "context_pressure",
+        "context_pressure",
+        "context_compacted",
+    ]
+    assert [e for e in replayed if e.type in {"context_pressure", "context_compacted"}] == live
+
+
+async def test_summarizer_calls_are_metered_and_marked_compaction(
+    tmp_path: Path, upstream: WindowedUpstream, big_output: BigOutputTool
+) -> None:
+    settings = windowed_settings(tmp_path, upstream, context_trigger_percent=1)
+    async with culm.Engine(settings, tools=[big_output]) as engine:
+        session_id = await _session(engine, upstream)
+        for n in range(3):
+            await _run(engine, session_id, f"task {n}")
+        await engine.metrics.flush()
+        detail = await engine.metrics.queries.session(session_id)
+        runs = await engine.list_runs(session_id=session_id)
+    assert detail is not None and upstream.summaries > 0
+    marked = [r for r in detail.rounds if ":compaction:" in r.round_id]
+    assert len(marked) == upstream.summaries
+    assert detail.tokens == sum((run.usage for run in runs), Usage()) == upstream.usage_sent
