@@ -135,6 +135,8 @@ async def test_old_outputs_are_elided_first_with_a_marker_and_the_last_rounds_ke
     view = model_view(messages, result)
     assert len(view) == len(messages)
     assert "characters of this tool output elided" in view[2].content
+    assert "elided" in view[5].content  # the last round before the 2 kept ones is elided too
+    assert view[7:] == messages[7:]  # the last 2 rounds (from their model message) as stored
     assert view[2].content.startswith("r" * 600) and view[2].content.endswith("r" * 300)
     assert view[-1] == messages[-1] and view[-4] == messages[-4]  # the last 2 rounds as stored
     assert result.tokens_after < result.tokens_before
