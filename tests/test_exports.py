@@ -10,6 +10,7 @@ def test_exported_names() -> None:
     assert sorted(culm.__all__) == [
         "AlreadyRunningError",
         "AssistantMessage",
+        "Compaction",
         "ConfigError",
         "CulmError",
         "Engine",
@@ -53,7 +54,8 @@ def test_every_event_type_of_the_contract_round_trips() -> None:
         "execution_started", "runner_progress", "token", "reasoning_token", "tool_start",
         "tool_token", "tool_complete", "tool_error", "token_budget_updated", "round_completed",
         "sub_agent_started", "sub_agent_event", "sub_agent_heartbeat", "sub_agent_completed",
-        "run_recovered", "complete", "cancelled", "error", "gap",
+        "run_recovered", "complete", "cancelled", "error", "gap", "context_pressure",
+        "context_compacted",
     }  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from culm._version import __version__
 
 if TYPE_CHECKING:
+    from culm.domain.compaction import Compaction
     from culm.domain.events import RunEvent, event_from_json, event_to_json
     from culm.domain.models import (
         AssistantMessage,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 # Loaded on first use, so `import culm` (and the CLI's start) stays fast.
 _LAZY = {
+    "Compaction": "culm.domain.compaction",
     "RunEvent": "culm.domain.events",
     "event_from_json": "culm.domain.events",
     "event_to_json": "culm.domain.events",
@@ -86,6 +88,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AlreadyRunningError",
     "AssistantMessage",
+    "Compaction",
     "ConfigError",
     "CulmError",
     "Engine",

@@ -17,6 +17,7 @@ CulmError
 │   │   ├── ModelConnectionError       connect/read failure, reset, a stream cut short
 │   │   └── ModelStallError            no chunk within the idle timeout
 │   ├── LimitExceededError     max rounds, or a similar engine limit
+│   ├── ContextOverflowError   the request does not fit the model's window, even compacted
 │   └── MCPServerError         an MCP server could not be started or reached
 ├── EngineClosedError          the engine is shutting down or closed
 ├── StorageUnavailableError    the store keeps failing (disk full, database unreachable)
@@ -116,6 +117,13 @@ class ModelStallError(ModelError):
 
 class LimitExceededError(RunFailure):
     code = "limit_exceeded"
+
+
+class ContextOverflowError(RunFailure):
+    """The provider refused the request as too long, and compacting it did not make it fit;
+    the message says what was tried."""
+
+    code = "context_overflow"
 
 
 class MCPServerError(RunFailure):

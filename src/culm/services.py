@@ -19,6 +19,10 @@ from typing import Any, Self
 
 import httpx2
 
+from culm.context.limits import limits_for
+from culm.context.overflow import OverflowMatcher
+from culm.context.view import model_view
+from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent
 from culm.domain.models import (
     Message,
@@ -31,11 +35,13 @@ from culm.domain.models import (
     Usage,
 )
 from culm.domain.time import new_id, utc_now
-from culm.errors import ConfigError, EngineClosedError, NotFoundError
-from culm.loop.context import LoopContext, LoopLimits
+from culm.errors import ConfigError, EngineClosedError, NotFoundError, SessionBusyError
+from culm.loop.context import ContextSettings, LoopContext, LoopLimits
+from culm.loop.manual import compact_session
 from culm.mcp.manager import MCPManager, session_metadata
 from culm.metrics.pipeline import MetricsConfig, MetricsPipeline
 from culm.metrics.store import MetricsStore
+from culm.providers.base import Model
 from culm.providers.resolve import ModelResolver
 from culm.providers.scripted import ScriptLibrary
 from culm.runtime.batcher import EventBatcher
@@ -52,7 +58,7 @@ from culm.scheduler.service import Schedules
 from culm.scheduler.store import ScheduleStore
 from culm.scheduler.ticker import Ticker
 from culm.settings import Settings, load_settings
-from culm.storage.base import QueueStats, Store, WorkerInfo
+from culm.storage.base import Fence, QueueStats, Store, WorkerInfo
 from culm.storage.sql import SqlStore
 from culm.tools import Tool, ToolRegistry, builtin_tools
 from culm.tools.sandbox import sandbox_from
@@ -352,9 +358,36 @@ class Engine:
             raise NotFoundError("session", session_id)
         await self.mcp.forget_session(session_id)
 
-    async def get_messages(self, session_id: str) -> list[Message]:
+    async def get_messages(self, session_id: str, *, view: str = "stored") -> list[Message]:
+        """The session's transcript as stored (every original message), or with
+        ``view="model"`` as the model is sent it (after the session's latest compaction)."""
         await self.get_session(session_id)
-        return await self.store.get_messages(session_id)
+        messages = await self.store.get_messages(session_id)
+        if view == "model":
+            return model_view(messages, await self.store.get_compaction(session_id))
+        return messages
+
+    async def compact(self, session_id: str) -> Compaction:
+        """Compact the session's context now (``trigger: manual``): what can be, is (old tool
+        outputs elided, the conversation before the last rounds summarized by the session's
+        model or ``CULM_COMPACTION_MODEL``). ``SessionBusyError`` while a run is active: the
+        run compacts its own context."""
+        session = await self.get_session(session_id)
+        active = await self.store.get_active_run(session_id)
+        if active is not None:
+            raise SessionBusyError(session_id, active.run_id)
+        model = self.models.resolve(session.model)
+        return await compact_session(
+            session,
+            model,
+            self.tools.resolve(session.tools),
+            self._context_settings(session, model, None),
+            await self.store.get_messages(session_id),
+        )
+
+    async def list_compactions(self, session_id: str) -> list[Compaction]:
+        await self.get_session(session_id)
+        return await self.store.list_compactions(session_id)
 
     # Runs
 
@@ -519,9 +552,11 @@ class Engine:
         if session is None:
             raise NotFoundError("session", run.session_id)
         settings = self.settings
+        model = self.models.resolve(run.model)
+        fence = (self.runs.owner, run.epoch)
         return LoopContext(
             session=session,
-            model=self.models.resolve(run.model),
+            model=model,
             tools={tool.name: tool for tool in await self.tools.resolve_for(session)},
             workspace=Path(session.workspace),
             limits=LoopLimits(
@@ -539,6 +574,22 @@ class Engine:
             room=self.batcher.room,
             budget_limit=session.metadata.get("budget_limit"),
             run_id=run.run_id,
+            context=self._context_settings(session, model, fence),
+        )
+
+    def _context_settings(
+        self, session: Session, model: Model, fence: Fence | None
+    ) -> ContextSettings:
+        store, session_id = self.store, session.session_id
+        summarizer = self.settings.compaction_model
+        return ContextSettings(
+            limits=limits_for(
+                self.settings, model.name, model.max_context_tokens, session.metadata
+            ),
+            summarizer=self.models.resolve(summarizer) if summarizer else None,
+            overflow=OverflowMatcher(self.settings.context_overflow_patterns),
+            load=lambda: store.get_compaction(session_id),
+            save=lambda compaction: store.add_compaction(compaction, fence=fence),
         )
 
 

@@ -11,7 +11,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -42,6 +50,16 @@ class SandboxMode(StrEnum):
 Names = Annotated[list[str], NoDecode]
 """A list setting given in the environment as ``A,B,C`` (config.toml: an array)."""
 Paths = Annotated[list[Path], NoDecode]
+
+
+class ModelLimits(BaseModel):
+    """A ``[models."provider:model"]`` table of config.toml: limits the catalog lacks or gets
+    wrong (a local server's model, a fine-tune)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_context_tokens: int | None = Field(default=None, ge=256)
+    max_output_tokens: int | None = Field(default=None, ge=1)
 
 
 class ShutdownPolicy(StrEnum):
@@ -131,6 +149,25 @@ class Settings(BaseSettings):
     subagent_max_duration: float = Field(default=60 * 60.0, gt=0)
     subagent_heartbeat: float = Field(default=5.0, gt=0)
 
+    # Context window (culm.context): a model's window and output reserve resolve from the
+    # session's metadata, then `models` (config.toml [models."provider:model"]), then the shipped
+    # catalog, then these defaults. Compaction starts when a request would pass the trigger
+    # (window - output reserve - working reserve, or `context_trigger_percent` of the window) and
+    # stops once it fits under `context_target_percent`.
+    models: dict[str, ModelLimits] = Field(default_factory=dict)
+    context_window: int = Field(default=128_000, ge=256)
+    context_output_reserve: int = Field(default=8192, ge=1)
+    context_working_reserve: int = Field(default=2048, ge=0)
+    context_trigger_percent: float | None = Field(default=None, gt=0, le=100)
+    context_target_percent: float = Field(default=50.0, gt=0, le=100)
+    context_auto_compact: bool = True
+    context_keep_rounds: int = Field(default=2, ge=0)
+    context_keep_user_turns: int = Field(default=2, ge=0)
+    context_elide_head_chars: int = Field(default=600, ge=0)
+    context_elide_tail_chars: int = Field(default=300, ge=0)
+    context_overflow_patterns: Names = Field(default_factory=list)
+    compaction_model: str | None = None  # the summarizer (default: the session's model)
+
     # Schedules: this process runs the ticker (`culm run` does not); a fire later than the grace
     # is a misfire, settled by the schedule's misfire policy.
     scheduler: bool = True
@@ -176,7 +213,11 @@ class Settings(BaseSettings):
         return parse_servers(value, SETTINGS_ORIGIN)  # a ConfigError naming server and field
 
     @field_validator(
-        "bash_env_passthrough", "bash_read_only_paths", "workspace_roots", mode="before"
+        "bash_env_passthrough",
+        "bash_read_only_paths",
+        "workspace_roots",
+        "context_overflow_patterns",
+        mode="before",
     )
     @classmethod
     def _split_list(cls, value: Any) -> Any:

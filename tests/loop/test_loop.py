@@ -273,7 +273,8 @@ async def test_usage_per_round_is_reported_and_summed(tmp_path: Path) -> None:
     )
     assert run.usage == total
     budgets = [e for e in events if e.type == "token_budget_updated"]
-    assert [b.usage.prompt_tokens for b in budgets] == [100, 130]
+    reported = [b.usage.prompt_tokens for b in budgets if not b.usage.estimated]
+    assert reported == [100, 130]  # after each call; before it, an estimate
 
 
 async def test_the_user_message_starts_the_transcript_once(tmp_path: Path) -> None:
@@ -371,13 +372,16 @@ async def test_the_budget_event_carries_the_rounds_usage_the_context_and_the_lim
         run = await engine.run("go", model="scripted:b", metadata={"budget_limit": 900})
         events = await collect(engine.subscribe(run.run_id))
         messages = await engine.get_messages(run.session_id)
-    [budget] = [e for e in events if e.type == "token_budget_updated"]
+    before, budget = [e for e in events if e.type == "token_budget_updated"]
+    assert before.usage.estimated and before.usage.max_context_tokens == 5000
     assert budget.usage.model_dump() == {
         "prompt_tokens": 10,
         "completion_tokens": 3,
         "total_tokens": 13,
         "max_context_tokens": 5000,
         "budget_limit": 900,
+        "percent": 0.2,
+        "estimated": False,
     }
     [done] = [e for e in events if e.type == "round_completed"]
     assert (done.partial, done.error, done.usage.total_tokens) == (False, None, 13)

@@ -14,7 +14,16 @@ from culm.tools import READ_GROUP, BashTool, ToolRegistry, builtin_tools, defaul
 from culm.tools.base import Tool, ToolContext, ToolSource
 
 READ_ONLY = ("read_file", "list_dir", "glob", "grep")
-ALL = ("read_file", "write_file", "edit_file", "list_dir", "glob", "grep", "bash")
+ALL = (
+    "read_file",
+    "write_file",
+    "edit_file",
+    "list_dir",
+    "glob",
+    "grep",
+    "bash",
+    "compact_context",
+)
 
 
 @pytest.fixture

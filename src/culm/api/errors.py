@@ -19,6 +19,7 @@ from culm.errors import (
     EngineClosedError,
     InvalidFieldError,
     NotFoundError,
+    RunFailure,
     SessionBusyError,
     StorageUnavailableError,
     UnknownModelError,
@@ -89,6 +90,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(EngineClosedError)
     async def _on_closed(request: Request, exc: EngineClosedError) -> JSONResponse:
         return error_response(503, "unavailable", str(exc))
+
+    @app.exception_handler(RunFailure)
+    async def _on_run_failure(request: Request, exc: RunFailure) -> JSONResponse:
+        # Work a request does itself (a manual compaction's summarizer call) failed upstream.
+        return error_response(502, exc.code, str(exc))
 
     @app.exception_handler(StorageUnavailableError)
     async def _on_storage(request: Request, exc: StorageUnavailableError) -> JSONResponse:

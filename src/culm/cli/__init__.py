@@ -17,7 +17,18 @@ import typer
 from rich.text import Text
 
 from culm._version import __version__
-from culm.cli import mcp, metrics, run, runs, schedules, serve, sessions, worker, workers
+from culm.cli import (
+    compact,
+    mcp,
+    metrics,
+    run,
+    runs,
+    schedules,
+    serve,
+    sessions,
+    worker,
+    workers,
+)
 from culm.cli.render import stderr_console
 from culm.errors import UserError
 
@@ -77,6 +88,7 @@ app.command("runs")(runs.runs_command)
 app.command("show")(runs.show_command)
 app.command("tail")(runs.tail_command)
 app.command("cancel")(runs.cancel_command)
+app.command("compact")(compact.compact_command)
 app.command("metrics")(metrics.metrics_command)
 app.add_typer(mcp.app, name="mcp")
 app.add_typer(schedules.app, name="schedules")

@@ -47,6 +47,8 @@ STREAM_IDLE_TIMEOUT: Final = 45.0
 WAIT_MARGIN: Final = 10.0
 # A refresh may start an MCP server: its handshake and listing may take the server's 30 s each.
 REFRESH_TIMEOUT: Final = 75.0
+# A manual compaction waits for the summarizer model (a long conversation, a slow model).
+COMPACT_TIMEOUT: Final = 300.0
 FIRST_RETRY_DELAY: Final = 0.2
 MAX_RETRY_DELAY: Final = 5.0
 TERMINAL_TYPES: Final = frozenset({"complete", "cancelled", "error"})
@@ -205,6 +207,15 @@ class Client:
             params=params,
             timeout=timeout + WAIT_MARGIN if wait else None,
             missing=("run", run_id),
+        )
+
+    async def compact_session(self, session_id: str) -> Json:
+        """Compact the session's context now (a summarizer call may take a while)."""
+        return await self._request(
+            "POST",
+            f"/v1/sessions/{session_id}/compact",
+            timeout=COMPACT_TIMEOUT,
+            missing=("session", session_id),
         )
 
     async def list_workers(self, *, include_stopped: bool = False) -> Json:

@@ -124,6 +124,10 @@ class TokenBudget(BaseModel):
     total_tokens: int = 0
     max_context_tokens: int | None = None
     budget_limit: int | None = None
+    # Share of the context window the prompt fills (0-100+), and whether ``prompt_tokens`` is
+    # partly a local estimate (before a model call) rather than what the provider reported.
+    percent: float | None = None
+    estimated: bool = False
 
 
 class TokenBudgetUpdated(RunEventBase):
@@ -147,6 +151,28 @@ class RoundCompleted(RunEventBase):
     model: str
     partial: bool = False
     error: str | None = None
+    # The call summarized the conversation for a compaction (not one of the agent's rounds).
+    compaction: bool = False
+
+
+class ContextPressure(RunEventBase):
+    """The prompt passed a share of the context window (once per level per run)."""
+
+    type: Literal["context_pressure"] = "context_pressure"
+    percent: float
+    level: Literal["warning", "critical"]
+
+
+class ContextCompacted(RunEventBase):
+    """The model's view of the conversation was compacted (the stored transcript is intact)."""
+
+    type: Literal["context_compacted"] = "context_compacted"
+    trigger: Literal["auto", "overflow", "manual"]
+    strategy: str
+    messages_compacted: int
+    tokens_before: int
+    tokens_after: int
+    summary_usage: Usage
 
 
 class SubAgentStarted(RunEventBase):
@@ -225,7 +251,9 @@ RunEvent = Annotated[
     | Complete
     | Cancelled
     | Error
-    | Gap,
+    | Gap
+    | ContextPressure
+    | ContextCompacted,
     Field(discriminator="type"),
 ]
 
@@ -237,6 +265,8 @@ CRITICAL_EVENT_TYPES = frozenset(
         "run_recovered",
         "sub_agent_started",
         "sub_agent_completed",
+        "context_pressure",
+        "context_compacted",
         *TERMINAL_EVENT_TYPES,
     }
 )

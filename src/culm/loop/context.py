@@ -6,6 +6,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from culm.context.budget import ContextLimits
+from culm.context.overflow import OverflowMatcher
+from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent, RunEventBase
 from culm.domain.models import Message, Session, Usage
 from culm.providers.base import Model
@@ -14,6 +17,30 @@ from culm.tools.base import Tool
 
 async def _no_wait() -> None:
     return None
+
+
+async def _no_compaction() -> Compaction | None:
+    return None
+
+
+async def _keep(compaction: Compaction) -> Compaction:
+    return compaction
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ContextSettings:
+    """How the run manages its context window (see ``culm.context``).
+
+    ``limits`` None: the model's known window or 128k, with the default reserves.
+    ``summarizer``: the model that writes compaction summaries (None: the run's).
+    ``load``/``save``: the session's latest compaction, and storing a new one.
+    """
+
+    limits: ContextLimits | None = None
+    summarizer: Model | None = None
+    overflow: OverflowMatcher = field(default_factory=OverflowMatcher)
+    load: Callable[[], Awaitable[Compaction | None]] = _no_compaction
+    save: Callable[[Compaction], Awaitable[Compaction]] = _keep
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -42,6 +69,7 @@ class LoopContext:
     # than they are stored; a producer then awaits ``room()`` (see EventBatcher).
     congested: Callable[[], bool] = lambda: False
     room: Callable[[], Awaitable[None]] = _no_wait
+    context: ContextSettings = field(default_factory=ContextSettings)
 
 
 @dataclass(kw_only=True, slots=True)

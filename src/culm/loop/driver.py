@@ -21,21 +21,23 @@ from culm.domain.events import (
     CANCELLED_ROUND_ERROR,
     RoundCompleted,
     RunnerProgress,
-    TokenBudget,
-    TokenBudgetUpdated,
 )
 from culm.domain.models import Usage
-from culm.errors import LimitExceededError, describe
+from culm.errors import LimitExceededError, ModelError, describe
+from culm.loop.classify import ModelResponse
 from culm.loop.context import FinalAnswer, LoopContext, LoopState, NextStep, RunAgain
 from culm.loop.execute import run_tool_calls
 from culm.loop.model_call import UsageMeter, call_model
-from culm.loop.plan import build_request
+from culm.loop.window import ContextWindow
+from culm.providers.base import ModelRequest
+from culm.tools.compact import COMPACT_TOOL
 
 
 async def run_agent(ctx: LoopContext, state: LoopState) -> str:
     """Run rounds until the model gives a final answer; returns it."""
+    window = await ContextWindow.open(ctx, state)
     while True:
-        step = await run_round(ctx, state)
+        step = await run_round(ctx, state, window)
         match step:
             case FinalAnswer(text=text):
                 return text
@@ -43,36 +45,55 @@ async def run_agent(ctx: LoopContext, state: LoopState) -> str:
                 continue
 
 
-async def run_round(ctx: LoopContext, state: LoopState) -> NextStep:
+async def run_round(ctx: LoopContext, state: LoopState, window: ContextWindow) -> NextStep:
     if state.round >= ctx.limits.max_rounds:
         raise LimitExceededError(
             f"the run reached max rounds ({ctx.limits.max_rounds}) without a final answer"
         )
     state.round += 1
     ctx.emit(RunnerProgress(round_count=state.round))
-    request = build_request(
-        ctx.session.system_prompt, state.messages, (tool.spec() for tool in ctx.tools.values())
-    )
+    request = await window.prepare()
     started = time.monotonic()
     meter = UsageMeter()
     try:
-        response = await call_model(ctx, request, meter)
+        response, request = await _call_model(ctx, window, request, meter)
     except BaseException as exc:
         if meter.reported:  # the provider reported usage before the call failed: count it
             _round_completed(ctx, state, meter.total, started, error=_describe(exc))
         raise
     usage = meter.total
     _round_completed(ctx, state, usage, started)
-    ctx.emit(TokenBudgetUpdated(usage=_budget(ctx, usage)))
+    window.reported(request, usage)
     message = response.message
     state.messages.append(message)
     if not message.tool_calls:
         await ctx.append_messages([message])
         return FinalAnswer(message.content)
     results = await run_tool_calls(ctx, message.tool_calls)
+    window.compact_requested |= any(r.tool_name == COMPACT_TOOL and not r.is_error for r in results)
     state.messages.extend(results)
     await ctx.append_messages([message, *results])  # the round's messages, in one write
     return RunAgain()
+
+
+async def _call_model(
+    ctx: LoopContext, window: ContextWindow, request: ModelRequest, meter: UsageMeter
+) -> tuple[ModelResponse, ModelRequest]:
+    """The round's model call, and the request it sent: one the provider refuses as too long
+    is compacted (``overflow``) and retried once."""
+    try:
+        return await call_model(ctx, request, meter), request
+    except ModelError as exc:
+        if not ctx.context.overflow.is_overflow(exc):
+            raise
+        first = exc
+    retry = await window.recover(request, first)
+    try:
+        return await call_model(ctx, retry, meter), retry
+    except ModelError as exc:
+        if ctx.context.overflow.is_overflow(exc):
+            raise window.overflowed_again(retry, exc) from exc
+        raise
 
 
 def _round_completed(
@@ -97,13 +118,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
         return CANCELLED_ROUND_ERROR
     return describe(exc)
-
-
-def _budget(ctx: LoopContext, usage: Usage) -> TokenBudget:
-    return TokenBudget(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-        max_context_tokens=ctx.model.max_context_tokens,
-        budget_limit=ctx.budget_limit,
-    )

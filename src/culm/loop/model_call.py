@@ -23,7 +23,7 @@ from culm.errors import ModelError, ModelHTTPError, ModelStallError
 from culm.logs import get_logger
 from culm.loop.classify import ModelResponse, ResponseBuilder
 from culm.loop.context import LoopContext, LoopLimits
-from culm.providers.base import ModelRequest, StreamPart
+from culm.providers.base import Model, ModelRequest, StreamPart
 
 log = get_logger(__name__)
 
@@ -42,31 +42,39 @@ class UsageMeter:
 
 
 async def call_model(
-    ctx: LoopContext, request: ModelRequest, meter: UsageMeter | None = None
+    ctx: LoopContext,
+    request: ModelRequest,
+    meter: UsageMeter | None = None,
+    *,
+    model: Model | None = None,
+    live: bool = True,
 ) -> ModelResponse:
+    """Stream ``request`` to ``model`` (default: the run's). ``live``: its text goes out as
+    ``token`` events (a compaction's summarizer call is not the agent's output)."""
     meter = meter if meter is not None else UsageMeter()
+    model = model if model is not None else ctx.model
     attempt = 1
     while True:
         builder = ResponseBuilder()
         try:
-            parts = _stall_guard(ctx.model.stream(request), ctx.limits.stream_idle_timeout)
+            parts = _stall_guard(model.stream(request), ctx.limits.stream_idle_timeout)
             # Closed here whatever happens, also when a cancel arrives outside its waits
             # (while waiting for room): the provider's stream is closed at once.
             async with contextlib.aclosing(parts):
                 async for part in parts:
                     event = builder.add(part)
-                    if event is not None:
+                    if event is not None and live:
                         ctx.emit(event)
                         if ctx.congested():  # a model faster than the store waits for it
                             await ctx.room()
         except ModelError as exc:
             meter.add(builder.usage)
-            delay = retry_delay(exc, attempt, ctx.limits, streamed=builder.emitted)
+            delay = retry_delay(exc, attempt, ctx.limits, streamed=builder.emitted and live)
             if delay is None:
                 raise
             log.warning(
                 "model call failed; retrying",
-                model=ctx.model.name,
+                model=model.name,
                 attempt=attempt,
                 delay=round(delay, 3),
                 error=str(exc),

@@ -144,7 +144,11 @@ class RunMetricsDeriver:
 
     def _round_completed(self, event: RoundCompleted) -> None:
         run = self._track(event)
-        run.messages += not event.partial
+        round_id = f"{event.run_id}:{run.attempt}:{event.round}"
+        if event.compaction:  # a summarizer call: a round of its own, marked (seq: unique)
+            round_id += f":compaction:{event.seq}"
+        else:
+            run.messages += not event.partial
         if run.model == UNKNOWN_MODEL:
             run.model = event.model
         status = m.RoundStatus.SUCCESS
@@ -154,7 +158,7 @@ class RunMetricsDeriver:
         self._emit(
             m.RoundCompleted(
                 meta=self._meta(event),
-                round_id=f"{event.run_id}:{run.attempt}:{event.round}",
+                round_id=round_id,
                 session_id=run.session_id,
                 status=status,
                 usage=event.usage,
@@ -162,6 +166,7 @@ class RunMetricsDeriver:
                 error=event.error,
                 partial=event.partial,
                 model=event.model,
+                compaction=event.compaction,
             )
         )
 

@@ -139,6 +139,8 @@ class RoundCompleted(_Event):
     error: str | None = None
     partial: bool = False
     model: str | None = None
+    # A compaction's summarizer call (its round_id ends ``:compaction:<seq>``), not an agent round.
+    compaction: bool = False
 
 
 class ToolCalled(_Event):

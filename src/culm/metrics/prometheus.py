@@ -11,7 +11,7 @@ underscores in metric and label names):
 
 both also labelled ``gen_ai_operation_name`` (``chat``), ``gen_ai_provider_name`` and
 ``gen_ai_request_model``, for the agent loop's rounds and the proxy's forwarded requests alike
-(``culm_source``: ``run`` | ``proxy``). culm's own:
+(``culm_source``: ``run`` | ``compaction`` | ``proxy``). culm's own:
 
 ``culm_runs_active``                  runs in progress in this process
 ``culm_runs_finished_total``          by ``status`` (``completed`` | ``cancelled`` | ``error``)
@@ -245,7 +245,8 @@ class PrometheusExporter:
 
     def _round(self, event: RoundCompleted) -> None:
         provider, _, model = (event.model or "unknown").partition(":")
-        labels = ("chat", provider, model or provider, "run")
+        source = "compaction" if event.compaction else "run"
+        labels = ("chat", provider, model or provider, source)
         error = "cancelled" if event.status.value == "cancelled" else ""
         error = error or ("stream_cut" if event.partial else "")
         self.duration.labels(*labels, error).observe(event.latency_ms / 1000)

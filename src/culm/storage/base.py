@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent
 from culm.domain.models import Message, Run, RunStatus, Session, Usage
 
@@ -145,6 +146,24 @@ class Store(ABC):
 
     @abstractmethod
     async def get_messages(self, session_id: str) -> list[Message]: ...
+
+    # Compactions of a session's context (the messages themselves are never changed)
+
+    @abstractmethod
+    async def add_compaction(
+        self, compaction: Compaction, *, fence: Fence | None = None
+    ) -> Compaction:
+        """Store ``compaction`` as its session's next (returned with its ``seq``). With
+        ``fence`` (owner, epoch) of ``compaction.run_id`` the write is conditional, as for
+        :meth:`append_messages`."""
+
+    @abstractmethod
+    async def get_compaction(self, session_id: str) -> Compaction | None:
+        """The session's latest compaction (its model view), None if it has none."""
+
+    @abstractmethod
+    async def list_compactions(self, session_id: str) -> list[Compaction]:
+        """Oldest first."""
 
     # Runs: the queue is the runs table. A *ready* run (pending, not queued, no owner) holds its
     # session's slot and waits for a worker; a *queued* one waits behind its session's active

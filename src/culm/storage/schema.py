@@ -157,3 +157,31 @@ workers = sa.Table(
     sa.Column("takeovers", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("fenced_writes", sa.BigInteger, nullable=False, server_default="0"),
 )
+
+# A session's compactions (``culm.context``): each one is the model's view of the transcript as
+# of it (the latest is current); the stored messages are never changed. ``summary`` stands for
+# messages ``[0, summary_end)``; ``state`` holds the kept user turns and the elided outputs.
+compactions = sa.Table(
+    "compactions",
+    metadata,
+    sa.Column(
+        "session_id",
+        sa.String(36),
+        sa.ForeignKey("sessions.session_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("run_id", sa.String(36), nullable=True),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("strategy", sa.String(32), nullable=False),
+    sa.Column("summary", sa.Text, nullable=True),
+    sa.Column("summary_end", sa.Integer, nullable=False),
+    sa.Column("message_count", sa.Integer, nullable=False),
+    sa.Column("messages_compacted", sa.Integer, nullable=False),
+    sa.Column("tokens_before", sa.Integer, nullable=False),
+    sa.Column("tokens_after", sa.Integer, nullable=False),
+    sa.Column("summary_model", sa.String(200), nullable=True),
+    sa.Column("summary_usage", JSONType, nullable=False),
+    sa.Column("state", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)

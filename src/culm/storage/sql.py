@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent, event_from_json
 from culm.domain.models import (
     Message,
@@ -27,6 +28,7 @@ from culm.domain.models import (
     Usage,
 )
 from culm.errors import AlreadyRunningError, SessionBusyError, StorageUnavailableError
+from culm.storage import compactions as compaction_rows
 from culm.storage import fencing, migrate, ops, takeover, workers
 from culm.storage import queue as queue_ops
 from culm.storage.base import (
@@ -43,6 +45,7 @@ from culm.storage.dialect import Dialect, dialect_for
 from culm.storage.health import StoreHealth, is_store_failure, unavailable
 from culm.storage.rows import run_from_row, run_to_row, session_from_row
 from culm.storage.rowwriter import RowWriter
+from culm.storage.schema import compactions as compaction_table
 from culm.storage.schema import messages, run_events, runs, sessions
 from culm.storage.schema import workers as worker_table
 from culm.storage.wakeups import PostgresWakeups, Signal, Wake, listen_connect_args
@@ -167,6 +170,9 @@ class SqlStore(Store):
             conn.execute(run_events.delete().where(run_events.c.run_id.in_(run_ids)))
             conn.execute(runs.delete().where(runs.c.session_id == session_id))
             conn.execute(messages.delete().where(messages.c.session_id == session_id))
+            conn.execute(
+                compaction_table.delete().where(compaction_table.c.session_id == session_id)
+            )
             result = conn.execute(sessions.delete().where(sessions.c.session_id == session_id))
             return result.rowcount > 0
 
@@ -200,6 +206,32 @@ class SqlStore(Store):
         )
         async with self.read_connection() as conn:
             return [_messages.validate_json(body) for body in await conn.scalars(query)]
+
+    # Compactions (``compactions.py``)
+
+    async def add_compaction(
+        self, compaction: Compaction, *, fence: Fence | None = None
+    ) -> Compaction:
+        run_id = compaction.run_id
+        if fence is not None and run_id is None:
+            raise ValueError("add_compaction: a fence needs the run_id it fences")
+
+        def transaction(conn: sa.Connection) -> Compaction:
+            if fence is not None and run_id is not None:
+                fencing.check_fence(conn, run_id, fence)  # runs before compactions
+            return compaction_rows.insert(conn, compaction)
+
+        return await self.write(transaction)
+
+    async def get_compaction(self, session_id: str) -> Compaction | None:
+        async with self.read_connection() as conn:
+            row = (await conn.execute(compaction_rows.latest_query(session_id))).first()
+        return None if row is None else compaction_rows.from_row(row._mapping)
+
+    async def list_compactions(self, session_id: str) -> list[Compaction]:
+        async with self.read_connection() as conn:
+            rows = await conn.execute(compaction_rows.list_query(session_id))
+            return [compaction_rows.from_row(row._mapping) for row in rows]
 
     # Runs (the queue: see ``queue.py``; taking over: ``takeover.py``)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from culm.settings import Settings
 from culm.tools.base import Tool, ToolContext, ToolRegistry
 from culm.tools.bash import BashTool
+from culm.tools.compact import CompactContextTool
 from culm.tools.files import (
     EditFileTool,
     GlobTool,
@@ -23,6 +24,7 @@ from culm.tools.sandbox import Sandbox, sandbox_from
 __all__ = [
     "READ_GROUP",
     "BashTool",
+    "CompactContextTool",
     "EditFileTool",
     "GlobTool",
     "GrepTool",
@@ -56,6 +58,7 @@ def builtin_tools(settings: Settings, sandbox: Sandbox | None = None) -> list[To
         GlobTool(),
         GrepTool(),
         bash,
+        CompactContextTool(),  # opt-in: only in sessions that name it
     ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from sse_starlette import EventSourceResponse
@@ -71,8 +71,12 @@ async def delete_session(session_id: str, engine: EngineDep) -> Response:
 
 
 @router.get("/{session_id}/messages", responses=UNKNOWN)
-async def get_messages(session_id: str, engine: EngineDep) -> MessageList:
-    return MessageList(messages=await engine.get_messages(session_id))
+async def get_messages(
+    session_id: str, engine: EngineDep, view: Literal["stored", "model"] = "stored"
+) -> MessageList:
+    """Every stored message (`view=stored`, the originals), or what the model is sent
+    (`view=model`: the transcript as the session's latest compaction shows it)."""
+    return MessageList(messages=await engine.get_messages(session_id, view=view))
 
 
 @router.post(

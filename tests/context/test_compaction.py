@@ -1,0 +1,165 @@
+"""Compaction as a pure function of the transcript (a fake summarizer, no model)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from culm.context import estimate
+from culm.context.budget import ContextLimits
+from culm.context.compaction import CompactionRequest, compact, protected_start
+from culm.context.view import SUMMARY_HEADER, model_view
+from culm.domain.compaction import Compaction
+from culm.domain.models import (
+    AssistantMessage,
+    Message,
+    ToolCall,
+    ToolResultMessage,
+    Usage,
+    UserMessage,
+)
+
+LIMITS = ContextLimits(window=4096, output_reserve=1024, working_reserve=512)
+
+
+def _size(view: Sequence[Message]) -> int:
+    return estimate.messages_tokens(view)
+
+
+class FakeSummarizer:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, str]] = []
+
+    async def __call__(self, previous: str | None, text: str) -> tuple[str, Usage]:
+        self.calls.append((previous, text))
+        return f"summary {len(self.calls)}", Usage(prompt_tokens=7, completion_tokens=3)
+
+
+def _request(
+    messages: Sequence[Message],
+    previous: Compaction | None = None,
+    *,
+    target: int = 0,
+    summarizer: FakeSummarizer | None = None,
+) -> CompactionRequest:
+    return CompactionRequest(
+        session_id="s",
+        run_id=None,
+        trigger="manual",
+        messages=messages,
+        previous=previous,
+        limits=LIMITS,
+        target=target,
+        size=_size,
+        summarize=summarizer,
+        summary_chars=4000,
+    )
+
+
+def _round(n: int, calls: int, size: int) -> list[Message]:
+    ids = [f"c{n}_{i}" for i in range(calls)]
+    assistant = AssistantMessage(
+        content=f"round {n}", tool_calls=tuple(ToolCall(id=i, name="t") for i in ids)
+    )
+    results = [ToolResultMessage(tool_call_id=i, tool_name="t", content="r" * size) for i in ids]
+    return [assistant, *results]
+
+
+def _transcript(shape: list[tuple[bool, int, int]], start: int = 0) -> list[Message]:
+    """``shape``: per step, (a user turn first?, tool calls in the round, output size)."""
+    messages: list[Message] = []
+    for n, (user, calls, size) in enumerate(shape, start=start):
+        if user or not messages:
+            messages.append(UserMessage(content=f"user {n}"))
+        messages += _round(n, calls, size)
+    return messages
+
+
+def _pairs_intact(view: Sequence[Message]) -> bool:
+    """Every tool result directly follows its call's message (with the other results)."""
+    open_calls: set[str] = set()
+    for message in view:
+        if isinstance(message, ToolResultMessage):
+            if message.tool_call_id not in open_calls:
+                return False
+            open_calls.discard(message.tool_call_id)
+            continue
+        if open_calls:
+            return False
+        if isinstance(message, AssistantMessage):
+            open_calls = {call.id for call in message.tool_calls}
+    return not open_calls
+
+
+shapes = st.lists(
+    st.tuples(st.booleans(), st.integers(0, 3), st.integers(0, 3000)), min_size=1, max_size=25
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=shapes, rounds=st.integers(1, 12), target=st.integers(0, 3000))
+def test_tool_calls_and_results_are_never_separated(
+    shape: list[tuple[bool, int, int]], rounds: int, target: int
+) -> None:
+    """Over random transcripts and repeated compactions, the view keeps every pair whole and
+    the last rounds verbatim."""
+
+    async def main() -> None:
+        messages = _transcript(shape)
+        previous = None
+        summarizer = FakeSummarizer()
+        for cut in sorted({len(messages) * k // rounds for k in range(1, rounds + 1)}):
+            part = messages[:cut]
+            if part and isinstance(part[-1], AssistantMessage) and part[-1].tool_calls:
+                continue  # a round is stored with its results, never without
+            if part and isinstance(part[-1], ToolResultMessage):
+                following = messages[cut] if cut < len(messages) else None
+                if isinstance(following, ToolResultMessage):
+                    continue
+            previous = await compact(_request(part, previous, target=target, summarizer=summarizer))
+            view = model_view(part, previous)
+            assert _pairs_intact(view)
+            keep = protected_start(part, LIMITS.keep_rounds)
+            assert view[len(view) - (len(part) - keep) :] == list(part[keep:]) or keep == len(part)
+
+    asyncio.run(main())
+
+
+async def test_old_outputs_are_elided_first_with_a_marker_and_the_last_rounds_kept() -> None:
+    messages = _transcript([(True, 1, 5000), (True, 1, 5000), (True, 1, 5000), (True, 1, 5000)])
+    result = await compact(_request(messages, target=3000))
+    assert result.strategy == "elide"
+    view = model_view(messages, result)
+    assert len(view) == len(messages)
+    assert "characters of this tool output elided" in view[2].content
+    assert "elided" in view[5].content  # the last round before the 2 kept ones is elided too
+    assert view[7:] == messages[7:]  # the last 2 rounds (from their model message) as stored
+    assert view[2].content.startswith("r" * 600) and view[2].content.endswith("r" * 300)
+    assert view[-1] == messages[-1] and view[-4] == messages[-4]  # the last 2 rounds as stored
+    assert result.tokens_after < result.tokens_before
+
+
+async def test_summaries_fold_and_keep_the_last_user_turns_verbatim() -> None:
+    summarizer = FakeSummarizer()
+    messages = _transcript([(True, 1, 100)] * 6)
+    first = await compact(_request(messages, summarizer=summarizer))
+    messages += _transcript([(True, 1, 100)] * 3, start=6)
+    second = await compact(_request(messages, first, summarizer=summarizer))
+    assert first.summary == "summary 1" and second.summary == "summary 2"
+    assert summarizer.calls[1][0] == "summary 1"  # the previous summary is folded in
+    assert "user 0" not in summarizer.calls[1][1]  # only what the first did not cover
+    view = model_view(messages, second)
+    assert view[0] == UserMessage(content=SUMMARY_HEADER + "summary 2")
+    users = [m for m in messages if isinstance(m, UserMessage)]
+    assert [m for m in view if m in users[-2:]] == users[-2:]
+    assert second.summary_usage == Usage(prompt_tokens=7, completion_tokens=3)
+
+
+async def test_nothing_to_compact_changes_nothing() -> None:
+    messages = _transcript([(True, 1, 100)])
+    result = await compact(_request(messages, summarizer=FakeSummarizer()))
+    assert (result.strategy, result.messages_compacted) == ("none", 0)
+    assert model_view(messages, result) == messages

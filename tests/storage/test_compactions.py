@@ -1,0 +1,66 @@
+"""The store's compactions, on every backend: stored in order, read back whole, fenced like
+messages, deleted with their session."""
+
+from __future__ import annotations
+
+import pytest
+
+from culm.domain.compaction import Compaction
+from culm.domain.models import Usage
+from culm.errors import LeaseLostError
+from culm.storage.sql import SqlStore
+from tests.storage.test_store import new_session, running_run
+
+
+def a_compaction(session_id: str, run_id: str | None = None, **fields: object) -> Compaction:
+    values: dict[str, object] = {
+        "session_id": session_id,
+        "run_id": run_id,
+        "trigger": "auto",
+        "strategy": "elide+summarize",
+        "summary": "the user asked for … ✓",
+        "summary_end": 6,
+        "kept": (0, 4),
+        "elided": {7: (600, 300), 9: (10, 0)},
+        "message_count": 12,
+        "messages_compacted": 8,
+        "tokens_before": 3100,
+        "tokens_after": 900,
+        "summary_model": "openai:fake",
+        "summary_usage": Usage(prompt_tokens=800, completion_tokens=60, total_tokens=860),
+    }
+    return Compaction.model_validate(values | fields)
+
+
+async def test_compactions_are_numbered_per_session_and_read_back_whole(store: SqlStore) -> None:
+    session, other = await new_session(store), await new_session(store)
+    assert await store.get_compaction(session.session_id) is None
+
+    first = await store.add_compaction(a_compaction(session.session_id))
+    second = await store.add_compaction(a_compaction(session.session_id, summary_end=9))
+    elsewhere = await store.add_compaction(a_compaction(other.session_id))
+
+    assert (first.seq, second.seq, elsewhere.seq) == (1, 2, 1)
+    assert await store.get_compaction(session.session_id) == second
+    assert await store.list_compactions(session.session_id) == [first, second]
+    assert second.elided == {7: (600, 300), 9: (10, 0)} and second.kept == (0, 4)
+
+
+async def test_a_fenced_compaction_needs_the_runs_fence(store: SqlStore) -> None:
+    run = await running_run(store)
+    compaction = a_compaction(run.session_id, run.run_id)
+
+    stored = await store.add_compaction(compaction, fence=("w1", 1))
+    with pytest.raises(LeaseLostError):
+        await store.add_compaction(compaction, fence=("w1", 2))  # taken over since
+
+    assert await store.list_compactions(run.session_id) == [stored]
+
+
+async def test_compactions_go_with_their_session(store: SqlStore) -> None:
+    session = await new_session(store)
+    await store.add_compaction(a_compaction(session.session_id))
+
+    assert await store.delete_session(session.session_id)
+
+    assert await store.list_compactions(session.session_id) == []
