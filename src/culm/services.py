@@ -19,6 +19,7 @@ from typing import Any, Self
 
 import httpx2
 
+from culm.bus.factory import build_bus
 from culm.domain.events import RunEvent
 from culm.domain.models import (
     Message,
@@ -138,6 +139,11 @@ class Engine:
             await self._start_metrics(store, stack)  # stops after the event writer below
             self.registry = RunnerRegistry()
             self.registry.observers.append(self.metrics.observe_run_events)
+            self.bus = build_bus(settings)
+            self.bus.bind(self.registry.deliver, self.registry.bus_changed)
+            await self.bus.start()
+            stack.push_async_callback(self.bus.aclose)  # after the event writer: last events out
+            self.registry.observers.append(self.bus.publish)
             batcher = EventBatcher(
                 store,
                 publish=self.registry.publish,
@@ -152,7 +158,9 @@ class Engine:
             stack.push_async_callback(batcher.aclose)
             self.batcher = batcher
             self.models = ModelResolver(settings, client, self.scripts)
-            self.streams = Streams(store, self.registry, batcher, settings.subscriber_queue_size)
+            self.streams = Streams(
+                store, self.registry, batcher, settings.subscriber_queue_size, self.bus
+            )
             self.runs = RunManager(
                 store=store,
                 registry=self.registry,

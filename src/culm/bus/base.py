@@ -47,12 +47,17 @@ def _ignore(_events: Sequence[RunEvent]) -> None:
     return None
 
 
+def _nothing() -> None:
+    return None
+
+
 class EventBus(ABC):
     """Lifecycle: ``start`` once, ``aclose`` once. Everything else is safe before, between and
     after, and while the backend is down (then it does nothing, or says False)."""
 
     def __init__(self) -> None:
         self._sink: Sink = _ignore
+        self._on_change: Callable[[], None] = _nothing
         self._terminal: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._state_change = asyncio.Event()
 
@@ -74,9 +79,11 @@ class EventBus(ABC):
         """Whether events of runs in other processes arrive here (False: follow the store)."""
         return False
 
-    def bind(self, sink: Sink) -> None:
-        """Where the events received from other processes go."""
+    def bind(self, sink: Sink, on_change: Callable[[], None] = _nothing) -> None:
+        """Where the events received from other processes go, and whom to tell when
+        :attr:`state` changes (its followers read the store for what the bus lost)."""
         self._sink = sink
+        self._on_change = on_change
 
     # Events
 
@@ -98,6 +105,7 @@ class EventBus(ABC):
     def _state_changed(self) -> None:
         event, self._state_change = self._state_change, asyncio.Event()
         event.set()
+        self._on_change()
 
     # Terminal notices
 
