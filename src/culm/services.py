@@ -106,6 +106,7 @@ class Engine:
         self._store = store
         self._stack: contextlib.AsyncExitStack | None = None
         self.metrics = MetricsPipeline(_metrics_config(self.settings))
+        self.bus = build_bus(self.settings)  # connects in start()
 
     # Lifecycle
 
@@ -139,7 +140,6 @@ class Engine:
             await self._start_metrics(store, stack)  # stops after the event writer below
             self.registry = RunnerRegistry()
             self.registry.observers.append(self.metrics.observe_run_events)
-            self.bus = build_bus(settings)
             self.bus.bind(self.registry.deliver, self.registry.bus_changed)
             await self.bus.start()
             stack.push_async_callback(self.bus.aclose)  # after the event writer: last events out

@@ -43,6 +43,18 @@ class Topic:
         return cls("session", session_id)
 
 
+@dataclass(frozen=True, slots=True)
+class BusStats:
+    """What ``/metrics`` shows of the bus (counts since the process started)."""
+
+    state: BusState
+    reconnects: int = 0  # outages recovered from
+    published: int = 0  # events sent to other processes
+    dropped: int = 0  # events not sent (queue full, or the bus down): read from the store
+    received: int = 0  # events received from other processes
+    followed: int = 0  # topics followed now
+
+
 def _ignore(_events: Sequence[RunEvent]) -> None:
     return None
 
@@ -78,6 +90,9 @@ class EventBus(ABC):
     def crosses_processes(self) -> bool:
         """Whether events of runs in other processes arrive here (False: follow the store)."""
         return False
+
+    def stats(self) -> BusStats:
+        return BusStats(state=self.state)
 
     def bind(self, sink: Sink, on_change: Callable[[], None] = _nothing) -> None:
         """Where the events received from other processes go, and whom to tell when

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
-from culm.bus.base import BusState, CancelHandler, EventBus, Topic
+from culm.bus.base import BusState, BusStats, CancelHandler, EventBus, Topic
 from culm.bus.link import RedisLink
 from culm.bus.redis_control import RedisControl
 from culm.bus.redis_streams import StreamPublisher, StreamReader, run_key, session_key
@@ -45,6 +45,16 @@ class RedisBus(EventBus):
     @property
     def state(self) -> BusState:
         return self.link.state
+
+    def stats(self) -> BusStats:
+        return BusStats(
+            state=self.state,
+            reconnects=self.link.reconnects,
+            published=self.publisher.published,
+            dropped=self.publisher.dropped,
+            received=self.reader.received,
+            followed=self.reader.followed,
+        )
 
     @property
     def crosses_processes(self) -> bool:
