@@ -162,12 +162,17 @@ class StreamReader:
             last = cast("list[Any]", await self._link.client.xrevrange(key, count=1))
             if last:
                 position = _text(last[0][0])
-            # Wake the reader so that its next XREAD includes the key.
+        except REDIS_ERRORS as exc:
+            self._link.failed(exc)
+        if key not in self._followers:
+            return  # unfollowed meanwhile
+        # The position first, then wake the reader: woken before, it could read again without
+        # the key and block for BLOCK_MS while the key's events arrive.
+        self._positions.setdefault(key, position)
+        try:
             await self._link.client.xadd(self._wake_key, {b"w": b"1"}, maxlen=1)
         except REDIS_ERRORS as exc:
             self._link.failed(exc)
-        if key in self._followers:
-            self._positions.setdefault(key, position)
 
     def remove(self, key: str) -> None:
         count = self._followers.get(key, 0) - 1
@@ -178,7 +183,9 @@ class StreamReader:
         self._positions.pop(key, None)
 
     async def _read(self) -> None:
-        wake_position = "$"
+        # From the start of the wake stream, not "$": a wake sent before the first XREAD (or
+        # between two) must not be missed; an old wake only costs one extra round.
+        wake_position = "0-0"
         while True:
             await self._link.wait_up()
             streams: dict[Any, Any] = {self._wake_key: wake_position, **self._positions}
