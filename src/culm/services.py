@@ -168,6 +168,7 @@ class Engine:
                 settings=settings,
                 context_factory=self._loop_context,
                 runs_own_runs=self.role is Role.CLI,
+                bus=self.bus,
             )
             await self._start_heartbeat(store, stack)  # closes after the runs are done
             await self.mcp.start(stack)  # before the runs: it closes after them
@@ -189,6 +190,7 @@ class Engine:
             holder=self.runs.lease_holder(),
             counters=self.runs.counters,
             fast_restart=embedded,  # distributed (PostgreSQL): leases only, no pid shortcut
+            bus=self.bus,  # cancel notices for this process's runs
         )
         await heartbeat.start()
         stack.push_async_callback(heartbeat.aclose)

@@ -1,5 +1,6 @@
 """The Redis bus: stored events go out on Redis Streams, and the streams this process follows
-come back into its fan-out (see :mod:`culm.bus.redis_streams`).
+come back into its fan-out (see :mod:`culm.bus.redis_streams`); cancel notices go to the owning
+process's pub/sub channel (see :mod:`culm.bus.redis_control`).
 
 It owns no fan-out, ring or cache of its own: received events go to the sink (the runner
 registry), as a local runner's events do. When Redis is unreachable the bus is ``degraded``:
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from culm.bus.base import BusState, BusStats, CancelHandler, EventBus, Topic
 from culm.bus.link import RedisLink
+from culm.bus.redis_control import RedisControl
 from culm.bus.redis_streams import StreamPublisher, StreamReader, run_key, session_key
 from culm.domain.events import RunEvent
 
@@ -25,14 +27,17 @@ class RedisBus(EventBus):
         self.link = link
         self.publisher = StreamPublisher(link, maxlen=maxlen, ttl=ttl, queue_size=queue_size)
         self.reader = StreamReader(link, self._received)
+        self.control = RedisControl(link)
         link.on_change(lambda _up: self._state_changed())
 
     async def start(self) -> None:
         await self.link.start()
         self.publisher.start()
         self.reader.start()
+        await self.control.start()
 
     async def aclose(self) -> None:
+        await self.control.aclose()
         await self.reader.aclose()
         await self.publisher.aclose()
         await self.link.aclose()
@@ -66,8 +71,8 @@ class RedisBus(EventBus):
     @contextlib.asynccontextmanager
     async def follow(self, topic: Topic) -> AsyncIterator[None]:
         key = self._key(topic)
-        await self.reader.add(key)
         try:
+            await self.reader.add(key)  # counted at once: a cancel here still removes it
             yield
         finally:
             self.reader.remove(key)
@@ -77,10 +82,10 @@ class RedisBus(EventBus):
             return run_key(self.link, topic.id)
         return session_key(self.link, topic.id)
 
-    # Control: cancel15's RedisControl takes these over.
+    # Control: pub/sub, one channel per owner (see :mod:`culm.bus.redis_control`).
 
     async def send_cancel(self, owner: str, run_id: str, reason: str) -> bool:
-        return False
+        return await self.control.send_cancel(owner, run_id, reason)
 
     def on_cancel(self, owner: str, handler: CancelHandler) -> None:
-        return None
+        self.control.on_cancel(owner, handler)

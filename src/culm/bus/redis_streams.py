@@ -131,6 +131,7 @@ class StreamReader:
         self._wake_key = link.key("reader", uuid.uuid4().hex)
         self._followers: dict[str, int] = {}
         self._positions: dict[str, str] = {}
+        self._placing: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.received = 0
@@ -162,7 +163,19 @@ class StreamReader:
         count = self._followers.get(key, 0)
         self._followers[key] = count + 1
         if count:
+            pending = self._placing.get(key)
+            if pending is not None:
+                await pending.wait()  # the first follower is still reading the position
             return
+        placed = self._placing[key] = asyncio.Event()
+        try:
+            await self._place(key)
+        finally:
+            placed.set()
+            if self._placing.get(key) is placed:
+                del self._placing[key]
+
+    async def _place(self, key: str) -> None:
         position = "0-0"
         try:
             last = cast("list[Any]", await self._link.client.xrevrange(key, count=1))
