@@ -50,6 +50,10 @@ POLL_INTERVAL = 0.25
 # How long a follower on the bus waits for its run's next event before it looks at the store
 # (a lost terminal event, a run ended by a sweeper): slow, since it costs a query per follower.
 SAFETY_INTERVAL = 5.0
+# Followers reading the store at once (a thousand subscribers may join one run together): the
+# others wait here, in memory, not for the pool's connections, which the event writer needs too
+# (and whose wait times out).
+FOLLOWER_READS = 8
 # How many of a session's latest runs a lagging session subscriber catches up on.
 CATCH_UP_RUNS = 10
 
@@ -65,6 +69,7 @@ class Streams:
     ) -> None:
         self._store = store
         self._bus = bus or LocalBus()
+        self._follower_reads = asyncio.Semaphore(FOLLOWER_READS)
         self._registry = registry
         self._batcher = batcher
         self._queue_size = queue_size
@@ -206,12 +211,13 @@ class Streams:
         """What the store holds after ``cursor``, and whether the run is over (then all of it);
         None while the store is unavailable (after a pause)."""
         try:
-            run = await self._store.get_run(run_id)
-            if run is None:
-                raise NotFoundError("run", run_id)
-            if run.status is RunStatus.PENDING and run.last_seq <= cursor:
-                return [], False
-            events = await self._page(run_id, cursor)
+            async with self._follower_reads:
+                run = await self._store.get_run(run_id)
+                if run is None:
+                    raise NotFoundError("run", run_id)
+                if run.status is RunStatus.PENDING and run.last_seq <= cursor:
+                    return [], False
+                events = await self._page(run_id, cursor)
             if run.status.is_terminal and len(events) < STORE_PAGE:
                 return events, True
             return events, False
