@@ -164,12 +164,18 @@ async def bus_benchmark(
     redis_url: str,
     tokens: int,
     rate: float,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     cases = {
         "redis": [0, 50, 100, 200, 1000],
         "postgres": [0, 50, 200],
         "in-process": [100, 1000],
     }
+    if only:  # "redis:1000" …
+        cases = {}
+        for case in only:
+            kind, _, count = case.partition(":")
+            cases.setdefault(kind, []).append(int(count))
     results: dict[str, Any] = {}
     for kind, counts in cases.items():
         for subscribers in counts:
