@@ -2,6 +2,13 @@
 
     .venv/bin/python bench/distributed.py [--postgres URL] [--latency-runs 200]
         [--drain-runs 1200] [--cancels 60] [--scenarios latency,drain,cancel,recovery] [--json]
+    .venv/bin/python bench/distributed.py --cancel-bus [--cancels 60] [--cancel-rounds 2]
+        [--redis URL]
+    .venv/bin/python bench/distributed.py --bus [--redis URL] [--bus-tokens 300] [--bus-rate 50]
+
+``--bus`` runs only the event bus scenarios of issue 15 (see ``bench/bus_delivery.py``): live
+delivery from a worker to 100 and 1,000 subscribers on an API process fed by Redis, PostgreSQL
+transactions/s at 0, 50, 100, 200 subscribers, against the same without Redis and in-process.
 
 Scenarios, in one topology (`culm serve --no-worker` + 3 × `culm worker`, the default lease
 10 s and heartbeat 2 s, ``CULM_RECOVERY_POLICY=requeue``) on a fresh database of the server
@@ -21,6 +28,12 @@ given by ``--postgres`` (default: the tests' ``CULM_TEST_POSTGRES_URL``):
   Target p99 ≤ 2.5 s (the owner sees the flag at its next heartbeat).
 - ``recovery``: one worker alone executes 30 long runs, two more join, the first is killed
   (kill -9); the seconds until all 30 are requeued by the others. Target ≤ 12 s.
+
+With ``--cancel-bus`` only cross-process cancel runs (issue 15), in three deployments that
+alternate (``--cancel-rounds`` rounds, ``--cancels`` runs each): 2 API + 3 workers with Redis
+(``--redis``), the same on PostgreSQL alone, and one embedded ``culm serve``; each cancel goes
+through another API process than the one that started the run, ``?wait=true``, staggered over
+4 s. Target with Redis: p50 ≤ 100 ms, p99 ≤ 1 s; the embedded figures give the ratio.
 
 Then the distributed tests' invariant checks run on the database (gapless seq, fencing, one
 active run per session …). The exit status is 1 only when a check fails; a missed target
@@ -44,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx2
 import sqlalchemy as sa
 
 # The topology and the invariant checks are the distributed tests' own.
@@ -68,6 +82,8 @@ TARGETS = {
     "drain_runs_per_s": (">=", 70.0),
     "recovery_s": ("<=", 12.0),
     "cancel_p99_s": ("<=", 2.5),
+    "cancel_redis_p50_ms": ("<=", 100.0),
+    "cancel_redis_p99_ms": ("<=", 1000.0),
 }
 
 
@@ -200,6 +216,72 @@ async def recovery(top: Topology, home: Path) -> dict[str, float]:
     return {"recovery_s": took}
 
 
+# --- --cancel-bus: cross-process cancel with the Redis bus (issue 15) --------------------------
+
+CANCEL_DEPLOYMENTS = ("redis", "postgres", "embedded")
+
+
+async def cancel_across(args: argparse.Namespace) -> dict[str, Any]:
+    """``--cancels`` long runs per deployment, each cancelled with ``?wait=true`` through an
+    API process other than the one that started it, staggered over 4 s (every phase of the
+    owners' 2-s heartbeat): 2 ``serve --no-worker`` + 3 workers with Redis (``redis``), the
+    same on PostgreSQL alone (``postgres``: the heartbeat fallback), and one embedded ``culm
+    serve`` (``embedded``: the run is in the process asked). Deployments alternate per round."""
+    took: dict[str, list[float]] = {name: [] for name in CANCEL_DEPLOYMENTS}
+    for _ in range(args.cancel_rounds):
+        for name in CANCEL_DEPLOYMENTS:
+            took[name] += await _cancel_round(args, name)
+    results: dict[str, Any] = {}
+    for name, values in took.items():
+        ms = [value * 1000 for value in values]
+        results |= {f"cancel_{name}_p50_ms": percentile(ms, 0.5),
+                    f"cancel_{name}_p99_ms": percentile(ms, 0.99),
+                    f"cancel_{name}_max_ms": max(ms)}  # fmt: skip
+    results["cancel_embedded_over_redis_p50"] = (
+        results["cancel_redis_p50_ms"] / results["cancel_embedded_p50_ms"]
+    )
+    return results
+
+
+async def _cancel_round(args: argparse.Namespace, deployment: str) -> list[float]:
+    home = Path(tempfile.mkdtemp(prefix="culm-bench-cancel-"))
+    write_scripts(home, long=streaming(120, every=0.05))
+    env = {"CULM_REDIS_URL": args.redis, "CULM_REDIS_PREFIX": f"culm-bench-{uuid.uuid4().hex}:"}
+    async with (
+        fresh_database(args.postgres) as url,
+        topology(url, home, **(env if deployment == "redis" else {})) as top,
+    ):
+        if deployment == "embedded":
+            apis = [await top.start_serve()]
+        else:
+            apis = [await top.start_api(), await top.start_api()]
+            await top.start_workers(3)
+        clients = [httpx2.AsyncClient(base_url=api.url or "", timeout=60) for api in apis]
+        try:
+            run_ids = await start_runs(clients[0], args.cancels, "scripted:long")
+
+            async def all_running() -> bool:
+                found = await statuses(top, run_ids)
+                return all(row.status == "running" for row in found.values())
+
+            await poll(all_running, timeout=60, what="runs running")
+            await asyncio.sleep(2)  # the workers' control listeners are up (after their start)
+
+            async def one(i: int, run_id: str) -> float:
+                await asyncio.sleep(4.0 * i / len(run_ids))
+                sent = time.monotonic()
+                response = await clients[(i + 1) % len(clients)].post(
+                    f"/v1/runs/{run_id}/cancel", params={"wait": "true", "timeout": 30}
+                )
+                assert response.json()["status"] == "cancelled", response.text
+                return time.monotonic() - sent
+
+            return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(run_ids))))
+        finally:
+            for client in clients:
+                await client.aclose()
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
@@ -208,8 +290,41 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def main(args: argparse.Namespace) -> int:
+async def bus_main(args: argparse.Namespace) -> int:
+    from bench.bus_delivery import TARGETS as BUS_TARGETS
+    from bench.bus_delivery import bus_benchmark
+
+    TARGETS.update(BUS_TARGETS)
     results: dict[str, Any] = {"machine": machine()}
+    cases = await bus_benchmark(
+        fresh_database, args.postgres, args.redis, args.bus_tokens, args.bus_rate, args.bus_case
+    )
+    for name, case in cases.items():
+        for key in ("p50_ms", "p99_ms", "pg_xact_per_s"):
+            if case[key] is not None:
+                results[f"{name}_{key}"] = float(case[key])
+    violations = sum(case["violations"] for case in cases.values())
+    results["checks"] = "ok" if not violations else f"FAILED: {violations} stream violations"
+    results["machine"]["load_1m_after"] = os.getloadavg()[0]
+    if args.json:
+        print(json.dumps({**results, "cases": cases}, indent=2, default=str))
+    else:
+        report(results)
+    return 1 if violations else 0
+
+
+async def main(args: argparse.Namespace) -> int:
+    if args.bus:
+        return await bus_main(args)
+    results: dict[str, Any] = {"machine": machine()}
+    if args.cancel_bus:
+        results |= await cancel_across(args)
+        results["machine"]["load_1m_after"] = os.getloadavg()[0]
+        if args.json:
+            print(json.dumps(results, indent=2, default=str))
+        else:
+            report(results)
+        return 0
     home = Path(tempfile.mkdtemp(prefix="culm-bench-"))
     write_scripts(home, short={"turns": [[{"text": "done"}]]}, long=streaming(120, every=0.25))
     async with (
@@ -273,6 +388,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scenarios", default="latency,drain,cancel,recovery", help="which to run (comma list)"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--bus", action="store_true", help="the event bus scenarios only")
+    parser.add_argument("--bus-tokens", type=int, default=300)
+    parser.add_argument("--bus-rate", type=float, default=50.0)
+    parser.add_argument(
+        "--bus-case", action="append", help="only this case, e.g. redis:1000 (repeatable)"
+    )
+    parser.add_argument(
+        "--cancel-bus", action="store_true",
+        help="only cross-process cancel: with Redis, PostgreSQL alone, and embedded",
+    )  # fmt: skip
+    parser.add_argument("--cancel-rounds", type=int, default=2)
+    parser.add_argument(
+        "--redis", default=os.environ.get("CULM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
     return parser.parse_args(argv)
 
 

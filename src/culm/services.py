@@ -19,6 +19,7 @@ from typing import Any, Self
 
 import httpx2
 
+from culm.bus.factory import build_bus
 from culm.context.limits import limits_for
 from culm.context.overflow import OverflowMatcher
 from culm.context.view import model_view
@@ -112,6 +113,7 @@ class Engine:
         self._store = store
         self._stack: contextlib.AsyncExitStack | None = None
         self.metrics = MetricsPipeline(_metrics_config(self.settings))
+        self.bus = build_bus(self.settings)  # connects in start()
 
     # Lifecycle
 
@@ -145,6 +147,10 @@ class Engine:
             await self._start_metrics(store, stack)  # stops after the event writer below
             self.registry = RunnerRegistry()
             self.registry.observers.append(self.metrics.observe_run_events)
+            self.bus.bind(self.registry.deliver, self.registry.bus_changed)
+            await self.bus.start()
+            stack.push_async_callback(self.bus.aclose)  # after the event writer: last events out
+            self.registry.observers.append(self.bus.publish)
             batcher = EventBatcher(
                 store,
                 publish=self.registry.publish,
@@ -159,7 +165,9 @@ class Engine:
             stack.push_async_callback(batcher.aclose)
             self.batcher = batcher
             self.models = ModelResolver(settings, client, self.scripts)
-            self.streams = Streams(store, self.registry, batcher, settings.subscriber_queue_size)
+            self.streams = Streams(
+                store, self.registry, batcher, settings.subscriber_queue_size, self.bus
+            )
             self.runs = RunManager(
                 store=store,
                 registry=self.registry,
@@ -167,6 +175,7 @@ class Engine:
                 settings=settings,
                 context_factory=self._loop_context,
                 runs_own_runs=self.role is Role.CLI,
+                bus=self.bus,
             )
             await self._start_heartbeat(store, stack)  # closes after the runs are done
             await self.mcp.start(stack)  # before the runs: it closes after them
@@ -188,6 +197,7 @@ class Engine:
             holder=self.runs.lease_holder(),
             counters=self.runs.counters,
             fast_restart=embedded,  # distributed (PostgreSQL): leases only, no pid shortcut
+            bus=self.bus,  # cancel notices for this process's runs
         )
         await heartbeat.start()
         stack.push_async_callback(heartbeat.aclose)

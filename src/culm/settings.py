@@ -203,6 +203,14 @@ class Settings(BaseSettings):
     claim_poll_seconds: float = Field(default=2.0, gt=0)
     shutdown_policy: ShutdownPolicy = ShutdownPolicy.CANCEL
     shutdown_grace: float = Field(default=0.0, ge=0)
+    # Event bus (Redis, when `redis_url` is set): keys start with `redis_prefix`; a run's stream
+    # keeps about `bus_stream_maxlen` events (MAXLEN ~) and expires `bus_stream_ttl_seconds`
+    # after the run ends. Publishing waits in a queue of `bus_publish_queue_size` batches
+    # (overflow is dropped and counted: subscribers read it back from the store).
+    redis_prefix: str = Field(default="culm:", min_length=1)
+    bus_stream_maxlen: int = Field(default=10_000, ge=100)
+    bus_stream_ttl_seconds: int = Field(default=3600, ge=1)
+    bus_publish_queue_size: int = Field(default=10_000, ge=1)
     # How long the store may keep failing (disk full, database gone) before the runs whose
     # events it cannot take end in error (code storage_unavailable).
     storage_retry_window: float = Field(default=30.0, gt=0)

@@ -16,6 +16,7 @@ from culm.api.encoding import FrameCache
 from culm.api.middleware import PROXY_PREFIXES, APIKeyAuth, BodySizeLimit
 from culm.api.routes import context, mcp, metrics, proxy, runs, schedules, sessions, workers
 from culm.api.schemas import Health
+from culm.bus.prometheus import BusCollector
 from culm.metrics.prometheus import Cluster, PrometheusExporter
 from culm.proxy.forward import Forwarder
 from culm.services import Engine
@@ -57,23 +58,30 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         active_runs=lambda: len(engine.registry) if engine.metrics.started else 0,
         cluster=lambda: _cluster(engine),
     )
+    app.state.prometheus.registry.register(BusCollector(engine.bus))
     errors.install(app)
     openapi.install(app)
 
     @app.get("/health", tags=["health"], response_model=Health, responses={503: {"model": Health}})
     async def health() -> Health | JSONResponse:
-        """``ok``, or 503 ``degraded`` naming what does not work (the store)."""
+        """``ok``, or 503 ``degraded`` naming what does not work (the store). Redis is not
+        the truth: while it is unreachable ``redis`` says ``degraded`` and the answer stays
+        200 (streams and cancels fall back to the store)."""
         problem = await engine.check_store()
         sandbox = engine.sandbox.kind
         wakeups = engine.wakeups_problem() or "ok"
+        redis = engine.bus.state
         if problem is None:
-            return Health(status="ok", version=__version__, bash_sandbox=sandbox, wakeups=wakeups)
+            return Health(
+                status="ok", version=__version__, bash_sandbox=sandbox, wakeups=wakeups, redis=redis
+            )
         degraded = Health(
             status="degraded",
             version=__version__,
             store=problem,
             bash_sandbox=sandbox,
             wakeups=wakeups,
+            redis=redis,
         )
         return JSONResponse(degraded.model_dump(), status_code=503)
 

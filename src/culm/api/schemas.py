@@ -78,6 +78,12 @@ class Health(BaseModel):
         "culm_runs`) does not listen: its workers then find ready runs by the safety poll only "
         "(`CULM_CLAIM_POLL_SECONDS`); not a reason for 503",
     )
+    redis: str = Field(
+        default="disabled",
+        description="The event bus: `ok`, `degraded` (Redis unreachable: live streams and "
+        "cancels across processes fall back to the store; not a reason for 503), or `disabled` "
+        "(no `CULM_REDIS_URL`)",
+    )
     bash_sandbox: str = Field(
         description="How the bash tool's commands are confined: `bwrap` or `none`",
         examples=["bwrap"],

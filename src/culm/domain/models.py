@@ -155,3 +155,6 @@ class Run(_Frozen):
     # Fencing: bumped on every claim, takeover and release of the run; a worker's writes for
     # the run are conditional on the epoch it claimed it at (see ``storage/base.py``).
     epoch: int = 0
+    # The worker executing it (its ``worker_id``), None while nobody has claimed it: a cancel
+    # from another process is sent to this worker's control channel.
+    owner: str | None = None

@@ -12,6 +12,9 @@ Every ``heartbeat_seconds`` the :class:`Heartbeat`
   one sweeper win each run), re-queuing or ending them by ``CULM_RECOVERY_POLICY``;
 - writes this process's ``workers`` row (liveness, counters).
 
+The cancel requests it finds are the fallback: a cancel from another process reaches this one
+at once as a notice on the event bus (``bus.on_cancel``), handled the same way.
+
 Embedded fast restart: at start, on SQLite only, runs of a previous process whose ``workers`` row
 names this host, this boot and this PID namespace and whose pid is gone are taken over at once
 instead of after their lease. On PostgreSQL (distributed) a dead owner is found by its lease only.
@@ -26,6 +29,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from culm.bus.base import EventBus
 from culm.logs import get_logger
 from culm.runtime.dispatch import WorkerCounters
 from culm.runtime.ownership import boot_id, pid_alive, pid_namespace, same_machine
@@ -59,6 +63,7 @@ class Heartbeat:
         counters: WorkerCounters,
         sweeps: bool = True,
         fast_restart: bool = False,
+        bus: EventBus | None = None,
     ) -> None:
         self._store = store
         self._owner = owner
@@ -68,6 +73,7 @@ class Heartbeat:
         self._counters = counters
         self._sweeps = sweeps
         self._fast_restart = fast_restart
+        self._bus = bus
         self._task: asyncio.Task[None] | None = None
         # The live processes that claim runs (this one included), sorted, as of the last
         # heartbeat: the dispatcher's "whose turn is it" for a wake-up (``dispatch.py``).
@@ -84,7 +90,11 @@ class Heartbeat:
 
     async def start(self) -> None:
         """Register this process's ``workers`` row, take over what a dead predecessor on this
-        machine left (SQLite only) or whose lease ran out, then beat in the background."""
+        machine left (SQLite only) or whose lease ran out, then beat in the background. Cancel
+        notices for this process's runs arriving on the bus go where the heartbeat's go."""
+        if self._bus is not None:
+            requested = self._holder.cancel_requested
+            self._bus.on_cancel(self._owner, lambda run_id, reason: requested({run_id: reason}))
         await self._store.register_worker(
             worker_id=self._owner,
             host=socket.gethostname(),

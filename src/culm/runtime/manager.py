@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from culm.bus.base import EventBus
+from culm.bus.local import LocalBus
 from culm.domain.events import Cancelled, Complete, Error, ExecutionStarted, RunEventBase
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, UserMessage
 from culm.domain.time import utc_now
@@ -77,6 +79,7 @@ class RunManager:
         settings: Settings,
         context_factory: ContextFactory,
         runs_own_runs: bool = False,
+        bus: EventBus | None = None,
     ) -> None:
         self.owner = new_owner_id()
         self.counters = WorkerCounters()
@@ -87,6 +90,8 @@ class RunManager:
         self._batcher = batcher
         self._settings = settings
         self._context_factory = context_factory
+        # Carries cancels to the process that executes a run, and terminal notices to waiters.
+        self.bus: EventBus = bus or LocalBus()
         # CLI: the runs this process starts are reserved owned by it and executed here.
         self._runs_own_runs = runs_own_runs
         self._group: asyncio.TaskGroup | None = None
@@ -426,8 +431,9 @@ class RunManager:
     # Cancel and wait
 
     async def cancel(self, run_id: str, *, reason: str) -> Run:
-        """Cancel a run: at once when it runs here; otherwise by the store's flag, which its
-        owner sees at its next heartbeat (a run nobody claimed yet ends at once)."""
+        """Cancel a run: at once when it runs here. Otherwise the store's flag (the truth: its
+        owner's heartbeat reads it) and then a notice on the bus to its owner, which cancels it
+        at once; a run nobody claimed yet ends at once in the store."""
         runner = self._registry.get(run_id)
         if runner is not None:
             runner.request_cancel(reason)
@@ -435,23 +441,39 @@ class RunManager:
         run = await self._store.request_cancel(run_id, reason)
         if run is None:
             raise NotFoundError("run", run_id)
+        if not run.status.is_terminal and run.owner is not None:
+            await self.bus.send_cancel(run.owner, run_id, reason)
         return run
 
     async def wait(self, run_id: str) -> Run:
-        """The run once it is terminal (wrap in ``asyncio.timeout`` to bound the wait). A run
-        executing elsewhere is polled in the store."""
+        """The run once it is terminal (wrap in ``asyncio.timeout`` to bound the wait).
+
+        A run executing elsewhere is read in the store once the bus follows it (it may have
+        ended before), then again when its terminal event passes on the bus, when the bus's
+        state changes, and every ``_SAFETY_POLL`` s (``_STORE_POLL`` s while no bus carries
+        other processes' events)."""
         while True:
             runner = self._registry.get(run_id)
             if runner is not None:
                 await runner.done.wait()
                 continue
-            with self._registry.watch(run_id) as changed:
-                run = await self._require_run(run_id)
-                if run.status.is_terminal:
-                    return run
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.25):
-                        await changed.wait()
+            with self._registry.watch(run_id) as launched:
+                async with self.bus.terminal_notice(run_id) as ended:
+                    while not launched.is_set():
+                        run = await self._require_run(run_id)
+                        if run.status.is_terminal:
+                            return run
+                        changes = [launched, self.bus.watch_state()]
+                        if not ended.is_set():
+                            changes.append(ended)
+                        await _any_of(changes, timeout=self._poll(ended))
+
+    def _poll(self, ended: asyncio.Event) -> float:
+        """Seconds until the next read of the store for a run executing in another process."""
+        if ended.is_set():
+            return _ENDING_POLL  # its terminal event is stored; its status follows at once
+        live = self.bus.crosses_processes and self.bus.state == "ok"
+        return _SAFETY_POLL if live else _STORE_POLL
 
     async def wait_tree(self, run_id: str, *, reason: str) -> Run:
         """The run once it and every run below it are terminal; a descendant still active once
@@ -468,6 +490,23 @@ class RunManager:
         if run is None:
             raise NotFoundError("run", run_id)
         return run
+
+
+# How often a waiter reads the store for a run that executes in another process: when the bus
+# carries its terminal event (a safety net only), and when nothing else tells it.
+_SAFETY_POLL = 2.0
+_STORE_POLL = 0.25
+_ENDING_POLL = 0.02
+
+
+async def _any_of(events: list[asyncio.Event], timeout: float) -> None:
+    """Return once one of ``events`` is set, or after ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 # Cancel reasons the engine gives itself (never shown): handed back at a stop, the store kept

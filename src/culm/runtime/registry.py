@@ -30,6 +30,8 @@ class RunnerRegistry:
         self._runners: dict[str, Runner] = {}
         self._by_session: dict[str, Runner] = {}
         self._session_subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
+        # Followers of runs executed by other processes, fed by the bus (see deliver).
+        self._remote_subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._changes: dict[str, _Watch] = {}
         self.observers: list[Observer] = []
 
@@ -82,6 +84,8 @@ class RunnerRegistry:
         watch = self._changes.pop(run_id, None)
         if watch is not None:
             watch.event.set()
+        for subscription in self._remote_subscribers.get(run_id, ()):
+            subscription.wake()
 
     def publish(self, events: Sequence[RunEvent]) -> None:
         """Hand stored events to their runners for live delivery, then to the observers."""
@@ -94,6 +98,36 @@ class RunnerRegistry:
                 observer(events)
             except Exception:
                 log.exception("a run event observer failed")
+
+    # What the bus brings from other processes
+
+    def deliver(self, events: Sequence[RunEvent]) -> None:
+        """The bus's sink: events of runs executed elsewhere (stored there), to the followers of
+        those runs and to the sessions' subscribers here. A run stream checks the order; a
+        session stream drops what it saw already (its runs' local events arrive twice)."""
+        for event in events:
+            for subscription in self._remote_subscribers.get(event.run_id, ()):
+                subscription.push(event)
+            self.fan_out_session(event)
+
+    def bus_changed(self) -> None:
+        """The bus went down or came back: every follower looks at the store."""
+        for subscribers in (
+            *self._remote_subscribers.values(),
+            *self._session_subscribers.values(),
+        ):
+            for subscription in subscribers:
+                subscription.wake()
+
+    def add_remote_subscriber(self, run_id: str, subscription: Subscription) -> None:
+        self._remote_subscribers[run_id].add(subscription)
+
+    def remove_remote_subscriber(self, run_id: str, subscription: Subscription) -> None:
+        subscribers = self._remote_subscribers.get(run_id)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._remote_subscribers[run_id]
 
     # Session subscribers
 
@@ -111,7 +145,10 @@ class RunnerRegistry:
         """Wake every subscription and watcher so the streams can end."""
         for runner in self._runners.values():
             runner.close_subscriptions()
-        for subscribers in self._session_subscribers.values():
+        for subscribers in (
+            *self._session_subscribers.values(),
+            *self._remote_subscribers.values(),
+        ):
             for subscription in subscribers:
                 subscription.close()
         for run_id in list(self._changes):

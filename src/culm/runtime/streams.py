@@ -4,7 +4,10 @@ A run stream yields every event with ``seq > after`` once, in order, and ends af
 event. It reads the store until the runner's in-memory ring covers the cursor, then attaches to
 the runner; if it lags behind its queue it goes back to the store. A run not active in this
 process (finished, queued, or run by another process on the same database) is followed through
-the store until it ends.
+the event bus when it crosses processes (Redis): the store first, for everything up to now,
+then the events the bus brings, back to the store whenever the bus skipped one (a hole in
+``seq``), changed state, or stayed silent for a while. Without such a bus, or while it is
+degraded, the store is polled.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 
+from culm.bus.base import EventBus, Topic
+from culm.bus.local import LocalBus
 from culm.domain.events import CRITICAL_EVENT_TYPES, Gap, RunEvent, is_terminal
 from culm.domain.models import RunStatus
 from culm.errors import NotFoundError, StorageUnavailableError
@@ -33,16 +38,38 @@ def _until_terminal(batch: list[RunEvent]) -> list[RunEvent]:
     return batch
 
 
+def _consecutive(events: list[RunEvent], cursor: int) -> list[RunEvent]:
+    """The events that follow ``cursor`` without a hole (``events`` are in order)."""
+    for index, event in enumerate(events):
+        if event.seq != cursor + index + 1:
+            return events[:index]
+    return events
+
+
 POLL_INTERVAL = 0.25
+# How long a follower on the bus waits for its run's next event before it looks at the store
+# (a lost terminal event, a run ended by a sweeper): slow, since it costs a query per follower.
+SAFETY_INTERVAL = 5.0
+# Followers reading the store at once (a thousand subscribers may join one run together): the
+# others wait here, in memory, not for the pool's connections, which the event writer needs too
+# (and whose wait times out).
+FOLLOWER_READS = 8
 # How many of a session's latest runs a lagging session subscriber catches up on.
 CATCH_UP_RUNS = 10
 
 
 class Streams:
     def __init__(
-        self, store: Store, registry: RunnerRegistry, batcher: EventBatcher, queue_size: int
+        self,
+        store: Store,
+        registry: RunnerRegistry,
+        batcher: EventBatcher,
+        queue_size: int,
+        bus: EventBus | None = None,
     ) -> None:
         self._store = store
+        self._bus = bus or LocalBus()
+        self._follower_reads = asyncio.Semaphore(FOLLOWER_READS)
         self._registry = registry
         self._batcher = batcher
         self._queue_size = queue_size
@@ -69,7 +96,9 @@ class Streams:
         while not self.closed:
             runner = self._registry.get(run_id)
             source: AsyncGenerator[list[RunEvent]]
-            if runner is None:
+            if runner is None and self._bus.crosses_processes:
+                source = self._follow_remote(run_id, cursor)
+            elif runner is None:
                 source = self._follow_in_store(run_id, cursor)
             else:
                 source = self._from_runner(runner, cursor)
@@ -150,6 +179,73 @@ class Streams:
                 yield last
             return
 
+    async def _follow_remote(self, run_id: str, cursor: int) -> AsyncGenerator[list[RunEvent]]:
+        """Events from the store up to now, then from the bus, until the run ends or gets a
+        runner in this process. The subscription is registered before the store is read, so
+        nothing published in between is missed; what arrives twice is dropped by ``seq``."""
+        subscription = Subscription(self._queue_size)
+        self._registry.add_remote_subscriber(run_id, subscription)
+        try:
+            async with self._bus.follow(Topic.run(run_id)):
+                while self._registry.get(run_id) is None and not self._closed_meanwhile():
+                    stored = await self._stored_since(run_id, cursor)
+                    if stored is None:
+                        continue  # the store did not answer: try again
+                    events, ended = stored
+                    if events:
+                        yield events
+                        cursor = events[-1].seq
+                    if ended:
+                        return
+                    async for batch in self._live(subscription, cursor):
+                        yield batch
+                        cursor = batch[-1].seq
+                    if subscription.lagged:
+                        self._registry.remove_remote_subscriber(run_id, subscription)
+                        subscription = Subscription(self._queue_size)
+                        self._registry.add_remote_subscriber(run_id, subscription)
+        finally:
+            self._registry.remove_remote_subscriber(run_id, subscription)
+
+    async def _stored_since(self, run_id: str, cursor: int) -> tuple[list[RunEvent], bool] | None:
+        """What the store holds after ``cursor``, and whether the run is over (then all of it);
+        None while the store is unavailable (after a pause)."""
+        try:
+            async with self._follower_reads:
+                run = await self._store.get_run(run_id)
+                if run is None:
+                    raise NotFoundError("run", run_id)
+                if run.status is RunStatus.PENDING and run.last_seq <= cursor:
+                    return [], False
+                events = await self._page(run_id, cursor)
+            if run.status.is_terminal and len(events) < STORE_PAGE:
+                return events, True
+            return events, False
+        except StorageUnavailableError:
+            await asyncio.sleep(POLL_INTERVAL)
+            return None
+
+    async def _live(
+        self, subscription: Subscription, cursor: int
+    ) -> AsyncGenerator[list[RunEvent]]:
+        """What the bus brings right after ``cursor``; returns when the store must be read: a
+        hole, a wake-up (a runner here, the bus changed state), a lag, or a silence."""
+        while True:
+            wait = SAFETY_INTERVAL if self._bus.state == "ok" else POLL_INTERVAL
+            try:
+                async with asyncio.timeout(wait):
+                    received = await subscription.next_batch()
+            except (TimeoutError, Lagged, Closed):
+                return
+            if not received:
+                return
+            batch = _consecutive([event for event in received if event.seq > cursor], cursor)
+            if batch:
+                yield batch
+                cursor = batch[-1].seq
+            if len(batch) < len(received) and received[-1].seq > cursor:
+                return  # the bus lost some (Redis was down, or the publisher dropped them)
+
     async def _page(self, run_id: str, cursor: int) -> list[RunEvent]:
         events = await self._store.read_events(run_id, after=cursor, limit=STORE_PAGE)
         if events and events[0].seq > cursor + 1:
@@ -162,10 +258,24 @@ class Streams:
 
     async def session_events(self, session_id: str) -> AsyncGenerator[RunEvent]:
         """The replay cache of the session's active (or last) run, then every live event of
-        the session's runs, including runs started later. Never ends by itself."""
+        the session's runs, including runs started later. Never ends by itself.
+
+        With a bus across processes the session is followed there too (runs executed
+        elsewhere); a live event past a hole in its run's ``seq`` brings the missing ones from
+        the store first, and a change of the bus's state (or, while it is degraded, every
+        second) a catch-up from the store, as after a lag."""
         if await self._store.get_session(session_id) is None:
             raise NotFoundError("session", session_id)
+        async with (
+            self._bus.follow(Topic.session(session_id)),
+            contextlib.aclosing(self._session_events(session_id)) as events,
+        ):
+            async for event in events:
+                yield event
+
+    async def _session_events(self, session_id: str) -> AsyncGenerator[RunEvent]:
         seen: dict[str, int] = {}
+        live: set[str] = set()  # runs whose events arrived live here: a hole is a loss
         # Runs already over before we subscribed are history: a catch-up after a lag skips
         # them (unless the cache showed them), and replays every other run, from its start.
         history = await self._finished_runs(session_id)
@@ -178,21 +288,49 @@ class Streams:
                 seen[event.run_id] = max(seen.get(event.run_id, 0), event.seq)
                 yield event
             while not self.closed:
+                wait = None if self._bus.state != "degraded" else 1.0
                 try:
-                    batch = await subscription.next_batch()
+                    async with asyncio.timeout(wait):
+                        batch = await subscription.next_batch()
                 except Closed:
                     return
-                except Lagged:
+                except (Lagged, TimeoutError):
                     self._registry.remove_session_subscriber(session_id, subscription)
                     subscription = Subscription(self._queue_size)
                     self._registry.add_session_subscriber(session_id, subscription)
                     batch = await self._catch_up(session_id, seen, history)
+                else:
+                    if not batch:  # the bus changed state: what did it miss?
+                        batch = await self._catch_up(session_id, seen, history)
+                    else:
+                        batch = await self._fill_holes(batch, seen, live)
                 for event in batch:
                     if event.seq > seen.get(event.run_id, 0):
                         seen[event.run_id] = event.seq
+                        live.add(event.run_id)
                         yield event
         finally:
             self._registry.remove_session_subscriber(session_id, subscription)
+
+    async def _fill_holes(
+        self, batch: list[RunEvent], seen: dict[str, int], live: set[str]
+    ) -> list[RunEvent]:
+        """``batch`` with what the bus lost of runs already followed live read from the store."""
+        if not self._bus.crosses_processes:
+            return batch
+        filled: list[RunEvent] = []
+        last = dict(seen)
+        for event in batch:
+            previous = last.get(event.run_id, 0)
+            if event.run_id in live and event.seq > previous + 1:
+                await self._batcher.flush()
+                missing = await self._store.read_events(
+                    event.run_id, after=previous, limit=event.seq - previous - 1
+                )
+                filled.extend(missing)
+            filled.append(event)
+            last[event.run_id] = max(previous, event.seq)
+        return filled
 
     async def _stored_cache(self, session_id: str) -> list[RunEvent]:
         runs = await self._store.list_runs(session_id=session_id, limit=1)

@@ -23,7 +23,7 @@ class Closed(Exception):
 
 
 class Subscription:
-    __slots__ = ("_items", "_maxsize", "_ready", "closed", "lagged")
+    __slots__ = ("_items", "_maxsize", "_ready", "_woken", "closed", "lagged")
 
     def __init__(self, maxsize: int, initial: Iterable[RunEvent] = ()) -> None:
         self._maxsize = maxsize
@@ -33,9 +33,16 @@ class Subscription:
             self._ready.set()
         self.lagged = False
         self.closed = False
+        self._woken = False
 
     def close(self) -> None:
         self.closed = True
+        self._ready.set()
+
+    def wake(self) -> None:
+        """Make the reader's next :meth:`next_batch` return (empty if nothing is queued): what
+        it follows changed (a runner arrived here, the bus changed state)."""
+        self._woken = True
         self._ready.set()
 
     def push(self, event: RunEvent) -> None:
@@ -49,9 +56,12 @@ class Subscription:
         self._ready.set()
 
     async def next_batch(self) -> list[RunEvent]:
-        """Everything queued (at least one event); raises :class:`Lagged` after an overflow and
-        :class:`Closed` once closed and drained."""
+        """Everything queued (at least one event, or none after :meth:`wake`); raises
+        :class:`Lagged` after an overflow and :class:`Closed` once closed and drained."""
         while not self._items:
+            if self._woken:
+                self._woken = False
+                return []
             if self.lagged:
                 raise Lagged
             if self.closed:
@@ -60,4 +70,5 @@ class Subscription:
             await self._ready.wait()
         batch = list(self._items)
         self._items.clear()
+        self._woken = False
         return batch

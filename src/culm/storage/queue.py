@@ -54,7 +54,7 @@ def reserve(
         lease = dbtime.later(dialect, lease_seconds)
         values = {**row, "queued": False, "owner": owner, "epoch": 1}
         conn.execute(runs.insert().values(**values, lease_expires_at=lease))
-        return Reservation(run=run.model_copy(update={"queued": False, "epoch": 1}))
+        return Reservation(run=run.model_copy(update={"queued": False, "epoch": 1, "owner": owner}))
     if owner is not None or not queue:
         raise AlreadyRunningError(run.session_id, active)
     order = ops.queue_order(conn, run.session_id, jump_queue)

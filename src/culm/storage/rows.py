@@ -25,7 +25,9 @@ def session_from_row(row: sa.Row[Any]) -> Session:
 
 
 def run_to_row(run: Run) -> dict[str, Any]:
-    row = run.model_dump(exclude={"queued", "usage", "last_tool_phase", "status", "trigger"})
+    # The owner is the store's to set (a claim, a reservation owned by its caller).
+    exclude = {"queued", "usage", "last_tool_phase", "status", "trigger", "owner"}
+    row = run.model_dump(exclude=exclude)
     row.update(
         status=run.status.value,
         trigger=run.trigger.value,
@@ -60,4 +62,5 @@ def run_from_row(row: sa.Row[Any]) -> Run:
         input=row.input,
         queued=row.queued,
         epoch=row.epoch,
+        owner=row.owner,
     )
