@@ -4,6 +4,11 @@
         [--drain-runs 1200] [--cancels 60] [--json]
     .venv/bin/python bench/distributed.py --cancel-bus [--cancels 60] [--cancel-rounds 2]
         [--redis URL]
+    .venv/bin/python bench/distributed.py --bus [--redis URL] [--bus-tokens 300] [--bus-rate 50]
+
+``--bus`` runs only the event bus scenarios of issue 15 (see ``bench/bus_delivery.py``): live
+delivery from a worker to 100 and 1,000 subscribers on an API process fed by Redis, PostgreSQL
+transactions/s at 0, 50, 100, 200 subscribers, against the same without Redis and in-process.
 
 Scenarios, in one topology (`culm serve --no-worker` + 3 × `culm worker`, the default lease
 10 s and heartbeat 2 s, ``CULM_RECOVERY_POLICY=requeue``) on a fresh database of the server
@@ -276,7 +281,32 @@ def machine() -> dict[str, Any]:
     }
 
 
+async def bus_main(args: argparse.Namespace) -> int:
+    from bench.bus_delivery import TARGETS as BUS_TARGETS
+    from bench.bus_delivery import bus_benchmark
+
+    TARGETS.update(BUS_TARGETS)
+    results: dict[str, Any] = {"machine": machine()}
+    cases = await bus_benchmark(
+        fresh_database, args.postgres, args.redis, args.bus_tokens, args.bus_rate
+    )
+    for name, case in cases.items():
+        for key in ("p50_ms", "p99_ms", "pg_xact_per_s"):
+            if case[key] is not None:
+                results[f"{name}_{key}"] = float(case[key])
+    violations = sum(case["violations"] for case in cases.values())
+    results["checks"] = "ok" if not violations else f"FAILED: {violations} stream violations"
+    results["machine"]["load_1m_after"] = os.getloadavg()[0]
+    if args.json:
+        print(json.dumps({**results, "cases": cases}, indent=2, default=str))
+    else:
+        report(results)
+    return 1 if violations else 0
+
+
 async def main(args: argparse.Namespace) -> int:
+    if args.bus:
+        return await bus_main(args)
     results: dict[str, Any] = {"machine": machine()}
     if args.cancel_bus:
         results |= await cancel_across(args)
@@ -341,6 +371,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drain-runs", type=int, default=1200)
     parser.add_argument("--cancels", type=int, default=60)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--bus", action="store_true", help="the event bus scenarios only")
+    parser.add_argument("--bus-tokens", type=int, default=300)
+    parser.add_argument("--bus-rate", type=float, default=50.0)
     parser.add_argument(
         "--cancel-bus", action="store_true",
         help="only cross-process cancel: with Redis, PostgreSQL alone, and embedded",

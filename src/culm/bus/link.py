@@ -107,6 +107,10 @@ class RedisLink:
                 listener(up)
 
     async def _reconnect(self) -> None:
+        # Every pooled connection went with the server: drop them all now, or each would fail
+        # once after Redis returns and start a new "outage".
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.client.connection_pool.disconnect()
         delay = BACKOFF_FIRST
         while self._started:
             await asyncio.sleep(delay)

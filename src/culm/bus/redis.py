@@ -71,8 +71,8 @@ class RedisBus(EventBus):
     @contextlib.asynccontextmanager
     async def follow(self, topic: Topic) -> AsyncIterator[None]:
         key = self._key(topic)
-        await self.reader.add(key)
         try:
+            await self.reader.add(key)  # counted at once: a cancel here still removes it
             yield
         finally:
             self.reader.remove(key)

@@ -131,17 +131,24 @@ class StreamReader:
         self._wake_key = link.key("reader", uuid.uuid4().hex)
         self._followers: dict[str, int] = {}
         self._positions: dict[str, str] = {}
+        self._placing: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.received = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._read(), name="bus-reader")
 
     async def aclose(self) -> None:
+        self._closing = True
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._wake()  # out of its XREAD at once
         if self._task is not None:
+            # redis-py may turn a cancel inside a blocked read into a connection error: the loop
+            # then ends at the flag (within one BLOCK at worst).
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, BLOCK_MS / 1000 + 1)
             self._task = None
         with contextlib.suppress(*REDIS_ERRORS):
             await self._link.client.delete(self._wake_key)
@@ -156,7 +163,19 @@ class StreamReader:
         count = self._followers.get(key, 0)
         self._followers[key] = count + 1
         if count:
+            pending = self._placing.get(key)
+            if pending is not None:
+                await pending.wait()  # the first follower is still reading the position
             return
+        placed = self._placing[key] = asyncio.Event()
+        try:
+            await self._place(key)
+        finally:
+            placed.set()
+            if self._placing.get(key) is placed:
+                del self._placing[key]
+
+    async def _place(self, key: str) -> None:
         position = "0-0"
         try:
             last = cast("list[Any]", await self._link.client.xrevrange(key, count=1))
@@ -165,14 +184,15 @@ class StreamReader:
         except REDIS_ERRORS as exc:
             self._link.failed(exc)
         if key not in self._followers:
-            return  # unfollowed meanwhile
-        # The position first, then wake the reader: woken before, it could read again without
-        # the key and block for BLOCK_MS while the key's events arrive.
+            return  # left meanwhile
         self._positions.setdefault(key, position)
         try:
-            await self._link.client.xadd(self._wake_key, {b"w": b"1"}, maxlen=1)
+            await self._wake()  # after the position is set: its next XREAD includes the key
         except REDIS_ERRORS as exc:
             self._link.failed(exc)
+
+    async def _wake(self) -> None:
+        await self._link.client.xadd(self._wake_key, {b"w": b"1"}, maxlen=1)
 
     def remove(self, key: str) -> None:
         count = self._followers.get(key, 0) - 1
@@ -183,10 +203,10 @@ class StreamReader:
         self._positions.pop(key, None)
 
     async def _read(self) -> None:
-        # From the start of the wake stream, not "$": a wake sent before the first XREAD (or
-        # between two) must not be missed; an old wake only costs one extra round.
+        # The wake-up key is this process's own, empty at first: from "0-0" every entry wakes
+        # the reader, even one written before its first XREAD reached Redis ("$" would miss it).
         wake_position = "0-0"
-        while True:
+        while not self._closing:
             await self._link.wait_up()
             streams: dict[Any, Any] = {self._wake_key: wake_position, **self._positions}
             try:
