@@ -256,7 +256,11 @@ async def _cancel_round(args: argparse.Namespace, deployment: str) -> list[float
         else:
             apis = [await top.start_api(), await top.start_api()]
             await top.start_workers(3)
-        clients = [httpx2.AsyncClient(base_url=api.url or "", timeout=60) for api in apis]
+        # Idle connections dropped before the server's keep-alive (5 s) closes them under a request.
+        limits = httpx2.Limits(keepalive_expiry=1.0)
+        clients = [
+            httpx2.AsyncClient(base_url=api.url or "", timeout=60, limits=limits) for api in apis
+        ]
         try:
             run_ids = await start_runs(clients[0], args.cancels, "scripted:long")
 

@@ -458,7 +458,7 @@ class RunManager:
                 await runner.done.wait()
                 continue
             with self._registry.watch(run_id) as launched:
-                async with self.bus.terminal_notice(run_id) as ended:
+                async with self._terminal_notice(run_id) as ended:
                     while not launched.is_set():
                         run = await self._require_run(run_id)
                         if run.status.is_terminal:
@@ -467,6 +467,15 @@ class RunManager:
                         if not ended.is_set():
                             changes.append(ended)
                         await _any_of(changes, timeout=self._poll(ended))
+
+    def _terminal_notice(
+        self, run_id: str
+    ) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
+        """The bus's notice of the run's end; none while the bus is degraded (following the run
+        would wait on an unreachable Redis first: the store is read every ``_STORE_POLL`` s)."""
+        if self.bus.state == "degraded":
+            return contextlib.nullcontext(asyncio.Event())
+        return self.bus.terminal_notice(run_id)
 
     def _poll(self, ended: asyncio.Event) -> float:
         """Seconds until the next read of the store for a run executing in another process."""
