@@ -408,10 +408,10 @@ async def test_a_start_appends_the_runs_first_message_once(store: SqlStore) -> N
     assert await store.get_messages(session.session_id) == [message]
     assert await store.has_run_messages(run.run_id)
     # A later attempt (after a release re-queued it), started by its claim, does not append it
-    # again.
+    # again. (No event was written under the first claim: the release counts no attempt.)
     assert await store.release_runs("w1", {run.run_id: 1}) == [run.run_id]
     [again] = await store.claim_runs("w2", limit=1, lease_seconds=300)
-    assert (again.run_id, again.attempt, again.epoch) == (run.run_id, 2, 3)
+    assert (again.run_id, again.attempt, again.epoch) == (run.run_id, 1, 3)
     assert again.status is RunStatus.RUNNING
     assert await store.get_messages(session.session_id) == [message]
 

@@ -113,11 +113,15 @@ def release(
 
 
 def _with_events(conn: sa.Connection, found: Sequence[Any]) -> set[str]:
-    """Those of the runs ``found`` that wrote an event under the epoch they are held at: they
-    started executing (``execution_started`` is every attempt's first event)."""
+    """Those of the runs ``found`` that wrote an event under the epoch they are held at (or an
+    unfenced one, whose epoch is unknown): they started executing (``execution_started`` is
+    every attempt's first event)."""
     pairs = sorted((row.run_id, row.epoch) for row in found)
+    unfenced = sa.and_(
+        run_events.c.run_id.in_([run_id for run_id, _ in pairs]), run_events.c.epoch.is_(None)
+    )
     query = sa.select(run_events.c.run_id).where(
-        sa.tuple_(run_events.c.run_id, run_events.c.epoch).in_(pairs)
+        sa.or_(sa.tuple_(run_events.c.run_id, run_events.c.epoch).in_(pairs), unfenced)
     )
     return set(conn.scalars(query.distinct()))
 
