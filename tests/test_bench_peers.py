@@ -1,0 +1,53 @@
+"""bench/peers.py's culm side at tiny sizes, so that the side-by-side benchmark cannot rot: the
+script starts its fake upstream, runs culm's runner in its own process, checks the model calls
+and the tokens, and writes its JSON and table. The peers' venv is not needed (culm alone)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def peers(tmp_path: Path, *arguments: str) -> tuple[dict[str, Any], str]:
+    result = tmp_path / "peers.json"
+    command = [sys.executable, str(BENCH / "peers.py"), "--systems", "culm", "--pairs", "1"]
+    command += ["--tokens", "5", "--token-delay-ms", "1", "--json", str(result), *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(result.read_text()), done.stdout
+
+
+def figures(data: dict[str, Any], scenario: str) -> dict[str, Any]:
+    (measured,) = [s for s in data["sets"] if s["scenario"] == scenario]
+    (result,) = measured["results"]
+    assert result["system"] == "culm"
+    assert result["error_count"] == 0, result["errors"]
+    return result
+
+
+def test_concurrent_streaming_runs_are_measured_and_checked(tmp_path: Path) -> None:
+    data, table = peers(
+        tmp_path, "--only", "conc", "--modes", "stream", "--conc-runs", "4", "--concurrency", "2"
+    )
+    result = figures(data, "conc")
+    assert result["runs_started"] == 4 + 2
+    assert result["token_events"] == 6 * 5  # every token of every run, seen by its subscriber
+    assert result["model_calls"] == 6 * 2  # the tool round and the answer round, per run
+    assert result["runs_per_s"] > 0
+    assert 0 < result["first_token_ms_p50"] <= result["first_token_ms_p99"]
+    assert "| conc | stream | runs/s" in table
+    assert data["meta"]["versions"]["culm"]
+
+
+def test_parked_runs_all_reach_the_upstream(tmp_path: Path) -> None:
+    data, table = peers(tmp_path, "--only", "parked", "--parked", "5")
+    result = figures(data, "parked")
+    assert result["requests_seen"] == 5
+    assert result["model_calls"] == 5  # round 1 of each run, held by the upstream
+    assert result["all_waiting_s"] > 0
+    assert "| parked | parked | all waiting" in table
