@@ -11,10 +11,10 @@ next to the proxies it stands behind. It speaks:
   ``model``. By default the whole stream is written at once; ``--chunk-delay-ms`` sleeps between
   content chunks instead.
 * With ``--tool NAME`` (bench/peers.py's two-round tool task), a request whose ``messages`` hold
-  no ``role: "tool"`` message is answered with one call of the tool ``NAME`` (arguments ``{}``,
-  ``finish_reason: "tool_calls"``; streamed, it is one write), and a request that holds the
-  tool's result gets the answer above: the same task for every client, whatever its framework
-  remembers between rounds.
+  no ``role: "tool"`` message is answered with one call (arguments ``{}``, ``finish_reason:
+  "tool_calls"``; streamed, it is one write) of the request's first tool, or of ``NAME`` if it
+  offers none, and a request that holds the tool's result gets the answer above: the same task
+  for every client, whatever its framework remembers between rounds.
 * ``--park-s`` holds every completion that long before its first byte (a model that has not
   answered yet), so that a benchmark can count how many requests are waiting (``/stats``).
 * ``GET /v1/models``: the models of ``--models`` (any model name is accepted by the completions
@@ -65,7 +65,7 @@ class Upstream:
         self.park = park
         self.words = [f"w{i} " for i in range(chunks)]
         self.cache: dict[tuple[str, bool, bool], Any] = {}
-        self.tool_cache: dict[tuple[str, bool], bytes] = {}
+        self.tool_cache: dict[tuple[str, bool, str], bytes] = {}
         self.stats = {
             "chat": 0,
             "chat_stream": 0,
@@ -153,16 +153,16 @@ class Upstream:
         assert isinstance(cached, list)
         return cached
 
-    def tool_call(self, model: str, stream: bool) -> bytes:
-        """One call of ``--tool`` with no arguments: a whole response, streamed or not."""
-        key = (model, stream)
+    def tool_call(self, model: str, stream: bool, tool: str) -> bytes:
+        """One call of ``tool`` with no arguments: a whole response, streamed or not."""
+        key = (model, stream, tool)
         cached = self.tool_cache.get(key)
         if cached is not None:
             return cached
-        call = {"id": "call_bench", "type": "function", "function": {"name": self.tool}}
+        call = {"id": "call_bench", "type": "function", "function": {"name": tool}}
         if not stream:
             message = {"role": "assistant", "content": None, "refusal": None}
-            message["tool_calls"] = [{**call, "function": {"name": self.tool, "arguments": "{}"}}]
+            message["tool_calls"] = [{**call, "function": {"name": tool, "arguments": "{}"}}]
             body = {
                 "id": "chatcmpl-bench",
                 "object": "chat.completion",
@@ -173,7 +173,7 @@ class Upstream:
             }
             cached = response(200, json.dumps(body).encode(), b"application/json")
         else:
-            opening = {"index": 0, **call, "function": {"name": self.tool, "arguments": ""}}
+            opening = {"index": 0, **call, "function": {"name": tool, "arguments": ""}}
             deltas: list[tuple[dict[str, Any], str | None]] = [
                 ({"role": "assistant", "content": None}, None),
                 ({"tool_calls": [opening]}, None),
@@ -217,6 +217,15 @@ def has_tool_result(request: dict[str, Any]) -> bool:
     return isinstance(messages, list) and any(
         isinstance(m, dict) and m.get("role") == "tool" for m in messages
     )
+
+
+def first_tool(request: dict[str, Any]) -> str | None:
+    """The name of the first function tool the request offers, if any."""
+    for offered in request.get("tools") or []:
+        function = offered.get("function") if isinstance(offered, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return str(function["name"])
+    return None
 
 
 def response(status: int, body: bytes, content_type: bytes, extra: bytes = b"") -> bytes:
@@ -344,6 +353,7 @@ class Connection(asyncio.Protocol):
                 options = request.get("stream_options") or {}
                 include_usage = bool(options.get("include_usage"))
                 tool_round = upstream.tool is not None and not has_tool_result(request)
+                tool = first_tool(request) or upstream.tool or ""
             except (ValueError, AttributeError) as exc:
                 upstream.stats["bad_requests"] += 1
                 transport.write(error(400, f"bad JSON body: {exc}", "invalid_request_error"))
@@ -352,7 +362,7 @@ class Connection(asyncio.Protocol):
             upstream.stats["chat_stream"] += stream
             upstream.stats["tool_rounds" if tool_round else "answer_rounds"] += 1
             if tool_round:
-                frames = [upstream.tool_call(model, stream)]
+                frames = [upstream.tool_call(model, stream, tool)]
             elif not stream:
                 frames = [upstream.completion(model)]
             else:

@@ -13,7 +13,10 @@ subscriber per run; the peers: their streaming APIs) and checks the answer token
   p50/p99 (from a run's start to the first token its consumer sees);
 * ``parked``: ``--parked`` runs at once against an upstream that answers after 60 s: the time
   until the upstream holds all their requests, and RSS per run;
-* ``cold``: a fresh process's first run: from spawn to the run's end.
+* ``cold``: a fresh process's first run: from spawn to the run's end;
+* ``http``: `culm serve` against `langgraph dev` over their HTTP APIs, ``--conc-runs`` runs
+  ``--concurrency`` at a time: runs/s, first-token p50/p99, the server's CPU per run
+  (bench/peers/http_peers.py).
 
 culm is the embedded Engine with its default store (SQLite, every event persisted); the peers
 keep nothing (LangGraph also with its SQLite checkpointer). The systems run in interleaved pairs
@@ -44,6 +47,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH / "peers"))
 
+import http_peers  # noqa: E402  (bench/peers/http_peers.py)
 import report  # noqa: E402  (bench/peers/report.py)
 from upstream import Upstream  # noqa: E402  (bench/peers/upstream.py)
 
@@ -56,7 +60,7 @@ SYSTEMS: dict[str, tuple[bool, str, list[str]]] = {
     "langgraph": (True, "run_langgraph.py", []),
     "langgraph+sqlite": (True, "run_langgraph.py", ["--option", "checkpointer=sqlite"]),
 }
-SCENARIOS = ("seq", "conc", "parked", "cold")
+SCENARIOS = ("seq", "conc", "parked", "cold", "http")
 
 
 class Failures(list[str]):
@@ -91,14 +95,36 @@ def run_process(
     spawned = time.time()
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     after = upstream.stats()
-    label = f"{system} {scenario} {upstream.mode}"
     lines = done.stdout.strip().splitlines()
     try:
         result: dict[str, Any] = json.loads(lines[-1])
     except (IndexError, ValueError):
-        failures.check(False, f"{label}: no result (exit {done.returncode}): {done.stderr[-2000:]}")
+        failures.check(
+            False,
+            f"{system} {scenario} {upstream.mode}: no result (exit {done.returncode}): "
+            f"{done.stderr[-2000:]}",
+        )
         return {"system": system, "scenario": scenario, "mode": upstream.mode, "failed": True}
-    result["mode"] = upstream.mode
+    checked(result, upstream.mode, before, after, args.tokens, failures)
+    if scenario == "cold" and "first_run_done_at" in result:
+        result["cold_s"] = result["first_run_done_at"] - spawned
+    print(f"  {report.one_line(result)}", file=sys.stderr, flush=True)
+    return result
+
+
+def checked(
+    result: dict[str, Any],
+    mode: str,
+    before: dict[str, int],
+    after: dict[str, int],
+    tokens: int,
+    failures: Failures,
+) -> None:
+    """Every run made exactly its two model calls (one if parked) and its consumer saw every
+    token; the runner's own errors (a wrong answer, a failed run) are failures too."""
+    scenario = result["scenario"]
+    label = f"{result['system']} {scenario} {mode}"
+    result["mode"] = mode
     for error in result.get("errors", []):
         failures.check(False, f"{label}: {error}")
     started = int(result.get("runs_started", 0))
@@ -111,14 +137,10 @@ def run_process(
             f"{label}: upstream saw {tool} tool and {answer} answer rounds for {started} runs",
         )
         failures.check(
-            result.get("token_events") == started * args.tokens,
-            f"{label}: {result.get('token_events')} tokens for {started} runs of {args.tokens}",
+            result.get("token_events") == started * tokens,
+            f"{label}: {result.get('token_events')} tokens for {started} runs of {tokens}",
         )
     result["model_calls"] = tool + answer
-    if scenario == "cold" and "first_run_done_at" in result:
-        result["cold_s"] = result["first_run_done_at"] - spawned
-    print(f"  {report.one_line(result)}", file=sys.stderr, flush=True)
-    return result
 
 
 def interleaved(
@@ -135,6 +157,35 @@ def interleaved(
             results.append(result)
     return {
         "scenario": scenario,
+        "mode": upstream.mode,
+        "load_before": load_before,
+        "load_after": loadavg(),
+        "results": results,
+    }
+
+
+def over_http(upstream: Upstream, args: argparse.Namespace, failures: Failures) -> dict[str, Any]:
+    """`culm serve` and `langgraph dev` (if LangGraph is among the systems), interleaved."""
+    load_before = loadavg()
+    results: list[dict[str, Any]] = []
+    for pair in range(args.pairs):
+        servers: list[http_peers.Server] = []
+        if "culm" in args.systems:
+            servers.append(http_peers.CulmServe(upstream.base_url, args.concurrency))
+        if "langgraph" in args.systems:
+            peers_python = args.peers_python
+            servers.append(
+                http_peers.LangGraphDev(upstream.base_url, args.concurrency, peers_python)
+            )
+        for server in servers if pair % 2 == 0 else servers[::-1]:
+            before = upstream.stats()
+            result = http_peers.measure(server, args)
+            checked(result, upstream.mode, before, upstream.stats(), args.tokens, failures)
+            print(f"  {report.one_line(result)}", file=sys.stderr, flush=True)
+            result["pair"] = pair
+            results.append(result)
+    return {
+        "scenario": "http",
         "mode": upstream.mode,
         "load_before": load_before,
         "load_after": loadavg(),
@@ -202,16 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     sets: list[dict[str, Any]] = []
     delay = {"stream": args.token_delay_ms, "write": 0.0}
     for scenario in args.only:
-        modes = (
-            args.modes
-            if scenario in ("seq", "conc")
-            else ["parked" if scenario == "parked" else "write"]
-        )
+        modes = {"parked": ["parked"], "cold": ["write"]}.get(scenario, args.modes)
         for mode in modes:
             print(f"{scenario} ({mode}):", file=sys.stderr, flush=True)
             park = 60.0 if mode == "parked" else 0.0
             with Upstream(mode, args.tokens, delay.get(mode, 0.0), park) as upstream:
-                sets.append(interleaved(scenario, upstream, args, failures))
+                if scenario == "http":
+                    sets.append(over_http(upstream, args, failures))
+                else:
+                    sets.append(interleaved(scenario, upstream, args, failures))
     meta["load_after"] = loadavg()
     meta["seconds"] = round(time.time() - started, 1)
     summary = report.summarize(sets)

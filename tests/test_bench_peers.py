@@ -51,3 +51,14 @@ def test_parked_runs_all_reach_the_upstream(tmp_path: Path) -> None:
     assert result["model_calls"] == 5  # round 1 of each run, held by the upstream
     assert result["all_waiting_s"] > 0
     assert "| parked | parked | all waiting" in table
+
+
+def test_culm_serve_is_measured_over_http(tmp_path: Path) -> None:
+    data, table = peers(
+        tmp_path, "--only", "http", "--modes", "write", "--conc-runs", "3", "--concurrency", "3"
+    )
+    result = figures(data, "http")  # a real `culm serve`: POST /v1/runs, then its SSE stream
+    assert result["token_events"] == (3 + 2) * 5
+    assert result["model_calls"] == (3 + 2) * 2
+    assert result["server_cpu_ms_per_run"] > 0
+    assert "| http | write | runs/s" in table

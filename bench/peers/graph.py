@@ -2,7 +2,9 @@
 streaming, at the fake upstream) and LangGraph's prebuilt ToolNode with the no-op tool.
 
 bench/peers/run_langgraph.py builds it with or without a checkpointer; ``langgraph dev`` loads
-``graph`` from here (bench/peers/langgraph.json), at ``BENCH_UPSTREAM`` (the upstream, up to /v1).
+``graph`` from here, at ``BENCH_UPSTREAM`` (the upstream, up to /v1): bench/peers/http_peers.py
+writes its config, and by hand ``cd bench/peers && ../.venv-peers/bin/langgraph dev`` reads
+bench/peers/langgraph.json.
 """
 
 from __future__ import annotations

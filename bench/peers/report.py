@@ -23,6 +23,12 @@ METRICS: dict[str, list[tuple[str, str, str, bool]]] = {
         ("rss_kb_per_run", "RSS per run", "KiB", True),
     ],
     "cold": [("cold_s", "cold start", "s", True)],
+    "http": [
+        ("runs_per_s", "runs/s", "", False),
+        ("server_cpu_ms_per_run", "server CPU per run", "ms", True),
+        ("first_token_ms_p50", "first token p50", "ms", True),
+        ("first_token_ms_p99", "first token p99", "ms", True),
+    ],
 }
 TARGET_PEER = "openai-agents"
 # (scenario, mode, metric): (operator, bound) on the median ratio culm/Agents SDK (issue 16)
