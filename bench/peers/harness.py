@@ -10,8 +10,8 @@ this module runs one scenario against it, checks every run's answer, and prints 
 * ``conc``: ``--runs`` runs, ``--concurrency`` at a time: runs/s, CPU per run, first-token
   latency (from the moment a run is started to the first token its consumer sees).
 * ``parked``: ``--runs`` runs at once against an upstream that does not answer: the time until
-  the upstream has seen every run's request (``/stats``), and the RSS they added, per run. The
-  process then exits without waiting for them.
+  the upstream has seen every run's request (``/stats``; at most ``--park-timeout``), and the
+  RSS they added, per run. The process then exits without waiting for them.
 * ``cold``: one run in a fresh process; reports the wall time when it ended, so that the caller
   (which knows when it spawned the process) can tell the cold start.
 
@@ -171,12 +171,13 @@ async def parked(s: Scenario) -> dict[str, Any]:
     waited = time.perf_counter() - started
     added = rss_mb() - rss
     failed = [t for t in tasks if t.done()]
-    if seen < s.args.runs:
-        s.errors.append(f"the upstream saw {seen} of {s.args.runs} requests in {waited:.1f} s")
     if failed:
         s.errors.append(f"{len(failed)} parked runs ended before the upstream answered")
+    # Not all on the wire by the deadline (a capped connection pool) is a finding, not an error:
+    # all_waiting_s is then the deadline, a lower bound, and all_waiting says so.
     return {
         "all_waiting_s": waited,
+        "all_waiting": seen >= s.args.runs,
         "requests_seen": seen,
         "rss_mb_added": added,
         "rss_kb_per_run": added * 1024 / s.args.runs,
@@ -204,7 +205,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=100, help="the upstream's --chunks")
-    parser.add_argument("--park-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--park-timeout", type=float, default=45.0, help="under the upstream's --park-s"
+    )
     parser.add_argument("--option", action="append", default=[], help="NAME=VALUE for the system")
     args = parser.parse_args(argv)
     args.stats_url = args.base_url.removesuffix("/v1") + "/stats"

@@ -68,6 +68,8 @@ def summarize(sets: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     r[metric] for r in pairs.values() if isinstance(r.get(metric), int | float)
                 ]
                 entry: dict[str, Any] = {"median": statistics.median(values) if values else None}
+                # parked: some runs were not all on the wire by the deadline (a lower bound)
+                entry["partial"] = any(r.get("all_waiting") is False for r in pairs.values())
                 ratios = [
                     culm[p][metric] / r[metric]
                     for p, r in pairs.items()
@@ -82,6 +84,7 @@ def summarize(sets: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if target and "ratio" in peer:
                 op, bound = target
                 met = peer["ratio"] <= bound if op == "<=" else peer["ratio"] >= bound
+                met = met and not row["systems"].get("culm", {}).get("partial")
                 row["target"] = {"vs": TARGET_PEER, "op": op, "bound": bound, "met": met}
             rows.append(row)
     return rows
@@ -104,12 +107,18 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     for row in rows:
         cells = [row["scenario"], row["mode"], f"{row['label']} ({row['unit'] or '/'})"]
         for system in systems:
-            median = row["systems"].get(system, {}).get("median")
-            cells.append("–" if median is None else f"{median:.3g}")
+            entry = row["systems"].get(system, {})
+            median = entry.get("median")
+            bound = "≥ " if entry.get("partial") and row["metric"] == "all_waiting_s" else ""
+            cells.append("–" if median is None else f"{bound}{median:.3g}")
+        culm_partial = row["systems"].get("culm", {}).get("partial") and row["metric"] == (
+            "all_waiting_s"
+        )
         for peer in peers:
             entry = row["systems"].get(peer, {})
             cells.append(
-                f"{entry['ratio']:.2f} ({entry['ratio_min']:.2f}–{entry['ratio_max']:.2f})"
+                f"{'≥ ' if culm_partial else ''}{entry['ratio']:.2f} "
+                f"({entry['ratio_min']:.2f}–{entry['ratio_max']:.2f})"
                 if "ratio" in entry
                 else "–"
             )
