@@ -93,10 +93,10 @@ def run_process(
     command += ["--concurrency", str(args.concurrency), "--tokens", str(args.tokens)]
     command += ["--warmup", "0" if scenario in ("parked", "cold") else str(args.warmup), *extra]
     command += ["--park-timeout", str(args.park_timeout)]
-    before = upstream.stats()
+    before, upstream_cpu = upstream.stats(), upstream.cpu_seconds()
     spawned = time.time()
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-    after = upstream.stats()
+    after, upstream_cpu = upstream.stats(), upstream.cpu_seconds() - upstream_cpu
     lines = done.stdout.strip().splitlines()
     try:
         result: dict[str, Any] = json.loads(lines[-1])
@@ -108,6 +108,7 @@ def run_process(
         )
         return {"system": system, "scenario": scenario, "mode": upstream.mode, "failed": True}
     checked(result, upstream.mode, before, after, args.tokens, failures)
+    result["upstream_cpu_s"] = upstream_cpu
     if scenario == "cold" and "first_run_done_at" in result:
         result["cold_s"] = result["first_run_done_at"] - spawned
     print(f"  {report.one_line(result)}", file=sys.stderr, flush=True)
@@ -186,9 +187,10 @@ def over_http(upstream: Upstream, args: argparse.Namespace, failures: Failures) 
                 http_peers.LangGraphDev(upstream.base_url, args.concurrency, peers_python)
             )
         for server in servers if pair % 2 == 0 else servers[::-1]:
-            before = upstream.stats()
+            before, upstream_cpu = upstream.stats(), upstream.cpu_seconds()
             result = http_peers.measure(server, args)
             checked(result, upstream.mode, before, upstream.stats(), args.tokens, failures)
+            result["upstream_cpu_s"] = upstream.cpu_seconds() - upstream_cpu
             print(f"  {report.one_line(result)}", file=sys.stderr, flush=True)
             result["pair"] = pair
             results.append(result)

@@ -4,6 +4,7 @@ never shows in a system's figures, with the two-round tool task on (``--tool noo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -36,6 +37,11 @@ class Upstream:
         with urllib.request.urlopen(url, timeout=10) as answer:
             stats: dict[str, Any] = json.load(answer)
         return stats
+
+    def cpu_seconds(self) -> float:
+        """The upstream's own CPU so far: shared by every system, so it is reported apart."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def __enter__(self) -> Upstream:
         return self
