@@ -30,6 +30,8 @@ difference, or a failed run, is an error and the exit status is 1.
     .venv/bin/python bench/peers.py                        # everything, ~15 min
     .venv/bin/python bench/peers.py --only seq,conc --modes stream --pairs 3
     .venv/bin/python bench/peers.py --systems culm --pairs 1 --seq-runs 3  # culm alone
+    mkdir /tmp/culm-main && git archive main src | tar -x -C /tmp/culm-main  # another commit's
+    .venv/bin/python bench/peers.py --culm-src main=/tmp/culm-main/src --systems culm,openai-agents
 
 Results: a markdown table on stdout, the JSON with every measurement in ``--json``
 (default bench/peers-result.json); figures and targets in docs/benchmarks.md.
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -82,6 +85,18 @@ def python_for(system: str, args: argparse.Namespace) -> str:
     return str(args.peers_python) if SYSTEMS[system][0] else sys.executable
 
 
+def culm_env(system: str, args: argparse.Namespace) -> dict[str, str] | None:
+    """For ``culm@NAME`` (``--culm-src NAME=PATH``): this environment with PATH first on
+    PYTHONPATH, so that its runner imports that checkout's culm."""
+    source = args.culm_sources.get(system)
+    if source is None:
+        return None
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")])),
+    }
+
+
 def run_process(
     system: str, scenario: str, upstream: Upstream, args: argparse.Namespace, failures: Failures
 ) -> dict[str, Any]:
@@ -95,7 +110,9 @@ def run_process(
     command += ["--park-timeout", str(args.park_timeout)]
     before, upstream_cpu = upstream.stats(), upstream.cpu_seconds()
     spawned = time.time()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=args.timeout, env=culm_env(system, args)
+    )
     after, upstream_cpu = upstream.stats(), upstream.cpu_seconds() - upstream_cpu
     lines = done.stdout.strip().splitlines()
     try:
@@ -107,6 +124,7 @@ def run_process(
             f"{done.stderr[-2000:]}",
         )
         return {"system": system, "scenario": scenario, "mode": upstream.mode, "failed": True}
+    result["system"] = system  # culm@NAME's runner calls itself culm
     checked(result, upstream.mode, before, after, args.tokens, failures)
     result["upstream_cpu_s"] = upstream_cpu
     if scenario == "cold" and "first_run_done_at" in result:
@@ -179,8 +197,12 @@ def over_http(upstream: Upstream, args: argparse.Namespace, failures: Failures) 
     results: list[dict[str, Any]] = []
     for pair in range(args.pairs):
         servers: list[http_peers.Server] = []
-        if "culm" in args.systems:
-            servers.append(http_peers.CulmServe(upstream.base_url, args.concurrency))
+        for system in args.systems:
+            if system == "culm" or system in args.culm_sources:
+                env = culm_env(system, args)
+                servers.append(
+                    http_peers.CulmServe(upstream.base_url, args.concurrency, system, env)
+                )
         if "langgraph" in args.systems:
             peers_python = args.peers_python
             servers.append(
@@ -206,7 +228,8 @@ def over_http(upstream: Upstream, args: argparse.Namespace, failures: Failures) 
 def peer_versions(args: argparse.Namespace) -> dict[str, str]:
     names = ["openai-agents", "pydantic-ai-slim", "langgraph", "langgraph-checkpoint-sqlite"]
     names += ["langchain-openai", "langgraph-cli", "langgraph-api", "openai", "httpx"]
-    code = "import importlib.metadata as m, json, sys; print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
+    code = "import importlib.metadata as m, json, sys; "
+    code += "print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
     versions: dict[str, str] = {}
     if any(SYSTEMS[s][0] for s in args.systems):
         done = subprocess.run(
@@ -217,6 +240,14 @@ def peer_versions(args: argparse.Namespace) -> dict[str, str]:
 
     versions["culm"] = culm.__version__
     versions["python"] = sys.version.split()[0]
+    sources = {"culm": BENCH.parent / "src", **args.culm_sources}
+    for system, source in sources.items():
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+        )
+        versions[f"{system} commit"] = commit.stdout.strip() or "not a git checkout"
     return versions
 
 
@@ -238,9 +269,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--token-delay-ms", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=300.0, help="per runner process")
     parser.add_argument("--peers-python", type=Path, default=PEERS_PYTHON)
+    parser.add_argument(
+        "--culm-src",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also measure the culm of another checkout's src directory, as culm@NAME",
+    )
     parser.add_argument("--json", type=Path, default=BENCH / "peers-result.json")
     args = parser.parse_args(argv)
     args.systems = [s for s in args.systems.split(",") if s]
+    args.culm_sources = {}
+    for item in args.culm_src:
+        name, _, path = item.partition("=")
+        if not (name and path and (Path(path) / "culm").is_dir()):
+            parser.error(f"--culm-src {item}: NAME=PATH with PATH holding culm/ (a src directory)")
+        SYSTEMS[f"culm@{name}"] = SYSTEMS["culm"]
+        args.culm_sources[f"culm@{name}"] = Path(path).resolve()
+        if f"culm@{name}" not in args.systems:
+            args.systems.insert(
+                args.systems.index("culm") + 1 if "culm" in args.systems else 0, f"culm@{name}"
+            )
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")

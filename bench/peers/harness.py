@@ -221,6 +221,7 @@ async def measure(system: System, args: argparse.Namespace) -> dict[str, Any]:
     figures = await SCENARIOS[args.scenario](scenario)
     result = {
         "system": system.name,
+        "source": getattr(system, "source", None),  # where culm was imported from
         "scenario": args.scenario,
         "runs": args.runs,
         "runs_started": scenario.started_runs,

@@ -126,8 +126,14 @@ class Server:
 
 
 class CulmServe(Server):
-    name = "culm"
     health = "/health"
+
+    def __init__(
+        self, base_url: str, concurrency: int, name: str = "culm", env: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(base_url, concurrency)
+        self.name = name
+        self.env = env or {}  # culm@NAME: PYTHONPATH to another checkout's src
 
     def command(self) -> tuple[list[str], dict[str, str], Path | None]:
         env = {
@@ -136,6 +142,8 @@ class CulmServe(Server):
             "OPENAI_API_KEY": "bench",
             "CULM_WORKER_CONCURRENCY": str(max(64, self.concurrency)),
         }
+        if "PYTHONPATH" in self.env:
+            env["PYTHONPATH"] = self.env["PYTHONPATH"]
         return [sys.executable, "-m", "culm", "serve", "--port", str(self.port)], env, None
 
     async def run_once(self, on_token: harness.OnToken) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from pathlib import Path
 from typing import Any, ClassVar
 
 import harness
@@ -32,6 +33,7 @@ class NoopTool(culm.Tool):
 
 class Culm:
     name = "culm"
+    source = str(Path(culm.__file__).parent)  # another checkout's with --culm-src
 
     def __init__(self) -> None:
         self.engine: culm.Engine | None = None
