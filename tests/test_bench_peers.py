@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx2
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -62,3 +64,30 @@ def test_culm_serve_is_measured_over_http(tmp_path: Path) -> None:
     assert result["model_calls"] == (3 + 2) * 2
     assert result["server_cpu_ms_per_run"] > 0
     assert "| http | write | runs/s" in table
+
+
+def test_the_fake_upstream_plays_the_two_round_tool_task() -> None:
+    command = [sys.executable, str(BENCH / "fake_openai.py"), "--port", "0", "--chunks", "3"]
+    with subprocess.Popen([*command, "--tool", "noop"], stdout=subprocess.PIPE, text=True) as up:
+        try:
+            check_two_rounds(up)
+        finally:
+            up.terminate()
+
+
+def check_two_rounds(upstream: subprocess.Popen[str]) -> None:
+    assert upstream.stdout is not None
+    base = upstream.stdout.readline().split()[-1]
+    tools = [{"type": "function", "function": {"name": "list_dir", "parameters": {}}}]
+    first = {"model": "m", "messages": [{"role": "user", "content": "go"}]}
+    call = httpx2.post(f"{base}/chat/completions", json=first).json()["choices"][0]
+    assert call["finish_reason"] == "tool_calls"  # no tools offered: --tool's
+    assert call["message"]["tool_calls"][0]["function"] == {"name": "noop", "arguments": "{}"}
+    offered = httpx2.post(f"{base}/chat/completions", json={**first, "tools": tools}).json()
+    assert offered["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "list_dir"
+    result = {"role": "tool", "tool_call_id": "call_bench", "content": "ok"}
+    second = {**first, "messages": [*first["messages"], result], "stream": True}
+    streamed = httpx2.post(f"{base}/chat/completions", json=second).text
+    assert streamed.count('"content":"w') == 3 and streamed.endswith("data: [DONE]\n\n")
+    stats = httpx2.get(base.removesuffix("/v1") + "/stats").json()
+    assert (stats["tool_rounds"], stats["answer_rounds"], stats["chat"]) == (2, 1, 3)
