@@ -110,20 +110,20 @@ def run_process(
     command += ["--park-timeout", str(args.park_timeout)]
     before, upstream_cpu = upstream.stats(), upstream.cpu_seconds()
     spawned = time.time()
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=args.timeout, env=culm_env(system, args)
-    )
-    after, upstream_cpu = upstream.stats(), upstream.cpu_seconds() - upstream_cpu
-    lines = done.stdout.strip().splitlines()
     try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        failures.check(
-            False,
-            f"{system} {scenario} {upstream.mode}: no result (exit {done.returncode}): "
-            f"{done.stderr[-2000:]}",
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=args.timeout,
+            env=culm_env(system, args),
         )
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, IndexError, ValueError) as exc:
+        stderr = exc.stderr if isinstance(exc, subprocess.TimeoutExpired) else done.stderr
+        failures.check(False, f"{system} {scenario} {upstream.mode}: no result: {exc!r} {stderr!r}")
         return {"system": system, "scenario": scenario, "mode": upstream.mode, "failed": True}
+    after, upstream_cpu = upstream.stats(), upstream.cpu_seconds() - upstream_cpu
     result["system"] = system  # culm@NAME's runner calls itself culm
     checked(result, upstream.mode, before, after, args.tokens, failures)
     result["upstream_cpu_s"] = upstream_cpu
