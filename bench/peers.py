@@ -11,7 +11,8 @@ subscriber per run; the peers: their streaming APIs) and checks the answer token
 * ``seq``: ``--seq-runs`` runs one at a time: wall and process CPU per run;
 * ``conc``: ``--conc-runs`` runs, ``--concurrency`` at a time: runs/s, CPU per run, first-token
   p50/p99 (from a run's start to the first token its consumer sees);
-* ``parked``: ``--parked`` runs at once against an upstream that answers after 60 s: the time
+* ``parked``: ``--parked`` runs at once against an upstream that answers after 60 s (or 15 s
+  after ``--park-timeout`` if that is later): the time
   until the upstream holds all their requests (or ``--park-timeout``: then a lower bound, marked
   ≥ in the table), and RSS per run;
 * ``cold``: a fresh process's first run: from spawn to the run's end;
@@ -262,7 +263,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--parked", type=int, default=1000)
     parser.add_argument(
-        "--park-timeout", type=float, default=45.0, help="s; the upstream parks for 60"
+        "--park-timeout", type=float, default=45.0, help="s (default 45); the upstream parks 60"
     )
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured runs first (seq, conc)")
     parser.add_argument("--tokens", type=int, default=100)
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         modes = {"parked": ["parked"], "cold": ["write"]}.get(scenario, args.modes)
         for mode in modes:
             print(f"{scenario} ({mode}):", file=sys.stderr, flush=True)
-            park = 60.0 if mode == "parked" else 0.0
+            park = max(60.0, args.park_timeout + 15) if mode == "parked" else 0.0
             with Upstream(mode, args.tokens, delay.get(mode, 0.0), park) as upstream:
                 if scenario == "http":
                     sets.append(over_http(upstream, args, failures))
