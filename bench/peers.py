@@ -12,9 +12,9 @@ subscriber per run; the peers: their streaming APIs) and checks the answer token
 * ``conc``: ``--conc-runs`` runs, ``--concurrency`` at a time: runs/s, CPU per run, first-token
   p50/p99 (from a run's start to the first token its consumer sees);
 * ``parked``: ``--parked`` runs at once against an upstream that answers after 60 s (or 15 s
-  after ``--park-timeout`` if that is later): the time
-  until the upstream holds all their requests (or ``--park-timeout``: then a lower bound, marked
-  ≥ in the table), and RSS per run;
+  after ``--park-timeout`` if that is later): the time until the upstream holds all their
+  requests (at most ``--park-timeout``: then a lower bound, marked ≥ in the table), and RSS
+  per run;
 * ``cold``: a fresh process's first run: from spawn to the run's end;
 * ``http``: `culm serve` against `langgraph dev` over their HTTP APIs, ``--conc-runs`` runs
   ``--concurrency`` at a time: runs/s, first-token p50/p99, the server's CPU per run
