@@ -90,6 +90,11 @@ def summarize(sets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def figure(value: float) -> str:
+    """Three significant digits, without an exponent: 0.123, 12.3, 1,234."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     systems: list[str] = []
     for row in rows:
@@ -110,15 +115,17 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             entry = row["systems"].get(system, {})
             median = entry.get("median")
             bound = "≥ " if entry.get("partial") and row["metric"] == "all_waiting_s" else ""
-            cells.append("–" if median is None else f"{bound}{median:.3g}")
-        culm_partial = row["systems"].get("culm", {}).get("partial") and row["metric"] == (
-            "all_waiting_s"
-        )
+            cells.append("–" if median is None else f"{bound}{figure(median)}")
+        waiting = row["metric"] == "all_waiting_s"
+        culm_partial = waiting and row["systems"].get("culm", {}).get("partial")
         for peer in peers:
             entry = row["systems"].get(peer, {})
+            if culm_partial and entry.get("partial"):  # two lower bounds: no ratio
+                cells.append("? (both ≥)")
+                continue
             cells.append(
-                f"{'≥ ' if culm_partial else ''}{entry['ratio']:.2f} "
-                f"({entry['ratio_min']:.2f}–{entry['ratio_max']:.2f})"
+                f"{'≥ ' if culm_partial else '≤ ' if waiting and entry.get('partial') else ''}"
+                f"{entry['ratio']:.2f} ({entry['ratio_min']:.2f}–{entry['ratio_max']:.2f})"
                 if "ratio" in entry
                 else "–"
             )
