@@ -16,7 +16,8 @@ next to the proxies it stands behind. It speaks:
   offers none, and a request that holds the tool's result gets the answer above: the same task
   for every client, whatever its framework remembers between rounds.
 * ``--park-s`` holds every completion that long before its first byte (a model that has not
-  answered yet), so that a benchmark can count how many requests are waiting (``/stats``).
+  answered yet), so that a benchmark can count how many requests are waiting (``/stats``:
+  ``parked_now``, the requests held at this moment whose client is still connected).
 * ``GET /v1/models``: the models of ``--models`` (any model name is accepted by the completions
   route anyway).
 * ``GET /health``: ``{"status": "ok"}``; ``GET /stats``: requests served so far (chat, of which
@@ -71,6 +72,7 @@ class Upstream:
             "chat_stream": 0,
             "tool_rounds": 0,
             "answer_rounds": 0,
+            "parked_now": 0,  # requests held by --park-s right now (a client's retry is not new)
             "models": 0,
             "connections": 0,
             "bad_requests": 0,
@@ -386,12 +388,23 @@ class Connection(asyncio.Protocol):
             upstream.stats["not_found"] += 1
             transport.write(error(404, f"no route {path.decode(errors='replace')}", "not_found"))
 
+    async def park(self) -> None:
+        """Hold the request for ``--park-s`` while its client is connected."""
+        stats = self.upstream.stats
+        stats["parked_now"] += 1
+        try:
+            deadline = asyncio.get_running_loop().time() + self.upstream.park
+            while self.transport is not None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(min(1.0, self.upstream.park))
+        finally:
+            stats["parked_now"] -= 1
+
     async def trickle(self, frames: list[bytes], delay: float) -> None:
         """Write a response after ``--park-s``, with ``delay`` between its frames (the content
         chunks of a stream: ``--chunk-delay-ms``)."""
         try:
             if self.upstream.park > 0:
-                await asyncio.sleep(self.upstream.park)
+                await self.park()
             for i, frame in enumerate(frames):
                 if i and delay > 0:
                     await asyncio.sleep(delay)

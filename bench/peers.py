@@ -152,10 +152,10 @@ def checked(
     started = int(result.get("runs_started", 0))
     tool, answer = (after[k] - before[k] for k in ("tool_rounds", "answer_rounds"))
     if scenario == "parked":
-        seen = result.get("requests_seen")
+        seen = result.get("requests_seen")  # held at once; the upstream's count has retries too
         failures.check(
-            tool == seen and tool <= started,
-            f"{label}: upstream saw {tool} calls, the runner {seen}, for {started} runs",
+            isinstance(seen, int) and seen <= min(tool, started),
+            f"{label}: upstream saw {tool} calls, {seen} held at once, for {started} runs",
         )
         if not result.get("all_waiting"):
             print(f"  NOTE {label}: only {seen} of {started} runs waiting", file=sys.stderr)

@@ -10,8 +10,9 @@ this module runs one scenario against it, checks every run's answer, and prints 
 * ``conc``: ``--runs`` runs, ``--concurrency`` at a time: runs/s, CPU per run, first-token
   latency (from the moment a run is started to the first token its consumer sees).
 * ``parked``: ``--runs`` runs at once against an upstream that does not answer: the time until
-  the upstream has seen every run's request (``/stats``; at most ``--park-timeout``), and the
-  RSS they added, per run. The process then exits without waiting for them.
+  the upstream holds every run's request at once (``/stats``: ``parked_now``; at most
+  ``--park-timeout``), and the RSS they added, per run. The process then exits without waiting
+  for them.
 * ``cold``: one run in a fresh process; reports the wall time when it ended, so that the caller
   (which knows when it spawned the process) can tell the cold start.
 
@@ -108,9 +109,11 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
-def upstream_chat_count(stats_url: str) -> int:
+def upstream_parked(stats_url: str) -> int:
+    """The requests the upstream holds now: a run whose client timed out and retried counts
+    once, not once per try."""
     with urllib.request.urlopen(stats_url, timeout=5) as answer:
-        return int(json.load(answer)["chat"])
+        return int(json.load(answer)["parked_now"])
 
 
 async def sequential(s: Scenario) -> dict[str, Any]:
@@ -158,14 +161,14 @@ async def concurrent(s: Scenario) -> dict[str, Any]:
 async def parked(s: Scenario) -> dict[str, Any]:
     """Start every run at once; wait until the upstream holds all their requests."""
     stats_url = s.args.stats_url
-    base = await asyncio.to_thread(upstream_chat_count, stats_url)
+    base = await asyncio.to_thread(upstream_parked, stats_url)
     rss = rss_mb()
     started = time.perf_counter()
     tasks = [asyncio.create_task(s.one()) for _ in range(s.args.runs)]
     seen = 0
     while time.perf_counter() - started < s.args.park_timeout:
         await asyncio.sleep(0.02)
-        seen = await asyncio.to_thread(upstream_chat_count, stats_url) - base
+        seen = await asyncio.to_thread(upstream_parked, stats_url) - base
         if seen >= s.args.runs:
             break
     waited = time.perf_counter() - started
