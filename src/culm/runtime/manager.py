@@ -457,32 +457,29 @@ class RunManager:
             if runner is not None:
                 await runner.done.wait()
                 continue
+            # Not while the bus is degraded: following the run would first wait on an
+            # unreachable Redis; the store is read every _STORE_POLL s until it is back.
+            follows = self.bus.crosses_processes and self.bus.state == "ok"
             with self._registry.watch(run_id) as launched:
-                async with self._terminal_notice(run_id) as ended:
+                async with self._terminal_notice(run_id, follows) as ended:
                     while not launched.is_set():
                         run = await self._require_run(run_id)
                         if run.status.is_terminal:
                             return run
+                        if not follows and self.bus.state == "ok" and self.bus.crosses_processes:
+                            break  # the bus is back: follow the run on it
                         changes = [launched, self.bus.watch_state()]
                         if not ended.is_set():
                             changes.append(ended)
-                        await _any_of(changes, timeout=self._poll(ended))
+                        await _any_of(changes, timeout=_poll(ended, follows))
 
     def _terminal_notice(
-        self, run_id: str
+        self, run_id: str, follows: bool
     ) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
-        """The bus's notice of the run's end; none while the bus is degraded (following the run
-        would wait on an unreachable Redis first: the store is read every ``_STORE_POLL`` s)."""
-        if self.bus.state == "degraded":
+        """The bus's notice of the run's end, when it follows the run."""
+        if not follows:
             return contextlib.nullcontext(asyncio.Event())
         return self.bus.terminal_notice(run_id)
-
-    def _poll(self, ended: asyncio.Event) -> float:
-        """Seconds until the next read of the store for a run executing in another process."""
-        if ended.is_set():
-            return _ENDING_POLL  # its terminal event is stored; its status follows at once
-        live = self.bus.crosses_processes and self.bus.state == "ok"
-        return _SAFETY_POLL if live else _STORE_POLL
 
     async def wait_tree(self, run_id: str, *, reason: str) -> Run:
         """The run once it and every run below it are terminal; a descendant still active once
@@ -506,6 +503,13 @@ class RunManager:
 _SAFETY_POLL = 2.0
 _STORE_POLL = 0.25
 _ENDING_POLL = 0.02
+
+
+def _poll(ended: asyncio.Event, follows: bool) -> float:
+    """Seconds until the next read of the store for a run executing in another process."""
+    if ended.is_set():
+        return _ENDING_POLL  # its terminal event is stored; its status follows at once
+    return _SAFETY_POLL if follows else _STORE_POLL
 
 
 async def _any_of(events: list[asyncio.Event], timeout: float) -> None:
