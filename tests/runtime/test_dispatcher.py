@@ -89,7 +89,7 @@ async def test_a_dispatcher_never_claims_a_run_whose_earlier_attempt_it_still_ho
 
 
 def _runner(run: Run) -> Runner:
-    return Runner(run, persist=lambda _: None, fan_out_session=lambda _: None, queue_size=8)
+    return Runner(run, persist=lambda _, __: None, fan_out_session=lambda _: None, queue_size=8)
 
 
 def test_removing_an_ended_attempt_keeps_the_later_attempt_of_its_run() -> None:
