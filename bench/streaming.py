@@ -151,6 +151,14 @@ async def scenario(name: str, args: argparse.Namespace, port: int) -> dict[str, 
             return await SCENARIOS[name](engine, args)
 
 
+def loop_factory(uvloop: bool) -> Any:
+    if not uvloop:
+        return None
+    import uvloop as module
+
+    return module.new_event_loop
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=100)
@@ -161,13 +169,15 @@ def main() -> int:
     parser.add_argument("--parked", type=int, default=1000)
     parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--uvloop", action="store_true", help="run the engine on uvloop")
     args = parser.parse_args()
     results: dict[str, Any] = {"load": os.getloadavg()[0]}
     for name in args.only or list(SCENARIOS):
         tokens, delay = (1, 60_000.0) if name == "parked" else (args.tokens, args.delay_ms)
         upstream, port = start_upstream(tokens, delay)
         try:
-            results[name] = asyncio.run(scenario(name, args, port))
+            with asyncio.Runner(loop_factory=loop_factory(args.uvloop)) as runner:
+                results[name] = runner.run(scenario(name, args, port))
         finally:
             upstream.terminate()
             upstream.wait()
