@@ -10,18 +10,26 @@ next to the proxies it stands behind. It speaks:
   ``choices: []`` and ``usage``, and ``data: [DONE]``. The response echoes the request's
   ``model``. By default the whole stream is written at once; ``--chunk-delay-ms`` sleeps between
   content chunks instead.
+* With ``--tool NAME`` (bench/peers.py's two-round tool task), a request whose ``messages`` hold
+  no ``role: "tool"`` message is answered with one call (arguments ``{}``, ``finish_reason:
+  "tool_calls"``; streamed, it is one write) of the request's first tool, or of ``NAME`` if it
+  offers none, and a request that holds the tool's result gets the answer above: the same task
+  for every client, whatever its framework remembers between rounds.
+* ``--park-s`` holds every completion that long before its first byte (a model that has not
+  answered yet), so that a benchmark can count how many requests are waiting (``/stats``).
 * ``GET /v1/models``: the models of ``--models`` (any model name is accepted by the completions
   route anyway).
 * ``GET /health``: ``{"status": "ok"}``; ``GET /stats``: requests served so far (chat, of which
   streaming, models), connections accepted, and bad requests, for the benchmark's checks.
 
 Any other route answers 404 in OpenAI's error format. Responses are built once per (model,
-stream, include_usage) and cached.
+stream, include_usage, tool round) and cached.
 
 Run it as its own process::
 
     .venv/bin/python bench/fake_openai.py --port 9100
     .venv/bin/python bench/fake_openai.py --port 9100 --chunks 50 --chunk-delay-ms 5
+    .venv/bin/python bench/fake_openai.py --port 0 --chunks 100 --tool noop --park-s 60
 """
 
 from __future__ import annotations
@@ -42,15 +50,27 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not All
 class Upstream:
     """Builds (and caches) the responses; counts what it served."""
 
-    def __init__(self, chunks: int, models: list[str], chunk_delay: float) -> None:
+    def __init__(
+        self,
+        chunks: int,
+        models: list[str],
+        chunk_delay: float,
+        tool: str | None = None,
+        park: float = 0.0,
+    ) -> None:
         self.chunks = chunks
         self.models = models
         self.chunk_delay = chunk_delay
+        self.tool = tool
+        self.park = park
         self.words = [f"w{i} " for i in range(chunks)]
         self.cache: dict[tuple[str, bool, bool], Any] = {}
+        self.tool_cache: dict[tuple[str, bool, str], bytes] = {}
         self.stats = {
             "chat": 0,
             "chat_stream": 0,
+            "tool_rounds": 0,
+            "answer_rounds": 0,
             "models": 0,
             "connections": 0,
             "bad_requests": 0,
@@ -133,6 +153,41 @@ class Upstream:
         assert isinstance(cached, list)
         return cached
 
+    def tool_call(self, model: str, stream: bool, tool: str) -> bytes:
+        """One call of ``tool`` with no arguments: a whole response, streamed or not."""
+        key = (model, stream, tool)
+        cached = self.tool_cache.get(key)
+        if cached is not None:
+            return cached
+        call = {"id": "call_bench", "type": "function", "function": {"name": tool}}
+        if not stream:
+            message = {"role": "assistant", "content": None, "refusal": None}
+            message["tool_calls"] = [{**call, "function": {"name": tool, "arguments": "{}"}}]
+            body = {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion",
+                "created": CREATED,
+                "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13},
+            }
+            cached = response(200, json.dumps(body).encode(), b"application/json")
+        else:
+            opening = {"index": 0, **call, "function": {"name": tool, "arguments": ""}}
+            deltas: list[tuple[dict[str, Any], str | None]] = [
+                ({"role": "assistant", "content": None}, None),
+                ({"tool_calls": [opening]}, None),
+                ({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}, None),
+                ({}, "tool_calls"),
+            ]
+            frames = b"".join(
+                http_chunk(b"data: " + json.dumps(stream_chunk(model, *delta)).encode() + b"\n\n")
+                for delta in deltas
+            )
+            cached = STREAM_HEAD + frames + http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+        self.tool_cache[key] = cached
+        return cached
+
     def models_list(self) -> bytes:
         key = ("", False, True)
         cached = self.cache.get(key)
@@ -145,6 +200,32 @@ class Upstream:
             cached = self.cache[key] = response(200, body, b"application/json")
         assert isinstance(cached, bytes)
         return cached
+
+
+def stream_chunk(model: str, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def has_tool_result(request: dict[str, Any]) -> bool:
+    messages = request.get("messages")
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and m.get("role") == "tool" for m in messages
+    )
+
+
+def first_tool(request: dict[str, Any]) -> str | None:
+    """The name of the first function tool the request offers, if any."""
+    for offered in request.get("tools") or []:
+        function = offered.get("function") if isinstance(offered, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return str(function["name"])
+    return None
 
 
 def response(status: int, body: bytes, content_type: bytes, extra: bytes = b"") -> bytes:
@@ -271,21 +352,28 @@ class Connection(asyncio.Protocol):
                 stream = bool(request.get("stream"))
                 options = request.get("stream_options") or {}
                 include_usage = bool(options.get("include_usage"))
+                tool_round = upstream.tool is not None and not has_tool_result(request)
+                tool = first_tool(request) or upstream.tool or ""
             except (ValueError, AttributeError) as exc:
                 upstream.stats["bad_requests"] += 1
                 transport.write(error(400, f"bad JSON body: {exc}", "invalid_request_error"))
                 return
             upstream.stats["chat"] += 1
-            if not stream:
-                transport.write(upstream.completion(model))
-                return
-            upstream.stats["chat_stream"] += 1
-            frames = upstream.stream_frames(model, include_usage)
-            if upstream.chunk_delay > 0:
-                self.busy = True
-                asyncio.get_running_loop().create_task(self.trickle(frames))
+            upstream.stats["chat_stream"] += stream
+            upstream.stats["tool_rounds" if tool_round else "answer_rounds"] += 1
+            if tool_round:
+                frames = [upstream.tool_call(model, stream, tool)]
+            elif not stream:
+                frames = [upstream.completion(model)]
             else:
-                transport.write(STREAM_HEAD + b"".join(frames))
+                frames = upstream.stream_frames(model, include_usage)
+                frames = [STREAM_HEAD + frames[0], *frames[1:]]
+            if upstream.park > 0 or (stream and not tool_round and upstream.chunk_delay > 0):
+                self.busy = True
+                delay = 0.0 if tool_round else upstream.chunk_delay
+                asyncio.get_running_loop().create_task(self.trickle(frames, delay))
+            else:
+                transport.write(b"".join(frames))
         elif path.endswith(b"/models") and method == b"GET":
             upstream.stats["models"] += 1
             transport.write(upstream.models_list())
@@ -298,16 +386,19 @@ class Connection(asyncio.Protocol):
             upstream.stats["not_found"] += 1
             transport.write(error(404, f"no route {path.decode(errors='replace')}", "not_found"))
 
-    async def trickle(self, frames: list[bytes]) -> None:
-        """Write a stream with ``chunk_delay`` between content chunks (``--chunk-delay-ms``)."""
+    async def trickle(self, frames: list[bytes], delay: float) -> None:
+        """Write a response after ``--park-s``, with ``delay`` between its frames (the content
+        chunks of a stream: ``--chunk-delay-ms``)."""
         try:
+            if self.upstream.park > 0:
+                await asyncio.sleep(self.upstream.park)
             for i, frame in enumerate(frames):
-                if i:
-                    await asyncio.sleep(self.upstream.chunk_delay)
+                if i and delay > 0:
+                    await asyncio.sleep(delay)
                 transport = self.transport  # None once the client has gone
                 if transport is None:
                     return
-                transport.write(STREAM_HEAD + frame if i == 0 else frame)
+                transport.write(frame)
         finally:
             self.busy = False
         if self.close_after and self.transport is not None:
@@ -337,7 +428,13 @@ def dechunk(buf: bytes, pos: int) -> tuple[bytes, int] | None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    upstream = Upstream(args.chunks, args.models.split(","), args.chunk_delay_ms / 1000)
+    upstream = Upstream(
+        args.chunks,
+        args.models.split(","),
+        args.chunk_delay_ms / 1000,
+        tool=args.tool,
+        park=args.park_s,
+    )
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: Connection(upstream), args.host, args.port, backlog=1024, reuse_address=True
@@ -363,6 +460,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="sleep between streamed content chunks (default 0: the whole stream at once)",
+    )
+    parser.add_argument(
+        "--tool",
+        default=None,
+        help="answer a request without a tool result with a call of this tool (no arguments)",
+    )
+    parser.add_argument(
+        "--park-s", type=float, default=0.0, help="hold every completion this long (default 0)"
     )
     parser.add_argument(
         "--models", default="gpt-bench", help="comma-separated names for GET /v1/models"
