@@ -23,6 +23,19 @@ async def collect(events: AsyncIterator[RunEvent], *, timeout: float = 20) -> li
         return [event async for event in events]
 
 
+def accounted(events: list[RunEvent]) -> list[int]:
+    """The seqs ``events`` stand for: each event's own, a ``gap``'s whole range instead. After a
+    crash a run's stream has a gap where seqs were reserved for events shown before they were
+    stored (see docs/ARCHITECTURE.md): every seq is still accounted for exactly once."""
+    seqs: list[int] = []
+    for event in events:
+        if event.type == "gap":
+            seqs += range(event.from_seq, event.to_seq + 1)  # type: ignore[union-attr]
+        else:
+            seqs.append(event.seq)
+    return seqs
+
+
 def types(events: list[RunEvent]) -> list[str]:
     return [event.type for event in events]
 

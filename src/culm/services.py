@@ -17,8 +17,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import httpx2
-
 from culm.bus.factory import build_bus
 from culm.context.limits import limits_for
 from culm.context.overflow import OverflowMatcher
@@ -43,6 +41,7 @@ from culm.mcp.manager import MCPManager, session_metadata
 from culm.metrics.pipeline import MetricsConfig, MetricsPipeline
 from culm.metrics.store import MetricsStore
 from culm.providers.base import Model
+from culm.providers.http import model_client
 from culm.providers.resolve import ModelResolver
 from culm.providers.scripted import ScriptLibrary
 from culm.runtime.batcher import EventBatcher
@@ -141,7 +140,7 @@ class Engine:
             store = self._store or SqlStore(settings.resolved_database_url)
             await store.start()
             stack.push_async_callback(store.aclose)
-            client = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=10.0))
+            client = model_client(settings.resolved_model_max_connections)
             stack.push_async_callback(client.aclose)
             self.store = store
             await self._start_metrics(store, stack)  # stops after the event writer below

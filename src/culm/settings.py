@@ -184,8 +184,10 @@ class Settings(BaseSettings):
 
     # Runtime and store
     # How long the event writer may wait to gather a bigger batch (0: write as soon as the
-    # previous write is done). Events are published to subscribers once stored.
-    event_flush_interval: float = Field(default=0.0, ge=0, le=0.05)
+    # previous write is done): a streaming run's tokens then share a commit. Subscribers do not
+    # wait for it (events within a run's seq reservation are shown before they are stored), so
+    # it is the durability window: a crash may lose this much of what clients saw (a gap).
+    event_flush_interval: float = Field(default=0.02, ge=0, le=1.0)
     event_batch_size: int = Field(default=1000, ge=1)
     # Flow control: a model streaming faster than its events are stored waits while more than
     # this many events (all runs together) await storage, until half of them are stored.
@@ -200,6 +202,9 @@ class Settings(BaseSettings):
     # How many runs one worker (or embedded server) executes at once, and how often it looks
     # for ready runs when no wake-up came (a lost notification).
     worker_concurrency: int = Field(default=64, ge=1)
+    # Connections the model client keeps (open at once, and idle for reuse) to each provider;
+    # unset: max(100, worker_concurrency), so every run this process executes can be on the wire.
+    model_max_connections: int | None = Field(default=None, ge=1)
     claim_poll_seconds: float = Field(default=2.0, gt=0)
     shutdown_policy: ShutdownPolicy = ShutdownPolicy.CANCEL
     shutdown_grace: float = Field(default=0.0, ge=0)
@@ -253,6 +258,12 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.home / 'culm.db'}"
+
+    @property
+    def resolved_model_max_connections(self) -> int:
+        if self.model_max_connections is not None:
+            return self.model_max_connections
+        return max(100, self.worker_concurrency)
 
     @property
     def workspaces_dir(self) -> Path:

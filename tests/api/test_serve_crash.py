@@ -1,9 +1,12 @@
 """kill -9 of a real `culm serve` while a client follows a streaming run over SSE.
 
-After a restart on the same database (recovery policy `error`, then `requeue`) the client
-resumes with `after=<highest seq it saw>` and gets the rest: the `error` (interrupted) terminal
-event, or the new attempt's events then its terminal event. No seq it saw is reused: the stored
-events up to that seq are the ones it saw, before the restart and after it.
+Events reach a live client before they are stored (within the run's committed seq
+reservation), so the store may hold fewer than the client saw. After a restart on the same
+database (recovery policy `error`, then `requeue`) the client resumes with `after=<highest seq it
+saw>` and gets an explicit `gap` for the seqs reserved but not stored, then the rest: the `error`
+(interrupted) terminal event, or the new attempt's events then its terminal event. No seq it saw
+is reused with other content: every stored event up to that seq is the one it saw, before the
+restart and after it, and a full replay accounts for every seq once (an event or a gap).
 """
 
 from __future__ import annotations
@@ -83,8 +86,8 @@ async def test_a_client_resumes_a_killed_servers_run_after_the_restart(
     run_id, seen = await _follow_then_kill(tmp_path, env)
     highest = max(seen)
     before = await _stored(database_url, run_id, highest)
-    # Every event the client saw is stored, as it saw it.
-    assert before == [_normal(seen[seq]) for seq in range(1, highest + 1)]
+    # What is stored of what the client saw is a prefix of it, as it saw it.
+    assert before == [_normal(seen[seq]) for seq in range(1, len(before) + 1)]
 
     _script(tmp_path, "s", AFTER_RESTART)
     async with (
@@ -94,9 +97,14 @@ async def test_a_client_resumes_a_killed_servers_run_after_the_restart(
         async with asyncio.timeout(60):
             resumed = [frame.json for frame in await read_run(client, run_id, after=highest)]
         run = (await client.get(f"/v1/runs/{run_id}")).json()
-    seqs = [event["seq"] for event in resumed]
-    assert seqs == list(range(highest + 1, highest + 1 + len(resumed)))  # nothing seen again
+    seqs = _accounted(resumed)
+    assert seqs == list(range(highest + 1, highest + 1 + len(seqs)))  # nothing seen again
+    # The seqs reserved past what was stored are a gap (whether the client saw them or not),
+    # and recovery's events come after it.
+    [gap] = [event for event in resumed if event["type"] == "gap"]
+    assert gap["to_seq"] >= highest
     recovered = [event for event in resumed if event["type"] == "run_recovered"]
+    assert resumed.index(gap) + 1 == resumed.index(recovered[0])
     assert len(recovered) == 1 and recovered[0]["previous_attempt"] == 1
     after_recovery = [event["type"] for event in resumed[resumed.index(recovered[0]) + 1 :]]
     if policy == "error":
@@ -114,3 +122,24 @@ async def test_a_client_resumes_a_killed_servers_run_after_the_restart(
     assert run["last_seq"] == seqs[-1]
     # The events up to what the client saw are still the same, after the restart too.
     assert await _stored(database_url, run_id, highest) == before
+    # A full replay: what the client saw, stored or in the gap, then the rest, every seq once.
+    async with (
+        culm_serve(tmp_path, **env) as (_, url),
+        httpx2.AsyncClient(base_url=url, timeout=30) as client,
+    ):
+        replay = [frame.json for frame in await read_run(client, run_id, after=0)]
+    assert _accounted(replay) == list(range(1, seqs[-1] + 1))
+    [full_gap] = [event for event in replay if event["type"] == "gap"]
+    assert (full_gap["to_seq"], full_gap["seq"]) == (gap["to_seq"], gap["seq"])
+    assert [_normal(event) for event in replay[: len(before)]] == before
+
+
+def _accounted(events: list[dict[str, Any]]) -> list[int]:
+    """The seqs ``events`` stand for: each event's own, a gap's whole range."""
+    seqs: list[int] = []
+    for event in events:
+        if event["type"] == "gap":
+            seqs += range(event["from_seq"], event["to_seq"] + 1)
+        else:
+            seqs.append(event["seq"])
+    return seqs

@@ -65,7 +65,7 @@ def _ring_runner() -> Runner:
     """A runner whose store publishes each event back at once, as the batcher does."""
     run = Run(run_id="r", session_id="s", model="scripted:echo")
     runner = Runner(
-        run, persist=lambda e: runner.publish(e), fan_out_session=lambda e: None, queue_size=10
+        run, persist=lambda e, u: runner.stored(e), fan_out_session=lambda e: None, queue_size=10
     )
     return runner
 

@@ -1,13 +1,16 @@
 """The invariants every distributed test asserts, read from the database itself (SQL).
 
-- **seq gapless**: a run's events are seq 1..last_seq, each once, and no event without a run;
+- **seq accounted for**: a run's events are seq 1..last_seq, each once, except for one break at a
+  takeover (recovery appends after the seqs reserved for events shown before they were stored:
+  the event after a break is never of the attempt before it); no event without a run;
 - **fencing**: along a run's seq the events' epochs never decrease, and none is above the run's
   epoch: an event written under a stale epoch (by an owner that lost the run) would show as an
   epoch lower than one before it; every event of a run that was ever claimed carries its epoch;
 - **one terminal event**, the last one, matching a finished run's status;
 - **one active run per session**: now (no two in the slot) and in history (within a session, a
   run starts only after the run started before it has ended);
-- **what a client saw is stored**: every event an SSE client received is stored identically;
+- **no seq a client saw is reused**: every event an SSE client received is stored identically,
+  or (lost in a crash) its seq is in a break, below the run's next stored event;
 - **nothing stuck**: no run is active under a lease that expired longer ago than ``grace``
   (a heartbeat's sweep, plus slack), and no run is ``running`` without an owner.
 
@@ -29,8 +32,19 @@ GAPS = """
 SELECT r.run_id, r.last_seq, count(e.seq) AS n, min(e.seq) AS lo, max(e.seq) AS hi
 FROM runs r LEFT JOIN run_events e ON e.run_id = r.run_id
 GROUP BY r.run_id, r.last_seq
-HAVING count(e.seq) <> r.last_seq OR coalesce(max(e.seq), 0) <> r.last_seq
-    OR coalesce(min(e.seq), 1) <> 1
+HAVING coalesce(max(e.seq), 0) <> r.last_seq OR coalesce(min(e.seq), 1) <> 1
+"""
+# A break in a run's seqs within one attempt (the event after it of the same epoch as the one
+# before): only a takeover (a later epoch, or the store's own unfenced ending) may leave one.
+BREAKS = """
+SELECT x.run_id, x.seq, x.before_seq, x.epoch FROM (
+  SELECT e.run_id, e.seq, e.epoch,
+         lag(e.seq) OVER (PARTITION BY e.run_id ORDER BY e.seq) AS before_seq,
+         lag(e.epoch) OVER (PARTITION BY e.run_id ORDER BY e.seq) AS before_epoch
+  FROM run_events e
+) x
+WHERE x.before_seq IS NOT NULL AND x.seq <> x.before_seq + 1
+  AND x.epoch IS NOT DISTINCT FROM x.before_epoch
 """
 ORPHAN_EVENTS = """
 SELECT DISTINCT e.run_id FROM run_events e LEFT JOIN runs r ON r.run_id = e.run_id
@@ -104,7 +118,9 @@ async def check(
     received, per run and seq. ``stuck_grace``: check "nothing stuck" (only while workers are
     up to sweep): seconds past a lease's expiry after which an active run is stuck."""
     async with db.connect() as conn:
-        assert not (gaps := await _all(conn, GAPS)), f"seq not gapless: {gaps[:10]}"
+        assert not (gaps := await _all(conn, GAPS)), f"seq not 1..last_seq: {gaps[:10]}"
+        breaks = await _all(conn, BREAKS)
+        assert not breaks, f"seq breaks within one attempt: {breaks[:10]}"
         assert not (orphans := await _all(conn, ORPHAN_EVENTS)), f"events without run: {orphans}"
         stale = await _all(conn, STALE_EPOCHS)
         assert not stale, f"events under a stale epoch: {stale[:10]}"
@@ -146,7 +162,9 @@ async def _check_seen(
             )
         }
         for seq, event in events.items():
-            assert seq in stored, f"{run_id}: a client saw seq {seq}, not stored"
+            if seq not in stored:  # shown before it was stored, then lost: never reused
+                assert any(later > seq for later in stored), f"{run_id}: seq {seq} lost at the end"
+                continue
             saw = event_to_dict(event_from_dict(dict(event)))
             assert saw == stored[seq], f"{run_id} seq {seq}: saw {saw}, stored {stored[seq]}"
 

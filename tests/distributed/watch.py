@@ -24,6 +24,7 @@ class Watcher:
         self.seen: dict[str, dict[int, dict[str, Any]]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.reconnects = 0
+        self.gaps: dict[str, list[dict[str, Any]]] = {}  # the gap events each run's stream had
 
     def follow(self, run_id: str) -> None:
         self.seen.setdefault(run_id, {})
@@ -34,8 +35,9 @@ class Watcher:
 
     async def _follow(self, run_id: str) -> None:
         seen = self.seen[run_id]
+        cursor = 0  # the last seq accounted for: an event seen, or the end of a gap
         while not self.ended(run_id):
-            params = {"after": max(seen)} if seen else None
+            params = {"after": cursor} if cursor else None
             try:
                 async with self._client.stream(
                     "GET", f"/v1/runs/{run_id}/events", params=params
@@ -51,8 +53,14 @@ class Watcher:
                         seq = int(event["seq"])
                         assert frame.id is not None and int(frame.id) == seq, frame
                         assert seq not in seen, f"{run_id}: seq {seq} delivered twice"
-                        assert not seen or seq == max(seen) + 1, f"{run_id}: gap before {seq}"
-                        seen[seq] = event
+                        if event["type"] == "gap":  # seqs lost in a crash, never reused
+                            assert event["from_seq"] == cursor + 1, (run_id, event, cursor)
+                            assert seq == event["to_seq"] >= event["from_seq"], event
+                            self.gaps.setdefault(run_id, []).append(event)
+                        else:
+                            assert seq == cursor + 1, f"{run_id}: unannounced gap before {seq}"
+                            seen[seq] = event
+                        cursor = seq
             except httpx2.TransportError:
                 self.reconnects += 1
                 await asyncio.sleep(0.2)

@@ -25,14 +25,18 @@ class FlakyStore(SqlStore):
         self.batches: list[int] = []
 
     async def append_events(
-        self, events: Sequence[RunEvent], *, fences: Mapping[str, Fence] | None = None
+        self,
+        events: Sequence[RunEvent],
+        *,
+        fences: Mapping[str, Fence] | None = None,
+        reserve: int = 0,
     ) -> set[str]:
         if self.failures:
             self.failures -= 1
             self.failed.set()
             raise StorageUnavailableError("the store is unavailable: disk on fire")
         self.batches.append(len(events))
-        return await super().append_events(events, fences=fences)
+        return await super().append_events(events, fences=fences, reserve=reserve)
 
 
 async def _store(tmp_path: Path, failures: int = 0) -> FlakyStore:
@@ -130,12 +134,16 @@ class SlowStore(FlakyStore):
         self.arrived = asyncio.Queue[int]()  # the size of each batch that reaches the gate
 
     async def append_events(
-        self, events: Sequence[RunEvent], *, fences: Mapping[str, Fence] | None = None
+        self,
+        events: Sequence[RunEvent],
+        *,
+        fences: Mapping[str, Fence] | None = None,
+        reserve: int = 0,
     ) -> set[str]:
         self.arrived.put_nowait(len(events))
         await self.gate.wait()
         self.gate.clear()
-        return await super().append_events(events, fences=fences)
+        return await super().append_events(events, fences=fences, reserve=reserve)
 
 
 async def test_a_producer_waits_for_room_until_half_the_backlog_is_stored(

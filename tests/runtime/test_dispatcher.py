@@ -180,7 +180,7 @@ async def test_sub_agents_started_during_a_claim_never_push_the_worker_past_its_
 
 
 def _runner(run: Run) -> Runner:
-    return Runner(run, persist=lambda _: None, fan_out_session=lambda _: None, queue_size=8)
+    return Runner(run, persist=lambda _, __: None, fan_out_session=lambda _: None, queue_size=8)
 
 
 def test_removing_an_ended_attempt_keeps_the_later_attempt_of_its_run() -> None:

@@ -137,11 +137,15 @@ class TerminalRefusingStore(FinishFailingStore):
         self._renewed: list[str] = []
 
     async def append_events(
-        self, events: Sequence[RunEvent], *, fences: Mapping[str, Fence] | None = None
+        self,
+        events: Sequence[RunEvent],
+        *,
+        fences: Mapping[str, Fence] | None = None,
+        reserve: int = 0,
     ) -> set[str]:
         if self.refuse and any(is_terminal(event) for event in events):
             raise StorageUnavailableError("the store is unavailable: disk I/O error")
-        return await super().append_events(events, fences=fences)
+        return await super().append_events(events, fences=fences, reserve=reserve)
 
     async def renew_leases(
         self, owner: str, fences: Mapping[str, int], lease_seconds: float

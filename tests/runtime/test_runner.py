@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from culm.domain.events import RunEvent, SubAgentStarted, Token, TokenBudget, TokenBudgetUpdated
+from culm.domain.liveness import SEQ_RESERVE
 from culm.domain.models import Run
 from culm.runtime.runner import RING_CAPACITY, Runner
 from culm.runtime.subscription import Lagged
@@ -18,24 +19,63 @@ def _runner(queue_size: int = 10) -> tuple[Runner, list[RunEvent]]:
     stored: list[RunEvent] = []
     run = Run(run_id="r", session_id="s", model="scripted:echo")
 
-    def persist(event: RunEvent) -> None:
+    def persist(event: RunEvent, urgent: bool) -> None:
         stored.append(event)
-        runner.publish(event)
+        runner.stored(event)
 
     runner = Runner(run, persist=persist, fan_out_session=lambda e: None, queue_size=queue_size)
     return runner, stored
 
 
-async def test_events_reach_subscribers_only_once_published() -> None:
-    pending: list[RunEvent] = []
+async def test_events_beyond_the_reservation_wait_for_the_store_then_the_rest_go_at_once() -> None:
+    """Pre-commit delivery: before the attempt's first write nothing is reserved, so events
+    are held (and their write asked for at once); a write reserves SEQ_RESERVE seqs past its
+    last event, and the events within that are delivered as they are emitted, in order."""
+    pending: list[tuple[RunEvent, bool]] = []
+    delivered: list[RunEvent] = []  # what the session's subscribers got
     run = Run(run_id="r", session_id="s", model="scripted:echo")
-    runner = Runner(run, persist=pending.append, fan_out_session=lambda e: None, queue_size=10)
+    runner = Runner(
+        run,
+        persist=lambda e, u: pending.append((e, u)),
+        fan_out_session=delivered.append,
+        queue_size=10,
+    )
     subscription = runner.attach(0)
     assert subscription is not None
-    event = runner.emit(Token(content="x"))
-    assert subscription.lagged is False and runner.attach(0) is not None
-    runner.publish(pending[0])
-    assert await subscription.next_batch() == [event]
+    first = runner.emit(Token(content="a"))
+    second = runner.emit(Token(content="b"))
+    assert pending == [(first, True), (second, True)]  # held: urgent writes
+    assert delivered == []
+    runner.stored(first)  # reserves up to 1 + SEQ_RESERVE: both are delivered, in order
+    assert await subscription.next_batch() == [first, second]
+    third = runner.emit(Token(content="c"))
+    assert pending[-1] == (third, False)  # within the reservation: delivered before stored
+    assert await subscription.next_batch() == [third]
+    assert delivered == [first, second, third]
+    assert runner.liveness.last_seq == 1  # the liveness fields name stored events only
+
+
+async def test_a_run_that_outruns_its_reservation_waits_for_the_next_write() -> None:
+    pending: list[RunEvent] = []
+    run = Run(run_id="r", session_id="s", model="scripted:echo")
+    runner = Runner(
+        run,
+        persist=lambda e, u: pending.append(e),
+        fan_out_session=lambda e: None,
+        queue_size=2 * SEQ_RESERVE,
+    )
+    subscription = runner.attach(0)
+    assert subscription is not None
+    runner.emit(Token(content="x"))
+    runner.stored(pending[0])
+    for _ in range(SEQ_RESERVE + 5):
+        runner.emit(Token(content="x"))
+    delivered = await subscription.next_batch()
+    assert [e.seq for e in delivered] == list(range(1, SEQ_RESERVE + 2))  # up to 1 + reserve
+    runner.stored(pending[3])  # now up to 4 + reserve
+    assert [e.seq for e in await subscription.next_batch()] == list(
+        range(SEQ_RESERVE + 2, SEQ_RESERVE + 5)
+    )
 
 
 async def test_emit_stamps_consecutive_seqs_and_persists_everything() -> None:

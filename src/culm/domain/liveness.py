@@ -1,6 +1,13 @@
 """The liveness fields of a run (the seed's runner diagnostics), folded from its events.
 
 One function serves both the in-memory runner and the store's batched row updates.
+
+Seq reservation (pre-commit delivery): each write of a run's events also stores, in the run's
+row, ``seq_reserved``: its last stored seq plus ``SEQ_RESERVE``. A runner may hand an event to
+live subscribers before it is stored only if its seq is at or under the mark it knows to be
+committed; whatever the store next appends for the run (recovery's ``run_recovered``, a cancel)
+comes after the mark. So after a crash the events a client saw but the store lost are a range
+of seqs never used again, which replay reports as a ``gap``.
 """
 
 from __future__ import annotations
@@ -10,6 +17,11 @@ from datetime import datetime
 
 from culm.domain.events import RunEvent
 from culm.domain.models import ToolPhase
+
+# How far ahead of a run's last stored seq the store reserves seqs: more than a run emits in
+# one write of the batcher (its linger), so that in the steady state no event waits for a
+# commit to be shown; a run that outruns it only waits for the next commit.
+SEQ_RESERVE = 256
 
 _TOOL_PHASES = {
     "tool_start": ToolPhase.BEGIN,

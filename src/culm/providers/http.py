@@ -56,6 +56,17 @@ _ERROR_TYPE_STATUS: Final[Mapping[str, int]] = {
 # No read timeout: the agent loop bounds the wait for each chunk (``stream_idle_timeout``).
 DEFAULT_TIMEOUT: Final = httpx2.Timeout(None, connect=10.0)
 
+
+def model_client(max_connections: int) -> httpx2.AsyncClient:
+    """The client every model call goes through: one pool of keep-alive connections per
+    provider, as many kept idle as may be open (the library's default keeps 20, so a burst of
+    runs past that opened a new connection per model call)."""
+    limits = httpx2.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    return httpx2.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits)
+
+
 # How long to keep reading after the final event so the connection can return to the pool.
 DRAIN_SECONDS: Final = 1.0
 

@@ -1,12 +1,17 @@
 """Batched persistence of run events, then their publication.
 
 Events from every run go into one buffer. A writer task stores them in one transaction per batch
-(group commit: it writes as soon as the previous write is done, after an optional ``linger``, so
-batches grow with the load), and only then hands them to ``publish`` for live delivery. So every
-event a client ever sees is already stored: after a crash nothing it saw is missing from the
-store, and recovery can never reuse a seq. A storage failure is retried with backoff; events are
-never dropped. :meth:`EventBatcher.flush` returns once everything added so far is stored and
-published (a run awaits it before its terminal status becomes visible).
+(group commit: after the previous write, it waits up to ``linger`` for more events unless one is
+urgent or ``max_batch`` are waiting, so a streaming run's tokens share a commit), and then hands
+them to ``publish``. Live subscribers do not wait for this: a runner shows an event at once when
+its seq is within the run's committed seq reservation (each write here reserves ``SEQ_RESERVE``
+seqs past the run's last stored one; see :mod:`culm.domain.liveness`), and holds it, adding it as
+``urgent``, otherwise. So after a crash a client may have seen events the store lost (at most
+``linger`` plus a write's worth), but never a seq recovery uses again: replay shows a ``gap``
+there. Observers of ``publish`` (metrics, the Redis bus) only ever get stored events. A storage
+failure is retried with backoff; events are never dropped. :meth:`EventBatcher.flush` returns
+once everything added so far is stored and published (a run awaits it before its terminal
+status becomes visible).
 
 Flow control: adding never blocks, but a producer that can wait (a model's stream) asks
 :meth:`EventBatcher.congested` after each event and, while more than ``backlog_limit`` events
@@ -28,8 +33,8 @@ like a failing store, the renewal of every lease here).
 Storage failure: once the store has kept failing for ``retry_window`` seconds, every retry
 hands the runs whose events wait to ``on_unavailable`` (the manager ends them in error; their
 terminal events are stored as soon as the store takes them). Once :meth:`give_up` is called (a
-stop that cannot wait for the store any longer), what cannot be stored is dropped: it was never
-published, so no client saw it and no seq a client knows is ever reused.
+stop that cannot wait for the store any longer), what cannot be stored is dropped: a client may
+have seen it, but its seq is reserved, so recovery never reuses it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from culm.domain.events import RunEvent
+from culm.domain.liveness import SEQ_RESERVE
 from culm.errors import StorageUnavailableError
 from culm.logs import get_logger
 from culm.storage.base import Store
@@ -93,15 +99,16 @@ class EventBatcher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="culm-event-batcher")
 
-    def add(self, event: RunEvent, fence: Fence | None = None) -> None:
-        """Buffer ``event``; stored only while its run has ``fence`` (None: unfenced)."""
+    def add(self, event: RunEvent, urgent: bool = False, *, fence: Fence | None = None) -> None:
+        """Buffer ``event``; stored only while its run has ``fence`` (None: unfenced). An
+        ``urgent`` event (one a runner holds back until it is stored) cuts the linger short."""
         if self._isolated and _attempt((event, fence)) in self._isolated:
             return  # after a refused event, storing later ones would leave a seq gap
         self._pending.append((event, fence))
         self._added += 1
         if len(self._pending) == 1:
             self._has_pending.set()
-        if len(self._pending) >= self._max_batch:
+        if urgent or len(self._pending) >= self._max_batch:
             self._urgent.set()
 
     async def flush(self) -> None:
@@ -232,7 +239,9 @@ class EventBatcher:
                 fences = _fences_of(part) or {}
             events = [event for event, _ in part]
             try:
-                rejected = await self._store.append_events(events, fences=fences)
+                rejected = await self._store.append_events(
+                    events, fences=fences, reserve=SEQ_RESERVE
+                )
                 self._failing_since = None
             except _TRANSIENT as exc:
                 if self._given_up.is_set():

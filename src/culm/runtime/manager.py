@@ -396,6 +396,10 @@ class RunManager:
         await self._batcher.flush()
         if self._batcher.isolated(runner.run_id, runner.epoch):
             return  # its writes were refused: it is not ours to hand back
+        if self._batcher.failing:
+            # Events clients saw may be lost: let the lease run out, so that recovery appends
+            # after the seqs reserved for them (a hand-back goes on from the last stored one).
+            return
         try:
             await self._store.release_runs(self.owner, {runner.run_id: runner.epoch})
         except Exception:

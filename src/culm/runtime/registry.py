@@ -88,11 +88,12 @@ class RunnerRegistry:
             subscription.wake()
 
     def publish(self, events: Sequence[RunEvent]) -> None:
-        """Hand stored events to their runners for live delivery, then to the observers."""
+        """Hand stored events to their runners (liveness, and delivery of the events that
+        waited for the store), then to the observers: only ever stored events."""
         for event in events:
             runner = self._runners.get(event.run_id)
             if runner is not None:
-                runner.publish(event)
+                runner.stored(event)
         for observer in self.observers:
             try:
                 observer(events)

@@ -1,11 +1,18 @@
 """The runner: in-memory state of one active run (the seed's ``AgentRunner``).
 
-It stamps every event the run emits and hands it to the batched store writer. Once stored, the
-writer publishes the event back here, and the runner keeps the liveness fields current (so they
-never name an event the store does not hold: a client may resume from any seq they report) and
-fans it out: to each subscriber's bounded queue, to the session's subscribers, into a ring of
-recent events (so a subscriber can attach without a gap), and into the replay cache of the last
-32 critical events and the last ``token_budget_updated``.
+It stamps every event the run emits, hands it to the batched store writer and delivers it: to
+each subscriber's bounded queue, to the session's subscribers, into a ring of recent events (so
+a subscriber can attach without a gap), and into the replay cache of the last 32 critical
+events and the last ``token_budget_updated``.
+
+Pre-commit delivery: an event is delivered at once, before it is stored, when its seq is within
+the run's committed seq reservation (see :mod:`culm.domain.liveness`): the store holds a mark at
+or above it, so after a crash recovery appends after what any client saw. An event beyond the
+mark (the first events of an attempt, a run that outran its reservation) is held, its write made
+urgent, and delivered once a write moves the mark past it; events are always delivered in seq
+order. Once stored, the writer hands each event back (:meth:`stored`) to keep the liveness fields
+current: they never name an event the store does not hold, so a client may resume from any seq
+they report.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from datetime import datetime
 
 from culm.domain import liveness
 from culm.domain.events import CRITICAL_EVENT_TYPES, RunEvent, RunEventBase
+from culm.domain.liveness import SEQ_RESERVE
 from culm.domain.models import Run, RunStatus, Usage
 from culm.domain.time import utc_now
 from culm.runtime.subscription import Subscription
@@ -30,7 +38,7 @@ class Runner:
         self,
         run: Run,
         *,
-        persist: Callable[[RunEvent], None],
+        persist: Callable[[RunEvent, bool], None],
         fan_out_session: Callable[[RunEvent], None],
         queue_size: int,
     ) -> None:
@@ -57,7 +65,10 @@ class Runner:
         self.critical_events: deque[RunEvent] = deque(maxlen=CRITICAL_EVENTS_CAPACITY)
         self.last_budget_event: RunEvent | None = None
         self._seq = run.last_seq
-        self._published = run.last_seq
+        self._published = run.last_seq  # the last seq delivered
+        # The seq reservation known to be committed: none until this attempt's first write.
+        self._reserved = run.last_seq
+        self._held: deque[RunEvent] = deque()  # emitted beyond the reservation, in seq order
         self._ring: deque[RunEvent] = deque(maxlen=RING_CAPACITY)
         self._subscribers: set[Subscription] = set()
         self._persist = persist
@@ -66,23 +77,40 @@ class Runner:
 
     @property
     def last_seq(self) -> int:
-        """The last seq stamped (stored or not); what clients see is ``liveness.last_seq``."""
+        """The last seq stamped (stored or not); the last stored is ``liveness.last_seq``."""
         return self._seq
 
     def emit(self, payload: RunEventBase) -> RunEvent:
-        """Stamp ``payload`` with the next seq and hand it to the store. Never blocks; the event
-        reaches subscribers through :meth:`publish` once it is stored."""
+        """Stamp ``payload`` with the next seq, hand it to the store, and deliver it now if the
+        reservation covers it (else once a write moves the reservation past it). Never blocks."""
         self._seq += 1
         event = payload.stamped(
             seq=self._seq, run_id=self.run_id, session_id=self.session_id, ts=utc_now()
         )
-        self._persist(event)
+        hold = bool(self._held) or event.seq > self._reserved
+        if hold:
+            self._held.append(event)
+        self._persist(event, hold)  # a held event asks for a write at once
+        if not hold:
+            self._deliver(event)
         return event
 
-    def publish(self, event: RunEvent) -> None:
-        """Deliver a stored event: ring, replay caches, subscribers, the session's subscribers."""
-        self._published = event.seq
+    def stored(self, event: RunEvent) -> None:
+        """``event`` is stored, and with it a reservation ``SEQ_RESERVE`` seqs past it: update
+        the liveness fields and deliver the held events the reservation now covers."""
+        if event.seq <= self.liveness.last_seq:
+            return  # an earlier attempt's, stored late: it says nothing about this one
         self.liveness = liveness.apply(self.liveness, event)
+        reserved = event.seq + SEQ_RESERVE
+        if reserved > self._reserved:
+            self._reserved = reserved
+            held = self._held
+            while held and held[0].seq <= reserved:
+                self._deliver(held.popleft())
+
+    def _deliver(self, event: RunEvent) -> None:
+        """Ring, replay caches, subscribers, the session's subscribers."""
+        self._published = event.seq
         self._ring.append(event)
         if event.type in CRITICAL_EVENT_TYPES:
             self.critical_events.append(event)

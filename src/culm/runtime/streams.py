@@ -46,6 +46,26 @@ def _consecutive(events: list[RunEvent], cursor: int) -> list[RunEvent]:
     return events
 
 
+def with_gaps(events: list[RunEvent], cursor: int) -> list[RunEvent]:
+    """Stored ``events`` (after ``cursor``, in seq order) with a ``gap`` before each break in
+    their seqs: events dropped by retention, or shown before a crash lost them (their seqs
+    are reserved, never used again). The gap carries the seq just before the next event, so
+    a client resuming from it gets that event next."""
+    if not events or events[-1].seq - cursor == len(events):
+        return events  # the common case: no break
+    out: list[RunEvent] = []
+    expected = cursor + 1
+    for event in events:
+        if event.seq > expected:
+            gap = Gap(from_seq=expected, to_seq=event.seq - 1).stamped(
+                seq=event.seq - 1, run_id=event.run_id, session_id=event.session_id, ts=event.ts
+            )
+            out.append(gap)
+        out.append(event)
+        expected = event.seq + 1
+    return out
+
+
 POLL_INTERVAL = 0.25
 # How long a follower on the bus waits for its run's next event before it looks at the store
 # (a lost terminal event, a run ended by a sweeper): slow, since it costs a query per follower.
@@ -248,13 +268,7 @@ class Streams:
 
     async def _page(self, run_id: str, cursor: int) -> list[RunEvent]:
         events = await self._store.read_events(run_id, after=cursor, limit=STORE_PAGE)
-        if events and events[0].seq > cursor + 1:
-            first = events[0]
-            gap = Gap(from_seq=cursor + 1, to_seq=first.seq - 1).stamped(
-                seq=first.seq - 1, run_id=run_id, session_id=first.session_id, ts=first.ts
-            )
-            return [gap, *events]
-        return events
+        return with_gaps(events, cursor)
 
     async def session_events(self, session_id: str) -> AsyncGenerator[RunEvent]:
         """The replay cache of the session's active (or last) run, then every live event of

@@ -347,9 +347,17 @@ class Store(ABC):
     # Run events
     @abstractmethod
     async def append_events(
-        self, events: Sequence[RunEvent], *, fences: Mapping[str, Fence] | None = None
+        self,
+        events: Sequence[RunEvent],
+        *,
+        fences: Mapping[str, Fence] | None = None,
+        reserve: int = 0,
     ) -> set[str]:
         """Persist events (of any runs) with their runs' liveness columns.
+
+        ``reserve``: each run's ``seq_reserved`` becomes its last seq here plus ``reserve``, and
+        whatever the store itself appends for the run later (recovery, a cancel) comes after
+        it (the runtime passes ``SEQ_RESERVE``: it shows events before storing them).
 
         ``fences`` maps run_id -> (owner, epoch): per run the row is locked and checked first
         (runs before run_events, always), and a run whose fence fails gets none of its events

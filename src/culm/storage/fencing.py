@@ -74,15 +74,20 @@ class EventBatch:
     caller's thread) for the common case where every fence holds."""
 
     def __init__(
-        self, rows: RowWriter, events: Sequence[RunEvent], fences: Mapping[str, Fence]
+        self,
+        rows: RowWriter,
+        events: Sequence[RunEvent],
+        fences: Mapping[str, Fence],
+        reserve: int = 0,
     ) -> None:
         self._rows = rows
+        self._reserve = reserve
         self.events = events
         run_ids = {event.run_id for event in events}
         self.fences = {run_id: fences[run_id] for run_id in run_ids if run_id in fences}
         self.epochs = {run_id: fence[1] for run_id, fence in self.fences.items()}
         self._inserts = ops.prepare_events(rows, events, self.epochs)
-        self._liveness = ops.liveness_rows(events)
+        self._liveness = ops.liveness_rows(events, reserve)
 
     def __call__(self, conn: sa.Connection) -> set[str]:
         """The transaction: returns the runs whose fence failed (nothing of theirs stored)."""
@@ -93,7 +98,7 @@ class EventBatch:
             return failed
         kept: list[RunEvent] = [event for event in self.events if event.run_id not in failed]
         if kept:
-            conn.execute(ops.LIVENESS_UPDATE, ops.liveness_rows(kept))
+            conn.execute(ops.LIVENESS_UPDATE, ops.liveness_rows(kept, self._reserve))
             ops.insert_events(conn, self._rows, kept, self.epochs)
         return failed
 

@@ -39,6 +39,7 @@ RUN = runs.select().where(runs.c.run_id == sa.bindparam("run_id"))
 LAST_SEQ = sa.select(sa.func.max(run_events.c.seq)).where(
     run_events.c.run_id == sa.bindparam("run_id")
 )
+SEQ_RESERVED = sa.select(runs.c.seq_reserved).where(runs.c.run_id == sa.bindparam("run_id"))
 RUN_HAS_MESSAGES = (
     sa.select(messages.c.idx).where(messages.c.run_id == sa.bindparam("run_id")).limit(1)
 )
@@ -71,8 +72,13 @@ def get_run(conn: sa.Connection, run_id: str) -> Run | None:
     return None if row is None else run_from_row(row)
 
 
-def last_seq(conn: sa.Connection, run_id: str) -> int:
-    return int(conn.scalar(LAST_SEQ, {"run_id": run_id}) or 0)
+def last_seq(conn: sa.Connection, run_id: str, *, reserved: bool = True) -> int:
+    """The seq to append after: the last stored, or (``reserved``) the reservation a client
+    may have seen events up to (pre-commit delivery), whichever is higher."""
+    stored = int(conn.scalar(LAST_SEQ, {"run_id": run_id}) or 0)
+    if not reserved:
+        return stored
+    return max(stored, int(conn.scalar(SEQ_RESERVED, {"run_id": run_id}) or 0))
 
 
 def has_run_messages(conn: sa.Connection, run_id: str) -> bool:
@@ -177,10 +183,11 @@ def update_liveness(conn: sa.Connection, events: Sequence[RunEvent]) -> None:
         conn.execute(LIVENESS_UPDATE, liveness_rows(events))
 
 
-def liveness_rows(events: Sequence[RunEvent]) -> list[dict[str, Any]]:
+def liveness_rows(events: Sequence[RunEvent], reserve: int = 0) -> list[dict[str, Any]]:
     """The parameters of one executemany of ``LIVENESS_UPDATE`` for the runs of ``events``;
     fields the events say nothing about keep their stored value (NULL parameters fall back to
-    the column through COALESCE)."""
+    the column through COALESCE). Each run's ``seq_reserved`` becomes its last seq plus
+    ``reserve`` (see ``Store.append_events``)."""
     states: dict[str, liveness.Liveness] = {}
     for event in events:
         states[event.run_id] = liveness.apply(states.get(event.run_id, NO_LIVENESS), event)
@@ -188,6 +195,7 @@ def liveness_rows(events: Sequence[RunEvent]) -> list[dict[str, Any]]:
         {
             "b_run_id": run_id,
             "b_last_seq": state.last_seq,
+            "b_seq_reserved": state.last_seq + reserve,
             "b_last_event_at": state.last_event_at,
             "b_round_count": state.round_count or None,
             "b_tool_name": state.last_tool_name if state.last_tool_phase else None,
@@ -205,6 +213,7 @@ LIVENESS_UPDATE = (
     .where(runs.c.run_id == sa.bindparam("b_run_id"))
     .values(
         last_seq=sa.bindparam("b_last_seq"),
+        seq_reserved=sa.bindparam("b_seq_reserved"),
         last_event_at=sa.bindparam("b_last_event_at", type_=runs.c.last_event_at.type),
         round_count=sa.func.coalesce(
             sa.bindparam("b_round_count", type_=sa.Integer), runs.c.round_count

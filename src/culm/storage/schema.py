@@ -114,6 +114,9 @@ runs = sa.Table(
     sa.Column("lease_expires_at", UTCDateTime, nullable=True),
     sa.Column("cancel_requested", sa.Text, nullable=True),
     sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
+    # The highest seq the run may have shown a client before storing it (pre-commit delivery):
+    # recovery appends after it. See culm.domain.liveness.SEQ_RESERVE.
+    sa.Column("seq_reserved", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_runs_ready", "created_at", sqlite_where=READY, postgresql_where=READY),
     sa.Index("ix_runs_leased", "lease_expires_at", sqlite_where=LEASED, postgresql_where=LEASED),
     sa.Index(

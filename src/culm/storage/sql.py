@@ -463,14 +463,18 @@ class SqlStore(Store):
     # Run events
 
     async def append_events(
-        self, events: Sequence[RunEvent], *, fences: Mapping[str, Fence] | None = None
+        self,
+        events: Sequence[RunEvent],
+        *,
+        fences: Mapping[str, Fence] | None = None,
+        reserve: int = 0,
     ) -> set[str]:
         left_out: set[str] = set()
         remaining = events
         while remaining:
             # Prepared here, on the caller's thread, so the writer (SQLite's runs on a thread
             # of its own) holds the GIL as briefly as it can.
-            batch = fencing.EventBatch(self._rows, remaining, fences or {})
+            batch = fencing.EventBatch(self._rows, remaining, fences or {}, reserve)
             try:
                 return left_out | await self.write(batch)
             except sa.exc.IntegrityError as exc:
@@ -504,7 +508,7 @@ class SqlStore(Store):
 
     async def last_event_seq(self, run_id: str) -> int:
         async with self.read_connection() as conn:
-            return await conn.run_sync(ops.last_seq, run_id)
+            return await conn.run_sync(partial(ops.last_seq, reserved=False), run_id)
 
     async def read_events_of_types(
         self, run_id: str, types: Sequence[str], *, limit: int

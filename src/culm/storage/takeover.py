@@ -49,6 +49,10 @@ class _Takeover:
     now: datetime
     wake: Wake
     taken: list[str] = field(default_factory=list)
+    # Runs whose owner hands them back having stored every event it emitted (a clean release):
+    # their events go on from the last stored seq, not after the seqs reserved for pre-commit
+    # delivery (which a crash would have left as a gap).
+    clean: frozenset[str] = frozenset()
 
 
 def sweep(
@@ -102,7 +106,7 @@ def release(
     found = conn.execute(query).all()
     if not found:
         return []
-    takeover = _Takeover(conn, rows, dbtime.read_now(conn, dialect), wake)
+    takeover = _Takeover(conn, rows, dbtime.read_now(conn, dialect), wake, clean=frozenset(fences))
     started = _with_events(conn, found)
     for row in found:
         if row.run_id in started or row.parent_run_id or row.cancel_requested:
@@ -174,7 +178,7 @@ def _take(takeover: _Takeover, row: Any, *, requeue: bool) -> None:
         return  # taken in this transaction already (a child of a run taken before it)
     takeover.taken.append(run_id)
     if events:
-        seq = ops.last_seq(conn, run_id)
+        seq = ops.last_seq(conn, run_id, reserved=run_id not in takeover.clean)
         stamped = [
             event.stamped(seq=seq + i, run_id=run_id, session_id=row.session_id, ts=now)
             for i, event in enumerate(events, start=1)
