@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 
 import culm
-from culm.domain.events import RunEvent, SubAgentStarted
+from culm.domain.events import RunEvent, SubAgentStarted, is_terminal
 from tests.contract.gate import held_run
 from tests.support import collect, settings
 
@@ -24,11 +24,22 @@ async def _take(stream: object, count: int) -> list[RunEvent]:
     return events
 
 
+async def _take_runs(stream: object, runs: int) -> list[RunEvent]:
+    """Every event until ``runs`` runs have ended (however many events a run emits)."""
+    events: list[RunEvent] = []
+    async with asyncio.timeout(10):
+        async for event in stream:  # type: ignore[attr-defined]
+            events.append(event)
+            if sum(is_terminal(e) for e in events) == runs:
+                break
+    return events
+
+
 async def test_live_events_of_every_run_of_the_session(tmp_path: Path) -> None:
     async with culm.Engine(settings(tmp_path)) as engine:
         session = await engine.create_session(model="scripted:echo")
         stream = engine.subscribe_session(session.session_id)
-        reader = asyncio.create_task(_take(stream, 2 * 6))  # an echo run emits six events
+        reader = asyncio.create_task(_take_runs(stream, 2))
         await asyncio.sleep(0.05)
         first = await engine.start_run(session.session_id, "one")
         await engine.wait(first.run_id)
