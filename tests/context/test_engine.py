@@ -253,3 +253,37 @@ async def test_summarizer_calls_are_metered_and_marked_compaction(
     marked = [r for r in detail.rounds if ":compaction:" in r.round_id]
     assert len(marked) == upstream.summaries
     assert detail.tokens == sum((run.usage for run in runs), Usage()) == upstream.usage_sent
+
+
+async def _idle_session_to_compact(engine: culm.Engine, upstream: WindowedUpstream) -> str:
+    """A session with enough behind it that a manual compaction summarizes (no auto ones)."""
+    session_id = await _session(engine, upstream)
+    for n in range(4):
+        assert (await _run(engine, session_id, f"task {n}"))[-1].type == "complete"
+    return session_id
+
+
+async def test_a_run_started_during_a_manual_compaction_makes_it_busy(
+    tmp_path: Path, upstream: WindowedUpstream
+) -> None:
+    """The 409 check is part of the compaction's write: a run that takes the session's slot
+    while the summarizer writes leaves the compaction unstored (its view is the run's)."""
+    settings = windowed_settings(tmp_path, upstream, context_auto_compact=False)
+    async with culm.Engine(settings, tools=[BigOutputTool(size=2000)]) as engine:
+        session_id = await _idle_session_to_compact(engine, upstream)
+        upstream.summaries_released.clear()
+        upstream.summary_requested.clear()
+        compacting = asyncio.create_task(engine.compact(session_id))
+        async with asyncio.timeout(30):
+            await upstream.summary_requested.wait()
+        upstream.answers_released.clear()  # the run stays active until the compaction is done
+        run = await engine.start_run(session_id, "meanwhile")  # the slot is free: it starts
+        upstream.summaries_released.set()
+        with pytest.raises(SessionBusyError) as busy:
+            await compacting
+        upstream.answers_released.set()
+        ended = await engine.wait(run.run_id, timeout=30)
+        stored = await engine.list_compactions(session_id)
+    assert busy.value.run_id == run.run_id
+    assert ended.status is culm.RunStatus.COMPLETED
+    assert [c for c in stored if c.trigger == "manual"] == []
