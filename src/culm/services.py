@@ -38,6 +38,7 @@ from culm.errors import ConfigError, EngineClosedError, NotFoundError, SessionBu
 from culm.loop.context import ContextSettings, LoopContext, LoopLimits
 from culm.loop.manual import compact_session
 from culm.mcp.manager import MCPManager, session_metadata
+from culm.metrics.derive import session_compaction_round
 from culm.metrics.pipeline import MetricsConfig, MetricsPipeline
 from culm.metrics.store import MetricsStore
 from culm.providers.base import Model
@@ -378,6 +379,7 @@ class Engine:
             self.tools.resolve(session.tools),
             self._context_settings(session, model, None),
             await self.store.get_messages(session_id),
+            lambda event: self.metrics.emit(session_compaction_round(session_id, event)),
         )
 
     async def list_compactions(self, session_id: str) -> list[Compaction]:

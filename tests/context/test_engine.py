@@ -263,6 +263,26 @@ async def _idle_session_to_compact(engine: culm.Engine, upstream: WindowedUpstre
     return session_id
 
 
+async def test_a_manual_compactions_summarizer_call_is_in_the_metrics(
+    tmp_path: Path, upstream: WindowedUpstream
+) -> None:
+    """Outside a run: a round of the session with no run, marked compaction, its usage exact."""
+    settings = windowed_settings(tmp_path, upstream, context_auto_compact=False)
+    async with culm.Engine(settings, tools=[BigOutputTool(size=2000)]) as engine:
+        session_id = await _idle_session_to_compact(engine, upstream)
+        compaction = await engine.compact(session_id)
+        await engine.metrics.flush()
+        detail = await engine.metrics.queries.session(session_id)
+        runs = await engine.list_runs(session_id=session_id)
+    assert compaction.summary is not None and upstream.summaries == 1
+    assert detail is not None
+    [marked] = [r for r in detail.rounds if ":compaction:" in r.round_id]
+    assert marked.run_id is None and marked.status == "success"
+    assert marked.usage == compaction.summary_usage and marked.usage.total_tokens > 0
+    run_usage = sum((run.usage for run in runs), Usage())
+    assert detail.tokens == run_usage + compaction.summary_usage == upstream.usage_sent
+
+
 async def test_a_run_started_during_a_manual_compaction_makes_it_busy(
     tmp_path: Path, upstream: WindowedUpstream
 ) -> None:
