@@ -13,7 +13,7 @@ import culm
 from culm.context.view import SUMMARY_HEADER
 from culm.domain.events import ContextCompacted, RoundCompleted, TokenBudgetUpdated
 from culm.domain.models import Usage
-from culm.errors import SessionBusyError
+from culm.errors import SessionBusyError, SessionChangedError
 from tests.context.conftest import model_of, windowed_settings
 from tests.context.windowed import BigOutputTool, WindowedUpstream
 from tests.support import collect
@@ -307,3 +307,27 @@ async def test_a_run_started_during_a_manual_compaction_makes_it_busy(
     assert busy.value.run_id == run.run_id
     assert ended.status is culm.RunStatus.COMPLETED
     assert [c for c in stored if c.trigger == "manual"] == []
+
+
+async def test_a_run_that_came_and_went_during_a_manual_compaction_makes_it_refused(
+    tmp_path: Path, upstream: WindowedUpstream
+) -> None:
+    """Made from a transcript that has grown since: not stored (it would stand for less than
+    the run's own view), refused naming the run; compacting again then works."""
+    settings = windowed_settings(tmp_path, upstream, context_auto_compact=False)
+    async with culm.Engine(settings, tools=[BigOutputTool(size=2000)]) as engine:
+        session_id = await _idle_session_to_compact(engine, upstream)
+        upstream.summaries_released.clear()
+        upstream.summary_requested.clear()
+        compacting = asyncio.create_task(engine.compact(session_id))
+        async with asyncio.timeout(30):
+            await upstream.summary_requested.wait()
+        events = await _run(engine, session_id, "meanwhile")
+        upstream.summaries_released.set()
+        with pytest.raises(SessionChangedError) as changed:
+            await compacting
+        assert await engine.list_compactions(session_id) == []
+        again = await engine.compact(session_id)
+        stored = await engine.get_messages(session_id)
+    assert events[-1].type == "complete" and changed.value.run_id == events[-1].run_id
+    assert again.seq == 1 and again.message_count == len(stored)

@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from culm.domain.compaction import Compaction
-from culm.domain.models import Usage
-from culm.errors import LeaseLostError, SessionBusyError
+from culm.domain.models import Usage, UserMessage
+from culm.errors import LeaseLostError, SessionBusyError, SessionChangedError
 from culm.storage.rows import run_to_row
 from culm.storage.schema import runs
 from culm.storage.sql import SqlStore
-from tests.storage.test_store import a_run, new_session, running_run
+from tests.storage.test_store import a_run, finish, new_session, running_run
 
 
 def a_compaction(session_id: str, run_id: str | None = None, **fields: object) -> Compaction:
@@ -80,6 +80,23 @@ async def test_an_idle_compaction_is_refused_while_a_run_holds_the_slot(store: S
 
     assert busy.value.run_id == run.run_id
     assert await store.list_compactions(run.session_id) == []
+
+
+async def test_an_idle_compaction_is_stored_only_on_the_transcript_it_was_made_from(
+    store: SqlStore,
+) -> None:
+    """A run that came and went while it was made (messages added since): refused, naming it."""
+    run = await running_run(store)
+    said = [UserMessage(content=f"turn {n}") for n in range(3)]
+    await store.append_messages(run.session_id, said, run_id=run.run_id)
+    await finish(store, run.run_id)
+
+    stored = await store.add_compaction(a_compaction(run.session_id, message_count=3), idle=True)
+    with pytest.raises(SessionChangedError) as changed:
+        await store.add_compaction(a_compaction(run.session_id, message_count=2), idle=True)
+
+    assert changed.value.run_id == run.run_id and "changed" in str(changed.value)
+    assert await store.list_compactions(run.session_id) == [stored]
 
 
 async def test_an_idle_compaction_waits_for_a_run_being_created_and_sees_it(

@@ -212,7 +212,7 @@ class SqlStore(Store):
     async def add_compaction(
         self, compaction: Compaction, *, fence: Fence | None = None, idle: bool = False
     ) -> Compaction:
-        run_id, session_id = compaction.run_id, compaction.session_id
+        run_id = compaction.run_id
         if fence is not None and run_id is None:
             raise ValueError("add_compaction: a fence needs the run_id it fences")
 
@@ -220,17 +220,7 @@ class SqlStore(Store):
             if fence is not None and run_id is not None:
                 fencing.check_fence(conn, run_id, fence)  # runs before compactions
             if idle:
-                # The session's row first: a run's insert holds a key-share lock on it (its
-                # foreign key) until it commits, so this waits for a run being created and
-                # then sees it, or makes that run wait until the compaction is stored.
-                conn.execute(
-                    sa.select(sessions.c.session_id)
-                    .where(sessions.c.session_id == session_id)
-                    .with_for_update()
-                )
-                active = ops.active_run_id(conn, session_id)
-                if active is not None:
-                    raise SessionBusyError(session_id, active)
+                compaction_rows.check_idle(conn, compaction)
             return compaction_rows.insert(conn, compaction)
 
         return await self.write(transaction)
