@@ -28,7 +28,8 @@ async def test_live_events_of_every_run_of_the_session(tmp_path: Path) -> None:
     async with culm.Engine(settings(tmp_path)) as engine:
         session = await engine.create_session(model="scripted:echo")
         stream = engine.subscribe_session(session.session_id)
-        reader = asyncio.create_task(_take(stream, 2 * 6))  # an echo run emits six events
+        # An echo run emits seven events (one a budget estimate before its model call).
+        reader = asyncio.create_task(_take(stream, 2 * 7))
         await asyncio.sleep(0.05)
         first = await engine.start_run(session.session_id, "one")
         await engine.wait(first.run_id)
