@@ -78,6 +78,15 @@ class SessionBusyError(UserError):
         self.run_id = run_id
 
 
+class SessionChangedError(SessionBusyError):
+    """A compaction outside a run found the session changed while it worked: a run (``run_id``)
+    came and went meanwhile. Nothing was stored; compacting again works on the new transcript."""
+
+    def __init__(self, session_id: str, run_id: str) -> None:
+        super().__init__(session_id, run_id)
+        self.args = (f"session {session_id!r} changed while it was compacted (run {run_id!r})",)
+
+
 class RunFailure(CulmError):
     code = "run_failed"
 

@@ -18,9 +18,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from culm.bus.factory import build_bus
-from culm.context.limits import limits_for
-from culm.context.overflow import OverflowMatcher
 from culm.context.view import model_view
+from culm.context.wiring import context_settings
 from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent
 from culm.domain.models import (
@@ -38,6 +37,7 @@ from culm.errors import ConfigError, EngineClosedError, NotFoundError, SessionBu
 from culm.loop.context import ContextSettings, LoopContext, LoopLimits
 from culm.loop.manual import compact_session
 from culm.mcp.manager import MCPManager, session_metadata
+from culm.metrics.derive import session_compaction_round
 from culm.metrics.pipeline import MetricsConfig, MetricsPipeline
 from culm.metrics.store import MetricsStore
 from culm.providers.base import Model
@@ -383,7 +383,7 @@ class Engine:
         run compacts its own context."""
         session = await self.get_session(session_id)
         active = await self.store.get_active_run(session_id)
-        if active is not None:
+        if active is not None:  # early, before a summarizer call for nothing (the write rechecks)
             raise SessionBusyError(session_id, active.run_id)
         model = self.models.resolve(session.model)
         return await compact_session(
@@ -392,6 +392,7 @@ class Engine:
             self.tools.resolve(session.tools),
             self._context_settings(session, model, None),
             await self.store.get_messages(session_id),
+            lambda event: self.metrics.emit(session_compaction_round(session_id, event)),
         )
 
     async def list_compactions(self, session_id: str) -> list[Compaction]:
@@ -589,17 +590,7 @@ class Engine:
     def _context_settings(
         self, session: Session, model: Model, fence: Fence | None
     ) -> ContextSettings:
-        store, session_id = self.store, session.session_id
-        summarizer = self.settings.compaction_model
-        return ContextSettings(
-            limits=limits_for(
-                self.settings, model.name, model.max_context_tokens, session.metadata
-            ),
-            summarizer=self.models.resolve(summarizer) if summarizer else None,
-            overflow=OverflowMatcher(self.settings.context_overflow_patterns),
-            load=lambda: store.get_compaction(session_id),
-            save=lambda compaction: store.add_compaction(compaction, fence=fence),
-        )
+        return context_settings(self.settings, self.models, self.store, session, model, fence)
 
 
 def _metrics_config(settings: Settings) -> MetricsConfig:

@@ -141,7 +141,7 @@ async def test_session_stream_gives_the_replay_cache_then_live(
                 await client.post(
                     f"/v1/sessions/{session['session_id']}/runs", json={"message": "b"}
                 )
-            if len(seen) == 3 + 6:
+            if len(seen) > 3 and frame.event == "complete":  # the live run's end
                 break
     assert [f.event for f in seen[:3]] == ["execution_started", "token_budget_updated", "complete"]
     assert {f.json["run_id"] for f in seen[:3]} == {first["run_id"]}

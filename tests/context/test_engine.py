@@ -13,7 +13,7 @@ import culm
 from culm.context.view import SUMMARY_HEADER
 from culm.domain.events import ContextCompacted, RoundCompleted, TokenBudgetUpdated
 from culm.domain.models import Usage
-from culm.errors import SessionBusyError
+from culm.errors import SessionBusyError, SessionChangedError
 from tests.context.conftest import model_of, windowed_settings
 from tests.context.windowed import BigOutputTool, WindowedUpstream
 from tests.support import collect
@@ -253,3 +253,81 @@ async def test_summarizer_calls_are_metered_and_marked_compaction(
     marked = [r for r in detail.rounds if ":compaction:" in r.round_id]
     assert len(marked) == upstream.summaries
     assert detail.tokens == sum((run.usage for run in runs), Usage()) == upstream.usage_sent
+
+
+async def _idle_session_to_compact(engine: culm.Engine, upstream: WindowedUpstream) -> str:
+    """A session with enough behind it that a manual compaction summarizes (no auto ones)."""
+    session_id = await _session(engine, upstream)
+    for n in range(4):
+        assert (await _run(engine, session_id, f"task {n}"))[-1].type == "complete"
+    return session_id
+
+
+async def test_a_manual_compactions_summarizer_call_is_in_the_metrics(
+    tmp_path: Path, upstream: WindowedUpstream
+) -> None:
+    """Outside a run: a round of the session with no run, marked compaction, its usage exact."""
+    settings = windowed_settings(tmp_path, upstream, context_auto_compact=False)
+    async with culm.Engine(settings, tools=[BigOutputTool(size=2000)]) as engine:
+        session_id = await _idle_session_to_compact(engine, upstream)
+        compaction = await engine.compact(session_id)
+        await engine.metrics.flush()
+        detail = await engine.metrics.queries.session(session_id)
+        runs = await engine.list_runs(session_id=session_id)
+    assert compaction.summary is not None and upstream.summaries == 1
+    assert detail is not None
+    [marked] = [r for r in detail.rounds if ":compaction:" in r.round_id]
+    assert marked.run_id is None and marked.status == "success"
+    assert marked.usage == compaction.summary_usage and marked.usage.total_tokens > 0
+    run_usage = sum((run.usage for run in runs), Usage())
+    assert detail.tokens == run_usage + compaction.summary_usage == upstream.usage_sent
+
+
+async def test_a_run_started_during_a_manual_compaction_makes_it_busy(
+    tmp_path: Path, upstream: WindowedUpstream
+) -> None:
+    """The 409 check is part of the compaction's write: a run that takes the session's slot
+    while the summarizer writes leaves the compaction unstored (its view is the run's)."""
+    settings = windowed_settings(tmp_path, upstream, context_auto_compact=False)
+    async with culm.Engine(settings, tools=[BigOutputTool(size=2000)]) as engine:
+        session_id = await _idle_session_to_compact(engine, upstream)
+        upstream.summaries_released.clear()
+        upstream.summary_requested.clear()
+        compacting = asyncio.create_task(engine.compact(session_id))
+        async with asyncio.timeout(30):
+            await upstream.summary_requested.wait()
+        upstream.answers_released.clear()  # the run stays active until the compaction is done
+        run = await engine.start_run(session_id, "meanwhile")  # the slot is free: it starts
+        upstream.summaries_released.set()
+        with pytest.raises(SessionBusyError) as busy:
+            await compacting
+        upstream.answers_released.set()
+        ended = await engine.wait(run.run_id, timeout=30)
+        stored = await engine.list_compactions(session_id)
+    assert busy.value.run_id == run.run_id
+    assert ended.status is culm.RunStatus.COMPLETED
+    assert [c for c in stored if c.trigger == "manual"] == []
+
+
+async def test_a_run_that_came_and_went_during_a_manual_compaction_makes_it_refused(
+    tmp_path: Path, upstream: WindowedUpstream
+) -> None:
+    """Made from a transcript that has grown since: not stored (it would stand for less than
+    the run's own view), refused naming the run; compacting again then works."""
+    settings = windowed_settings(tmp_path, upstream, context_auto_compact=False)
+    async with culm.Engine(settings, tools=[BigOutputTool(size=2000)]) as engine:
+        session_id = await _idle_session_to_compact(engine, upstream)
+        upstream.summaries_released.clear()
+        upstream.summary_requested.clear()
+        compacting = asyncio.create_task(engine.compact(session_id))
+        async with asyncio.timeout(30):
+            await upstream.summary_requested.wait()
+        events = await _run(engine, session_id, "meanwhile")
+        upstream.summaries_released.set()
+        with pytest.raises(SessionChangedError) as changed:
+            await compacting
+        assert await engine.list_compactions(session_id) == []
+        again = await engine.compact(session_id)
+        stored = await engine.get_messages(session_id)
+    assert events[-1].type == "complete" and changed.value.run_id == events[-1].run_id
+    assert again.seq == 1 and again.message_count == len(stored)

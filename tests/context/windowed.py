@@ -10,7 +10,9 @@ request by what it holds, like a tiny agent model:
 It counts a request's prompt tokens its own way (a quarter of the request body's bytes) and
 refuses any request over ``window`` tokens with a 400 in the provider's own error shape
 (OpenAI ``context_length_exceeded``, Anthropic "prompt is too long"). Each answer reports its
-usage, as the provider would; ``usage_sent`` sums every usage it reported.
+usage, as the provider would; ``usage_sent`` sums every usage it reported. A summary is held
+back (its request received, nothing sent) while ``summaries_released`` is clear, any other
+answer while ``answers_released`` is.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ class WindowedUpstream(FakeUpstream):
         self.prompt_sizes: list[int] = []  # of the agent's accepted requests
         self.stall_summaries = False
         self.summary_requested = asyncio.Event()
+        self.summaries_released = asyncio.Event()
+        self.answers_released = asyncio.Event()
+        self.summaries_released.set()
+        self.answers_released.set()
+        self._held: dict[int, asyncio.Event] = {}  # id(reply) -> what releases it
 
     def next_reply(self, request: Recorded) -> Reply:
         body = request.json()
@@ -74,11 +81,24 @@ class WindowedUpstream(FakeUpstream):
             self.summary_requested.set()
             if self.stall_summaries:
                 return Reply(chunks=[], end="stall")
-            return self._answer(tokens, text=f"summary #{self.summaries} of the conversation")
+            reply = self._answer(tokens, text=f"summary #{self.summaries} of the conversation")
+            self._held[id(reply)] = self.summaries_released
+            return reply
         self.prompt_sizes.append(tokens)
         if _ends_with_tool_result(body, self.wire):
-            return self._answer(tokens, text=f"done after {len(self.prompt_sizes)} requests")
-        return self._answer(tokens, tool=f"call_{len(self.requests)}")
+            reply = self._answer(tokens, text=f"done after {len(self.prompt_sizes)} requests")
+        else:
+            reply = self._answer(tokens, tool=f"call_{len(self.requests)}")
+        self._held[id(reply)] = self.answers_released
+        return reply
+
+    async def _send(
+        self, reply: Reply, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        released = self._held.pop(id(reply), None)
+        if released is not None:
+            await released.wait()
+        return await super()._send(reply, reader, writer)
 
     def _answer(self, prompt: int, *, text: str = "", tool: str | None = None) -> Reply:
         completion = max(1, len(text) // 4) + (10 if tool else 0)

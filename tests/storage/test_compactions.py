@@ -1,15 +1,21 @@
 """The store's compactions, on every backend: stored in order, read back whole, fenced like
-messages, deleted with their session."""
+messages, deleted with their session; one made outside a run only while no run holds the
+session's slot."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from culm.domain.compaction import Compaction
-from culm.domain.models import Usage
-from culm.errors import LeaseLostError
+from culm.domain.models import Usage, UserMessage
+from culm.errors import LeaseLostError, SessionBusyError, SessionChangedError
+from culm.storage.rows import run_to_row
+from culm.storage.schema import runs
 from culm.storage.sql import SqlStore
-from tests.storage.test_store import new_session, running_run
+from tests.storage.test_store import a_run, finish, new_session, running_run
 
 
 def a_compaction(session_id: str, run_id: str | None = None, **fields: object) -> Compaction:
@@ -64,3 +70,56 @@ async def test_compactions_go_with_their_session(store: SqlStore) -> None:
     assert await store.delete_session(session.session_id)
 
     assert await store.list_compactions(session.session_id) == []
+
+
+async def test_an_idle_compaction_is_refused_while_a_run_holds_the_slot(store: SqlStore) -> None:
+    run = await running_run(store)
+
+    with pytest.raises(SessionBusyError) as busy:
+        await store.add_compaction(a_compaction(run.session_id), idle=True)
+
+    assert busy.value.run_id == run.run_id
+    assert await store.list_compactions(run.session_id) == []
+
+
+async def test_an_idle_compaction_is_stored_only_on_the_transcript_it_was_made_from(
+    store: SqlStore,
+) -> None:
+    """A run that came and went while it was made (messages added since): refused, naming it."""
+    run = await running_run(store)
+    said = [UserMessage(content=f"turn {n}") for n in range(3)]
+    await store.append_messages(run.session_id, said, run_id=run.run_id)
+    await finish(store, run.run_id)
+
+    stored = await store.add_compaction(a_compaction(run.session_id, message_count=3), idle=True)
+    with pytest.raises(SessionChangedError) as changed:
+        await store.add_compaction(a_compaction(run.session_id, message_count=2), idle=True)
+
+    assert changed.value.run_id == run.run_id and "changed" in str(changed.value)
+    assert await store.list_compactions(run.session_id) == [stored]
+
+
+async def test_an_idle_compaction_waits_for_a_run_being_created_and_sees_it(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL, read committed: a run inserted but not yet committed is invisible to the
+    compaction's check, unless the check waits for it. It does (the session row's lock): the
+    compaction written meanwhile is refused once the run commits, not stored beside it."""
+    store = SqlStore(postgres_url)
+    await store.start()
+    other = create_async_engine(postgres_url)
+    try:
+        session = await new_session(store)
+        run = a_run(session.session_id)
+        async with other.begin() as conn:
+            await conn.execute(runs.insert().values(run_to_row(run)))
+            compacting = asyncio.create_task(
+                store.add_compaction(a_compaction(session.session_id), idle=True)
+            )
+            await asyncio.sleep(0.5)  # time for a compaction that did not wait to be stored
+        with pytest.raises(SessionBusyError):
+            await compacting
+        assert await store.list_compactions(session.session_id) == []
+    finally:
+        await other.dispose()
+        await store.aclose()

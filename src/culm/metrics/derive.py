@@ -151,24 +151,7 @@ class RunMetricsDeriver:
             run.messages += not event.partial
         if run.model == UNKNOWN_MODEL:
             run.model = event.model
-        status = m.RoundStatus.SUCCESS
-        if event.partial:
-            cancelled = event.error == CANCELLED_ROUND_ERROR
-            status = m.RoundStatus.CANCELLED if cancelled else m.RoundStatus.FAILED
-        self._emit(
-            m.RoundCompleted(
-                meta=self._meta(event),
-                round_id=round_id,
-                session_id=run.session_id,
-                status=status,
-                usage=event.usage,
-                latency_ms=max(0, event.latency_ms),
-                error=event.error,
-                partial=event.partial,
-                model=event.model,
-                compaction=event.compaction,
-            )
-        )
+        self._emit(_round(event, self._meta(event), round_id, run.session_id))
 
     def _tool_started(self, event: ToolStart) -> None:
         run = self._track(event)
@@ -231,3 +214,32 @@ _SESSION_STATUS = {
     "cancelled": m.SessionStatus.CANCELLED,
     "error": m.SessionStatus.FAILED,
 }
+
+
+def session_compaction_round(session_id: str, event: RoundCompleted) -> m.RoundCompleted:
+    """The chat event of a summarizer call made outside any run (``engine.compact``): a round
+    of the session with no run (no trace id), marked ``compaction``, under a round id of its
+    own (``<session_id>:compaction:<event id>``)."""
+    meta = m.EventMeta()
+    return _round(event, meta, f"{session_id}:compaction:{meta.event_id}", session_id)
+
+
+def _round(
+    event: RoundCompleted, meta: m.EventMeta, round_id: str, session_id: str
+) -> m.RoundCompleted:
+    status = m.RoundStatus.SUCCESS
+    if event.partial:
+        cancelled = event.error == CANCELLED_ROUND_ERROR
+        status = m.RoundStatus.CANCELLED if cancelled else m.RoundStatus.FAILED
+    return m.RoundCompleted(
+        meta=meta,
+        round_id=round_id,
+        session_id=session_id,
+        status=status,
+        usage=event.usage,
+        latency_ms=max(0, event.latency_ms),
+        error=event.error,
+        partial=event.partial,
+        model=event.model,
+        compaction=event.compaction,
+    )

@@ -151,11 +151,13 @@ class Store(ABC):
 
     @abstractmethod
     async def add_compaction(
-        self, compaction: Compaction, *, fence: Fence | None = None
+        self, compaction: Compaction, *, fence: Fence | None = None, idle: bool = False
     ) -> Compaction:
         """Store ``compaction`` as its session's next (returned with its ``seq``). With
         ``fence`` (owner, epoch) of ``compaction.run_id`` the write is conditional, as for
-        :meth:`append_messages`."""
+        :meth:`append_messages`. With ``idle`` (a compaction made outside a run) it is written
+        only while no run holds the session's slot, checked atomically with a run being
+        created: ``SessionBusyError`` otherwise."""
 
     @abstractmethod
     async def get_compaction(self, session_id: str) -> Compaction | None:

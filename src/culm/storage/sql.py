@@ -210,7 +210,7 @@ class SqlStore(Store):
     # Compactions (``compactions.py``)
 
     async def add_compaction(
-        self, compaction: Compaction, *, fence: Fence | None = None
+        self, compaction: Compaction, *, fence: Fence | None = None, idle: bool = False
     ) -> Compaction:
         run_id = compaction.run_id
         if fence is not None and run_id is None:
@@ -219,6 +219,8 @@ class SqlStore(Store):
         def transaction(conn: sa.Connection) -> Compaction:
             if fence is not None and run_id is not None:
                 fencing.check_fence(conn, run_id, fence)  # runs before compactions
+            if idle:
+                compaction_rows.check_idle(conn, compaction)
             return compaction_rows.insert(conn, compaction)
 
         return await self.write(transaction)

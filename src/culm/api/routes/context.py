@@ -11,7 +11,11 @@ from culm.domain.compaction import Compaction
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
-BUSY = "`session_busy`: the session has an active run (`run_id` says which); it compacts itself"
+BUSY = (
+    "`session_busy`: the session has an active run (`run_id` says which; it compacts itself), "
+    "or a run came and went while the compaction was made (`run_id`; nothing stored: compact "
+    "again)"
+)
 MODEL = "the summarizer's model call failed (`code` says how: `model_http_error` …)"
 
 
