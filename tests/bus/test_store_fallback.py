@@ -1,0 +1,102 @@
+"""What the Redis bus does not carry, the store does, without costing a query per subscriber.
+
+An API engine follows runs a worker engine executes (same database, one Redis). Idle followers
+of a run share one safety read of the store per interval; events the publisher dropped (its
+queue full) or the session stream no longer holds reach every subscriber from the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import culm
+from culm.domain.events import RunEvent, is_terminal
+from culm.domain.models import Run
+from culm.runtime.roles import Role
+from tests.bus.conftest import drop_keys, reachable_redis, unique_prefix
+from tests.support import settings
+
+pytestmark = pytest.mark.timeout(120)
+
+IDLE = {"turns": [[{"text": "thinking"}, {"delay": 60}, {"text": "done"}]]}
+# 40 tokens, 20 ms apart: the run lasts about a second.
+STREAMING = {"turns": [[*([{"delay": 0.02}, {"text": "tok "}] * 40), {"text": "done"}]]}
+SUBSCRIBERS = 40
+
+
+def _engines(home: Path, **overrides: Any) -> tuple[culm.Engine, culm.Engine]:
+    common = {"heartbeat_seconds": 0.2, "claim_poll_seconds": 0.2, **overrides}
+    api = culm.Engine(settings(home, scheduler=False, **common), role=Role.API)
+    worker = culm.Engine(settings(home, scheduler=False, **common), role=Role.WORKER)
+    for engine in (api, worker):
+        engine.scripts.register("idle", IDLE)
+        engine.scripts.register("stream", STREAMING)
+    return api, worker
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def _collect(events: AsyncIterator[RunEvent], first: asyncio.Event) -> list[RunEvent]:
+    got: list[RunEvent] = []
+    async with contextlib.aclosing(events):
+        async for event in events:
+            got.append(event)
+            first.set()
+            if is_terminal(event):
+                break
+    return got
+
+
+@pytest.fixture
+async def shared_redis() -> AsyncIterator[dict[str, str]]:
+    url = await reachable_redis()
+    prefix = unique_prefix()
+    yield {"redis_url": url, "redis_prefix": prefix}
+    await drop_keys(url, prefix)
+
+
+async def test_idle_subscribers_of_one_run_share_one_store_read_per_interval(
+    tmp_path: Path, shared_redis: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, worker = _engines(tmp_path, **shared_redis)
+    async with api, worker:
+        api.streams.safety.interval = 0.02  # many intervals, quickly
+        reads = 0
+        get_run: Callable[[str], Awaitable[Run | None]] = api.store.get_run
+
+        async def counting_get_run(run_id: str) -> Run | None:
+            nonlocal reads
+            reads += 1
+            return await get_run(run_id)
+
+        monkeypatch.setattr(api.store, "get_run", counting_get_run)
+        session = await api.create_session(model="scripted:idle")
+        run = await api.start_run(session.session_id, "go")
+        firsts = [asyncio.Event() for _ in range(SUBSCRIBERS)]
+        streams = [asyncio.create_task(_collect(api.subscribe(run.run_id), f)) for f in firsts]
+        async with asyncio.timeout(30):
+            for first in firsts:
+                await first.wait()  # read the store, now waiting on the bus
+        await _until(lambda: api.streams.safety.count >= 3)
+        reads_before, checks_before = reads, api.streams.safety.count
+        await _until(lambda: api.streams.safety.count >= checks_before + 20)
+        checks = api.streams.safety.count - checks_before
+        # One read per interval for the run (a check may be under way at either end), where
+        # a read per subscriber would be SUBSCRIBERS per interval.
+        assert checks <= reads - reads_before <= checks + 1
+        assert not any(stream.done() for stream in streams)  # nobody woken for nothing
+        await api.cancel(run.run_id)
+        async with asyncio.timeout(30):
+            results = await asyncio.gather(*streams)
+        stored = await api.store.read_events(run.run_id)
+        for got in results:
+            assert [e.seq for e in got] == [e.seq for e in stored]
