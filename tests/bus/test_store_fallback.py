@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
+import redis.asyncio as redis
 
 import culm
 from culm.domain.events import RunEvent, is_terminal
 from culm.domain.models import Run
 from culm.runtime.roles import Role
+from tests.api.conftest import running_server
 from tests.bus.conftest import drop_keys, reachable_redis, unique_prefix
+from tests.redisserver import private_redis
 from tests.support import settings
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,6 +32,8 @@ IDLE = {"turns": [[{"text": "thinking"}, {"delay": 60}, {"text": "done"}]]}
 # 40 tokens, 20 ms apart: the run lasts about a second.
 STREAMING = {"turns": [[*([{"delay": 0.02}, {"text": "tok "}] * 40), {"text": "done"}]]}
 SUBSCRIBERS = 40
+# 3,000 tokens at once: bursts far beyond a stream kept to ~100 entries.
+BURST = {"turns": [[*([{"text": "t"}] * 3000), {"text": "done"}]]}
 
 
 def _engines(home: Path, **overrides: Any) -> tuple[culm.Engine, culm.Engine]:
@@ -100,3 +107,90 @@ async def test_idle_subscribers_of_one_run_share_one_store_read_per_interval(
         stored = await api.store.read_events(run.run_id)
         for got in results:
             assert [e.seq for e in got] == [e.seq for e in stored]
+
+
+def _counter(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics:\n{metrics}")
+
+
+async def test_what_an_overflowing_publish_queue_drops_reaches_every_subscriber_from_the_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The executing process's publish queue holds one batch and Redis stops taking writes
+    for a while (``CLIENT PAUSE … WRITE``, on a private Redis): the publisher waits in its
+    round trip, the queue overflows, and the drops are counted in ``/metrics`` and logged once.
+    The followers on another engine see holes (or silence, once the run ended) and read the
+    rest from the store: every seq once, in order."""
+    caplog.set_level(logging.WARNING, logger="culm.bus")
+    async with private_redis(tmp_path) as server:
+        home = tmp_path / "home"
+        overrides = {"redis_url": server.url, "bus_publish_queue_size": 1}
+        executing = settings(home, scheduler=False, heartbeat_seconds=0.2, **overrides)
+        api, _worker = _engines(home, **overrides)
+        async with running_server(executing) as served, api:
+            served.engine.scripts.register("stream", STREAMING)
+            api.streams.safety.interval = 0.2
+            session = await served.engine.create_session(model="scripted:stream")
+            run = await served.engine.start_run(session.session_id, "go")
+            firsts = [asyncio.Event() for _ in range(10)]
+            streams = [
+                asyncio.create_task(_collect(api.subscribe(run.run_id), first)) for first in firsts
+            ]
+            async with asyncio.timeout(30):
+                for first in firsts:
+                    await first.wait()
+            client = redis.Redis.from_url(server.url)
+            try:
+                await client.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+            finally:
+                await client.aclose()
+            async with asyncio.timeout(60):
+                results = await asyncio.gather(*streams)
+            stored = await api.store.read_events(run.run_id)
+            assert is_terminal(stored[-1])
+            for got in results:
+                assert got == stored
+            async with httpx2.AsyncClient(base_url=served.url) as http:
+                metrics = (await http.get("/metrics")).text
+            dropped = _counter(metrics, "culm_bus_events_dropped_total")
+            assert dropped > 0
+            assert api.bus.stats().received < len(stored)  # the bus did not bring them all
+        warnings = [r for r in caplog.records if "not published to redis" in r.getMessage()]
+        assert len(warnings) == 1
+
+
+async def test_a_session_stream_fills_what_redis_trimmed_from_the_store(
+    tmp_path: Path, shared_redis: dict[str, str]
+) -> None:
+    """Runs on a worker write bursts of events into streams kept to about 100 entries: the API's
+    reader finds the session stream trimmed past its position (a hole in a run's ``seq``), and
+    the session subscriber reads the missing events from the store."""
+    api, worker = _engines(tmp_path, bus_stream_maxlen=100, **shared_redis)
+    async with api, worker:
+        for engine in (api, worker):
+            engine.scripts.register("burst", BURST)
+        session = await api.create_session(model="scripted:burst")
+        got: list[RunEvent] = []
+        first = asyncio.Event()
+
+        async def follow() -> None:
+            events = api.subscribe_session(session.session_id)
+            async with contextlib.aclosing(events):
+                first.set()
+                async for event in events:
+                    got.append(event)
+                    if is_terminal(event):
+                        return
+
+        following = asyncio.create_task(follow())
+        await first.wait()
+        await _until(lambda: api.bus.stats().followed == 1)  # the reader reads the session
+        run = await api.start_run(session.session_id, "go")
+        async with asyncio.timeout(60):
+            await following
+        stored = await api.store.read_events(run.run_id)
+        assert [(e.run_id, e.seq) for e in got] == [(e.run_id, e.seq) for e in stored]
+        assert api.bus.stats().received < len(stored)  # Redis trimmed some before they were read
