@@ -21,6 +21,7 @@ import culm
 from culm.domain.events import RunEvent, is_terminal
 from culm.domain.models import Run
 from culm.runtime.roles import Role
+from culm.runtime.streams import FOLLOWER_READS
 from tests.api.conftest import running_server
 from tests.bus.conftest import drop_keys, reachable_redis, unique_prefix
 from tests.redisserver import private_redis
@@ -194,3 +195,42 @@ async def test_a_session_stream_fills_what_redis_trimmed_from_the_store(
         stored = await api.store.read_events(run.run_id)
         assert [(e.run_id, e.seq) for e in got] == [(e.run_id, e.seq) for e in stored]
         assert api.bus.stats().received < len(stored)  # Redis trimmed some before they were read
+
+
+async def test_followers_polling_a_queued_run_read_the_store_a_few_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a bus across processes, subscribers of a run no process has claimed yet poll the
+    store; 60 of them must not hold 60 connections at once (1,000 in the bench took every
+    connection of the pool, and streams failed when its wait timed out)."""
+    api = culm.Engine(settings(tmp_path, scheduler=False), role=Role.API)  # nobody runs it
+    async with api:
+        api.scripts.register("stream", STREAMING)
+        in_flight = peak = calls = 0
+
+        def counted(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                nonlocal in_flight, peak, calls
+                in_flight += 1
+                calls += 1
+                peak = max(peak, in_flight)
+                try:
+                    return await method(*args, **kwargs)
+                finally:
+                    in_flight -= 1
+
+            return call
+
+        for name in ("get_run", "read_events"):
+            monkeypatch.setattr(api.store, name, counted(getattr(api.store, name)))
+        session = await api.create_session(model="scripted:stream")
+        run = await api.start_run(session.session_id, "go")
+        streams = [
+            asyncio.create_task(_collect(api.subscribe(run.run_id), asyncio.Event()))
+            for _ in range(60)
+        ]
+        await _until(lambda: calls >= 300)  # every follower polled a few times
+        for stream in streams:
+            stream.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
+        assert 1 <= peak <= FOLLOWER_READS

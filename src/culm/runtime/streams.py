@@ -51,8 +51,8 @@ POLL_INTERVAL = 0.25
 # How often a run followed on the bus is looked up in the store (a lost terminal event, a run
 # ended by a sweeper): one query per run in the process, whatever its number of followers.
 SAFETY_INTERVAL = 5.0
-# Followers reading the store at once (a thousand subscribers may join one run together): the
-# others wait here, in memory, not for the pool's connections, which the event writer needs too
+# Followers of a run without a runner here reading the store at once (a thousand subscribers
+# may join one run together, or poll a queued one): the others wait here, in memory, not for the pool's connections, which the event writer needs too
 # (and whose wait times out).
 FOLLOWER_READS = 8
 # How many of a session's latest runs a lagging session subscriber catches up on.
@@ -158,13 +158,17 @@ class Streams:
         while self._registry.get(run_id) is None and not self.closed:
             with self._registry.watch(run_id) as changed:
                 try:
-                    run = await self._store.get_run(run_id)
-                    # A run not started yet has nothing stored after the cursor: wait for its
-                    # runner here (a worker of this process may claim it in a moment).
-                    waiting = run is None or (
-                        run.status is RunStatus.PENDING and run.last_seq <= cursor
-                    )
-                    events = [] if waiting else await self._page(run_id, cursor)
+                    # Limited like the followers on the bus: a thousand subscribers polling a
+                    # queued run would otherwise take every connection of the pool (whose wait
+                    # times out: their streams failed, and the event writer waited too).
+                    async with self._follower_reads:
+                        run = await self._store.get_run(run_id)
+                        # A run not started yet has nothing stored after the cursor: wait for
+                        # its runner here (a worker of this process may claim it in a moment).
+                        waiting = run is None or (
+                            run.status is RunStatus.PENDING and run.last_seq <= cursor
+                        )
+                        events = [] if waiting else await self._page(run_id, cursor)
                 except StorageUnavailableError:
                     # The run goes on in another process: wait for the store to come back (the
                     # client's stream stays open, with its pings) rather than cut the stream.
@@ -184,7 +188,8 @@ class Streams:
                 cursor = events[-1].seq
                 continue
             # Terminal, and the terminal status is written after the events: read once more.
-            last = await self._page(run_id, cursor)
+            async with self._follower_reads:
+                last = await self._page(run_id, cursor)
             if last:
                 yield last
             return
