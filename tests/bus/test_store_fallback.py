@@ -33,6 +33,8 @@ IDLE = {"turns": [[{"text": "thinking"}, {"delay": 60}, {"text": "done"}]]}
 # 40 tokens, 20 ms apart: the run lasts about a second.
 STREAMING = {"turns": [[*([{"delay": 0.02}, {"text": "tok "}] * 40), {"text": "done"}]]}
 SUBSCRIBERS = 40
+# 150 tokens, 20 ms apart: about 3 s.
+LONG = {"turns": [[*([{"delay": 0.02}, {"text": "tok "}] * 150), {"text": "done"}]]}
 # 3,000 tokens at once: bursts far beyond a stream kept to ~100 entries.
 BURST = {"turns": [[*([{"text": "t"}] * 3000), {"text": "done"}]]}
 
@@ -234,3 +236,45 @@ async def test_followers_polling_a_queued_run_read_the_store_a_few_at_a_time(
             stream.cancel()
         await asyncio.gather(*streams, return_exceptions=True)
         assert 1 <= peak <= FOLLOWER_READS
+
+
+async def test_subscribers_the_bus_keeps_busy_are_not_sent_to_the_store(
+    tmp_path: Path, shared_redis: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a run streams, the store is always a little ahead of the bus: the safety check must
+    leave alone the followers the bus keeps feeding (a read per follower per interval else)."""
+    api, worker = _engines(tmp_path, **shared_redis)
+    async with api, worker:
+        for engine in (api, worker):
+            engine.scripts.register("long", LONG)
+        api.streams.safety.interval = 0.3
+        reads = 0
+
+        def counted(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                nonlocal reads
+                reads += 1
+                return await method(*args, **kwargs)
+
+            return call
+
+        session = await api.create_session(model="scripted:long")
+        run = await api.start_run(session.session_id, "go")
+        firsts = [asyncio.Event() for _ in range(SUBSCRIBERS)]
+        streams = [asyncio.create_task(_collect(api.subscribe(run.run_id), f)) for f in firsts]
+        async with asyncio.timeout(30):
+            for first in firsts:
+                await first.wait()
+        for name in ("get_run", "read_events"):
+            monkeypatch.setattr(api.store, name, counted(getattr(api.store, name)))
+        checks_before = api.streams.safety.count
+        async with asyncio.timeout(60):
+            results = await asyncio.gather(*streams)
+        checks = api.streams.safety.count - checks_before
+        assert checks >= 3  # the run streamed for several intervals
+        # The checks' own reads, and fewer than one more per follower over the whole run
+        # (a follower the loaded machine left silent for an interval may read once).
+        assert reads - checks < SUBSCRIBERS
+        stored = await api.store.read_events(run.run_id)
+        for got in results:
+            assert got == stored

@@ -5,8 +5,8 @@ may stay silent though while the store moves on: a terminal status written by a 
 the publisher dropped with nothing after them to show the hole. So someone must look at the store
 now and then, and that someone is one task per run, not every subscriber: with a thousand idle
 subscribers of one run, PostgreSQL sees one ``get_run`` per interval, not a thousand. Only the
-followers the store is ahead of (or all, once the run is over) are woken, and each then reads
-what it misses, as after a hole.
+followers the bus left silent for an interval while the store is ahead of them (or the run is
+over) are woken, and each then reads what it misses, as after a hole.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Follower:
 
     subscription: Subscription
     cursor: int = 0
+    checked: int = -1  # its cursor at the previous check
 
 
 class _RunCheck:
@@ -92,7 +93,13 @@ class SafetyChecks:
                 continue
             self.count += 1
             for follower in check.followers:
-                if run is None or run.status.is_terminal or run.last_seq > follower.cursor:
+                # Only a follower the bus left silent for a whole interval: while events come,
+                # the store is always a little ahead of the bus, and waking them all then
+                # would cost a read per follower per interval, the very thing avoided here.
+                silent, follower.checked = follower.cursor == follower.checked, follower.cursor
+                if silent and (
+                    run is None or run.status.is_terminal or run.last_seq > follower.cursor
+                ):
                     # Past what the bus brought it: this follower reads the store for the rest.
                     follower.subscription.wake()
 
