@@ -89,7 +89,10 @@ async def _messages(pipes: list[Any], kind: str, timeout: float) -> list[Any]:
         assert time.monotonic() < deadline, f"clients did not send {kind!r}"
         for conn in list(waiting):
             while conn.poll():
-                got, value = conn.recv()
+                try:
+                    got, value = conn.recv()
+                except EOFError:  # the client process died (its traceback is on stderr)
+                    raise RuntimeError(f"a client process ended before sending {kind!r}") from None
                 if got == kind:
                     found.append(value)
                     waiting.remove(conn)

@@ -370,7 +370,8 @@ def report(results: dict[str, Any]) -> None:
         verdict = ""
         if key in TARGETS:
             op, target = TARGETS[key]
-            ok = value <= target if op == "<=" else value >= target
+            checks = {"<=": value <= target, "<": value < target, ">=": value >= target}
+            ok = checks[op]
             verdict = f"  target {op} {target}: {'ok' if ok else 'MISS'}"
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         print(f"{key:28} {shown}{verdict}")

@@ -6,8 +6,8 @@ the runner; if it lags behind its queue it goes back to the store. A run not act
 process (finished, queued, or run by another process on the same database) is followed through
 the event bus when it crosses processes (Redis): the store first, for everything up to now,
 then the events the bus brings, back to the store whenever the bus skipped one (a hole in
-``seq``), changed state, or stayed silent for a while. Without such a bus, or while it is
-degraded, the store is polled.
+``seq``), changed state, or the run's safety check (one per run, :mod:`culm.runtime.safety`)
+found the store ahead. Without such a bus the store is polled.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from culm.errors import NotFoundError, StorageUnavailableError
 from culm.runtime.batcher import EventBatcher
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
+from culm.runtime.safety import Follower, SafetyChecks
 from culm.runtime.subscription import Closed, Lagged, Subscription
 from culm.storage.base import Store
 
@@ -67,11 +68,11 @@ def with_gaps(events: list[RunEvent], cursor: int) -> list[RunEvent]:
 
 
 POLL_INTERVAL = 0.25
-# How long a follower on the bus waits for its run's next event before it looks at the store
-# (a lost terminal event, a run ended by a sweeper): slow, since it costs a query per follower.
+# How often a run followed on the bus is looked up in the store (a lost terminal event, a run
+# ended by a sweeper): one query per run in the process, whatever its number of followers.
 SAFETY_INTERVAL = 5.0
-# Followers reading the store at once (a thousand subscribers may join one run together): the
-# others wait here, in memory, not for the pool's connections, which the event writer needs too
+# Followers of a run without a runner here reading the store at once (a thousand subscribers
+# may join one run together, or poll a queued one): the others wait here, in memory, not for the pool's connections, which the event writer needs too
 # (and whose wait times out).
 FOLLOWER_READS = 8
 # How many of a session's latest runs a lagging session subscriber catches up on.
@@ -86,10 +87,19 @@ class Streams:
         batcher: EventBatcher,
         queue_size: int,
         bus: EventBus | None = None,
+        *,
+        safety_interval: float = SAFETY_INTERVAL,
     ) -> None:
         self._store = store
         self._bus = bus or LocalBus()
         self._follower_reads = asyncio.Semaphore(FOLLOWER_READS)
+        self.safety = SafetyChecks(
+            store,
+            self._bus,
+            self._follower_reads,
+            interval=safety_interval,
+            poll=POLL_INTERVAL,
+        )
         self._registry = registry
         self._batcher = batcher
         self._queue_size = queue_size
@@ -168,13 +178,17 @@ class Streams:
         while self._registry.get(run_id) is None and not self.closed:
             with self._registry.watch(run_id) as changed:
                 try:
-                    run = await self._store.get_run(run_id)
-                    # A run not started yet has nothing stored after the cursor: wait for its
-                    # runner here (a worker of this process may claim it in a moment).
-                    waiting = run is None or (
-                        run.status is RunStatus.PENDING and run.last_seq <= cursor
-                    )
-                    events = [] if waiting else await self._page(run_id, cursor)
+                    # Limited like the followers on the bus: a thousand subscribers polling a
+                    # queued run would otherwise take every connection of the pool (whose wait
+                    # times out: their streams failed, and the event writer waited too).
+                    async with self._follower_reads:
+                        run = await self._store.get_run(run_id)
+                        # A run not started yet has nothing stored after the cursor: wait for
+                        # its runner here (a worker of this process may claim it in a moment).
+                        waiting = run is None or (
+                            run.status is RunStatus.PENDING and run.last_seq <= cursor
+                        )
+                        events = [] if waiting else await self._page(run_id, cursor)
                 except StorageUnavailableError:
                     # The run goes on in another process: wait for the store to come back (the
                     # client's stream stays open, with its pings) rather than cut the stream.
@@ -194,7 +208,8 @@ class Streams:
                 cursor = events[-1].seq
                 continue
             # Terminal, and the terminal status is written after the events: read once more.
-            last = await self._page(run_id, cursor)
+            async with self._follower_reads:
+                last = await self._page(run_id, cursor)
             if last:
                 yield last
             return
@@ -203,29 +218,39 @@ class Streams:
         """Events from the store up to now, then from the bus, until the run ends or gets a
         runner in this process. The subscription is registered before the store is read, so
         nothing published in between is missed; what arrives twice is dropped by ``seq``."""
-        subscription = Subscription(self._queue_size)
-        self._registry.add_remote_subscriber(run_id, subscription)
+        follower = Follower(Subscription(self._queue_size), cursor)
+        self._registry.add_remote_subscriber(run_id, follower.subscription)
         try:
             async with self._bus.follow(Topic.run(run_id)):
-                while self._registry.get(run_id) is None and not self._closed_meanwhile():
-                    stored = await self._stored_since(run_id, cursor)
-                    if stored is None:
-                        continue  # the store did not answer: try again
-                    events, ended = stored
-                    if events:
-                        yield events
-                        cursor = events[-1].seq
-                    if ended:
-                        return
-                    async for batch in self._live(subscription, cursor):
+                with self.safety.follow(run_id, follower):
+                    async for batch in self._remote_batches(run_id, follower):
+                        # Given before it is taken: the check must not wake us for it.
+                        follower.cursor = batch[-1].seq
                         yield batch
-                        cursor = batch[-1].seq
-                    if subscription.lagged:
-                        self._registry.remove_remote_subscriber(run_id, subscription)
-                        subscription = Subscription(self._queue_size)
-                        self._registry.add_remote_subscriber(run_id, subscription)
         finally:
-            self._registry.remove_remote_subscriber(run_id, subscription)
+            self._registry.remove_remote_subscriber(run_id, follower.subscription)
+
+    async def _remote_batches(
+        self, run_id: str, follower: Follower
+    ) -> AsyncGenerator[list[RunEvent]]:
+        cursor = follower.cursor
+        while self._registry.get(run_id) is None and not self._closed_meanwhile():
+            stored = await self._stored_since(run_id, cursor)
+            if stored is None:
+                continue  # the store did not answer: try again
+            events, ended = stored
+            if events:
+                yield events
+                cursor = events[-1].seq
+            if ended:
+                return
+            async for batch in self._live(follower.subscription, cursor):
+                yield batch
+                cursor = batch[-1].seq
+            if follower.subscription.lagged:
+                self._registry.remove_remote_subscriber(run_id, follower.subscription)
+                follower.subscription = Subscription(self._queue_size)
+                self._registry.add_remote_subscriber(run_id, follower.subscription)
 
     async def _stored_since(self, run_id: str, cursor: int) -> tuple[list[RunEvent], bool] | None:
         """What the store holds after ``cursor``, and whether the run is over (then all of it);
@@ -249,13 +274,12 @@ class Streams:
         self, subscription: Subscription, cursor: int
     ) -> AsyncGenerator[list[RunEvent]]:
         """What the bus brings right after ``cursor``; returns when the store must be read: a
-        hole, a wake-up (a runner here, the bus changed state), a lag, or a silence."""
+        hole, a wake-up (a runner here, the bus changed state, the safety check found the store
+        ahead), or a lag. No timer of its own: the run's safety check is shared."""
         while True:
-            wait = SAFETY_INTERVAL if self._bus.state == "ok" else POLL_INTERVAL
             try:
-                async with asyncio.timeout(wait):
-                    received = await subscription.next_batch()
-            except (TimeoutError, Lagged, Closed):
+                received = await subscription.next_batch()
+            except (Lagged, Closed):
                 return
             if not received:
                 return
