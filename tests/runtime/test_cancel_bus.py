@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,55 @@ async def test_a_run_nobody_claimed_ends_at_once_in_the_store(
     cancelled = await api.cancel(run.run_id, wait=True)
     assert cancelled.status is culm.RunStatus.CANCELLED
     assert (await api.store.get_run(run.run_id)).owner is None  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def heard(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set once a run manager has handled a cancel request (patched before the engines start:
+    the heartbeat and the bus take the handler when they start)."""
+    event = asyncio.Event()
+    original = manager.RunManager._cancel_requested
+
+    def spy(self: manager.RunManager, reasons: Mapping[str, str]) -> None:
+        original(self, reasons)
+        if reasons:
+            event.set()
+
+    monkeypatch.setattr(manager.RunManager, "_cancel_requested", spy)
+    return event
+
+
+async def test_a_cancel_arriving_while_the_worker_s_claim_returns_cancels_the_run(
+    heard: asyncio.Event,
+    deployment: tuple[culm.Engine, culm.Engine],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The claim commits (the run is running, owned by the worker) before ``claim_runs``
+    returns: a cancel notice in between is for a run the worker does not execute yet. It must
+    still cancel it at once, not a heartbeat (here an hour) later."""
+    api, worker = deployment
+    dispatcher = worker.runs.dispatcher
+    assert dispatcher is not None
+    store = dispatcher._store
+    claim_runs = store.claim_runs
+    claimed, returning = asyncio.Event(), asyncio.Event()
+
+    async def held_claim(*args: Any, **kwargs: Any) -> list[culm.Run]:
+        runs = await claim_runs(*args, **kwargs)
+        if runs:
+            claimed.set()
+            await returning.wait()
+        return runs
+
+    monkeypatch.setattr(store, "claim_runs", held_claim)
+    run = await api.run("go", model="scripted:slow")
+    await asyncio.wait_for(claimed.wait(), 10)
+    cancelled = asyncio.ensure_future(api.cancel(run.run_id, reason="stop it", wait=True))
+    await asyncio.wait_for(heard.wait(), 10)
+    returning.set()
+
+    ended = await asyncio.wait_for(cancelled, 30)
+    assert ended.status is culm.RunStatus.CANCELLED
+    events = await api.store.read_events(run.run_id)
+    assert [event.type for event in events if event.type == "round_completed"] == []
+    assert events[-1].type == "cancelled" and events[-1].reason == "stop it"

@@ -13,6 +13,7 @@ import pytest
 
 import culm
 from culm.domain.models import Run, RunStatus
+from culm.runtime import dispatch
 from culm.runtime.dispatch import Dispatcher, WorkerCounters
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.roles import Role
@@ -140,6 +141,53 @@ async def test_a_launch_that_raises_hands_its_run_back_and_launches_the_rest(
         assert (back.status, back.attempt, back.epoch) == (RunStatus.PENDING, 1, 2)
         [again] = await store.claim_runs("w2", limit=4, lease_seconds=60)
         assert again.run_id == made[0].run_id, "ready again at once, not after its lease"
+    finally:
+        await store.aclose()
+
+
+async def test_a_run_whose_launch_always_fails_ends_in_error_after_a_bounded_number_of_claims(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hand-back counts no attempt: without a count of its own, a run whose launch always
+    fails would be claimed and handed back for good, holding its session."""
+    monkeypatch.setattr(dispatch, "LAUNCH_BACKOFF", 0.0)  # claim it back at once, to count
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    await store.start()
+    try:
+        doomed = await ready_run(store)
+        launches = _Launches(failing={doomed.run_id})
+        dispatcher = _dispatcher(store, launches, concurrency=4)
+        counters = WorkerCounters()
+        dispatcher._counters = counters
+
+        for _ in range(2 * dispatch.LAUNCH_ATTEMPTS):
+            await dispatcher.claim()
+
+        assert counters.claims == dispatch.LAUNCH_ATTEMPTS
+        ended = await store.get_run(doomed.run_id)
+        assert ended is not None
+        assert (ended.status, ended.owner) == (RunStatus.ERROR, None)
+        [event] = await store.read_events(doomed.run_id)
+        assert event.type == "error" and event.code == dispatch.LAUNCH_FAILED
+    finally:
+        await store.aclose()
+
+
+async def test_a_worker_leaves_a_run_whose_launch_failed_to_the_others_for_a_while(
+    tmp_path: Path,
+) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    await store.start()
+    try:
+        run = await ready_run(store)
+        dispatcher = _dispatcher(store, _Launches(failing={run.run_id}), concurrency=4)
+        await dispatcher.claim()
+        await dispatcher.claim()  # at once: not claimed back here
+
+        again = await store.get_run(run.run_id)
+        assert again is not None and again.epoch == 2, "claimed once, handed back once"
+        [other] = await store.claim_runs("w2", limit=4, lease_seconds=60)
+        assert other.run_id == run.run_id
     finally:
         await store.aclose()
 

@@ -12,17 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from culm.domain.models import Run
+from culm.domain.events import Error
+from culm.domain.models import Run, RunStatus, Usage
+from culm.domain.time import utc_now
+from culm.errors import LeaseLostError
 from culm.logs import get_logger
 from culm.storage.base import Store
 
 log = get_logger(__name__)
 # Seconds a worker whose turn a wake-up is not waits before it claims (× 1 to 2, by fullness).
 STAGGER = 0.05
+# Launches of one run that may fail in this process before it ends the run in error: a hand-back
+# counts no attempt, so a run whose launch always fails would otherwise cycle between workers for
+# good (its epoch climbing, ``max_attempts`` never reached, its session's slot held).
+LAUNCH_ATTEMPTS = 3
+# Seconds (doubled at each failure) this process leaves a run whose launch failed to the others.
+LAUNCH_BACKOFF = 1.0
+LAUNCH_FAILED = "launch_failed"
 
 
 @dataclass(slots=True)
@@ -75,6 +86,8 @@ class Dispatcher:
         self._claiming = asyncio.Lock()
         self._claims_started = 0
         self._task: asyncio.Task[None] | None = None
+        # Runs whose launch failed here: run id -> (failures, monotonic time to retry from).
+        self._launch_failures: dict[str, tuple[int, float]] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="culm-dispatcher")
@@ -144,19 +157,31 @@ class Dispatcher:
         # Not a run whose earlier attempt is still winding down here (lost, then made ready
         # again): one process never holds two attempts of one run.
         runs = await self._store.claim_runs(
-            self._owner, limit=free, lease_seconds=self._lease_seconds, exclude=self._held()
+            self._owner, limit=free, lease_seconds=self._lease_seconds, exclude=self._excluded()
         )
         self._counters.claims += len(runs)
         # Sub-agents started here while the claim was awaited take room too (they cannot wait
         # for it): launch only what fits now, hand the rest back at once.
         room = max(self._concurrency - self._active(), 0)
         back = runs[room:]
+        failed: list[Run] = []
         for run in runs[:room]:
             if not self._launched(run):
-                back.append(run)
+                (failed if self._give_up(run.run_id) else back).append(run)
         if back:
             await self._hand_back(back)
-        return len(runs) == free and not back
+        for run in failed:
+            await self._end_in_error(run)
+        return len(runs) == free and not back and not failed
+
+    def _excluded(self) -> set[str]:
+        """The runs this claim must not take: those still held here, and those whose launch
+        failed here lately (left to other workers for a while, never claimed back at once)."""
+        now = time.monotonic()
+        backing_off = {
+            run_id for run_id, (_, until) in self._launch_failures.items() if until > now
+        }
+        return {*self._held(), *backing_off}
 
     def _launched(self, run: Run) -> bool:
         """Launch ``run``; False (logged) when that raised: one run's failure must not leave the
@@ -164,9 +189,43 @@ class Dispatcher:
         try:
             self._launch(run)
         except Exception:
-            log.exception("launching a claimed run failed; handing it back", run_id=run.run_id)
+            log.exception("launching a claimed run failed", run_id=run.run_id)
             return False
+        self._launch_failures.pop(run.run_id, None)
         return True
+
+    def _give_up(self, run_id: str) -> bool:
+        """Count a failed launch of ``run_id``: True once it failed ``LAUNCH_ATTEMPTS`` times
+        here (end it), else back off from it for a while (doubling)."""
+        failures = self._launch_failures.get(run_id, (0, 0.0))[0] + 1
+        if failures >= LAUNCH_ATTEMPTS:
+            self._launch_failures.pop(run_id, None)
+            return True
+        backoff = LAUNCH_BACKOFF * 2 ** (failures - 1)
+        self._launch_failures[run_id] = (failures, time.monotonic() + backoff)
+        return False
+
+    async def _end_in_error(self, run: Run) -> None:
+        """End a run that cannot be launched here in error, with its terminal event, under
+        this claim's fence (lost meanwhile: its new owner decides). Should the store fail, it
+        is left claimed: its lease runs out and the sweeper takes it (an attempt counted)."""
+        message = f"the run could not be launched ({LAUNCH_ATTEMPTS} attempts)"
+        event = Error(message=message, code=LAUNCH_FAILED).stamped(
+            seq=run.last_seq + 1, run_id=run.run_id, session_id=run.session_id, ts=utc_now()
+        )
+        fence = (self._owner, run.epoch)
+        try:
+            if run.run_id in await self._store.append_events([event], fences={run.run_id: fence}):
+                return  # fenced out: no longer ours
+            await self._store.finish_run(
+                run.run_id, fence=fence, status=RunStatus.ERROR, error=message, usage=Usage()
+            )
+        except LeaseLostError:
+            return
+        except Exception:
+            log.exception("ending a run that cannot be launched failed", run_id=run.run_id)
+            return
+        log.error("ended a run that cannot be launched in error", run_id=run.run_id)
 
     async def _hand_back(self, runs: list[Run]) -> None:
         """Release claimed runs that will not execute here: ready again at once for any worker

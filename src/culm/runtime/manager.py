@@ -98,6 +98,8 @@ class RunManager:
         self._closing = False
         # Tasks that finish runs and that must outlive a cancel of whoever started them.
         self._finishing: set[asyncio.Task[Any]] = set()
+        # Cancel notices for runs not (yet) executing here: run id -> (reason, monotonic expiry).
+        self._early_cancels: dict[str, tuple[str, float]] = {}
         # Set when a stop stops waiting for a failing store.
         self._give_up = asyncio.Event()
 
@@ -195,11 +197,22 @@ class RunManager:
         }
 
     def _cancel_requested(self, reasons: Mapping[str, str]) -> None:
-        """Cancel requests made through the store (another process): each with its reason."""
+        """Cancel requests made through the store (another process): each with its reason.
+
+        A notice for a run not registered here may be for one this process has just claimed
+        (the claim committed, so the canceller sent it here, but ``claim_runs`` has not
+        returned yet): kept for one lease and applied by :meth:`launch`, else the cancel would
+        wait for the next heartbeat while the run executes."""
+        now = time.monotonic()
+        self._early_cancels = {
+            run_id: kept for run_id, kept in self._early_cancels.items() if kept[1] > now
+        }
         for run_id, reason in reasons.items():
             runner = self._registry.get(run_id)
             if runner is not None:
                 runner.request_cancel(reason)
+            else:
+                self._early_cancels[run_id] = (reason, now + self._settings.lease_seconds)
 
     # Starting runs
 
@@ -270,6 +283,9 @@ class RunManager:
         runner.task.add_done_callback(lambda _: self._ended(runner))
         if self._closing:  # claimed while aclose was taking its list of runners
             runner.request_cancel(self._stop_reason)
+        early = self._early_cancels.pop(run.run_id, None)
+        if early is not None and early[1] > time.monotonic():
+            runner.request_cancel(early[0])  # its notice arrived while it was being claimed
         return runner
 
     def _ended(self, runner: Runner) -> None:
