@@ -32,6 +32,7 @@ log = get_logger(__name__)
 FIELD = b"e"
 BLOCK_MS = 2000  # XREAD BLOCK: a safety cap; a change of the followed set wakes it at once
 READ_COUNT = 1000  # entries per stream per XREAD
+CLOSE_WAIT = 1.0  # seconds the publisher's close waits for its queue to go out
 
 
 def run_key(link: RedisLink, run_id: str) -> str:
@@ -53,6 +54,7 @@ class StreamPublisher:
         self._queue_size = queue_size
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.published = 0  # events XADDed
         self.dropped = 0  # events not published (queue full, or Redis down)
         self._drop_logged = False
@@ -61,10 +63,14 @@ class StreamPublisher:
         self._task = asyncio.create_task(self._drain(), name="bus-publisher")
 
     async def aclose(self) -> None:
+        """Send what is queued first (a run's last events, its terminal among them, are often
+        queued just before a shutdown), for at most :data:`CLOSE_WAIT` seconds: followers of a
+        dead Redis read the store anyway."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._closing = True
+            self._ready.set()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, CLOSE_WAIT)  # cancels it when late
             self._task = None
 
     def put(self, events: Sequence[RunEvent]) -> None:
@@ -96,6 +102,8 @@ class StreamPublisher:
                 except REDIS_ERRORS as exc:
                     self._drop(sum(len(batch) for batch in batches), "redis is unreachable")
                     self._link.failed(exc)
+            if self._closing:
+                return
 
     async def _send(self, batches: list[Sequence[RunEvent]]) -> None:
         pipe = self._link.client.pipeline(transaction=False)
