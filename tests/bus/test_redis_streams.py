@@ -4,13 +4,16 @@ processes; every test has a key prefix of its own."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from culm.bus.base import Topic
 from culm.bus.link import RedisLink
 from culm.bus.redis import RedisBus
+from culm.bus.redis_streams import run_key
 from tests.bus.conftest import drop_keys, reachable_redis, unique_prefix
 from tests.bus.test_bus import Sink, complete, tokens
 
@@ -45,3 +48,68 @@ async def test_a_terminal_published_just_before_close_still_reaches_another_proc
         await sink.until(3)
     assert [event.seq for event in sink.events] == [1, 2, 3]
     assert closing.publisher.dropped == 0
+
+
+async def _until(check: Callable[[], bool], timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+async def test_a_failed_placement_never_replays_a_session_s_earlier_runs_as_live(
+    pair: tuple[RedisBus, RedisBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publisher, follower = pair
+    publisher.publish([*tokens("earlier", 1, 2), complete("earlier", 3)])
+    await _until(lambda: publisher.publisher.published == 3)
+    real = follower.link.client.xrevrange
+    failures = [ConnectionError("redis went away while placing")]
+
+    async def failing_once(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(follower.link.client, "xrevrange", failing_once)
+    sink = Sink()
+    changes: list[str] = []
+    follower.bind(sink, lambda: changes.append(follower.state))
+    async with follower.follow(Topic.session("s1")):
+        # Down, back up, then placed late: followers are told to read the store each time.
+        await _until(lambda: changes == ["degraded", "ok", "ok"])
+        publisher.publish([*tokens("later", 1, 2), complete("later", 3)])
+        await sink.until(3)
+    assert [(event.run_id, event.seq) for event in sink.events] == [
+        ("later", 1),
+        ("later", 2),
+        ("later", 3),
+    ]
+
+
+async def test_a_second_follower_places_the_key_when_the_first_is_cancelled_while_placing(
+    pair: tuple[RedisBus, RedisBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publisher, follower = pair
+    real = follower.link.client.xrevrange
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    async def slow_first(*args: Any, **kwargs: Any) -> Any:
+        calls.append("xrevrange")
+        if len(calls) == 1:
+            await release.wait()  # never set: the first follower is cancelled in here
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(follower.link.client, "xrevrange", slow_first)
+    sink = Sink()
+    follower.bind(sink)
+    first = asyncio.create_task(follower.reader.add(run_key(follower.link, "r")))
+    await _until(lambda: calls == ["xrevrange"])
+    second = asyncio.create_task(follower.reader.add(run_key(follower.link, "r")))
+    await asyncio.sleep(0)  # the second one waits on the first one's placement
+    first.cancel()
+    follower.reader.remove(run_key(follower.link, "r"))  # what follow() does on the cancel
+    await second
+    publisher.publish(tokens("r", 1, 2))
+    await sink.until(2)
+    assert [event.seq for event in sink.events] == [1, 2]

@@ -133,12 +133,22 @@ class StreamPublisher:
 class StreamReader:
     """One ``XREAD BLOCK`` loop over the followed streams; hands what it reads to ``deliver``."""
 
-    def __init__(self, link: RedisLink, deliver: Callable[[list[RunEvent]], None]) -> None:
+    def __init__(
+        self,
+        link: RedisLink,
+        deliver: Callable[[list[RunEvent]], None],
+        placed_late: Callable[[], None],
+    ) -> None:
         self._link = link
         self._deliver = deliver
+        self._placed_late = placed_late
         self._wake_key = link.key("reader", uuid.uuid4().hex)
         self._followers: dict[str, int] = {}
         self._positions: dict[str, str] = {}
+        # Followed keys whose end could not be read (Redis failed): the loop places them once
+        # Redis answers. Never "0-0": the next XREAD would hand out the whole retained stream
+        # (a session's earlier runs) as live events.
+        self._unplaced: set[str] = set()
         self._placing: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -174,7 +184,9 @@ class StreamReader:
             pending = self._placing.get(key)
             if pending is not None:
                 await pending.wait()  # the first follower is still reading the position
-            return
+            if key in self._positions or key in self._unplaced or key not in self._followers:
+                return
+            # The first follower was cancelled before it placed the key: place it here.
         placed = self._placing[key] = asyncio.Event()
         try:
             await self._place(key)
@@ -184,13 +196,13 @@ class StreamReader:
                 del self._placing[key]
 
     async def _place(self, key: str) -> None:
-        position = "0-0"
         try:
-            last = cast("list[Any]", await self._link.client.xrevrange(key, count=1))
-            if last:
-                position = _text(last[0][0])
+            position = await self._end(key)
         except REDIS_ERRORS as exc:
+            if key in self._followers:
+                self._unplaced.add(key)  # placed by the loop once Redis answers
             self._link.failed(exc)
+            return
         if key not in self._followers:
             return  # left meanwhile
         self._positions.setdefault(key, position)
@@ -198,6 +210,26 @@ class StreamReader:
             await self._wake()  # after the position is set: its next XREAD includes the key
         except REDIS_ERRORS as exc:
             self._link.failed(exc)
+
+    async def _end(self, key: str) -> str:
+        """The id of ``key``'s last entry ("0-0" for a stream not there yet: all of it is new)."""
+        last = cast("list[Any]", await self._link.client.xrevrange(key, count=1))
+        return _text(last[0][0]) if last else "0-0"
+
+    async def _place_late(self) -> bool:
+        """Place the keys whose placement failed; then their followers read the store for what
+        was published before (:attr:`placed_late`). False when Redis failed again."""
+        for key in list(self._unplaced):
+            try:
+                position = await self._end(key)
+            except REDIS_ERRORS as exc:
+                self._link.failed(exc)
+                return False
+            if key in self._unplaced:  # still followed
+                self._unplaced.discard(key)
+                self._positions.setdefault(key, position)
+        self._placed_late()
+        return True
 
     async def _wake(self) -> None:
         await self._link.client.xadd(self._wake_key, {b"w": b"1"}, maxlen=1)
@@ -209,6 +241,7 @@ class StreamReader:
             return
         self._followers.pop(key, None)
         self._positions.pop(key, None)
+        self._unplaced.discard(key)
 
     async def _read(self) -> None:
         # The wake-up key is this process's own, empty at first: from "0-0" every entry wakes
@@ -216,6 +249,8 @@ class StreamReader:
         wake_position = "0-0"
         while not self._closing:
             await self._link.wait_up()
+            if self._unplaced and not await self._place_late():
+                continue
             streams: dict[Any, Any] = {self._wake_key: wake_position, **self._positions}
             try:
                 response = cast(
