@@ -113,3 +113,35 @@ async def test_a_second_follower_places_the_key_when_the_first_is_cancelled_whil
     publisher.publish(tokens("r", 1, 2))
     await sink.until(2)
     assert [event.seq for event in sink.events] == [1, 2]
+
+
+async def test_the_publisher_and_reader_go_on_after_an_unexpected_error(
+    pair: tuple[RedisBus, RedisBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publisher, follower = pair
+    real_pipeline = publisher.link.client.pipeline
+    broken = [RuntimeError("a bug while publishing")]
+
+    def pipeline_failing_once(*args: Any, **kwargs: Any) -> Any:
+        if broken:
+            raise broken.pop()
+        return real_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(publisher.link.client, "pipeline", pipeline_failing_once)
+    received: list[int] = []
+    sink_broken = [RuntimeError("a bug while delivering")]
+
+    def sink(events: Any) -> None:
+        if sink_broken:
+            raise sink_broken.pop()
+        received.extend(event.seq for event in events)
+
+    follower.bind(sink)
+    async with follower.follow(Topic.run("r")):
+        publisher.publish(tokens("r", 1, 1))  # the publisher's bug: dropped (it is stored)
+        await _until(lambda: publisher.publisher.dropped == 1)
+        publisher.publish(tokens("r", 2, 2))  # the reader's bug: lost here (it is stored)
+        await _until(lambda: not sink_broken)
+        publisher.publish(tokens("r", 3, 4))
+        await _until(lambda: received == [3, 4])
+    assert publisher.state == "ok" and follower.state == "ok"

@@ -32,6 +32,7 @@ log = get_logger(__name__)
 FIELD = b"e"
 BLOCK_MS = 2000  # XREAD BLOCK: a safety cap; a change of the followed set wakes it at once
 READ_COUNT = 1000  # entries per stream per XREAD
+READ_RETRY = 1.0  # seconds the reader pauses after an unexpected error (no busy loop)
 CLOSE_WAIT = 1.0  # seconds the publisher's close waits for its queue to go out
 
 
@@ -102,6 +103,11 @@ class StreamPublisher:
                 except REDIS_ERRORS as exc:
                     self._drop(sum(len(batch) for batch in batches), "redis is unreachable")
                     self._link.failed(exc)
+                except Exception:
+                    # A bug must not end the task while the bus still says "ok": log, count
+                    # the batch as dropped (it is stored), and go on with the next one.
+                    log.exception("publishing run events to redis failed")
+                    self._drop(sum(len(batch) for batch in batches), "publishing failed")
             if self._closing:
                 return
 
@@ -137,11 +143,11 @@ class StreamReader:
         self,
         link: RedisLink,
         deliver: Callable[[list[RunEvent]], None],
-        placed_late: Callable[[], None],
+        catch_up: Callable[[], None],
     ) -> None:
         self._link = link
         self._deliver = deliver
-        self._placed_late = placed_late
+        self._catch_up = catch_up  # followers read the store for what the bus missed
         self._wake_key = link.key("reader", uuid.uuid4().hex)
         self._followers: dict[str, int] = {}
         self._positions: dict[str, str] = {}
@@ -149,6 +155,7 @@ class StreamReader:
         # Redis answers. Never "0-0": the next XREAD would hand out the whole retained stream
         # (a session's earlier runs) as live events.
         self._unplaced: set[str] = set()
+        self._wake_position = "0-0"  # see _read_on
         self._placing: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -218,7 +225,7 @@ class StreamReader:
 
     async def _place_late(self) -> bool:
         """Place the keys whose placement failed; then their followers read the store for what
-        was published before (:attr:`placed_late`). False when Redis failed again."""
+        was published before (``catch_up``). False when Redis failed again."""
         for key in list(self._unplaced):
             try:
                 position = await self._end(key)
@@ -228,7 +235,7 @@ class StreamReader:
             if key in self._unplaced:  # still followed
                 self._unplaced.discard(key)
                 self._positions.setdefault(key, position)
-        self._placed_late()
+        self._catch_up()
         return True
 
     async def _wake(self) -> None:
@@ -244,14 +251,24 @@ class StreamReader:
         self._unplaced.discard(key)
 
     async def _read(self) -> None:
+        while not self._closing:
+            try:
+                await self._read_on()
+            except Exception:
+                # A bug must not end the task while the bus still says "ok": log it, and let
+                # the followers read the store for what this round may have lost.
+                log.exception("reading run events from redis failed")
+                self._catch_up()
+                await asyncio.sleep(READ_RETRY)
+
+    async def _read_on(self) -> None:
         # The wake-up key is this process's own, empty at first: from "0-0" every entry wakes
         # the reader, even one written before its first XREAD reached Redis ("$" would miss it).
-        wake_position = "0-0"
         while not self._closing:
             await self._link.wait_up()
             if self._unplaced and not await self._place_late():
                 continue
-            streams: dict[Any, Any] = {self._wake_key: wake_position, **self._positions}
+            streams: dict[Any, Any] = {self._wake_key: self._wake_position, **self._positions}
             try:
                 response = cast(
                     "list[Any] | None",
@@ -263,7 +280,7 @@ class StreamReader:
             for raw_key, entries in response or ():
                 key = _text(raw_key)
                 if key == self._wake_key:
-                    wake_position = _text(entries[-1][0])
+                    self._wake_position = _text(entries[-1][0])
                     continue
                 if key not in self._positions:
                     continue  # unfollowed while we read
