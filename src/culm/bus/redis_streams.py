@@ -23,14 +23,14 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from culm.bus.link import REDIS_ERRORS, RedisLink
+from culm.bus.link import BLOCK_SECONDS, READ_TIMEOUT, REDIS_ERRORS, RedisLink
 from culm.domain.events import RunEvent, event_from_json, event_to_json
 from culm.logs import get_logger
 
 log = get_logger(__name__)
 
 FIELD = b"e"
-BLOCK_MS = 2000  # XREAD BLOCK: a safety cap; a change of the followed set wakes it at once
+BLOCK_MS = int(BLOCK_SECONDS * 1000)  # XREAD BLOCK: a cap; a change of the followed set wakes it
 READ_COUNT = 1000  # entries per stream per XREAD
 READ_RETRY = 1.0  # seconds the reader pauses after an unexpected error (no busy loop)
 CLOSE_WAIT = 1.0  # seconds the publisher's close waits for its queue to go out
@@ -126,7 +126,8 @@ class StreamPublisher:
                 count += 1
         for key in touched:
             pipe.expire(key, self._ttl)
-        results = await pipe.execute(raise_on_error=False)
+        async with asyncio.timeout(READ_TIMEOUT):  # a dead connection must not hang the queue
+            results = await pipe.execute(raise_on_error=False)
         for result in results:
             if isinstance(result, ResponseError):
                 # An id at or below the stream's last: published before (a retried batch).
