@@ -145,3 +145,23 @@ async def test_the_publisher_and_reader_go_on_after_an_unexpected_error(
         publisher.publish(tokens("r", 3, 4))
         await _until(lambda: received == [3, 4])
     assert publisher.state == "ok" and follower.state == "ok"
+
+
+async def test_a_write_redis_refuses_counts_as_a_failure_and_followers_catch_up(
+    pair: tuple[RedisBus, RedisBus],
+) -> None:
+    publisher, follower = pair
+    changes: list[str] = []
+    follower.bind(Sink())
+    publisher.bind(Sink(), lambda: changes.append(publisher.state))
+    # A session key of the wrong type: its XADD answers WRONGTYPE (not the duplicate id).
+    await publisher.link.client.set(publisher.link.key("session", "s1"), "not a stream")
+    publisher.publish(tokens("r", 1, 1))
+    await _until(lambda: publisher.publisher.published == 1)
+    assert publisher.publisher.dropped == 1  # the session entry
+    await _until(lambda: changes == ["degraded", "ok"])  # its followers read the store
+    await publisher.link.client.delete(publisher.link.key("session", "s1"))
+    publisher.publish(tokens("r", 1, 1))  # published again: the duplicate id is no failure
+    await _until(lambda: publisher.publisher.published == 2)
+    assert publisher.publisher.dropped == 1
+    assert changes == ["degraded", "ok"]

@@ -32,6 +32,8 @@ log = get_logger(__name__)
 FIELD = b"e"
 BLOCK_MS = int(BLOCK_SECONDS * 1000)  # XREAD BLOCK: a cap; a change of the followed set wakes it
 READ_COUNT = 1000  # entries per stream per XREAD
+# Redis's answer to an XADD id at or below the stream's last one (a batch published again).
+DUPLICATE_ID = "equal or smaller than the target stream top item"
 READ_RETRY = 1.0  # seconds the reader pauses after an unexpected error (no busy loop)
 CLOSE_WAIT = 1.0  # seconds the publisher's close waits for its queue to go out
 
@@ -57,7 +59,7 @@ class StreamPublisher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.published = 0  # events XADDed
-        self.dropped = 0  # events not published (queue full, or Redis down)
+        self.dropped = 0  # events not published (queue full, Redis down) or writes refused
         self._drop_logged = False
 
     def start(self) -> None:
@@ -128,13 +130,19 @@ class StreamPublisher:
             pipe.expire(key, self._ttl)
         async with asyncio.timeout(READ_TIMEOUT):  # a dead connection must not hang the queue
             results = await pipe.execute(raise_on_error=False)
+        refused: list[ResponseError] = []
         for result in results:
             if isinstance(result, ResponseError):
-                # An id at or below the stream's last: published before (a retried batch).
-                continue
-            if isinstance(result, BaseException):
+                if DUPLICATE_ID in str(result):
+                    continue  # an id at or below the stream's last: published before (a retry)
+                refused.append(result)  # OOM, WRONGTYPE…: the entry is not there
+            elif isinstance(result, BaseException):
                 raise result
         self.published += count
+        if refused:
+            # Followers must read the store for it: the link's ping-and-back tells them to.
+            self._drop(len(refused), "redis refused the write")
+            self._link.failed(refused[0])
 
 
 class StreamReader:
