@@ -25,6 +25,12 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 # A command waits at most this long for a socket (a dead host must not hang a publisher).
 SOCKET_TIMEOUT = 5.0
+# The longest a command blocks in Redis on purpose (the stream reader's ``XREAD BLOCK``).
+BLOCK_SECONDS = 2.0
+# A reply later than this means the connection is dead: without a read timeout, a connection
+# whose packets vanish (a black-holed host, no RST) hangs XREAD and the publisher forever while
+# the link still says "ok".
+READ_TIMEOUT = BLOCK_SECONDS + SOCKET_TIMEOUT
 
 # Errors that mean "Redis is not reachable" (anything else is a bug to log).
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -37,6 +43,8 @@ class RedisLink:
         self.client: redis.Redis = redis.Redis.from_url(
             url,
             socket_connect_timeout=SOCKET_TIMEOUT,
+            socket_timeout=READ_TIMEOUT,
+            socket_keepalive=True,
             health_check_interval=30,
         )
         self.up = False

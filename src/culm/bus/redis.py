@@ -26,7 +26,7 @@ class RedisBus(EventBus):
         super().__init__()
         self.link = link
         self.publisher = StreamPublisher(link, maxlen=maxlen, ttl=ttl, queue_size=queue_size)
-        self.reader = StreamReader(link, self._received)
+        self.reader = StreamReader(link, self._received, self._state_changed)
         self.control = RedisControl(link)
         link.on_change(lambda _up: self._state_changed())
 

@@ -23,15 +23,19 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from culm.bus.link import REDIS_ERRORS, RedisLink
+from culm.bus.link import BLOCK_SECONDS, READ_TIMEOUT, REDIS_ERRORS, RedisLink
 from culm.domain.events import RunEvent, event_from_json, event_to_json
 from culm.logs import get_logger
 
 log = get_logger(__name__)
 
 FIELD = b"e"
-BLOCK_MS = 2000  # XREAD BLOCK: a safety cap; a change of the followed set wakes it at once
+BLOCK_MS = int(BLOCK_SECONDS * 1000)  # XREAD BLOCK: a cap; a change of the followed set wakes it
 READ_COUNT = 1000  # entries per stream per XREAD
+# Redis's answer to an XADD id at or below the stream's last one (a batch published again).
+DUPLICATE_ID = "equal or smaller than the target stream top item"
+READ_RETRY = 1.0  # seconds the reader pauses after an unexpected error (no busy loop)
+CLOSE_WAIT = 1.0  # seconds the publisher's close waits for its queue to go out
 
 
 def run_key(link: RedisLink, run_id: str) -> str:
@@ -53,18 +57,23 @@ class StreamPublisher:
         self._queue_size = queue_size
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.published = 0  # events XADDed
-        self.dropped = 0  # events not published (queue full, or Redis down)
+        self.dropped = 0  # events not published (queue full, Redis down) or writes refused
         self._drop_logged = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._drain(), name="bus-publisher")
 
     async def aclose(self) -> None:
+        """Send what is queued first (a run's last events, its terminal among them, are often
+        queued just before a shutdown), for at most :data:`CLOSE_WAIT` seconds: followers of a
+        dead Redis read the store anyway."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._closing = True
+            self._ready.set()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, CLOSE_WAIT)  # cancels it when late
             self._task = None
 
     def put(self, events: Sequence[RunEvent]) -> None:
@@ -96,6 +105,13 @@ class StreamPublisher:
                 except REDIS_ERRORS as exc:
                     self._drop(sum(len(batch) for batch in batches), "redis is unreachable")
                     self._link.failed(exc)
+                except Exception:
+                    # A bug must not end the task while the bus still says "ok": log, count
+                    # the batch as dropped (it is stored), and go on with the next one.
+                    log.exception("publishing run events to redis failed")
+                    self._drop(sum(len(batch) for batch in batches), "publishing failed")
+            if self._closing:
+                return
 
     async def _send(self, batches: list[Sequence[RunEvent]]) -> None:
         pipe = self._link.client.pipeline(transaction=False)
@@ -112,25 +128,43 @@ class StreamPublisher:
                 count += 1
         for key in touched:
             pipe.expire(key, self._ttl)
-        results = await pipe.execute(raise_on_error=False)
+        async with asyncio.timeout(READ_TIMEOUT):  # a dead connection must not hang the queue
+            results = await pipe.execute(raise_on_error=False)
+        refused: list[ResponseError] = []
         for result in results:
             if isinstance(result, ResponseError):
-                # An id at or below the stream's last: published before (a retried batch).
-                continue
-            if isinstance(result, BaseException):
+                if DUPLICATE_ID in str(result):
+                    continue  # an id at or below the stream's last: published before (a retry)
+                refused.append(result)  # OOM, WRONGTYPE…: the entry is not there
+            elif isinstance(result, BaseException):
                 raise result
         self.published += count
+        if refused:
+            # Followers must read the store for it: the link's ping-and-back tells them to.
+            self._drop(len(refused), "redis refused the write")
+            self._link.failed(refused[0])
 
 
 class StreamReader:
     """One ``XREAD BLOCK`` loop over the followed streams; hands what it reads to ``deliver``."""
 
-    def __init__(self, link: RedisLink, deliver: Callable[[list[RunEvent]], None]) -> None:
+    def __init__(
+        self,
+        link: RedisLink,
+        deliver: Callable[[list[RunEvent]], None],
+        catch_up: Callable[[], None],
+    ) -> None:
         self._link = link
         self._deliver = deliver
+        self._catch_up = catch_up  # followers read the store for what the bus missed
         self._wake_key = link.key("reader", uuid.uuid4().hex)
         self._followers: dict[str, int] = {}
         self._positions: dict[str, str] = {}
+        # Followed keys whose end could not be read (Redis failed): the loop places them once
+        # Redis answers. Never "0-0": the next XREAD would hand out the whole retained stream
+        # (a session's earlier runs) as live events.
+        self._unplaced: set[str] = set()
+        self._wake_position = "0-0"  # see _read_on
         self._placing: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -166,7 +200,9 @@ class StreamReader:
             pending = self._placing.get(key)
             if pending is not None:
                 await pending.wait()  # the first follower is still reading the position
-            return
+            if key in self._positions or key in self._unplaced or key not in self._followers:
+                return
+            # The first follower was cancelled before it placed the key: place it here.
         placed = self._placing[key] = asyncio.Event()
         try:
             await self._place(key)
@@ -176,13 +212,13 @@ class StreamReader:
                 del self._placing[key]
 
     async def _place(self, key: str) -> None:
-        position = "0-0"
         try:
-            last = cast("list[Any]", await self._link.client.xrevrange(key, count=1))
-            if last:
-                position = _text(last[0][0])
+            position = await self._end(key)
         except REDIS_ERRORS as exc:
+            if key in self._followers:
+                self._unplaced.add(key)  # placed by the loop once Redis answers
             self._link.failed(exc)
+            return
         if key not in self._followers:
             return  # left meanwhile
         self._positions.setdefault(key, position)
@@ -190,6 +226,26 @@ class StreamReader:
             await self._wake()  # after the position is set: its next XREAD includes the key
         except REDIS_ERRORS as exc:
             self._link.failed(exc)
+
+    async def _end(self, key: str) -> str:
+        """The id of ``key``'s last entry ("0-0" for a stream not there yet: all of it is new)."""
+        last = cast("list[Any]", await self._link.client.xrevrange(key, count=1))
+        return _text(last[0][0]) if last else "0-0"
+
+    async def _place_late(self) -> bool:
+        """Place the keys whose placement failed; then their followers read the store for what
+        was published before (``catch_up``). False when Redis failed again."""
+        for key in list(self._unplaced):
+            try:
+                position = await self._end(key)
+            except REDIS_ERRORS as exc:
+                self._link.failed(exc)
+                return False
+            if key in self._unplaced:  # still followed
+                self._unplaced.discard(key)
+                self._positions.setdefault(key, position)
+        self._catch_up()
+        return True
 
     async def _wake(self) -> None:
         await self._link.client.xadd(self._wake_key, {b"w": b"1"}, maxlen=1)
@@ -201,14 +257,27 @@ class StreamReader:
             return
         self._followers.pop(key, None)
         self._positions.pop(key, None)
+        self._unplaced.discard(key)
 
     async def _read(self) -> None:
+        while not self._closing:
+            try:
+                await self._read_on()
+            except Exception:
+                # A bug must not end the task while the bus still says "ok": log it, and let
+                # the followers read the store for what this round may have lost.
+                log.exception("reading run events from redis failed")
+                self._catch_up()
+                await asyncio.sleep(READ_RETRY)
+
+    async def _read_on(self) -> None:
         # The wake-up key is this process's own, empty at first: from "0-0" every entry wakes
         # the reader, even one written before its first XREAD reached Redis ("$" would miss it).
-        wake_position = "0-0"
         while not self._closing:
             await self._link.wait_up()
-            streams: dict[Any, Any] = {self._wake_key: wake_position, **self._positions}
+            if self._unplaced and not await self._place_late():
+                continue
+            streams: dict[Any, Any] = {self._wake_key: self._wake_position, **self._positions}
             try:
                 response = cast(
                     "list[Any] | None",
@@ -220,7 +289,7 @@ class StreamReader:
             for raw_key, entries in response or ():
                 key = _text(raw_key)
                 if key == self._wake_key:
-                    wake_position = _text(entries[-1][0])
+                    self._wake_position = _text(entries[-1][0])
                     continue
                 if key not in self._positions:
                     continue  # unfollowed while we read
