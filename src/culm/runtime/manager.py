@@ -375,6 +375,7 @@ class RunManager:
                 else:
                     await self._finish_run(runner, outcome, state)
                     runner.status = outcome.status
+                    runner.end_stored = True
         except LeaseLostError:
             log.warning("lease lost while finishing a run; writing nothing", run_id=runner.run_id)
         except Exception:

@@ -150,8 +150,11 @@ class Streams:
                     continue
                 if any(is_terminal(event) for event in batch):
                     # Hand out the end only once the terminal status is stored, so a client
-                    # that reads the run next sees it finished.
+                    # that reads the run next sees it finished. If the store refused it (the
+                    # run was taken over), the store tells what happened next.
                     await runner.done.wait()
+                    if not runner.end_stored:
+                        return
                 yield batch
                 cursor = batch[-1].seq
         except (Lagged, Closed):
