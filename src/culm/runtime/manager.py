@@ -182,7 +182,21 @@ class RunManager:
             lost=self.lease_lost,
             active_runs=lambda: len(self._registry),
             store_failing_for=self._batcher.failing_for,
+            renewed=self._renewed,
         )
+
+    def _renewed(self, fences: Mapping[str, int], until: float) -> None:
+        for run_id, epoch in fences.items():
+            runner = self._registry.get(run_id)
+            if runner is not None and runner.epoch == epoch:
+                runner.lease_until = max(runner.lease_until, until)
+
+    def _may_show_early(self, runner: Runner) -> bool:
+        """Whether ``runner`` may show events before they are stored: only while its lease
+        surely holds (a stalled worker's was maybe taken over) and the store takes writes (a
+        worker that cannot write stops renewing its leases on purpose)."""
+        margin = self._settings.lease_seconds / 4
+        return not self._batcher.failing and time.monotonic() < runner.lease_until - margin
 
     def _fences(self) -> Mapping[str, int]:
         """The runs whose leases to renew: not one whose finalizing outlasted the storage retry
@@ -259,6 +273,9 @@ class RunManager:
             fan_out_session=self._registry.fan_out_session,
             queue_size=self._settings.subscriber_queue_size,
         )
+        # Claimed (or renewed) just before: the lease lasts from about now.
+        runner.lease_until = time.monotonic() + self._settings.lease_seconds
+        runner.may_show_early = functools.partial(self._may_show_early, runner)
         self._registry.add(runner)
         try:
             runner.task = self._group.create_task(
