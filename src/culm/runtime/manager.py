@@ -484,6 +484,7 @@ class RunManager:
             follows = self.bus.crosses_processes and self.bus.state == "ok"
             with self._registry.watch(run_id) as launched:
                 async with self._terminal_notice(run_id, follows) as ended:
+                    ending = _ENDING_POLL  # after its terminal event: backs off to 2 s
                     while not launched.is_set():
                         run = await self._require_run(run_id)
                         if run.status.is_terminal:
@@ -493,7 +494,9 @@ class RunManager:
                         changes = [launched, self.bus.watch_state()]
                         if not ended.is_set():
                             changes.append(ended)
-                        await _any_of(changes, timeout=_poll(ended, follows))
+                        await _any_of(changes, timeout=_poll(ended, follows, ending))
+                        if ended.is_set():
+                            ending = min(ending * 2, _ENDING_POLL_MAX)
 
     def _terminal_notice(
         self, run_id: str, follows: bool
@@ -525,12 +528,16 @@ class RunManager:
 _SAFETY_POLL = 2.0
 _STORE_POLL = 0.25
 _ENDING_POLL = 0.02
+_ENDING_POLL_MAX = 2.0
 
 
-def _poll(ended: asyncio.Event, follows: bool) -> float:
-    """Seconds until the next read of the store for a run executing in another process."""
+def _poll(ended: asyncio.Event, follows: bool, ending: float = _ENDING_POLL) -> float:
+    """Seconds until the next read of the store for a run executing in another process;
+    ``ending``: the current delay once its terminal event passed (doubled by the caller after
+    each read: its status usually follows at once, but a finish_run being retried may take up
+    to a lease, and the store must not be read 50 times a second meanwhile)."""
     if ended.is_set():
-        return _ENDING_POLL  # its terminal event is stored; its status follows at once
+        return ending  # its terminal event is stored; its status follows soon
     return _SAFETY_POLL if follows else _STORE_POLL
 
 
