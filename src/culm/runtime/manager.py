@@ -419,7 +419,8 @@ class RunManager:
             # after the seqs reserved for them (a hand-back goes on from the last stored one).
             return
         try:
-            await self._store.release_runs(self.owner, {runner.run_id: runner.epoch})
+            # Clean: everything it showed is stored (checked just above).
+            await self._store.release_runs(self.owner, {runner.run_id: runner.epoch}, clean=True)
         except Exception:
             log.exception("handing back a run failed; its lease runs out", run_id=runner.run_id)
 
