@@ -149,3 +149,58 @@ def test_cancel_is_requested_once() -> None:
     assert runner.request_cancel("first") is True
     assert runner.request_cancel("second") is False
     assert runner.cancel_reason == "first"
+
+
+async def test_a_terminal_event_is_held_until_it_is_stored_even_within_the_reservation() -> None:
+    """Review finding 1: a client must never see a run end that the store then refuses."""
+    from culm.domain.events import Complete
+    from culm.domain.models import Usage
+
+    pending: list[tuple[RunEvent, bool]] = []
+    delivered: list[RunEvent] = []
+    run = Run(run_id="r", session_id="s", model="scripted:echo")
+    runner = Runner(
+        run,
+        persist=lambda e, u: pending.append((e, u)),
+        fan_out_session=delivered.append,
+        queue_size=10,
+    )
+    first = runner.emit(Token(content="a"))
+    runner.stored(first)  # reserves SEQ_RESERVE seqs past 1
+    second = runner.emit(Token(content="b"))
+    end = runner.emit(Complete(usage=Usage(), final_message="done"))
+    assert pending[-1] == (end, True)  # held: its write is urgent
+    assert delivered == [first, second]
+    runner.stored(second)  # a later reservation does not cover the terminal event
+    assert delivered == [first, second]
+    runner.stored(end)
+    assert delivered == [first, second, end]
+
+
+async def test_while_the_lease_is_in_doubt_only_stored_events_are_shown() -> None:
+    """Review finding 2: a worker whose lease may be gone (stalled past it, or a failing store
+    it stopped renewing for) shows no event the store does not hold, reservation or not."""
+    pending: list[tuple[RunEvent, bool]] = []
+    delivered: list[RunEvent] = []
+    run = Run(run_id="r", session_id="s", model="scripted:echo")
+    runner = Runner(
+        run,
+        persist=lambda e, u: pending.append((e, u)),
+        fan_out_session=delivered.append,
+        queue_size=10,
+    )
+    first = runner.emit(Token(content="a"))
+    runner.stored(first)  # reserves SEQ_RESERVE seqs past 1
+    assert delivered == [first]
+    runner.may_show_early = lambda: False
+    second = runner.emit(Token(content="b"))
+    third = runner.emit(Token(content="c"))
+    assert pending[-2:] == [(second, True), (third, True)]  # held: urgent writes
+    assert delivered == [first]
+    runner.stored(second)  # only what is stored goes, though the reservation covers more
+    assert delivered == [first, second]
+    runner.may_show_early = lambda: True
+    fourth = runner.emit(Token(content="d"))  # held behind the third: order is kept
+    assert delivered == [first, second]
+    runner.stored(third)
+    assert delivered == [first, second, third, fourth]

@@ -61,6 +61,17 @@ async def test_without_a_reservation_recovery_appends_right_after(store: SqlStor
 async def test_a_clean_hand_back_goes_on_from_the_last_stored_seq(store: SqlStore) -> None:
     run = await owned_run(store, "w1")
     await store.append_events(tokens(run, 2), fences={run.run_id: ("w1", 1)}, reserve=10)
-    assert await store.release_runs("w1", {run.run_id: 1}) == [run.run_id]
+    assert await store.release_runs("w1", {run.run_id: 1}, clean=True) == [run.run_id]
     events = await store.read_events(run.run_id)
     assert [(e.seq, e.type) for e in events][2:] == [(3, "run_recovered")]
+
+
+async def test_a_hand_back_that_is_not_clean_goes_on_after_the_reservation(
+    store: SqlStore,
+) -> None:
+    """Review finding 10: whether every shown event is stored is the caller's to say."""
+    run = await owned_run(store, "w1")
+    await store.append_events(tokens(run, 2), fences={run.run_id: ("w1", 1)}, reserve=10)
+    assert await store.release_runs("w1", {run.run_id: 1}, clean=False) == [run.run_id]
+    events = await store.read_events(run.run_id)
+    assert [(e.seq, e.type) for e in events][2:] == [(13, "run_recovered")]

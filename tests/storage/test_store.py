@@ -409,7 +409,7 @@ async def test_a_start_appends_the_runs_first_message_once(store: SqlStore) -> N
     assert await store.has_run_messages(run.run_id)
     # A later attempt (after a release re-queued it), started by its claim, does not append it
     # again. (No event was written under the first claim: the release counts no attempt.)
-    assert await store.release_runs("w1", {run.run_id: 1}) == [run.run_id]
+    assert await store.release_runs("w1", {run.run_id: 1}, clean=True) == [run.run_id]
     [again] = await store.claim_runs("w2", limit=1, lease_seconds=300)
     assert (again.run_id, again.attempt, again.epoch) == (run.run_id, 1, 3)
     assert again.status is RunStatus.RUNNING
@@ -582,7 +582,7 @@ async def test_list_runs_filters_newest_first(store: SqlStore) -> None:
 async def test_cancelling_a_released_run_ends_it_at_once(store: SqlStore) -> None:
     run = await running_run(store, "w1")
     await store.append_events(tokens(run, 4))
-    await store.release_runs("w1", {run.run_id: 1})
+    await store.release_runs("w1", {run.run_id: 1}, clean=True)
 
     result = await store.request_cancel(run.run_id, "user")
 

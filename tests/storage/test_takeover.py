@@ -220,7 +220,7 @@ async def test_release_hands_back_our_runs_and_ends_their_children(store: SqlSto
     fences = {run.run_id: 1 for run in (running, child, other)}
     fences[claimed_only.run_id] = 1
     fences[stale.run_id] = 5  # not ours at that epoch: left alone
-    released = await store.release_runs("w1", fences)
+    released = await store.release_runs("w1", fences, clean=True)
 
     assert sorted(released) == sorted([running.run_id, child.run_id, claimed_only.run_id])
     for run_id, attempt in ((running.run_id, 2), (claimed_only.run_id, 1)):
@@ -235,7 +235,7 @@ async def test_release_hands_back_our_runs_and_ends_their_children(store: SqlSto
     assert ended_child.status is RunStatus.CANCELLED
     assert (await get(store, other.run_id)).status is RunStatus.RUNNING
     assert (await get(store, stale.run_id)).status is RunStatus.RUNNING
-    assert await store.release_runs("w1", {running.run_id: 1}) == [], "no longer ours"
+    assert await store.release_runs("w1", {running.run_id: 1}, clean=True) == [], "no longer ours"
     # Released runs are ready: any worker claims them.
     claimed = await store.claim_runs("w3", limit=10, lease_seconds=300)
     assert {run.run_id for run in claimed} == {running.run_id, claimed_only.run_id}
@@ -250,7 +250,7 @@ async def test_releasing_a_claimed_run_that_never_executed_counts_no_attempt(
     for epoch in (1, 3, 5):
         [claimed] = await store.claim_runs("w1", limit=1, lease_seconds=300)
         assert (claimed.epoch, claimed.status) == (epoch, RunStatus.RUNNING)
-        assert await store.release_runs("w1", {run.run_id: epoch}) == [run.run_id]
+        assert await store.release_runs("w1", {run.run_id: epoch}, clean=True) == [run.run_id]
         released = await get(store, run.run_id)
         assert (released.status, released.started_at) == (RunStatus.PENDING, None)
         assert (released.attempt, released.epoch) == (1, epoch + 1)
@@ -259,7 +259,7 @@ async def test_releasing_a_claimed_run_that_never_executed_counts_no_attempt(
     # Once it wrote an event under a claim, a release counts that attempt.
     [claimed] = await store.claim_runs("w1", limit=1, lease_seconds=300)
     await store.append_events(tokens(claimed, 1), fences={run.run_id: ("w1", claimed.epoch)})
-    assert await store.release_runs("w1", {run.run_id: claimed.epoch}) == [run.run_id]
+    assert await store.release_runs("w1", {run.run_id: claimed.epoch}, clean=True) == [run.run_id]
     assert (await get(store, run.run_id)).attempt == 2
 
 

@@ -6,9 +6,10 @@ urgent or ``max_batch`` are waiting, so a streaming run's tokens share a commit)
 them to ``publish``. Live subscribers do not wait for this: a runner shows an event at once when
 its seq is within the run's committed seq reservation (each write here reserves ``SEQ_RESERVE``
 seqs past the run's last stored one; see :mod:`culm.domain.liveness`), and holds it, adding it as
-``urgent``, otherwise. So after a crash a client may have seen events the store lost (at most
-``linger`` plus a write's worth), but never a seq recovery uses again: replay shows a ``gap``
-there. Observers of ``publish`` (metrics, the Redis bus) only ever get stored events. A storage
+``urgent``, otherwise (and also while this writer is failing or the run's lease is in doubt:
+see :mod:`culm.runtime.runner`). So after a crash a client may have seen events the store lost
+(at most ``linger`` plus a write's worth), but never a seq recovery uses again: replay shows a
+``gap`` there. Observers of ``publish`` (metrics, the Redis bus) only ever get stored events. A storage
 failure is retried with backoff; events are never dropped. :meth:`EventBatcher.flush` returns
 once everything added so far is stored and published (a run awaits it before its terminal
 status becomes visible).

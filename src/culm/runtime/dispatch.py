@@ -231,7 +231,9 @@ class Dispatcher:
         """Release claimed runs that will not execute here: ready again at once for any worker
         (never started, so no attempt is counted). Should that fail, their leases run out."""
         try:
-            await self._store.release_runs(self._owner, {run.run_id: run.epoch for run in runs})
+            fences = {run.run_id: run.epoch for run in runs}
+            # Clean: a run whose launch failed showed nothing under this claim.
+            await self._store.release_runs(self._owner, fences, clean=True)
         except Exception:
             log.exception("handing back claimed runs failed; their leases run out", runs=len(runs))
 

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -49,6 +50,8 @@ class LeaseHolder:
     lost: Callable[[list[tuple[str, int]]], None]  # (run_id, epoch) no longer this process's
     active_runs: Callable[[], int]
     store_failing_for: Callable[[], float]  # seconds the event writer has been failing (or 0)
+    # (run_id, epoch) renewed, and the time.monotonic() their leases surely last until
+    renewed: Callable[[Mapping[str, int], float], None] = lambda fences, until: None
 
 
 class Heartbeat:
@@ -146,7 +149,12 @@ class Heartbeat:
         fences = self._holder.fences()
         if not fences:
             return
+        # Measured before the write: the store's lease, counted from its own later "now",
+        # lasts at least this long.
+        until = time.monotonic() + self._settings.lease_seconds
         renewal = await self._store.renew_leases(self._owner, fences, self._settings.lease_seconds)
+        kept = {run_id: epoch for run_id, epoch in fences.items() if run_id not in renewal.lost}
+        self._holder.renewed(kept, until)
         if renewal.lost:
             log.warning("lease lost: cancelling runs here, writing nothing", runs=renewal.lost)
             self._holder.lost([(run_id, fences[run_id]) for run_id in renewal.lost])

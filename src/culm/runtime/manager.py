@@ -184,7 +184,21 @@ class RunManager:
             lost=self.lease_lost,
             active_runs=lambda: len(self._registry),
             store_failing_for=self._batcher.failing_for,
+            renewed=self._renewed,
         )
+
+    def _renewed(self, fences: Mapping[str, int], until: float) -> None:
+        for run_id, epoch in fences.items():
+            runner = self._registry.get(run_id)
+            if runner is not None and runner.epoch == epoch:
+                runner.lease_until = max(runner.lease_until, until)
+
+    def _may_show_early(self, runner: Runner) -> bool:
+        """Whether ``runner`` may show events before they are stored: only while its lease
+        surely holds (a stalled worker's was maybe taken over) and the store takes writes (a
+        worker that cannot write stops renewing its leases on purpose)."""
+        margin = self._settings.lease_seconds / 4
+        return not self._batcher.failing and time.monotonic() < runner.lease_until - margin
 
     def _fences(self) -> Mapping[str, int]:
         """The runs whose leases to renew: not one whose finalizing outlasted the storage retry
@@ -272,6 +286,9 @@ class RunManager:
             fan_out_session=self._registry.fan_out_session,
             queue_size=self._settings.subscriber_queue_size,
         )
+        # Claimed (or renewed) just before: the lease lasts from about now.
+        runner.lease_until = time.monotonic() + self._settings.lease_seconds
+        runner.may_show_early = functools.partial(self._may_show_early, runner)
         self._registry.add(runner)
         try:
             runner.task = self._group.create_task(
@@ -391,6 +408,7 @@ class RunManager:
                 else:
                     await self._finish_run(runner, outcome, state)
                     runner.status = outcome.status
+                    runner.end_stored = True
         except LeaseLostError:
             log.warning("lease lost while finishing a run; writing nothing", run_id=runner.run_id)
         except Exception:
@@ -417,7 +435,8 @@ class RunManager:
             # after the seqs reserved for them (a hand-back goes on from the last stored one).
             return
         try:
-            await self._store.release_runs(self.owner, {runner.run_id: runner.epoch})
+            # Clean: everything it showed is stored (checked just above).
+            await self._store.release_runs(self.owner, {runner.run_id: runner.epoch}, clean=True)
         except Exception:
             log.exception("handing back a run failed; its lease runs out", run_id=runner.run_id)
 
@@ -482,6 +501,7 @@ class RunManager:
             follows = self.bus.crosses_processes and self.bus.state == "ok"
             with self._registry.watch(run_id) as launched:
                 async with self._terminal_notice(run_id, follows) as ended:
+                    ending = _ENDING_POLL  # after its terminal event: backs off to 2 s
                     while not launched.is_set():
                         run = await self._require_run(run_id)
                         if run.status.is_terminal:
@@ -491,7 +511,9 @@ class RunManager:
                         changes = [launched, self.bus.watch_state()]
                         if not ended.is_set():
                             changes.append(ended)
-                        await _any_of(changes, timeout=_poll(ended, follows))
+                        await _any_of(changes, timeout=_poll(ended, follows, ending))
+                        if ended.is_set():
+                            ending = min(ending * 2, _ENDING_POLL_MAX)
 
     def _terminal_notice(
         self, run_id: str, follows: bool
@@ -523,12 +545,16 @@ class RunManager:
 _SAFETY_POLL = 2.0
 _STORE_POLL = 0.25
 _ENDING_POLL = 0.02
+_ENDING_POLL_MAX = 2.0
 
 
-def _poll(ended: asyncio.Event, follows: bool) -> float:
-    """Seconds until the next read of the store for a run executing in another process."""
+def _poll(ended: asyncio.Event, follows: bool, ending: float = _ENDING_POLL) -> float:
+    """Seconds until the next read of the store for a run executing in another process;
+    ``ending``: the current delay once its terminal event passed (doubled by the caller after
+    each read: its status usually follows at once, but a finish_run being retried may take up
+    to a lease, and the store must not be read 50 times a second meanwhile)."""
     if ended.is_set():
-        return _ENDING_POLL  # its terminal event is stored; its status follows at once
+        return ending  # its terminal event is stored; its status follows soon
     return _SAFETY_POLL if follows else _STORE_POLL
 
 

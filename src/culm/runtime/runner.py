@@ -10,7 +10,12 @@ the run's committed seq reservation (see :mod:`culm.domain.liveness`): the store
 or above it, so after a crash recovery appends after what any client saw. An event beyond the
 mark (the first events of an attempt, a run that outran its reservation) is held, its write made
 urgent, and delivered once a write moves the mark past it; events are always delivered in seq
-order. Once stored, the writer hands each event back (:meth:`stored`) to keep the liveness fields
+order. A terminal event is always held until it is itself stored: a store that refuses it (the
+run was taken over) must not let a client see the run end while another worker executes it.
+Nothing is shown early unless the run's lease surely holds and the store takes writes
+(``may_show_early``, set by the manager): a worker that stalled past its lease, or stopped
+renewing it because the store fails, shows only stored events, so a taken-over attempt never
+shows a client an event the store will not hold. Once stored, the writer hands each event back (:meth:`stored`) to keep the liveness fields
 current: they never name an event the store does not hold, so a client may resume from any seq
 they report.
 """
@@ -18,12 +23,13 @@ they report.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
 from culm.domain import liveness
-from culm.domain.events import CRITICAL_EVENT_TYPES, RunEvent, RunEventBase
+from culm.domain.events import CRITICAL_EVENT_TYPES, RunEvent, RunEventBase, is_terminal
 from culm.domain.liveness import SEQ_RESERVE
 from culm.domain.models import Run, RunStatus, Usage
 from culm.domain.time import utc_now
@@ -57,6 +63,11 @@ class Runner:
         self.cancel_reason: str | None = None
         self.storage_error: str | None = None  # why the store could not take its events
         self.ended_in_store = False  # the store ended it (cancelled before it started)
+        self.end_stored = False  # its terminal status is stored (set by the manager)
+        # time.monotonic() until which its lease surely holds (kept by the manager), and whether
+        # an event may be shown before it is stored now (see the module's docstring).
+        self.lease_until = math.inf
+        self.may_show_early: Callable[[], bool] = lambda: True
         self.finalizing = False
         self.finalizing_since: float | None = None  # time.monotonic() when it began
         self.usage = Usage()
@@ -82,12 +93,18 @@ class Runner:
 
     def emit(self, payload: RunEventBase) -> RunEvent:
         """Stamp ``payload`` with the next seq, hand it to the store, and deliver it now if the
-        reservation covers it (else once a write moves the reservation past it). Never blocks."""
+        reservation covers it (else once a write moves the reservation past it; a terminal
+        event once it is stored). Never blocks."""
         self._seq += 1
         event = payload.stamped(
             seq=self._seq, run_id=self.run_id, session_id=self.session_id, ts=utc_now()
         )
-        hold = bool(self._held) or event.seq > self._reserved
+        hold = (
+            bool(self._held)
+            or event.seq > self._reserved
+            or is_terminal(event)
+            or not self.may_show_early()
+        )
         if hold:
             self._held.append(event)
         self._persist(event, hold)  # a held event asks for a write at once
@@ -101,12 +118,14 @@ class Runner:
         if event.seq <= self.liveness.last_seq:
             return  # an earlier attempt's, stored late: it says nothing about this one
         self.liveness = liveness.apply(self.liveness, event)
-        reserved = event.seq + SEQ_RESERVE
-        if reserved > self._reserved:
-            self._reserved = reserved
-            held = self._held
-            while held and held[0].seq <= reserved:
-                self._deliver(held.popleft())
+        self._reserved = max(self._reserved, event.seq + SEQ_RESERVE)
+        # Up to the reservation, or (a terminal event, or the lease in doubt) what is stored.
+        shown = self._reserved if self.may_show_early() else event.seq
+        held = self._held
+        while held and held[0].seq <= shown:
+            if is_terminal(held[0]) and held[0].seq > event.seq:
+                break
+            self._deliver(held.popleft())
 
     def _deliver(self, event: RunEvent) -> None:
         """Ring, replay caches, subscribers, the session's subscribers."""

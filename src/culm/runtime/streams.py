@@ -160,8 +160,11 @@ class Streams:
                     continue
                 if any(is_terminal(event) for event in batch):
                     # Hand out the end only once the terminal status is stored, so a client
-                    # that reads the run next sees it finished.
+                    # that reads the run next sees it finished. If the store refused it (the
+                    # run was taken over), the store tells what happened next.
                     await runner.done.wait()
+                    if not runner.end_stored:
+                        return
                 yield batch
                 cursor = batch[-1].seq
         except (Lagged, Closed):
@@ -353,7 +356,9 @@ class Streams:
     async def _fill_holes(
         self, batch: list[RunEvent], seen: dict[str, int], live: set[str]
     ) -> list[RunEvent]:
-        """``batch`` with what the bus lost of runs already followed live read from the store."""
+        """``batch`` with what the bus lost of runs already followed live read from the store,
+        and a ``gap`` for what the store does not hold either (lost in a crash; its seqs are
+        reserved). What the bus carries is stored, and so is all before it: no flush here."""
         if not self._bus.crosses_processes:
             return batch
         filled: list[RunEvent] = []
@@ -361,11 +366,10 @@ class Streams:
         for event in batch:
             previous = last.get(event.run_id, 0)
             if event.run_id in live and event.seq > previous + 1:
-                await self._batcher.flush()
                 missing = await self._store.read_events(
                     event.run_id, after=previous, limit=event.seq - previous - 1
                 )
-                filled.extend(missing)
+                filled.extend(with_gaps([*missing, event], previous)[:-1])
             filled.append(event)
             last[event.run_id] = max(previous, event.seq)
         return filled

@@ -293,11 +293,15 @@ class Store(ABC):
         as they now are. ``owner`` is the sweeper (logs)."""
 
     @abstractmethod
-    async def release_runs(self, owner: str, fences: Mapping[str, int]) -> list[str]:
-        """Hand back ``owner``'s runs of ``fences`` (run_id -> epoch) on a clean stop: epoch +
+    async def release_runs(
+        self, owner: str, fences: Mapping[str, int], *, clean: bool
+    ) -> list[str]:
+        """Hand back ``owner``'s runs of ``fences`` (run_id -> epoch) on a stop: epoch +
         1, ready and unowned, attempt + 1, ``run_recovered`` "requeued" (wake-up); sub-agent
         runs end ``cancelled`` "parent recovered" instead (and a run whose terminal event is
-        stored gets its status). Returns the ids released (runs no longer ours are left)."""
+        stored gets its status). Returns the ids released (runs no longer ours are left).
+        ``clean``: the owner stored every event it showed (the caller knows, the store does
+        not), so what follows goes on from the last stored seq; else after ``seq_reserved``."""
 
     # Workers
 

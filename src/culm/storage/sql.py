@@ -347,9 +347,13 @@ class SqlStore(Store):
 
         return await self._queue_write(transaction)
 
-    async def release_runs(self, owner: str, fences: Mapping[str, int]) -> list[str]:
+    async def release_runs(
+        self, owner: str, fences: Mapping[str, int], *, clean: bool
+    ) -> list[str]:
         def transaction(conn: sa.Connection, wake: Wake) -> list[str]:
-            return takeover.release(conn, self.dialect.name, self._rows, owner, fences, wake)
+            return takeover.release(
+                conn, self.dialect.name, self._rows, owner, fences, wake, clean=clean
+            )
 
         return await self._queue_write(transaction)
 

@@ -93,6 +93,8 @@ def release(
     owner: str,
     fences: Mapping[str, int],
     wake: Wake,
+    *,
+    clean: bool,
 ) -> list[str]:
     if not fences:
         return []
@@ -106,7 +108,13 @@ def release(
     found = conn.execute(query).all()
     if not found:
         return []
-    takeover = _Takeover(conn, rows, dbtime.read_now(conn, dialect), wake, clean=frozenset(fences))
+    takeover = _Takeover(
+        conn,
+        rows,
+        dbtime.read_now(conn, dialect),
+        wake,
+        clean=frozenset(fences) if clean else frozenset(),
+    )
     started = _with_events(conn, found)
     for row in found:
         if row.run_id in started or row.parent_run_id or row.cancel_requested:
