@@ -345,9 +345,9 @@ async def test_a_model_faster_than_the_store_waits_for_it(
         most = 0
         add = engine.batcher.add
 
-        def counting_add(event: Any, fence: tuple[str, int] | None = None) -> None:
+        def counting_add(*args: Any, **kwargs: Any) -> None:
             nonlocal most
-            add(event, fence)
+            add(*args, **kwargs)
             most = max(most, engine.batcher.backlog)
 
         engine.batcher.add = counting_add  # type: ignore[method-assign]
