@@ -9,10 +9,10 @@ seqs past the run's last stored one; see :mod:`culm.domain.liveness`), and holds
 ``urgent``, otherwise (and also while this writer is failing or the run's lease is in doubt:
 see :mod:`culm.runtime.runner`). So after a crash a client may have seen events the store lost
 (at most ``linger`` plus a write's worth), but never a seq recovery uses again: replay shows a
-``gap`` there. Observers of ``publish`` (metrics, the Redis bus) only ever get stored events. A storage
-failure is retried with backoff; events are never dropped. :meth:`EventBatcher.flush` returns
-once everything added so far is stored and published (a run awaits it before its terminal
-status becomes visible).
+``gap`` there. Observers of ``publish`` (metrics, the Redis bus) only ever get stored events. A
+storage failure is retried with backoff; events are never dropped. :meth:`EventBatcher.flush`
+returns once everything added so far is stored and published (a run awaits it before its
+terminal status becomes visible).
 
 Flow control: adding never blocks, but a producer that can wait (a model's stream) asks
 :meth:`EventBatcher.congested` after each event and, while more than ``backlog_limit`` events
@@ -25,11 +25,11 @@ Fencing and isolation: each event is added with its run's fence ``(owner, epoch)
 writes a run's events only while the run still has that owner and epoch. The store reports the
 runs whose fence failed, or whose events broke a constraint (a duplicate seq), and stores the
 others' events: such a run's attempt ``(run_id, epoch)`` is isolated (``on_rejected``: the manager
-cancels its runner, "lease lost", writing nothing more) and its later events are dropped, so one run never blocks the
-others and no seq gap is ever stored. Only errors of the store as a whole are retried: any other
-error (a value the database refuses) makes the batch be written one run at a time, and the run
-whose write still fails is isolated, so one bad event never stops the others (nor, by looking
-like a failing store, the renewal of every lease here).
+cancels its runner, "lease lost", writing nothing more) and its later events are dropped, so one
+run never blocks the others and no seq gap is ever stored. Only errors of the store as a whole
+are retried: any other error (a value the database refuses) makes the batch be written one run
+at a time, and the run whose write still fails is isolated, so one bad event never stops the
+others (nor, by looking like a failing store, the renewal of every lease here).
 
 Storage failure: once the store has kept failing for ``retry_window`` seconds, every retry
 hands the runs whose events wait to ``on_unavailable`` (the manager ends them in error; their

@@ -15,9 +15,9 @@ run was taken over) must not let a client see the run end while another worker e
 Nothing is shown early unless the run's lease surely holds and the store takes writes
 (``may_show_early``, set by the manager): a worker that stalled past its lease, or stopped
 renewing it because the store fails, shows only stored events, so a taken-over attempt never
-shows a client an event the store will not hold. Once stored, the writer hands each event back (:meth:`stored`) to keep the liveness fields
-current: they never name an event the store does not hold, so a client may resume from any seq
-they report.
+shows a client an event the store will not hold. Once stored, the writer hands each event back
+(:meth:`stored`) to keep the liveness fields current: they never name an event the store does
+not hold, so a client may resume from any seq they report.
 """
 
 from __future__ import annotations

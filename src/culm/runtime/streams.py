@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator
 from culm.bus.base import EventBus, Topic
 from culm.bus.local import LocalBus
 from culm.domain.events import CRITICAL_EVENT_TYPES, Gap, RunEvent, is_terminal
-from culm.domain.models import RunStatus
+from culm.domain.models import Run, RunStatus
 from culm.errors import NotFoundError, StorageUnavailableError
 from culm.runtime.batcher import EventBatcher
 from culm.runtime.registry import RunnerRegistry
@@ -72,8 +72,8 @@ POLL_INTERVAL = 0.25
 # ended by a sweeper): one query per run in the process, whatever its number of followers.
 SAFETY_INTERVAL = 5.0
 # Followers of a run without a runner here reading the store at once (a thousand subscribers
-# may join one run together, or poll a queued one): the others wait here, in memory, not for the pool's connections, which the event writer needs too
-# (and whose wait times out).
+# may join one run together, or poll a queued one): the others wait here, in memory, not for
+# the pool's connections, which the event writer needs too (and whose wait times out).
 FOLLOWER_READS = 8
 # How many of a session's latest runs a lagging session subscriber catches up on.
 CATCH_UP_RUNS = 10
@@ -181,17 +181,7 @@ class Streams:
         while self._registry.get(run_id) is None and not self.closed:
             with self._registry.watch(run_id) as changed:
                 try:
-                    # Limited like the followers on the bus: a thousand subscribers polling a
-                    # queued run would otherwise take every connection of the pool (whose wait
-                    # times out: their streams failed, and the event writer waited too).
-                    async with self._follower_reads:
-                        run = await self._store.get_run(run_id)
-                        # A run not started yet has nothing stored after the cursor: wait for
-                        # its runner here (a worker of this process may claim it in a moment).
-                        waiting = run is None or (
-                            run.status is RunStatus.PENDING and run.last_seq <= cursor
-                        )
-                        events = [] if waiting else await self._page(run_id, cursor)
+                    run, events = await self._read_stored(run_id, cursor)
                 except StorageUnavailableError:
                     # The run goes on in another process: wait for the store to come back (the
                     # client's stream stays open, with its pings) rather than cut the stream.
@@ -259,13 +249,9 @@ class Streams:
         """What the store holds after ``cursor``, and whether the run is over (then all of it);
         None while the store is unavailable (after a pause)."""
         try:
-            async with self._follower_reads:
-                run = await self._store.get_run(run_id)
-                if run is None:
-                    raise NotFoundError("run", run_id)
-                if run.status is RunStatus.PENDING and run.last_seq <= cursor:
-                    return [], False
-                events = await self._page(run_id, cursor)
+            run, events = await self._read_stored(run_id, cursor)
+            if run is None:
+                raise NotFoundError("run", run_id)
             if run.status.is_terminal and len(events) < STORE_PAGE:
                 return events, True
             return events, False
@@ -292,6 +278,18 @@ class Streams:
                 cursor = batch[-1].seq
             if len(batch) < len(received) and received[-1].seq > cursor:
                 return  # the bus lost some (Redis was down, or the publisher dropped them)
+
+    async def _read_stored(self, run_id: str, cursor: int) -> tuple[Run | None, list[RunEvent]]:
+        """The run and a page of its stored events after ``cursor`` (none for a run not found,
+        or not started yet: a worker may claim it in a moment). At most ``FOLLOWER_READS`` at
+        once: a thousand subscribers joining or polling one run would otherwise take every
+        connection of the pool (whose wait times out: their streams failed, and the event
+        writer waited too)."""
+        async with self._follower_reads:
+            run = await self._store.get_run(run_id)
+            if run is None or (run.status is RunStatus.PENDING and run.last_seq <= cursor):
+                return run, []
+            return run, await self._page(run_id, cursor)
 
     async def _page(self, run_id: str, cursor: int) -> list[RunEvent]:
         events = await self._store.read_events(run_id, after=cursor, limit=STORE_PAGE)
