@@ -4,6 +4,7 @@ or the one in-process bus twice."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,7 @@ from culm.bus.base import EventBus
 from culm.bus.link import RedisLink
 from culm.bus.local import LocalBus
 from culm.bus.redis import RedisBus
-from tests.conftest import REDIS_URL, service_unavailable
+from tests.conftest import reachable_redis
 
 
 def unique_prefix() -> str:
@@ -31,6 +32,14 @@ async def buses(request: pytest.FixtureRequest) -> AsyncIterator[tuple[EventBus,
         finally:
             await bus.aclose()
         return
+    async with redis_pair() as pair:
+        yield pair
+
+
+@contextlib.asynccontextmanager
+async def redis_pair() -> AsyncIterator[tuple[RedisBus, RedisBus]]:
+    """Two started Redis buses on the shared test Redis, as two processes would have, under a
+    key prefix of their own (dropped after)."""
     url = await reachable_redis()
     prefix = unique_prefix()
     one = RedisBus(RedisLink(url, prefix=prefix))
@@ -43,19 +52,6 @@ async def buses(request: pytest.FixtureRequest) -> AsyncIterator[tuple[EventBus,
         await two.aclose()
         await one.aclose()
         await drop_keys(url, prefix)
-
-
-async def reachable_redis() -> str:
-    """The shared test Redis's URL (skipped, or failed under CI, when it does not answer)."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
-    try:
-        await client.ping()
-        return REDIS_URL
-    except (OSError, redis.RedisError) as exc:
-        error = exc
-    finally:
-        await client.aclose()
-    service_unavailable("Redis", REDIS_URL, error)
 
 
 async def drop_keys(url: str, prefix: str) -> None:

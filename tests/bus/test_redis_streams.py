@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 
 from culm.bus.base import Topic
-from culm.bus.link import RedisLink
 from culm.bus.redis import RedisBus
 from culm.bus.redis_streams import run_key
-from tests.bus.conftest import drop_keys, reachable_redis, unique_prefix
+from tests.bus.conftest import redis_pair
 from tests.bus.test_bus import Sink, complete, tokens
 
 pytestmark = pytest.mark.timeout(60)
@@ -22,18 +21,8 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[RedisBus, RedisBus]]:
-    url = await reachable_redis()
-    prefix = unique_prefix()
-    one = RedisBus(RedisLink(url, prefix=prefix))
-    two = RedisBus(RedisLink(url, prefix=prefix))
-    await one.start()
-    await two.start()
-    try:
-        yield one, two
-    finally:
-        await two.aclose()
-        await one.aclose()
-        await drop_keys(url, prefix)
+    async with redis_pair() as buses:
+        yield buses
 
 
 async def test_a_terminal_published_just_before_close_still_reaches_another_process(
