@@ -77,8 +77,8 @@ class EventBus(ABC):
         """Connect and start the background tasks."""
 
     async def aclose(self) -> None:  # noqa: B027
-        """Stop the background tasks and close the connection (pending publishes are dropped:
-        they are stored)."""
+        """Stop the background tasks and close the connection. Pending publishes are sent first,
+        for a bounded time (what is still left then is stored: its followers read it there)."""
 
     @property
     @abstractmethod
