@@ -15,6 +15,7 @@ import websockets
 
 from tests.api.conftest import Server, ServerFactory
 from tests.api.sse import Frame, frames, read_run
+from tests.support import PROMPTLY
 
 
 @pytest.fixture
@@ -244,7 +245,7 @@ async def test_websocket_errors_close_with_a_reason(
     assert len(huge[0]["error"]["message"]) < 200
 
 
-async def test_http_cancel_inside_a_model_stream_within_a_second(
+async def test_http_cancel_inside_a_model_stream_promptly(
     server: Server, client: httpx2.AsyncClient
 ) -> None:
     server.engine.scripts.register("hang", {"turns": [[{"text": "a"}, {"delay": 60}]]})
@@ -255,11 +256,11 @@ async def test_http_cancel_inside_a_model_stream_within_a_second(
                 break
     started = time.monotonic()
     done = await client.post(f"/v1/runs/{run_id}/cancel", params={"wait": "true"})
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < PROMPTLY
     assert done.json()["status"] == "cancelled"
 
 
-async def test_http_cancel_inside_a_bash_command_within_a_second(
+async def test_http_cancel_inside_a_bash_command_promptly(
     server: Server, client: httpx2.AsyncClient
 ) -> None:
     turn = [{"tool_call": {"name": "bash", "arguments": {"command": "echo started; sleep 60"}}}]
@@ -271,7 +272,7 @@ async def test_http_cancel_inside_a_bash_command_within_a_second(
                 break
     started = time.monotonic()
     done = await client.post(f"/v1/runs/{run_id}/cancel", params={"wait": "true"})
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < PROMPTLY
     assert done.json()["status"] == "cancelled"
     assert done.json()["last_tool_name"] == "bash"
 

@@ -10,7 +10,7 @@ import pytest
 
 import culm
 from culm.domain.events import is_terminal
-from tests.support import SleepTool, collect, settings, tool_turn, types
+from tests.support import PROMPTLY, SleepTool, collect, settings, tool_turn, types
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ async def test_interrupt_cancels_the_active_run_and_starts_the_new_one(
     assert later.started_at >= done.completed_at  # type: ignore[operator]
 
 
-async def test_cancel_inside_a_model_stream_ends_within_a_second(engine: culm.Engine) -> None:
+async def test_cancel_inside_a_model_stream_ends_promptly(engine: culm.Engine) -> None:
     engine.scripts.register("hang", {"turns": [[{"text": "a"}, {"delay": 60}, {"text": "b"}]]})
     run = await engine.run("go", model="scripted:hang")
     stream = engine.subscribe(run.run_id)
@@ -177,15 +177,15 @@ async def test_cancel_inside_a_model_stream_ends_within_a_second(engine: culm.En
         if event.type == "token":
             break
     started = time.monotonic()
-    done = await engine.cancel(run.run_id, wait=True, timeout=5)
-    assert time.monotonic() - started < 1.0
+    done = await engine.cancel(run.run_id, wait=True, timeout=PROMPTLY)
+    assert time.monotonic() - started < PROMPTLY
     assert done.status is culm.RunStatus.CANCELLED
     rest = await collect(engine.subscribe(run.run_id, after=event.seq))
     assert rest[-1].type == "cancelled"
     assert rest[-1].reason == "cancelled by request"  # type: ignore[union-attr]
 
 
-async def test_cancel_inside_a_tool_call_ends_within_a_second(engine: culm.Engine) -> None:
+async def test_cancel_inside_a_tool_call_ends_promptly(engine: culm.Engine) -> None:
     engine.scripts.register("nap", {"turns": [tool_turn("sleep", {"seconds": 60})]})
     run = await engine.run("go", model="scripted:nap", tools=["sleep"])
     async for event in engine.subscribe(run.run_id):
@@ -193,8 +193,8 @@ async def test_cancel_inside_a_tool_call_ends_within_a_second(engine: culm.Engin
             break
     await asyncio.sleep(0.05)
     started = time.monotonic()
-    done = await engine.cancel(run.run_id, wait=True, timeout=5)
-    assert time.monotonic() - started < 1.0
+    done = await engine.cancel(run.run_id, wait=True, timeout=PROMPTLY)
+    assert time.monotonic() - started < PROMPTLY
     assert done.status is culm.RunStatus.CANCELLED
     assert done.last_tool_name == "sleep"
     assert done.last_tool_phase is not None

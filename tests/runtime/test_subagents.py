@@ -11,7 +11,7 @@ import pytest
 
 import culm
 from culm.domain.events import RunEvent
-from tests.support import collect, settings, settled_engine_tasks, task_kinds
+from tests.support import PROMPTLY, collect, settings, settled_engine_tasks, task_kinds
 
 
 def _spawn(task: str, model: str, **extra: Any) -> dict[str, Any]:
@@ -70,7 +70,7 @@ async def test_parallel_children_keep_their_own_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_cancelling_the_parent_ends_the_whole_tree_within_a_second(tmp_path: Path) -> None:
+async def test_cancelling_the_parent_ends_the_whole_tree_promptly(tmp_path: Path) -> None:
     engine = await _engine(tmp_path)
     async with engine:
         baseline = await settled_engine_tasks(engine)
@@ -87,8 +87,8 @@ async def test_cancelling_the_parent_ends_the_whole_tree_within_a_second(tmp_pat
             ):  # parent, 2 children, 2 grandchildren
                 await asyncio.sleep(0.02)
         started = time.monotonic()
-        done = await engine.cancel(run.run_id, wait=True, timeout=5)
-        assert time.monotonic() - started < 1.0
+        done = await engine.cancel(run.run_id, wait=True, timeout=PROMPTLY)
+        assert time.monotonic() - started < PROMPTLY
         assert done.status is culm.RunStatus.CANCELLED
         assert await engine.list_runs(status="running") == []
         assert await engine.list_runs(status="pending") == []
