@@ -22,6 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.types import TypeDecorator
 
+from culm.storage.schema import NAMING_CONVENTION
+
 USAGE_KINDS = (
     "prompt_tokens",
     "completion_tokens",
@@ -51,7 +53,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-metadata = sa.MetaData()
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 RUNNING = sa.text("status = 'running'")
 OPEN = sa.text("completed_at IS NULL")
