@@ -50,6 +50,9 @@ def head() -> str:
 def upgrade(connection: sa.Connection) -> None:
     """Upgrade to the latest revision on ``connection`` (in the caller's write transaction)."""
     if connection.dialect.name == "postgresql":
+        # Many statements, each a hop through a busy event loop: the idle-in-transaction limit
+        # (storage/dialect.py) is for transactions that hold run rows, which this one never does.
+        connection.execute(sa.text("SET LOCAL idle_in_transaction_session_timeout = 0"))
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     context = MigrationContext.configure(connection)
     current = context.get_current_revision()
