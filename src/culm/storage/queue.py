@@ -76,6 +76,7 @@ def claim(
     limit: int,
     lease_seconds: float,
     exclude: Sequence[str] = (),
+    only: Sequence[str] | None = None,
 ) -> list[Run]:
     """Claim and start up to ``limit`` ready runs: one transaction takes them (owner, epoch + 1,
     lease), marks them running and stores each one's input as its first message. Starting in
@@ -87,6 +88,8 @@ def claim(
     ready: sa.ColumnElement[bool] = sa.and_(schema.READY)  # the partial index's predicate
     if exclude:
         ready = sa.and_(ready, runs.c.run_id.not_in(exclude))
+    if only is not None:
+        ready = sa.and_(ready, runs.c.run_id.in_(only))
     picked = (
         sa.select(runs.c.run_id)
         .where(ready)
@@ -291,8 +294,9 @@ def request_cancel(
     run = None if row is None else run_from_row(row)
     if row is None or run is None or run.status.is_terminal:
         return run
-    if run.status is RunStatus.PENDING and row.owner is None:
-        # Nobody executes it (ready or queued): end it here, with its terminal event.
+    if run.status in (RunStatus.PENDING, RunStatus.WAITING) and row.owner is None:
+        # Nobody executes it (ready, queued or waiting for a person): end it here, with its
+        # terminal event.
         ops.end_cancelled(conn, rows, run, reason, dbtime.read_now(conn, dialect))
         if not run.queued:
             promote_next(conn, run.session_id, wake)
