@@ -31,10 +31,10 @@ class InputAnswer(BaseModel):
     def problem(self, kind: InputKind) -> tuple[str, str] | None:
         """(field, what is wrong) unless this answers a request of ``kind``."""
         if kind == "approval":
+            if self.answer is not None:
+                return "answer", "only a question takes an answer (an approval: approve)"
             if self.approve is None:
                 return "approve", "an approval is answered with approve: true or false"
-            if self.answer is not None:
-                return "answer", "only a question takes an answer"
         else:
             if self.answer is None and self.approve is not False:
                 return "answer", "a question is answered with answer (or approve: false)"

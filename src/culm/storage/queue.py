@@ -273,13 +273,16 @@ def renew(
     missing = set(fences) - set(kept)
     if missing:
         # A run its owner ended itself (``finish_run``, or ``start_run`` ending a cancelled one)
-        # keeps its epoch: it is done, not lost. Everyone else's ending bumps the epoch.
+        # keeps its epoch: it is done, not lost. Everyone else's ending bumps the epoch (and so
+        # does the owner's parking of a run to wait for a person: by one, in that transaction).
         ended = sa.select(runs.c.run_id, runs.c.status, runs.c.epoch).where(
             runs.c.run_id.in_(sorted(missing))
         )
         for row in conn.execute(ended):
             if RunStatus(row.status).is_terminal and row.epoch == fences[row.run_id]:
                 missing.discard(row.run_id)
+            elif row.status == RunStatus.WAITING.value and row.epoch == fences[row.run_id] + 1:
+                missing.discard(row.run_id)  # parked by its owner to wait for a person: done
     return Renewal(
         cancel_requested={run_id: reason for run_id, reason in sorted(kept.items()) if reason},
         lost=sorted(missing),
