@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from culm.domain.events import ToolComplete, ToolStart
+from culm.domain.input import InputAnswer, InputKind, InputRequest
 from culm.domain.models import (
     AssistantMessage,
     Message,
@@ -27,7 +28,6 @@ from culm.domain.models import (
 )
 from culm.domain.time import new_id
 from culm.input.policy import asks_user, needs_approval
-from culm.domain.input import InputAnswer, InputKind, InputRequest
 from culm.loop.context import LoopContext
 from culm.loop.execute import failed_result, parse_arguments, run_tool_call
 

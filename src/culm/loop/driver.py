@@ -23,9 +23,9 @@ from culm.domain.events import (
     RoundCompleted,
     RunnerProgress,
 )
+from culm.domain.input import InputRequest
 from culm.domain.models import Usage
 from culm.errors import LimitExceededError, ModelError, describe
-from culm.domain.input import InputRequest
 from culm.loop.approval import WaitForInput, apply_answers, split_calls
 from culm.loop.classify import ModelResponse
 from culm.loop.context import FinalAnswer, LoopContext, LoopState, NextStep, RunAgain

@@ -112,7 +112,9 @@ def parse_arguments(raw: str) -> Any:
         return raw
 
 
-def failed_result(ctx: LoopContext, call: ToolCall, error: str, started: float) -> ToolResultMessage:
+def failed_result(
+    ctx: LoopContext, call: ToolCall, error: str, started: float
+) -> ToolResultMessage:
     ctx.emit(
         ToolError(
             tool_call_id=call.id,

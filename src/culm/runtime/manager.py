@@ -41,12 +41,12 @@ from culm.logs import get_logger
 from culm.loop.approval import WaitForInput
 from culm.loop.context import FinalAnswer, LoopContext, LoopState
 from culm.loop.driver import run_agent
+from culm.runtime import waiting
 from culm.runtime.batcher import Attempt, EventBatcher
 from culm.runtime.dispatch import Dispatcher, WorkerCounters
 from culm.runtime.lease import LeaseHolder
 from culm.runtime.ownership import new_owner_id
 from culm.runtime.registry import RunnerRegistry
-from culm.runtime import waiting
 from culm.runtime.runner import Runner
 from culm.settings import Settings, ShutdownPolicy
 from culm.storage.base import Reservation, Store
@@ -503,9 +503,9 @@ class RunManager:
             if runner.request_cancel(reason) or not runner.finalizing:
                 return await self._require_run(run_id)
             await runner.done.wait()  # ending here; parked to wait for a person, maybe
-            run = await self._require_run(run_id)
-            if run.status is not RunStatus.WAITING:
-                return run
+            ended = await self._require_run(run_id)
+            if ended.status is not RunStatus.WAITING:
+                return ended
         run = await self._store.request_cancel(run_id, reason)
         if run is None:
             raise NotFoundError("run", run_id)

@@ -26,6 +26,7 @@ from culm.errors import InputConflictError, InvalidFieldError, NotFoundError
 from culm.storage import dbtime, fencing, ops
 from culm.storage.base import Fence
 from culm.storage.queue import promote_next
+from culm.storage.rows import run_from_row
 from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import input_requests, runs, sessions
 from culm.storage.wakeups import Wake
@@ -55,7 +56,7 @@ def park(
     row = conn.execute(_RUN_FOR_UPDATE, {"run_id": run_id}).one()
     ops.insert_messages(conn, rows, row.session_id, messages, run_id)
     if row.cancel_requested is not None:
-        ops.end_cancelled(conn, rows, ops.get_run(conn, run_id), row.cancel_requested)  # type: ignore[arg-type]
+        ops.end_cancelled(conn, rows, run_from_row(row), row.cancel_requested)
         promote_next(conn, row.session_id, wake)
         return RunStatus.CANCELLED
     now = dbtime.read_now(conn, dialect)
@@ -252,7 +253,9 @@ def resolve(
     """A resumed run stores its waiting calls' results and marks their requests applied."""
     fencing.check_fence(conn, run_id, fence)
     if messages:
-        session_id = conn.scalar(sa.select(runs.c.session_id).where(runs.c.run_id == run_id))
+        session_id = conn.execute(
+            sa.select(runs.c.session_id).where(runs.c.run_id == run_id)
+        ).scalar_one()
         ops.insert_messages(conn, rows, session_id, messages, run_id)
     if request_ids:
         conn.execute(
@@ -263,9 +266,7 @@ def resolve(
         )
 
 
-def requests_query(
-    run_ids: Sequence[str], statuses: Sequence[str] | None
-) -> sa.Select[Any]:
+def requests_query(run_ids: Sequence[str], statuses: Sequence[str] | None) -> sa.Select[Any]:
     query = (
         input_requests.select()
         .where(input_requests.c.run_id.in_(list(run_ids)))
@@ -276,10 +277,10 @@ def requests_query(
     return query
 
 
-COUNTS = sa.select(
-    input_requests.c.tool_name, input_requests.c.outcome, sa.func.count().label("count")
-).where(input_requests.c.outcome.is_not(None)).group_by(
-    input_requests.c.tool_name, input_requests.c.outcome
+COUNTS = (
+    sa.select(input_requests.c.tool_name, input_requests.c.outcome, sa.func.count().label("count"))
+    .where(input_requests.c.outcome.is_not(None))
+    .group_by(input_requests.c.tool_name, input_requests.c.outcome)
 )
 
 

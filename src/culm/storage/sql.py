@@ -457,7 +457,8 @@ class SqlStore(Store):
 
     async def input_counts(self) -> list[tuple[str, str, int]]:
         async with self.read_connection() as conn:
-            return [(row.tool_name, row.outcome, row.count) for row in await conn.execute(inputs.COUNTS)]
+            rows = await conn.execute(inputs.COUNTS)
+            return [(str(row[0]), str(row[1]), int(row[2])) for row in rows]
 
     # Workers
 

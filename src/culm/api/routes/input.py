@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
 
 from culm.api.deps import EngineDep
-from culm.api.openapi import errors
+from culm.api.openapi import Responses, errors
 from culm.api.schemas import ErrorDetail, _Request
 from culm.domain.input import InputRequest
 
@@ -50,7 +50,7 @@ class InputConflict(BaseModel):
     error: InputConflictDetail
 
 
-CONFLICT = {
+CONFLICT: Responses = {
     409: {
         "model": InputConflict,
         "description": "`input_conflict`: the request was answered already, differently "
@@ -65,9 +65,7 @@ async def pending_input(run_id: str, engine: EngineDep) -> InputRequestList:
     return InputRequestList(requests=await engine.pending_input(run_id))
 
 
-@router.post(
-    "/{run_id}/input", responses={**errors({404: UNKNOWN, 422: INVALID}), **CONFLICT}
-)
+@router.post("/{run_id}/input", responses={**errors({404: UNKNOWN, 422: INVALID}), **CONFLICT})
 async def answer_input(run_id: str, body: AnswerInput, engine: EngineDep) -> InputRequest:
     """Answer one of the run's input requests. Idempotent: the same answer again returns the
     request; a different one is 409 with the first. Once no request of the run is open, the run
