@@ -27,12 +27,14 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx2
 import sqlalchemy as sa
 
@@ -82,29 +84,42 @@ async def stop(process: asyncio.subprocess.Process) -> None:
     await process.wait()
 
 
-async def count(client: httpx2.AsyncClient, status: str, limit: int) -> int:
-    runs = (await client.get("/v1/runs", params={"status": status, "limit": limit})).json()
-    return len(runs["runs"])
+async def scalar(url: str | None, home: Path, query: str) -> int:
+    """One number read from the database (SQLite: the file, read without a server)."""
+    if url is None:
+        with sqlite3.connect(home / "culm.db") as conn:
+            return int(conn.execute(query).fetchone()[0] or 0)
+    parsed = sa.make_url(url)
+    conn = await asyncpg.connect(
+        host=parsed.host, port=parsed.port or 5432, user=parsed.username,
+        password=parsed.password, database=parsed.database,
+    )  # fmt: skip
+    try:
+        return int(await conn.fetchval(query) or 0)
+    finally:
+        await conn.close()
+
+
+async def waiting_runs(url: str | None, home: Path) -> int:
+    """Runs ``waiting`` now, counted in the database (the API lists at most 1,000)."""
+    return await scalar(url, home, "SELECT count(*) FROM runs WHERE status = 'waiting'")
 
 
 async def database_bytes(url: str | None, home: Path) -> int:
     if url is None:
         return sum(path.stat().st_size for path in home.glob("culm.db*"))
-    engine = sa.create_engine(url.replace("+asyncpg", "+psycopg"))
-    try:
-        with engine.connect() as conn:
-            return int(conn.scalar(sa.text("SELECT pg_database_size(current_database())")) or 0)
-    finally:
-        engine.dispose()
+    return await scalar(url, home, "SELECT pg_database_size(current_database())")
 
 
-async def park(client: httpx2.AsyncClient, runs: int, batch: int) -> float:
+async def park(
+    client: httpx2.AsyncClient, runs: int, batch: int, url: str | None, home: Path
+) -> float:
     started = time.perf_counter()
     for first in range(0, runs, batch):
         size = min(batch, runs - first)
         posted = await asyncio.gather(*(client.post("/v1/runs", json=BODY) for _ in range(size)))
         assert all(response.status_code == 202 for response in posted), posted[0].text
-    while await count(client, "waiting", runs + 1) < runs:
+    while await waiting_runs(url, home) < runs:
         await asyncio.sleep(0.5)
     return time.perf_counter() - started
 
@@ -126,7 +141,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await client.get(f"/v1/runs/{warm['run_id']}/wait", params={"timeout": 60})
         figures["baseline_rss_mib"] = round(rss_mib(process.pid), 1)
         db_before = await database_bytes(args.database_url, home)
-        figures["park_seconds"] = round(await park(client, args.runs, args.batch), 1)
+        parked = await park(client, args.runs, args.batch, args.database_url, home)
+        figures["park_seconds"] = round(parked, 1)
         figures["parked_rss_mib"] = round(rss_mib(process.pid), 1)
         figures["db_bytes_per_waiting_run"] = round(
             (await database_bytes(args.database_url, home) - db_before) / args.runs
@@ -134,7 +150,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     await stop(process)
     process, url = await serve(home, env)
     async with httpx2.AsyncClient(base_url=url, timeout=120) as client:
-        assert await count(client, "waiting", args.runs + 1) == args.runs
+        assert await waiting_runs(args.database_url, home) == args.runs
         figures["restarted_rss_mib"] = round(rss_mib(process.pid), 1)
         [run] = (await client.get("/v1/runs", params={"status": "waiting", "limit": 1})).json()[
             "runs"
