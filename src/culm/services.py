@@ -179,12 +179,12 @@ class Engine:
                 runs_own_runs=self.role is Role.CLI,
                 bus=self.bus,
             )
-            cli = self.role is Role.CLI
             self.inputs = InputService(
                 store,
                 self.registry,
                 local_bus=not self.bus.crosses_processes,
-                resume_here=self._resume_here if cli else None,
+                resume_here=self.runs if self.role is Role.CLI else None,
+                lease_seconds=settings.lease_seconds,
             )
             await self._start_heartbeat(store, stack)  # closes after the runs are done
             await self.mcp.start(stack)  # before the runs: it closes after them
@@ -576,14 +576,6 @@ class Engine:
         self._require_open()
         given = InputAnswer(approve=approve, reason=reason, arguments=arguments, answer=answer)
         return await self.inputs.respond(run_id, request_id, given)
-
-    async def _resume_here(self, run_id: str) -> None:
-        """Role CLI: claim a run an answer made ready, and resume it in this process."""
-        lease = self.settings.lease_seconds
-        for run in await self.store.claim_runs(
-            self.runs.owner, limit=1, lease_seconds=lease, only=[run_id]
-        ):
-            self.runs.launch(run)
 
     # Workers
 

@@ -10,13 +10,13 @@ here.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from culm.domain.events import RunEvent
 from culm.domain.input import InputAnswer, InputRequest
 from culm.domain.models import Run, RunStatus
 from culm.errors import InvalidFieldError, NotFoundError
+from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
 from culm.storage.base import Store
 
@@ -45,13 +45,15 @@ class InputService:
         registry: RunnerRegistry,
         *,
         local_bus: bool,
-        resume_here: Callable[[str], Awaitable[object]] | None = None,
+        resume_here: RunManager | None = None,
+        lease_seconds: float = 10.0,
     ) -> None:
         self._store = store
         self._registry = registry
         self._local_bus = local_bus
         # Role CLI: claims and launches a run made ready by an answer given in this process.
         self._resume_here = resume_here
+        self._lease_seconds = lease_seconds
 
     async def pending(self, run_id: str) -> list[InputRequest]:
         """The open requests of the run and of the sub-agent runs below it (oldest first),
@@ -74,8 +76,16 @@ class InputService:
         if events:
             self._announce(events)
             if self._resume_here is not None:
-                await self._resume_here(run_id)
+                await self._resume(self._resume_here, run_id)
         return request
+
+    async def _resume(self, runs: RunManager, run_id: str) -> None:
+        """Claim the run if the answer made it ready, and resume it in this process."""
+        claimed = await self._store.claim_runs(
+            runs.owner, limit=1, lease_seconds=self._lease_seconds, only=[run_id]
+        )
+        for run in claimed:
+            runs.launch(run)
 
     def _announce(self, events: Sequence[RunEvent]) -> None:
         """Events the store wrote for a waiting run: to the observers (metrics, and the bus to
@@ -93,12 +103,3 @@ class InputService:
             raise NotFoundError("run", run_id)
         return run
 
-
-def answer_of(
-    *,
-    approve: bool | None,
-    reason: str | None,
-    arguments: dict[str, Any] | None,
-    answer: str | None,
-) -> InputAnswer:
-    return InputAnswer(approve=approve, reason=reason, arguments=arguments, answer=answer)
