@@ -196,3 +196,33 @@ async def test_a_timeout_ends_the_run_in_error_when_the_session_says_so(tmp_path
         assert done.status is culm.RunStatus.ERROR
         events = await collect(eng.subscribe(run.run_id))
         assert events[-1].type == "error" and events[-1].code == "input_timeout"
+
+
+async def test_a_run_waits_until_every_request_of_its_round_is_answered(tmp_path: Path) -> None:
+    async with engine(tmp_path) as eng:
+        first = call("write_file", path="a.txt", content="a")
+        second = call("ask_user", question="Go on?")
+        eng.scripts.register("two", {"turns": [[first, second], [{"text": "done"}]]})
+        run = await eng.run(
+            "two",
+            model="scripted:two",
+            tools=["write_file", "ask_user"],
+            workspace=str(tmp_path),
+            require_approval=["write_file"],
+        )
+        approval, question = await until_waiting(eng, run.run_id, count=2)
+        assert (approval.kind, question.kind) == ("approval", "question")
+        await eng.respond(run.run_id, approval.request_id, approve=True)
+        still = await eng.get_run(run.run_id)
+        assert still.status is culm.RunStatus.WAITING  # one request is still open
+        assert [r.request_id for r in await eng.pending_input(run.run_id)] == [question.request_id]
+        await eng.respond(run.run_id, question.request_id, approve=False)  # declined
+        assert (await eng.wait(run.run_id, timeout=20)).status is culm.RunStatus.COMPLETED
+        assert (tmp_path / "a.txt").read_text() == "a"
+        results = [m for m in await eng.get_messages(run.session_id) if m.role == "tool"]
+        assert [(m.tool_name, m.is_error) for m in results] == [
+            ("write_file", False),
+            ("ask_user", True),
+        ]
+        counts = await eng.inputs.counts()
+        assert sorted(counts) == [("ask_user", "declined", 1), ("write_file", "approved", 1)]

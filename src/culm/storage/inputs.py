@@ -70,8 +70,9 @@ def park(
             "attempt": row.attempt,
             "created_at": now,
             "expires_at": expires,
+            "position": position,  # the call's place in the round: the order they are shown
         }
-        for request in requests
+        for position, request in enumerate(requests)
     ]
     conn.execute(input_requests.insert(), values)
     ops.insert_events(conn, rows, events, {run_id: fence[1]})
@@ -192,7 +193,7 @@ def expire(conn: sa.Connection, dialect: str, rows: RowWriter, wake: Wake) -> li
         .join(sessions, sessions.c.session_id == input_requests.c.session_id)
         .where(input_requests.c.status == "open", input_requests.c.expires_at <= now)
         .where(runs.c.status == RunStatus.WAITING.value)
-        .order_by(input_requests.c.run_id, input_requests.c.request_id)
+        .order_by(input_requests.c.run_id, input_requests.c.position)
         .limit(EXPIRE_LIMIT)
     ).all()
     events: list[RunEvent] = []
@@ -270,7 +271,7 @@ def requests_query(run_ids: Sequence[str], statuses: Sequence[str] | None) -> sa
     query = (
         input_requests.select()
         .where(input_requests.c.run_id.in_(list(run_ids)))
-        .order_by(input_requests.c.created_at, input_requests.c.request_id)
+        .order_by(input_requests.c.created_at, input_requests.c.position)
     )
     if statuses is not None:
         query = query.where(input_requests.c.status.in_(list(statuses)))

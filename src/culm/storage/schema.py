@@ -221,6 +221,7 @@ input_requests = sa.Table(
     sa.Column("answer", JSONType, nullable=True),
     sa.Column("outcome", sa.String(16), nullable=True),
     sa.Column("attempt", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("position", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=True),
     sa.Column("answered_at", UTCDateTime, nullable=True),
