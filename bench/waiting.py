@@ -15,8 +15,9 @@ database given), and measures its resident memory (RSS, from ``/proc``):
 
 Also the database's growth per waiting run (the SQLite file's size; PostgreSQL's
 ``pg_database_size``), and the time to park them all. Then one run is answered, and must
-complete, as a check that the waiting runs are live. Not a test: the figures are in
-docs/benchmarks.md.
+complete, as a check that the waiting runs are live. ``--control`` posts the same runs without
+the approval (they complete), for what the process keeps of running that many runs at all. Not
+a test: the figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -112,14 +113,18 @@ async def database_bytes(url: str | None, home: Path) -> int:
 
 
 async def park(
-    client: httpx2.AsyncClient, runs: int, batch: int, url: str | None, home: Path
+    client: httpx2.AsyncClient, args: argparse.Namespace, home: Path, status: str
 ) -> float:
+    """Post ``args.runs`` runs and return once they are all ``status`` (``waiting``, or
+    ``completed`` for the control: the same runs without the approval)."""
+    body = BODY if status == "waiting" else {**BODY, "require_approval": []}
     started = time.perf_counter()
-    for first in range(0, runs, batch):
-        size = min(batch, runs - first)
-        posted = await asyncio.gather(*(client.post("/v1/runs", json=BODY) for _ in range(size)))
+    for first in range(0, args.runs, args.batch):
+        size = min(args.batch, args.runs - first)
+        posted = await asyncio.gather(*(client.post("/v1/runs", json=body) for _ in range(size)))
         assert all(response.status_code == 202 for response in posted), posted[0].text
-    while await waiting_runs(url, home) < runs:
+    query = f"SELECT count(*) FROM runs WHERE status = '{status}'"
+    while await scalar(args.database_url, home, query) < args.runs + (status == "completed"):
         await asyncio.sleep(0.5)
     return time.perf_counter() - started
 
@@ -135,19 +140,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "runs": args.runs,
         "database": "postgresql" if args.database_url else "sqlite",
+        "control": args.control,
     }
     async with httpx2.AsyncClient(base_url=url, timeout=120) as client:
         warm = (await client.post("/v1/runs", json={**BODY, "require_approval": []})).json()
         await client.get(f"/v1/runs/{warm['run_id']}/wait", params={"timeout": 60})
         figures["baseline_rss_mib"] = round(rss_mib(process.pid), 1)
         db_before = await database_bytes(args.database_url, home)
-        parked = await park(client, args.runs, args.batch, args.database_url, home)
+        parked = await park(client, args, home, "completed" if args.control else "waiting")
         figures["park_seconds"] = round(parked, 1)
         figures["parked_rss_mib"] = round(rss_mib(process.pid), 1)
         figures["db_bytes_per_waiting_run"] = round(
             (await database_bytes(args.database_url, home) - db_before) / args.runs
         )
     await stop(process)
+    if args.control:
+        return _per_run(figures, args.runs)
     process, url = await serve(home, env)
     async with httpx2.AsyncClient(base_url=url, timeout=120) as client:
         assert await waiting_runs(args.database_url, home) == args.runs
@@ -161,9 +169,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         done = (await client.get(f"/v1/runs/{run['run_id']}/wait", params={"timeout": 60})).json()
         assert done["status"] == "completed", done
     await stop(process)
-    figures["parked_minus_baseline_bytes_per_run"] = round(
-        (figures["parked_rss_mib"] - figures["baseline_rss_mib"]) * 1024 * 1024 / args.runs
-    )
+    return _per_run(figures, args.runs)
+
+
+def _per_run(figures: dict[str, Any], runs: int) -> dict[str, Any]:
+    grown = figures["parked_rss_mib"] - figures["baseline_rss_mib"]
+    figures["parked_minus_baseline_bytes_per_run"] = round(grown * 1024 * 1024 / runs)
     return figures
 
 
@@ -172,4 +183,9 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="the same runs without the approval: they complete (what running them leaves)",
+    )
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
