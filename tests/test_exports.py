@@ -14,6 +14,9 @@ def test_exported_names() -> None:
         "ConfigError",
         "CulmError",
         "Engine",
+        "InputAnswer",
+        "InputConflictError",
+        "InputRequest",
         "Message",
         "MultitaskPolicy",
         "NotFoundError",
@@ -55,7 +58,7 @@ def test_every_event_type_of_the_contract_round_trips() -> None:
         "tool_token", "tool_complete", "tool_error", "token_budget_updated", "round_completed",
         "sub_agent_started", "sub_agent_event", "sub_agent_heartbeat", "sub_agent_completed",
         "run_recovered", "complete", "cancelled", "error", "gap", "context_pressure",
-        "context_compacted",
+        "context_compacted", "input_requested", "input_received",
     }  # fmt: skip
 
 

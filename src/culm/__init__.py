@@ -11,6 +11,7 @@ from culm._version import __version__
 if TYPE_CHECKING:
     from culm.domain.compaction import Compaction
     from culm.domain.events import RunEvent, event_from_json, event_to_json
+    from culm.domain.input import InputAnswer, InputRequest
     from culm.domain.models import (
         AssistantMessage,
         Message,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
         AlreadyRunningError,
         ConfigError,
         CulmError,
+        InputConflictError,
         NotFoundError,
         RunFailure,
         UnknownModelError,
@@ -46,6 +48,8 @@ _LAZY = {
     "RunEvent": "culm.domain.events",
     "event_from_json": "culm.domain.events",
     "event_to_json": "culm.domain.events",
+    "InputAnswer": "culm.domain.input",
+    "InputRequest": "culm.domain.input",
     "AssistantMessage": "culm.domain.models",
     "Message": "culm.domain.models",
     "MultitaskPolicy": "culm.domain.models",
@@ -61,6 +65,7 @@ _LAZY = {
     "AlreadyRunningError": "culm.errors",
     "ConfigError": "culm.errors",
     "CulmError": "culm.errors",
+    "InputConflictError": "culm.errors",
     "NotFoundError": "culm.errors",
     "RunFailure": "culm.errors",
     "UnknownModelError": "culm.errors",
@@ -92,6 +97,9 @@ __all__ = [
     "ConfigError",
     "CulmError",
     "Engine",
+    "InputAnswer",
+    "InputConflictError",
+    "InputRequest",
     "Message",
     "MultitaskPolicy",
     "NotFoundError",

@@ -8,7 +8,8 @@ CulmError
 │   ├── UnknownToolError       a tool name that is not available
 │   ├── NotFoundError          an unknown session or run id
 │   ├── AlreadyRunningError    the session has an active run (carries its run_id)
-│   └── SessionBusyError       the session cannot be deleted while a run is active
+│   ├── SessionBusyError       the session cannot be deleted while a run is active
+│   └── InputConflictError     an input request answered already, or whose run is not waiting
 ├── RunFailure                 a run ended in error; ``code`` is the error event's code
 │   ├── ModelError             the model call failed
 │   │   ├── ModelHTTPError     the provider answered with an HTTP error (status, retry_after)
@@ -27,6 +28,8 @@ CulmError
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class CulmError(Exception):
@@ -85,6 +88,15 @@ class SessionChangedError(SessionBusyError):
     def __init__(self, session_id: str, run_id: str) -> None:
         super().__init__(session_id, run_id)
         self.args = (f"session {session_id!r} changed while it was compacted (run {run_id!r})",)
+
+
+class InputConflictError(UserError):
+    """An answer to an input request that cannot be taken: the request was answered already
+    (differently: ``request`` carries the first answer) or its run is not waiting."""
+
+    def __init__(self, request: Any, message: str) -> None:
+        super().__init__(f"input request {request.request_id!r}: {message}")
+        self.request = request
 
 
 class RunFailure(CulmError):

@@ -22,6 +22,7 @@ from culm.context.view import model_view
 from culm.context.wiring import context_settings
 from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent
+from culm.domain.input import InputAnswer, InputRequest
 from culm.domain.models import (
     Message,
     MultitaskPolicy,
@@ -34,6 +35,8 @@ from culm.domain.models import (
 )
 from culm.domain.time import new_id, utc_now
 from culm.errors import ConfigError, EngineClosedError, NotFoundError, SessionBusyError
+from culm.input.ask import AskUserTool
+from culm.input.service import InputService, check_input_settings
 from culm.loop.context import ContextSettings, LoopContext, LoopLimits
 from culm.loop.manual import compact_session
 from culm.mcp.manager import MCPManager, session_metadata
@@ -100,7 +103,7 @@ class Engine:
                 heartbeat=self.settings.subagent_heartbeat,
             )
         )
-        extra = [SpawnAgentTool(self, self.subagents), *(tools or ())]
+        extra = [SpawnAgentTool(self, self.subagents), AskUserTool(), *(tools or ())]
         overridden = {tool.name for tool in extra}
         self.sandbox = sandbox_from(self.settings)  # the bash tool's, checked now
         builtins = [
@@ -175,6 +178,13 @@ class Engine:
                 context_factory=self._loop_context,
                 runs_own_runs=self.role is Role.CLI,
                 bus=self.bus,
+            )
+            self.inputs = InputService(
+                store,
+                self.registry,
+                local_bus=not self.bus.crosses_processes,
+                resume_here=self.runs if self.role is Role.CLI else None,
+                lease_seconds=settings.lease_seconds,
             )
             await self._start_heartbeat(store, stack)  # closes after the runs are done
             await self.mcp.start(stack)  # before the runs: it closes after them
@@ -296,10 +306,16 @@ class Engine:
         kind: SessionKind = SessionKind.ROOT,
         parent_session_id: str | None = None,
         mcp_servers: dict[str, Any] | None = None,
+        require_approval: Sequence[str] = (),
+        input_timeout: float | None = None,
+        input_timeout_action: str = "deny",
     ) -> Session:
         """Create a session. The model and tool names are checked now, so mistakes surface here.
-        ``mcp_servers`` are the session's own MCP servers (kept in its metadata)."""
+        ``mcp_servers`` are the session's own MCP servers (kept in its metadata).
+        ``require_approval``: tool names or patterns whose calls wait for a person's approval;
+        ``input_timeout`` (seconds) and its action (``deny`` or ``error``): see culm.input."""
         self._require_open()
+        check_input_settings(require_approval, input_timeout, input_timeout_action)
         session_id = new_id()
         draft = self._draft(
             session_id,
@@ -308,6 +324,9 @@ class Engine:
             kind=kind,
             parent_session_id=parent_session_id,
             system_prompt=system_prompt,
+            require_approval=tuple(require_approval),
+            input_timeout=input_timeout,
+            input_timeout_action=input_timeout_action,
         )
         tool_names = self.tools.expand(tools, draft)  # MCP names are checked against its servers
         workspace_path = str(self._workspace(session_id, workspace))
@@ -535,6 +554,29 @@ class Engine:
         self._require_open()
         return self.streams.session_events(session_id)
 
+    # People in the loop (culm.input)
+
+    async def pending_input(self, run_id: str) -> list[InputRequest]:
+        """The open input requests of the run and of its sub-agent runs (each names its run)."""
+        self._require_open()
+        return await self.inputs.pending(run_id)
+
+    async def respond(
+        self,
+        run_id: str,
+        request_id: str,
+        *,
+        approve: bool | None = None,
+        reason: str | None = None,
+        arguments: dict[str, Any] | None = None,
+        answer: str | None = None,
+    ) -> InputRequest:
+        """Answer an input request: ``approve`` (``reason``, edited ``arguments``) or
+        ``answer``. The same answer again is a no-op; another raises InputConflictError."""
+        self._require_open()
+        given = InputAnswer(approve=approve, reason=reason, arguments=arguments, answer=answer)
+        return await self.inputs.respond(run_id, request_id, given)
+
     # Workers
 
     async def list_workers(self, *, include_stopped: bool = False) -> list[WorkerInfo]:
@@ -585,6 +627,9 @@ class Engine:
             budget_limit=session.metadata.get("budget_limit"),
             run_id=run.run_id,
             context=self._context_settings(session, model, fence),
+            resolve_input=lambda messages, ids: self.store.resolve_input(
+                run.run_id, fence=fence, messages=messages, request_ids=ids
+            ),
         )
 
     def _context_settings(

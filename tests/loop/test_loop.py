@@ -317,11 +317,11 @@ async def test_each_round_stores_its_messages_in_one_write(tmp_path: Path) -> No
 
 
 def test_tool_start_carries_parsed_arguments() -> None:
-    from culm.loop.execute import _parse_arguments
+    from culm.loop.execute import parse_arguments
 
-    assert _parse_arguments(json.dumps({"a": 1})) == {"a": 1}
-    assert _parse_arguments("{oops") == "{oops"
-    assert _parse_arguments("") == {}
+    assert parse_arguments(json.dumps({"a": 1})) == {"a": 1}
+    assert parse_arguments("{oops") == "{oops"
+    assert parse_arguments("") == {}
 
 
 @pytest.mark.parametrize("bad", ["1", "[1, 2]", '"text"'])

@@ -15,6 +15,7 @@ from culm.api import errors, openapi
 from culm.api.encoding import FrameCache
 from culm.api.middleware import PROXY_PREFIXES, APIKeyAuth, BodySizeLimit
 from culm.api.routes import context, mcp, metrics, proxy, runs, schedules, sessions, workers
+from culm.api.routes import input as input_requests
 from culm.api.schemas import Health
 from culm.bus.prometheus import BusCollector
 from culm.metrics.prometheus import Cluster, PrometheusExporter
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(sessions.router)
     app.include_router(context.router)
     app.include_router(runs.router)
+    app.include_router(input_requests.router)
     app.include_router(mcp.router)
     app.include_router(schedules.router)
     app.include_router(workers.router)
@@ -112,7 +114,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 async def _cluster(engine: Engine) -> Cluster:
     """Every worker's row (stopped ones too: their counters stay in the sums) and the queue."""
     workers = await engine.list_workers(include_stopped=True)
-    return Cluster(workers=workers, queue=await engine.queue_stats())
+    inputs = await engine.inputs.counts()
+    return Cluster(workers=workers, queue=await engine.queue_stats(), input_requests=inputs)
 
 
 async def _close_streams_on(shutdown: anyio.Event, engine: Engine) -> None:

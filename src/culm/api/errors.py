@@ -17,6 +17,7 @@ from culm.errors import (
     AlreadyRunningError,
     ConfigError,
     EngineClosedError,
+    InputConflictError,
     InvalidFieldError,
     NotFoundError,
     RunFailure,
@@ -51,6 +52,9 @@ def error_response(
 
 def _user_error(exc: UserError) -> JSONResponse:
     match exc:
+        case InputConflictError():
+            first = exc.request.model_dump(mode="json")
+            return error_response(409, "input_conflict", str(exc), request=first)
         case NotFoundError():
             return error_response(404, "not_found", str(exc))
         case AlreadyRunningError():

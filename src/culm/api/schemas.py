@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
@@ -55,6 +55,19 @@ class CreateSession(_Request):
         description="The session's own MCP servers, as in config.toml's [mcp_servers.<name>]: "
         "`command`, `args`, `env` (stdio) or `url`, `headers` (Streamable HTTP), and `timeout`",
         examples=[{"time": {"command": "mcp-server-time", "args": ["--local-timezone", "UTC"]}}],
+    )
+    require_approval: list[str] = Field(
+        default_factory=list,
+        max_length=200,
+        description="tool names or fnmatch patterns whose calls wait for a person's approval",
+        examples=[["bash", "write_*", "mcp__github__*"]],
+    )
+    input_timeout: float | None = Field(
+        default=None, gt=0, description="seconds an input request may wait (null: no limit)"
+    )
+    input_timeout_action: Literal["deny", "error"] = Field(
+        default="deny",
+        description="on expiry: `deny` the request, or end the run `error` (`input_timeout`)",
     )
 
 

@@ -29,6 +29,7 @@ from culm.cli import (
     worker,
     workers,
 )
+from culm.cli.input import input_command
 from culm.cli.render import stderr_console
 from culm.errors import UserError
 
@@ -88,6 +89,7 @@ app.command("runs")(runs.runs_command)
 app.command("show")(runs.show_command)
 app.command("tail")(runs.tail_command)
 app.command("cancel")(runs.cancel_command)
+app.command("input")(input_command)
 app.command("compact")(compact.compact_command)
 app.command("metrics")(metrics.metrics_command)
 app.add_typer(mcp.app, name="mcp")

@@ -209,6 +209,16 @@ class Client:
             missing=("run", run_id),
         )
 
+    async def pending_input(self, run_id: str) -> list[Json]:
+        """The open input requests of the run and of its sub-agents (each names its run)."""
+        body = await self._request("GET", f"/v1/runs/{run_id}/input", missing=("run", run_id))
+        return list(body["requests"])
+
+    async def answer_input(self, run_id: str, answer: Json) -> Json:
+        return await self._request(
+            "POST", f"/v1/runs/{run_id}/input", body=answer, missing=("run", run_id)
+        )
+
     async def compact_session(self, session_id: str) -> Json:
         """Compact the session's context now (a summarizer call may take a while)."""
         return await self._request(

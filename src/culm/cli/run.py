@@ -17,11 +17,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, NoReturn
 
 import typer
 
+from culm.cli.input import Asker
 from culm.cli.render import HumanOutput, JsonOutput, Output, Tally, stderr_console
 from culm.domain.models import RunTrigger
 from culm.errors import UserError
@@ -45,6 +46,8 @@ class RunRequest:
     workspace: str | None
     system_prompt: str | None
     json_lines: bool
+    require_approval: list[str] = field(default_factory=list)
+    yes: bool = False
 
 
 def run_command(
@@ -69,6 +72,16 @@ def run_command(
     json_lines: Annotated[
         bool, typer.Option("--json", help="Print every run event as a JSON line on stdout.")
     ] = False,
+    require_approval: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--require-approval",
+            help="Tools (names or patterns, comma-separated) whose calls wait for your approval.",
+        ),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Approve every call that needs approval.")
+    ] = False,
 ) -> None:
     """Run an agent on PROMPT in this process and stream its answer."""
     request = RunRequest(
@@ -78,6 +91,8 @@ def run_command(
         workspace=workspace,
         system_prompt=system,
         json_lines=json_lines,
+        require_approval=split_tools(require_approval or []),
+        yes=yes,
     )
     settings = load_settings(scheduler=False)  # schedules fire in `culm serve`, not here
     # Like asyncio.run: leave SIGINT alone when it is ignored (e.g. a shell's background job).
@@ -179,16 +194,26 @@ async def _run(
             tools=request.tools,
             workspace=request.workspace,
             system_prompt=request.system_prompt,
+            require_approval=request.require_approval,
             trigger=RunTrigger.CLI,
         )
-        interrupt.arm(functools.partial(engine.cancel, run.run_id))
+        asker = Asker(engine.respond, yes=request.yes, console=stderr_console())
+        interrupt.arm(functools.partial(_cancel, engine.cancel, run.run_id, asker))
         tally = Tally()
         async for event in engine.subscribe(run.run_id):
             tally.observe(event)
             output.event(event)
+            await asker.on_event(event)  # people in the loop: asks, or answers by the options
         await interrupt.settle()
         output.finish(tally, run.run_id, time.monotonic() - started)
     return exit_code(tally, interrupted=interrupt.count > 0, code=interrupt.exit_code)
+
+
+async def _cancel(
+    cancel: Callable[..., Coroutine[Any, Any, object]], run_id: str, asker: Asker, *, reason: str
+) -> object:
+    asker.stop()  # a question on screen is not answered any more
+    return await cancel(run_id, reason=reason)
 
 
 def exit_code(tally: Tally, *, interrupted: bool, code: int = EXIT_INTERRUPTED) -> int:

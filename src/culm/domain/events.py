@@ -226,6 +226,37 @@ class Error(RunEventBase):
     code: str
 
 
+class InputRequested(RunEventBase):
+    """The run waits for a person: an approval of a tool call (``kind`` ``approval``: the
+    call's ``tool_call_id``, ``tool_name`` and ``arguments``) or an answer to the model's
+    ``ask_user`` question (``kind`` ``question``: ``question`` and ``choices``)."""
+
+    type: Literal["input_requested"] = "input_requested"
+    request_id: str
+    kind: Literal["approval", "question"]
+    tool_call_id: str
+    tool_name: str
+    arguments: Any = None
+    question: str | None = None
+    choices: list[str] | None = None
+
+
+class InputReceived(RunEventBase):
+    """A request was answered: ``approve`` (with ``reason`` and edited ``arguments``, if any)
+    or ``answer``; ``timed_out`` when its ``input_timeout`` answered it (a denial)."""
+
+    type: Literal["input_received"] = "input_received"
+    request_id: str
+    kind: Literal["approval", "question"]
+    tool_call_id: str
+    tool_name: str
+    approve: bool | None = None
+    reason: str | None = None
+    arguments: Any = None
+    answer: str | None = None
+    timed_out: bool = False
+
+
 class Gap(RunEventBase):
     type: Literal["gap"] = "gap"
     from_seq: int
@@ -253,7 +284,9 @@ RunEvent = Annotated[
     | Error
     | Gap
     | ContextPressure
-    | ContextCompacted,
+    | ContextCompacted
+    | InputRequested
+    | InputReceived,
     Field(discriminator="type"),
 ]
 
@@ -267,6 +300,8 @@ CRITICAL_EVENT_TYPES = frozenset(
         "sub_agent_completed",
         "context_pressure",
         "context_compacted",
+        "input_requested",
+        "input_received",
         *TERMINAL_EVENT_TYPES,
     }
 )

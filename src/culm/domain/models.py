@@ -41,6 +41,9 @@ class Usage(_Frozen):
         )
 
 
+InputTimeoutAction = Literal["deny", "error"]
+
+
 class SessionKind(StrEnum):
     ROOT = "root"
     CHILD = "child"
@@ -56,6 +59,11 @@ class Session(_Frozen):
     workspace: str
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utc_now)
+    # People in the loop (``culm.input``): tool names or fnmatch patterns whose calls wait for a
+    # person's approval, and how long a request may wait (None: for good) and what its expiry does.
+    require_approval: tuple[str, ...] = ()
+    input_timeout: float | None = None
+    input_timeout_action: InputTimeoutAction = "deny"
 
 
 class ToolCall(_Frozen):
@@ -99,13 +107,16 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     ERROR = "error"
+    # Waiting for a person's answer (``culm.input``): active (it holds its session's slot) but
+    # held by no process: no task, no lease, no owner. An answer makes it pending (ready) again.
+    WAITING = "waiting"
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL_RUN_STATUSES
 
 
-ACTIVE_RUN_STATUSES = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
+ACTIVE_RUN_STATUSES = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING})
 TERMINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.ERROR})
 
 

@@ -19,6 +19,10 @@ async def _no_wait() -> None:
     return None
 
 
+async def _append_only(messages: Sequence[Message], request_ids: Sequence[str]) -> None:
+    return None
+
+
 async def _no_compaction() -> Compaction | None:
     return None
 
@@ -70,6 +74,9 @@ class LoopContext:
     congested: Callable[[], bool] = lambda: False
     room: Callable[[], Awaitable[None]] = _no_wait
     context: ContextSettings = field(default_factory=ContextSettings)
+    # A resumed run stores the results of its waiting calls and marks their requests applied
+    # (``culm.input``), in one write.
+    resolve_input: Callable[[Sequence[Message], Sequence[str]], Awaitable[None]] = _append_only
 
 
 @dataclass(kw_only=True, slots=True)

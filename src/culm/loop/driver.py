@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 from culm.domain.events import (
     CANCELLED_ROUND_ERROR,
     RoundCompleted,
     RunnerProgress,
 )
+from culm.domain.input import InputRequest
 from culm.domain.models import Usage
 from culm.errors import LimitExceededError, ModelError, describe
+from culm.loop.approval import WaitForInput, apply_answers, split_calls
 from culm.loop.classify import ModelResponse
 from culm.loop.context import FinalAnswer, LoopContext, LoopState, NextStep, RunAgain
 from culm.loop.execute import run_tool_calls
@@ -33,19 +36,30 @@ from culm.providers.base import ModelRequest
 from culm.tools.compact import COMPACT_TOOL
 
 
-async def run_agent(ctx: LoopContext, state: LoopState) -> str:
-    """Run rounds until the model gives a final answer; returns it."""
+async def run_agent(
+    ctx: LoopContext, state: LoopState, answered: Sequence[InputRequest] = ()
+) -> FinalAnswer | WaitForInput:
+    """Run rounds until the model gives a final answer, or a round waits for a person.
+
+    ``answered``: a run resumed after waiting: the answers to its waiting calls, applied
+    first (their results are stored, and the requests marked applied, in one write)."""
+    if answered:
+        results = await apply_answers(ctx, state.messages, answered)
+        state.messages.extend(results)
+        await ctx.resolve_input(results, [request.request_id for request in answered])
     window = await ContextWindow.open(ctx, state)
     while True:
         step = await run_round(ctx, state, window)
         match step:
-            case FinalAnswer(text=text):
-                return text
+            case FinalAnswer() | WaitForInput():
+                return step
             case RunAgain():
                 continue
 
 
-async def run_round(ctx: LoopContext, state: LoopState, window: ContextWindow) -> NextStep:
+async def run_round(
+    ctx: LoopContext, state: LoopState, window: ContextWindow
+) -> NextStep | WaitForInput:
     if state.round >= ctx.limits.max_rounds:
         raise LimitExceededError(
             f"the run reached max rounds ({ctx.limits.max_rounds}) without a final answer"
@@ -69,9 +83,12 @@ async def run_round(ctx: LoopContext, state: LoopState, window: ContextWindow) -
     if not message.tool_calls:
         await ctx.append_messages([message])
         return FinalAnswer(message.content)
-    results = await run_tool_calls(ctx, message.tool_calls)
+    calls, asks, refused = split_calls(ctx, message.tool_calls)
+    results = [*refused, *await run_tool_calls(ctx, calls)]
     window.compact_requested |= any(r.tool_name == COMPACT_TOOL and not r.is_error for r in results)
     state.messages.extend(results)
+    if asks:  # the runtime stores the round's messages with the requests when it parks
+        return WaitForInput(messages=(message, *results), requests=tuple(asks))
     await ctx.append_messages([message, *results])  # the round's messages, in one write
     return RunAgain()
 

@@ -57,16 +57,16 @@ def _read_only(ctx: LoopContext, call: ToolCall) -> bool:
 
 
 async def run_tool_call(ctx: LoopContext, call: ToolCall) -> ToolResultMessage:
-    arguments = _parse_arguments(call.arguments)
+    arguments = parse_arguments(call.arguments)
     ctx.emit(ToolStart(tool_call_id=call.id, tool_name=call.name, arguments=arguments))
     started = time.monotonic()
     try:
         result = await _invoke(ctx, call, arguments)
     except ToolFailure as exc:
-        return _failed(ctx, call, str(exc) or type(exc).__name__, started)
+        return failed_result(ctx, call, str(exc) or type(exc).__name__, started)
     except Exception as exc:
         log.exception("tool raised", tool=call.name)
-        return _failed(ctx, call, f"{type(exc).__name__}: {exc}", started)
+        return failed_result(ctx, call, f"{type(exc).__name__}: {exc}", started)
     elapsed = _elapsed_ms(started)
     ctx.emit(
         ToolComplete(tool_call_id=call.id, tool_name=call.name, result=result, elapsed_ms=elapsed)
@@ -105,14 +105,16 @@ async def _invoke(ctx: LoopContext, call: ToolCall, arguments: Any) -> str:
         raise
 
 
-def _parse_arguments(raw: str) -> Any:
+def parse_arguments(raw: str) -> Any:
     try:
         return json.loads(raw or "{}")
     except json.JSONDecodeError:
         return raw
 
 
-def _failed(ctx: LoopContext, call: ToolCall, error: str, started: float) -> ToolResultMessage:
+def failed_result(
+    ctx: LoopContext, call: ToolCall, error: str, started: float
+) -> ToolResultMessage:
     ctx.emit(
         ToolError(
             tool_call_id=call.id,
@@ -127,9 +129,9 @@ def _failed(ctx: LoopContext, call: ToolCall, error: str, started: float) -> Too
 
 
 def _refuse(ctx: LoopContext, call: ToolCall, error: str) -> ToolResultMessage:
-    arguments = _parse_arguments(call.arguments)
+    arguments = parse_arguments(call.arguments)
     ctx.emit(ToolStart(tool_call_id=call.id, tool_name=call.name, arguments=arguments))
-    return _failed(ctx, call, error, time.monotonic())
+    return failed_result(ctx, call, error, time.monotonic())
 
 
 def _elapsed_ms(started: float) -> int:

@@ -32,6 +32,9 @@ worker on the database; absent while the database does not answer):
                                       summed over every worker's row (written at its heartbeat):
                                       runs claimed, runs taken over after their lease ran out,
                                       writes refused because the run had passed to another owner
+``culm_input_requests_total``         input requests (people in the loop) by ``tool_name`` and
+                                      ``outcome`` (``approved`` | ``denied`` | ``answered`` |
+                                      ``declined`` | ``timed_out``), from ``input_requests``
 
 The counters and histograms are fed by the metrics pipeline (a listener sees every metrics event
 as it is emitted), so they count what this process saw since it started, as Prometheus expects.
@@ -100,6 +103,8 @@ class Cluster:
 
     workers: Sequence[WorkerInfo]
     queue: QueueStats
+    # (tool name, outcome, count) of every input request answered or expired (culm.input).
+    input_requests: Sequence[tuple[str, str, int]] = ()
 
 
 ClusterReader = Callable[[], Awaitable[Cluster]]
@@ -167,6 +172,15 @@ class _ClusterCollector(Collector):
         ):
             total = sum(getattr(worker, name) for worker in workers)
             yield CounterMetricFamily(f"culm_{name}", f"{text} Summed over workers.", value=total)
+        requests = CounterMetricFamily(
+            "culm_input_requests",
+            "Input requests answered, by tool and outcome (approved, denied, answered, "
+            "declined, timed_out).",
+            labels=["tool_name", "outcome"],
+        )
+        for tool_name, outcome, count in cluster.input_requests:
+            requests.add_metric([tool_name, outcome], count)
+        yield requests
 
 
 class PrometheusExporter:

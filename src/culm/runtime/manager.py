@@ -38,8 +38,10 @@ from culm.errors import (
     UserError,
 )
 from culm.logs import get_logger
-from culm.loop.context import LoopContext, LoopState
+from culm.loop.approval import WaitForInput
+from culm.loop.context import FinalAnswer, LoopContext, LoopState
 from culm.loop.driver import run_agent
+from culm.runtime import waiting
 from culm.runtime.batcher import Attempt, EventBatcher
 from culm.runtime.dispatch import Dispatcher, WorkerCounters
 from culm.runtime.lease import LeaseHolder
@@ -67,6 +69,8 @@ class Outcome:
     error: str | None = None
     code: str | None = None
     reason: str | None = None
+    wait: WaitForInput | None = None  # status waiting: what the run waits for
+    input_timeout: float | None = None
 
 
 class RunManager:
@@ -378,7 +382,11 @@ class RunManager:
         started_at = run.started_at or utc_now()
         runner.status = RunStatus.RUNNING
         runner.started_at = started_at
-        runner.emit(ExecutionStarted(started_at=started_at, attempt=run.attempt))
+        answered = await waiting.answered(self._store, run)
+        if waiting.same_attempt(run, answered):  # resumed after waiting: the attempt goes on
+            state.usage, state.round = run.usage, run.round_count
+        else:
+            runner.emit(ExecutionStarted(started_at=started_at, attempt=run.attempt))
 
         async def append(messages: Sequence[Message]) -> None:
             await self._store.append_messages(
@@ -387,8 +395,12 @@ class RunManager:
 
         ctx = await self._context_factory(run, runner.emit, append)
         state.messages = await self._store.get_messages(run.session_id)
-        final = await run_agent(ctx, state)
-        return Outcome(RunStatus.COMPLETED, final_message=final)
+        match await run_agent(ctx, state, answered):
+            case FinalAnswer(text=text):
+                return Outcome(RunStatus.COMPLETED, final_message=text)
+            case WaitForInput() as wait:
+                timeout = ctx.session.input_timeout
+                return Outcome(RunStatus.WAITING, wait=wait, input_timeout=timeout)
 
     async def _finalize(self, runner: Runner, state: LoopState, outcome: Outcome | None) -> None:
         try:
@@ -398,6 +410,17 @@ class RunManager:
                 log.warning("lease lost: the run ends here, writing nothing", run_id=runner.run_id)
             elif outcome.reason == _RELEASE:
                 await self._release(runner)
+            elif outcome.wait is not None:
+                await waiting.park(
+                    self._store,
+                    self._batcher,
+                    self._registry,
+                    runner,
+                    (self.owner, runner.epoch),
+                    outcome.wait,
+                    usage=state.usage,
+                    timeout=outcome.input_timeout,
+                )
             else:
                 runner.emit(_terminal_event(outcome, state))
                 await self._batcher.flush()
@@ -418,6 +441,8 @@ class RunManager:
             runner.completed_at = utc_now()
             runner.usage = state.usage
             self._registry.remove(runner)
+            if outcome is not None and outcome.wait is not None:
+                runner.close_subscriptions()  # its followers go on from the store
             self._batcher.forget([(runner.run_id, runner.epoch)])
             runner.done.set()
             if self.dispatcher is not None:
@@ -475,8 +500,12 @@ class RunManager:
         at once; a run nobody claimed yet ends at once in the store."""
         runner = self._registry.get(run_id)
         if runner is not None:
-            runner.request_cancel(reason)
-            return await self._require_run(run_id)
+            if runner.request_cancel(reason) or not runner.finalizing:
+                return await self._require_run(run_id)
+            await runner.done.wait()  # ending here; parked to wait for a person, maybe
+            ended = await self._require_run(run_id)
+            if ended.status is not RunStatus.WAITING:
+                return ended
         run = await self._store.request_cancel(run_id, reason)
         if run is None:
             raise NotFoundError("run", run_id)

@@ -112,6 +112,17 @@ class Runner:
             self._deliver(event)
         return event
 
+    def stamp_held(self, payload: RunEventBase) -> RunEvent:
+        """Stamp ``payload`` with the next seq and hold it, for the store to write itself (a run
+        parking to wait for a person writes its ``input_requested`` events in the transaction
+        that makes it wait); delivered by :meth:`stored` once written."""
+        self._seq += 1
+        event = payload.stamped(
+            seq=self._seq, run_id=self.run_id, session_id=self.session_id, ts=utc_now()
+        )
+        self._held.append(event)
+        return event
+
     def stored(self, event: RunEvent) -> None:
         """``event`` is stored, and with it a reservation ``SEQ_RESERVE`` seqs past it: update
         the liveness fields and deliver the held events the reservation now covers."""

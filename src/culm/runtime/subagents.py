@@ -9,6 +9,13 @@ and waits for it, so a cancel reaches every descendant and ``cancel(wait=True)``
 whole tree is terminal. A watchdog ends a child that is idle or runs too long (status
 ``timeout``). Children per run and per process are capped; the rest wait in order.
 
+A child that waits for a person (``culm.input``: it inherits its parent's ``require_approval``
+and input timeout) parks like any run; its ``input_requested`` shows in the parent's stream
+inside ``sub_agent_event`` and is answered on the child's run id. The parent waits on its child
+as on any tool call: it stays ``running``, holding its task and lease (its ``spawn_agent`` call
+is open), and the watchdog does not count the child's waiting (neither as idle nor as run time).
+Answered, the child is claimed by any worker and resumed; the parent follows it from the store.
+
 A child run is never queued for other workers: it is reserved owned by its parent's process and
 executed there (so the caps are per worker). When another worker takes the parent over (its
 lease ran out), the store ends the parent's non-terminal children (``cancelled``, "parent
@@ -67,6 +74,9 @@ class Spawner(Protocol):
         kind: SessionKind = SessionKind.ROOT,
         parent_session_id: str | None = None,
         mcp_servers: dict[str, Any] | None = None,
+        require_approval: Sequence[str] = (),
+        input_timeout: float | None = None,
+        input_timeout_action: str = "deny",
     ) -> Session: ...
 
     async def start_run(
@@ -203,6 +213,10 @@ class SpawnAgentTool(Tool):
                 parent_session_id=parent.session_id,
                 # The parent's own MCP servers come along, so their tools resolve for the child.
                 mcp_servers=parent.metadata.get("mcp_servers"),
+                # A child asks for what its parent would (people in the loop, culm.input).
+                require_approval=parent.require_approval,
+                input_timeout=parent.input_timeout,
+                input_timeout_action=parent.input_timeout_action,
             )
             child = await _started(
                 self._spawner,
@@ -313,6 +327,10 @@ class _Follower:
         self._child = child
         self._queue: asyncio.Queue[RunEvent] = asyncio.Queue()
         self._timed_out: str | None = None
+        # While the child waits for a person (culm.input) the watchdog sleeps: ``_waited``
+        # seconds of waiting so far, ``_waiting_since`` the start of the current wait.
+        self._waited = 0.0
+        self._waiting_since: float | None = None
 
     async def run(self) -> ChildOutcome:
         pump = asyncio.create_task(self._pump(), name=f"culm-subagent-{self._child.run_id}")
@@ -352,20 +370,30 @@ class _Follower:
                 await self._on_quiet(started, last_event)
                 continue
             last_event = time.monotonic()
+            self._track_waiting(event.type, last_event)
             self._forward(event)
             if is_terminal(event):
                 return self._outcome(event)
 
+    def _track_waiting(self, kind: str, now: float) -> None:
+        waits = kind in ("input_requested", "input_received")
+        if waits and self._waiting_since is None:
+            self._waiting_since = now
+        elif not waits and self._waiting_since is not None:
+            self._waited += now - self._waiting_since
+            self._waiting_since = None
+
     def _watch_deadline(self, started: float, last_event: float) -> float:
-        if self._timed_out is not None:
-            return float("inf")  # already cancelling: just wait for the end
-        return min(started + self._limits.max_duration, last_event + self._limits.idle_timeout)
+        if self._timed_out is not None or self._waiting_since is not None:
+            return float("inf")  # cancelling (wait for the end), or the child waits for a person
+        ran_until = started + self._waited + self._limits.max_duration
+        return min(ran_until, last_event + self._limits.idle_timeout)
 
     async def _on_quiet(self, started: float, last_event: float) -> None:
         now = time.monotonic()
-        if self._timed_out is not None:
+        if self._timed_out is not None or self._waiting_since is not None:
             return
-        if now >= started + self._limits.max_duration:
+        if now >= started + self._waited + self._limits.max_duration:
             self._timed_out = f"ran longer than {self._limits.max_duration:g} s"
         elif now >= last_event + self._limits.idle_timeout:
             self._timed_out = f"no event for {self._limits.idle_timeout:g} s"

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent
+from culm.domain.input import InputAnswer, InputRequest
 from culm.domain.models import Message, Run, RunStatus, Session, Usage
 
 
@@ -200,7 +201,13 @@ class Store(ABC):
 
     @abstractmethod
     async def claim_runs(
-        self, owner: str, *, limit: int, lease_seconds: float, exclude: Collection[str] = ()
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        exclude: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[Run]:
         """Claim and start up to ``limit`` ready runs for ``owner``, oldest first (created_at,
         run_id), in one statement: owner set, epoch + 1, lease = database now +
@@ -208,7 +215,8 @@ class Store(ABC):
         each run's input is appended as its first message, unless stored already (an earlier
         attempt). ``start_run`` is not needed after it. Concurrent claimers never claim one
         run twice. Runs in ``exclude`` are left (those whose earlier attempt the claimer still
-        winds down: one process never holds two attempts of a run)."""
+        winds down: one process never holds two attempts of a run); with ``only``, only
+        those runs are looked at (``culm run`` resuming its own run after an answer)."""
 
     @abstractmethod
     async def start_run(
@@ -302,6 +310,54 @@ class Store(ABC):
         stored gets its status). Returns the ids released (runs no longer ours are left).
         ``clean``: the owner stored every event it showed (the caller knows, the store does
         not), so what follows goes on from the last stored seq; else after ``seq_reserved``."""
+
+    # People in the loop (``storage/inputs.py``): a run waits for a person's answers
+
+    @abstractmethod
+    async def park_run(
+        self,
+        run_id: str,
+        *,
+        fence: Fence,
+        messages: Sequence[Message],
+        requests: Sequence[Mapping[str, object]],
+        events: Sequence[RunEvent],
+        usage: Usage,
+        timeout: float | None,
+    ) -> RunStatus:
+        """In one transaction fenced on ``fence``: append ``messages``, insert ``requests``
+        (``input_requests`` rows: request_id, kind, tool_call_id, tool_name, arguments,
+        question, choices; ``expires_at`` = database now + ``timeout``) and ``events`` (the
+        ``input_requested`` ones), and make the run ``waiting``: unowned, no lease, epoch + 1,
+        ``usage`` kept. Returns ``waiting``, or ``cancelled`` when a cancel was requested
+        meanwhile (the run is then ended so, with its terminal event)."""
+
+    @abstractmethod
+    async def answer_input(
+        self, run_id: str, request_id: str, answer: InputAnswer
+    ) -> tuple[InputRequest, list[RunEvent]]:
+        """Record ``answer`` and its ``input_received`` event (returned, stored); the run is
+        ready again (wake-up) once none of its requests is open. The same answer twice returns
+        the request and no event. ``NotFoundError`` for an unknown run or request,
+        ``InputConflictError`` for a request answered otherwise or a run not waiting,
+        ``InvalidFieldError`` for an answer of the wrong kind."""
+
+    @abstractmethod
+    async def list_input(
+        self, run_ids: Sequence[str], *, statuses: Sequence[str] | None = ("open",)
+    ) -> list[InputRequest]:
+        """The runs' requests (oldest first) in ``statuses`` (None: all)."""
+
+    @abstractmethod
+    async def resolve_input(
+        self, run_id: str, *, fence: Fence, messages: Sequence[Message], request_ids: Sequence[str]
+    ) -> None:
+        """A resumed run's results of its waiting calls, and their requests marked applied,
+        in one transaction fenced on ``fence``."""
+
+    @abstractmethod
+    async def input_counts(self) -> list[tuple[str, str, int]]:
+        """(tool name, outcome, count) of every answered or expired request."""
 
     # Workers
 

@@ -19,8 +19,11 @@ from culm.storage.rows import run_from_row
 from culm.storage.rowwriter import Prepared, RowWriter
 from culm.storage.schema import messages, run_events, runs
 
+# Runs a process executes or is about to (leases, fences); a waiting run is held by none.
 ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
-SLOT = sa.and_(runs.c.status.in_(ACTIVE), runs.c.queued.is_(False))
+# Runs holding their session's one slot: those, and runs waiting for a person's answer.
+SLOT_STATUSES = (*ACTIVE, RunStatus.WAITING.value)
+SLOT = sa.and_(runs.c.status.in_(SLOT_STATUSES), runs.c.queued.is_(False))
 QUEUED = sa.and_(runs.c.queued.is_(True), runs.c.status == RunStatus.PENDING.value)
 READY = sa.and_(
     runs.c.status == RunStatus.PENDING.value, runs.c.queued.is_(False), runs.c.owner.is_(None)

@@ -76,6 +76,7 @@ def claim(
     limit: int,
     lease_seconds: float,
     exclude: Sequence[str] = (),
+    only: Sequence[str] | None = None,
 ) -> list[Run]:
     """Claim and start up to ``limit`` ready runs: one transaction takes them (owner, epoch + 1,
     lease), marks them running and stores each one's input as its first message. Starting in
@@ -87,6 +88,8 @@ def claim(
     ready: sa.ColumnElement[bool] = sa.and_(schema.READY)  # the partial index's predicate
     if exclude:
         ready = sa.and_(ready, runs.c.run_id.not_in(exclude))
+    if only is not None:
+        ready = sa.and_(ready, runs.c.run_id.in_(only))
     picked = (
         sa.select(runs.c.run_id)
         .where(ready)
@@ -270,13 +273,16 @@ def renew(
     missing = set(fences) - set(kept)
     if missing:
         # A run its owner ended itself (``finish_run``, or ``start_run`` ending a cancelled one)
-        # keeps its epoch: it is done, not lost. Everyone else's ending bumps the epoch.
+        # keeps its epoch: it is done, not lost. Everyone else's ending bumps the epoch (and so
+        # does the owner's parking of a run to wait for a person: by one, in that transaction).
         ended = sa.select(runs.c.run_id, runs.c.status, runs.c.epoch).where(
             runs.c.run_id.in_(sorted(missing))
         )
         for row in conn.execute(ended):
             if RunStatus(row.status).is_terminal and row.epoch == fences[row.run_id]:
                 missing.discard(row.run_id)
+            elif row.status == RunStatus.WAITING.value and row.epoch == fences[row.run_id] + 1:
+                missing.discard(row.run_id)  # parked by its owner to wait for a person: done
     return Renewal(
         cancel_requested={run_id: reason for run_id, reason in sorted(kept.items()) if reason},
         lost=sorted(missing),
@@ -291,8 +297,9 @@ def request_cancel(
     run = None if row is None else run_from_row(row)
     if row is None or run is None or run.status.is_terminal:
         return run
-    if run.status is RunStatus.PENDING and row.owner is None:
-        # Nobody executes it (ready or queued): end it here, with its terminal event.
+    if run.status in (RunStatus.PENDING, RunStatus.WAITING) and row.owner is None:
+        # Nobody executes it (ready, queued or waiting for a person): end it here, with its
+        # terminal event.
         ops.end_cancelled(conn, rows, run, reason, dbtime.read_now(conn, dialect))
         if not run.queued:
             promote_next(conn, run.session_id, wake)

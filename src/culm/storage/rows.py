@@ -21,6 +21,9 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         workspace=row.workspace,
         metadata=row.metadata,
         created_at=row.created_at,
+        require_approval=tuple(row.require_approval or ()),
+        input_timeout=row.input_timeout,
+        input_timeout_action=row.input_timeout_action,
     )
 
 

@@ -58,6 +58,10 @@ sessions = sa.Table(
     sa.Column("workspace", sa.Text, nullable=False),
     sa.Column("metadata", JSONType, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    # People in the loop (culm.input): approval patterns, input timeout (seconds) and its action.
+    sa.Column("require_approval", JSONType, nullable=True),
+    sa.Column("input_timeout", sa.Float, nullable=True),
+    sa.Column("input_timeout_action", sa.String(8), nullable=False, server_default="deny"),
 )
 
 messages = sa.Table(
@@ -76,8 +80,9 @@ messages = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
-# Statuses that hold a session's one active-run slot (queued runs wait outside it).
-ACTIVE_SLOT = sa.text("status IN ('pending', 'running') AND queued = false")
+# Statuses that hold a session's one active-run slot (queued runs wait outside it); a run
+# waiting for a person's answer holds it too.
+ACTIVE_SLOT = sa.text("status IN ('pending', 'running', 'waiting') AND queued = false")
 # A ready run: holds its slot, waits for a worker to claim it (the claim's index).
 READY = sa.text("status = 'pending' AND queued = false AND owner IS NULL")
 # A run some worker holds a lease on (the sweeper's index).
@@ -189,4 +194,43 @@ compactions = sa.Table(
     sa.Column("summary_usage", JSONType, nullable=False),
     sa.Column("state", JSONType, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Requests of runs for a person's input (culm.input): approvals of tool calls and ``ask_user``
+# questions. ``status``: open | answered | expired | applied; ``answer`` as the person (or the
+# timeout) gave it. ``expires_at`` (database time) is checked by the sweepers.
+OPEN_REQUEST = sa.text("status = 'open'")
+
+input_requests = sa.Table(
+    "input_requests",
+    metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column(
+        "run_id",
+        sa.String(36),
+        sa.ForeignKey("runs.run_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("session_id", sa.String(36), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("tool_call_id", sa.String(200), nullable=False),
+    sa.Column("tool_name", sa.String(200), nullable=False),
+    sa.Column("arguments", JSONType, nullable=True),
+    sa.Column("question", sa.Text, nullable=True),
+    sa.Column("choices", JSONType, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("answer", JSONType, nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("position", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("answered_at", UTCDateTime, nullable=True),
+    sa.Index(
+        "ix_input_requests_expiring",
+        "expires_at",
+        sqlite_where=OPEN_REQUEST,
+        postgresql_where=OPEN_REQUEST,
+    ),
 )

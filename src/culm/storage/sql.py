@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent, event_from_json
+from culm.domain.input import InputAnswer, InputRequest
 from culm.domain.models import (
     Message,
     Run,
@@ -29,7 +30,7 @@ from culm.domain.models import (
 )
 from culm.errors import AlreadyRunningError, SessionBusyError, StorageUnavailableError
 from culm.storage import compactions as compaction_rows
-from culm.storage import fencing, migrate, ops, takeover, workers
+from culm.storage import fencing, inputs, migrate, ops, takeover, workers
 from culm.storage import queue as queue_ops
 from culm.storage.base import (
     Fence,
@@ -46,7 +47,7 @@ from culm.storage.health import StoreHealth, is_store_failure, unavailable
 from culm.storage.rows import run_from_row, run_to_row, session_from_row
 from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import compactions as compaction_table
-from culm.storage.schema import messages, run_events, runs, sessions
+from culm.storage.schema import input_requests, messages, run_events, runs, sessions
 from culm.storage.schema import workers as worker_table
 from culm.storage.wakeups import PostgresWakeups, Signal, Wake, listen_connect_args
 from culm.storage.writer import Write
@@ -142,6 +143,7 @@ class SqlStore(Store):
     async def create_session(self, session: Session) -> None:
         row = session.model_dump(mode="json")
         row["tools"] = list(session.tools)
+        row["require_approval"] = list(session.require_approval)
         row["created_at"] = session.created_at
 
         def transaction(conn: sa.Connection) -> None:
@@ -168,6 +170,7 @@ class SqlStore(Store):
                 raise SessionBusyError(session_id, active)
             run_ids = sa.select(runs.c.run_id).where(runs.c.session_id == session_id)
             conn.execute(run_events.delete().where(run_events.c.run_id.in_(run_ids)))
+            conn.execute(input_requests.delete().where(input_requests.c.session_id == session_id))
             conn.execute(runs.delete().where(runs.c.session_id == session_id))
             conn.execute(messages.delete().where(messages.c.session_id == session_id))
             conn.execute(
@@ -287,14 +290,22 @@ class SqlStore(Store):
         raise AlreadyRunningError(run.session_id, "unknown")
 
     async def claim_runs(
-        self, owner: str, *, limit: int, lease_seconds: float, exclude: Collection[str] = ()
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        exclude: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[Run]:
         if limit <= 0:
             return []
-        name = self.dialect.name
-        skip = sorted(exclude)
+        name, skip = self.dialect.name, sorted(exclude)
+        picked = None if only is None else sorted(only)
         return await self.write(
-            lambda conn: queue_ops.claim(conn, name, self._rows, owner, limit, lease_seconds, skip)
+            lambda conn: queue_ops.claim(
+                conn, name, self._rows, owner, limit, lease_seconds, skip, picked
+            )
         )
 
     async def start_run(
@@ -385,6 +396,69 @@ class SqlStore(Store):
             query = query.where(runs.c.parent_run_id == parent_run_id)
         async with self.read_connection() as conn:
             return [run_from_row(row) for row in await conn.execute(query)]
+
+    # People in the loop (``inputs.py``)
+
+    async def park_run(
+        self,
+        run_id: str,
+        *,
+        fence: Fence,
+        messages: Sequence[Message],
+        requests: Sequence[Mapping[str, object]],
+        events: Sequence[RunEvent],
+        usage: Usage,
+        timeout: float | None,
+    ) -> RunStatus:
+        values = [dict(request) for request in requests]
+
+        def transaction(conn: sa.Connection, wake: Wake) -> RunStatus:
+            return inputs.park(
+                conn,
+                self.dialect.name,
+                self._rows,
+                run_id=run_id,
+                fence=fence,
+                messages=messages,
+                requests=values,
+                events=events,
+                usage=usage,
+                timeout=timeout,
+                wake=wake,
+            )
+
+        return await self._queue_write(transaction)
+
+    async def answer_input(
+        self, run_id: str, request_id: str, answer: InputAnswer
+    ) -> tuple[InputRequest, list[RunEvent]]:
+        def transaction(conn: sa.Connection, wake: Wake) -> tuple[InputRequest, list[RunEvent]]:
+            return inputs.answer(
+                conn, self.dialect.name, self._rows, run_id, request_id, answer, wake
+            )
+
+        return await self._queue_write(transaction)
+
+    async def list_input(
+        self, run_ids: Sequence[str], *, statuses: Sequence[str] | None = ("open",)
+    ) -> list[InputRequest]:
+        if not run_ids:
+            return []
+        async with self.read_connection() as conn:
+            rows = await conn.execute(inputs.requests_query(run_ids, statuses))
+            return [inputs.request_from_row(row) for row in rows]
+
+    async def resolve_input(
+        self, run_id: str, *, fence: Fence, messages: Sequence[Message], request_ids: Sequence[str]
+    ) -> None:
+        await self.write(
+            lambda conn: inputs.resolve(conn, self._rows, run_id, fence, messages, request_ids)
+        )
+
+    async def input_counts(self) -> list[tuple[str, str, int]]:
+        async with self.read_connection() as conn:
+            rows = await conn.execute(inputs.COUNTS)
+            return [(str(row[0]), str(row[1]), int(row[2])) for row in rows]
 
     # Workers
 

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from culm.domain.events import Cancelled, Error, RunEventBase, RunRecovered
 from culm.domain.models import Run, RunStatus
-from culm.storage import dbtime, ops, schema, workers
+from culm.storage import dbtime, inputs, ops, schema, workers
 from culm.storage.base import SweepPolicy
 from culm.storage.ending import ending_values
 from culm.storage.queue import promote_next, promote_stranded
@@ -75,6 +75,7 @@ def sweep(
     )
     found = conn.execute(query).all()
     promote_stranded(conn, wake, limit=SWEEP_LIMIT)
+    inputs.expire(conn, dialect, rows, wake)  # input timeouts: in database time, no timer
     if not found:
         workers.retire(conn, dialect, policy.lease_seconds)
         return []
@@ -203,7 +204,7 @@ def _take(takeover: _Takeover, row: Any, *, requeue: bool) -> None:
 def _take_children(takeover: _Takeover, parent_run_id: str) -> None:
     query = (
         runs.select()
-        .where(runs.c.parent_run_id == parent_run_id, runs.c.status.in_(ops.ACTIVE))
+        .where(runs.c.parent_run_id == parent_run_id, runs.c.status.in_(ops.SLOT_STATUSES))
         .order_by(runs.c.run_id)
         .with_for_update(skip_locked=True)  # a locked one is swept on its own (its lease)
     )

@@ -46,6 +46,8 @@ class Tool(ABC):
     parameters: ClassVar[dict[str, Any]]
     # Read-only tools of one round run concurrently; the others run one after another, in order.
     read_only: ClassVar[bool] = False
+    # Every call needs a person's approval first, whatever the session says (``culm.input``).
+    require_approval: ClassVar[bool] = False
     # Seconds this tool may take, instead of the engine's ``tool_timeout`` (None: the default).
     timeout: float | None = None
 

@@ -1,0 +1,105 @@
+"""The engine's side of people in the loop: list a run's open requests, answer one, and check a
+session's input settings.
+
+An answer is stored with its ``input_received`` event by the store (the run is waiting: no
+process holds it), then handed to the observers (the metrics, the bus) and to this process's
+followers. Once no request is open the store makes the run ready; a worker claims it. A
+``culm run`` process (it claims no ready runs) claims its answered run itself and resumes it
+here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from culm.domain.events import RunEvent
+from culm.domain.input import InputAnswer, InputRequest
+from culm.domain.models import Run, RunStatus
+from culm.errors import InvalidFieldError, NotFoundError
+from culm.runtime.manager import RunManager
+from culm.runtime.registry import RunnerRegistry
+from culm.storage.base import Store
+
+# How deep GET /v1/runs/{run_id}/input looks for the requests of sub-agents below the run.
+MAX_DEPTH = 8
+
+
+def check_input_settings(
+    require_approval: Sequence[str], input_timeout: float | None, action: str
+) -> None:
+    """``InvalidFieldError`` for input settings a session cannot take."""
+    if isinstance(require_approval, str) or not all(
+        isinstance(p, str) and p for p in require_approval
+    ):
+        raise InvalidFieldError("require_approval", "a list of tool names or patterns")
+    if input_timeout is not None and not input_timeout > 0:
+        raise InvalidFieldError("input_timeout", "seconds, more than 0 (or null: no timeout)")
+    if action not in ("deny", "error"):
+        raise InvalidFieldError("input_timeout_action", "'deny' or 'error'")
+
+
+class InputService:
+    def __init__(
+        self,
+        store: Store,
+        registry: RunnerRegistry,
+        *,
+        local_bus: bool,
+        resume_here: RunManager | None = None,
+        lease_seconds: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._local_bus = local_bus
+        # Role CLI: claims and launches a run made ready by an answer given in this process.
+        self._resume_here = resume_here
+        self._lease_seconds = lease_seconds
+
+    async def pending(self, run_id: str) -> list[InputRequest]:
+        """The open requests of the run and of the sub-agent runs below it (oldest first),
+        each naming its ``run_id``: a child's request is answered on the child's run id."""
+        run = await self._require(run_id)
+        waiting: list[str] = []
+        await self._collect(run, waiting, MAX_DEPTH)
+        return await self._store.list_input(waiting) if waiting else []
+
+    async def _collect(self, run: Run, waiting: list[str], depth: int) -> None:
+        if run.status is RunStatus.WAITING:
+            waiting.append(run.run_id)
+        if depth == 0 or run.status.is_terminal:
+            return
+        for child in await self._store.list_runs(parent_run_id=run.run_id, limit=1000):
+            await self._collect(child, waiting, depth - 1)
+
+    async def respond(self, run_id: str, request_id: str, answer: InputAnswer) -> InputRequest:
+        request, events = await self._store.answer_input(run_id, request_id, answer)
+        if events:
+            self._announce(events)
+            if self._resume_here is not None:
+                await self._resume(self._resume_here, run_id)
+        return request
+
+    async def _resume(self, runs: RunManager, run_id: str) -> None:
+        """Claim the run if the answer made it ready, and resume it in this process."""
+        claimed = await self._store.claim_runs(
+            runs.owner, limit=1, lease_seconds=self._lease_seconds, only=[run_id]
+        )
+        for run in claimed:
+            runs.launch(run)
+
+    def _announce(self, events: Sequence[RunEvent]) -> None:
+        """Events the store wrote for a waiting run: to the observers (metrics, and the bus to
+        other processes) and, without a bus across processes, to this process's followers."""
+        self._registry.publish(events)
+        if self._local_bus:
+            self._registry.deliver(events)
+
+    async def counts(self) -> list[tuple[str, str, int]]:
+        return await self._store.input_counts()
+
+    async def _require(self, run_id: str) -> Run:
+        run = await self._store.get_run(run_id)
+        if run is None:
+            raise NotFoundError("run", run_id)
+        return run
+

@@ -1,0 +1,97 @@
+"""A run that waits for a person (``culm.input``): parking it, and picking its answers up when
+it resumes.
+
+Parking happens when the loop returns :class:`~culm.loop.approval.WaitForInput`: everything
+the run emitted is stored first, then one fenced transaction stores the round's messages, the
+requests, their ``input_requested`` events (stamped here, after the last seq stored) and makes
+the run ``waiting`` and unowned (``Store.park_run``). The runner then ends like any other:
+removed from the registry, its task done, its subscribers sent to the store. Nothing of the run
+stays in this process.
+
+Resuming: a claimed run that has done rounds and has answered requests not yet applied is a
+resumed run. It goes on as the same attempt: no second ``execution_started``, its usage and
+round count carried on from what parking stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from culm.domain.events import InputRequested
+from culm.domain.input import InputRequest
+from culm.domain.models import Run, RunStatus, Usage
+from culm.loop.approval import PendingInput, WaitForInput
+from culm.runtime.batcher import EventBatcher
+from culm.runtime.registry import RunnerRegistry
+from culm.runtime.runner import Runner
+from culm.storage.base import Fence, Store
+
+_ANSWERED = ("answered", "expired")
+
+
+async def park(
+    store: Store,
+    batcher: EventBatcher,
+    registry: RunnerRegistry,
+    runner: Runner,
+    fence: Fence,
+    wait: WaitForInput,
+    *,
+    usage: Usage,
+    timeout: float | None,
+) -> None:
+    """Make the run wait (see the module's docstring). Raises ``LeaseLostError`` when the run
+    is no longer this process's; sets ``runner.status`` to what the store made of it."""
+    await batcher.flush()
+    if batcher.isolated(runner.run_id, runner.epoch):
+        return  # its writes were refused: no longer ours to park
+    events = [runner.stamp_held(_requested(request)) for request in wait.requests]
+    status = await store.park_run(
+        runner.run_id,
+        fence=fence,
+        messages=wait.messages,
+        requests=[_row(request) for request in wait.requests],
+        events=events,
+        usage=usage,
+        timeout=timeout,
+    )
+    if status is RunStatus.WAITING:
+        registry.publish(events)  # to the runner's subscribers, the bus and the metrics
+    runner.status = status
+
+
+def _requested(request: PendingInput) -> InputRequested:
+    return InputRequested(
+        request_id=request.request_id,
+        kind=request.kind,
+        tool_call_id=request.call.id,
+        tool_name=request.call.name,
+        arguments=request.arguments,
+        question=request.question,
+        choices=request.choices,
+    )
+
+
+def _row(request: PendingInput) -> dict[str, object]:
+    return {
+        "request_id": request.request_id,
+        "kind": request.kind,
+        "tool_call_id": request.call.id,
+        "tool_name": request.call.name,
+        "arguments": request.arguments,
+        "question": request.question,
+        "choices": request.choices,
+    }
+
+
+async def answered(store: Store, run: Run) -> list[InputRequest]:
+    """The answered requests a resumed run applies first (none for a run that has done no
+    round: a fresh run asks nothing of the store)."""
+    if run.round_count == 0:
+        return []
+    return await store.list_input([run.run_id], statuses=_ANSWERED)
+
+
+def same_attempt(run: Run, requests: Sequence[InputRequest]) -> bool:
+    """Whether ``run`` resumes the attempt that asked (else a recovery re-queued it since)."""
+    return bool(requests) and all(request.attempt == run.attempt for request in requests)
