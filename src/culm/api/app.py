@@ -17,6 +17,7 @@ from culm.api.middleware import PROXY_PREFIXES, APIKeyAuth, BodySizeLimit
 from culm.api.routes import context, mcp, metrics, proxy, runs, schedules, sessions, workers
 from culm.api.schemas import Health
 from culm.bus.prometheus import BusCollector
+from culm.dashboard import routes as dashboard
 from culm.metrics.prometheus import Cluster, PrometheusExporter
 from culm.proxy.forward import Forwarder
 from culm.services import Engine
@@ -46,6 +47,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         version=__version__,
         description="Run LLM agents as background runs; stream, replay and cancel them.",
         lifespan=lifespan,
+        docs_url=None,  # the dashboard serves /docs from the package's assets (no CDN)
+        redoc_url=None,
     )
     app.state.engine = engine
     app.state.forwarder = forwarder = Forwarder(settings, engine.metrics)
@@ -94,6 +97,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(workers.router)
     app.include_router(metrics.router)
     app.include_router(metrics.exposition)
+    dashboard.install(app)
     app.add_middleware(
         BodySizeLimit,
         limit=settings.max_request_bytes,
