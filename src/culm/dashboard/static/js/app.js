@@ -1,0 +1,95 @@
+// The dashboard's shell: sign-in, the hash router, and the pages it mounts.
+import { api, h, toast, whenUnauthorized } from "./lib.js";
+import * as runs from "./runs.js";
+import * as run from "./run.js";
+import * as sessions from "./sessions.js";
+import * as schedules from "./schedules.js";
+import * as usage from "./usage.js";
+import * as system from "./system.js";
+
+const ROUTES = [
+  [/^#\/runs\/([^/]+)$/, run.render, "#/runs"],
+  [/^#\/runs$/, runs.render, "#/runs"],
+  [/^#\/sessions\/([^/]+)$/, sessions.renderOne, "#/sessions"],
+  [/^#\/sessions$/, sessions.render, "#/sessions"],
+  [/^#\/schedules$/, schedules.render, "#/schedules"],
+  [/^#\/usage$/, usage.render, "#/usage"],
+  [/^#\/mcp$/, system.renderMcp, "#/mcp"],
+  [/^#\/workers$/, system.renderWorkers, "#/workers"],
+];
+
+const main = document.getElementById("main");
+const signOut = document.getElementById("sign-out");
+let cleanup = null;
+let auth = { auth: false, signed_in: true };
+
+function route() {
+  if (cleanup) { cleanup(); cleanup = null; }
+  if (!auth.signed_in) return showSignIn();
+  const hash = location.hash || "#/runs";
+  for (const [pattern, render, nav] of ROUTES) {
+    const match = hash.match(pattern);
+    if (!match) continue;
+    for (const a of document.querySelectorAll(".top nav a")) {
+      if (a.getAttribute("href") === nav) a.setAttribute("aria-current", "page");
+      else a.removeAttribute("aria-current");
+    }
+    main.replaceChildren();
+    cleanup = render(main, ...match.slice(1).map(decodeURIComponent)) || null;
+    return;
+  }
+  location.hash = "#/runs";
+}
+
+function showSignIn(message) {
+  signOut.hidden = true;
+  const key = h("input", { type: "password", name: "api_key", autocomplete: "current-password", required: true });
+  const problem = h("p.error", { role: "alert", text: message || "" });
+  const form = h("form", {
+    onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        await api("/dashboard/session", { method: "POST", body: { api_key: key.value } });
+        auth = { auth: true, signed_in: true };
+        signOut.hidden = false;
+        route();
+      } catch (error) {
+        problem.textContent = error.message;
+        key.select();
+      }
+    },
+  },
+    h("h1", { text: "Sign in" }),
+    h("p.muted", { text: "This server has an API key (CULM_API_KEY). Enter it to open the dashboard." }),
+    h("label", {}, "API key", key),
+    problem,
+    h("button.primary", { type: "submit", text: "Sign in" }),
+  );
+  main.replaceChildren(h("section.signin.panel", {}, form));
+  key.focus();
+}
+
+whenUnauthorized(() => {
+  if (!auth.auth || !auth.signed_in) return;
+  auth = { auth: true, signed_in: false };
+  if (cleanup) { cleanup(); cleanup = null; }
+  showSignIn("Your sign-in expired: sign in again.");
+});
+
+signOut.addEventListener("click", async () => {
+  await api("/dashboard/session", { method: "DELETE" }).catch(() => {});
+  auth = { auth: true, signed_in: false };
+  route();
+});
+
+async function start() {
+  try {
+    auth = await api("/dashboard/session");
+  } catch (error) {
+    toast("The server did not answer: " + error.message, true);
+  }
+  signOut.hidden = !(auth.auth && auth.signed_in);
+  window.addEventListener("hashchange", route);
+  route();
+}
+start();

@@ -1,0 +1,69 @@
+// Server-sent events over fetch, resumed from the last seq after a dropped connection.
+
+const TERMINAL_EVENTS = new Set(["complete", "cancelled", "error"]);
+
+/**
+ * Follow a run's events from seq `after`: onEvents(batch) gets each batch once, in order, without
+ * duplicates, across reconnects (each one asks for ?after=<last seq seen>). Ends after the
+ * terminal event. onState("live" | "reconnecting" | "ended") tells the connection's state.
+ */
+export function followRun(runId, { after = 0, onEvents, onState = () => {} }) {
+  let last = after;
+  let stopped = false;
+  let controller = null;
+  let delay = 250;
+
+  async function connect() {
+    while (!stopped) {
+      controller = new AbortController();
+      let ended = false;
+      try {
+        const response = await fetch(`/v1/runs/${encodeURIComponent(runId)}/events?after=${last}`, {
+          headers: { Accept: "text/event-stream" }, signal: controller.signal, credentials: "same-origin",
+        });
+        if (response.status === 404 || response.status === 401) { onState("ended"); return; }
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        onState("live");
+        delay = 250;
+        ended = await read(response.body, (batch) => {
+          const fresh = batch.filter((event) => event.seq === undefined || event.seq > last);
+          for (const event of fresh) if (event.seq > last) last = event.seq;
+          if (fresh.length) onEvents(fresh);
+          return fresh.some((event) => TERMINAL_EVENTS.has(event.type));
+        });
+      } catch (error) {
+        if (stopped) return;
+      }
+      if (ended || stopped) { onState("ended"); return; }
+      onState("reconnecting");
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+
+  connect();
+  return {
+    get last() { return last; },
+    stop() { stopped = true; if (controller) controller.abort(); },
+  };
+}
+
+/** Parse an SSE body; deliver the events of each chunk as one batch. True once terminal. */
+async function read(body, deliver) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return false;
+    buffer += value;
+    const frames = buffer.split(/\r?\n\r?\n/);
+    buffer = frames.pop();
+    const batch = [];
+    for (const frame of frames) {
+      const data = [];
+      for (const line of frame.split(/\r?\n/)) if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      if (data.length) batch.push(JSON.parse(data.join("\n")));
+    }
+    if (batch.length && deliver(batch)) { reader.cancel().catch(() => {}); return true; }
+  }
+}
