@@ -27,13 +27,13 @@ def install(app: FastAPI) -> None:
     app.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")
 
 
-@router.get("/dashboard")
-@router.get("/dashboard/")
+@router.api_route("/dashboard", methods=["GET", "HEAD"])
+@router.api_route("/dashboard/", methods=["GET", "HEAD"])
 async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers=REVALIDATE)
 
 
-@router.get("/docs")
+@router.api_route("/docs", methods=["GET", "HEAD"])
 async def docs() -> FileResponse:
     return FileResponse(STATIC / "docs.html", headers=REVALIDATE)
 
