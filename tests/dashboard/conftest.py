@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.processes import CI
 
@@ -37,6 +37,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# A loaded machine (two cores, many test processes) is slow, not wrong: wait generously.
+expect.set_options(timeout=15_000)
 ARTIFACTS = Path(os.environ.get("CULM_TEST_ARTIFACTS", "test-artifacts")) / "dashboard"
 
 # Scripts of the scripted model the tests run (a name of their own: built-ins win over files).
@@ -192,6 +194,7 @@ class Relay:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
 
     def cut(self) -> None:
         """Reset every open connection (both sides)."""

@@ -83,13 +83,20 @@ signOut.addEventListener("click", async () => {
 });
 
 async function start() {
+  // The page is drawn at once (a server without a key answers its API calls); a server that
+  // wants a key answers them 401 until the browser signs in, and the session check says so.
+  window.addEventListener("hashchange", route);
+  route();
   try {
-    auth = await api("/dashboard/session");
+    const known = await api("/dashboard/session");
+    if (!known.signed_in && auth.signed_in) {
+      auth = known;
+      route();
+    }
+    auth = known;
   } catch (error) {
     toast("The server did not answer: " + error.message, true);
   }
   signOut.hidden = !(auth.auth && auth.signed_in);
-  window.addEventListener("hashchange", route);
-  route();
 }
 start();

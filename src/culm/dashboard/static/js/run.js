@@ -43,9 +43,9 @@ export function render(main, runId) {
     draining = true;
     const start = performance.now();
     while (queue.length && performance.now() - start < FRAME_BUDGET_MS) {
-      const batch = queue.shift();
-      for (const event of batch) transcript.handle(event);
-      log.push(batch);
+      const events = queue.shift().map((frame) => JSON.parse(frame.data));
+      for (const event of events) transcript.handle(event);
+      log.push(events);
     }
     counter.textContent = `(${num(total)})`;
     if (queue.length && !stopped) requestAnimationFrame(drain);

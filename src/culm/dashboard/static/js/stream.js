@@ -6,6 +6,9 @@ const TERMINAL_EVENTS = new Set(["complete", "cancelled", "error"]);
  * Follow a run's events from seq `after`: onEvents(batch) gets each batch once, in order, without
  * duplicates, across reconnects (each one asks for ?after=<last seq seen>). Ends after the
  * terminal event. onState("live" | "reconnecting" | "ended") tells the connection's state.
+ * A batch holds frames {seq, type, data}: `data` is the event's JSON text, left unparsed so a
+ * big replay is parsed bit by bit by the page (JSON.parse of 50,000 events at once would
+ * block the tab).
  */
 export function followRun(runId, { after = 0, onEvents, onState = () => {} }) {
   let last = after;
@@ -61,8 +64,14 @@ async function read(body, deliver) {
     const batch = [];
     for (const frame of frames) {
       const data = [];
-      for (const line of frame.split(/\r?\n/)) if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-      if (data.length) batch.push(JSON.parse(data.join("\n")));
+      let seq;
+      let type = "message";
+      for (const line of frame.split(/\r?\n/)) {
+        if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        else if (line.startsWith("id:")) seq = Number(line.slice(3));
+        else if (line.startsWith("event:")) type = line.slice(6).trim();
+      }
+      if (data.length) batch.push({ seq, type, data: data.join("\n") });
     }
     if (batch.length && deliver(batch)) { reader.cancel().catch(() => {}); return true; }
   }
