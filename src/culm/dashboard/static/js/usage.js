@@ -43,7 +43,7 @@ export function render(main) {
     if (a.error) agents.replaceChildren(h("p.muted", { text: "Not reported by this server." }));
     else agents.replaceChildren(table(a.agents || [], "agent"), chart(a.agents || [], "agent", "Tokens by agent"));
     if (!t.error) {
-      tools.replaceChildren(bars(t.tools.map((x) => ({ label: x.tool_name, value: x.calls, text: `${x.calls} (${x.failures} failed, p95 ${x.p95_latency_ms} ms)` })),
+      tools.replaceChildren(bars(t.tools.map((x) => ({ label: x.tool_name, value: x.calls, text: `${x.calls} (${x.failures} failed)` })),
         { title: "Calls by tool" }));
     }
     if (!fs.error) {
