@@ -31,6 +31,14 @@ def test_the_run_list_updates_live_tokens_arrive_and_cancel_ends_the_run(
     expect(transcript).to_contain_text(f"w{seen + 3} ")
     expect(page.locator("#stream-state")).to_have_attribute("data-state", "live")
 
+    # the session page: a new message while the run is active is refused, and says why
+    page.get_by_role("region", name="Run facts").get_by_role("link").first.click()
+    page.get_by_label("New message (starts a run)").fill("again")
+    page.get_by_role("button", name="Send").click()
+    refusal = page.get_by_role("alert")
+    expect(refusal).to_contain_text("already has an active run")
+    refusal.get_by_role("link", name="open the active run").click()
+
     page.get_by_role("button", name="Cancel run").click()
     expect(page.locator("#run-status")).to_have_text("cancelled")
     expect(transcript).to_contain_text("Cancelled")
