@@ -51,6 +51,25 @@ SCRIPTS: dict[str, dict[str, Any]] = {
     "dash-finite": {
         "turns": [[step for i in range(1, 61) for step in ({"text": f"w{i} "}, {"delay": 0.1})]]
     },
+    # spawns a sub-agent ("scout"), then answers
+    "dash-parent": {
+        "turns": [
+            [
+                {
+                    "tool_call": {
+                        "name": "spawn_agent",
+                        "arguments": {
+                            "task": "look around",
+                            "model": "scripted:dash-child",
+                            "title": "scout",
+                        },
+                    }
+                }
+            ],
+            [{"text": "Parent done."}],
+        ]
+    },  # fmt: skip
+    "dash-child": {"turns": [[{"reasoning": "child thinking"}, {"text": "child says hi"}]]},
     # calls list_dir, then answers
     "dash-tool": {
         "turns": [

@@ -108,6 +108,20 @@ def test_usage_charts_are_drawn_from_the_metrics(page: Page, server: Server) -> 
     expect(page.get_by_role("table", name="Usage by model")).to_contain_text("scripted:echo")
 
 
+def test_a_sub_agent_shows_its_own_transcript_in_the_tree(page: Page, server: Server) -> None:
+    run_id = start_run(server, "scripted:dash-parent", tools=["spawn_agent"])
+    page.goto(f"{server.url}/dashboard#/runs/{run_id}")
+    child = page.locator("#transcript details[data-child-run-id]")
+    expect(child).to_contain_text("scout")
+    expect(child).to_contain_text("child says hi")
+    expect(child.locator("details[data-kind=reasoning]")).not_to_have_attribute("open", "")
+    expect(page.locator("#run-status")).to_have_text("completed")
+    expect(page.locator("#transcript")).to_contain_text("Parent done.")
+    child_id = child.get_attribute("data-child-run-id")
+    assert child_id is not None
+    expect(page.locator("#children")).to_contain_text(child_id[:8])
+
+
 def test_approving_a_pending_tool_call(page: Page, server: Server) -> None:
     """People-in-the-loop (issue #18's API, coded against the shared contract): skipped only
     while this server has no ``/v1/runs/{id}/input`` route at all."""
