@@ -42,6 +42,10 @@ def test_a_minted_value_is_good_for_its_key_until_it_expires() -> None:
 async def test_sign_in_sets_a_strict_httponly_cookie_that_opens_reads(keyed: culm.Settings) -> None:
     async with running_server(keyed) as server, httpx2.AsyncClient(base_url=server.url) as client:
         assert (await client.get("/dashboard")).status_code == 200  # the page itself is open
+        script = await client.get("/dashboard/static/js/app.js")  # and its assets, revalidated
+        assert script.status_code == 200 and script.headers["cache-control"] == "no-cache"
+        assert "javascript" in script.headers["content-type"]
+        assert (await client.get("/dashboard/static/nope.js")).status_code == 404
         assert (await client.get("/dashboard/session")).json() == {"auth": True, "signed_in": False}
         wrong = await client.post("/dashboard/session", json={"api_key": "nope"})
         assert wrong.status_code == 401

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
@@ -24,7 +24,17 @@ router = APIRouter(include_in_schema=False)
 def install(app: FastAPI) -> None:
     """Mount the page, its assets and ``/docs`` on ``app``."""
     app.include_router(router)
-    app.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")
+    app.mount("/dashboard/static", _Revalidated(directory=STATIC), name="dashboard-static")
+
+
+class _Revalidated(StaticFiles):
+    """Assets the browser checks (ETag, 304) on every load: never stale after an upgrade (the
+    files' dates are the package's, so a heuristic cache could keep an old copy for days)."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(REVALIDATE)
+        return response
 
 
 @router.api_route("/dashboard", methods=["GET", "HEAD"])
