@@ -38,6 +38,11 @@ export function render(main) {
         label: p.start.slice(5), values: [p.tokens.prompt_tokens, p.tokens.completion_tokens],
       })), { title: "Tokens per day: prompt and completion", series: ["prompt", "completion"] }),
       h("p.muted", { text: "blue: prompt tokens, purple: completion tokens" }));
+      if (d.periods.some((p) => p.cost_usd !== undefined && p.cost_usd !== null)) {
+        daily.append(h("h2", { text: "Cost by day (USD; unpriced models not counted)" }),
+          columns(d.periods.map((p) => ({ label: p.start.slice(5), values: [p.cost_usd || 0] })),
+            { title: "Cost per day in USD", series: ["$"] }));
+      }
     }
     if (!m.error) models.replaceChildren(table(m.models, "model"), chart(m.models, "model", "Tokens by model"));
     if (a.error) agents.replaceChildren(h("p.muted", { text: "Not reported by this server." }));
