@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import Page, expect
 
-from tests.dashboard.conftest import Relay, Server, start_run, wait_terminal
+from tests.dashboard.conftest import ARTIFACTS, Relay, Server, start_run, wait_terminal
 
 
 def _words(text: str) -> list[str]:
@@ -158,6 +158,9 @@ def test_phone_width_dark_mode_and_docs_without_a_cdn(page: Page, server: Server
     assert background == "rgb(21, 23, 26)"  # the dark palette
     page.keyboard.press("Tab")  # the first stop is the skip link, then the sections
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "phone-dark-runs.png"), full_page=True)
 
     page.goto(server.url + "/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("culm")
