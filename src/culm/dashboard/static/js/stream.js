@@ -61,18 +61,25 @@ async function read(body, deliver) {
     buffer += value;
     const frames = buffer.split(/\r?\n\r?\n/);
     buffer = frames.pop();
-    const batch = [];
-    for (const frame of frames) {
-      const data = [];
-      let seq;
-      let type = "message";
-      for (const line of frame.split(/\r?\n/)) {
-        if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-        else if (line.startsWith("id:")) seq = Number(line.slice(3));
-        else if (line.startsWith("event:")) type = line.slice(6).trim();
-      }
-      if (data.length) batch.push({ seq, type, data: data.join("\n") });
+    // a big chunk (a replay) is cut into slices with a yield to the page between them
+    for (let i = 0; i < frames.length; i += SLICE) {
+      if (i) await new Promise((resolve) => setTimeout(resolve, 0));
+      const batch = frames.slice(i, i + SLICE).map(frame).filter((f) => f.data !== null);
+      if (batch.length && deliver(batch)) { reader.cancel().catch(() => {}); return true; }
     }
-    if (batch.length && deliver(batch)) { reader.cancel().catch(() => {}); return true; }
   }
+}
+
+const SLICE = 1000;
+
+function frame(text) {
+  const data = [];
+  let seq;
+  let type = "message";
+  for (const line of text.split(/\r?\n/)) {
+    if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+    else if (line.startsWith("id:")) seq = Number(line.slice(3));
+    else if (line.startsWith("event:")) type = line.slice(6).trim();
+  }
+  return { seq, type, data: data.length ? data.join("\n") : null };
 }
