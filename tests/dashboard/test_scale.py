@@ -78,8 +78,17 @@ def test_ten_thousand_runs_and_a_fifty_thousand_event_run(page: Page, server: Se
 
     page.goto(server.url + "/dashboard#/runs")
     page.wait_for_function("document.querySelectorAll('tr[data-run-id]').length === 50")
-    shown_ms = page.evaluate("performance.now()")
-    print(f"\nruns page over {RUNS} runs: 50 rows shown {shown_ms:.0f} ms after navigation")
+    # when the page drew the rows (its own mark), from the start of the navigation
+    shown_ms = page.evaluate("performance.getEntriesByName('culm:runs-drawn')[0].startTime")
+    api_ms = page.evaluate(
+        "performance.getEntriesByType('resource').find(e => e.name.includes('/v1/runs?')).duration"
+    )
+    print(f"\nruns page over {RUNS} runs: 50 rows drawn {shown_ms:.0f} ms after navigation")
+    print(f"(of which the list call {api_ms:.0f} ms)")
+    page.reload()  # again, the assets now revalidated from the browser's cache
+    page.wait_for_function("document.querySelectorAll('tr[data-run-id]').length === 50")
+    again_ms = page.evaluate("performance.getEntriesByName('culm:runs-drawn')[0].startTime")
+    print(f"reloaded: 50 rows drawn {again_ms:.0f} ms after navigation")
     assert shown_ms < 3000
     page.get_by_role("button", name="Older").click()
     expect(page.get_by_text("runs 51\u2013100")).to_be_visible()
