@@ -1,47 +1,47 @@
 // The dashboard's shell: sign-in, the hash router, and the pages it mounts.
 import { api, h, toast, whenUnauthorized } from "./lib.js";
-import * as runs from "./runs.js";
-import * as run from "./run.js";
-import * as sessions from "./sessions.js";
-import * as schedules from "./schedules.js";
-import * as usage from "./usage.js";
-import * as system from "./system.js";
 
+// Each page's module is loaded when it is first shown: a first visit fetches only what its page needs.
 const ROUTES = [
-  [/^#\/runs\/([^/]+)$/, run.render, "#/runs"],
-  [/^#\/runs$/, runs.render, "#/runs"],
-  [/^#\/sessions\/([^/]+)$/, sessions.renderOne, "#/sessions"],
-  [/^#\/sessions$/, sessions.render, "#/sessions"],
-  [/^#\/schedules$/, schedules.render, "#/schedules"],
-  [/^#\/usage$/, usage.render, "#/usage"],
-  [/^#\/mcp$/, system.renderMcp, "#/mcp"],
-  [/^#\/workers$/, system.renderWorkers, "#/workers"],
+  [/^#\/runs\/([^/]+)$/, () => import("./run.js"), "render", "#/runs"],
+  [/^#\/runs$/, () => import("./runs.js"), "render", "#/runs"],
+  [/^#\/sessions\/([^/]+)$/, () => import("./sessions.js"), "renderOne", "#/sessions"],
+  [/^#\/sessions$/, () => import("./sessions.js"), "render", "#/sessions"],
+  [/^#\/schedules$/, () => import("./schedules.js"), "render", "#/schedules"],
+  [/^#\/usage$/, () => import("./usage.js"), "render", "#/usage"],
+  [/^#\/mcp$/, () => import("./system.js"), "renderMcp", "#/mcp"],
+  [/^#\/workers$/, () => import("./system.js"), "renderWorkers", "#/workers"],
 ];
 
 const main = document.getElementById("main");
 const signOut = document.getElementById("sign-out");
 let cleanup = null;
+let shown = 0; // which route() call may draw: a later one wins over a slower earlier one
 let auth = { auth: false, signed_in: true };
 
-function route() {
+async function route() {
   if (cleanup) { cleanup(); cleanup = null; }
+  const mine = ++shown;
   if (!auth.signed_in) return showSignIn();
   const hash = location.hash || "#/runs";
-  for (const [pattern, render, nav] of ROUTES) {
+  for (const [pattern, load, name, nav] of ROUTES) {
     const match = hash.match(pattern);
     if (!match) continue;
     for (const a of document.querySelectorAll(".top nav a")) {
       if (a.getAttribute("href") === nav) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
     }
+    const page = await load();
+    if (mine !== shown) return;
     main.replaceChildren();
-    cleanup = render(main, ...match.slice(1).map(decodeURIComponent)) || null;
+    cleanup = page[name](main, ...match.slice(1).map(decodeURIComponent)) || null;
     return;
   }
   location.hash = "#/runs";
 }
 
 function showSignIn(message) {
+  shown += 1; // a page still loading must not draw over the form
   signOut.hidden = true;
   const key = h("input", { type: "password", name: "api_key", autocomplete: "current-password", required: true });
   const problem = h("p.error", { role: "alert", text: message || "" });
