@@ -12,6 +12,7 @@ import sqlite3
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from tests.dashboard.conftest import Server, start_run, wait_terminal
@@ -61,6 +62,7 @@ def _events(run_id: str, session_id: str) -> list[tuple[str, int, str, str, str]
     return rows
 
 
+@pytest.mark.slow
 def test_ten_thousand_runs_and_a_fifty_thousand_event_run(page: Page, server: Server) -> None:
     run = wait_terminal(server, start_run(server, "scripted:echo"))
     big = str(uuid.uuid4())
