@@ -165,3 +165,17 @@ def test_phone_width_dark_mode_and_docs_without_a_cdn(page: Page, server: Server
     page.goto(server.url + "/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("culm")
     assert outside == []
+
+
+def test_workers_and_mcp_pages_by_keyboard(page: Page, server: Server) -> None:
+    page.goto(server.url + "/dashboard#/runs")
+    expect(page.get_by_role("table", name="Runs")).to_be_visible()
+    nav = page.get_by_role("navigation", name="Sections")
+    nav.get_by_role("link", name="Workers").focus()
+    page.keyboard.press("Enter")
+    workers = page.get_by_role("table", name="Workers")
+    expect(workers.locator("tbody tr").first).to_be_visible()  # this server's own worker
+    expect(page.get_by_role("region", name="Run queue")).to_contain_text("Running")
+    nav.get_by_role("link", name="MCP servers").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("No MCP servers are configured.")).to_be_visible()
