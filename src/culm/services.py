@@ -491,11 +491,20 @@ class Engine:
         *,
         session_id: str | None = None,
         status: RunStatus | str | None = None,
+        trigger: RunTrigger | str | None = None,
+        model: str | None = None,
         limit: int = 100,
+        offset: int = 0,
     ) -> list[Run]:
+        """Newest first; ``offset`` pages through what the filters match."""
         self._require_open()
         return await self.store.list_runs(
-            session_id=session_id, status=RunStatus(status) if status else None, limit=limit
+            session_id=session_id,
+            status=RunStatus(status) if status else None,
+            trigger=RunTrigger(trigger) if trigger else None,
+            model=model,
+            limit=limit,
+            offset=offset,
         )
 
     async def cancel(

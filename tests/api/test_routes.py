@@ -228,3 +228,35 @@ async def test_a_run_lists_its_sub_agent_children(
     assert detail["usage_with_descendants"]["total_tokens"] == (
         detail["usage"]["total_tokens"] + child_total
     )
+
+
+async def test_runs_list_filters_by_trigger_and_model_and_pages_by_offset(
+    client: httpx2.AsyncClient,
+) -> None:
+    made = []
+    for model in ["scripted:echo", "scripted:demo", "scripted:echo"]:
+        run = (await client.post("/v1/runs", json={"message": "x", "model": model})).json()
+        await client.get(f"/v1/runs/{run['run_id']}/wait")
+        made.append(run["run_id"])
+
+    async def listed(**params: Any) -> list[str]:
+        response = await client.get("/v1/runs", params=params)
+        assert response.status_code == 200, response.text
+        return [r["run_id"] for r in response.json()["runs"]]
+
+    everything = await listed()
+    assert set(everything) == set(made) and len(everything) == 3
+    assert set(await listed(model="scripted:echo")) == {made[0], made[2]}
+    assert await listed(model="scripted:none") == []
+    assert set(await listed(trigger="api")) == set(made)
+    assert await listed(trigger="schedule") == []
+    # pages: the same order, cut where asked, nothing twice
+    pages = [await listed(limit=2, offset=0), await listed(limit=2, offset=2)]
+    assert pages[0] + pages[1] == everything and len(pages[1]) == 1
+    assert await listed(offset=3) == []
+    assert (
+        await listed(model="scripted:echo", limit=1, offset=1)
+        == [r for r in everything if r in {made[0], made[2]}][1:]
+    )
+    for bad in [{"offset": -1}, {"trigger": "nope"}, {"model": "m" * 201}]:
+        assert (await client.get("/v1/runs", params=bad)).status_code == 422

@@ -208,3 +208,29 @@ async def test_once_keeps_the_wall_clock_time_it_was_given(client: httpx2.AsyncC
         "run_now_if_past": False,
     }
     assert schedule["next_fire_at"] == "2026-12-01T08:00:00Z"  # 09:00 in Paris
+
+
+async def test_upcoming_fires_in_plain_words_and_none_while_paused(
+    client: httpx2.AsyncClient,
+) -> None:
+    schedule_id = (await client.post("/v1/schedules", json=BODY)).json()["schedule_id"]
+    upcoming = (await client.get(f"/v1/schedules/{schedule_id}/upcoming")).json()
+    assert upcoming["description"] == "at 09:00 on Monday through Friday"
+    assert upcoming["timezone"] == "Europe/Paris"
+    # the clock is Monday 2026-11-23 08:00 UTC (09:00 Paris): Tuesday to Friday, then Monday
+    assert upcoming["fires"] == [
+        "2026-11-24T08:00:00Z",
+        "2026-11-25T08:00:00Z",
+        "2026-11-26T08:00:00Z",
+        "2026-11-27T08:00:00Z",
+        "2026-11-30T08:00:00Z",
+    ]
+    two = (await client.get(f"/v1/schedules/{schedule_id}/upcoming", params={"count": 2})).json()
+    assert two["fires"] == upcoming["fires"][:2]
+    await client.patch(f"/v1/schedules/{schedule_id}", json={"enabled": False})
+    paused = (await client.get(f"/v1/schedules/{schedule_id}/upcoming")).json()
+    assert paused["fires"] == [] and paused["description"] == upcoming["description"]
+    for count in (0, 51):
+        wrong = await client.get(f"/v1/schedules/{schedule_id}/upcoming", params={"count": count})
+        assert wrong.status_code == 422
+    assert (await client.get("/v1/schedules/nope/upcoming")).status_code == 404

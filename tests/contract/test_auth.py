@@ -1,7 +1,8 @@
 """The API key: with ``CULM_API_KEY`` set, every route but ``/health`` needs it.
 
-The contract (docs/ARCHITECTURE.md, "HTTP API"): every route but ``/health`` needs
-``Authorization: Bearer <key>``; the proxy also accepts ``x-api-key``. The routes are not listed
+The contract (docs/ARCHITECTURE.md, "HTTP API"): every route but ``/health`` (and the
+dashboard's page, assets and sign-in, which hold no data) needs ``Authorization: Bearer <key>``
+or the dashboard's sign-in cookie; the proxy also accepts ``x-api-key``. The routes are not listed
 by hand: they are read from the app itself (HTTP and WebSocket, every method), so a route added
 later is covered without touching this file.
 """
@@ -17,7 +18,7 @@ import httpx2
 import pytest
 import websockets
 from fastapi.routing import APIWebSocketRoute
-from starlette.routing import WebSocketRoute
+from starlette.routing import Mount, WebSocketRoute
 
 import culm
 from culm.api.app import create_app
@@ -51,9 +52,16 @@ def _endpoints(settings: culm.Settings) -> list[tuple[str, str]]:
         inner = getattr(route, "starlette_route", None) or route
         if isinstance(inner, APIWebSocketRoute | WebSocketRoute):
             found.add(("WS", inner.path))
+        elif isinstance(inner, Mount):  # static files: every path below it
+            found.add(("GET", inner.path + "/{path}"))
         else:
             found.update((method, route.path) for method in route.methods)
     return sorted(found)
+
+
+def _open_dashboard(path: str) -> bool:
+    """The dashboard's page, its assets and its sign-in route hold no data: open to all."""
+    return path == "/dashboard" or path.startswith("/dashboard/")
 
 
 def _concrete(path: str) -> str:
@@ -117,8 +125,8 @@ async def test_every_route_and_method_refuses_a_missing_or_wrong_key(
                     assert await _refused_ws(ws_base + url, headers), (path, headers)
                     continue
                 answer = await client.request(method, url, headers=headers)
-                if path == "/health":
-                    assert answer.status_code == 200
+                if path == "/health" or _open_dashboard(path):
+                    assert answer.status_code != 401, (method, path)
                     continue
                 assert answer.status_code == 401, (method, path, headers)
                 if method != "HEAD":

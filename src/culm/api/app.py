@@ -18,6 +18,7 @@ from culm.api.routes import context, mcp, metrics, proxy, runs, schedules, sessi
 from culm.api.routes import input as input_requests
 from culm.api.schemas import Health
 from culm.bus.prometheus import BusCollector
+from culm.dashboard import routes as dashboard
 from culm.metrics.prometheus import Cluster, PrometheusExporter
 from culm.proxy.forward import Forwarder
 from culm.services import Engine
@@ -47,6 +48,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         version=__version__,
         description="Run LLM agents as background runs; stream, replay and cancel them.",
         lifespan=lifespan,
+        docs_url=None,  # the dashboard serves /docs from the package's assets (no CDN)
+        redoc_url=None,
     )
     app.state.engine = engine
     app.state.forwarder = forwarder = Forwarder(settings, engine.metrics)
@@ -96,6 +99,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(workers.router)
     app.include_router(metrics.router)
     app.include_router(metrics.exposition)
+    dashboard.install(app)
     app.add_middleware(
         BodySizeLimit,
         limit=settings.max_request_bytes,

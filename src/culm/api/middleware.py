@@ -7,13 +7,17 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from culm.api import cookie
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/dashboard"})
+# The dashboard's page, its assets and its sign-in route: nothing in them is data.
+OPEN_PREFIXES = ("/dashboard/",)
 # The forward proxy's routes: they also take the key as ``x-api-key`` (Anthropic's header),
 # and bigger bodies (``CULM_PROXY_MAX_REQUEST_BYTES``).
 PROXY_PREFIXES = ("/openai/", "/anthropic/")
@@ -45,8 +49,9 @@ async def _send_error(send: Send, status: int, code: str, message: str, **header
 
 
 class APIKeyAuth:
-    """With ``CULM_API_KEY`` set, every route but ``/health`` needs ``Authorization: Bearer``
-    (the proxy's routes take ``x-api-key`` as well)."""
+    """With ``CULM_API_KEY`` set, every route but ``/health`` and the dashboard's page (its
+    assets and sign-in: no data) needs ``Authorization: Bearer`` (the proxy's routes take
+    ``x-api-key`` as well) or the dashboard's sign-in cookie (:mod:`culm.api.cookie`)."""
 
     def __init__(
         self, app: ASGIApp, api_key: str, proxy_refusal: ProxyRefusal | None = None
@@ -56,22 +61,58 @@ class APIKeyAuth:
         self._key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        if (
+            scope["type"] not in ("http", "websocket")
+            or path in OPEN_PATHS
+            or path.startswith(OPEN_PREFIXES)
+        ):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
         token = _bearer(headers.get(b"authorization", b""))
         if (token and hmac.compare_digest(token, self._key)) or (
-            scope["path"].startswith(PROXY_PREFIXES)
+            path.startswith(PROXY_PREFIXES)
             and hmac.compare_digest(headers.get(b"x-api-key", b""), self._key)
         ):
             await self.app(scope, receive, send)
+            return
+        value = cookie.from_header(headers.get(b"cookie", b""))
+        if value is not None and cookie.valid(self._key.decode(), value):
+            await self._with_cookie(scope, receive, send, headers)
             return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 4401, "reason": "unauthorized"})
             return
         message = "missing or wrong API key (send Authorization: Bearer <CULM_API_KEY>)"
         await _refuse(self._proxy_refusal, scope, send, 401, "unauthorized", message)
+
+    async def _with_cookie(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
+    ) -> None:
+        """Let a cookie-authenticated request through unless it could be a cross-site forgery:
+        a write without the CSRF header, or a WebSocket from another origin."""
+        if scope["type"] == "websocket":
+            if not _same_origin(headers):
+                await send({"type": "websocket.close", "code": 4403, "reason": "cross-origin"})
+                return
+        elif (
+            scope["method"] not in cookie.SAFE_METHODS
+            and cookie.CSRF_HEADER.encode() not in headers
+        ):
+            message = (
+                f"a signed-in browser's {scope['method']} needs the {cookie.CSRF_HEADER} header"
+            )
+            await _send_error(send, 403, "csrf", message)
+            return
+        await self.app(scope, receive, send)
+
+
+def _same_origin(headers: dict[bytes, bytes]) -> bool:
+    """The ``Origin`` names the host the request was sent to."""
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    host = headers.get(b"host", b"").decode("latin-1")
+    return bool(host) and origin.partition("://")[2] == host
 
 
 def _bearer(authorization: bytes) -> bytes:

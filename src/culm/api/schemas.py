@@ -147,6 +147,16 @@ class ScheduleList(BaseModel):
     schedules: list[Schedule]
 
 
+class ScheduleUpcoming(BaseModel):
+    """A schedule's trigger in plain words and its next fire times (UTC; ``timezone`` is the
+    zone its cron fields and wall-clock times are read in)."""
+
+    schedule_id: str
+    description: str
+    timezone: str
+    fires: list[datetime]
+
+
 class ScheduleRunList(BaseModel):
     runs: list[ScheduleRun]
 

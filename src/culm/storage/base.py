@@ -14,7 +14,7 @@ from datetime import datetime
 from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent
 from culm.domain.input import InputAnswer, InputRequest
-from culm.domain.models import Message, Run, RunStatus, Session, Usage
+from culm.domain.models import Message, Run, RunStatus, RunTrigger, Session, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,9 +273,12 @@ class Store(ABC):
         session_id: str | None = None,
         status: RunStatus | None = None,
         parent_run_id: str | None = None,
+        trigger: RunTrigger | None = None,
+        model: str | None = None,
         limit: int = 100,
+        offset: int = 0,
     ) -> list[Run]:
-        """Newest first."""
+        """Newest first, from the ``offset``-th of those that match every filter given."""
 
     @abstractmethod
     async def sweep(

@@ -25,6 +25,7 @@ from culm.domain.models import (
     Message,
     Run,
     RunStatus,
+    RunTrigger,
     Session,
     Usage,
 )
@@ -385,9 +386,17 @@ class SqlStore(Store):
         session_id: str | None = None,
         status: RunStatus | None = None,
         parent_run_id: str | None = None,
+        trigger: RunTrigger | None = None,
+        model: str | None = None,
         limit: int = 100,
+        offset: int = 0,
     ) -> list[Run]:
-        query = runs.select().order_by(runs.c.created_at.desc(), runs.c.run_id).limit(limit)
+        query = runs.select().order_by(runs.c.created_at.desc(), runs.c.run_id)
+        query = query.limit(limit).offset(offset)
+        if trigger is not None:
+            query = query.where(runs.c.trigger == trigger.value)
+        if model is not None:
+            query = query.where(runs.c.model == model)
         if session_id is not None:
             query = query.where(runs.c.session_id == session_id)
         if status is not None:

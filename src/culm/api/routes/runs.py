@@ -13,7 +13,7 @@ from culm.api.openapi import errors, event_stream, wait_timeout
 from culm.api.routes.sessions import check_session
 from culm.api.schemas import CreateHeadlessRun, RunChild, RunDetail, RunList
 from culm.api.streaming import MAX_SEQ, sse_response, websocket_stream
-from culm.domain.models import Run, RunStatus
+from culm.domain.models import Run, RunStatus, RunTrigger
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -42,9 +42,21 @@ async def list_runs(
     engine: EngineDep,
     status: RunStatus | None = None,
     session_id: str | None = None,
+    trigger: RunTrigger | None = None,
+    model: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> RunList:
-    return RunList(runs=await engine.list_runs(session_id=session_id, status=status, limit=limit))
+    """Newest first, filtered by every parameter given; ``offset`` skips that many (paging)."""
+    runs = await engine.list_runs(
+        session_id=session_id,
+        status=status,
+        trigger=trigger,
+        model=model,
+        limit=limit,
+        offset=offset,
+    )
+    return RunList(runs=runs)
 
 
 @router.get("/{run_id}", responses=UNKNOWN)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Response
 
 from culm.api.confine import check_client_session
 from culm.api.deps import EngineDep
 from culm.api.openapi import errors
-from culm.api.schemas import ScheduleList, ScheduleRunList
+from culm.api.schemas import ScheduleList, ScheduleRunList, ScheduleUpcoming
+from culm.scheduler.describe import describe
 from culm.scheduler.models import Schedule, SchedulePatch, ScheduleRun, ScheduleSpec
+from culm.scheduler.triggers import next_after
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 
@@ -75,3 +79,24 @@ async def list_schedule_runs(
     """The schedule's fires, latest ``scheduled_for`` first: what each became, its ``run_id``,
     and how late its run started (``dispatch_lag_ms``)."""
     return ScheduleRunList(runs=await engine.schedules.runs(schedule_id, limit=limit))
+
+
+@router.get("/{schedule_id}/upcoming", responses=UNKNOWN)
+async def upcoming_fires(
+    schedule_id: str, engine: EngineDep, count: Annotated[int, Query(ge=1, le=50)] = 5
+) -> ScheduleUpcoming:
+    """The trigger in plain words and the next ``count`` fire times from ``next_fire_at``
+    (none while the schedule is paused, or once a ``once`` trigger has fired)."""
+    schedule = await engine.schedules.get(schedule_id)
+    zone = ZoneInfo(schedule.timezone)
+    fires: list[datetime] = []
+    fire = schedule.next_fire_at
+    while fire is not None and len(fires) < count:
+        fires.append(fire)
+        fire = next_after(schedule.trigger, zone, schedule.anchor_at, fire)
+    return ScheduleUpcoming(
+        schedule_id=schedule_id,
+        description=describe(schedule.trigger, schedule.timezone),
+        timezone=schedule.timezone,
+        fires=fires,
+    )

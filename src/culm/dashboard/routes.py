@@ -1,0 +1,90 @@
+"""``/dashboard`` (the page and its assets), ``/dashboard/session`` (sign in and out) and
+``/docs`` (Swagger UI from the package's copy, not a CDN)."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, FastAPI, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from culm.api import cookie
+from culm.api.deps import EngineDep
+
+STATIC = Path(__file__).parent / "static"
+# The page is small and changes with the package: let the browser revalidate it each time.
+REVALIDATE = {"cache-control": "no-cache"}
+
+router = APIRouter(include_in_schema=False)
+
+
+def install(app: FastAPI) -> None:
+    """Mount the page, its assets and ``/docs`` on ``app``."""
+    app.include_router(router)
+    app.mount("/dashboard/static", _Revalidated(directory=STATIC), name="dashboard-static")
+
+
+class _Revalidated(StaticFiles):
+    """Assets the browser checks (ETag, 304) on every load: never stale after an upgrade (the
+    files' dates are the package's, so a heuristic cache could keep an old copy for days)."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(REVALIDATE)
+        return response
+
+
+@router.api_route("/dashboard", methods=["GET", "HEAD"])
+@router.api_route("/dashboard/", methods=["GET", "HEAD"])
+async def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers=REVALIDATE)
+
+
+@router.api_route("/docs", methods=["GET", "HEAD"])
+async def docs() -> FileResponse:
+    return FileResponse(STATIC / "docs.html", headers=REVALIDATE)
+
+
+@router.get("/dashboard/session")
+async def session_state(request: Request, engine: EngineDep) -> dict[str, bool]:
+    """Whether the server wants a key (``auth``) and whether this browser is signed in."""
+    key = engine.settings.api_key
+    if key is None:
+        return {"auth": False, "signed_in": True}
+    value = request.cookies.get(cookie.COOKIE)
+    signed_in = value is not None and cookie.valid(key.get_secret_value(), value)
+    return {"auth": True, "signed_in": signed_in}
+
+
+@router.post("/dashboard/session")
+async def sign_in(
+    request: Request, engine: EngineDep, api_key: Annotated[str, Body(embed=True)]
+) -> Response:
+    """Sign in with ``CULM_API_KEY``: 204 and the session cookie, or 401."""
+    key = engine.settings.api_key
+    if key is None:
+        return Response(status_code=204)
+    if not hmac.compare_digest(api_key.encode(), key.get_secret_value().encode()):
+        error = {"code": "unauthorized", "message": "that is not the server's API key"}
+        return JSONResponse({"error": error}, status_code=401)
+    response = Response(status_code=204)
+    response.set_cookie(
+        cookie.COOKIE,
+        cookie.mint(key.get_secret_value()),
+        max_age=cookie.LIFETIME_SECONDS,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.delete("/dashboard/session")
+async def sign_out() -> Response:
+    response = Response(status_code=204)
+    response.delete_cookie(cookie.COOKIE, path="/", httponly=True, samesite="strict")
+    return response

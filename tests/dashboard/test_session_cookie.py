@@ -1,0 +1,108 @@
+"""The sign-in cookie over HTTP: what it opens, what it refuses (CSRF), and how it ends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx2
+import pytest
+import websockets
+
+import culm
+from culm.api import cookie
+from tests.api.conftest import running_server
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> culm.Settings:
+    return culm.Settings(home=tmp_path / "home", api_key=KEY)
+
+
+def test_a_minted_value_is_good_for_its_key_until_it_expires() -> None:
+    value = cookie.mint(KEY, now=1_000_000)
+    assert cookie.valid(KEY, value, now=1_000_000)
+    assert cookie.valid(KEY, value, now=1_000_000 + 12 * 3600)  # the last second of 12 hours
+    assert not cookie.valid(KEY, value, now=1_000_000 + 12 * 3600 + 1)
+    assert not cookie.valid("other-key", value, now=1_000_000)
+    assert KEY not in value  # the key itself never sits in the browser
+    expires, _, signature = value.partition(".")
+    for forged in [
+        f"{int(expires) + 1}.{signature}",
+        f"{expires}.{signature[:-1]}0",
+        "",
+        ".",
+        "x.y",
+    ]:
+        assert not cookie.valid(KEY, forged, now=1_000_000)
+
+
+async def test_sign_in_sets_a_strict_httponly_cookie_that_opens_reads(keyed: culm.Settings) -> None:
+    async with running_server(keyed) as server, httpx2.AsyncClient(base_url=server.url) as client:
+        assert (await client.get("/dashboard")).status_code == 200  # the page itself is open
+        script = await client.get("/dashboard/static/js/app.js")  # and its assets, revalidated
+        assert script.status_code == 200 and script.headers["cache-control"] == "no-cache"
+        assert "javascript" in script.headers["content-type"]
+        assert (await client.get("/dashboard/static/nope.js")).status_code == 404
+        assert (await client.get("/dashboard/session")).json() == {"auth": True, "signed_in": False}
+        wrong = await client.post("/dashboard/session", json={"api_key": "nope"})
+        assert wrong.status_code == 401
+        assert wrong.json()["error"]["code"] == "unauthorized"
+        assert (await client.get("/v1/runs")).status_code == 401
+
+        signed = await client.post("/dashboard/session", json={"api_key": KEY})
+        assert signed.status_code == 204
+        header = signed.headers["set-cookie"].lower()
+        assert "httponly" in header and "samesite=strict" in header and "path=/" in header
+        assert (await client.get("/dashboard/session")).json() == {"auth": True, "signed_in": True}
+        assert (await client.get("/v1/runs")).status_code == 200
+        assert (await client.get("/openapi.json")).status_code == 200
+
+        await client.delete("/dashboard/session")  # sign out
+        assert (await client.get("/v1/runs")).status_code == 401
+
+
+async def test_a_cookie_write_needs_the_csrf_header_and_a_bearer_write_does_not(
+    keyed: culm.Settings,
+) -> None:
+    async with running_server(keyed) as server, httpx2.AsyncClient(base_url=server.url) as client:
+        await client.post("/dashboard/session", json={"api_key": KEY})
+        body = {"message": "hi", "model": "scripted:echo"}
+        forged = await client.post("/v1/runs", json=body)
+        assert forged.status_code == 403
+        assert forged.json()["error"]["code"] == "csrf"
+        made = await client.post("/v1/runs", json=body, headers={"x-culm-csrf": "1"})
+        assert made.status_code == 202
+        run_id = made.json()["run_id"]
+        # the run's stream with the cookie alone (an EventSource cannot set headers)
+        async with client.stream("GET", f"/v1/runs/{run_id}/events") as events:
+            assert events.status_code == 200
+            text = "".join([chunk async for chunk in events.aiter_text()])
+        assert "event: complete" in text
+        client.cookies.clear()
+        bearer = {"authorization": f"Bearer {KEY}"}
+        assert (await client.post("/v1/runs", json=body, headers=bearer)).status_code == 202
+
+
+async def test_a_cookie_websocket_must_come_from_this_origin(keyed: culm.Settings) -> None:
+    async with running_server(keyed) as server, httpx2.AsyncClient(base_url=server.url) as client:
+        await client.post("/dashboard/session", json={"api_key": KEY})
+        headers = {"authorization": f"Bearer {KEY}"}
+        run = await client.post(
+            "/v1/runs", json={"message": "hi", "model": "scripted:echo"}, headers=headers
+        )
+        run_id = run.json()["run_id"]
+        value = client.cookies[cookie.COOKIE]
+        host = server.url.removeprefix("http://")
+        url = f"ws://{host}/v1/runs/{run_id}/ws?after=0"
+        jar = {"cookie": f"{cookie.COOKIE}={value}"}
+        async with websockets.connect(url, additional_headers=jar, origin=f"http://{host}") as ws:
+            assert json.loads(await ws.recv())["seq"] == 1
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(
+                url, additional_headers=jar, origin="http://evil.example"
+            ):
+                pass
+        assert refused.value.response.status_code == 403
