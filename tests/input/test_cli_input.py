@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import pty
+import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import httpx2
 import pytest
 
 from tests.api.test_serve import culm_serve
-from tests.cli.conftest import TIMEOUT, clean_env, culm_command, run_culm
+from tests.cli.conftest import TIMEOUT, clean_env, culm_command, restore_sigint, run_culm
 
 WRITE = {"tool_call": {"name": "write_file", "arguments": {"path": "out.txt", "content": "hi"}}}
 
@@ -118,3 +120,32 @@ async def test_culm_input_answers_from_another_shell(tmp_path: Path, database_ur
         assert "write_file  approved" in answered.stdout
         done = (await client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 20})).json()
         assert done["status"] == "completed"
+
+
+@pytest.mark.backends("sqlite")  # culm run is embedded (its own SQLite under CULM_HOME)
+def test_ctrl_c_at_the_prompt_cancels_the_waiting_run(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _script(home, "w", [[WRITE], [{"text": "finished"}]])
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        culm_command(*_run_args(home)),
+        env=clean_env(home, {"NO_COLOR": "1"}),
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        cwd=home,
+        preexec_fn=restore_sigint,
+    )
+    os.close(secondary)
+    seen = bytearray()
+    try:
+        _read_until(primary, b"[y]es / [n]o / [e]dit", seen)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=TIMEOUT) == 130, bytes(seen)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(primary)
+    assert not (home / "ws" / "out.txt").exists()
+    with sqlite3.connect(home / "culm.db") as db:
+        assert db.execute("SELECT status FROM runs").fetchall() == [("cancelled",)]

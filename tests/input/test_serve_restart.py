@@ -33,6 +33,12 @@ async def _until(client: httpx2.AsyncClient, status: str, count: int) -> dict[st
             await asyncio.sleep(0.1)
 
 
+async def _approve(client: httpx2.AsyncClient, run_id: str) -> None:
+    [request] = (await client.get(f"/v1/runs/{run_id}/input")).json()["requests"]
+    answer = {"request_id": request["request_id"], "approve": True}
+    assert (await client.post(f"/v1/runs/{run_id}/input", json=answer)).status_code == 200
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_a_killed_server_leaves_its_waiting_runs_waiting(
@@ -58,10 +64,7 @@ async def test_a_killed_server_leaves_its_waiting_runs_waiting(
     ):
         # The new process swept at its start (and, on SQLite, took over the dead one's runs).
         assert await _statuses(client) == dict.fromkeys(run_ids, "waiting")
-        for run_id in run_ids:
-            [request] = (await client.get(f"/v1/runs/{run_id}/input")).json()["requests"]
-            answer = {"request_id": request["request_id"], "approve": True}
-            assert (await client.post(f"/v1/runs/{run_id}/input", json=answer)).status_code == 200
+        await asyncio.gather(*(_approve(client, run_id) for run_id in run_ids))
         statuses = await _until(client, "completed", WAITING)
         assert statuses == dict.fromkeys(run_ids, "completed")
         for run_id in list(run_ids)[:3]:

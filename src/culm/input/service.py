@@ -102,4 +102,3 @@ class InputService:
         if run is None:
             raise NotFoundError("run", run_id)
         return run
-

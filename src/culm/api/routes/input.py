@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from culm.api.deps import EngineDep
 from culm.api.openapi import Responses, errors
@@ -25,21 +25,21 @@ class InputRequestList(BaseModel):
     )
 
 
-class AnswerInput(_Request):
-    """``approve`` (with an optional ``reason`` and edited ``arguments``) for an approval,
-    ``answer`` for a question (``approve: false`` declines it)."""
+class ApprovalAnswer(_Request):
+    """Approve (with edited ``arguments``, if any) or deny (with a ``reason``) a tool call; or,
+    with ``approve: false``, decline a question."""
 
     request_id: str = Field(max_length=36)
-    approve: bool | None = None
+    approve: bool
     reason: str | None = Field(default=None, max_length=10_000)
     arguments: dict[str, Any] | None = None
-    answer: str | None = Field(default=None, max_length=100_000)
 
-    @model_validator(mode="after")
-    def _something(self) -> AnswerInput:
-        if self.approve is None and self.answer is None:
-            raise ValueError("give approve (true or false) or answer")
-        return self
+
+class QuestionAnswer(_Request):
+    """Answer a question the model asked (``ask_user``)."""
+
+    request_id: str = Field(max_length=36)
+    answer: str = Field(max_length=100_000)
 
 
 class InputConflictDetail(ErrorDetail):
@@ -66,15 +66,18 @@ async def pending_input(run_id: str, engine: EngineDep) -> InputRequestList:
 
 
 @router.post("/{run_id}/input", responses={**errors({404: UNKNOWN, 422: INVALID}), **CONFLICT})
-async def answer_input(run_id: str, body: AnswerInput, engine: EngineDep) -> InputRequest:
+async def answer_input(
+    run_id: str, body: ApprovalAnswer | QuestionAnswer, engine: EngineDep
+) -> InputRequest:
     """Answer one of the run's input requests. Idempotent: the same answer again returns the
     request; a different one is 409 with the first. Once no request of the run is open, the run
     resumes (on whichever worker claims it)."""
+    if isinstance(body, QuestionAnswer):
+        return await engine.respond(run_id, body.request_id, answer=body.answer)
     return await engine.respond(
         run_id,
         body.request_id,
         approve=body.approve,
         reason=body.reason,
         arguments=body.arguments,
-        answer=body.answer,
     )
