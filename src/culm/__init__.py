@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from culm.services import Engine
     from culm.settings import Settings
     from culm.tools.base import Tool, ToolContext
+    from culm.tools.typed import FunctionTool, ToolDefinitionError, tool
 
 # Loaded on first use, so `import culm` (and the CLI's start) stays fast.
 _LAZY = {
@@ -71,6 +72,9 @@ _LAZY = {
     "Settings": "culm.settings",
     "Tool": "culm.tools.base",
     "ToolContext": "culm.tools.base",
+    "FunctionTool": "culm.tools.typed",
+    "ToolDefinitionError": "culm.tools.typed",
+    "tool": "culm.tools.typed",
 }
 
 
@@ -92,6 +96,7 @@ __all__ = [
     "ConfigError",
     "CulmError",
     "Engine",
+    "FunctionTool",
     "Message",
     "MultitaskPolicy",
     "NotFoundError",
@@ -107,6 +112,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolContext",
+    "ToolDefinitionError",
     "ToolResultMessage",
     "UnknownModelError",
     "UnknownToolError",
@@ -116,4 +122,5 @@ __all__ = [
     "__version__",
     "event_from_json",
     "event_to_json",
+    "tool",
 ]

@@ -48,6 +48,8 @@ class Tool(ABC):
     read_only: ClassVar[bool] = False
     # Seconds this tool may take, instead of the engine's ``tool_timeout`` (None: the default).
     timeout: float | None = None
+    # A call of this tool always waits for a person's approval (people in the loop).
+    require_approval: ClassVar[bool] = False
 
     @abstractmethod
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str: ...
