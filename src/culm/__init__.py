@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 from culm._version import __version__
 
 if TYPE_CHECKING:
+    from culm.agents.models import Agent, AgentDefinition, SessionSettings
+    from culm.apps.app import App
+    from culm.client import Client, SyncClient
     from culm.domain.compaction import Compaction
     from culm.domain.events import RunEvent, event_from_json, event_to_json
     from culm.domain.models import (
@@ -27,9 +30,11 @@ if TYPE_CHECKING:
     )
     from culm.errors import (
         AlreadyRunningError,
+        AppLoadError,
         ConfigError,
         CulmError,
         NotFoundError,
+        ReadOnlyError,
         RunFailure,
         UnknownModelError,
         UnknownToolError,
@@ -43,6 +48,12 @@ if TYPE_CHECKING:
 
 # Loaded on first use, so `import culm` (and the CLI's start) stays fast.
 _LAZY = {
+    "Agent": "culm.agents.models",
+    "AgentDefinition": "culm.agents.models",
+    "SessionSettings": "culm.agents.models",
+    "App": "culm.apps.app",
+    "Client": "culm.client",
+    "SyncClient": "culm.client",
     "Compaction": "culm.domain.compaction",
     "RunEvent": "culm.domain.events",
     "event_from_json": "culm.domain.events",
@@ -67,6 +78,8 @@ _LAZY = {
     "UnknownModelError": "culm.errors",
     "UnknownToolError": "culm.errors",
     "UserError": "culm.errors",
+    "AppLoadError": "culm.errors",
+    "ReadOnlyError": "culm.errors",
     "Script": "culm.providers.scripted",
     "Engine": "culm.services",
     "Settings": "culm.settings",
@@ -90,8 +103,16 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Agent",
+    "AgentDefinition",
+    "App",
+    "Client",
+    "SyncClient",
+    "SessionSettings",
     "AlreadyRunningError",
+    "AppLoadError",
     "AssistantMessage",
+    "ReadOnlyError",
     "Compaction",
     "ConfigError",
     "CulmError",

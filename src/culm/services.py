@@ -17,6 +17,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from culm.agents.models import session_settings
+from culm.agents.registry import Agents
+from culm.agents.store import AgentStore
+from culm.apps import App, create_app_schedules, resolve_apps
 from culm.bus.factory import build_bus
 from culm.context.view import model_view
 from culm.context.wiring import context_settings
@@ -84,9 +88,20 @@ class Engine:
         store: Store | None = None,
         clock: Clock | None = None,
         role: Role = Role.EMBEDDED,
+        app: App | str | Sequence[App | str] | None = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.role = role
+        self.apps = resolve_apps(
+            [app] if isinstance(app, App | str) else app or (),
+            configured=self.settings.app,
+            entry_points=self.settings.entry_point_apps,
+        )
+        self.agents = Agents(
+            {n: (d, a.name) for a in self.apps for n, d in a.agents.items()},
+            self.settings.agents,
+            str(self.settings.config_file),
+        )
         self._heartbeat: Heartbeat | None = None  # set at start, for the roles that execute
         # The schedules' time: tests pass a fake one (or, in processes, CULM_TEST_SCHEDULE_CLOCK).
         self._clock = clock or testclock.from_env() or utc_now
@@ -100,7 +115,8 @@ class Engine:
                 heartbeat=self.settings.subagent_heartbeat,
             )
         )
-        extra = [SpawnAgentTool(self, self.subagents), *(tools or ())]
+        app_tools = [tool for a in self.apps for tool in a.tools.values()]
+        extra = [SpawnAgentTool(self, self.subagents), *app_tools, *(tools or ())]
         overridden = {tool.name for tool in extra}
         self.sandbox = sandbox_from(self.settings)  # the bash tool's, checked now
         builtins = [
@@ -277,6 +293,8 @@ class Engine:
             enabled=self.settings.scheduler and self.role.ticks,
         )
         self.schedules = Schedules(schedule_store, self._ticker, self, self._clock)
+        self.agents.bind(AgentStore(store))
+        await create_app_schedules(self.schedules, self.apps)
         await self._ticker.start(stack)
 
     def _require_open(self) -> None:
@@ -288,29 +306,33 @@ class Engine:
     async def create_session(
         self,
         *,
-        model: str | None = None,
-        system_prompt: str | None = None,
-        tools: Sequence[str] = (),
-        workspace: str | Path | None = None,
-        metadata: dict[str, Any] | None = None,
+        agent: str | None = None,
         kind: SessionKind = SessionKind.ROOT,
         parent_session_id: str | None = None,
-        mcp_servers: dict[str, Any] | None = None,
+        **settings: Any,
     ) -> Session:
-        """Create a session. The model and tool names are checked now, so mistakes surface here.
-        ``mcp_servers`` are the session's own MCP servers (kept in its metadata)."""
+        """Create a session from ``settings`` (:class:`~culm.agents.models.SessionSettings`:
+        ``model``, ``system_prompt``, ``tools``, ``workspace``, ``metadata``, ``mcp_servers``
+        (the session's own MCP servers, kept in its metadata), ``max_rounds``,
+        ``tool_timeout``), over those of the named ``agent``. The model and tool names are
+        checked now, so mistakes surface here."""
         self._require_open()
+        fields = await self.agents.session_fields(agent, session_settings(settings).given())
         session_id = new_id()
         draft = self._draft(
             session_id,
-            model=model,
-            metadata=session_metadata(metadata, mcp_servers),
+            model=fields.get("model"),
+            metadata=session_metadata(fields.get("metadata"), fields.get("mcp_servers")),
             kind=kind,
             parent_session_id=parent_session_id,
-            system_prompt=system_prompt,
+            system_prompt=fields.get("system_prompt"),
+            agent=agent,
+            max_rounds=fields.get("max_rounds"),
+            tool_timeout=fields.get("tool_timeout"),
         )
-        tool_names = self.tools.expand(tools, draft)  # MCP names are checked against its servers
-        workspace_path = str(self._workspace(session_id, workspace))
+        # MCP names are checked against its servers
+        tool_names = self.tools.expand(fields.get("tools", ()), draft)
+        workspace_path = str(self._workspace(session_id, fields.get("workspace")))
         session = draft.model_copy(update={"tools": tool_names, "workspace": workspace_path})
         await self.store.create_session(session)
         return session
@@ -423,6 +445,7 @@ class Engine:
             model=model_name,
             trigger=RunTrigger(trigger),
             input=message,
+            agent=session.agent,
         )
         return await self.runs.start_run(run, MultitaskPolicy(multitask))
 
@@ -570,9 +593,9 @@ class Engine:
             tools={tool.name: tool for tool in await self.tools.resolve_for(session)},
             workspace=Path(session.workspace),
             limits=LoopLimits(
-                max_rounds=settings.max_rounds,
+                max_rounds=session.max_rounds or settings.max_rounds,
                 max_tool_calls_per_round=settings.max_tool_calls_per_round,
-                tool_timeout=settings.tool_timeout,
+                tool_timeout=session.tool_timeout or settings.tool_timeout,
                 model_max_attempts=settings.model_max_attempts,
                 retry_base_delay=settings.model_retry_base_delay,
                 retry_max_delay=settings.model_retry_max_delay,

@@ -19,6 +19,7 @@ from culm.errors import (
     EngineClosedError,
     InvalidFieldError,
     NotFoundError,
+    ReadOnlyError,
     RunFailure,
     SessionBusyError,
     StorageUnavailableError,
@@ -57,6 +58,8 @@ def _user_error(exc: UserError) -> JSONResponse:
             return error_response(409, "already_running", str(exc), run_id=exc.run_id)
         case SessionBusyError():
             return error_response(409, "session_busy", str(exc), run_id=exc.run_id)
+        case ReadOnlyError():
+            return error_response(409, "read_only", str(exc))
         case InvalidFieldError():
             return error_response(422, "invalid_request", str(exc), field=exc.field)
         case UnknownModelError() | UnknownToolError() | ConfigError():

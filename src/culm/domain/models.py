@@ -56,6 +56,11 @@ class Session(_Frozen):
     workspace: str
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utc_now)
+    # The named agent the session was made from (its settings were copied in, then overridden).
+    agent: str | None = None
+    # The loop's limits for this session's runs (None: the engine's settings).
+    max_rounds: int | None = None
+    tool_timeout: float | None = None
 
 
 class ToolCall(_Frozen):
@@ -148,6 +153,8 @@ class Run(_Frozen):
     model: str
     trigger: RunTrigger = RunTrigger.API
     attempt: int = 1
+    # The named agent of the run's session, if it was made from one (metrics group by it).
+    agent: str | None = None
     # Not in the contract's list but needed to run it: the user message that starts the run,
     # and whether it waits behind another run of its session (multitask "enqueue").
     input: str = ""

@@ -39,9 +39,10 @@ async def launch(
     and a run on it with trigger ``schedule``."""
     return await engine.run(
         config.message,
+        agent=config.agent,
         model=config.model,
         system_prompt=config.system_prompt,
-        tools=list(config.tools),
+        tools=list(config.tools) or None,  # none given: the agent's
         workspace=config.workspace,
         metadata={"schedule_id": schedule_id, "scheduled_for": scheduled_for.isoformat()},
         trigger=RunTrigger.SCHEDULE,

@@ -21,6 +21,9 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         workspace=row.workspace,
         metadata=row.metadata,
         created_at=row.created_at,
+        agent=row.agent,
+        max_rounds=row.max_rounds,
+        tool_timeout=row.tool_timeout,
     )
 
 
@@ -59,6 +62,7 @@ def run_from_row(row: sa.Row[Any]) -> Run:
         model=row.model,
         trigger=RunTrigger(row.trigger),
         attempt=row.attempt,
+        agent=row.agent,
         input=row.input,
         queued=row.queued,
         epoch=row.epoch,

@@ -56,6 +56,9 @@ sessions = sa.Table(
     sa.Column("workspace", sa.Text, nullable=False),
     sa.Column("metadata", JSONType, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("agent", sa.String(100), nullable=True),
+    sa.Column("max_rounds", sa.Integer, nullable=True),
+    sa.Column("tool_timeout", sa.Float, nullable=True),
 )
 
 messages = sa.Table(
@@ -117,6 +120,7 @@ runs = sa.Table(
     # The highest seq the run may have shown a client before storing it (pre-commit delivery):
     # recovery appends after it. See culm.domain.liveness.SEQ_RESERVE.
     sa.Column("seq_reserved", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("agent", sa.String(100), nullable=True, index=True),
     sa.Index("ix_runs_ready", "created_at", sqlite_where=READY, postgresql_where=READY),
     sa.Index("ix_runs_leased", "lease_expires_at", sqlite_where=LEASED, postgresql_where=LEASED),
     sa.Index(
@@ -187,4 +191,15 @@ compactions = sa.Table(
     sa.Column("summary_usage", JSONType, nullable=False),
     sa.Column("state", JSONType, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Named agents defined through the API (culm.agents): code- and config-defined ones are not
+# stored. ``definition`` is the agent's settings as JSON.
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("definition", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )

@@ -35,13 +35,13 @@ from typing import Any, ClassVar, get_type_hints, overload
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from culm.errors import ConfigError, ToolFailure
+from culm.errors import AppLoadError, ToolFailure
 from culm.tools.base import Tool, ToolContext
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class ToolDefinitionError(ConfigError):
+class ToolDefinitionError(AppLoadError):
     """A function that cannot be a tool; the message names the tool and the problem."""
 
 
@@ -133,7 +133,7 @@ def function_tool(
     """The :class:`FunctionTool` for ``fn`` (what :func:`tool` does)."""
     if isinstance(fn, Tool):
         raise ToolDefinitionError(f"tool {fn.name!r}: it is already a tool")
-    tool_name = name or getattr(fn, "__name__", "")
+    tool_name: str = name or str(getattr(fn, "__name__", ""))
     if not TOOL_NAME.match(tool_name):
         raise ToolDefinitionError(
             f"tool {tool_name!r}: a tool's name is 1-64 letters, digits, '_' or '-'"
