@@ -198,6 +198,12 @@ class Engine:
             self._start_dispatcher(store)  # the runs stop it first when they close
             await self._start_schedules(store, stack)
             self._stack = stack.pop_all()
+        if self.role is not Role.CLI:  # the apps' schedules (`culm run` only runs)
+            try:
+                await create_app_schedules(self.schedules, self.apps)
+            except BaseException:
+                await self.aclose()
+                raise
 
     async def _start_heartbeat(self, store: Store, stack: contextlib.AsyncExitStack) -> None:
         """Leases, sweeper and ``workers`` row, for every role that executes runs."""
@@ -294,7 +300,6 @@ class Engine:
         )
         self.schedules = Schedules(schedule_store, self._ticker, self, self._clock)
         self.agents.bind(AgentStore(store))
-        await create_app_schedules(self.schedules, self.apps)
         await self._ticker.start(stack)
 
     def _require_open(self) -> None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, overload
 
+from pydantic import ValidationError
+
 from culm.agents.models import AgentDefinition, check_agent_name
 from culm.errors import AppLoadError
 from culm.tools.base import Tool
@@ -93,7 +95,7 @@ class App:
             check_agent_name(name)
             definition = AgentDefinition(**settings)
         except ValueError as exc:  # pydantic's ValidationError too
-            raise AppLoadError(f"app {self.name!r}, agent {name!r}: {exc}") from None
+            raise AppLoadError(f"app {self.name!r}, agent {name!r}: {_problem(exc)}") from None
         if name in self.agents:
             raise AppLoadError(f"app {self.name!r}: agent {name!r} is defined twice")
         self.agents[name] = definition
@@ -110,10 +112,20 @@ class App:
         try:
             ScheduleSpec.model_validate(body)
         except ValueError as exc:
-            raise AppLoadError(f"app {self.name!r}, schedule {name!r}: {exc}") from None
+            raise AppLoadError(f"app {self.name!r}, schedule {name!r}: {_problem(exc)}") from None
         if name in self.schedules:
             raise AppLoadError(f"app {self.name!r}: schedule {name!r} is defined twice")
         self.schedules[name] = body
+
+
+def _problem(exc: ValueError) -> str:
+    """A validation error in one line, naming each field."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg']}"
+        for error in exc.errors(include_url=False)
+    )
 
 
 _RUN_CONFIG = ("message", "agent", "model", "system_prompt", "tools", "workspace")
