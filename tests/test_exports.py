@@ -8,15 +8,22 @@ import culm
 
 def test_exported_names() -> None:
     assert sorted(culm.__all__) == [
+        "Agent",
+        "AgentDefinition",
         "AlreadyRunningError",
+        "App",
+        "AppLoadError",
         "AssistantMessage",
+        "Client",
         "Compaction",
         "ConfigError",
         "CulmError",
         "Engine",
+        "FunctionTool",
         "Message",
         "MultitaskPolicy",
         "NotFoundError",
+        "ReadOnlyError",
         "Run",
         "RunEvent",
         "RunFailure",
@@ -25,10 +32,14 @@ def test_exported_names() -> None:
         "Script",
         "Session",
         "SessionKind",
+        "SessionSettings",
         "Settings",
+        "SyncClient",
         "Tool",
         "ToolCall",
         "ToolContext",
+        "ToolDefinitionError",
+        "ToolFailure",
         "ToolResultMessage",
         "UnknownModelError",
         "UnknownToolError",
@@ -38,6 +49,7 @@ def test_exported_names() -> None:
         "__version__",
         "event_from_json",
         "event_to_json",
+        "tool",
     ]
     for name in culm.__all__:
         assert hasattr(culm, name), name

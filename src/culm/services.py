@@ -65,6 +65,7 @@ from culm.settings import Settings, load_settings
 from culm.storage.base import Fence, QueueStats, Store, WorkerInfo
 from culm.storage.sql import SqlStore
 from culm.tools import Tool, ToolRegistry, builtin_tools
+from culm.tools.paths import session_workspace
 from culm.tools.sandbox import sandbox_from
 
 DEFAULT_GROUPS = {"read": ("read_file", "list_dir", "glob", "grep")}
@@ -92,16 +93,8 @@ class Engine:
     ) -> None:
         self.settings = settings or load_settings()
         self.role = role
-        self.apps = resolve_apps(
-            [app] if isinstance(app, App | str) else app or (),
-            configured=self.settings.app,
-            entry_points=self.settings.entry_point_apps,
-        )
-        self.agents = Agents(
-            {n: (d, a.name) for a in self.apps for n, d in a.agents.items()},
-            self.settings.agents,
-            str(self.settings.config_file),
-        )
+        self.apps = resolve_apps(app, self.settings)  # the user's tools, agents, schedules
+        self.agents = Agents.of(self.apps, self.settings)
         self._heartbeat: Heartbeat | None = None  # set at start, for the roles that execute
         # The schedules' time: tests pass a fake one (or, in processes, CULM_TEST_SCHEDULE_CLOCK).
         self._clock = clock or testclock.from_env() or utc_now
@@ -364,18 +357,7 @@ class Engine:
         return Session(session_id=session_id, model=model_name, workspace="", **fields)
 
     def _workspace(self, session_id: str, workspace: str | Path | None) -> Path:
-        if workspace is None:
-            path = self.settings.workspaces_dir / session_id
-            path.mkdir(parents=True, exist_ok=True)
-            return path
-        try:
-            path = Path(workspace).expanduser().resolve()
-            is_dir = path.is_dir()
-        except (OSError, ValueError, RuntimeError) as exc:  # too long, NUL byte, ~nobody
-            raise ConfigError(f"workspace {str(workspace)!r} is not usable: {exc}") from None
-        if not is_dir:
-            raise ConfigError(f"workspace {str(workspace)!r} is not an existing directory")
-        return path
+        return session_workspace(self.settings.workspaces_dir / session_id, workspace)
 
     async def get_session(self, session_id: str) -> Session:
         self._require_open()

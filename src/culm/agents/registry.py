@@ -7,12 +7,16 @@ read-only (change them where they are defined); a name taken by one of them cann
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from culm.agents.models import Agent, AgentDefinition, AgentSource, check_agent_name
 from culm.agents.store import AgentStore
 from culm.errors import InvalidFieldError, NotFoundError, ReadOnlyError
+
+if TYPE_CHECKING:
+    from culm.apps.app import App
+    from culm.settings import Settings
 
 
 class Agents:
@@ -30,6 +34,12 @@ class Agents:
         for name, (definition, origin) in code.items():  # code wins over config
             self._fixed[name] = _fixed(name, definition, AgentSource.CODE, origin)
         self._store: AgentStore | None = None
+
+    @classmethod
+    def of(cls, apps: Iterable[App], settings: Settings) -> Agents:
+        """The agents of ``apps`` (code) and of ``settings`` (config.toml)."""
+        code = {name: (d, app.name) for app in apps for name, d in app.agents.items()}
+        return cls(code, settings.agents, str(settings.config_file))
 
     def bind(self, store: AgentStore | None) -> None:
         """The database's agents (None: an engine on another store has only fixed ones)."""

@@ -18,6 +18,7 @@ from culm.errors import AppLoadError, CulmError, describe
 
 if TYPE_CHECKING:
     from culm.scheduler.service import Schedules
+    from culm.settings import Settings
 
 ENTRY_POINT_GROUP = "culm.apps"
 
@@ -66,17 +67,16 @@ def _name(point: importlib.metadata.EntryPoint) -> str:
     return point.name
 
 
-def resolve_apps(
-    given: Iterable[str | App], *, configured: Sequence[str], entry_points: bool
-) -> list[App]:
-    """The apps of an engine: those given, those configured (``CULM_APP``), and with
-    ``entry_points`` the installed ones; each once, checked for clashes."""
+def resolve_apps(given: App | str | Iterable[App | str] | None, settings: Settings) -> list[App]:
+    """The apps of an engine: those given, those configured (``CULM_APP``), and unless
+    ``CULM_ENTRY_POINT_APPS`` is off the installed ones; each once, checked for clashes."""
+    specs = [given] if isinstance(given, App | str) else list(given or ())
     apps: list[App] = []
-    for spec in [*given, *configured]:
+    for spec in [*specs, *settings.app]:
         app = load_app(spec)
         if all(app is not other for other in apps):
             apps.append(app)
-    if entry_points:
+    if settings.entry_point_apps:
         apps += [app for app in entry_point_apps() if all(app is not a for a in apps)]
     _check_clashes(apps)
     return apps
