@@ -17,6 +17,8 @@ READ_ONLY = errors(
     {409: "`read_only`: the agent is defined in code (an app) or config.toml; change it there"}
 )
 INVALID = errors({422: "`invalid_request`: a field is invalid (`field` names it)"})
+NO_ROUTE = errors({404: "`not_found`: no such route (a name holding `/`); PUT creates agents"})
+CREATED = {201: {"model": Agent, "description": "Created (200: replaced)"}}
 
 
 @router.get("")
@@ -30,7 +32,7 @@ async def get_agent(name: str, engine: EngineDep) -> Agent:
     return await engine.agents.get(name)
 
 
-@router.put("/{name}", responses={**READ_ONLY, **INVALID})
+@router.put("/{name}", responses={**CREATED, **NO_ROUTE, **READ_ONLY, **INVALID})
 async def put_agent(
     name: str, body: AgentDefinition, engine: EngineDep, response: Response
 ) -> Agent:
