@@ -335,6 +335,10 @@ class Engine:
         await self.store.create_session(session)
         return session
 
+    async def check_agent(self, name: str | None) -> None:
+        """Raise InvalidFieldError (``agent``) unless ``name`` is None or a known agent."""
+        await self.agents.session_fields(name, {})
+
     def check_session(
         self,
         *,

@@ -12,6 +12,10 @@ from culm.agents.models import AgentDefinition, AgentSource
 from culm.errors import InvalidFieldError, NotFoundError, ReadOnlyError
 from tests.support import settings
 
+# The database's part (the agents table, runs.agent, the metrics join) runs on both backends;
+# tests of the engine's merging of settings, the same on either, run on SQLite only.
+ENGINE_ONLY = pytest.mark.backends("sqlite")
+
 
 @pytest.fixture(autouse=True)
 def _on_each_backend(backend: str) -> str:
@@ -72,6 +76,7 @@ async def test_agents_from_three_sources_say_where_they_come_from(tmp_path: Path
         ("helper", {"model": "scripted:echo", "tools": ("glob",), "system_prompt": None}),
     ],
 )
+@ENGINE_ONLY
 async def test_a_session_takes_its_agents_settings(
     tmp_path: Path, agent: str, expected: dict[str, object]
 ) -> None:
@@ -83,6 +88,7 @@ async def test_a_session_takes_its_agents_settings(
     assert {key: getattr(stored, key) for key in expected} == expected
 
 
+@ENGINE_ONLY
 async def test_fields_given_override_the_agents(tmp_path: Path) -> None:
     async with engine(tmp_path) as eng:
         session = await eng.create_session(
@@ -94,6 +100,7 @@ async def test_fields_given_override_the_agents(tmp_path: Path) -> None:
     assert empty.tools == ()
 
 
+@ENGINE_ONLY
 async def test_runs_record_the_agent_and_follow_its_limits(tmp_path: Path) -> None:
     looping = culm.Script(
         turns=[[{"tool_call": {"name": "glob", "arguments": {"pattern": "*"}}}]], repeat_last=True
@@ -110,6 +117,7 @@ async def test_runs_record_the_agent_and_follow_its_limits(tmp_path: Path) -> No
     assert ended.status is culm.RunStatus.ERROR and ended.round_count == 2
 
 
+@ENGINE_ONLY
 async def test_read_only_agents_and_unknown_ones(tmp_path: Path) -> None:
     async with engine(tmp_path) as eng:
         with pytest.raises(ReadOnlyError, match="agent 'coder' is defined in code"):
@@ -136,6 +144,7 @@ async def test_put_replaces_and_delete_removes(tmp_path: Path) -> None:
     assert second.created_at == first.created_at
 
 
+@ENGINE_ONLY
 async def test_schedules_fire_as_the_agent(tmp_path: Path) -> None:
     async with engine(tmp_path) as eng:
         schedule = await eng.schedules.create(
@@ -169,3 +178,14 @@ async def test_metrics_by_agent(tmp_path: Path) -> None:
     assert sorted(rows) == ["coder", "reviewer"]
     assert (rows["coder"].runs, rows["reviewer"].runs) == (2, 1)
     assert rows["coder"].rounds == 2 and rows["coder"].tokens.total_tokens > 0
+
+
+@ENGINE_ONLY
+async def test_a_schedule_with_an_unknown_agent_is_refused(tmp_path: Path) -> None:
+    async with engine(tmp_path) as eng:
+        with pytest.raises(InvalidFieldError, match="run_config.agent: unknown agent 'nobody'"):
+            await eng.schedules.create(
+                name="bad",
+                trigger={"type": "interval", "every_seconds": 60},
+                run_config={"message": "hi", "agent": "nobody"},
+            )

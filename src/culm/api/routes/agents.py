@@ -3,6 +3,8 @@ config-defined ones are read-only: 409 ``read_only``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 
 from culm.agents.models import Agent, AgentDefinition, AgentList
@@ -18,7 +20,9 @@ READ_ONLY = errors(
 )
 INVALID = errors({422: "`invalid_request`: a field is invalid (`field` names it)"})
 NO_ROUTE = errors({404: "`not_found`: no such route (a name holding `/`); PUT creates agents"})
-CREATED = {201: {"model": Agent, "description": "Created (200: replaced)"}}
+CREATED: dict[int | str, dict[str, Any]] = {
+    201: {"model": Agent, "description": "Created (200: replaced)"}
+}
 
 
 @router.get("")
