@@ -183,3 +183,12 @@ async def test_engine_app_and_its_schedule_made_once(tmp_path: Path) -> None:
             schedules = await engine.schedules.list()
     [schedule] = schedules
     assert schedule.name == "nightly" and schedule.run_config.message == "tidy up"
+
+
+def test_culm_app_names_apps_comma_separated(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CULM_APP", "one.main:app, two:app")
+    monkeypatch.setenv("CULM_ENTRY_POINT_APPS", "false")
+    loaded = culm.Settings(home=tmp_path)
+    assert (loaded.app, loaded.entry_point_apps) == (["one.main:app", "two:app"], False)
