@@ -316,21 +316,20 @@ class Engine:
         checked now, so mistakes surface here."""
         self._require_open()
         fields = await self.agents.session_fields(agent, session_settings(settings).given())
+        tools, workspace = fields.pop("tools", ()), fields.pop("workspace", None)
+        metadata = session_metadata(fields.pop("metadata", None), fields.pop("mcp_servers", None))
         session_id = new_id()
-        draft = self._draft(
+        draft = self._draft(  # the other settings are the session's fields of the same name
             session_id,
-            model=fields.get("model"),
-            metadata=session_metadata(fields.get("metadata"), fields.get("mcp_servers")),
+            model=fields.pop("model", None),
+            metadata=metadata,
             kind=kind,
             parent_session_id=parent_session_id,
-            system_prompt=fields.get("system_prompt"),
             agent=agent,
-            max_rounds=fields.get("max_rounds"),
-            tool_timeout=fields.get("tool_timeout"),
+            **fields,
         )
-        # MCP names are checked against its servers
-        tool_names = self.tools.expand(fields.get("tools", ()), draft)
-        workspace_path = str(self._workspace(session_id, fields.get("workspace")))
+        tool_names = self.tools.expand(tools, draft)  # MCP names: against its servers
+        workspace_path = str(self._workspace(session_id, workspace))
         session = draft.model_copy(update={"tools": tool_names, "workspace": workspace_path})
         await self.store.create_session(session)
         return session
