@@ -3,11 +3,11 @@ config-defined ones are read-only: 409 ``read_only``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 
-from culm.agents.models import Agent, AgentDefinition, AgentList
+from culm.agents.models import AGENT_NAME, Agent, AgentDefinition, AgentList
 from culm.api.deps import EngineDep
 from culm.api.openapi import errors
 from culm.api.routes.sessions import check_settings
@@ -38,7 +38,10 @@ async def get_agent(name: str, engine: EngineDep) -> Agent:
 
 @router.put("/{name}", responses={**CREATED, **NO_ROUTE, **READ_ONLY, **INVALID})
 async def put_agent(
-    name: str, body: AgentDefinition, engine: EngineDep, response: Response
+    name: Annotated[str, Path(pattern=AGENT_NAME.pattern, max_length=100)],
+    body: AgentDefinition,
+    engine: EngineDep,
+    response: Response,
 ) -> Agent:
     """Create (201) or replace (200) an agent stored in the database. Its model, tools and
     workspace are checked as a new session's would be."""
