@@ -8,8 +8,13 @@ import culm
 
 def test_exported_names() -> None:
     assert sorted(culm.__all__) == [
+        "Agent",
+        "AgentDefinition",
         "AlreadyRunningError",
+        "App",
+        "AppLoadError",
         "AssistantMessage",
+        "Client",
         "Compaction",
         "ConfigError",
         "CulmError",
@@ -17,9 +22,11 @@ def test_exported_names() -> None:
         "InputAnswer",
         "InputConflictError",
         "InputRequest",
+        "FunctionTool",
         "Message",
         "MultitaskPolicy",
         "NotFoundError",
+        "ReadOnlyError",
         "Run",
         "RunEvent",
         "RunFailure",
@@ -28,10 +35,14 @@ def test_exported_names() -> None:
         "Script",
         "Session",
         "SessionKind",
+        "SessionSettings",
         "Settings",
+        "SyncClient",
         "Tool",
         "ToolCall",
         "ToolContext",
+        "ToolDefinitionError",
+        "ToolFailure",
         "ToolResultMessage",
         "UnknownModelError",
         "UnknownToolError",
@@ -41,6 +52,7 @@ def test_exported_names() -> None:
         "__version__",
         "event_from_json",
         "event_to_json",
+        "tool",
     ]
     for name in culm.__all__:
         assert hasattr(culm, name), name

@@ -69,7 +69,7 @@ async def test_the_python_example_leaves_nothing_behind(
 ) -> None:
     """It runs as written against a fresh CULM_HOME, and no schedule is left that every later
     ``culm serve`` would fire."""
-    (example,) = fenced("python")[1:]  # the first one is the proxy's client
+    example = fenced("python")[1]  # the first is the proxy's client, the last an app
     home = tmp_path / "home"
     monkeypatch.setenv("CULM_HOME", str(home))
     script = tmp_path / "example.py"
@@ -111,3 +111,30 @@ async def test_the_mcp_example_works_from_culms_virtualenv(
     (result,) = [event for event in events if isinstance(event, ToolComplete)]
     assert '"timezone": "UTC"' in result.result
     assert events[-1].type == "complete"
+
+
+async def test_the_app_example_loads_and_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's app, as written, loaded by module:attr: its typed tool answers the agent."""
+    (example,) = [block for block in fenced("python") if "app = culm.App()" in block]
+    (tmp_path / "myagents.py").write_text(example)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    script = {
+        "turns": [
+            [{"tool_call": {"name": "convert", "arguments": {"amount": 10, "to": "USD"}}}],
+            [{"text": "done"}],
+        ]
+    }
+    try:
+        settings = culm.Settings(home=tmp_path / "home", scheduler=False)
+        async with culm.Engine(settings, app="myagents:app") as engine:
+            engine.scripts.register("books", script)
+            [schedule] = await engine.schedules.list()
+            run = await engine.run("10 EUR in USD?", agent="accountant", model="scripted:books")
+            events = [event async for event in engine.subscribe(run.run_id)]
+    finally:
+        sys.modules.pop("myagents", None)
+    (result,) = [event for event in events if isinstance(event, ToolComplete)]
+    assert result.result == '{"USD":11.0}'
+    assert schedule.run_config.agent == "accountant"

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 from culm._version import __version__
 
 if TYPE_CHECKING:
+    from culm.agents.models import Agent, AgentDefinition, SessionSettings
+    from culm.apps.app import App
+    from culm.client import Client, SyncClient
     from culm.domain.compaction import Compaction
     from culm.domain.events import RunEvent, event_from_json, event_to_json
     from culm.domain.input import InputAnswer, InputRequest
@@ -28,11 +31,14 @@ if TYPE_CHECKING:
     )
     from culm.errors import (
         AlreadyRunningError,
+        AppLoadError,
         ConfigError,
         CulmError,
         InputConflictError,
         NotFoundError,
+        ReadOnlyError,
         RunFailure,
+        ToolFailure,
         UnknownModelError,
         UnknownToolError,
         UserError,
@@ -41,9 +47,16 @@ if TYPE_CHECKING:
     from culm.services import Engine
     from culm.settings import Settings
     from culm.tools.base import Tool, ToolContext
+    from culm.tools.typed import FunctionTool, ToolDefinitionError, tool
 
 # Loaded on first use, so `import culm` (and the CLI's start) stays fast.
 _LAZY = {
+    "Agent": "culm.agents.models",
+    "AgentDefinition": "culm.agents.models",
+    "SessionSettings": "culm.agents.models",
+    "App": "culm.apps.app",
+    "Client": "culm.client",
+    "SyncClient": "culm.client",
     "Compaction": "culm.domain.compaction",
     "RunEvent": "culm.domain.events",
     "event_from_json": "culm.domain.events",
@@ -68,14 +81,20 @@ _LAZY = {
     "InputConflictError": "culm.errors",
     "NotFoundError": "culm.errors",
     "RunFailure": "culm.errors",
+    "ToolFailure": "culm.errors",
     "UnknownModelError": "culm.errors",
     "UnknownToolError": "culm.errors",
     "UserError": "culm.errors",
+    "AppLoadError": "culm.errors",
+    "ReadOnlyError": "culm.errors",
     "Script": "culm.providers.scripted",
     "Engine": "culm.services",
     "Settings": "culm.settings",
     "Tool": "culm.tools.base",
     "ToolContext": "culm.tools.base",
+    "FunctionTool": "culm.tools.typed",
+    "ToolDefinitionError": "culm.tools.typed",
+    "tool": "culm.tools.typed",
 }
 
 
@@ -91,8 +110,16 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Agent",
+    "AgentDefinition",
+    "App",
+    "Client",
+    "SyncClient",
+    "SessionSettings",
     "AlreadyRunningError",
+    "AppLoadError",
     "AssistantMessage",
+    "ReadOnlyError",
     "Compaction",
     "ConfigError",
     "CulmError",
@@ -100,6 +127,7 @@ __all__ = [
     "InputAnswer",
     "InputConflictError",
     "InputRequest",
+    "FunctionTool",
     "Message",
     "MultitaskPolicy",
     "NotFoundError",
@@ -115,6 +143,8 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolContext",
+    "ToolDefinitionError",
+    "ToolFailure",
     "ToolResultMessage",
     "UnknownModelError",
     "UnknownToolError",
@@ -124,4 +154,5 @@ __all__ = [
     "__version__",
     "event_from_json",
     "event_to_json",
+    "tool",
 ]

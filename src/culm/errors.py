@@ -9,7 +9,10 @@ CulmError
 │   ├── NotFoundError          an unknown session or run id
 │   ├── AlreadyRunningError    the session has an active run (carries its run_id)
 │   ├── SessionBusyError       the session cannot be deleted while a run is active
-│   └── InputConflictError     an input request answered already, or whose run is not waiting
+│   ├── InputConflictError     an input request answered already, or whose run is not waiting
+│   ├── ReadOnlyError          a change to what is defined elsewhere (a code- or config-defined agent)
+│   └── AppLoadError           an app (``module:attr``, CULM_APP, entry point) cannot be loaded
+│       └── ToolDefinitionError  (culm.tools.typed) a function that cannot be a tool
 ├── RunFailure                 a run ended in error; ``code`` is the error event's code
 │   ├── ModelError             the model call failed
 │   │   ├── ModelHTTPError     the provider answered with an HTTP error (status, retry_after)
@@ -79,6 +82,14 @@ class SessionBusyError(UserError):
         super().__init__(f"session {session_id!r} has an active run {run_id!r}")
         self.session_id = session_id
         self.run_id = run_id
+
+
+class ReadOnlyError(UserError):
+    """A change to something defined elsewhere (code or config.toml); the message says where."""
+
+
+class AppLoadError(UserError):
+    """An app cannot be loaded; the message names the app, the module and the problem."""
 
 
 class SessionChangedError(SessionBusyError):

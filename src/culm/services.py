@@ -17,6 +17,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from culm.agents.models import session_settings
+from culm.agents.registry import Agents
+from culm.agents.store import AgentStore
+from culm.apps import App, create_app_schedules, resolve_apps
 from culm.bus.factory import build_bus
 from culm.context.view import model_view
 from culm.context.wiring import context_settings
@@ -64,6 +68,7 @@ from culm.settings import Settings, load_settings
 from culm.storage.base import Fence, QueueStats, Store, WorkerInfo
 from culm.storage.sql import SqlStore
 from culm.tools import Tool, ToolRegistry, builtin_tools
+from culm.tools.paths import session_workspace
 from culm.tools.sandbox import sandbox_from
 
 DEFAULT_GROUPS = {"read": ("read_file", "list_dir", "glob", "grep")}
@@ -87,9 +92,12 @@ class Engine:
         store: Store | None = None,
         clock: Clock | None = None,
         role: Role = Role.EMBEDDED,
+        app: App | str | Sequence[App | str] | None = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.role = role
+        self.apps = resolve_apps(app, self.settings)  # the user's tools, agents, schedules
+        self.agents = Agents.of(self.apps, self.settings)
         self._heartbeat: Heartbeat | None = None  # set at start, for the roles that execute
         # The schedules' time: tests pass a fake one (or, in processes, CULM_TEST_SCHEDULE_CLOCK).
         self._clock = clock or testclock.from_env() or utc_now
@@ -103,7 +111,8 @@ class Engine:
                 heartbeat=self.settings.subagent_heartbeat,
             )
         )
-        extra = [SpawnAgentTool(self, self.subagents), AskUserTool(), *(tools or ())]
+        app_tools = [tool for a in self.apps for tool in a.tools.values()]
+        extra = [SpawnAgentTool(self, self.subagents), AskUserTool(), *app_tools, *(tools or ())]
         overridden = {tool.name for tool in extra}
         self.sandbox = sandbox_from(self.settings)  # the bash tool's, checked now
         builtins = [
@@ -192,6 +201,12 @@ class Engine:
             self._start_dispatcher(store)  # the runs stop it first when they close
             await self._start_schedules(store, stack)
             self._stack = stack.pop_all()
+        if self.role is not Role.CLI:  # the apps' schedules (`culm run` only runs)
+            try:
+                await create_app_schedules(self.schedules, self.apps)
+            except BaseException:
+                await self.aclose()
+                raise
 
     async def _start_heartbeat(self, store: Store, stack: contextlib.AsyncExitStack) -> None:
         """Leases, sweeper and ``workers`` row, for every role that executes runs."""
@@ -287,6 +302,7 @@ class Engine:
             enabled=self.settings.scheduler and self.role.ticks,
         )
         self.schedules = Schedules(schedule_store, self._ticker, self, self._clock)
+        self.agents.bind(AgentStore(store))
         await self._ticker.start(stack)
 
     def _require_open(self) -> None:
@@ -298,41 +314,45 @@ class Engine:
     async def create_session(
         self,
         *,
-        model: str | None = None,
-        system_prompt: str | None = None,
-        tools: Sequence[str] = (),
-        workspace: str | Path | None = None,
-        metadata: dict[str, Any] | None = None,
+        agent: str | None = None,
         kind: SessionKind = SessionKind.ROOT,
         parent_session_id: str | None = None,
-        mcp_servers: dict[str, Any] | None = None,
-        require_approval: Sequence[str] = (),
-        input_timeout: float | None = None,
-        input_timeout_action: str = "deny",
+        **settings: Any,
     ) -> Session:
-        """Create a session. The model and tool names are checked now, so mistakes surface here.
-        ``mcp_servers`` are the session's own MCP servers (kept in its metadata).
-        ``require_approval``: tool names or patterns whose calls wait for a person's approval;
-        ``input_timeout`` (seconds) and its action (``deny`` or ``error``): see culm.input."""
+        """Create a session from ``settings`` (:class:`~culm.agents.models.SessionSettings`:
+        ``model``, ``system_prompt``, ``tools``, ``workspace``, ``metadata``, ``mcp_servers``
+        (the session's own MCP servers, kept in its metadata), ``max_rounds``,
+        ``tool_timeout``, and people in the loop's ``require_approval``, ``input_timeout``
+        and ``input_timeout_action``), over those of the named ``agent``. The model and tool
+        names are checked now, so mistakes surface here."""
         self._require_open()
-        check_input_settings(require_approval, input_timeout, input_timeout_action)
+        fields = await self.agents.session_fields(agent, session_settings(settings).given())
+        check_input_settings(
+            fields.get("require_approval", ()),
+            fields.get("input_timeout"),
+            fields.get("input_timeout_action", "deny"),
+        )
+        tools, workspace = fields.pop("tools", ()), fields.pop("workspace", None)
+        metadata = session_metadata(fields.pop("metadata", None), fields.pop("mcp_servers", None))
         session_id = new_id()
-        draft = self._draft(
+        draft = self._draft(  # the other settings are the session's fields of the same name
             session_id,
-            model=model,
-            metadata=session_metadata(metadata, mcp_servers),
+            model=fields.pop("model", None),
+            metadata=metadata,
             kind=kind,
             parent_session_id=parent_session_id,
-            system_prompt=system_prompt,
-            require_approval=tuple(require_approval),
-            input_timeout=input_timeout,
-            input_timeout_action=input_timeout_action,
+            agent=agent,
+            **fields,
         )
-        tool_names = self.tools.expand(tools, draft)  # MCP names are checked against its servers
+        tool_names = self.tools.expand(tools, draft)  # MCP names: against its servers
         workspace_path = str(self._workspace(session_id, workspace))
         session = draft.model_copy(update={"tools": tool_names, "workspace": workspace_path})
         await self.store.create_session(session)
         return session
+
+    async def check_agent(self, name: str | None) -> None:
+        """Raise InvalidFieldError (``agent``) unless ``name`` is None or a known agent."""
+        await self.agents.session_fields(name, {})
 
     def check_session(
         self,
@@ -356,18 +376,7 @@ class Engine:
         return Session(session_id=session_id, model=model_name, workspace="", **fields)
 
     def _workspace(self, session_id: str, workspace: str | Path | None) -> Path:
-        if workspace is None:
-            path = self.settings.workspaces_dir / session_id
-            path.mkdir(parents=True, exist_ok=True)
-            return path
-        try:
-            path = Path(workspace).expanduser().resolve()
-            is_dir = path.is_dir()
-        except (OSError, ValueError, RuntimeError) as exc:  # too long, NUL byte, ~nobody
-            raise ConfigError(f"workspace {str(workspace)!r} is not usable: {exc}") from None
-        if not is_dir:
-            raise ConfigError(f"workspace {str(workspace)!r} is not an existing directory")
-        return path
+        return session_workspace(self.settings.workspaces_dir / session_id, workspace)
 
     async def get_session(self, session_id: str) -> Session:
         self._require_open()
@@ -442,6 +451,7 @@ class Engine:
             model=model_name,
             trigger=RunTrigger(trigger),
             input=message,
+            agent=session.agent,
         )
         return await self.runs.start_run(run, MultitaskPolicy(multitask))
 
@@ -621,9 +631,9 @@ class Engine:
             tools={tool.name: tool for tool in await self.tools.resolve_for(session)},
             workspace=Path(session.workspace),
             limits=LoopLimits(
-                max_rounds=settings.max_rounds,
+                max_rounds=session.max_rounds or settings.max_rounds,
                 max_tool_calls_per_round=settings.max_tool_calls_per_round,
-                tool_timeout=settings.tool_timeout,
+                tool_timeout=session.tool_timeout or settings.tool_timeout,
                 model_max_attempts=settings.model_max_attempts,
                 retry_base_delay=settings.model_retry_base_delay,
                 retry_max_delay=settings.model_retry_max_delay,

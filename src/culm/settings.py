@@ -28,6 +28,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from culm.agents.models import AgentDefinition, check_agent_name
 from culm.mcp.config import SETTINGS_ORIGIN, ServerConfig, parse_servers
 
 
@@ -141,6 +142,13 @@ class Settings(BaseSettings):
     mcp_servers: dict[str, ServerConfig] = Field(default_factory=dict)
     mcp_request_timeout: float = Field(default=30.0, gt=0)
 
+    # Apps (culm.apps): `module:attr` of each app to load (CULM_APP=a:app,b:app), and whether the
+    # installed packages' apps (entry point group `culm.apps`) are loaded too.
+    app: Names = Field(default_factory=list)
+    entry_point_apps: bool = True
+    # Named agents: [agents.<name>] tables (see culm.agents.models.AgentDefinition)
+    agents: dict[str, AgentDefinition] = Field(default_factory=dict)
+
     # Sub-agents (the spawn_agent tool)
     subagents_per_run: int = Field(default=4, ge=1)
     subagents_total: int = Field(default=16, ge=1)
@@ -225,11 +233,19 @@ class Settings(BaseSettings):
     def _parse_mcp_servers(cls, value: Any) -> dict[str, ServerConfig]:
         return parse_servers(value, SETTINGS_ORIGIN)  # a ConfigError naming server and field
 
+    @field_validator("agents", mode="after")
+    @classmethod
+    def _agent_names(cls, value: dict[str, AgentDefinition]) -> dict[str, AgentDefinition]:
+        for name in value:
+            check_agent_name(name)
+        return value
+
     @field_validator(
         "bash_env_passthrough",
         "bash_read_only_paths",
         "workspace_roots",
         "context_overflow_patterns",
+        "app",
         mode="before",
     )
     @classmethod
@@ -274,6 +290,10 @@ class Settings(BaseSettings):
         """Where API clients' workspaces may be: CULM_HOME/workspaces and CULM_WORKSPACE_ROOTS."""
         roots = [self.workspaces_dir, *self.workspace_roots]
         return [Path(root).expanduser().resolve() for root in roots]
+
+    @property
+    def config_file(self) -> Path:
+        return default_home() / "config.toml"
 
     @property
     def scripts_dir(self) -> Path:

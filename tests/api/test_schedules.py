@@ -22,6 +22,7 @@ BODY: dict[str, Any] = {
     "trigger": {"type": "cron", "expr": "0 9 * * 1-5"},
     "run_config": {
         "message": "Summarize",
+        "agent": None,
         "model": "scripted:echo",
         "system_prompt": None,
         "tools": ["read"],

@@ -34,7 +34,7 @@ ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 # Fields whose valid values depend on the server (its models, tools, directories, zones, the
 # clock) or on its policy (sessions' own MCP servers): well formed, they may still be refused.
 BEYOND_THE_SCHEMA = re.compile(
-    r"(run_config\.)?(model|tools(\.\d+)?|workspace)|mcp_servers(\..+)?|timezone"
+    r"(run_config\.)?(agent|model|tools(\.\d+)?|workspace)|mcp_servers(\..+)?|timezone"
     r"|trigger\.(expr|at)"
 )
 CONFIG = SchemathesisConfig.from_dict(
@@ -48,6 +48,12 @@ CONFIG = SchemathesisConfig.from_dict(
             {
                 "include-method": "POST",
                 "include-path-regex": "^/v1/(sessions|runs)$|^/v1/sessions/[^/]+/runs$",
+                "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}},
+            },
+            # So may an agent's definition (the same names as a session's).
+            {
+                "include-method": "PUT",
+                "include-path-regex": "^/v1/agents/[^/]+$",
                 "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}},
             },
             # So may schedules: a time zone or cron expression too (well formed, yet unknown).

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import pytest
 
 import culm
-from culm.cli.client import Client, NotFound, ServerUnreachable, StreamEvent
+from culm.client import Client, NotFound, ServerUnreachable, StreamEvent
 from culm.domain.models import RunStatus
 from culm.tools.base import Tool, ToolContext
 from tests.api.conftest import Server, free_port, running_server

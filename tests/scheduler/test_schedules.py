@@ -35,6 +35,7 @@ async def test_create_takes_the_json_shape_a_spec_or_keywords(
         "trigger": {"type": "cron", "expr": "0 9 * * 1-5"},
         "run_config": {
             "message": "Summarize",
+            "agent": None,
             "model": "scripted:echo",
             "system_prompt": "Be brief.",
             "tools": ["read"],

@@ -14,7 +14,17 @@ from culm._version import __version__
 from culm.api import errors, openapi
 from culm.api.encoding import FrameCache
 from culm.api.middleware import PROXY_PREFIXES, APIKeyAuth, BodySizeLimit
-from culm.api.routes import context, mcp, metrics, proxy, runs, schedules, sessions, workers
+from culm.api.routes import (
+    agents,
+    context,
+    mcp,
+    metrics,
+    proxy,
+    runs,
+    schedules,
+    sessions,
+    workers,
+)
 from culm.api.routes import input as input_requests
 from culm.api.schemas import Health
 from culm.bus.prometheus import BusCollector
@@ -91,6 +101,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     app.include_router(proxy.router)  # first: the routes matched most often
     app.include_router(sessions.router)
+    app.include_router(agents.router)
     app.include_router(context.router)
     app.include_router(runs.router)
     app.include_router(input_requests.router)

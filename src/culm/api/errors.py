@@ -20,6 +20,7 @@ from culm.errors import (
     InputConflictError,
     InvalidFieldError,
     NotFoundError,
+    ReadOnlyError,
     RunFailure,
     SessionBusyError,
     StorageUnavailableError,
@@ -61,6 +62,8 @@ def _user_error(exc: UserError) -> JSONResponse:
             return error_response(409, "already_running", str(exc), run_id=exc.run_id)
         case SessionBusyError():
             return error_response(409, "session_busy", str(exc), run_id=exc.run_id)
+        case ReadOnlyError():
+            return error_response(409, "read_only", str(exc))
         case InvalidFieldError():
             return error_response(422, "invalid_request", str(exc), field=exc.field)
         case UnknownModelError() | UnknownToolError() | ConfigError():

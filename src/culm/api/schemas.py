@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from culm.agents.models import SessionSettings
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, Session, Usage
 from culm.domain.text import refuse_unstorable
-from culm.mcp.config import MAX_SERVER_NAME, HttpServer, StdioServer
 from culm.scheduler.models import Schedule, ScheduleRun
 
 
@@ -24,50 +24,15 @@ class _Request(BaseModel):
         return refuse_unstorable(data)
 
 
-def _mcp_servers_schema() -> dict[str, Any]:
-    """What a session's ``mcp_servers`` may be, exactly as the engine checks it (the Python
-    type stays a plain mapping: the engine validates it, naming the server and the field)."""
-    stdio = StdioServer.model_json_schema()
-    http = HttpServer.model_json_schema()
-    http["properties"]["url"]["pattern"] = r"^https?://[^\s/]+\S*$"
-    return {
-        "type": "object",
-        "propertyNames": {"pattern": MCP_SERVER_NAME, "maxLength": MAX_SERVER_NAME},
-        "additionalProperties": {"oneOf": [stdio, http]},
-    }
+class CreateSession(SessionSettings, _Request):
+    """A new session: its settings, over those of the named ``agent``."""
 
-
-# Letters, digits, '-', and '_' only before a letter or digit (a bit narrower than the engine's
-# rule, which also allows "a_-b"; what the schema allows, the engine takes).
-MCP_SERVER_NAME = "^[A-Za-z0-9](?:-|_?[A-Za-z0-9])*$"
-MCPServers = Annotated[dict[str, dict[str, Any]], WithJsonSchema(_mcp_servers_schema())]
-
-
-class CreateSession(_Request):
-    model: str | None = Field(default=None, max_length=200, examples=["scripted:demo"])
-    system_prompt: str | None = None
-    tools: list[str] = Field(default_factory=list, max_length=200, examples=[["read"]])
-    workspace: str | None = Field(default=None, max_length=4096)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    mcp_servers: MCPServers | None = Field(
+    agent: str | None = Field(
         default=None,
-        max_length=50,
-        description="The session's own MCP servers, as in config.toml's [mcp_servers.<name>]: "
-        "`command`, `args`, `env` (stdio) or `url`, `headers` (Streamable HTTP), and `timeout`",
-        examples=[{"time": {"command": "mcp-server-time", "args": ["--local-timezone", "UTC"]}}],
-    )
-    require_approval: list[str] = Field(
-        default_factory=list,
-        max_length=200,
-        description="tool names or fnmatch patterns whose calls wait for a person's approval",
-        examples=[["bash", "write_*", "mcp__github__*"]],
-    )
-    input_timeout: float | None = Field(
-        default=None, gt=0, description="seconds an input request may wait (null: no limit)"
-    )
-    input_timeout_action: Literal["deny", "error"] = Field(
-        default="deny",
-        description="on expiry: `deny` the request, or end the run `error` (`input_timeout`)",
+        max_length=100,
+        description="A named agent (`GET /v1/agents`): the session starts from its settings; "
+        "the fields given here replace the agent's",
+        examples=["researcher"],
     )
 
 

@@ -18,6 +18,7 @@ from rich.text import Text
 
 from culm._version import __version__
 from culm.cli import (
+    agents,
     compact,
     mcp,
     metrics,
@@ -92,6 +93,7 @@ app.command("cancel")(runs.cancel_command)
 app.command("input")(input_command)
 app.command("compact")(compact.compact_command)
 app.command("metrics")(metrics.metrics_command)
+app.command("agents")(agents.agents_command)
 app.add_typer(mcp.app, name="mcp")
 app.add_typer(schedules.app, name="schedules")
 

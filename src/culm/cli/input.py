@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from culm.cli.client import DEFAULT_SERVER, Json, ServerOption
+from culm.cli.client import DEFAULT_SERVER, Client, Json, ServerOption
 from culm.cli.render import format_arguments, stderr_console
 from culm.cli.sessions import call
 from culm.domain.events import RunEvent
@@ -204,7 +204,7 @@ def input_command(
     if given is None and not sys.stdin.isatty():
         raise UserError("no terminal to ask on: give --approve, --deny or --answer")
 
-    async def answer_all(client: Any) -> int:
+    async def answer_all(client: Client) -> int:
         requests = await client.pending_input(run_id)
         if not requests:
             typer.echo(f"run {run_id} has no open input requests")
@@ -215,8 +215,7 @@ def input_command(
                 chosen = await decide(request, read_line)
             if chosen is None:
                 continue  # --answer for approvals, --approve for questions: left open
-            body = {"request_id": request["request_id"], **chosen}
-            done = await client.answer_input(request["run_id"], body)
+            done = await client.answer(request["run_id"], request["request_id"], **chosen)
             typer.echo(f"{done['request_id']}  {done['tool_name']}  {_outcome(done)}")
         return len(requests)
 

@@ -23,11 +23,12 @@ TOKEN_HEADERS = ("PROMPT", "COMPLETION", "CACHE_READ", "CACHE_WRITE", "REASONING
 
 class By(StrEnum):
     MODEL = "model"
+    AGENT = "agent"
     TOOL = "tool"
     DAY = "day"
 
 
-ByOption = Annotated[By | None, typer.Option("--by", help="One row per model, tool or day.")]
+ByOption = Annotated[By | None, typer.Option("--by", help="One row per model, agent, tool or day.")]
 DaysOption = Annotated[
     int, typer.Option("--days", min=1, max=3660, help="The last N UTC days, today included.")
 ]
@@ -49,6 +50,9 @@ def metrics_command(
     elif by is By.MODEL:
         body = call(server, lambda client: client.metrics("models", **dates))
         _show(body["models"], json_lines, lambda: _models_table(body["models"]))
+    elif by is By.AGENT:
+        body = call(server, lambda client: client.metrics("agents", **dates))
+        _show(body["agents"], json_lines, lambda: _models_table(body["agents"], key="agent"))
     elif by is By.TOOL:
         body = call(server, lambda client: client.metrics("tools", **dates))
         _show(body["tools"], json_lines, lambda: _tools_table(body["tools"]))
@@ -96,13 +100,13 @@ def _summary_table(body: Json, start: date, end: date) -> None:
     print_table(("METRIC", "VALUE"), rows)
 
 
-def _models_table(models: list[Json]) -> None:
-    headers = ("MODEL", "RUNS", "ROUNDS", "FAILED", *TOKEN_HEADERS, "AVG_MS")
+def _models_table(models: list[Json], *, key: str = "model") -> None:
+    headers = (key.upper(), "RUNS", "ROUNDS", "FAILED", *TOKEN_HEADERS, "AVG_MS")
     print_table(
         headers,
         (
             [
-                m["model"],
+                m[key],
                 _n(m["runs"]),
                 _n(m["rounds"]),
                 _n(m["failed_rounds"]),

@@ -22,6 +22,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from culm.cli.agents import AppOption, app_overrides
 from culm.cli.input import Asker
 from culm.cli.render import HumanOutput, JsonOutput, Output, Tally, stderr_console
 from culm.domain.models import RunTrigger
@@ -41,8 +42,9 @@ _REASONS = {signal.SIGINT: USER_CANCEL_REASON, signal.SIGTERM: TERM_CANCEL_REASO
 @dataclass(frozen=True, kw_only=True)
 class RunRequest:
     prompt: str
+    agent: str | None
     model: str | None
-    tools: list[str]
+    tools: list[str] | None
     workspace: str | None
     system_prompt: str | None
     json_lines: bool
@@ -82,19 +84,30 @@ def run_command(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Approve every call that needs approval.")
     ] = False,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            "--agent",
+            help="A named agent (see `culm agents`); the options given override its settings.",
+            show_default=False,
+        ),
+    ] = None,
+    apps: AppOption = None,
 ) -> None:
     """Run an agent on PROMPT in this process and stream its answer."""
     request = RunRequest(
         prompt=_read_prompt(prompt),
+        agent=agent,
         model=model,
-        tools=split_tools(tools or []),
+        tools=split_tools(tools) if tools is not None else None,
         workspace=workspace,
         system_prompt=system,
         json_lines=json_lines,
         require_approval=split_tools(require_approval or []),
         yes=yes,
     )
-    settings = load_settings(scheduler=False)  # schedules fire in `culm serve`, not here
+    # Schedules fire in `culm serve`, not here.
+    settings = load_settings(scheduler=False, **app_overrides(apps))
     # Like asyncio.run: leave SIGINT alone when it is ignored (e.g. a shell's background job).
     catch_sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     try:
@@ -190,6 +203,7 @@ async def _run(
         started = time.monotonic()
         run = await engine.run(
             request.prompt,
+            agent=request.agent,
             model=request.model,
             tools=request.tools,
             workspace=request.workspace,

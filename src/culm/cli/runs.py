@@ -24,6 +24,7 @@ from culm.cli.client import (
     Json,
     ServerOption,
     WaitTimeout,
+    as_json,
     connect,
 )
 from culm.cli.render import HumanOutput, JsonOutput, Output, Tally, shorten, stderr_console
@@ -135,7 +136,7 @@ async def _fetch(
     client: Client, run_id: str, *, with_events: bool
 ) -> tuple[Json, list[StreamEvent]]:
     """The run and, if asked, its events up to the run's ``last_seq`` at that moment."""
-    run = await client.get_run(run_id)
+    run = as_json(await client.get_run(run_id))
     found: list[StreamEvent] = []
     last_seq = int(run.get("last_seq", 0))
     if not with_events or last_seq == 0:
@@ -245,7 +246,7 @@ def tail_command(
 
 async def _tail(server: str, run_id: str, after: int, follower: Follower) -> int:
     async with connect(server) as client:
-        run = await client.get_run(run_id)
+        run = as_json(await client.get_run(run_id))
         follower.started_at = _parse_time(run.get("started_at"))
         notice = follower.output.notice
         try:
@@ -265,7 +266,7 @@ async def _tail(server: str, run_id: str, after: int, follower: Follower) -> int
 
 async def _ended_without_terminal(client: Client, run_id: str, follower: Follower) -> int:
     """The stream ended with no terminal event after the cursor (``--after`` past the end)."""
-    status = (await client.get_run(run_id))["status"]
+    status = (as_json(await client.get_run(run_id)))["status"]
     follower.output.notice(f"run {run_id} is {status}; no more events after the cursor")
     return EXIT_OK if status == "completed" else EXIT_FAILED
 

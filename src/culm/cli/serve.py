@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from culm.cli.agents import AppOption, app_overrides
 from culm.errors import ConfigError
 from culm.runtime.roles import Role
 from culm.settings import Settings, load_settings
@@ -36,9 +37,10 @@ def serve_command(
             "database, schedules are ticked by them.",
         ),
     ] = False,
+    apps: AppOption = None,
 ) -> None:
     """Serve the HTTP API (sessions, runs, live event streams); by default also execute runs."""
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = app_overrides(apps)
     if host is not None:
         overrides["host"] = host
     if port is not None:

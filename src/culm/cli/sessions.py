@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from culm.cli.client import DEFAULT_SERVER, ServerOption, connect
+from culm.cli.client import DEFAULT_SERVER, ServerOption, as_json, connect
 
 if TYPE_CHECKING:
     from culm.cli.client import Client
@@ -55,12 +55,12 @@ def _session_row(session: dict[str, Any]) -> list[str]:
 # Shared by the server commands
 
 
-def call(server: str, request: Callable[[Client], Awaitable[T]]) -> T:
-    """Run ``request`` with a client for ``server`` and return its result."""
+def call(server: str, request: Callable[[Client], Awaitable[Any]]) -> Any:
+    """Run ``request`` with a client for ``server`` and return its result as JSON."""
 
-    async def main() -> T:
+    async def main() -> Any:
         async with connect(server) as client:
-            return await request(client)
+            return as_json(await request(client))
 
     try:
         return asyncio.run(main())

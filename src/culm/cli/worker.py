@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from culm.cli.agents import AppOption, app_overrides
 from culm.cli.serve import describe_database
 from culm.errors import ConfigError, StorageUnavailableError, describe
 from culm.settings import Settings, load_settings
@@ -35,9 +36,10 @@ def worker_command(
             show_default=False,
         ),
     ] = None,
+    apps: AppOption = None,
 ) -> None:
     """Execute runs from the shared database until SIGTERM or SIGINT (no HTTP API)."""
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = app_overrides(apps)
     if concurrency is not None:
         overrides["worker_concurrency"] = concurrency
     settings = load_settings(**overrides)

@@ -64,6 +64,11 @@ class Session(_Frozen):
     require_approval: tuple[str, ...] = ()
     input_timeout: float | None = None
     input_timeout_action: InputTimeoutAction = "deny"
+    # The named agent the session was made from (its settings were copied in, then overridden).
+    agent: str | None = None
+    # The loop's limits for this session's runs (None: the engine's settings).
+    max_rounds: int | None = None
+    tool_timeout: float | None = None
 
 
 class ToolCall(_Frozen):
@@ -159,6 +164,8 @@ class Run(_Frozen):
     model: str
     trigger: RunTrigger = RunTrigger.API
     attempt: int = 1
+    # The named agent of the run's session, if it was made from one (metrics group by it).
+    agent: str | None = None
     # Not in the contract's list but needed to run it: the user message that starts the run,
     # and whether it waits behind another run of its session (multitask "enqueue").
     input: str = ""

@@ -26,9 +26,9 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from culm.errors import ConfigError
 
@@ -157,3 +157,22 @@ def _describe(model: type[ServerConfig]) -> str:
 
 def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
+
+
+def _mcp_servers_schema() -> dict[str, Any]:
+    """What a session's ``mcp_servers`` may be, exactly as the engine checks it (the Python
+    type stays a plain mapping: the engine validates it, naming the server and the field)."""
+    stdio = StdioServer.model_json_schema()
+    http = HttpServer.model_json_schema()
+    http["properties"]["url"]["pattern"] = r"^https?://[^\s/]+\S*$"
+    return {
+        "type": "object",
+        "propertyNames": {"pattern": MCP_SERVER_NAME, "maxLength": MAX_SERVER_NAME},
+        "additionalProperties": {"oneOf": [stdio, http]},
+    }
+
+
+# Letters, digits, '-', and '_' only before a letter or digit (a bit narrower than the engine's
+# rule, which also allows "a_-b"; what the schema allows, the engine takes).
+MCP_SERVER_NAME = "^[A-Za-z0-9](?:-|_?[A-Za-z0-9])*$"
+MCPServers = Annotated[dict[str, dict[str, Any]], WithJsonSchema(_mcp_servers_schema())]

@@ -20,6 +20,7 @@ from culm.domain.time import utc_now
 from culm.metrics import periods
 from culm.metrics import tables as t
 from culm.metrics.reports import (
+    AgentMetricsList,
     DailyMetrics,
     ForwardEndpointMetrics,
     ForwardEndpointMetricsList,
@@ -109,6 +110,12 @@ class MetricsQueries:
             for model in sorted(rounds.keys() | runs.keys())
         ]
         return ModelMetricsList(start_date=start, end_date=end, models=models)
+
+    async def agents(self, start: date | None = None, end: date | None = None) -> AgentMetricsList:
+        """:meth:`models`' columns per named agent (see :mod:`culm.metrics.agents`)."""
+        from culm.metrics.agents import agent_metrics
+
+        return await agent_metrics(self._connect, start, end)
 
     # Sessions
 
@@ -379,6 +386,8 @@ def _model_metrics(model: str, runs: int, row: Any) -> ModelMetrics:
 
 
 def _usage(row: Any) -> Usage:
+    if row is None:
+        return Usage()
     return Usage(**{kind: int(getattr(row, kind) or 0) for kind in t.USAGE_KINDS})
 
 

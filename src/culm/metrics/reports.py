@@ -58,6 +58,24 @@ class ModelMetricsList(_Report):
     models: list[ModelMetrics]
 
 
+class AgentMetrics(_Report):
+    """:class:`ModelMetrics` for the runs of one named agent."""
+
+    agent: str
+    runs: int
+    rounds: int
+    failed_rounds: int
+    partial_rounds: int
+    tokens: Usage
+    avg_latency_ms: float | None
+
+
+class AgentMetricsList(_Report):
+    start_date: date | None
+    end_date: date | None
+    agents: list[AgentMetrics]
+
+
 class SessionMetrics(_Report):
     session_id: str
     model: str | None = Field(description="the model of the session's latest run")

@@ -147,6 +147,11 @@ class RunConfig(_Model):
     """The session and first message that each fire starts a run with (a new session each)."""
 
     message: str = Field(min_length=1, examples=["Summarize what changed since yesterday"])
+    agent: str | None = Field(
+        default=None,
+        max_length=100,
+        description="A named agent: its settings, replaced by those given here",
+    )
     model: str | None = Field(default=None, max_length=200, examples=["scripted:demo"])
     system_prompt: str | None = None
     tools: tuple[str, ...] = Field(default=(), max_length=200, examples=[["read"]])
@@ -172,6 +177,7 @@ class RunConfigPatch(_Model):
     model_config = ConfigDict(json_schema_extra=lambda schema: _not_null(schema, "message"))
 
     message: str | None = Field(default=None, min_length=1)
+    agent: str | None = Field(default=None, max_length=100)
     model: str | None = Field(default=None, max_length=200)
     system_prompt: str | None = None
     tools: tuple[str, ...] | None = Field(default=None, max_length=200)

@@ -22,6 +22,8 @@ class EngineRuns(Protocol):
 
     async def wait(self, run_id: str, *, timeout: float | None = None) -> Run: ...
 
+    async def check_agent(self, name: str | None) -> None: ...
+
     def check_session(
         self,
         *,
@@ -39,18 +41,23 @@ async def launch(
     and a run on it with trigger ``schedule``."""
     return await engine.run(
         config.message,
+        agent=config.agent,
         model=config.model,
         system_prompt=config.system_prompt,
-        tools=list(config.tools),
+        tools=list(config.tools) or None,  # none given: the agent's
         workspace=config.workspace,
         metadata={"schedule_id": schedule_id, "scheduled_for": scheduled_for.isoformat()},
         trigger=RunTrigger.SCHEDULE,
     )
 
 
-def check(engine: EngineRuns, config: RunConfig) -> None:
+async def check(engine: EngineRuns, config: RunConfig) -> None:
     """Raise :class:`InvalidFieldError` naming the field of ``config`` that the engine would
-    refuse (an unknown model or tool, a workspace that is not a directory)."""
+    refuse (an unknown agent, model or tool, a workspace that is not a directory)."""
+    try:
+        await engine.check_agent(config.agent)
+    except UserError as exc:
+        raise InvalidFieldError("run_config.agent", _without_field(exc)) from None
     check_names(
         engine,
         prefix="run_config.",
@@ -84,3 +91,10 @@ def check_names(
             raise
         except UserError as exc:
             raise InvalidFieldError(f"{prefix}{field}", str(exc)) from None
+
+
+def _without_field(exc: UserError) -> str:
+    """The message of ``exc`` without the ``field: `` an InvalidFieldError puts first."""
+    if isinstance(exc, InvalidFieldError):
+        return str(exc).removeprefix(f"{exc.field}: ")
+    return str(exc)

@@ -60,7 +60,7 @@ class Schedules:
     ) -> Schedule:
         """Create a schedule from a :class:`ScheduleSpec`, its JSON shape, or keywords."""
         checked = _parse(ScheduleSpec, spec, fields)
-        runs.check(self._engine, checked.run_config)
+        await runs.check(self._engine, checked.run_config)
         now = self._clock()
         schedule = Schedule(
             **dict(checked),
@@ -99,7 +99,7 @@ class Schedules:
         current = await self.get(schedule_id)
         changes = _changes(current, change)
         if "run_config" in changes:
-            runs.check(self._engine, changes["run_config"])
+            await runs.check(self._engine, changes["run_config"])
         now = self._clock()
         updated = current.model_copy(update={**changes, "updated_at": now})
         if "trigger" in changes:

@@ -24,6 +24,9 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         require_approval=tuple(row.require_approval or ()),
         input_timeout=row.input_timeout,
         input_timeout_action=row.input_timeout_action,
+        agent=row.agent,
+        max_rounds=row.max_rounds,
+        tool_timeout=row.tool_timeout,
     )
 
 
@@ -62,6 +65,7 @@ def run_from_row(row: sa.Row[Any]) -> Run:
         model=row.model,
         trigger=RunTrigger(row.trigger),
         attempt=row.attempt,
+        agent=row.agent,
         input=row.input,
         queued=row.queued,
         epoch=row.epoch,

@@ -62,6 +62,9 @@ sessions = sa.Table(
     sa.Column("require_approval", JSONType, nullable=True),
     sa.Column("input_timeout", sa.Float, nullable=True),
     sa.Column("input_timeout_action", sa.String(8), nullable=False, server_default="deny"),
+    sa.Column("agent", sa.String(100), nullable=True),
+    sa.Column("max_rounds", sa.Integer, nullable=True),
+    sa.Column("tool_timeout", sa.Float, nullable=True),
 )
 
 messages = sa.Table(
@@ -124,6 +127,7 @@ runs = sa.Table(
     # The highest seq the run may have shown a client before storing it (pre-commit delivery):
     # recovery appends after it. See culm.domain.liveness.SEQ_RESERVE.
     sa.Column("seq_reserved", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("agent", sa.String(100), nullable=True, index=True),
     sa.Index("ix_runs_ready", "created_at", sqlite_where=READY, postgresql_where=READY),
     sa.Index("ix_runs_leased", "lease_expires_at", sqlite_where=LEASED, postgresql_where=LEASED),
     sa.Index(
@@ -233,4 +237,15 @@ input_requests = sa.Table(
         sqlite_where=OPEN_REQUEST,
         postgresql_where=OPEN_REQUEST,
     ),
+)
+
+# Named agents defined through the API (culm.agents): code- and config-defined ones are not
+# stored. ``definition`` is the agent's settings as JSON.
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("definition", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )

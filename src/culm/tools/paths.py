@@ -16,7 +16,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from culm.errors import ToolFailure
+from culm.errors import ConfigError, ToolFailure
+
+
+def session_workspace(default: Path, workspace: str | Path | None) -> Path:
+    """A new session's workspace: ``workspace`` (an existing directory), else ``default``
+    (made now). A path that cannot be one is a :class:`~culm.errors.ConfigError`."""
+    if workspace is None:
+        default.mkdir(parents=True, exist_ok=True)
+        return default
+    try:
+        path = Path(workspace).expanduser().resolve()
+        is_dir = path.is_dir()
+    except (OSError, ValueError, RuntimeError) as exc:  # too long, NUL byte, ~nobody
+        raise ConfigError(f"workspace {str(workspace)!r} is not usable: {exc}") from None
+    if not is_dir:
+        raise ConfigError(f"workspace {str(workspace)!r} is not an existing directory")
+    return path
 
 
 class Workspace:

@@ -20,6 +20,7 @@ from culm.metrics.pipeline import MetricsPipeline
 from culm.metrics.prometheus import CONTENT_TYPE, PrometheusExporter
 from culm.metrics.queries import MetricsQueries
 from culm.metrics.reports import (
+    AgentMetricsList,
     DailyMetrics,
     ForwardEndpointMetricsList,
     ForwardMetricsSummary,
@@ -91,6 +92,12 @@ async def summary(queries: QueriesDep, dates: DateRange) -> MetricsSummary:
 async def models(queries: QueriesDep, dates: DateRange) -> ModelMetricsList:
     """Runs, rounds and tokens per model."""
     return await queries.models(*dates)
+
+
+@router.get("/agents")
+async def agents(queries: QueriesDep, dates: DateRange) -> AgentMetricsList:
+    """Runs, rounds and tokens per named agent (runs made from no agent are left out)."""
+    return await queries.agents(*dates)
 
 
 @router.get("/sessions")

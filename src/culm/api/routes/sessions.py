@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
+from culm.agents.models import SessionSettings
 from culm.api.confine import check_client_session
 from culm.api.deps import EngineDep, ShutdownDep
 from culm.api.openapi import errors, event_stream
@@ -39,7 +40,13 @@ async def create_session(body: CreateSession, engine: EngineDep) -> Session:
 
 def check_session(engine: Engine, body: CreateSession) -> None:
     """Refuse with 422 naming the field what this server allows no API client (confine.py), then
-    what the engine would refuse of a new session."""
+    what the engine would refuse of a new session (of the fields given; the agent's own are
+    checked when the session is made)."""
+    check_settings(engine, body)
+
+
+def check_settings(engine: Engine, body: SessionSettings) -> None:
+    """:func:`check_session` for settings: a session's, or an agent's definition."""
     check_client_session(engine.settings, workspace=body.workspace, mcp_servers=body.mcp_servers)
     try:
         parse_servers(body.mcp_servers, SESSION_ORIGIN)
@@ -48,7 +55,7 @@ def check_session(engine: Engine, body: CreateSession) -> None:
     check_names(
         engine,
         model=body.model,
-        tools=body.tools,
+        tools=body.tools or (),
         workspace=body.workspace,
         mcp_servers=body.mcp_servers,
     )

@@ -1,0 +1,1 @@
+"""A small culm project: a help desk's tools, agents and schedule (see ../README.md)."""
