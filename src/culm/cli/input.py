@@ -13,17 +13,20 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from culm.cli.client import DEFAULT_SERVER, Client, Json, ServerOption
+from culm.cli.client import DEFAULT_SERVER, Json, ServerOption
 from culm.cli.render import format_arguments, stderr_console
 from culm.cli.sessions import call
 from culm.domain.events import RunEvent
 from culm.errors import InputConflictError, UserError
+
+if TYPE_CHECKING:
+    from culm.client.aio import Client
 
 NO_TERMINAL = (
     "culm run has no terminal to ask on (run it with --yes to approve every call, or answer "
