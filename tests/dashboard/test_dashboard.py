@@ -155,10 +155,12 @@ def test_a_sub_agents_request_is_approved_from_its_parents_page(page: Page, serv
     assert child_id is not None
     expect(request.get_by_role("link")).to_have_text(f"Sub-agent {child_id[:8]}")
     expect(page.locator("#run-status")).to_have_text("running")  # the parent itself is not asked
+    expect(page.locator("#waiting-on")).to_have_text(f"sub-agent {child_id[:8]}")
 
     request.get_by_role("button", name="Approve").click()
     expect(request).to_have_count(0)
     expect(child).to_have_attribute("data-waiting", "false")
+    expect(page.locator("#waiting-on")).to_have_count(0)
     expect(page.locator("#run-status")).to_have_text("completed")
     expect(child).to_contain_text("Child done.")
     expect(page.locator("#transcript")).to_contain_text("Parent done.")

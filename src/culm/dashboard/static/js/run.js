@@ -100,6 +100,12 @@ export function render(main, runId) {
       ["Last event", when(run.last_event_at)], ["Last seq", num(run.last_seq)],
       ["Attempt", num(run.attempt)], ["Owner", run.owner || dash],
     ];
+    // a parent that is running while its sub-agent waits for a person: say so, and where
+    const waitingOn = (run.children || []).filter((c) => c.status === "waiting");
+    if (waitingOn.length) {
+      items.splice(1, 0, ["Waiting on", h("span", { id: "waiting-on" }, "sub-agent ",
+        ...waitingOn.flatMap((c, i) => [i ? ", " : "", h("a.mono", { href: "#/runs/" + c.run_id, text: short(c.run_id) })]))]);
+    }
     if (run.error) items.push(["Error", h("span.error", { text: run.error })]);
     facts.replaceChildren(...items.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", {}, v))));
   }
