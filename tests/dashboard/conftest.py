@@ -70,6 +70,31 @@ SCRIPTS: dict[str, dict[str, Any]] = {
         ]
     },  # fmt: skip
     "dash-child": {"turns": [[{"reasoning": "child thinking"}, {"text": "child says hi"}]]},
+    # spawns a sub-agent that calls list_dir (which its session, like the parent's, must have
+    # approved), then answers
+    "dash-ask-parent": {
+        "turns": [
+            [
+                {
+                    "tool_call": {
+                        "name": "spawn_agent",
+                        "arguments": {
+                            "task": "look",
+                            "model": "scripted:dash-ask-child",
+                            "tools": ["list_dir"],
+                        },
+                    }
+                }
+            ],
+            [{"text": "Parent done."}],
+        ]
+    },  # fmt: skip
+    "dash-ask-child": {
+        "turns": [
+            [{"tool_call": {"name": "list_dir", "arguments": {"path": "."}}}],
+            [{"text": "Child done."}],
+        ]
+    },  # fmt: skip
     # calls list_dir, then answers
     "dash-tool": {
         "turns": [

@@ -123,15 +123,6 @@ def test_a_sub_agent_shows_its_own_transcript_in_the_tree(page: Page, server: Se
 
 
 def test_approving_a_pending_tool_call(page: Page, server: Server) -> None:
-    """People-in-the-loop (issue #18's API, coded against the shared contract): skipped only
-    while this server has no ``/v1/runs/{id}/input`` route at all."""
-    import pytest
-
-    with server.client() as client:
-        probe = client.get("/v1/runs/x/input")
-        body = probe.json().get("error", {}) if probe.status_code in (404, 405) else {}
-        if probe.status_code == 405 or body.get("message") == "Not Found":
-            pytest.skip("this server has no /v1/runs/{run_id}/input route (issue #18)")
     run_id = start_run(
         server, "scripted:dash-tool", tools=["list_dir"], require_approval=["list_dir"]
     )
@@ -142,6 +133,38 @@ def test_approving_a_pending_tool_call(page: Page, server: Server) -> None:
     request.get_by_role("button", name="Approve").click()
     expect(page.locator("#run-status")).to_have_text("completed")
     expect(page.locator("#transcript")).to_contain_text("All done.")
+
+
+def test_a_sub_agents_request_is_approved_from_its_parents_page(page: Page, server: Server) -> None:
+    """The child inherits the parent's ``require_approval``; the parent's page shows that it
+    waits on that child, and answers the child's request on the child's run id."""
+    run_id = start_run(
+        server,
+        "scripted:dash-ask-parent",
+        tools=["spawn_agent", "list_dir"],
+        require_approval=["list_dir"],
+    )
+    page.goto(f"{server.url}/dashboard#/runs/{run_id}")
+    child = page.locator("#transcript details[data-child-run-id]")
+    expect(child).to_have_attribute("data-waiting", "true")
+    expect(child.locator("summary .status")).to_have_text("waiting")
+    expect(page.locator("#transcript")).to_contain_text("waiting on sub-agent")
+    request = page.locator("form.input-request")
+    expect(request).to_contain_text("list_dir")
+    child_id = child.get_attribute("data-child-run-id")
+    assert child_id is not None
+    expect(request.get_by_role("link")).to_have_text(f"Sub-agent {child_id[:8]}")
+    expect(page.locator("#run-status")).to_have_text("running")  # the parent itself is not asked
+    expect(page.locator("#waiting-on")).to_have_text(f"sub-agent {child_id[:8]}")
+
+    request.get_by_role("button", name="Approve").click()
+    expect(request).to_have_count(0)
+    expect(child).to_have_attribute("data-waiting", "false")
+    expect(page.locator("#waiting-on")).to_have_count(0)
+    expect(page.locator("#run-status")).to_have_text("completed")
+    expect(child).to_contain_text("Child done.")
+    expect(page.locator("#transcript")).to_contain_text("Parent done.")
+    assert wait_terminal(server, child_id)["status"] == "completed"
 
 
 def test_phone_width_dark_mode_and_docs_without_a_cdn(page: Page, server: Server) -> None:

@@ -1,8 +1,10 @@
 """The dashboard at scale: a runs page over 10,000 runs, and a run of 50,000 events.
 
-The rows are copies of a real run's rows, written into the server's SQLite file. The figures
-are printed (``-s``); the bounds asserted are hang guards, far above the targets (runs page
-< 300 ms, no frame blocked long enough to freeze the tab): docs/dashboard.md has the figures.
+The rows are copies of a real run's rows, written into the server's SQLite file. The bounds
+asserted are hang guards, far above the targets (runs page < 300 ms, no frame blocked long
+enough to freeze the tab): a test does not time a shared machine. The figures against the
+targets come from ``bench/dashboard.py`` (several rounds, medians), recorded in
+docs/benchmarks.md; this test prints one round's (``-s``).
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def _events(run_id: str, session_id: str) -> list[tuple[str, int, str, str, str]
     return rows
 
 
-@pytest.mark.slow
-def test_ten_thousand_runs_and_a_fifty_thousand_event_run(page: Page, server: Server) -> None:
+def seed(server: Server) -> str:
+    """``RUNS`` runs in the server's database, one of them (returned) with ``EVENTS`` events."""
     run = wait_terminal(server, start_run(server, "scripted:echo"))
     big = str(uuid.uuid4())
     with sqlite3.connect(server.home / "culm.db", timeout=30) as db:
@@ -76,33 +78,52 @@ def test_ten_thousand_runs_and_a_fifty_thousand_event_run(page: Page, server: Se
             "INSERT INTO run_events (run_id, seq, type, ts, body) VALUES (?, ?, ?, ?, ?)",
             _events(big, run["session_id"]),
         )
-    page.add_init_script(WATCH_LONG_TASKS)
+    return big
 
+
+def runs_page(page: Page, server: Server) -> tuple[float, float, float]:
+    """Open the runs page, then reload it: when 50 rows were drawn each time (ms from the
+    navigation), and the list call's share of the first."""
     page.goto(server.url + "/dashboard#/runs")
     page.wait_for_function("document.querySelectorAll('tr[data-run-id]').length === 50")
     # when the page drew the rows (its own mark), from the start of the navigation
-    shown_ms = page.evaluate("performance.getEntriesByName('culm:runs-drawn')[0].startTime")
-    api_ms = page.evaluate(
+    shown_ms: float = page.evaluate("performance.getEntriesByName('culm:runs-drawn')[0].startTime")
+    api_ms: float = page.evaluate(
         "performance.getEntriesByType('resource').find(e => e.name.includes('/v1/runs?')).duration"
     )
-    print(f"\nruns page over {RUNS} runs: 50 rows drawn {shown_ms:.0f} ms after navigation")
-    print(f"(of which the list call {api_ms:.0f} ms)")
     page.reload()  # again, the assets now revalidated from the browser's cache
     page.wait_for_function("document.querySelectorAll('tr[data-run-id]').length === 50")
-    again_ms = page.evaluate("performance.getEntriesByName('culm:runs-drawn')[0].startTime")
-    print(f"reloaded: 50 rows drawn {again_ms:.0f} ms after navigation")
-    assert shown_ms < 3000
-    page.get_by_role("button", name="Older").click()
-    expect(page.get_by_text("runs 51\u2013100")).to_be_visible()
+    again_ms: float = page.evaluate("performance.getEntriesByName('culm:runs-drawn')[0].startTime")
+    return shown_ms, api_ms, again_ms
 
+
+def big_run_page(page: Page, server: Server, big: str) -> tuple[float, float]:
+    """Open the big run (the page needs ``WATCH_LONG_TASKS`` as an init script): how long until
+    all its events were drawn (ms) and the longest main-thread task meanwhile."""
     page.goto(f"{server.url}/dashboard#/runs/{big}")
     page.reload()  # a fresh document, so its long tasks are this page's alone
     expect(page.get_by_role("heading", name="Event log")).to_contain_text(
-        "(50,000)", timeout=40_000
+        f"({EVENTS:,})", timeout=40_000
     )
     expect(page.locator("#transcript")).to_contain_text("Complete")
-    longest = max(page.evaluate("window.longTasks"), default=0)
-    took = page.evaluate("performance.now()")
+    longest: float = max(page.evaluate("window.longTasks"), default=0)
+    took: float = page.evaluate("performance.now()")
+    return took, longest
+
+
+@pytest.mark.slow
+def test_ten_thousand_runs_and_a_fifty_thousand_event_run(page: Page, server: Server) -> None:
+    big = seed(server)
+    page.add_init_script(WATCH_LONG_TASKS)
+    shown_ms, api_ms, again_ms = runs_page(page, server)
+    print(f"\nruns page over {RUNS} runs: 50 rows drawn {shown_ms:.0f} ms after navigation")
+    print(f"(of which the list call {api_ms:.0f} ms)")
+    print(f"reloaded: 50 rows drawn {again_ms:.0f} ms after navigation")
+    assert shown_ms < 3000  # a hang guard: bench/dashboard.py measures against the 300 ms target
+    page.get_by_role("button", name="Older").click()
+    expect(page.get_by_text("runs 51\u2013100")).to_be_visible()
+
+    took, longest = big_run_page(page, server, big)
     print(f"{EVENTS} events drawn in {took:.0f} ms; longest main-thread task {longest:.0f} ms")
     assert longest < 1000  # the tab never froze
     # the log holds only the rows on screen, not 50,000 elements

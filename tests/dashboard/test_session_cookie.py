@@ -35,8 +35,21 @@ def test_a_minted_value_is_good_for_its_key_until_it_expires() -> None:
         "",
         ".",
         "x.y",
+        f"{expires}.\xe9",  # not ASCII: refused, not a TypeError
+        f"{expires}.{signature[:-1]}\xe9",
+        f"{expires}.{signature.upper()}",
     ]:
         assert not cookie.valid(KEY, forged, now=1_000_000)
+
+
+async def test_a_crafted_non_ascii_cookie_is_a_401_not_a_500(keyed: culm.Settings) -> None:
+    async with running_server(keyed) as server, httpx2.AsyncClient(base_url=server.url) as client:
+        for value in ['"1999999999.\\351"', "1999999999.\xe9"]:
+            crafted = f"{cookie.COOKIE}={value}".encode("latin-1")
+            response = await client.get("/v1/runs", headers={"cookie": crafted})
+            assert response.status_code == 401, value
+            state = await client.get("/dashboard/session", headers={"cookie": crafted})
+            assert state.json() == {"auth": True, "signed_in": False}
 
 
 async def test_sign_in_sets_a_strict_httponly_cookie_that_opens_reads(keyed: culm.Settings) -> None:
@@ -62,6 +75,23 @@ async def test_sign_in_sets_a_strict_httponly_cookie_that_opens_reads(keyed: cul
 
         await client.delete("/dashboard/session")  # sign out
         assert (await client.get("/v1/runs")).status_code == 401
+
+
+async def test_the_cookie_is_secure_when_a_proxy_says_the_browser_used_https(
+    keyed: culm.Settings,
+) -> None:
+    """uvicorn rewrites the scheme from ``X-Forwarded-Proto`` only for proxies it trusts (by
+    default 127.0.0.1); the cookie honours the headers of any proxy (they only make it stricter)."""
+    async with running_server(keyed) as server, httpx2.AsyncClient(base_url=server.url) as client:
+        for headers, secure in [
+            ({}, False),
+            ({"forwarded": 'for=10.0.0.1;proto="https";host=example.com'}, True),
+            ({"forwarded": "for=10.0.0.1;proto=http"}, False),
+            ({"x-forwarded-proto": "https"}, True),
+        ]:
+            signed = await client.post("/dashboard/session", json={"api_key": KEY}, headers=headers)
+            assert signed.status_code == 204
+            assert ("secure" in signed.headers["set-cookie"].lower()) is secure, headers
 
 
 async def test_a_cookie_write_needs_the_csrf_header_and_a_bearer_write_does_not(

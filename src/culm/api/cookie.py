@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from http.cookies import CookieError, SimpleCookie
 
@@ -21,6 +22,7 @@ COOKIE = "culm_session"
 CSRF_HEADER = "x-culm-csrf"
 LIFETIME_SECONDS = 12 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 def mint(api_key: str, *, now: float | None = None) -> str:
@@ -36,7 +38,11 @@ def valid(api_key: str, value: str, *, now: float | None = None) -> bool:
         return False
     if int(expires) < (time.time() if now is None else now):
         return False
-    return hmac.compare_digest(signature, _signature(api_key, int(expires)))
+    # anything but 64 hex digits is refused before the comparison (which, on str, raises on
+    # non-ASCII: a crafted cookie must be a 401, not a 500)
+    if _SIGNATURE.fullmatch(signature) is None:
+        return False
+    return hmac.compare_digest(signature.encode(), _signature(api_key, int(expires)).encode())
 
 
 def from_header(cookie_header: bytes) -> str | None:

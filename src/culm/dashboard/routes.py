@@ -78,9 +78,24 @@ async def sign_in(
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_over_https(request),
     )
     return response
+
+
+def _over_https(request: Request) -> bool:
+    """The browser reached us over HTTPS: directly, or through a proxy that says so
+    (``X-Forwarded-Proto``, ``Forwarded: proto=``). Trusting the header costs nothing: it can only
+    make the cookie stricter (``Secure``), never send it over plain HTTP."""
+    if request.url.scheme == "https":
+        return True
+    first_hop = request.headers.get("x-forwarded-proto", "").split(",")[0]
+    protos = [first_hop]
+    for pair in request.headers.get("forwarded", "").split(",")[0].split(";"):
+        name, _, value = pair.partition("=")
+        if name.strip().lower() == "proto":
+            protos.append(value.strip('" '))
+    return any(proto.strip().lower() == "https" for proto in protos)
 
 
 @router.delete("/dashboard/session")

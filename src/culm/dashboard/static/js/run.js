@@ -78,7 +78,8 @@ export function render(main, runId) {
     document.getElementById("run-input").textContent = run.input || "";
     drawFacts();
     drawChildren();
-    if (run.status === "waiting") loadInputs();
+    // a waiting child's requests are answered here too (GET …/input lists those below the run)
+    if (run.status === "waiting" || (run.children || []).some((c) => c.status === "waiting")) loadInputs();
     else if (TERMINAL.has(run.status)) inputs.replaceChildren();
   }
 
@@ -99,6 +100,12 @@ export function render(main, runId) {
       ["Last event", when(run.last_event_at)], ["Last seq", num(run.last_seq)],
       ["Attempt", num(run.attempt)], ["Owner", run.owner || dash],
     ];
+    // a parent that is running while its sub-agent waits for a person: say so, and where
+    const waitingOn = (run.children || []).filter((c) => c.status === "waiting");
+    if (waitingOn.length) {
+      items.splice(1, 0, ["Waiting on", h("span", { id: "waiting-on" }, "sub-agent ",
+        ...waitingOn.flatMap((c, i) => [i ? ", " : "", h("a.mono", { href: "#/runs/" + c.run_id, text: short(c.run_id) })]))]);
+    }
     if (run.error) items.push(["Error", h("span.error", { text: run.error })]);
     facts.replaceChildren(...items.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", {}, v))));
   }
@@ -131,12 +138,13 @@ export function render(main, runId) {
       return; // a server without people-in-the-loop has no such route
     }
     if (stopped) return;
-    inputs.replaceChildren(...requests.map((r) => inputForm(r, answer)));
+    inputs.replaceChildren(...requests.map((r) => inputForm(r, (body) => answer(r.run_id || runId, body), runId)));
   }
 
-  async function answer(body) {
+  async function answer(owner, body) {
     try {
-      await api(`/v1/runs/${encodeURIComponent(runId)}/input`, { method: "POST", body });
+      // a request is answered on its own run: a sub-agent's on the sub-agent's id
+      await api(`/v1/runs/${encodeURIComponent(owner)}/input`, { method: "POST", body });
       loadInputs();
     } catch (error) {
       toast("Could not answer: " + error.message, true);
@@ -156,19 +164,21 @@ export function render(main, runId) {
   return () => { stopped = true; stream.stop(); clearTimeout(refreshing); };
 }
 
-function inputForm(r, answer) {
+function inputForm(r, answer, runId) {
   const id = "input-" + r.request_id;
+  const from = r.run_id && r.run_id !== runId
+    ? [h("a.mono", { href: "#/runs/" + r.run_id, text: "Sub-agent " + short(r.run_id) }), " \u00b7 "] : [];
   if (r.kind === "question") {
     const text = h("input", { id: id + "-answer", name: "answer", size: 40 });
     const choices = (r.choices || []).map((c) => h("button", { type: "button", text: c, onclick: () => answer({ request_id: r.request_id, answer: c }) }));
     return h("form.input-request", { "data-request-id": r.request_id, onsubmit: (e) => { e.preventDefault(); answer({ request_id: r.request_id, answer: text.value }); } },
-      h("p", {}, h("strong", { text: "Question: " }), r.question || ""),
+      h("p", {}, ...from, h("strong", { text: "Question: " }), r.question || ""),
       h("div.row", {}, ...choices, h("label", {}, "Answer", text), h("button.primary", { type: "submit", text: "Send answer" })));
   }
   const reason = h("input", { name: "reason", size: 30 });
   const decide = (approve) => answer({ request_id: r.request_id, approve, ...(reason.value ? { reason: reason.value } : {}) });
   return h("form.input-request", { "data-request-id": r.request_id, onsubmit: (e) => e.preventDefault() },
-    h("p", {}, h("strong", { text: "Approval needed: " }), "tool ", h("code", { text: r.tool_name || "" })),
+    h("p", {}, ...from, h("strong", { text: "Approval needed: " }), "tool ", h("code", { text: r.tool_name || "" })),
     h("pre", { "aria-label": "tool arguments", text: JSON.stringify(r.arguments, null, 2) }),
     h("div.row", {},
       h("button.primary", { type: "button", text: "Approve", onclick: () => decide(true) }),

@@ -91,14 +91,29 @@ export class Transcript {
         h("a.mono", { href: "#/runs/" + e.child_run_id, text: short(e.child_run_id) }), " ", state);
       const block = h("details.block.child", { open: this.depth < 2, "data-child-run-id": e.child_run_id }, title, inner);
       this.add(block);
-      c = { block, state, transcript: new Transcript(inner, { depth: this.depth + 1 }) };
+      // a sub-agent's requests are answered from this page too: the same onInput reloads them
+      c = { block, state, transcript: new Transcript(inner, { depth: this.depth + 1, onInput: this.onInput }) };
       this.children.set(e.child_run_id, c);
     }
     return c;
   }
 
   on_sub_agent_started(e) { this.child(e); }
-  on_sub_agent_event(e) { this.child(e).transcript.handle(e.event); }
+  on_sub_agent_event(e) {
+    const c = this.child(e);
+    c.transcript.handle(e.event);
+    // the child's badge says when it waits for a person, and this run that it waits on the child
+    // (a grandchild's request comes wrapped twice: its whole branch waits)
+    let inner = e.event;
+    while (inner.type === "sub_agent_event" && inner.event) inner = inner.event;
+    if (inner.type === "input_requested") this.waitingOn(c, true);
+    else if (inner.type === "input_received") this.waitingOn(c, false);
+  }
+  waitingOn(c, waiting) {
+    c.state.replaceChildren(statusBadge(waiting ? "waiting" : "running"));
+    c.block.dataset.waiting = String(waiting);
+    if (waiting) this.note(`waiting on sub-agent ${short(c.block.dataset.childRunId)}`, "waiting");
+  }
   on_sub_agent_completed(e) {
     const c = this.child(e);
     c.state.replaceChildren(statusBadge(e.status));
