@@ -20,6 +20,9 @@ from typing import Any, Self
 from culm.bus.factory import build_bus
 from culm.context.view import model_view
 from culm.context.wiring import context_settings
+from culm.cost import Pricer
+from culm.cost.runs import priced, with_descendants
+from culm.loop.spend import run_budget
 from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent
 from culm.domain.models import (
@@ -112,6 +115,7 @@ class Engine:
         self._store = store
         self._stack: contextlib.AsyncExitStack | None = None
         self.metrics = MetricsPipeline(_metrics_config(self.settings))
+        self.pricer = Pricer(self.settings.price_overrides)
         self.bus = build_bus(self.settings)  # connects in start()
 
     # Lifecycle
@@ -296,9 +300,12 @@ class Engine:
         kind: SessionKind = SessionKind.ROOT,
         parent_session_id: str | None = None,
         mcp_servers: dict[str, Any] | None = None,
+        max_cost_usd: float | None = None,
+        max_tokens: int | None = None,
     ) -> Session:
         """Create a session. The model and tool names are checked now, so mistakes surface here.
-        ``mcp_servers`` are the session's own MCP servers (kept in its metadata)."""
+        ``mcp_servers`` are the session's own MCP servers (kept in its metadata); ``max_cost_usd``
+        and ``max_tokens`` limit the spend of each of its runs (culm.loop.spend)."""
         self._require_open()
         session_id = new_id()
         draft = self._draft(
@@ -308,6 +315,8 @@ class Engine:
             kind=kind,
             parent_session_id=parent_session_id,
             system_prompt=system_prompt,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
         )
         tool_names = self.tools.expand(tools, draft)  # MCP names are checked against its servers
         workspace_path = str(self._workspace(session_id, workspace))
@@ -410,9 +419,12 @@ class Engine:
         multitask: MultitaskPolicy | str = MultitaskPolicy.REJECT,
         trigger: RunTrigger | str = RunTrigger.API,
         parent_run_id: str | None = None,
+        max_cost_usd: float | None = None,
+        max_tokens: int | None = None,
     ) -> Run:
         """Start a run on a session (or queue it, by ``multitask``). Returns the run record;
-        raises AlreadyRunningError when the session is busy and ``multitask`` is ``reject``."""
+        raises AlreadyRunningError when the session is busy and ``multitask`` is ``reject``.
+        ``max_cost_usd`` / ``max_tokens``: this run's budget (default: the session's)."""
         session = await self.get_session(session_id)
         model_name = model or session.model
         self.models.resolve(model_name)
@@ -423,6 +435,8 @@ class Engine:
             model=model_name,
             trigger=RunTrigger(trigger),
             input=message,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
         )
         return await self.runs.start_run(run, MultitaskPolicy(multitask))
 
@@ -433,12 +447,16 @@ class Engine:
         created = await self.create_session(**session)
         return await self.start_run(created.session_id, message, trigger=trigger)
 
-    async def get_run(self, run_id: str) -> Run:
-        """The run, with live fields from its runner when it is active in this process."""
+    async def get_run(self, run_id: str, *, descendants_cost: bool = False) -> Run:
+        """The run, with live fields from its runner when it is active in this process, and its
+        cost (with ``descendants_cost``, also that of its sub-agents': ``culm.cost.runs``)."""
         self._require_open()
         run = await self.store.get_run(run_id)
         if run is None:
             raise NotFoundError("run", run_id)
+        run = priced(run, self.pricer)
+        if descendants_cost:
+            run = await with_descendants(run, self.pricer, self._children)
         runner = self.registry.get(run_id)
         if runner is None or run.status.is_terminal:
             return run
@@ -475,9 +493,13 @@ class Engine:
         limit: int = 100,
     ) -> list[Run]:
         self._require_open()
-        return await self.store.list_runs(
+        found = await self.store.list_runs(
             session_id=session_id, status=RunStatus(status) if status else None, limit=limit
         )
+        return [priced(run, self.pricer) for run in found]
+
+    async def _children(self, run_id: str) -> list[Run]:
+        return await self.store.list_runs(parent_run_id=run_id, limit=10_000)
 
     async def cancel(
         self,
@@ -585,6 +607,8 @@ class Engine:
             budget_limit=session.metadata.get("budget_limit"),
             run_id=run.run_id,
             context=self._context_settings(session, model, fence),
+            price=self.pricer.cost,
+            budget=run_budget(run, session),
         )
 
     def _context_settings(

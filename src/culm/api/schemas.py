@@ -56,12 +56,26 @@ class CreateSession(_Request):
         "`command`, `args`, `env` (stdio) or `url`, `headers` (Streamable HTTP), and `timeout`",
         examples=[{"time": {"command": "mcp-server-time", "args": ["--local-timezone", "UTC"]}}],
     )
+    max_cost_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="Each run's spend limit in USD (its sub-agents' included); a run past it (or past `max_tokens`) ends `error` with code `budget_exceeded` after that round",
+        examples=[0.5],
+    )
+    max_tokens: int | None = Field(default=None, ge=1, examples=[200000])
 
 
 class CreateRun(_Request):
     message: str = Field(min_length=1, examples=["What is in the workspace?"])
     model: str | None = Field(default=None, max_length=200)
     multitask: MultitaskPolicy = MultitaskPolicy.REJECT
+    max_cost_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="This run's spend limit in USD (default: the session's)",
+        examples=[0.5],
+    )
+    max_tokens: int | None = Field(default=None, ge=1, examples=[200000])
 
 
 class CreateHeadlessRun(CreateSession):

@@ -128,6 +128,11 @@ class TokenBudget(BaseModel):
     # partly a local estimate (before a model call) rather than what the provider reported.
     percent: float | None = None
     estimated: bool = False
+    # The run's spend budget (sub-agents' spend included) and what it has spent so far.
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    spent_tokens: int | None = None
+    spent_cost_usd: float | None = None
 
 
 class TokenBudgetUpdated(RunEventBase):
@@ -153,6 +158,8 @@ class RoundCompleted(RunEventBase):
     error: str | None = None
     # The call summarized the conversation for a compaction (not one of the agent's rounds).
     compaction: bool = False
+    # What ``usage`` cost in USD (culm.cost); None when the model has no known price.
+    cost_usd: float | None = None
 
 
 class ContextPressure(RunEventBase):

@@ -56,6 +56,9 @@ class Session(_Frozen):
     workspace: str
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utc_now)
+    # Spend limits of each run of the session (sub-agents' spend included); None: no limit.
+    max_cost_usd: float | None = None
+    max_tokens: int | None = None
 
 
 class ToolCall(_Frozen):
@@ -158,3 +161,10 @@ class Run(_Frozen):
     # The worker executing it (its ``worker_id``), None while nobody has claimed it: a cancel
     # from another process is sent to this worker's control channel.
     owner: str | None = None
+    # Spend limits of this run (None: the session's), see culm.loop.spend.
+    max_cost_usd: float | None = None
+    max_tokens: int | None = None
+    # What the run's usage cost in USD (None: unpriced), and with its sub-agents' runs: worked
+    # out when the run is read (culm.cost), not stored.
+    cost_usd: float | None = None
+    cost_usd_with_descendants: float | None = None

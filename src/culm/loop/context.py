@@ -11,6 +11,7 @@ from culm.context.overflow import OverflowMatcher
 from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent, RunEventBase
 from culm.domain.models import Message, Session, Usage
+from culm.loop.spend import RunBudget, Spend
 from culm.providers.base import Model
 from culm.tools.base import Tool
 
@@ -25,6 +26,10 @@ async def _no_compaction() -> Compaction | None:
 
 async def _keep(compaction: Compaction) -> Compaction:
     return compaction
+
+
+def _unpriced(model: str, usage: Usage) -> float | None:
+    return None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -70,6 +75,9 @@ class LoopContext:
     congested: Callable[[], bool] = lambda: False
     room: Callable[[], Awaitable[None]] = _no_wait
     context: ContextSettings = field(default_factory=ContextSettings)
+    # The cost in USD of a model's usage (None: unpriced; see culm.cost), and the run's budget.
+    price: Callable[[str, Usage], float | None] = _unpriced
+    budget: RunBudget = field(default_factory=RunBudget)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -79,6 +87,7 @@ class LoopState:
     messages: list[Message]
     usage: Usage = field(default_factory=Usage)
     round: int = 0
+    spend: Spend = field(default_factory=Spend)  # sub-agents' included (culm.loop.spend)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,14 @@ usage includes it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from culm.domain.events import (
     CANCELLED_ROUND_ERROR,
     RoundCompleted,
+    RunEvent,
+    RunEventBase,
     RunnerProgress,
 )
 from culm.domain.models import Usage
@@ -34,7 +37,9 @@ from culm.tools.compact import COMPACT_TOOL
 
 
 async def run_agent(ctx: LoopContext, state: LoopState) -> str:
-    """Run rounds until the model gives a final answer; returns it."""
+    """Run rounds until the model gives a final answer; returns it. A round that took the run
+    past its budget ends it (``budget_exceeded``) unless that round gave the final answer."""
+    ctx = _metered(ctx, state)
     window = await ContextWindow.open(ctx, state)
     while True:
         step = await run_round(ctx, state, window)
@@ -42,7 +47,20 @@ async def run_agent(ctx: LoopContext, state: LoopState) -> str:
             case FinalAnswer(text=text):
                 return text
             case RunAgain():
+                state.spend.check(ctx.budget)
                 continue
+
+
+def _metered(ctx: LoopContext, state: LoopState) -> LoopContext:
+    """``ctx`` whose ``emit`` also counts what each event spent (the run's rounds and its
+    sub-agents') in ``state.spend``."""
+    emit, spend = ctx.emit, state.spend
+
+    def emit_metered(event: RunEventBase) -> RunEvent:
+        spend.observe(event)
+        return emit(event)
+
+    return dataclasses.replace(ctx, emit=emit_metered)
 
 
 async def run_round(ctx: LoopContext, state: LoopState, window: ContextWindow) -> NextStep:
@@ -110,6 +128,7 @@ def _round_completed(
             model=ctx.model.name,
             partial=error is not None,
             error=error,
+            cost_usd=ctx.price(ctx.model.name, usage),
         )
     )
 

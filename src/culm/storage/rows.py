@@ -21,12 +21,15 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         workspace=row.workspace,
         metadata=row.metadata,
         created_at=row.created_at,
+        max_cost_usd=row.max_cost_usd,
+        max_tokens=row.max_tokens,
     )
 
 
 def run_to_row(run: Run) -> dict[str, Any]:
     # The owner is the store's to set (a claim, a reservation owned by its caller).
     exclude = {"queued", "usage", "last_tool_phase", "status", "trigger", "owner"}
+    exclude |= {"cost_usd", "cost_usd_with_descendants"}  # worked out on reading
     row = run.model_dump(exclude=exclude)
     row.update(
         status=run.status.value,
@@ -63,4 +66,6 @@ def run_from_row(row: sa.Row[Any]) -> Run:
         queued=row.queued,
         epoch=row.epoch,
         owner=row.owner,
+        max_cost_usd=row.max_cost_usd,
+        max_tokens=row.max_tokens,
     )

@@ -56,6 +56,8 @@ sessions = sa.Table(
     sa.Column("workspace", sa.Text, nullable=False),
     sa.Column("metadata", JSONType, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("max_cost_usd", sa.Float, nullable=True),
+    sa.Column("max_tokens", sa.BigInteger, nullable=True),
 )
 
 messages = sa.Table(
@@ -117,6 +119,8 @@ runs = sa.Table(
     # The highest seq the run may have shown a client before storing it (pre-commit delivery):
     # recovery appends after it. See culm.domain.liveness.SEQ_RESERVE.
     sa.Column("seq_reserved", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_cost_usd", sa.Float, nullable=True),
+    sa.Column("max_tokens", sa.BigInteger, nullable=True),
     sa.Index("ix_runs_ready", "created_at", sqlite_where=READY, postgresql_where=READY),
     sa.Index("ix_runs_leased", "lease_expires_at", sqlite_where=LEASED, postgresql_where=LEASED),
     sa.Index(

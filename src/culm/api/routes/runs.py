@@ -50,7 +50,7 @@ async def list_runs(
 @router.get("/{run_id}", responses=UNKNOWN)
 async def get_run(run_id: str, engine: EngineDep) -> RunDetail:
     """The run, its sub-agent runs (``children``) and its usage with theirs."""
-    run = await engine.get_run(run_id)
+    run = await engine.get_run(run_id, descendants_cost=True)
     children = [
         RunChild(run_id=child.run_id, session_id=child.session_id, status=child.status)
         for child in await engine.get_children(run_id)

@@ -88,7 +88,12 @@ async def create_run(session_id: str, body: CreateRun, engine: EngineDep) -> Run
     if body.model is not None:
         check_names(engine, model=body.model)
     return await engine.start_run(
-        session_id, body.message, model=body.model, multitask=body.multitask
+        session_id,
+        body.message,
+        model=body.model,
+        multitask=body.multitask,
+        max_cost_usd=body.max_cost_usd,
+        max_tokens=body.max_tokens,
     )
 
 
