@@ -22,7 +22,6 @@ from culm.context.view import model_view
 from culm.context.wiring import context_settings
 from culm.cost import Pricer
 from culm.cost.runs import priced, with_descendants
-from culm.loop.spend import run_budget
 from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent
 from culm.domain.models import (
@@ -39,6 +38,7 @@ from culm.domain.time import new_id, utc_now
 from culm.errors import ConfigError, EngineClosedError, NotFoundError, SessionBusyError
 from culm.loop.context import ContextSettings, LoopContext, LoopLimits
 from culm.loop.manual import compact_session
+from culm.loop.spend import run_budget
 from culm.mcp.manager import MCPManager, session_metadata
 from culm.metrics.derive import session_compaction_round
 from culm.metrics.pipeline import MetricsConfig, MetricsPipeline
