@@ -114,8 +114,8 @@ class Engine:
         self.scripts = scripts or ScriptLibrary(self.settings.scripts_dir)
         self._store = store
         self._stack: contextlib.AsyncExitStack | None = None
-        self.metrics = MetricsPipeline(_metrics_config(self.settings))
         self.pricer = Pricer(self.settings.price_overrides)
+        self.metrics = MetricsPipeline(_metrics_config(self.settings), price=self.pricer.cost)
         self.bus = build_bus(self.settings)  # connects in start()
 
     # Lifecycle

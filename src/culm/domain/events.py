@@ -116,6 +116,10 @@ class ToolError(RunEventBase):
     elapsed_ms: int
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class TokenBudget(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -128,11 +132,12 @@ class TokenBudget(BaseModel):
     # partly a local estimate (before a model call) rather than what the provider reported.
     percent: float | None = None
     estimated: bool = False
-    # The run's spend budget (sub-agents' spend included) and what it has spent so far.
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
-    spent_tokens: int | None = None
-    spent_cost_usd: float | None = None
+    # The run's spend budget (sub-agents' spend included) and what it has spent so far: only
+    # for a run with a budget (absent otherwise).
+    max_tokens: int | None = Field(default=None, exclude_if=_is_none)
+    max_cost_usd: float | None = Field(default=None, exclude_if=_is_none)
+    spent_tokens: int | None = Field(default=None, exclude_if=_is_none)
+    spent_cost_usd: float | None = Field(default=None, exclude_if=_is_none)
 
 
 class TokenBudgetUpdated(RunEventBase):
