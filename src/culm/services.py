@@ -65,6 +65,7 @@ from culm.storage.base import Fence, QueueStats, Store, WorkerInfo
 from culm.storage.sql import SqlStore
 from culm.tools import Tool, ToolRegistry, builtin_tools
 from culm.tools.sandbox import sandbox_from
+from culm.tracing import build_tracing
 
 DEFAULT_GROUPS = {"read": ("read_file", "list_dir", "glob", "grep")}
 
@@ -115,6 +116,7 @@ class Engine:
         self._store = store
         self._stack: contextlib.AsyncExitStack | None = None
         self.pricer = Pricer(self.settings.price_overrides)
+        self.tracing = build_tracing()  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
         self.metrics = MetricsPipeline(_metrics_config(self.settings), price=self.pricer.cost)
         self.bus = build_bus(self.settings)  # connects in start()
 
@@ -141,6 +143,7 @@ class Engine:
                 f"CULM_HOME: cannot use {str(settings.home)!r} as culm's home ({exc.strerror})"
             ) from exc
         async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self.tracing.aclose)  # last: the runs' spans are ended
             store = self._store or SqlStore(settings.resolved_database_url)
             await store.start()
             stack.push_async_callback(store.aclose)
@@ -421,10 +424,12 @@ class Engine:
         parent_run_id: str | None = None,
         max_cost_usd: float | None = None,
         max_tokens: int | None = None,
+        traceparent: str | None = None,
     ) -> Run:
         """Start a run on a session (or queue it, by ``multitask``). Returns the run record;
         raises AlreadyRunningError when the session is busy and ``multitask`` is ``reject``.
-        ``max_cost_usd`` / ``max_tokens``: this run's budget (default: the session's)."""
+        ``max_cost_usd`` / ``max_tokens``: this run's budget (default: the session's);
+        ``traceparent``: the W3C trace context its spans continue."""
         session = await self.get_session(session_id)
         model_name = model or session.model
         self.models.resolve(model_name)
@@ -437,15 +442,19 @@ class Engine:
             input=message,
             max_cost_usd=max_cost_usd,
             max_tokens=max_tokens,
+            traceparent=traceparent,
         )
         return await self.runs.start_run(run, MultitaskPolicy(multitask))
 
     async def run(self, message: str, **session: Any) -> Run:
         """Headless: create a session (``model``, ``tools`` … as for create_session) and start
-        a run on it."""
+        a run on it (``trigger``, ``traceparent``: as for start_run)."""
         trigger = session.pop("trigger", RunTrigger.API)
+        traceparent = session.pop("traceparent", None)
         created = await self.create_session(**session)
-        return await self.start_run(created.session_id, message, trigger=trigger)
+        return await self.start_run(
+            created.session_id, message, trigger=trigger, traceparent=traceparent
+        )
 
     async def get_run(self, run_id: str, *, descendants_cost: bool = False) -> Run:
         """The run, with live fields from its runner when it is active in this process, and its
@@ -609,6 +618,7 @@ class Engine:
             context=self._context_settings(session, model, fence),
             price=self.pricer.cost,
             budget=run_budget(run, session),
+            tracing=self.tracing.for_run(run, session),
         )
 
     def _context_settings(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+from fastapi import Header
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, Session, Usage
@@ -41,6 +42,16 @@ def _mcp_servers_schema() -> dict[str, Any]:
 # rule, which also allows "a_-b"; what the schema allows, the engine takes).
 MCP_SERVER_NAME = "^[A-Za-z0-9](?:-|_?[A-Za-z0-9])*$"
 MCPServers = Annotated[dict[str, dict[str, Any]], WithJsonSchema(_mcp_servers_schema())]
+
+
+TraceParent = Annotated[
+    str | None,
+    Header(
+        max_length=64,
+        description="W3C trace context: the run's spans (OpenTelemetry) continue the caller's "
+        "trace",
+    ),
+]
 
 
 class CreateSession(_Request):

@@ -164,6 +164,9 @@ class Run(_Frozen):
     # Spend limits of this run (None: the session's), see culm.loop.spend.
     max_cost_usd: float | None = None
     max_tokens: int | None = None
+    # The W3C trace context the run's spans continue (the API caller's, the spawning tool
+    # call's, the schedule fire's); None: a trace of its own.
+    traceparent: str | None = None
     # What the run's usage cost in USD (None: unpriced), and with its sub-agents' runs: worked
     # out when the run is read (culm.cost), not stored.
     cost_usd: float | None = None

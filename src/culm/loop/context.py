@@ -14,6 +14,7 @@ from culm.domain.models import Message, Session, Usage
 from culm.loop.spend import RunBudget, Spend
 from culm.providers.base import Model
 from culm.tools.base import Tool
+from culm.tracing.spans import RunTracing
 
 
 async def _no_wait() -> None:
@@ -78,6 +79,7 @@ class LoopContext:
     # The cost in USD of a model's usage (None: unpriced; see culm.cost), and the run's budget.
     price: Callable[[str, Usage], float | None] = _unpriced
     budget: RunBudget = field(default_factory=RunBudget)
+    tracing: RunTracing = field(default_factory=RunTracing)  # no-op unless exporting
 
 
 @dataclass(kw_only=True, slots=True)

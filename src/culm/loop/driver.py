@@ -40,15 +40,16 @@ async def run_agent(ctx: LoopContext, state: LoopState) -> str:
     """Run rounds until the model gives a final answer; returns it. A round that took the run
     past its budget ends it (``budget_exceeded``) unless that round gave the final answer."""
     ctx = _metered(ctx, state)
-    window = await ContextWindow.open(ctx, state)
-    while True:
-        step = await run_round(ctx, state, window)
-        match step:
-            case FinalAnswer(text=text):
-                return text
-            case RunAgain():
-                state.spend.check(ctx.budget)
-                continue
+    with ctx.tracing.agent():
+        window = await ContextWindow.open(ctx, state)
+        while True:
+            step = await run_round(ctx, state, window)
+            match step:
+                case FinalAnswer(text=text):
+                    return text
+                case RunAgain():
+                    state.spend.check(ctx.budget)
+                    continue
 
 
 def _metered(ctx: LoopContext, state: LoopState) -> LoopContext:

@@ -24,6 +24,7 @@ from culm.logs import get_logger
 from culm.loop.classify import ModelResponse, ResponseBuilder
 from culm.loop.context import LoopContext, LoopLimits
 from culm.providers.base import Model, ModelRequest, StreamPart
+from culm.tracing.spans import ChatSpan
 
 log = get_logger(__name__)
 
@@ -49,10 +50,31 @@ async def call_model(
     model: Model | None = None,
     live: bool = True,
 ) -> ModelResponse:
-    """Stream ``request`` to ``model`` (default: the run's). ``live``: its text goes out as
-    ``token`` events (a compaction's summarizer call is not the agent's output)."""
+    """Stream ``request`` to ``model`` (default: the run's), in a ``chat`` span. ``live``: its
+    text goes out as ``token`` events (a compaction's summarizer call is not the agent's
+    output)."""
     meter = meter if meter is not None else UsageMeter()
     model = model if model is not None else ctx.model
+    call = UsageMeter()  # this call's, for its span
+    with ctx.tracing.chat(model.name) as span:
+        try:
+            response = await _call(ctx, request, call, model, live, span)
+        finally:
+            if call.reported:
+                meter.add(call.total)
+            span.finished(call.total, None, None)
+        span.finished(call.total, response.finish_reason, None)
+        return response
+
+
+async def _call(
+    ctx: LoopContext,
+    request: ModelRequest,
+    meter: UsageMeter,
+    model: Model,
+    live: bool,
+    span: ChatSpan,
+) -> ModelResponse:
     attempt = 1
     while True:
         builder = ResponseBuilder()
@@ -63,6 +85,8 @@ async def call_model(
             async with contextlib.aclosing(parts):
                 async for part in parts:
                     event = builder.add(part)
+                    if event is not None:
+                        span.chunk()
                     if event is not None and live:
                         ctx.emit(event)
                         if ctx.congested():  # a model faster than the store waits for it

@@ -68,4 +68,5 @@ def run_from_row(row: sa.Row[Any]) -> Run:
         owner=row.owner,
         max_cost_usd=row.max_cost_usd,
         max_tokens=row.max_tokens,
+        traceparent=row.traceparent,
     )

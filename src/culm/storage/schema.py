@@ -121,6 +121,7 @@ runs = sa.Table(
     sa.Column("seq_reserved", sa.Integer, nullable=False, server_default="0"),
     sa.Column("max_cost_usd", sa.Float, nullable=True),
     sa.Column("max_tokens", sa.BigInteger, nullable=True),
+    sa.Column("traceparent", sa.String(64), nullable=True),
     sa.Index("ix_runs_ready", "created_at", sqlite_where=READY, postgresql_where=READY),
     sa.Index("ix_runs_leased", "lease_expires_at", sqlite_where=LEASED, postgresql_where=LEASED),
     sa.Index(
