@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.state.forwarder = forwarder = Forwarder(settings, engine.metrics)
+    app.state.forwarder = forwarder = Forwarder(settings, engine.metrics, engine.tracing.tracer)
     app.state.shutdown = anyio.Event()
     app.state.frames = FrameCache()
     app.state.ping_seconds = settings.sse_ping_seconds

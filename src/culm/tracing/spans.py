@@ -227,3 +227,45 @@ def _failed(span: Span, exc: BaseException, *, run_status: bool = False) -> None
     span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
     if run_status:
         span.set_attribute("culm.run.status", "error")
+
+
+def start_proxy_span(
+    tracer: trace.Tracer,
+    *,
+    provider: str,
+    model: str | None,
+    operation: str,
+    traceparent: str | None,
+    server: tuple[str, int | None],
+) -> Span:
+    """The span of one proxied request: ``chat {model}`` (CLIENT) below the caller's
+    ``traceparent`` when it sent one, with ``server.address`` / ``server.port`` of the
+    upstream. :func:`end_proxy_span` ends it."""
+    attributes: dict[str, Any] = {
+        OPERATION: operation,
+        PROVIDER: provider,
+        "server.address": server[0],
+    }
+    if server[1] is not None:
+        attributes["server.port"] = server[1]
+    if model:
+        attributes["gen_ai.request.model"] = model
+    return tracer.start_span(
+        f"{operation} {model}" if model else operation,
+        context=context_from(traceparent) or otel_context.Context(),
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+    )
+
+
+def end_proxy_span(
+    span: Span, *, status_code: int, usage: Usage | None, error: str | None, error_type: str
+) -> None:
+    if span.is_recording():
+        span.set_attribute("http.response.status_code", status_code)
+        if usage is not None:
+            span.set_attributes(usage_attributes(usage))
+        if error is not None:
+            span.set_attribute("error.type", error_type)
+            span.set_status(Status(StatusCode.ERROR, error[:500]))
+    span.end()
