@@ -84,9 +84,8 @@ async def _call(
             # (while waiting for room): the provider's stream is closed at once.
             async with contextlib.aclosing(parts):
                 async for part in parts:
+                    span.chunk()
                     event = builder.add(part)
-                    if event is not None:
-                        span.chunk()
                     if event is not None and live:
                         ctx.emit(event)
                         if ctx.congested():  # a model faster than the store waits for it
