@@ -533,7 +533,7 @@ class Engine:
         if run.status.is_terminal:
             return run  # also with timeout=0
         async with asyncio.timeout(timeout):
-            return await self.runs.wait(run_id)
+            return priced(await self.runs.wait(run_id), self.pricer)
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncGenerator[RunEvent]:
         """Every event of the run with ``seq > after``, in order, then live; ends after the
