@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from culm._version import __version__
 from culm.api import errors, openapi
 from culm.api.encoding import FrameCache
+from culm.api.httpmetrics import HTTPMetrics
 from culm.api.middleware import PROXY_PREFIXES, APIKeyAuth, BodySizeLimit
 from culm.api.routes import context, mcp, metrics, proxy, runs, schedules, sessions, workers
 from culm.api.schemas import Health
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.shutdown_grace = settings.shutdown_timeout / 2
     app.state.prometheus = PrometheusExporter(
         engine.metrics,
+        price=engine.pricer.cost,
         active_runs=lambda: len(engine.registry) if engine.metrics.started else 0,
         cluster=lambda: _cluster(engine),
     )
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             api_key=settings.api_key.get_secret_value(),
             proxy_refusal=forwarder.refusal,
         )
+    app.add_middleware(HTTPMetrics, registry=app.state.prometheus.registry)  # outermost
     return app
 
 

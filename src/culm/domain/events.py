@@ -165,6 +165,8 @@ class RoundCompleted(RunEventBase):
     compaction: bool = False
     # What ``usage`` cost in USD (culm.cost); None when the model has no known price.
     cost_usd: float | None = None
+    # Milliseconds from the model call's start to its first streamed chunk (None: none came).
+    first_chunk_ms: int | None = None
 
 
 class ContextPressure(RunEventBase):

@@ -25,7 +25,6 @@ from culm.domain.events import (
     RunEventBase,
     RunnerProgress,
 )
-from culm.domain.models import Usage
 from culm.errors import LimitExceededError, ModelError, describe
 from culm.loop.classify import ModelResponse
 from culm.loop.context import FinalAnswer, LoopContext, LoopState, NextStep, RunAgain
@@ -78,10 +77,10 @@ async def run_round(ctx: LoopContext, state: LoopState, window: ContextWindow) -
         response, request = await _call_model(ctx, window, request, meter)
     except BaseException as exc:
         if meter.reported:  # the provider reported usage before the call failed: count it
-            _round_completed(ctx, state, meter.total, started, error=_describe(exc))
+            _round_completed(ctx, state, meter, started, error=_describe(exc))
         raise
     usage = meter.total
-    _round_completed(ctx, state, usage, started)
+    _round_completed(ctx, state, meter, started)
     window.reported(request, usage)
     message = response.message
     state.messages.append(message)
@@ -116,10 +115,16 @@ async def _call_model(
 
 
 def _round_completed(
-    ctx: LoopContext, state: LoopState, usage: Usage, started: float, *, error: str | None = None
+    ctx: LoopContext,
+    state: LoopState,
+    meter: UsageMeter,
+    started: float,
+    *,
+    error: str | None = None,
 ) -> None:
     """Add the round's usage to the run's and emit ``round_completed`` (``partial`` with the
     error when the model call did not finish). Synchronous: it also runs while cancelled."""
+    usage = meter.total
     state.usage += usage
     ctx.emit(
         RoundCompleted(
@@ -130,6 +135,7 @@ def _round_completed(
             partial=error is not None,
             error=error,
             cost_usd=ctx.price(ctx.model.name, usage),
+            first_chunk_ms=meter.first_chunk_ms,
         )
     )
 

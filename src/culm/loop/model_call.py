@@ -35,6 +35,7 @@ class UsageMeter:
 
     total: Usage = field(default_factory=Usage)
     reported: bool = False
+    first_chunk_ms: int | None = None  # the first call's, when it streamed anything
 
     def add(self, usage: Usage | None) -> None:
         if usage is not None:
@@ -62,6 +63,8 @@ async def call_model(
         finally:
             if call.reported:
                 meter.add(call.total)
+            if meter.first_chunk_ms is None:
+                meter.first_chunk_ms = span.first_chunk_ms
             span.finished(call.total, None, None)
         span.finished(call.total, response.finish_reason, None)
         return response

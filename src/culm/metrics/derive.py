@@ -242,4 +242,5 @@ def _round(
         partial=event.partial,
         model=event.model,
         compaction=event.compaction,
+        first_chunk_ms=event.first_chunk_ms,
     )

@@ -141,6 +141,8 @@ class RoundCompleted(_Event):
     model: str | None = None
     # A compaction's summarizer call (its round_id ends ``:compaction:<seq>``), not an agent round.
     compaction: bool = False
+    # Milliseconds from the call's start to its first streamed chunk (None: none came).
+    first_chunk_ms: int | None = None
 
 
 class ToolCalled(_Event):

@@ -87,6 +87,12 @@ class ChatSpan:
                 "gen_ai.response.time_to_first_chunk", self._first - self._started
             )
 
+    @property
+    def first_chunk_ms(self) -> int | None:
+        if self._first is None:
+            return None
+        return int((self._first - self._started) * 1000)
+
     def finished(self, usage: Usage, finish_reason: str | None, model: str | None) -> None:
         span = self._span
         if not span.is_recording():
