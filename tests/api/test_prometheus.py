@@ -58,6 +58,8 @@ async def test_the_exposition_is_promtool_clean_and_complete(make_server: Server
         ("gen_ai_operation_name", "chat"),
         ("gen_ai_provider_name", "scripted"),
         ("gen_ai_request_model", "priced"),
+        ("gen_ai_response_model", ""),
+        ("server_address", ""),
     )
     assert samples[("culm_cost_usd_total", genai)] == pytest.approx(2 * 300 / 1e6)
     assert samples[("gen_ai_client_operation_time_to_first_chunk_seconds_count", genai)] == 2

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
 
 import anyio
 from fastapi import FastAPI
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.prometheus = PrometheusExporter(
         engine.metrics,
         price=engine.pricer.cost,
+        server_of=_provider_hosts(settings),
         active_runs=lambda: len(engine.registry) if engine.metrics.started else 0,
         cluster=lambda: _cluster(engine),
     )
@@ -125,3 +127,10 @@ async def _close_streams_on(shutdown: anyio.Event, engine: Engine) -> None:
     await shutdown.wait()
     await engine.drain()
     engine.close_streams()
+
+
+def _provider_hosts(settings: Settings) -> Callable[[str], str]:
+    """A provider's host (the ``server_address`` of its calls in /metrics; "" if none)."""
+    urls = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url}
+    hosts = {name: urlsplit(url).hostname or "" for name, url in urls.items()}
+    return lambda provider: hosts.get(provider, "")

@@ -165,8 +165,10 @@ class RoundCompleted(RunEventBase):
     compaction: bool = False
     # What ``usage`` cost in USD (culm.cost); None when the model has no known price.
     cost_usd: float | None = None
-    # Milliseconds from the model call's start to its first streamed chunk (None: none came).
+    # Milliseconds from the model call's start to its first streamed chunk (None: none came),
+    # and the model that answered as the provider named it (None: it did not say).
     first_chunk_ms: int | None = None
+    response_model: str | None = None
 
 
 class ContextPressure(RunEventBase):

@@ -136,6 +136,7 @@ def _round_completed(
             error=error,
             cost_usd=ctx.price(ctx.model.name, usage),
             first_chunk_ms=meter.first_chunk_ms,
+            response_model=meter.response_model,
         )
     )
 

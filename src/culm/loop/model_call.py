@@ -36,6 +36,7 @@ class UsageMeter:
     total: Usage = field(default_factory=Usage)
     reported: bool = False
     first_chunk_ms: int | None = None  # the first call's, when it streamed anything
+    response_model: str | None = None  # the model that answered, as the provider named it
 
     def add(self, usage: Usage | None) -> None:
         if usage is not None:
@@ -66,7 +67,8 @@ async def call_model(
             if meter.first_chunk_ms is None:
                 meter.first_chunk_ms = span.first_chunk_ms
             span.finished(call.total, None, None)
-        span.finished(call.total, response.finish_reason, None)
+        span.finished(call.total, response.finish_reason, response.model)
+        meter.response_model = response.model
         return response
 
 

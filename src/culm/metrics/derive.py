@@ -243,4 +243,5 @@ def _round(
         model=event.model,
         compaction=event.compaction,
         first_chunk_ms=event.first_chunk_ms,
+        response_model=event.response_model,
     )

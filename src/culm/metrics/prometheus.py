@@ -9,8 +9,10 @@ underscores in metric and label names):
                                                set when the call failed: ``stream_cut``, an HTTP
                                                status, ``timeout``)
 
-both also labelled ``gen_ai_operation_name`` (``chat``), ``gen_ai_provider_name`` and
-``gen_ai_request_model``, for the agent loop's rounds and the proxy's forwarded requests alike
+both also labelled ``gen_ai_operation_name`` (``chat``), ``gen_ai_provider_name``,
+``gen_ai_request_model``, ``gen_ai_response_model`` (as the provider named the model that
+answered; empty when it did not say, and for proxied requests) and ``server_address`` (the
+provider's host; empty for ``scripted``), for the agent loop's rounds and the proxy's forwarded requests alike
 (``culm_source``: ``run`` | ``compaction`` | ``proxy``). culm's own:
 
 ``gen_ai_client_operation_time_to_first_chunk_seconds``  histogram of the time from a model
@@ -105,6 +107,8 @@ GENAI_LABELS = (
     "gen_ai_operation_name",
     "gen_ai_provider_name",
     "gen_ai_request_model",
+    "gen_ai_response_model",
+    "server_address",
     "culm_source",
 )
 RUN_STATUS = {"completed": "completed", "cancelled": "cancelled", "failed": "error"}
@@ -195,11 +199,13 @@ class PrometheusExporter:
         active_runs: Callable[[], int],
         cluster: ClusterReader | None = None,
         price: Price = unpriced,
+        server_of: Callable[[str], str] = lambda provider: "",
     ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # one series per counter: no `_created` beside `_total`
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self._price = price
+        self._server_of = server_of  # a provider's host (``server_address``)
         self.first_chunk = Histogram(
             "gen_ai_client_operation_time_to_first_chunk",
             "Time from the start of a streamed model call to its first chunk.",
@@ -288,7 +294,8 @@ class PrometheusExporter:
     def _round(self, event: RoundCompleted) -> None:
         provider, _, model = (event.model or "unknown").partition(":")
         source = "compaction" if event.compaction else "run"
-        labels = ("chat", provider, model or provider, source)
+        server = self._server_of(provider)
+        labels = ("chat", provider, model or provider, event.response_model or "", server, source)
         error = "cancelled" if event.status.value == "cancelled" else ""
         error = error or ("stream_cut" if event.partial else "")
         self.duration.labels(*labels, error).observe(event.latency_ms / 1000)
@@ -299,7 +306,8 @@ class PrometheusExporter:
 
     def _request(self, event: RequestCompleted) -> None:
         endpoint, model = self._requests.pop(event.request_id, ("unknown", "unknown"))
-        labels = ("chat", endpoint.partition(".")[0], model, "proxy")
+        provider = endpoint.partition(".")[0]
+        labels = ("chat", provider, model, "", self._server_of(provider), "proxy")
         error = "" if event.status.value == "success" else _error_type(event)
         self.duration.labels(*labels, error).observe(event.latency_ms / 1000)
         if event.usage is not None:
