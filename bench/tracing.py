@@ -62,7 +62,10 @@ def _stub_tracing() -> None:
         def chunk(self) -> None:
             pass
 
-        def finished(self, *args: Any) -> None:
+        def usage(self, *args: Any) -> None:
+            pass
+
+        def answered(self, *args: Any) -> None:
             pass
 
     @contextmanager

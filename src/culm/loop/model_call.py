@@ -66,8 +66,8 @@ async def call_model(
                 meter.add(call.total)
             if meter.first_chunk_ms is None:
                 meter.first_chunk_ms = span.first_chunk_ms
-            span.finished(call.total, None, None)
-        span.finished(call.total, response.finish_reason, response.model)
+            span.usage(call.total)  # as reported, also when the call failed
+        span.answered(response.finish_reason, response.model)
         meter.response_model = response.model
         return response
 

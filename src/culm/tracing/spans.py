@@ -93,11 +93,14 @@ class ChatSpan:
             return None
         return int((self._first - self._started) * 1000)
 
-    def finished(self, usage: Usage, finish_reason: str | None, model: str | None) -> None:
+    def usage(self, usage: Usage) -> None:
+        if self._span.is_recording():
+            self._span.set_attributes(usage_attributes(usage))
+
+    def answered(self, finish_reason: str | None, model: str | None) -> None:
         span = self._span
         if not span.is_recording():
             return
-        span.set_attributes(usage_attributes(usage))
         if finish_reason:
             span.set_attribute("gen_ai.response.finish_reasons", [finish_reason])
         if model:
