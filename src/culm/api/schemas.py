@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+from annotated_types import Ge
 from fastapi import Header
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, Session, Usage
 from culm.domain.text import refuse_unstorable
@@ -44,6 +45,16 @@ MCP_SERVER_NAME = "^[A-Za-z0-9](?:-|_?[A-Za-z0-9])*$"
 MCPServers = Annotated[dict[str, dict[str, Any]], WithJsonSchema(_mcp_servers_schema())]
 
 
+def _a_number(value: Any) -> Any:
+    """JSON numbers only: not ``true`` / ``false``, nor a number written as a string."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a number")
+    return value
+
+
+Count = Annotated[int, Ge(1), BeforeValidator(_a_number)]
+Amount = Annotated[float, Ge(0), BeforeValidator(_a_number)]
+
 TraceParent = Annotated[
     str | None,
     Header(
@@ -67,26 +78,24 @@ class CreateSession(_Request):
         "`command`, `args`, `env` (stdio) or `url`, `headers` (Streamable HTTP), and `timeout`",
         examples=[{"time": {"command": "mcp-server-time", "args": ["--local-timezone", "UTC"]}}],
     )
-    max_cost_usd: float | None = Field(
+    max_cost_usd: Amount | None = Field(
         default=None,
-        ge=0,
         description="Each run's spend limit in USD (its sub-agents' included); a run past it (or past `max_tokens`) ends `error` with code `budget_exceeded` after that round",
         examples=[0.5],
     )
-    max_tokens: int | None = Field(default=None, ge=1, examples=[200000])
+    max_tokens: Count | None = Field(default=None, examples=[200000])
 
 
 class CreateRun(_Request):
     message: str = Field(min_length=1, examples=["What is in the workspace?"])
     model: str | None = Field(default=None, max_length=200)
     multitask: MultitaskPolicy = MultitaskPolicy.REJECT
-    max_cost_usd: float | None = Field(
+    max_cost_usd: Amount | None = Field(
         default=None,
-        ge=0,
         description="This run's spend limit in USD (default: the session's)",
         examples=[0.5],
     )
-    max_tokens: int | None = Field(default=None, ge=1, examples=[200000])
+    max_tokens: Count | None = Field(default=None, examples=[200000])
 
 
 class CreateHeadlessRun(CreateSession):
