@@ -21,6 +21,7 @@ CulmError
 │   │   ├── ModelConnectionError       connect/read failure, reset, a stream cut short
 │   │   └── ModelStallError            no chunk within the idle timeout
 │   ├── LimitExceededError     max rounds, or a similar engine limit
+│   │   └── BudgetExceededError        the run spent its max_tokens / max_cost_usd
 │   ├── ContextOverflowError   the request does not fit the model's window, even compacted
 │   └── MCPServerError         an MCP server could not be started or reached
 ├── EngineClosedError          the engine is shutting down or closed
@@ -149,6 +150,13 @@ class ModelStallError(ModelError):
 
 class LimitExceededError(RunFailure):
     code = "limit_exceeded"
+
+
+class BudgetExceededError(LimitExceededError):
+    """A round took the run (its sub-agents included) past its ``max_tokens`` or
+    ``max_cost_usd``; the run ends after that round."""
+
+    code = "budget_exceeded"
 
 
 class ContextOverflowError(RunFailure):

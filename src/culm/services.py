@@ -24,6 +24,8 @@ from culm.apps import App, create_app_schedules, resolve_apps
 from culm.bus.factory import build_bus
 from culm.context.view import model_view
 from culm.context.wiring import context_settings
+from culm.cost import Pricer
+from culm.cost.runs import priced, with_descendants
 from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent
 from culm.domain.input import InputAnswer, InputRequest
@@ -43,6 +45,7 @@ from culm.input.ask import AskUserTool
 from culm.input.service import InputService, check_input_settings
 from culm.loop.context import ContextSettings, LoopContext, LoopLimits
 from culm.loop.manual import compact_session
+from culm.loop.spend import run_budget
 from culm.mcp.manager import MCPManager, session_metadata
 from culm.metrics.derive import session_compaction_round
 from culm.metrics.pipeline import MetricsConfig, MetricsPipeline
@@ -70,6 +73,7 @@ from culm.storage.sql import SqlStore
 from culm.tools import Tool, ToolRegistry, builtin_tools
 from culm.tools.paths import session_workspace
 from culm.tools.sandbox import sandbox_from
+from culm.tracing import build_tracing
 
 DEFAULT_GROUPS = {"read": ("read_file", "list_dir", "glob", "grep")}
 
@@ -123,7 +127,9 @@ class Engine:
         self.scripts = scripts or ScriptLibrary(self.settings.scripts_dir)
         self._store = store
         self._stack: contextlib.AsyncExitStack | None = None
-        self.metrics = MetricsPipeline(_metrics_config(self.settings))
+        self.pricer = Pricer(self.settings.price_overrides)
+        self.tracing = build_tracing()  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
+        self.metrics = MetricsPipeline(_metrics_config(self.settings), price=self.pricer.cost)
         self.bus = build_bus(self.settings)  # connects in start()
 
     # Lifecycle
@@ -149,6 +155,7 @@ class Engine:
                 f"CULM_HOME: cannot use {str(settings.home)!r} as culm's home ({exc.strerror})"
             ) from exc
         async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self.tracing.aclose)  # last: the runs' spans are ended
             store = self._store or SqlStore(settings.resolved_database_url)
             await store.start()
             stack.push_async_callback(store.aclose)
@@ -322,9 +329,10 @@ class Engine:
         """Create a session from ``settings`` (:class:`~culm.agents.models.SessionSettings`:
         ``model``, ``system_prompt``, ``tools``, ``workspace``, ``metadata``, ``mcp_servers``
         (the session's own MCP servers, kept in its metadata), ``max_rounds``,
-        ``tool_timeout``, and people in the loop's ``require_approval``, ``input_timeout``
-        and ``input_timeout_action``), over those of the named ``agent``. The model and tool
-        names are checked now, so mistakes surface here."""
+        ``tool_timeout``, people in the loop's ``require_approval``, ``input_timeout`` and
+        ``input_timeout_action``, and ``max_cost_usd`` and ``max_tokens``, which limit the
+        spend of each of its runs (culm.loop.spend)), over those of the named ``agent``. The
+        model and tool names are checked now, so mistakes surface here."""
         self._require_open()
         fields = await self.agents.session_fields(agent, session_settings(settings).given())
         check_input_settings(
@@ -438,9 +446,14 @@ class Engine:
         multitask: MultitaskPolicy | str = MultitaskPolicy.REJECT,
         trigger: RunTrigger | str = RunTrigger.API,
         parent_run_id: str | None = None,
+        max_cost_usd: float | None = None,
+        max_tokens: int | None = None,
+        traceparent: str | None = None,
     ) -> Run:
         """Start a run on a session (or queue it, by ``multitask``). Returns the run record;
-        raises AlreadyRunningError when the session is busy and ``multitask`` is ``reject``."""
+        raises AlreadyRunningError when the session is busy and ``multitask`` is ``reject``.
+        ``max_cost_usd`` / ``max_tokens``: this run's budget (default: the session's);
+        ``traceparent``: the W3C trace context its spans continue."""
         session = await self.get_session(session_id)
         model_name = model or session.model
         self.models.resolve(model_name)
@@ -452,22 +465,32 @@ class Engine:
             trigger=RunTrigger(trigger),
             input=message,
             agent=session.agent,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
+            traceparent=traceparent,
         )
         return await self.runs.start_run(run, MultitaskPolicy(multitask))
 
     async def run(self, message: str, **session: Any) -> Run:
         """Headless: create a session (``model``, ``tools`` … as for create_session) and start
-        a run on it."""
+        a run on it (``trigger``, ``traceparent``: as for start_run)."""
         trigger = session.pop("trigger", RunTrigger.API)
+        traceparent = session.pop("traceparent", None)
         created = await self.create_session(**session)
-        return await self.start_run(created.session_id, message, trigger=trigger)
+        return await self.start_run(
+            created.session_id, message, trigger=trigger, traceparent=traceparent
+        )
 
-    async def get_run(self, run_id: str) -> Run:
-        """The run, with live fields from its runner when it is active in this process."""
+    async def get_run(self, run_id: str, *, descendants_cost: bool = False) -> Run:
+        """The run, with live fields from its runner when it is active in this process, and its
+        cost (with ``descendants_cost``, also that of its sub-agents': ``culm.cost.runs``)."""
         self._require_open()
         run = await self.store.get_run(run_id)
         if run is None:
             raise NotFoundError("run", run_id)
+        run = priced(run, self.pricer)
+        if descendants_cost:
+            run = await with_descendants(run, self.pricer, self._children)
         runner = self.registry.get(run_id)
         if runner is None or run.status.is_terminal:
             return run
@@ -508,7 +531,7 @@ class Engine:
     ) -> list[Run]:
         """Newest first; ``offset`` pages through what the filters match."""
         self._require_open()
-        return await self.store.list_runs(
+        found = await self.store.list_runs(
             session_id=session_id,
             status=RunStatus(status) if status else None,
             trigger=RunTrigger(trigger) if trigger else None,
@@ -516,6 +539,10 @@ class Engine:
             limit=limit,
             offset=offset,
         )
+        return [priced(run, self.pricer) for run in found]
+
+    async def _children(self, run_id: str) -> list[Run]:
+        return await self.store.list_runs(parent_run_id=run_id, limit=10_000)
 
     async def cancel(
         self,
@@ -540,7 +567,7 @@ class Engine:
         if run.status.is_terminal:
             return run  # also with timeout=0
         async with asyncio.timeout(timeout):
-            return await self.runs.wait(run_id)
+            return priced(await self.runs.wait(run_id), self.pricer)
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncGenerator[RunEvent]:
         """Every event of the run with ``seq > after``, in order, then live; ends after the
@@ -649,6 +676,9 @@ class Engine:
             resolve_input=lambda messages, ids: self.store.resolve_input(
                 run.run_id, fence=fence, messages=messages, request_ids=ids
             ),
+            price=self.pricer.cost,
+            budget=run_budget(run, session),
+            tracing=self.tracing.for_run(run, session, session.agent),
         )
 
     def _context_settings(

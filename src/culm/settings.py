@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from culm.agents.models import AgentDefinition, check_agent_name
+from culm.cost.prices import ModelPrice
 from culm.mcp.config import SETTINGS_ORIGIN, ServerConfig, parse_servers
 
 
@@ -55,12 +56,15 @@ Paths = Annotated[list[Path], NoDecode]
 
 class ModelLimits(BaseModel):
     """A ``[models."provider:model"]`` table of config.toml: limits the catalog lacks or gets
-    wrong (a local server's model, a fine-tune)."""
+    wrong (a local server's model, a fine-tune), and its price (a ``price`` sub-table, USD per
+    million tokens: ``input``, ``output``, ``cache_read``, ``cache_write``, ``reasoning``) when the
+    offline price table lacks it or gets it wrong."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_context_tokens: int | None = Field(default=None, ge=256)
     max_output_tokens: int | None = Field(default=None, ge=1)
+    price: ModelPrice | None = None
 
 
 class ShutdownPolicy(StrEnum):
@@ -280,6 +284,10 @@ class Settings(BaseSettings):
         if self.model_max_connections is not None:
             return self.model_max_connections
         return max(100, self.worker_concurrency)
+
+    @property
+    def price_overrides(self) -> dict[str, ModelPrice]:
+        return {name: m.price for name, m in self.models.items() if m.price is not None}
 
     @property
     def workspaces_dir(self) -> Path:

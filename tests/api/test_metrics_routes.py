@@ -123,6 +123,8 @@ async def test_prometheus_exposition(server: Server, client: httpx2.AsyncClient)
         "gen_ai_operation_name": "chat",
         "gen_ai_provider_name": "scripted",
         "gen_ai_request_model": "metered",
+        "gen_ai_response_model": "",
+        "server_address": "",
         "culm_source": "run",
     }
     tokens = frozenset({**genai, "gen_ai_token_type": "input"}.items())

@@ -23,7 +23,9 @@ SCRIPT = {
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(culm.Settings(home=tmp_path / "server")) as running:
+    # USD per million tokens: a run costs (2,300 x 2 + 120 x 10) / 1e6 = $0.0058.
+    price = {"scripted:metered": {"price": {"input": 2.0, "output": 10.0}}}
+    async with running_server(culm.Settings(home=tmp_path / "server", models=price)) as running:
         running.engine.scripts.register("metered", SCRIPT)
         for _ in range(2):
             run = await running.engine.run("go", model="scripted:metered", tools=["read"])
@@ -47,6 +49,7 @@ async def test_the_summary_table(server: Server, tmp_path: Path) -> None:
     assert table["tool calls"] == "2 (0 failed, 0 cancelled)"
     assert table["tokens: prompt"] == "4,600"
     assert table["tokens: total"] == "4,840"
+    assert table["cost (USD)"] == "0.01"  # $0.0116
 
 
 async def test_by_model_tool_and_day(server: Server, tmp_path: Path) -> None:
@@ -60,6 +63,8 @@ async def test_by_model_tool_and_day(server: Server, tmp_path: Path) -> None:
         "0",
         "4,600",
     ]
+    header = by_model.stdout.splitlines()[0].split()
+    assert by_model.stdout.splitlines()[1].split()[header.index("COST_USD")] == "0.01"
     by_tool = await metrics(server, home, "--by", "tool")
     assert by_tool.stdout.splitlines()[1].split()[:4] == ["list_dir", "2", "0", "0"]
     by_day = await metrics(server, home, "--by", "day", "--days", "30")
@@ -73,6 +78,7 @@ async def test_json_lines(server: Server, tmp_path: Path) -> None:
     summary = await metrics(server, home, "--json")
     (line,) = summary.stdout.splitlines()
     assert json.loads(line)["tokens"]["completion_tokens"] == 240
+    assert json.loads(line)["cost_usd"] == pytest.approx(0.0116)
     days = await metrics(server, home, "--by", "day", "--days", "7", "--json")
     periods = [json.loads(line) for line in days.stdout.splitlines()]
     assert len(periods) == 7 and sum(p["rounds"] for p in periods) == 4

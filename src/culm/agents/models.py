@@ -12,14 +12,33 @@ from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from pathlib import PurePath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from annotated_types import Ge
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from culm.errors import InvalidFieldError
 from culm.mcp.config import MCPServers
 
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _a_number(value: Any) -> Any:
+    """JSON numbers only: not ``true`` / ``false``, nor a number written as a string."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a number")
+    return value
+
+
+Count = Annotated[int, Ge(1), BeforeValidator(_a_number)]
+Amount = Annotated[float, Ge(0), BeforeValidator(_a_number)]
 
 
 class SessionSettings(BaseModel):
@@ -60,6 +79,13 @@ class SessionSettings(BaseModel):
         description="on expiry: `deny` the request (the default), or end the run `error` "
         "(`input_timeout`)",
     )
+    max_cost_usd: Amount | None = Field(
+        default=None,
+        description="Each run's spend limit in USD (its sub-agents' included); a run past it (or "
+        "past `max_tokens`) ends `error` with code `budget_exceeded` after that round",
+        examples=[0.5],
+    )
+    max_tokens: Count | None = Field(default=None, examples=[200000])
 
     def given(self) -> dict[str, Any]:
         """The settings that are set (not None), as keywords of ``Engine.create_session``."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
 
 import anyio
 from fastapi import FastAPI
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 from culm._version import __version__
 from culm.api import errors, openapi
 from culm.api.encoding import FrameCache
+from culm.api.httpmetrics import HTTPMetrics
 from culm.api.middleware import PROXY_PREFIXES, APIKeyAuth, BodySizeLimit
 from culm.api.routes import (
     agents,
@@ -62,13 +64,15 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         redoc_url=None,
     )
     app.state.engine = engine
-    app.state.forwarder = forwarder = Forwarder(settings, engine.metrics)
+    app.state.forwarder = forwarder = Forwarder(settings, engine.metrics, engine.tracing.tracer)
     app.state.shutdown = anyio.Event()
     app.state.frames = FrameCache()
     app.state.ping_seconds = settings.sse_ping_seconds
     app.state.shutdown_grace = settings.shutdown_timeout / 2
     app.state.prometheus = PrometheusExporter(
         engine.metrics,
+        price=engine.pricer.cost,
+        server_of=_provider_hosts(settings),
         active_runs=lambda: len(engine.registry) if engine.metrics.started else 0,
         cluster=lambda: _cluster(engine),
     )
@@ -123,6 +127,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             api_key=settings.api_key.get_secret_value(),
             proxy_refusal=forwarder.refusal,
         )
+    app.add_middleware(HTTPMetrics, registry=app.state.prometheus.registry)  # outermost
     return app
 
 
@@ -140,3 +145,10 @@ async def _close_streams_on(shutdown: anyio.Event, engine: Engine) -> None:
     await shutdown.wait()
     await engine.drain()
     engine.close_streams()
+
+
+def _provider_hosts(settings: Settings) -> Callable[[str], str]:
+    """A provider's host (the ``server_address`` of its calls in /metrics; "" if none)."""
+    urls = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url}
+    hosts = {name: urlsplit(url).hostname or "" for name, url in urls.items()}
+    return lambda provider: hosts.get(provider, "")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Header
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from culm.agents.models import SessionSettings
+from culm.agents.models import Amount, Count, SessionSettings
 from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, Session, Usage
 from culm.domain.text import refuse_unstorable
 from culm.scheduler.models import Schedule, ScheduleRun
@@ -22,6 +23,16 @@ class _Request(BaseModel):
         """NUL, lone surrogates and deep nesting are refused, naming the field (see
         :mod:`culm.domain.text`)."""
         return refuse_unstorable(data)
+
+
+TraceParent = Annotated[
+    str | None,
+    Header(
+        max_length=64,
+        description="W3C trace context: the run's spans (OpenTelemetry) continue the caller's "
+        "trace",
+    ),
+]
 
 
 class CreateSession(SessionSettings, _Request):
@@ -40,6 +51,12 @@ class CreateRun(_Request):
     message: str = Field(min_length=1, examples=["What is in the workspace?"])
     model: str | None = Field(default=None, max_length=200)
     multitask: MultitaskPolicy = MultitaskPolicy.REJECT
+    max_cost_usd: Amount | None = Field(
+        default=None,
+        description="This run's spend limit in USD (default: the session's)",
+        examples=[0.5],
+    )
+    max_tokens: Count | None = Field(default=None, examples=[200000])
 
 
 class CreateHeadlessRun(CreateSession):

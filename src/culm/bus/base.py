@@ -53,6 +53,7 @@ class BusStats:
     dropped: int = 0  # events not sent (queue full, or the bus down): read from the store
     received: int = 0  # events received from other processes
     followed: int = 0  # topics followed now
+    publish_queue: int = 0  # event batches waiting to be published now
 
 
 def _ignore(_events: Sequence[RunEvent]) -> None:

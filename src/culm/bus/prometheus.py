@@ -8,6 +8,7 @@
                                        subscribers read them from the store
 ``culm_bus_events_received_total``     run events received from other processes
 ``culm_bus_topics_followed``           runs and sessions this process follows on the bus now
+``culm_bus_publish_queue_depth``       event batches waiting to be published to Redis now
 """
 
 from __future__ import annotations
@@ -51,4 +52,9 @@ class BusCollector(Collector):
         )
         yield GaugeMetricFamily(
             "culm_bus_topics_followed", "Runs and sessions followed on the bus.", stats.followed
+        )
+        yield GaugeMetricFamily(
+            "culm_bus_publish_queue_depth",
+            "Run event batches waiting to be published to Redis.",
+            stats.publish_queue,
         )

@@ -54,6 +54,7 @@ class RedisBus(EventBus):
             dropped=self.publisher.dropped,
             received=self.reader.received,
             followed=self.reader.followed,
+            publish_queue=self.publisher.queued,
         )
 
     @property

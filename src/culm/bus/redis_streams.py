@@ -62,6 +62,11 @@ class StreamPublisher:
         self.dropped = 0  # events not published (queue full, Redis down) or writes refused
         self._drop_logged = False
 
+    @property
+    def queued(self) -> int:
+        """Event batches waiting to be published."""
+        return len(self._queue)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._drain(), name="bus-publisher")
 

@@ -2,7 +2,8 @@
 
 Without ``--by``: the summary of the last ``--days`` UTC days (today included). With ``--by
 model`` / ``tool`` / ``day``: one row per model, tool or day of that range (in the table, only
-the days with runs, rounds or tool calls; as JSON, every day).
+the days with runs, rounds or tool calls; as JSON, every day). Cost is in USD; ``—`` where it
+is unknown (a model without a price, or a server older than cost).
 """
 
 from __future__ import annotations
@@ -96,12 +97,15 @@ def _summary_table(body: Json, start: date, end: date) -> None:
             f"{body.get('tool_cancelled', 0)} cancelled)",
         ),
         *((f"tokens: {kind.removesuffix('_tokens')}", _n(tokens[kind])) for kind in tokens),
+        ("cost (USD)", _usd(body.get("cost_usd"))),
     ]
+    if body.get("unpriced_models"):
+        rows.append(("  unpriced models", ", ".join(body["unpriced_models"])))
     print_table(("METRIC", "VALUE"), rows)
 
 
 def _models_table(models: list[Json], *, key: str = "model") -> None:
-    headers = (key.upper(), "RUNS", "ROUNDS", "FAILED", *TOKEN_HEADERS, "AVG_MS")
+    headers = (key.upper(), "RUNS", "ROUNDS", "FAILED", *TOKEN_HEADERS, "COST_USD", "AVG_MS")
     print_table(
         headers,
         (
@@ -111,6 +115,7 @@ def _models_table(models: list[Json], *, key: str = "model") -> None:
                 _n(m["rounds"]),
                 _n(m["failed_rounds"]),
                 *_tokens(m["tokens"]),
+                _usd(m.get("cost_usd")),
                 _ms(m["avg_latency_ms"]),
             ]
             for m in models
@@ -138,11 +143,18 @@ def _tools_table(tools: list[Json]) -> None:
 
 
 def _days_table(periods: list[Json]) -> None:
-    headers = ("DAY", "RUNS", "ROUNDS", "TOOL_CALLS", *TOKEN_HEADERS)
+    headers = ("DAY", "RUNS", "ROUNDS", "TOOL_CALLS", *TOKEN_HEADERS, "COST_USD")
     print_table(
         headers,
         (
-            [p["start"], _n(p["runs"]), _n(p["rounds"]), _n(p["tool_calls"]), *_tokens(p["tokens"])]
+            [
+                p["start"],
+                _n(p["runs"]),
+                _n(p["rounds"]),
+                _n(p["tool_calls"]),
+                *_tokens(p["tokens"]),
+                _usd(p.get("cost_usd")),
+            ]
             for p in periods
         ),
     )
@@ -155,6 +167,14 @@ def _tokens(usage: Json) -> list[str]:
 
 def _n(value: Any) -> str:
     return f"{int(value):,}"
+
+
+def _usd(value: Any) -> str:
+    """Dollars to the cent, and below a cent to 4 significant digits; ``—`` if unknown."""
+    if value is None:
+        return "—"
+    value = float(value)
+    return f"{value:,.2f}" if value >= 0.01 or value == 0 else f"{value:.4g}"
 
 
 def _ms(value: Any) -> str:

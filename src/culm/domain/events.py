@@ -116,6 +116,10 @@ class ToolError(RunEventBase):
     elapsed_ms: int
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class TokenBudget(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -128,6 +132,12 @@ class TokenBudget(BaseModel):
     # partly a local estimate (before a model call) rather than what the provider reported.
     percent: float | None = None
     estimated: bool = False
+    # The run's spend budget (sub-agents' spend included) and what it has spent so far: only
+    # for a run with a budget (absent otherwise).
+    max_tokens: int | None = Field(default=None, exclude_if=_is_none)
+    max_cost_usd: float | None = Field(default=None, exclude_if=_is_none)
+    spent_tokens: int | None = Field(default=None, exclude_if=_is_none)
+    spent_cost_usd: float | None = Field(default=None, exclude_if=_is_none)
 
 
 class TokenBudgetUpdated(RunEventBase):
@@ -153,6 +163,12 @@ class RoundCompleted(RunEventBase):
     error: str | None = None
     # The call summarized the conversation for a compaction (not one of the agent's rounds).
     compaction: bool = False
+    # What ``usage`` cost in USD (culm.cost); None when the model has no known price.
+    cost_usd: float | None = None
+    # Milliseconds from the model call's start to its first streamed chunk (None: none came),
+    # and the model that answered as the provider named it (None: it did not say).
+    first_chunk_ms: int | None = None
+    response_model: str | None = None
 
 
 class ContextPressure(RunEventBase):

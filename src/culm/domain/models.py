@@ -69,6 +69,9 @@ class Session(_Frozen):
     # The loop's limits for this session's runs (None: the engine's settings).
     max_rounds: int | None = None
     tool_timeout: float | None = None
+    # Spend limits of each run of the session (sub-agents' spend included); None: no limit.
+    max_cost_usd: float | None = None
+    max_tokens: int | None = None
 
 
 class ToolCall(_Frozen):
@@ -176,3 +179,13 @@ class Run(_Frozen):
     # The worker executing it (its ``worker_id``), None while nobody has claimed it: a cancel
     # from another process is sent to this worker's control channel.
     owner: str | None = None
+    # Spend limits of this run (None: the session's), see culm.loop.spend.
+    max_cost_usd: float | None = None
+    max_tokens: int | None = None
+    # The W3C trace context the run's spans continue (the API caller's, the spawning tool
+    # call's, the schedule fire's); None: a trace of its own.
+    traceparent: str | None = None
+    # What the run's usage cost in USD (None: unpriced), and with its sub-agents' runs: worked
+    # out when the run is read (culm.cost), not stored.
+    cost_usd: float | None = None
+    cost_usd_with_descendants: float | None = None

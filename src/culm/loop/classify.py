@@ -21,6 +21,7 @@ class ModelResponse:
     message: AssistantMessage
     usage: Usage | None
     finish_reason: str | None
+    model: str | None = None  # the model that answered, as the provider named it
 
 
 @dataclass(slots=True)
@@ -40,6 +41,7 @@ class ResponseBuilder:
         self._calls: dict[int, _PartialCall] = {}
         self._usage: Usage | None = None
         self._finish: str | None = None
+        self._model: str | None = None
         self.emitted = False
 
     def add(self, part: StreamPart) -> RunEventBase | None:
@@ -57,8 +59,9 @@ class ResponseBuilder:
                     return text_event(ReasoningToken, text)
             case ToolCallDelta():
                 self._add_call(part)
-            case UsageReport(usage=usage):
+            case UsageReport(usage=usage, model=model):
                 self._usage = usage
+                self._model = model or self._model
             case Finish(reason=reason):
                 self._finish = reason
         return None
@@ -91,4 +94,6 @@ class ResponseBuilder:
             reasoning_signature=self._signature,
             tool_calls=calls,
         )
-        return ModelResponse(message=message, usage=self._usage, finish_reason=self._finish)
+        return ModelResponse(
+            message=message, usage=self._usage, finish_reason=self._finish, model=self._model
+        )

@@ -11,8 +11,10 @@ from culm.context.overflow import OverflowMatcher
 from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent, RunEventBase
 from culm.domain.models import Message, Session, Usage
+from culm.loop.spend import RunBudget, Spend
 from culm.providers.base import Model
 from culm.tools.base import Tool
+from culm.tracing.spans import RunTracing
 
 
 async def _no_wait() -> None:
@@ -29,6 +31,10 @@ async def _no_compaction() -> Compaction | None:
 
 async def _keep(compaction: Compaction) -> Compaction:
     return compaction
+
+
+def _unpriced(model: str, usage: Usage) -> float | None:
+    return None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,6 +83,10 @@ class LoopContext:
     # A resumed run stores the results of its waiting calls and marks their requests applied
     # (``culm.input``), in one write.
     resolve_input: Callable[[Sequence[Message], Sequence[str]], Awaitable[None]] = _append_only
+    # The cost in USD of a model's usage (None: unpriced; see culm.cost), and the run's budget.
+    price: Callable[[str, Usage], float | None] = _unpriced
+    budget: RunBudget = field(default_factory=RunBudget)
+    tracing: RunTracing = field(default_factory=RunTracing)  # no-op unless exporting
 
 
 @dataclass(kw_only=True, slots=True)
@@ -86,6 +96,7 @@ class LoopState:
     messages: list[Message]
     usage: Usage = field(default_factory=Usage)
     round: int = 0
+    spend: Spend = field(default_factory=Spend)  # sub-agents' included (culm.loop.spend)
 
 
 @dataclass(frozen=True, slots=True)

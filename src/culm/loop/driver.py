@@ -15,16 +15,18 @@ usage includes it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 
 from culm.domain.events import (
     CANCELLED_ROUND_ERROR,
     RoundCompleted,
+    RunEvent,
+    RunEventBase,
     RunnerProgress,
 )
 from culm.domain.input import InputRequest
-from culm.domain.models import Usage
 from culm.errors import LimitExceededError, ModelError, describe
 from culm.loop.approval import WaitForInput, apply_answers, split_calls
 from culm.loop.classify import ModelResponse
@@ -39,22 +41,39 @@ from culm.tools.compact import COMPACT_TOOL
 async def run_agent(
     ctx: LoopContext, state: LoopState, answered: Sequence[InputRequest] = ()
 ) -> FinalAnswer | WaitForInput:
-    """Run rounds until the model gives a final answer, or a round waits for a person.
+    """Run rounds until the model gives a final answer, or a round waits for a person. A round
+    that took the run past its budget ends it (``budget_exceeded``) unless that round gave the
+    final answer.
 
     ``answered``: a run resumed after waiting: the answers to its waiting calls, applied
     first (their results are stored, and the requests marked applied, in one write)."""
-    if answered:
-        results = await apply_answers(ctx, state.messages, answered)
-        state.messages.extend(results)
-        await ctx.resolve_input(results, [request.request_id for request in answered])
-    window = await ContextWindow.open(ctx, state)
-    while True:
-        step = await run_round(ctx, state, window)
-        match step:
-            case FinalAnswer() | WaitForInput():
-                return step
-            case RunAgain():
-                continue
+    ctx = _metered(ctx, state)
+    with ctx.tracing.agent():
+        if answered:
+            results = await apply_answers(ctx, state.messages, answered)
+            state.messages.extend(results)
+            await ctx.resolve_input(results, [request.request_id for request in answered])
+        window = await ContextWindow.open(ctx, state)
+        while True:
+            step = await run_round(ctx, state, window)
+            match step:
+                case FinalAnswer() | WaitForInput():
+                    return step
+                case RunAgain():
+                    state.spend.check(ctx.budget)
+                    continue
+
+
+def _metered(ctx: LoopContext, state: LoopState) -> LoopContext:
+    """``ctx`` whose ``emit`` also counts what each event spent (the run's rounds and its
+    sub-agents') in ``state.spend``."""
+    emit, spend = ctx.emit, state.spend
+
+    def emit_metered(event: RunEventBase) -> RunEvent:
+        spend.observe(event)
+        return emit(event)
+
+    return dataclasses.replace(ctx, emit=emit_metered)
 
 
 async def run_round(
@@ -73,10 +92,10 @@ async def run_round(
         response, request = await _call_model(ctx, window, request, meter)
     except BaseException as exc:
         if meter.reported:  # the provider reported usage before the call failed: count it
-            _round_completed(ctx, state, meter.total, started, error=_describe(exc))
+            _round_completed(ctx, state, meter, started, error=_describe(exc))
         raise
     usage = meter.total
-    _round_completed(ctx, state, usage, started)
+    _round_completed(ctx, state, meter, started)
     window.reported(request, usage)
     message = response.message
     state.messages.append(message)
@@ -114,10 +133,16 @@ async def _call_model(
 
 
 def _round_completed(
-    ctx: LoopContext, state: LoopState, usage: Usage, started: float, *, error: str | None = None
+    ctx: LoopContext,
+    state: LoopState,
+    meter: UsageMeter,
+    started: float,
+    *,
+    error: str | None = None,
 ) -> None:
     """Add the round's usage to the run's and emit ``round_completed`` (``partial`` with the
     error when the model call did not finish). Synchronous: it also runs while cancelled."""
+    usage = meter.total
     state.usage += usage
     ctx.emit(
         RoundCompleted(
@@ -127,6 +152,9 @@ def _round_completed(
             model=ctx.model.name,
             partial=error is not None,
             error=error,
+            cost_usd=ctx.price(ctx.model.name, usage),
+            first_chunk_ms=meter.first_chunk_ms,
+            response_model=meter.response_model,
         )
     )
 

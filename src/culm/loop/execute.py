@@ -57,6 +57,15 @@ def _read_only(ctx: LoopContext, call: ToolCall) -> bool:
 
 
 async def run_tool_call(ctx: LoopContext, call: ToolCall) -> ToolResultMessage:
+    """Run one call inside its ``execute_tool`` span (a failed call: ``error.type``)."""
+    with ctx.tracing.tool(call.name, call.id, call.arguments) as span:
+        result = await _run_tool_call(ctx, call)
+        if result.is_error:
+            ctx.tracing.tool_failed(span, "tool_error", result.content)
+        return result
+
+
+async def _run_tool_call(ctx: LoopContext, call: ToolCall) -> ToolResultMessage:
     arguments = parse_arguments(call.arguments)
     ctx.emit(ToolStart(tool_call_id=call.id, tool_name=call.name, arguments=arguments))
     started = time.monotonic()

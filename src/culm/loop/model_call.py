@@ -24,6 +24,7 @@ from culm.logs import get_logger
 from culm.loop.classify import ModelResponse, ResponseBuilder
 from culm.loop.context import LoopContext, LoopLimits
 from culm.providers.base import Model, ModelRequest, StreamPart
+from culm.tracing.spans import ChatSpan
 
 log = get_logger(__name__)
 
@@ -34,6 +35,8 @@ class UsageMeter:
 
     total: Usage = field(default_factory=Usage)
     reported: bool = False
+    first_chunk_ms: int | None = None  # the first call's, when it streamed anything
+    response_model: str | None = None  # the model that answered, as the provider named it
 
     def add(self, usage: Usage | None) -> None:
         if usage is not None:
@@ -49,10 +52,34 @@ async def call_model(
     model: Model | None = None,
     live: bool = True,
 ) -> ModelResponse:
-    """Stream ``request`` to ``model`` (default: the run's). ``live``: its text goes out as
-    ``token`` events (a compaction's summarizer call is not the agent's output)."""
+    """Stream ``request`` to ``model`` (default: the run's), in a ``chat`` span. ``live``: its
+    text goes out as ``token`` events (a compaction's summarizer call is not the agent's
+    output)."""
     meter = meter if meter is not None else UsageMeter()
     model = model if model is not None else ctx.model
+    call = UsageMeter()  # this call's, for its span
+    with ctx.tracing.chat(model.name) as span:
+        try:
+            response = await _call(ctx, request, call, model, live, span)
+        finally:
+            if call.reported:
+                meter.add(call.total)
+            if meter.first_chunk_ms is None:
+                meter.first_chunk_ms = span.first_chunk_ms
+            span.usage(call.total)  # as reported, also when the call failed
+        span.answered(response.finish_reason, response.model)
+        meter.response_model = response.model
+        return response
+
+
+async def _call(
+    ctx: LoopContext,
+    request: ModelRequest,
+    meter: UsageMeter,
+    model: Model,
+    live: bool,
+    span: ChatSpan,
+) -> ModelResponse:
     attempt = 1
     while True:
         builder = ResponseBuilder()
@@ -62,6 +89,7 @@ async def call_model(
             # (while waiting for room): the provider's stream is closed at once.
             async with contextlib.aclosing(parts):
                 async for part in parts:
+                    span.chunk()
                     event = builder.add(part)
                     if event is not None and live:
                         ctx.emit(event)

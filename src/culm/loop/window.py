@@ -203,6 +203,7 @@ class ContextWindow:
                 partial=error is not None,
                 error=error,
                 compaction=True,
+                cost_usd=self._ctx.price(model, usage),
             )
         )
 
@@ -227,12 +228,18 @@ class ContextWindow:
         return [tool.spec() for tool in self._ctx.tools.values()]
 
     def _budget(self, tokens: int, *, estimated: bool) -> TokenBudget:
+        budget, spend = self._ctx.budget, self._state.spend
+        spent = budget.limited  # the spend fields only for a run with a budget
         return TokenBudget(
             prompt_tokens=tokens,
             max_context_tokens=self.limits.window,
             budget_limit=self._ctx.budget_limit,
             percent=self.limits.percent(tokens),
             estimated=estimated,
+            max_tokens=budget.max_tokens,
+            max_cost_usd=budget.max_cost_usd,
+            spent_tokens=spend.tokens if spent else None,
+            spent_cost_usd=spend.cost_usd if spent else None,
         )
 
     def _announce(self, tokens: int, estimated: bool) -> None:

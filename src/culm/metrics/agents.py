@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from culm.metrics import tables as t
+from culm.metrics.costs import CostSum, Price
 from culm.metrics.queries import _days, _usage
 from culm.metrics.reports import AgentMetrics, AgentMetricsList
 from culm.metrics.store import Connect
@@ -34,13 +35,21 @@ def _round_counters(r: sa.Table) -> list[Any]:
     ]
 
 
-async def agent_metrics(connect: Connect, start: date | None, end: date | None) -> AgentMetricsList:
+async def agent_metrics(
+    connect: Connect, start: date | None, end: date | None, price: Price
+) -> AgentMetricsList:
     r, s = t.rounds, t.sessions
     rounds_query = (
         sa.select(_runs.c.agent, *_round_counters(r))
         .select_from(r.join(_runs, r.c.run_id == _runs.c.run_id))
         .where(_runs.c.agent.is_not(None), *_days(r.c.day, start, end))
         .group_by(_runs.c.agent)
+    )
+    by_model_query = (  # the cost: each model's tokens at its price
+        sa.select(_runs.c.agent, r.c.model, *_round_counters(r))
+        .select_from(r.join(_runs, r.c.run_id == _runs.c.run_id))
+        .where(_runs.c.agent.is_not(None), *_days(r.c.day, start, end))
+        .group_by(_runs.c.agent, r.c.model)
     )
     runs_query = (
         sa.select(_runs.c.agent, sa.func.count())
@@ -51,14 +60,17 @@ async def agent_metrics(connect: Connect, start: date | None, end: date | None) 
     async with connect() as conn:
         rounds = {row.agent: row for row in await conn.execute(rounds_query)}
         runs = {row[0]: int(row[1]) for row in await conn.execute(runs_query)}
+        costs: dict[str, CostSum] = {}
+        for row in await conn.execute(by_model_query):
+            costs.setdefault(row.agent, CostSum(price)).add(row.model, _usage(row))
     agents = [
-        _agent(name, runs.get(name, 0), rounds.get(name))
+        _agent(name, runs.get(name, 0), rounds.get(name), costs.get(name))
         for name in sorted(rounds.keys() | runs.keys())
     ]
     return AgentMetricsList(start_date=start, end_date=end, agents=agents)
 
 
-def _agent(name: str, runs: int, row: Any) -> AgentMetrics:
+def _agent(name: str, runs: int, row: Any, cost: CostSum | None) -> AgentMetrics:
     rounds = int(row.rounds) if row is not None else 0
     return AgentMetrics(
         agent=name,
@@ -67,5 +79,6 @@ def _agent(name: str, runs: int, row: Any) -> AgentMetrics:
         failed_rounds=int(row.failed_rounds) if row is not None else 0,
         partial_rounds=int(row.partial_rounds) if row is not None else 0,
         tokens=_usage(row) if row is not None else _usage(None),
+        cost_usd=cost.cost if cost is not None else 0.0,
         avg_latency_ms=int(row.latency_ms) / rounds if rounds else None,
     )

@@ -242,4 +242,6 @@ def _round(
         partial=event.partial,
         model=event.model,
         compaction=event.compaction,
+        first_chunk_ms=event.first_chunk_ms,
+        response_model=event.response_model,
     )

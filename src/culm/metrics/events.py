@@ -141,6 +141,10 @@ class RoundCompleted(_Event):
     model: str | None = None
     # A compaction's summarizer call (its round_id ends ``:compaction:<seq>``), not an agent round.
     compaction: bool = False
+    # Milliseconds from the call's start to its first streamed chunk (None: none came), and the
+    # model that answered as the provider named it.
+    first_chunk_ms: int | None = None
+    response_model: str | None = None
 
 
 class ToolCalled(_Event):

@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from culm.domain.models import Usage
+from culm.metrics.costs import CostSum, Price, unpriced
 from culm.metrics.reports import DailyMetrics, Granularity, MetricsPeriod, PeriodModel, PeriodTool
 from culm.metrics.tables import USAGE_KINDS
 
@@ -62,9 +63,11 @@ def report(
     model_rows: Iterable[Any],
     tool_rows: Iterable[Any],
     run_rows: Iterable[Sequence[Any]],
+    *,
+    price: Price = unpriced,
 ) -> DailyMetrics:
     """``model_rows``: ``metrics_daily_models`` rows; ``tool_rows``: ``metrics_daily_tools``
-    rows; ``run_rows``: ``(day, runs)`` pairs."""
+    rows; ``run_rows``: ``(day, runs)`` pairs; ``price``: what a model's usage costs."""
     totals = {day: _Totals() for day in period_starts(start, end, granularity)}
     for row in model_rows:
         _add_model(totals[period_start(row.day, granularity)], row)
@@ -72,7 +75,7 @@ def report(
         _add_tool(totals[period_start(row.day, granularity)], row)
     for day, runs in run_rows:
         totals[period_start(day, granularity)].runs += runs
-    periods = [_period(day, granularity, total) for day, total in totals.items()]
+    periods = [_period(day, granularity, total, price) for day, total in totals.items()]
     return DailyMetrics(granularity=granularity, start_date=start, end_date=end, periods=periods)
 
 
@@ -92,7 +95,12 @@ def _add_tool(total: _Totals, row: Any) -> None:
     total.tools[row.tool_name] = (calls + row.calls, failures + row.failures)
 
 
-def _period(start: date, granularity: Granularity, total: _Totals) -> MetricsPeriod:
+def _period(start: date, granularity: Granularity, total: _Totals, price: Price) -> MetricsPeriod:
+    cost = CostSum(price)
+    models = [
+        PeriodModel(model=model, rounds=rounds, tokens=tokens, cost_usd=cost.add(model, tokens))
+        for model, (rounds, tokens) in sorted(total.models.items())
+    ]
     return MetricsPeriod(
         start=start,
         end=period_end(start, granularity),
@@ -102,10 +110,8 @@ def _period(start: date, granularity: Granularity, total: _Totals) -> MetricsPer
         tool_calls=total.tool_calls,
         tool_failures=total.tool_failures,
         tokens=total.tokens,
-        models=[
-            PeriodModel(model=model, rounds=rounds, tokens=tokens)
-            for model, (rounds, tokens) in sorted(total.models.items())
-        ],
+        cost_usd=cost.cost,
+        models=models,
         tools=[
             PeriodTool(tool_name=name, calls=calls, failures=failures)
             for name, (calls, failures) in sorted(total.tools.items())

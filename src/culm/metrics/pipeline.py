@@ -28,6 +28,7 @@ from culm.domain.models import Run, RunStatus
 from culm.domain.time import utc_now
 from culm.logs import get_logger
 from culm.metrics.bus import MetricsBus
+from culm.metrics.costs import Price, unpriced
 from culm.metrics.derive import ModelOf, RunMetricsDeriver
 from culm.metrics.events import EventMeta, MetricsEvent, SessionCompleted, SessionStatus
 from culm.metrics.queries import MetricsQueries
@@ -63,8 +64,9 @@ class MetricsConfig:
 
 
 class MetricsPipeline:
-    def __init__(self, config: MetricsConfig | None = None) -> None:
+    def __init__(self, config: MetricsConfig | None = None, *, price: Price = unpriced) -> None:
         self.config = config or MetricsConfig()
+        self._price = price  # what a model's usage costs (reports price on reading)
         self._listeners: list[Listener] = []
         self._bus: MetricsBus | None = None
         self._worker: MetricsWorker | None = None
@@ -93,7 +95,7 @@ class MetricsPipeline:
         """Start the worker on ``store``; ``stack`` stops it (flushing everything)."""
         config = self.config
         self._store = store
-        self._queries = MetricsQueries(store.connect)
+        self._queries = MetricsQueries(store.connect, self._price)
         self._lookup = lookup
         self._bus = MetricsBus(config.queue_size, batch_size=config.batch_size)
         self._deriver = RunMetricsDeriver(self.emit, model_of)

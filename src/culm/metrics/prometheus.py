@@ -9,9 +9,17 @@ underscores in metric and label names):
                                                set when the call failed: ``stream_cut``, an HTTP
                                                status, ``timeout``)
 
-both also labelled ``gen_ai_operation_name`` (``chat``), ``gen_ai_provider_name`` and
-``gen_ai_request_model``, for the agent loop's rounds and the proxy's forwarded requests alike
+both also labelled ``gen_ai_operation_name`` (``chat``), ``gen_ai_provider_name``,
+``gen_ai_request_model``, ``gen_ai_response_model`` (as the provider named the model that
+answered; empty when it did not say, and for proxied requests) and ``server_address`` (the
+provider's host; empty for ``scripted``), for the agent loop's rounds and the proxy's forwarded requests alike
 (``culm_source``: ``run`` | ``compaction`` | ``proxy``). culm's own:
+
+``gen_ai_client_operation_time_to_first_chunk_seconds``  histogram of the time from a model
+                                               call's start to its first chunk (streamed calls)
+``culm_cost_usd_total``               what the model calls cost (culm.cost), by the GenAI labels;
+                                      a call of a model without a price adds nothing, and counts
+                                      in ``culm_unpriced_calls_total``
 
 ``culm_runs_active``                  runs in progress in this process
 ``culm_runs_finished_total``          by ``status`` (``completed`` | ``cancelled`` | ``error``)
@@ -36,6 +44,9 @@ worker on the database; absent while the database does not answer):
                                       ``outcome`` (``approved`` | ``denied`` | ``answered`` |
                                       ``declined`` | ``timed_out``), from ``input_requests``
 
+Also the process's own (``process_cpu_seconds_total``, ``process_resident_memory_bytes`` …, on
+Linux), and the HTTP API's (:mod:`culm.api.httpmetrics`). Counters have no ``_created`` series.
+
 The counters and histograms are fed by the metrics pipeline (a listener sees every metrics event
 as it is emitted), so they count what this process saw since it started, as Prometheus expects.
 """
@@ -48,12 +59,21 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
+from culm.domain.models import Usage
 from culm.errors import EngineClosedError, StorageUnavailableError
+from culm.metrics.costs import Price, unpriced
 from culm.metrics.events import (
     MetricsEvent,
     RequestCompleted,
@@ -90,6 +110,8 @@ GENAI_LABELS = (
     "gen_ai_operation_name",
     "gen_ai_provider_name",
     "gen_ai_request_model",
+    "gen_ai_response_model",
+    "server_address",
     "culm_source",
 )
 RUN_STATUS = {"completed": "completed", "cancelled": "cancelled", "failed": "error"}
@@ -190,8 +212,34 @@ class PrometheusExporter:
         *,
         active_runs: Callable[[], int],
         cluster: ClusterReader | None = None,
+        price: Price = unpriced,
+        server_of: Callable[[str], str] = lambda provider: "",
     ) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # one series per counter: no `_created` beside `_total`
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self._price = price
+        self._server_of = server_of  # a provider's host (``server_address``)
+        self.first_chunk = Histogram(
+            "gen_ai_client_operation_time_to_first_chunk",
+            "Time from the start of a streamed model call to its first chunk.",
+            GENAI_LABELS,
+            unit="seconds",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "culm_cost_usd",
+            "What the model calls cost in USD (calls of unpriced models add nothing).",
+            GENAI_LABELS,
+            registry=self.registry,
+        )
+        self.unpriced = Counter(
+            "culm_unpriced_calls",
+            "Model calls with usage whose model has no known price.",
+            GENAI_LABELS,
+            registry=self.registry,
+        )
         self.tokens = Histogram(
             "gen_ai_client_token_usage",
             "Number of input and output tokens used per model call.",
@@ -260,19 +308,34 @@ class PrometheusExporter:
     def _round(self, event: RoundCompleted) -> None:
         provider, _, model = (event.model or "unknown").partition(":")
         source = "compaction" if event.compaction else "run"
-        labels = ("chat", provider, model or provider, source)
+        server = self._server_of(provider)
+        labels = ("chat", provider, model or provider, event.response_model or "", server, source)
         error = "cancelled" if event.status.value == "cancelled" else ""
         error = error or ("stream_cut" if event.partial else "")
         self.duration.labels(*labels, error).observe(event.latency_ms / 1000)
+        if event.first_chunk_ms is not None:
+            self.first_chunk.labels(*labels).observe(event.first_chunk_ms / 1000)
         self._tokens(labels, event.usage.prompt_tokens, event.usage.completion_tokens)
+        self._cost(labels, event.model or "unknown", event.usage)
 
     def _request(self, event: RequestCompleted) -> None:
         endpoint, model = self._requests.pop(event.request_id, ("unknown", "unknown"))
-        labels = ("chat", endpoint.partition(".")[0], model, "proxy")
+        provider = endpoint.partition(".")[0]
+        labels = ("chat", provider, model, "", self._server_of(provider), "proxy")
         error = "" if event.status.value == "success" else _error_type(event)
         self.duration.labels(*labels, error).observe(event.latency_ms / 1000)
         if event.usage is not None:
             self._tokens(labels, event.usage.prompt_tokens, event.usage.completion_tokens)
+            self._cost(labels, f"{labels[1]}:{model}", event.usage)
+
+    def _cost(self, labels: tuple[str, ...], model: str, usage: Usage) -> None:
+        if not (usage.prompt_tokens or usage.completion_tokens):
+            return
+        cost = self._price(model, usage)
+        if cost is None:
+            self.unpriced.labels(*labels).inc()
+        else:
+            self.cost.labels(*labels).inc(cost)
 
     def _tokens(self, labels: tuple[str, ...], prompt: int, completion: int) -> None:
         if prompt or completion:

@@ -1,5 +1,6 @@
 """Read the metrics store: summary, per model, sessions, daily periods, tools, forward requests.
 
+Costs are priced on reading, from token sums per model (``culm.metrics.costs``).
 Portable SQL only (SQLite and PostgreSQL): totals come from the daily rollups, date ranges are
 comparisons on the ``day`` columns, weeks and months are folded from days in Python, and tool
 latency percentiles are nearest-rank, walked over per-latency counts.
@@ -19,6 +20,7 @@ from culm.domain.models import Usage
 from culm.domain.time import utc_now
 from culm.metrics import periods
 from culm.metrics import tables as t
+from culm.metrics.costs import CostSum, Price, forward_model, unpriced, usage_of
 from culm.metrics.reports import (
     AgentMetricsList,
     DailyMetrics,
@@ -47,8 +49,9 @@ from culm.metrics.store import Connect
 class MetricsQueries:
     """Reads through ``connect`` (a read connection on the engine's database)."""
 
-    def __init__(self, connect: Connect) -> None:
+    def __init__(self, connect: Connect, price: Price = unpriced) -> None:
         self._connect = connect
+        self._price = price
 
     async def _all(self, query: sa.Executable) -> Sequence[Any]:
         async with self._connect() as conn:
@@ -58,7 +61,7 @@ class MetricsQueries:
 
     async def summary(self, start: date | None = None, end: date | None = None) -> MetricsSummary:
         async with self._connect() as conn:
-            rollup = (await conn.execute(_model_totals(start, end))).one()
+            by_model = (await conn.execute(_model_totals(start, end))).all()
             tools = (await conn.execute(_tool_totals(start, end))).one()
             counts = await _run_counts(conn, start, end)
             sessions = await conn.scalar(
@@ -72,6 +75,7 @@ class MetricsQueries:
                 )
             )
         finished = counts.completed + counts.failed + counts.cancelled
+        costs = CostSum(self._price).add_all((row.model, usage_of(row)) for row in by_model)
         return MetricsSummary(
             start_date=start,
             end_date=end,
@@ -79,13 +83,15 @@ class MetricsQueries:
             runs=counts.running + finished,
             runs_by_status=counts,
             active_sessions=active or 0,
-            rounds=rollup.rounds,
-            failed_rounds=rollup.failed_rounds,
-            partial_rounds=rollup.partial_rounds,
+            rounds=sum(row.rounds for row in by_model),
+            failed_rounds=sum(row.failed_rounds for row in by_model),
+            partial_rounds=sum(row.partial_rounds for row in by_model),
             tool_calls=tools.calls,
             tool_failures=tools.failures,
             tool_cancelled=tools.cancelled,
-            tokens=_usage(rollup),
+            tokens=sum((usage_of(row) for row in by_model), Usage()),
+            cost_usd=costs.cost,
+            unpriced_models=sorted(costs.unpriced),
             error_rate=counts.failed / finished if finished else 0.0,
         )
 
@@ -106,7 +112,7 @@ class MetricsQueries:
         rounds = {row.model: row for row in await self._all(query)}
         runs = {row[0]: int(row[1]) for row in await self._all(runs_query)}
         models = [
-            _model_metrics(model, runs.get(model, 0), rounds.get(model))
+            _model_metrics(model, runs.get(model, 0), rounds.get(model), self._price)
             for model in sorted(rounds.keys() | runs.keys())
         ]
         return ModelMetricsList(start_date=start, end_date=end, models=models)
@@ -115,7 +121,7 @@ class MetricsQueries:
         """:meth:`models`' columns per named agent (see :mod:`culm.metrics.agents`)."""
         from culm.metrics.agents import agent_metrics
 
-        return await agent_metrics(self._connect, start, end)
+        return await agent_metrics(self._connect, start, end, self._price)
 
     # Sessions
 
@@ -141,7 +147,7 @@ class MetricsQueries:
             by_session: defaultdict[str, list[Any]] = defaultdict(list)
             for row in runs:
                 by_session[row.session_id].append(row)
-            rounds = await _round_totals(conn, ids)
+            rounds = await _round_totals(conn, ids, self._price)
             tools = await _tool_counts(conn, ids)
         return SessionMetricsList(
             sessions=[_session_stats(i, by_session[i], rounds.get(i), tools.get(i, 0)) for i in ids]
@@ -178,7 +184,7 @@ class MetricsQueries:
             forwarded = await _forwarded_for(conn, [row.run_id for row in runs])
         if not runs and not rounds:
             return None
-        return _session_detail(session_id, runs, rounds, calls, forwarded)
+        return _session_detail(session_id, runs, rounds, calls, forwarded, self._price)
 
     # Periods
 
@@ -205,7 +211,9 @@ class MetricsQueries:
             .where(*_days(runs.c.day, start, end))
             .group_by(runs.c.day)
         )
-        return periods.report(granularity, start, end, model_rows, tool_rows, run_rows)
+        return periods.report(
+            granularity, start, end, model_rows, tool_rows, run_rows, price=self._price
+        )
 
     # Tools
 
@@ -246,6 +254,8 @@ class MetricsQueries:
         f = t.forward_requests
         query = sa.select(*_forward_counters(f)).where(*_days(f.c.day, start, end))
         row = (await self._all(query))[0]
+        costs = await self._forward_costs(start, end)
+        total = CostSum(self._price).merge(costs.values())
         done = row.succeeded + row.errors + row.timeouts
         return ForwardMetricsSummary(
             start_date=start,
@@ -257,6 +267,8 @@ class MetricsQueries:
             pending=row.pending,
             streaming=row.streaming,
             tokens=_usage(row),
+            cost_usd=total.cost,
+            unpriced_models=sorted(total.unpriced),
             avg_latency_ms=float(row.avg_latency) if row.avg_latency is not None else None,
             error_rate=(row.errors + row.timeouts) / done if done else 0.0,
         )
@@ -272,6 +284,7 @@ class MetricsQueries:
             .group_by(endpoint)
             .order_by(endpoint)
         )
+        costs = await self._forward_costs(start, end)
         endpoints = [
             ForwardEndpointMetrics(
                 endpoint=row.endpoint,
@@ -279,6 +292,7 @@ class MetricsQueries:
                 errors=row.errors,
                 timeouts=row.timeouts,
                 tokens=_usage(row),
+                cost_usd=costs[row.endpoint].cost if row.endpoint in costs else 0.0,
                 avg_latency_ms=float(row.avg_latency) if row.avg_latency is not None else None,
             )
             for row in await self._all(query)
@@ -304,8 +318,23 @@ class MetricsQueries:
         newest = sa.func.coalesce(f.c.started_at, f.c.completed_at)
         query = query.order_by(newest.desc(), f.c.request_id).limit(limit)
         return ForwardRequestMetricsList(
-            requests=[_forward_record(row) for row in await self._all(query)]
+            requests=[_forward_record(row, self._price) for row in await self._all(query)]
         )
+
+    async def _forward_costs(self, start: date | None, end: date | None) -> dict[str, CostSum]:
+        """The cost of the proxied requests in the range, per endpoint."""
+        f = t.forward_requests
+        endpoint = sa.func.coalesce(f.c.endpoint, "unknown").label("endpoint")
+        query = (
+            sa.select(endpoint, f.c.model, *_counter_sums(f, t.USAGE_KINDS))
+            .where(*_days(f.c.day, start, end), f.c.has_usage.is_(True))
+            .group_by(endpoint, f.c.model)
+        )
+        costs: dict[str, CostSum] = {}
+        for row in await self._all(query):
+            model = forward_model(row.endpoint, row.model)
+            costs.setdefault(row.endpoint, CostSum(self._price)).add(model, usage_of(row))
+        return costs
 
     # System
 
@@ -340,7 +369,11 @@ def _counter_sums(table: sa.Table, names: Iterable[str]) -> list[Any]:
 
 def _model_totals(start: date | None, end: date | None) -> sa.Select[Any]:
     daily = t.daily_models
-    return sa.select(*_counter_sums(daily, _MODEL_COUNTERS)).where(*_days(daily.c.day, start, end))
+    return (
+        sa.select(daily.c.model, *_counter_sums(daily, _MODEL_COUNTERS))
+        .where(*_days(daily.c.day, start, end))
+        .group_by(daily.c.model)
+    )
 
 
 def _tool_totals(start: date | None, end: date | None) -> sa.Select[Any]:
@@ -363,7 +396,7 @@ async def _run_counts(
     return RunStatusCounts(**{k: v for k, v in counts.items() if k in RunStatusCounts.model_fields})
 
 
-def _model_metrics(model: str, runs: int, row: Any) -> ModelMetrics:
+def _model_metrics(model: str, runs: int, row: Any, price: Price) -> ModelMetrics:
     if row is None:  # runs whose rounds all fall outside the range, or none yet
         return ModelMetrics(
             model=model,
@@ -372,6 +405,7 @@ def _model_metrics(model: str, runs: int, row: Any) -> ModelMetrics:
             failed_rounds=0,
             partial_rounds=0,
             tokens=Usage(),
+            cost_usd=CostSum(price).add(model, Usage()),
             avg_latency_ms=None,
         )
     return ModelMetrics(
@@ -381,6 +415,7 @@ def _model_metrics(model: str, runs: int, row: Any) -> ModelMetrics:
         failed_rounds=row.failed_rounds,
         partial_rounds=row.partial_rounds,
         tokens=_usage(row),
+        cost_usd=CostSum(price).add(model, _usage(row)),
         avg_latency_ms=row.latency_ms / row.rounds if row.rounds else None,
     )
 
@@ -449,14 +484,27 @@ async def _latest_sessions(conn: AsyncConnection, filters: list[Any], limit: int
     return list(ids)[:limit]
 
 
-async def _round_totals(conn: AsyncConnection, ids: list[str]) -> dict[str, Any]:
+async def _round_totals(
+    conn: AsyncConnection, ids: list[str], price: Price
+) -> dict[str, tuple[int, Usage, CostSum]]:
+    """Per session: (rounds, usage, cost)."""
     r = t.rounds
     query = (
-        sa.select(r.c.session_id, sa.func.count().label("rounds"), *_counter_sums(r, t.USAGE_KINDS))
+        sa.select(
+            r.c.session_id,
+            r.c.model,
+            sa.func.count().label("rounds"),
+            *_counter_sums(r, t.USAGE_KINDS),
+        )
         .where(r.c.session_id.in_(ids), r.c.completed_at.is_not(None))
-        .group_by(r.c.session_id)
+        .group_by(r.c.session_id, r.c.model)
     )
-    return {row.session_id: row for row in await conn.execute(query)}
+    totals: dict[str, tuple[int, Usage, CostSum]] = {}
+    for row in await conn.execute(query):
+        rounds, usage, cost = totals.get(row.session_id) or (0, Usage(), CostSum(price))
+        cost.add(row.model, _usage(row))
+        totals[row.session_id] = (rounds + row.rounds, usage + _usage(row), cost)
+    return totals
 
 
 async def _tool_counts(conn: AsyncConnection, ids: list[str]) -> dict[str, int]:
@@ -470,7 +518,7 @@ async def _tool_counts(conn: AsyncConnection, ids: list[str]) -> dict[str, int]:
 
 
 def _session_stats(
-    session_id: str, runs: list[Any], rounds: Any, tool_calls: int
+    session_id: str, runs: list[Any], rounds: tuple[int, Usage, CostSum] | None, tool_calls: int
 ) -> SessionMetrics:
     latest = runs[-1]
     started = [run.started_at for run in runs if run.started_at is not None]
@@ -483,9 +531,10 @@ def _session_stats(
         first_started_at=min(started) if started else None,
         last_activity_at=max(run.last_at for run in runs),
         message_count=sum(run.message_count for run in runs),
-        rounds=rounds.rounds if rounds is not None else 0,
+        rounds=rounds[0] if rounds is not None else 0,
         tool_calls=tool_calls,
-        tokens=_usage(rounds) if rounds is not None else Usage(),
+        tokens=rounds[1] if rounds is not None else Usage(),
+        cost_usd=rounds[2].cost if rounds is not None else 0.0,
     )
 
 
@@ -510,7 +559,9 @@ def _session_detail(
     rounds: Sequence[Any],
     calls: Sequence[Any],
     forwarded: Sequence[Any],
+    price: Price,
 ) -> SessionMetricsDetail:
+    cost = CostSum(price)
     by_round: defaultdict[str, list[ToolCallMetrics]] = defaultdict(list)
     for call in calls:
         by_round[call.round_id].append(
@@ -535,12 +586,16 @@ def _session_detail(
             completed_at=row.completed_at,
             latency_ms=row.latency_ms,
             usage=_usage(row),
+            cost_usd=cost.add(row.model, _usage(row)),
             tool_calls=by_round.get(row.round_id, []),
         )
         for row in rounds
     ]
     total = sum((record.usage for record in records), Usage())
-    proxied = [_forward_record(row) for row in forwarded]
+    proxied = [_forward_record(row, price) for row in forwarded]
+    forward_cost = CostSum(price).add_all(
+        (forward_model(row.endpoint, row.model), _usage(row)) for row in forwarded if row.has_usage
+    )
     return SessionMetricsDetail(
         session_id=session_id,
         runs=[
@@ -557,12 +612,16 @@ def _session_detail(
         ],
         rounds=records,
         tokens=total,
+        cost_usd=cost.cost,
         forward_requests=proxied,
         forward_tokens=sum((r.usage for r in proxied if r.usage is not None), Usage()),
+        forward_cost_usd=forward_cost.cost,
     )
 
 
-def _forward_record(row: Any) -> ForwardRequestMetrics:
+def _forward_record(row: Any, price: Price) -> ForwardRequestMetrics:
+    model = forward_model(row.endpoint, row.model)
+    cost = CostSum(price).add(model, _usage(row)) if row.has_usage else None
     return ForwardRequestMetrics(
         request_id=row.request_id,
         trace_id=row.trace_id,
@@ -572,6 +631,7 @@ def _forward_record(row: Any) -> ForwardRequestMetrics:
         status=row.status,
         status_code=row.status_code,
         usage=_usage(row) if row.has_usage else None,
+        cost_usd=cost,
         latency_ms=row.latency_ms,
         error=row.error,
         partial=row.partial,

@@ -39,6 +39,13 @@ class MetricsSummary(_Report):
     tool_failures: int = Field(description="tool calls that failed (cancelled ones are not)")
     tool_cancelled: int = Field(default=0, description="tool calls their run's cancel ended")
     tokens: Usage
+    cost_usd: float | None = Field(
+        default=None, description="what `tokens` cost in USD; null if a model in it has no price"
+    )
+    unpriced_models: list[str] = Field(
+        default_factory=list,
+        description="models with usage and no known price (the cost is then null)",
+    )
     error_rate: float = Field(description="failed runs / finished runs (0 when none finished)")
 
 
@@ -49,6 +56,9 @@ class ModelMetrics(_Report):
     failed_rounds: int
     partial_rounds: int
     tokens: Usage
+    cost_usd: float | None = Field(
+        default=None, description="what `tokens` cost in USD; null if the model has no price"
+    )
     avg_latency_ms: float | None
 
 
@@ -67,6 +77,11 @@ class AgentMetrics(_Report):
     failed_rounds: int
     partial_rounds: int
     tokens: Usage
+    cost_usd: float | None = Field(
+        default=None,
+        description="what `tokens` cost in USD (each model's at its price); null if a model "
+        "the agent used has no price",
+    )
     avg_latency_ms: float | None
 
 
@@ -88,6 +103,7 @@ class SessionMetrics(_Report):
     rounds: int
     tool_calls: int
     tokens: Usage
+    cost_usd: float | None = Field(default=None, description="null if a model in it has no price")
 
 
 class SessionMetricsList(_Report):
@@ -114,6 +130,7 @@ class RoundMetrics(_Report):
     completed_at: datetime | None
     latency_ms: int | None
     usage: Usage
+    cost_usd: float | None = Field(default=None, description="null if the model has no price")
     tool_calls: list[ToolCallMetrics]
 
 
@@ -134,6 +151,7 @@ class SessionMetricsDetail(_Report):
     runs: list[RunMetrics]
     rounds: list[RoundMetrics]
     tokens: Usage
+    cost_usd: float | None = Field(default=None, description="null if a model in it has no price")
     forward_requests: list[ForwardRequestMetrics] = Field(
         default_factory=list,
         description="calls made through the forward proxy on behalf of the session's runs "
@@ -141,6 +159,9 @@ class SessionMetricsDetail(_Report):
     )
     forward_tokens: Usage = Field(
         default_factory=Usage, description="their usage; not part of `tokens`"
+    )
+    forward_cost_usd: float | None = Field(
+        default=None, description="what `forward_tokens` cost; not part of `cost_usd`"
     )
 
 
@@ -154,6 +175,7 @@ class PeriodModel(_Report):
     model: str
     rounds: int
     tokens: Usage
+    cost_usd: float | None = Field(default=None, description="null if the model has no price")
 
 
 class PeriodTool(_Report):
@@ -171,6 +193,7 @@ class MetricsPeriod(_Report):
     tool_calls: int
     tool_failures: int
     tokens: Usage
+    cost_usd: float | None = Field(default=None, description="null if a model in it has no price")
     models: list[PeriodModel]
     tools: list[PeriodTool]
 
@@ -208,6 +231,11 @@ class ForwardMetricsSummary(_Report):
     pending: int
     streaming: int
     tokens: Usage
+    cost_usd: float | None = Field(default=None, description="null if a model in it has no price")
+    unpriced_models: list[str] = Field(
+        default_factory=list,
+        description="models with usage and no known price (the cost is then null)",
+    )
     avg_latency_ms: float | None
     error_rate: float = Field(description="(errors + timeouts) / completed requests")
 
@@ -218,6 +246,7 @@ class ForwardEndpointMetrics(_Report):
     errors: int
     timeouts: int
     tokens: Usage
+    cost_usd: float | None = Field(default=None, description="null if a model in it has no price")
     avg_latency_ms: float | None
 
 
@@ -234,6 +263,10 @@ class ForwardRequestMetrics(_Report):
     status: str = Field(description="pending, success, error or timeout")
     status_code: int | None
     usage: Usage | None
+    cost_usd: float | None = Field(
+        default=None,
+        description="what `usage` cost in USD; null if unknown or the model has no price",
+    )
     latency_ms: int | None
     error: str | None
     partial: bool = Field(description="the answer broke off; usage is what was seen by then")

@@ -187,6 +187,7 @@ class MessagesStreamParser:
         self._config = config
         self.stopped = False
         self._usage: dict[str, int] = {}
+        self._model: str | None = None
         self._handlers: Mapping[str, Callable[[dict[str, Any]], list[StreamPart]]] = {
             "message_start": self._message_start,
             "content_block_start": self._block_start,
@@ -213,10 +214,13 @@ class MessagesStreamParser:
         if not isinstance(usage, Mapping):
             return []
         self._usage.update({k: v for k, v in usage.items() if isinstance(v, int)})
-        return [UsageReport(usage=self.usage)]
+        return [UsageReport(usage=self.usage, model=self._model)]
 
     def _message_start(self, payload: dict[str, Any]) -> list[StreamPart]:
-        return self._update_usage((payload.get("message") or {}).get("usage"))
+        message = payload.get("message") or {}
+        model = message.get("model")
+        self._model = model if isinstance(model, str) else None
+        return self._update_usage(message.get("usage"))
 
     def _block_start(self, payload: dict[str, Any]) -> list[StreamPart]:
         index = payload.get("index", 0)

@@ -55,9 +55,11 @@ class ToolCallDelta:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UsageReport:
-    """Usage as reported so far. A later report replaces an earlier one (cumulative)."""
+    """Usage as reported so far. A later report replaces an earlier one (cumulative).
+    ``model``: the model that answered, as the provider names it (when it says)."""
 
     usage: Usage
+    model: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

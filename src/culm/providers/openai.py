@@ -148,7 +148,8 @@ def parse_chunk(config: ProviderConfig, chunk: Mapping[str, Any]) -> Iterator[St
             yield from _choice_parts(choice)
     usage = chunk.get("usage")
     if isinstance(usage, Mapping):
-        yield UsageReport(usage=chat_usage(usage))
+        model = chunk.get("model")
+        yield UsageReport(usage=chat_usage(usage), model=model if isinstance(model, str) else None)
 
 
 def _choice_parts(choice: Mapping[str, Any]) -> Iterator[StreamPart]:

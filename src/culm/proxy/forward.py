@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import httpx2
+from opentelemetry import trace
+from opentelemetry.trace import Span
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -57,6 +59,7 @@ from culm.proxy.taps import BodyTap, Tap, UsageFormat, stream_tap
 from culm.proxy.trace import trace_id
 from culm.proxy.transport import AsyncioTransport
 from culm.settings import Settings
+from culm.tracing.spans import end_proxy_span, start_proxy_span
 
 log = get_logger(__name__)
 
@@ -93,9 +96,12 @@ class _Upstream:
 class Forwarder:
     """Owns the upstream HTTP client; :meth:`exchange` makes the response for one request."""
 
-    def __init__(self, settings: Settings, metrics: MetricsPipeline) -> None:
+    def __init__(
+        self, settings: Settings, metrics: MetricsPipeline, tracer: trace.Tracer | None = None
+    ) -> None:
         self._settings = settings
         self.metrics = metrics
+        self.tracer = tracer or trace.NoOpTracer()  # a span per request (culm.tracing)
         self.culm_key = (
             settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
         )
@@ -321,7 +327,23 @@ class Exchange(Response):
             event_id=new_event_id(), occurred_at=utc_now(), trace_id=self._trace_id
         )
 
+    def _start_span(self) -> Span:
+        """The request's span, below the caller's ``traceparent`` (not for a request refused
+        for its key: it links to nothing)."""
+        upstream = self._forwarder.upstream(self._endpoint.provider)
+        url = upstream.url(self._endpoint.path) if isinstance(upstream, _Upstream) else None
+        caller = _header(self._request_headers, b"traceparent") if self._trace_id else None
+        return start_proxy_span(
+            self._forwarder.tracer,
+            provider=self._endpoint.provider,
+            model=self._request.model,
+            operation=_OPERATIONS.get(self._endpoint.usage, self._endpoint.usage),
+            traceparent=caller,
+            server=(url.host, url.port) if url is not None else ("unknown", None),
+        )
+
     def _meter_start(self) -> None:
+        self._span = self._start_span()
         self._forwarder.metrics.emit(
             RequestStarted.model_construct(
                 meta=self._meta(),
@@ -342,11 +364,15 @@ class Exchange(Response):
         if error is not None:
             error = redact(error, self._request_headers, self._credential)
         usage: Usage | None = self._tap.usage
+        status_code = self._upstream_status or CLIENT_CLOSED
+        end_proxy_span(
+            self._span, status_code=status_code, usage=usage, error=error, error_type=status.value
+        )
         self._forwarder.metrics.emit(
             RequestCompleted.model_construct(
                 meta=self._meta(),
                 request_id=self.request_id,
-                status_code=self._upstream_status or CLIENT_CLOSED,
+                status_code=status_code,
                 status=status,
                 usage=usage,
                 latency_ms=round(seconds * 1000),
@@ -423,6 +449,17 @@ def _with_usage(body: bytes, payload: dict[str, Any], options: Any) -> bytes:
         "include_usage": True,
     }
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# The GenAI operation of each usage format (``gen_ai.operation.name``).
+_OPERATIONS: Final = {"messages": "chat", "responses": "chat", "none": "list_models"}
+
+
+def _header(headers: RawHeaders, name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1").strip()
+    return None
 
 
 def _error_body(provider: Provider, code: str, message: str) -> dict[str, Any]:

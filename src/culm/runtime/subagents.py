@@ -45,6 +45,7 @@ from culm.domain.models import Run, RunTrigger, Session, SessionKind
 from culm.errors import ToolFailure, UserError
 from culm.logs import get_logger
 from culm.tools.base import Tool, ToolContext
+from culm.tracing.spans import current_traceparent
 
 log = get_logger(__name__)
 
@@ -86,6 +87,7 @@ class Spawner(Protocol):
         *,
         trigger: RunTrigger = RunTrigger.API,
         parent_run_id: str | None = None,
+        traceparent: str | None = None,
     ) -> Run: ...
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEvent]: ...
@@ -225,6 +227,7 @@ class SpawnAgentTool(Tool):
                     request.task,
                     trigger=RunTrigger.SPAWN,
                     parent_run_id=ctx.run_id,
+                    traceparent=current_traceparent(),  # the child's spans: below this call's
                 ),
             )
         except UserError as exc:

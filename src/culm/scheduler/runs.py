@@ -13,10 +13,13 @@ from typing import Any, Protocol
 from culm.domain.models import Run, RunTrigger
 from culm.errors import InvalidFieldError, UserError
 from culm.scheduler.models import RunConfig
+from culm.tracing import Tracing, current_traceparent
 
 
 class EngineRuns(Protocol):
     """What the scheduler uses of :class:`culm.Engine`."""
+
+    tracing: Tracing
 
     async def run(self, message: str, **session: Any) -> Run: ...
 
@@ -38,17 +41,25 @@ async def launch(
     engine: EngineRuns, config: RunConfig, *, schedule_id: str, scheduled_for: datetime
 ) -> Run:
     """Start the run of one fire: a new session (its metadata names the schedule and the time)
-    and a run on it with trigger ``schedule``."""
-    return await engine.run(
-        config.message,
-        agent=config.agent,
-        model=config.model,
-        system_prompt=config.system_prompt,
-        tools=list(config.tools) or None,  # none given: the agent's
-        workspace=config.workspace,
-        metadata={"schedule_id": schedule_id, "scheduled_for": scheduled_for.isoformat()},
-        trigger=RunTrigger.SCHEDULE,
-    )
+    and a run on it with trigger ``schedule``, in the fire's span (the run's spans go below)."""
+    with engine.tracing.tracer.start_as_current_span(
+        f"schedule_fire {schedule_id}",
+        attributes={
+            "culm.schedule.id": schedule_id,
+            "culm.schedule.scheduled_for": scheduled_for.isoformat(),
+        },
+    ):
+        return await engine.run(
+            config.message,
+            agent=config.agent,
+            model=config.model,
+            system_prompt=config.system_prompt,
+            tools=list(config.tools) or None,  # none given: the agent's
+            workspace=config.workspace,
+            metadata={"schedule_id": schedule_id, "scheduled_for": scheduled_for.isoformat()},
+            trigger=RunTrigger.SCHEDULE,
+            traceparent=current_traceparent(),
+        )
 
 
 async def check(engine: EngineRuns, config: RunConfig) -> None:

@@ -27,12 +27,15 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         agent=row.agent,
         max_rounds=row.max_rounds,
         tool_timeout=row.tool_timeout,
+        max_cost_usd=row.max_cost_usd,
+        max_tokens=row.max_tokens,
     )
 
 
 def run_to_row(run: Run) -> dict[str, Any]:
     # The owner is the store's to set (a claim, a reservation owned by its caller).
     exclude = {"queued", "usage", "last_tool_phase", "status", "trigger", "owner"}
+    exclude |= {"cost_usd", "cost_usd_with_descendants"}  # worked out on reading
     row = run.model_dump(exclude=exclude)
     row.update(
         status=run.status.value,
@@ -70,4 +73,7 @@ def run_from_row(row: sa.Row[Any]) -> Run:
         queued=row.queued,
         epoch=row.epoch,
         owner=row.owner,
+        max_cost_usd=row.max_cost_usd,
+        max_tokens=row.max_tokens,
+        traceparent=row.traceparent,
     )

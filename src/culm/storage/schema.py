@@ -65,6 +65,8 @@ sessions = sa.Table(
     sa.Column("agent", sa.String(100), nullable=True),
     sa.Column("max_rounds", sa.Integer, nullable=True),
     sa.Column("tool_timeout", sa.Float, nullable=True),
+    sa.Column("max_cost_usd", sa.Float, nullable=True),
+    sa.Column("max_tokens", sa.BigInteger, nullable=True),
 )
 
 messages = sa.Table(
@@ -128,6 +130,9 @@ runs = sa.Table(
     # recovery appends after it. See culm.domain.liveness.SEQ_RESERVE.
     sa.Column("seq_reserved", sa.Integer, nullable=False, server_default="0"),
     sa.Column("agent", sa.String(100), nullable=True, index=True),
+    sa.Column("max_cost_usd", sa.Float, nullable=True),
+    sa.Column("max_tokens", sa.BigInteger, nullable=True),
+    sa.Column("traceparent", sa.String(64), nullable=True),
     sa.Index("ix_runs_ready", "created_at", sqlite_where=READY, postgresql_where=READY),
     sa.Index("ix_runs_leased", "lease_expires_at", sqlite_where=LEASED, postgresql_where=LEASED),
     sa.Index(

@@ -38,6 +38,7 @@ from culm.tools.args import check_fields, get_positive_number, get_str
 from culm.tools.base import Tool, ToolContext
 from culm.tools.process import minimal_environment, reaped
 from culm.tools.sandbox import NO_SANDBOX, Sandbox
+from culm.tracing.spans import current_traceparent
 
 DEFAULT_OUTPUT_LIMIT = 64 * 1024
 KILL_GRACE = 0.2
@@ -192,7 +193,8 @@ def _run_environment(ctx: ToolContext) -> dict[str, str]:
     if not ctx.run_id:
         return {}
     env = {"CULM_RUN_ID": ctx.run_id, "CULM_SESSION_ID": ctx.session_id}
-    if traceparent := traceparent_for(ctx.run_id):
+    # The tool call's span when traces are exported, else one whose trace-id is the run id.
+    if traceparent := current_traceparent() or traceparent_for(ctx.run_id):
         env["TRACEPARENT"] = traceparent
     return env
 

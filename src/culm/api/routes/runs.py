@@ -11,7 +11,7 @@ from sse_starlette import EventSourceResponse
 from culm.api.deps import EngineDep, ShutdownDep, ws_engine, ws_shutdown
 from culm.api.openapi import errors, event_stream, wait_timeout
 from culm.api.routes.sessions import check_session
-from culm.api.schemas import CreateHeadlessRun, RunChild, RunDetail, RunList
+from culm.api.schemas import CreateHeadlessRun, RunChild, RunDetail, RunList, TraceParent
 from culm.api.streaming import MAX_SEQ, sse_response, websocket_stream
 from culm.domain.models import Run, RunStatus, RunTrigger
 
@@ -31,10 +31,13 @@ STILL_ACTIVE = wait_timeout("the run is not terminal after `timeout` seconds; `r
 
 
 @router.post("", status_code=202, responses=errors({422: UNKNOWN_NAME}))
-async def create_run(body: CreateHeadlessRun, engine: EngineDep) -> Run:
+async def create_run(
+    body: CreateHeadlessRun, engine: EngineDep, traceparent: TraceParent = None
+) -> Run:
     """Create a session and start a run on it, in one call."""
     check_session(engine, body)
-    return await engine.run(body.message, **body.model_dump(exclude={"message"}))
+    fields = body.model_dump(exclude={"message"})
+    return await engine.run(body.message, **fields, traceparent=traceparent)
 
 
 @router.get("")
@@ -62,7 +65,7 @@ async def list_runs(
 @router.get("/{run_id}", responses=UNKNOWN)
 async def get_run(run_id: str, engine: EngineDep) -> RunDetail:
     """The run, its sub-agent runs (``children``) and its usage with theirs."""
-    run = await engine.get_run(run_id)
+    run = await engine.get_run(run_id, descendants_cost=True)
     children = [
         RunChild(run_id=child.run_id, session_id=child.session_id, status=child.status)
         for child in await engine.get_children(run_id)

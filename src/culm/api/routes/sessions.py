@@ -11,7 +11,14 @@ from culm.agents.models import SessionSettings
 from culm.api.confine import check_client_session
 from culm.api.deps import EngineDep, ShutdownDep
 from culm.api.openapi import errors, event_stream
-from culm.api.schemas import CreateRun, CreateSession, MessageList, RunList, SessionList
+from culm.api.schemas import (
+    CreateRun,
+    CreateSession,
+    MessageList,
+    RunList,
+    SessionList,
+    TraceParent,
+)
 from culm.api.streaming import one_by_one, sse_response
 from culm.domain.models import Run, Session
 from culm.errors import ConfigError, InvalidFieldError
@@ -91,11 +98,19 @@ async def get_messages(
     status_code=202,
     responses={**UNKNOWN, **errors({409: ALREADY_RUNNING, 422: UNKNOWN_NAME})},
 )
-async def create_run(session_id: str, body: CreateRun, engine: EngineDep) -> Run:
+async def create_run(
+    session_id: str, body: CreateRun, engine: EngineDep, traceparent: TraceParent = None
+) -> Run:
     if body.model is not None:
         check_names(engine, model=body.model)
     return await engine.start_run(
-        session_id, body.message, model=body.model, multitask=body.multitask
+        session_id,
+        body.message,
+        model=body.model,
+        multitask=body.multitask,
+        max_cost_usd=body.max_cost_usd,
+        max_tokens=body.max_tokens,
+        traceparent=traceparent,
     )
 
 

@@ -1,0 +1,195 @@
+"""Tracing overhead: the agent loop's CPU per round with traces exported, with the no-op tracer
+(no exporter configured), and with tracing stubbed out entirely (the floor).
+
+Each sample is a fresh process (its own ``CULM_HOME``, SQLite) running ``--runs`` runs of
+``--rounds`` rounds on a scripted zero-latency model; every round but the last calls a no-op
+read-only tool and the last streams ``--tokens`` tokens. The figure is the process's CPU time
+(user + system: the exporter's thread included) over the runs, divided by the rounds. With
+``export`` the spans go over OTLP/HTTP to a receiver in another process (its CPU not counted).
+The modes are interleaved ``--repeat`` times (the machine may be loaded: compare the ratios of
+neighbouring samples, not absolute figures); the medians and their ratios are printed.
+
+    .venv/bin/python bench/tracing.py                     # defaults, ~1 min
+    .venv/bin/python bench/tracing.py --repeat 7 --json
+
+Targets (issue 20): export on < 5 % added CPU per round; the no-op tracer not measurable (< 1 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+MODES = ("bare", "off", "export")
+
+
+def _receiver(port_file: str) -> None:
+    """An OTLP/HTTP sink: 200 to every POST (the spans are read, not decoded)."""
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    Path(port_file).write_text(str(server.server_address[1]))
+    server.serve_forever()
+
+
+def _stub_tracing() -> None:
+    """Replace the loop's span makers with empty ones: the cost of tracing's calls at all."""
+    from culm.tracing import spans
+
+    class _Chat:
+        first_chunk_ms = None
+
+        def chunk(self) -> None:
+            pass
+
+        def usage(self, *args: Any) -> None:
+            pass
+
+        def answered(self, *args: Any) -> None:
+            pass
+
+    @contextmanager
+    def agent(self: Any) -> Any:
+        yield None
+
+    @contextmanager
+    def chat(self: Any, model: str) -> Any:
+        yield _Chat()
+
+    @contextmanager
+    def tool(self: Any, name: str, call_id: str, arguments: str) -> Any:
+        yield None
+
+    spans.RunTracing.agent = agent  # type: ignore[method-assign]
+    spans.RunTracing.chat = chat  # type: ignore[method-assign,assignment]
+    spans.RunTracing.tool = tool  # type: ignore[method-assign]
+    spans.RunTracing.tool_failed = lambda *args: None  # type: ignore[method-assign]
+
+
+async def _workload(args: argparse.Namespace) -> dict[str, float]:
+    import culm
+
+    call = {"tool_call": {"name": "list_dir", "arguments": {"path": "."}}}
+    last = [{"text": "t"} for _ in range(args.tokens)]
+    script = {"turns": [[call] for _ in range(args.rounds - 1)] + [last]}
+    with tempfile.TemporaryDirectory() as home:
+        engine = culm.Engine(culm.Settings(home=Path(home), max_rounds=args.rounds + 1))
+        async with engine:
+            engine.scripts.register("bench", script)
+            warm = await engine.run("go", model="scripted:bench", tools=["list_dir"])
+            await engine.wait(warm.run_id, timeout=60)
+            if engine.tracing.provider is not None:  # the first export's imports: not counted
+                await asyncio.to_thread(engine.tracing.provider.force_flush)
+            cpu, wall = time.process_time(), time.perf_counter()
+            for _ in range(args.runs // args.concurrency):
+                runs = [
+                    await engine.run("go", model="scripted:bench", tools=["list_dir"])
+                    for _ in range(args.concurrency)
+                ]
+                for run in runs:
+                    assert (await engine.wait(run.run_id, timeout=120)).status.value == "completed"
+            wall = time.perf_counter() - wall
+            exporting = engine.tracing.exporting
+        # Until the engine is closed: its close sends the spans still queued (export's CPU is
+        # on the batch processor's thread, counted in the process's time).
+        cpu = time.process_time() - cpu
+    rounds = (args.runs // args.concurrency) * args.concurrency * args.rounds
+    return {"cpu_us_per_round": cpu / rounds * 1e6, "wall_s": wall, "exporting": exporting}
+
+
+def _sample(mode: str, args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    if mode == "export":
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    argv = [sys.executable, __file__, "--child", mode, *_forward(args)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["exporting"] == (mode == "export"), result
+    return result
+
+
+def _forward(args: argparse.Namespace) -> list[str]:
+    return [
+        f"--runs={args.runs}",
+        f"--rounds={args.rounds}",
+        f"--tokens={args.tokens}",
+        f"--concurrency={args.concurrency}",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", choices=MODES)
+    parser.add_argument("--receiver")
+    args = parser.parse_args()
+    if args.receiver:
+        _receiver(args.receiver)
+        return 0
+    if args.child:
+        if args.child == "bare":
+            _stub_tracing()
+        print(json.dumps(asyncio.run(_workload(args))))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        sink = subprocess.Popen([sys.executable, __file__, "--receiver", str(port_file)])
+        try:
+            deadline = time.monotonic() + 10
+            while not port_file.exists() or not port_file.read_text():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the OTLP sink did not start")
+                time.sleep(0.05)
+            endpoint = f"http://127.0.0.1:{port_file.read_text()}"
+            samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+            for _ in range(args.repeat):
+                for mode in MODES:
+                    samples[mode].append(_sample(mode, args, endpoint)["cpu_us_per_round"])
+        finally:
+            sink.terminate()
+            sink.wait(timeout=10)
+    medians = {mode: statistics.median(values) for mode, values in samples.items()}
+    report = {
+        "samples_cpu_us_per_round": samples,
+        "median_cpu_us_per_round": medians,
+        "off_vs_bare": medians["off"] / medians["bare"] - 1,
+        "export_vs_off": medians["export"] / medians["off"] - 1,
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for mode in MODES:
+            spread = ", ".join(f"{v:.0f}" for v in samples[mode])
+            print(f"{mode:>6}: median {medians[mode]:8.0f} µs CPU/round  ({spread})")
+        print(f"no-op tracer vs none: {report['off_vs_bare']:+.1%}  (target: not measurable)")
+        print(f"export vs no-op:      {report['export_vs_off']:+.1%}  (target: < +5 %)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
