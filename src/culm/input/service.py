@@ -16,6 +16,7 @@ from culm.domain.events import RunEvent
 from culm.domain.input import InputAnswer, InputRequest
 from culm.domain.models import Run, RunStatus
 from culm.errors import InvalidFieldError, NotFoundError
+from culm.runtime import waiting
 from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
 from culm.storage.base import Store
@@ -88,11 +89,7 @@ class InputService:
             runs.launch(run)
 
     def _announce(self, events: Sequence[RunEvent]) -> None:
-        """Events the store wrote for a waiting run: to the observers (metrics, and the bus to
-        other processes) and, without a bus across processes, to this process's followers."""
-        self._registry.publish(events)
-        if self._local_bus:
-            self._registry.deliver(events)
+        waiting.announce(self._registry, events, local_bus=self._local_bus)
 
     async def counts(self) -> list[tuple[str, str, int]]:
         return await self._store.input_counts()

@@ -189,6 +189,9 @@ class RunManager:
             active_runs=lambda: len(self._registry),
             store_failing_for=self._batcher.failing_for,
             renewed=self._renewed,
+            stored_events=functools.partial(
+                waiting.announce, self._registry, local_bus=not self.bus.crosses_processes
+            ),
         )
 
     def _renewed(self, fences: Mapping[str, int], until: float) -> None:

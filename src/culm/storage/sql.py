@@ -448,6 +448,12 @@ class SqlStore(Store):
 
         return await self._queue_write(transaction)
 
+    async def expire_input(self) -> list[RunEvent]:
+        def transaction(conn: sa.Connection, wake: Wake) -> list[RunEvent]:
+            return inputs.expire(conn, self.dialect.name, self._rows, wake)
+
+        return await self._queue_write(transaction)
+
     async def list_input(
         self, run_ids: Sequence[str], *, statuses: Sequence[str] | None = ("open",)
     ) -> list[InputRequest]:
