@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import culm
+from culm.domain.events import RunEvent
 from culm.errors import InputConflictError, InvalidFieldError, NotFoundError
 from tests.input.support import call, engine, of_type, until_waiting
 from tests.support import collect
@@ -177,10 +178,14 @@ async def test_a_waiting_run_holds_its_session(tmp_path: Path) -> None:
 
 async def test_a_timeout_denies_by_default(tmp_path: Path) -> None:
     async with engine(tmp_path) as eng:
+        published: list[RunEvent] = []  # what the metrics and the bus are given
+        eng.registry.observers.append(published.extend)
         run = await _start(eng, tmp_path, input_timeout=0.2)
         await until_waiting(eng, run.run_id)
         done = await eng.wait(run.run_id, timeout=20)
         assert done.status is culm.RunStatus.COMPLETED
+        [timed_out] = [e for e in of_type(published, "input_received") if e.run_id == run.run_id]
+        assert timed_out.timed_out  # the sweeper's event reached them too
         events = await collect(eng.subscribe(run.run_id))
         [received] = of_type(events, "input_received")
         assert received.timed_out and received.approve is False
