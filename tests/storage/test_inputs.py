@@ -16,8 +16,8 @@ from culm.domain.time import new_id
 from culm.errors import AlreadyRunningError, InputConflictError, LeaseLostError
 from culm.storage import dbtime, inputs
 from culm.storage.base import SweepPolicy
-from culm.storage.wakeups import Wake
 from culm.storage.sql import SqlStore
+from culm.storage.wakeups import Wake
 from tests.storage.queue_support import a_run, owned_run, stamp
 
 POLICY = SweepPolicy(requeue=False, max_attempts=3, lease_seconds=10)
@@ -32,7 +32,13 @@ async def _park(
 
 
 async def _park_run(
-    store: SqlStore, run: Run, owner: str, epoch: int, *, calls: int = 1, timeout: float | None = None
+    store: SqlStore,
+    run: Run,
+    owner: str,
+    epoch: int,
+    *,
+    calls: int = 1,
+    timeout: float | None = None,
 ) -> tuple[str, RunStatus]:
     """Park ``run`` with ``calls`` approval requests; the first request's id, and the status."""
     made = [CALL.model_copy(update={"id": f"c{i}"}) for i in range(1, calls + 1)]

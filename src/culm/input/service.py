@@ -44,16 +44,18 @@ class InputService:
         self,
         store: Store,
         registry: RunnerRegistry,
+        runs: RunManager,
         *,
         local_bus: bool,
-        resume_here: RunManager | None = None,
+        resume_answered: bool = False,
         lease_seconds: float = 10.0,
     ) -> None:
         self._store = store
         self._registry = registry
+        self._runs = runs
         self._local_bus = local_bus
         # Role CLI: claims and launches a run made ready by an answer given in this process.
-        self._resume_here = resume_here
+        self._resume_answered = resume_answered
         self._lease_seconds = lease_seconds
 
     async def pending(self, run_id: str) -> list[InputRequest]:
@@ -76,17 +78,21 @@ class InputService:
         request, events = await self._store.answer_input(run_id, request_id, answer)
         if events:
             self._announce(events)
-            if self._resume_here is not None:
-                await self._resume(self._resume_here, run_id)
+            if self._resume_answered:
+                await self.resume_here(run_id)
         return request
 
-    async def _resume(self, runs: RunManager, run_id: str) -> None:
-        """Claim the run if the answer made it ready, and resume it in this process."""
+    async def resume_here(self, run_id: str) -> None:
+        """Claim the run if an answer made it ready, and resume it in this process, whatever
+        room its dispatcher has: a sub-agent whose parent executes here (the parent holds its
+        room while it waits on the child: through the queue, a full worker would never take
+        the child back), or ``culm run``'s own run. Nothing when it is not ready (a request
+        still open) or another process claimed it first."""
         claimed = await self._store.claim_runs(
-            runs.owner, limit=1, lease_seconds=self._lease_seconds, only=[run_id]
+            self._runs.owner, limit=1, lease_seconds=self._lease_seconds, only=[run_id]
         )
         for run in claimed:
-            runs.launch(run)
+            self._runs.launch(run)
 
     def _announce(self, events: Sequence[RunEvent]) -> None:
         waiting.announce(self._registry, events, local_bus=self._local_bus)
