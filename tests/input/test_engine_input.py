@@ -4,13 +4,16 @@ cancel and timeouts, on both backends."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
 import culm
 from culm.domain.events import RunEvent
+from culm.domain.input import InputAnswer
 from culm.errors import InputConflictError, InvalidFieldError, NotFoundError
+from culm.storage.sql import SqlStore
 from tests.input.support import call, engine, of_type, until_waiting
 from tests.support import collect
 
@@ -231,3 +234,35 @@ async def test_a_run_waits_until_every_request_of_its_round_is_answered(tmp_path
         ]
         counts = await eng.inputs.counts()
         assert sorted(counts) == [("ask_user", "declined", 1), ("write_file", "approved", 1)]
+
+
+async def test_an_approved_call_is_not_run_again_after_a_crash_while_resuming(
+    tmp_path: Path,
+) -> None:
+    async with engine(tmp_path) as eng:
+        run = await _start(eng, tmp_path)
+        [request] = await until_waiting(eng, run.run_id)
+    # Answered while no engine runs; then a worker claims it and dies before storing the
+    # call's result (its lease runs out at once).
+    store = SqlStore(culm.Settings(home=tmp_path).resolved_database_url)
+    await store.start()
+    try:
+        await store.answer_input(run.run_id, request.request_id, InputAnswer(approve=True))
+        [claimed] = await store.claim_runs(
+            "ghost:1:x", limit=1, lease_seconds=0.01, only=[run.run_id]
+        )
+        assert claimed.attempt == 1
+    finally:
+        await store.aclose()
+    (tmp_path / "scripts").mkdir(exist_ok=True)  # the next engine knows the model from its file
+    (tmp_path / "scripts" / "writer.json").write_text(json.dumps(_write_then_answer()))
+    async with engine(tmp_path, recovery_policy="requeue") as eng:
+        done = await eng.wait(run.run_id, timeout=20)
+        assert done.status is culm.RunStatus.COMPLETED and done.attempt == 2, done.error
+        assert not (tmp_path / "ws" / "out.txt").exists()  # maybe ran before: not run again
+        messages = await eng.get_messages(run.session_id)
+        [result] = [m for m in messages if m.role == "tool" and m.tool_name == "write_file"]
+        assert result.is_error and "not run again" in result.content
+        [applied] = await eng.store.list_input([run.run_id], statuses=None)
+        assert applied.status == "applied"
+        assert done.round_count == 2  # the rounds go on
