@@ -10,6 +10,7 @@ from typing import Any
 import culm
 from culm.cli.input import asked
 from culm.domain.events import SubAgentEvent
+from culm.domain.models import ToolPhase
 from tests.input.support import call, engine
 from tests.support import collect
 
@@ -24,6 +25,13 @@ async def _asked(eng: culm.Engine, root_run_id: str) -> list[Any]:
             run = await eng.get_run(root_run_id)
             assert not run.status.is_terminal, run
             await asyncio.sleep(0.02)
+
+
+async def _until_phase(eng: culm.Engine, run_id: str, phase: ToolPhase) -> None:
+    async with asyncio.timeout(20):
+        while (run := await eng.get_run(run_id)).last_tool_phase is not phase:
+            await asyncio.sleep(0.02)
+    assert run.last_tool_name == "spawn_agent"
 
 
 def _leaf(eng: culm.Engine) -> None:
@@ -49,6 +57,7 @@ async def test_an_answered_child_resumes_beside_its_parent_on_a_full_worker(
         )
         [request] = await _asked(eng, run.run_id)
         assert request.run_id != run.run_id  # the child's
+        await _until_phase(eng, run.run_id, ToolPhase.WAITING)  # shows it waits on it
         await eng.respond(request.run_id, request.request_id, approve=True)
         done = await eng.wait(run.run_id, timeout=15)
         assert done.status is culm.RunStatus.COMPLETED
