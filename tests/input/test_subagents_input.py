@@ -4,6 +4,7 @@ comes back beside its parent even on a full worker, and a grandchild's wait is a
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ async def test_a_grandchild_waiting_is_no_run_time_for_the_watchdog(tmp_path: Pa
         eng.scripts.register("middle", {"turns": [[deeper], [{"text": "middle done"}]]})
         spawn = call("spawn_agent", task="delegate", model="scripted:middle", tools=tools)
         eng.scripts.register("root", {"turns": [[spawn], [{"text": "root done"}]]})
+        began = time.monotonic()
         run = await eng.run(
             "go",
             model="scripted:root",
@@ -91,6 +93,9 @@ async def test_a_grandchild_waiting_is_no_run_time_for_the_watchdog(tmp_path: Pa
         events = await collect(eng.subscribe(run.run_id))
         [completed] = [e for e in events if e.type == "sub_agent_completed"]
         assert completed.status == "completed"
+        [spawned] = [e for e in events if e.type == "tool_complete"]
+        wall_ms = (time.monotonic() - began) * 1000
+        assert spawned.elapsed_ms < wall_ms - 1500  # the wait (over the 1.5 s slept) is not
 
 
 def test_the_cli_finds_a_grandchilds_request_inside_two_wrappers() -> None:

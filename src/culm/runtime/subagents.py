@@ -327,6 +327,7 @@ class _Follower:
         self._spawner = spawner
         self._limits = limits
         self._emit = ctx.emit_event
+        self._not_counted = ctx.not_counted  # the child's waiting is not the call's time
         self._child = child
         self._queue: asyncio.Queue[RunEvent] = asyncio.Queue()
         self._timed_out: str | None = None
@@ -388,6 +389,7 @@ class _Follower:
             self._waiting_since = now
         elif not waits and self._waiting_since is not None:
             self._waited += now - self._waiting_since
+            self._not_counted(now - self._waiting_since)
             self._waiting_since = None
 
     async def _resume_child(self) -> None:
