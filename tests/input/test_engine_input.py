@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from culm.domain.input import InputAnswer
 from culm.errors import InputConflictError, InvalidFieldError, NotFoundError
 from culm.storage.sql import SqlStore
 from tests.input.support import call, engine, of_type, until_waiting
-from tests.support import collect
+from tests.support import collect, settings
 
 
 def _write_then_answer(path: str = "out.txt") -> dict[str, object]:
@@ -266,3 +267,36 @@ async def test_an_approved_call_is_not_run_again_after_a_crash_while_resuming(
         [applied] = await eng.store.list_input([run.run_id], statuses=None)
         assert applied.status == "applied"
         assert done.round_count == 2  # the rounds go on
+
+
+class _HeldParkStore(SqlStore):
+    """The real store, but parking waits until the test lets it go (the runner finalizing)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.parking = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def park_run(self, run_id: str, **kwargs: Any) -> culm.RunStatus:
+        self.parking.set()
+        await self.go_on.wait()
+        return await super().park_run(run_id, **kwargs)
+
+
+async def test_a_cancel_while_the_run_parks_waits_for_it_then_ends_it(tmp_path: Path) -> None:
+    url = culm.Settings(home=tmp_path).resolved_database_url
+    store = _HeldParkStore(url)
+    async with culm.Engine(settings(tmp_path, heartbeat_seconds=0.1), store=store) as eng:
+        run = await _start(eng, tmp_path)
+        async with asyncio.timeout(20):
+            await store.parking.wait()  # its runner is finalizing: parking, not yet parked
+        cancelling = asyncio.ensure_future(eng.cancel(run.run_id, reason="no"))
+        await asyncio.sleep(0)  # the cancel finds the runner finalizing and waits for it
+        assert not cancelling.done()
+        store.go_on.set()
+        cancelled = await asyncio.wait_for(cancelling, 20)
+        assert cancelled.status is culm.RunStatus.CANCELLED  # parked, then ended by the store
+        events = await collect(eng.subscribe(run.run_id))
+        assert [e.type for e in events][-2:] == ["input_requested", "cancelled"]
+        [closed] = await eng.store.list_input([run.run_id], statuses=None)
+        assert closed.status == "closed"
