@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from culm.domain.events import RunEvent
 from culm.domain.input import InputAnswer, InputRequest
-from culm.domain.models import Run, RunStatus
+from culm.domain.models import Run
 from culm.errors import InvalidFieldError, NotFoundError
 from culm.runtime import waiting
 from culm.runtime.manager import RunManager
@@ -61,18 +61,9 @@ class InputService:
     async def pending(self, run_id: str) -> list[InputRequest]:
         """The open requests of the run and of the sub-agent runs below it (oldest first),
         each naming its ``run_id``: a child's request is answered on the child's run id."""
-        run = await self._require(run_id)
-        waiting: list[str] = []
-        await self._collect(run, waiting, MAX_DEPTH)
+        await self._require(run_id)
+        waiting = await self._store.waiting_below(run_id, MAX_DEPTH)
         return await self._store.list_input(waiting) if waiting else []
-
-    async def _collect(self, run: Run, waiting: list[str], depth: int) -> None:
-        if run.status is RunStatus.WAITING:
-            waiting.append(run.run_id)
-        if depth == 0 or run.status.is_terminal:
-            return
-        for child in await self._store.list_runs(parent_run_id=run.run_id, limit=1000):
-            await self._collect(child, waiting, depth - 1)
 
     async def respond(self, run_id: str, request_id: str, answer: InputAnswer) -> InputRequest:
         request, events = await self._store.answer_input(run_id, request_id, answer)
