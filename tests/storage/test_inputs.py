@@ -181,3 +181,20 @@ async def test_a_timeout_that_ends_the_run_closes_its_other_requests(store: SqlS
     assert ended is not None and ended.status is RunStatus.ERROR
     statuses = [r.status for r in await store.list_input([run.run_id], statuses=None)]
     assert statuses == ["expired", "closed"]
+
+
+async def test_a_taken_over_parent_ends_its_waiting_child_and_closes_its_requests(
+    store: SqlStore,
+) -> None:
+    parent = await owned_run(store, "w1")
+    child = await owned_run(store, "w1", parent_run_id=parent.run_id)
+    _, status = await _park_run(store, child, "w1", epoch=1)
+    assert status is RunStatus.WAITING
+    assert await store.waiting_below(parent.run_id, 8) == [child.run_id]
+    taken = await store.sweep("w2", POLICY, dead_owners=["w1"])
+    assert {run.run_id for run in taken} == {parent.run_id, child.run_id}
+    ended = await store.get_run(child.run_id)
+    assert ended is not None and ended.status is RunStatus.CANCELLED
+    [closed] = await store.list_input([child.run_id], statuses=None)
+    assert closed.status == "closed"
+    assert await store.waiting_below(parent.run_id, 8) == []
