@@ -198,8 +198,9 @@ class Engine:
             self.inputs = InputService(
                 store,
                 self.registry,
+                self.runs,
                 local_bus=not self.bus.crosses_processes,
-                resume_here=self.runs if self.role is Role.CLI else None,
+                resume_answered=self.role is Role.CLI,
                 lease_seconds=settings.lease_seconds,
             )
             await self._start_heartbeat(store, stack)  # closes after the runs are done
@@ -622,6 +623,10 @@ class Engine:
         self._require_open()
         given = InputAnswer(approve=approve, reason=reason, arguments=arguments, answer=answer)
         return await self.inputs.respond(run_id, request_id, given)
+
+    async def resume_child(self, run_id: str) -> None:
+        """Resume here a sub-agent an answer made ready (its parent executes here)."""
+        await self.inputs.resume_here(run_id)
 
     # Workers
 

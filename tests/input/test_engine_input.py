@@ -4,14 +4,19 @@ cancel and timeouts, on both backends."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import culm
+from culm.domain.events import RunEvent
+from culm.domain.input import InputAnswer
 from culm.errors import InputConflictError, InvalidFieldError, NotFoundError
+from culm.storage.sql import SqlStore
 from tests.input.support import call, engine, of_type, until_waiting
-from tests.support import collect
+from tests.support import collect, settings
 
 
 def _write_then_answer(path: str = "out.txt") -> dict[str, object]:
@@ -177,10 +182,14 @@ async def test_a_waiting_run_holds_its_session(tmp_path: Path) -> None:
 
 async def test_a_timeout_denies_by_default(tmp_path: Path) -> None:
     async with engine(tmp_path) as eng:
+        published: list[RunEvent] = []  # what the metrics and the bus are given
+        eng.registry.observers.append(published.extend)
         run = await _start(eng, tmp_path, input_timeout=0.2)
         await until_waiting(eng, run.run_id)
         done = await eng.wait(run.run_id, timeout=20)
         assert done.status is culm.RunStatus.COMPLETED
+        [timed_out] = [e for e in of_type(published, "input_received") if e.run_id == run.run_id]
+        assert timed_out.timed_out  # the sweeper's event reached them too
         events = await collect(eng.subscribe(run.run_id))
         [received] = of_type(events, "input_received")
         assert received.timed_out and received.approve is False
@@ -226,3 +235,68 @@ async def test_a_run_waits_until_every_request_of_its_round_is_answered(tmp_path
         ]
         counts = await eng.inputs.counts()
         assert sorted(counts) == [("ask_user", "declined", 1), ("write_file", "approved", 1)]
+
+
+async def test_an_approved_call_is_not_run_again_after_a_crash_while_resuming(
+    tmp_path: Path,
+) -> None:
+    async with engine(tmp_path) as eng:
+        run = await _start(eng, tmp_path)
+        [request] = await until_waiting(eng, run.run_id)
+    # Answered while no engine runs; then a worker claims it and dies before storing the
+    # call's result (its lease runs out at once).
+    store = SqlStore(culm.Settings(home=tmp_path).resolved_database_url)
+    await store.start()
+    try:
+        await store.answer_input(run.run_id, request.request_id, InputAnswer(approve=True))
+        [claimed] = await store.claim_runs(
+            "ghost:1:x", limit=1, lease_seconds=0.01, only=[run.run_id]
+        )
+        assert claimed.attempt == 1
+    finally:
+        await store.aclose()
+    (tmp_path / "scripts").mkdir(exist_ok=True)  # the next engine knows the model from its file
+    (tmp_path / "scripts" / "writer.json").write_text(json.dumps(_write_then_answer()))
+    async with engine(tmp_path, recovery_policy="requeue") as eng:
+        done = await eng.wait(run.run_id, timeout=20)
+        assert done.status is culm.RunStatus.COMPLETED and done.attempt == 2, done.error
+        assert not (tmp_path / "ws" / "out.txt").exists()  # maybe ran before: not run again
+        messages = await eng.get_messages(run.session_id)
+        [result] = [m for m in messages if m.role == "tool" and m.tool_name == "write_file"]
+        assert result.is_error and "not run again" in result.content
+        [applied] = await eng.store.list_input([run.run_id], statuses=None)
+        assert applied.status == "applied"
+        assert done.round_count == 2  # the rounds go on
+
+
+class _HeldParkStore(SqlStore):
+    """The real store, but parking waits until the test lets it go (the runner finalizing)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.parking = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def park_run(self, run_id: str, **kwargs: Any) -> culm.RunStatus:
+        self.parking.set()
+        await self.go_on.wait()
+        return await super().park_run(run_id, **kwargs)
+
+
+async def test_a_cancel_while_the_run_parks_waits_for_it_then_ends_it(tmp_path: Path) -> None:
+    url = culm.Settings(home=tmp_path).resolved_database_url
+    store = _HeldParkStore(url)
+    async with culm.Engine(settings(tmp_path, heartbeat_seconds=0.1), store=store) as eng:
+        run = await _start(eng, tmp_path)
+        async with asyncio.timeout(20):
+            await store.parking.wait()  # its runner is finalizing: parking, not yet parked
+        cancelling = asyncio.ensure_future(eng.cancel(run.run_id, reason="no"))
+        await asyncio.sleep(0)  # the cancel finds the runner finalizing and waits for it
+        assert not cancelling.done()
+        store.go_on.set()
+        cancelled = await asyncio.wait_for(cancelling, 20)
+        assert cancelled.status is culm.RunStatus.CANCELLED  # parked, then ended by the store
+        events = await collect(eng.subscribe(run.run_id))
+        assert [e.type for e in events][-2:] == ["input_requested", "cancelled"]
+        [closed] = await eng.store.list_input([run.run_id], statuses=None)
+        assert closed.status == "closed"

@@ -22,7 +22,7 @@ from rich.text import Text
 from culm.cli.client import DEFAULT_SERVER, Json, ServerOption
 from culm.cli.render import format_arguments, stderr_console
 from culm.cli.sessions import call
-from culm.domain.events import RunEvent
+from culm.domain.events import RunEvent, innermost
 from culm.errors import InputConflictError, UserError
 
 if TYPE_CHECKING:
@@ -41,8 +41,10 @@ def asked(event: RunEvent) -> tuple[str, Json] | None:
     sub-agent (inside ``sub_agent_event``: answered on the child's run id)."""
     if event.type == "input_requested":
         return event.run_id, event.model_dump(mode="json")
-    if event.type == "sub_agent_event" and event.event.get("type") == "input_requested":
-        return event.child_run_id, event.event
+    if event.type == "sub_agent_event":
+        run_id, inner = innermost(event)  # of a child, or of a grandchild (and so on)
+        if inner.get("type") == "input_requested":
+            return run_id, inner
     return None
 
 

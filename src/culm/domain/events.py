@@ -344,3 +344,12 @@ def event_from_dict(data: dict[str, Any]) -> RunEvent:
 
 def is_terminal(event: RunEvent) -> bool:
     return event.type in TERMINAL_EVENT_TYPES
+
+
+def innermost(event: SubAgentEvent) -> tuple[str, dict[str, Any]]:
+    """The run id and the event a ``sub_agent_event`` carries, unwrapped through every level of
+    sub-agents (a grandchild's event reaches its root wrapped twice)."""
+    run_id, inner = event.child_run_id, event.event
+    while inner.get("type") == "sub_agent_event" and isinstance(inner.get("event"), dict):
+        run_id, inner = str(inner.get("child_run_id", run_id)), inner["event"]
+    return run_id, inner

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 InputKind = Literal["approval", "question"]
 # open: waits for a person; answered: by a person; expired: its input_timeout denied it;
 # applied: the resumed run used its answer (the tool call's result is stored).
-RequestStatus = Literal["open", "answered", "expired", "applied"]
+RequestStatus = Literal["open", "answered", "expired", "applied", "closed"]
 # What became of a request, counted per tool by the metrics.
 InputOutcome = Literal["approved", "denied", "answered", "declined", "timed_out"]
 

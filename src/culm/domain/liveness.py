@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from culm.domain.events import RunEvent
+from culm.domain.events import RunEvent, SubAgentEvent, innermost
 from culm.domain.models import ToolPhase
 
 # How far ahead of a run's last stored seq the store reserves seqs: more than a run emits in
@@ -28,6 +28,12 @@ _TOOL_PHASES = {
     "tool_complete": ToolPhase.FINISHED,
     "tool_error": ToolPhase.ERROR,
 }
+
+
+# A sub-agent's request for a person, and its answer, as its parent's liveness shows them: the
+# parent's ``spawn_agent`` call waits (``last_tool_phase: waiting``), then runs on.
+_SPAWN = "spawn_agent"
+_CHILD_WAITS = {"input_requested": ToolPhase.WAITING, "input_received": ToolPhase.BEGIN}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,5 +51,9 @@ def apply(state: Liveness, event: RunEvent) -> Liveness:
     if phase is not None:
         tool_name: str = getattr(event, "tool_name", None) or state.last_tool_name or ""
         return Liveness(event.seq, event.ts, tool_name, phase, state.round_count)
+    if isinstance(event, SubAgentEvent):
+        waits = _CHILD_WAITS.get(str(innermost(event)[1].get("type")))
+        if waits is not None:  # the parent shows that it waits on a child (or on its own)
+            return Liveness(event.seq, event.ts, _SPAWN, waits, state.round_count)
     rounds = event.round_count if event.type == "runner_progress" else state.round_count
     return Liveness(event.seq, event.ts, state.last_tool_name, state.last_tool_phase, rounds)

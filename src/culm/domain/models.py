@@ -147,6 +147,7 @@ class ToolPhase(StrEnum):
     BEGIN = "begin"
     FINISHED = "finished"
     ERROR = "error"
+    WAITING = "waiting"  # a ``spawn_agent`` call whose sub-agent waits for a person
 
 
 class Run(_Frozen):

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 from culm.domain.events import RunEvent
 from culm.domain.input import InputAnswer, InputRequest
-from culm.domain.models import Run, RunStatus
+from culm.domain.models import Run
 from culm.errors import InvalidFieldError, NotFoundError
+from culm.runtime import waiting
 from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
 from culm.storage.base import Store
@@ -43,56 +44,49 @@ class InputService:
         self,
         store: Store,
         registry: RunnerRegistry,
+        runs: RunManager,
         *,
         local_bus: bool,
-        resume_here: RunManager | None = None,
+        resume_answered: bool = False,
         lease_seconds: float = 10.0,
     ) -> None:
         self._store = store
         self._registry = registry
+        self._runs = runs
         self._local_bus = local_bus
         # Role CLI: claims and launches a run made ready by an answer given in this process.
-        self._resume_here = resume_here
+        self._resume_answered = resume_answered
         self._lease_seconds = lease_seconds
 
     async def pending(self, run_id: str) -> list[InputRequest]:
         """The open requests of the run and of the sub-agent runs below it (oldest first),
         each naming its ``run_id``: a child's request is answered on the child's run id."""
-        run = await self._require(run_id)
-        waiting: list[str] = []
-        await self._collect(run, waiting, MAX_DEPTH)
+        await self._require(run_id)
+        waiting = await self._store.waiting_below(run_id, MAX_DEPTH)
         return await self._store.list_input(waiting) if waiting else []
-
-    async def _collect(self, run: Run, waiting: list[str], depth: int) -> None:
-        if run.status is RunStatus.WAITING:
-            waiting.append(run.run_id)
-        if depth == 0 or run.status.is_terminal:
-            return
-        for child in await self._store.list_runs(parent_run_id=run.run_id, limit=1000):
-            await self._collect(child, waiting, depth - 1)
 
     async def respond(self, run_id: str, request_id: str, answer: InputAnswer) -> InputRequest:
         request, events = await self._store.answer_input(run_id, request_id, answer)
         if events:
             self._announce(events)
-            if self._resume_here is not None:
-                await self._resume(self._resume_here, run_id)
+            if self._resume_answered:
+                await self.resume_here(run_id)
         return request
 
-    async def _resume(self, runs: RunManager, run_id: str) -> None:
-        """Claim the run if the answer made it ready, and resume it in this process."""
+    async def resume_here(self, run_id: str) -> None:
+        """Claim the run if an answer made it ready, and resume it in this process, whatever
+        room its dispatcher has: a sub-agent whose parent executes here (the parent holds its
+        room while it waits on the child: through the queue, a full worker would never take
+        the child back), or ``culm run``'s own run. Nothing when it is not ready (a request
+        still open) or another process claimed it first."""
         claimed = await self._store.claim_runs(
-            runs.owner, limit=1, lease_seconds=self._lease_seconds, only=[run_id]
+            self._runs.owner, limit=1, lease_seconds=self._lease_seconds, only=[run_id]
         )
         for run in claimed:
-            runs.launch(run)
+            self._runs.launch(run)
 
     def _announce(self, events: Sequence[RunEvent]) -> None:
-        """Events the store wrote for a waiting run: to the observers (metrics, and the bus to
-        other processes) and, without a bus across processes, to this process's followers."""
-        self._registry.publish(events)
-        if self._local_bus:
-            self._registry.deliver(events)
+        waiting.announce(self._registry, events, local_bus=self._local_bus)
 
     async def counts(self) -> list[tuple[str, str, int]]:
         return await self._store.input_counts()

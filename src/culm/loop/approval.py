@@ -31,6 +31,11 @@ from culm.input.policy import asks_user, needs_approval
 from culm.loop.context import LoopContext
 from culm.loop.execute import failed_result, parse_arguments, run_tool_call
 
+RECOVERED_APPROVAL = (
+    "interrupted: the run was recovered after this call was approved; it may have run, "
+    "and it is not run again"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class PendingInput:
@@ -107,27 +112,37 @@ def pending_calls(messages: Sequence[Message]) -> list[ToolCall]:
 
 
 async def apply_answers(
-    ctx: LoopContext, messages: list[Message], requests: Sequence[InputRequest]
+    ctx: LoopContext,
+    messages: list[Message],
+    requests: Sequence[InputRequest],
+    *,
+    recovered: bool = False,
 ) -> list[ToolResultMessage]:
     """The results of the waiting calls that ``requests`` answered, in call order (the calls
-    run now); calls no request answers are left (the transcript repair ends them)."""
+    run now); calls no request answers are left (the transcript repair ends them).
+
+    ``recovered``: the attempt that resumed with these answers was lost (a crash) before it
+    stored their results, and a recovery re-queued the run: an approved call may have run
+    then, so it is not run again; it gets an error result saying so (as the transcript repair
+    ends a call a crash interrupted). Denials and answers are applied as usual."""
     by_call = {request.tool_call_id: request for request in requests if request.answer}
     results: list[ToolResultMessage] = []
     for call in pending_calls(messages):
         request = by_call.get(call.id)
         if request is not None and request.answer is not None:
-            results.append(await _apply(ctx, call, request, request.answer))
+            results.append(await _apply(ctx, call, request, request.answer, recovered))
     return results
 
 
 async def _apply(
-    ctx: LoopContext, call: ToolCall, request: InputRequest, answer: InputAnswer
+    ctx: LoopContext, call: ToolCall, request: InputRequest, answer: InputAnswer, recovered: bool
 ) -> ToolResultMessage:
     if request.kind == "question":
         return _answered(ctx, call, answer)
-    if not answer.allowed:
+    if not answer.allowed or recovered:
+        text = denial_text(answer, ctx) if not answer.allowed else RECOVERED_APPROVAL
         ctx.emit(ToolStart(tool_call_id=call.id, tool_name=call.name, arguments=request.arguments))
-        return failed_result(ctx, call, denial_text(answer, ctx), time.monotonic())
+        return failed_result(ctx, call, text, time.monotonic())
     if answer.arguments is None:
         return await run_tool_call(ctx, call)
     edited = call.model_copy(update={"arguments": json.dumps(answer.arguments)})

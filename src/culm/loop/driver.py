@@ -39,18 +39,24 @@ from culm.tools.compact import COMPACT_TOOL
 
 
 async def run_agent(
-    ctx: LoopContext, state: LoopState, answered: Sequence[InputRequest] = ()
+    ctx: LoopContext,
+    state: LoopState,
+    answered: Sequence[InputRequest] = (),
+    *,
+    recovered: bool = False,
 ) -> FinalAnswer | WaitForInput:
     """Run rounds until the model gives a final answer, or a round waits for a person. A round
     that took the run past its budget ends it (``budget_exceeded``) unless that round gave the
     final answer.
 
     ``answered``: a run resumed after waiting: the answers to its waiting calls, applied
-    first (their results are stored, and the requests marked applied, in one write)."""
+    first (their results are stored, and the requests marked applied, in one write);
+    ``recovered``: by a later attempt than the one they were given to (approved calls are not
+    run: that attempt may have run them before it was lost)."""
     ctx = _metered(ctx, state)
     with ctx.tracing.agent():
         if answered:
-            results = await apply_answers(ctx, state.messages, answered)
+            results = await apply_answers(ctx, state.messages, answered, recovered=recovered)
             state.messages.extend(results)
             await ctx.resolve_input(results, [request.request_id for request in answered])
         window = await ContextWindow.open(ctx, state)

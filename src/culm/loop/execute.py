@@ -68,22 +68,34 @@ async def run_tool_call(ctx: LoopContext, call: ToolCall) -> ToolResultMessage:
 async def _run_tool_call(ctx: LoopContext, call: ToolCall) -> ToolResultMessage:
     arguments = parse_arguments(call.arguments)
     ctx.emit(ToolStart(tool_call_id=call.id, tool_name=call.name, arguments=arguments))
-    started = time.monotonic()
+    clock = _Clock(time.monotonic())
     try:
-        result = await _invoke(ctx, call, arguments)
+        result = await _invoke(ctx, call, arguments, clock)
     except ToolFailure as exc:
-        return failed_result(ctx, call, str(exc) or type(exc).__name__, started)
+        return failed_result(ctx, call, str(exc) or type(exc).__name__, clock.started)
     except Exception as exc:
         log.exception("tool raised", tool=call.name)
-        return failed_result(ctx, call, f"{type(exc).__name__}: {exc}", started)
-    elapsed = _elapsed_ms(started)
+        return failed_result(ctx, call, f"{type(exc).__name__}: {exc}", clock.started)
+    elapsed = _elapsed_ms(clock.started)
     ctx.emit(
         ToolComplete(tool_call_id=call.id, tool_name=call.name, result=result, elapsed_ms=elapsed)
     )
     return ToolResultMessage(tool_call_id=call.id, tool_name=call.name, content=result)
 
 
-async def _invoke(ctx: LoopContext, call: ToolCall, arguments: Any) -> str:
+class _Clock:
+    """A call's start, moved on by the time its tool says not to count (``not_counted``)."""
+
+    __slots__ = ("started",)
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+
+    def not_counted(self, seconds: float) -> None:
+        self.started += seconds
+
+
+async def _invoke(ctx: LoopContext, call: ToolCall, arguments: Any, clock: _Clock) -> str:
     tool: Tool | None = ctx.tools.get(call.name)
     if tool is None:
         available = ", ".join(sorted(ctx.tools)) or "none"
@@ -103,6 +115,7 @@ async def _invoke(ctx: LoopContext, call: ToolCall, arguments: Any) -> str:
         run_id=ctx.run_id,
         session_id=ctx.session.session_id,
         emit_event=ctx.emit,
+        not_counted=clock.not_counted,
     )
     deadline = asyncio.timeout(timeout)
     try:

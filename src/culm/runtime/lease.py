@@ -9,7 +9,8 @@ Every ``heartbeat_seconds`` the :class:`Heartbeat`
   run's events must not keep the run: its runs are taken over), nor a run stuck finalizing past
   the storage retry window;
 - sweeps: takes over runs whose lease expired (any process's; ``FOR UPDATE SKIP LOCKED`` makes
-  one sweeper win each run), re-queuing or ending them by ``CULM_RECOVERY_POLICY``;
+  one sweeper win each run), re-queuing or ending them by ``CULM_RECOVERY_POLICY``, and answers
+  the expired requests of waiting runs (``input_timeout``), publishing the events it wrote;
 - writes this process's ``workers`` row (liveness, counters).
 
 The cancel requests it finds are the fallback: a cancel from another process reaches this one
@@ -27,10 +28,11 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from culm.bus.base import EventBus
+from culm.domain.events import RunEvent
 from culm.logs import get_logger
 from culm.runtime.dispatch import WorkerCounters
 from culm.runtime.ownership import boot_id, pid_alive, pid_namespace, same_machine
@@ -52,6 +54,8 @@ class LeaseHolder:
     store_failing_for: Callable[[], float]  # seconds the event writer has been failing (or 0)
     # (run_id, epoch) renewed, and the time.monotonic() their leases surely last until
     renewed: Callable[[Mapping[str, int], float], None] = lambda fences, until: None
+    # Events the store wrote for waiting runs (input timeouts): to the bus and the followers.
+    stored_events: Callable[[Sequence[RunEvent]], None] = lambda events: None
 
 
 class Heartbeat:
@@ -168,6 +172,9 @@ class Heartbeat:
         self._counters.takeovers += len(taken)
         for run in taken:
             log.warning("took over a run whose owner is gone", run_id=run.run_id, status=run.status)
+        expired = await self._store.expire_input()  # input timeouts: database time, no timer
+        if expired:
+            self._holder.stored_events(expired)
 
     async def _write_row(self) -> None:
         counters = self._counters

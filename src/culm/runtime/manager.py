@@ -189,6 +189,9 @@ class RunManager:
             active_runs=lambda: len(self._registry),
             store_failing_for=self._batcher.failing_for,
             renewed=self._renewed,
+            stored_events=functools.partial(
+                waiting.announce, self._registry, local_bus=not self.bus.crosses_processes
+            ),
         )
 
     def _renewed(self, fences: Mapping[str, int], until: float) -> None:
@@ -383,9 +386,10 @@ class RunManager:
         runner.status = RunStatus.RUNNING
         runner.started_at = started_at
         answered = await waiting.answered(self._store, run)
-        if waiting.same_attempt(run, answered):  # resumed after waiting: the attempt goes on
+        recovered = bool(answered) and not waiting.same_attempt(run, answered)
+        if answered:  # resumed after waiting: its usage and rounds go on
             state.usage, state.round = run.usage, run.round_count
-        else:
+        if not answered or recovered:  # a new attempt (recovered while resuming: see run_agent)
             runner.emit(ExecutionStarted(started_at=started_at, attempt=run.attempt))
 
         async def append(messages: Sequence[Message]) -> None:
@@ -395,7 +399,7 @@ class RunManager:
 
         ctx = await self._context_factory(run, runner.emit, append)
         state.messages = await self._store.get_messages(run.session_id)
-        match await run_agent(ctx, state, answered):
+        match await run_agent(ctx, state, answered, recovered=recovered):
             case FinalAnswer(text=text):
                 return Outcome(RunStatus.COMPLETED, final_message=text)
             case WaitForInput() as wait:

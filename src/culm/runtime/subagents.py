@@ -39,6 +39,7 @@ from culm.domain.events import (
     SubAgentHeartbeat,
     SubAgentStarted,
     event_to_dict,
+    innermost,
     is_terminal,
 )
 from culm.domain.models import Run, RunTrigger, Session, SessionKind
@@ -91,6 +92,8 @@ class Spawner(Protocol):
     ) -> Run: ...
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEvent]: ...
+
+    async def resume_child(self, run_id: str) -> None: ...
 
     async def cancel(
         self, run_id: str, *, reason: str = ..., wait: bool = False, timeout: float | None = None
@@ -327,6 +330,7 @@ class _Follower:
         self._spawner = spawner
         self._limits = limits
         self._emit = ctx.emit_event
+        self._not_counted = ctx.not_counted  # the child's waiting is not the call's time
         self._child = child
         self._queue: asyncio.Queue[RunEvent] = asyncio.Queue()
         self._timed_out: str | None = None
@@ -373,18 +377,33 @@ class _Follower:
                 await self._on_quiet(started, last_event)
                 continue
             last_event = time.monotonic()
-            self._track_waiting(event.type, last_event)
+            self._track_waiting(_waiting_kind(event), last_event)
             self._forward(event)
+            if event.type == "input_received":
+                await self._resume_child()
             if is_terminal(event):
                 return self._outcome(event)
 
     def _track_waiting(self, kind: str, now: float) -> None:
+        if kind == "sub_agent_heartbeat":
+            return  # the child follows a sub-agent of its own: it tells nothing of waiting
         waits = kind in ("input_requested", "input_received")
         if waits and self._waiting_since is None:
             self._waiting_since = now
         elif not waits and self._waiting_since is not None:
             self._waited += now - self._waiting_since
+            self._not_counted(now - self._waiting_since)
             self._waiting_since = None
+
+    async def _resume_child(self) -> None:
+        """The child may be ready again (answered): resume it here, beside its parent, not
+        through the queue (the parent holds a room of this worker while it waits: with every
+        room held so, the child would never be claimed back). A failure leaves it to the
+        dispatchers."""
+        try:
+            await self._spawner.resume_child(self._child.run_id)
+        except Exception:
+            log.exception("resuming a sub-agent here failed", run_id=self._child.run_id)
 
     def _watch_deadline(self, started: float, last_event: float) -> float:
         if self._timed_out is not None or self._waiting_since is not None:
@@ -442,3 +461,11 @@ class _Follower:
 async def _events(spawner: Spawner, run_id: str) -> AsyncGenerator[RunEvent]:
     async for event in spawner.subscribe(run_id):
         yield event
+
+
+def _waiting_kind(event: RunEvent) -> str:
+    """The type of the event at the bottom of ``event``'s sub-agent wrappers: the child waits
+    for a person also while a sub-agent of its own (at any depth) does."""
+    if isinstance(event, SubAgentEvent):
+        return str(innermost(event)[1].get("type", ""))
+    return event.type

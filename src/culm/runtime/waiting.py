@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from culm.domain.events import InputRequested
+from culm.domain.events import InputRequested, RunEvent
 from culm.domain.input import InputRequest
 from culm.domain.models import Run, RunStatus, Usage
 from culm.loop.approval import PendingInput, WaitForInput
@@ -95,3 +95,12 @@ async def answered(store: Store, run: Run) -> list[InputRequest]:
 def same_attempt(run: Run, requests: Sequence[InputRequest]) -> bool:
     """Whether ``run`` resumes the attempt that asked (else a recovery re-queued it since)."""
     return bool(requests) and all(request.attempt == run.attempt for request in requests)
+
+
+def announce(registry: RunnerRegistry, events: Sequence[RunEvent], *, local_bus: bool) -> None:
+    """Events the store wrote for a waiting run (an answer, a timeout): to the observers (the
+    metrics, the bus to other processes) and, without a bus across processes, to this
+    process's followers."""
+    registry.publish(events)
+    if local_bus:
+        registry.deliver(events)

@@ -281,6 +281,17 @@ class Store(ABC):
         """Newest first, from the ``offset``-th of those that match every filter given."""
 
     @abstractmethod
+    async def waiting_below(self, run_id: str, depth: int) -> list[str]:
+        """``run_id`` and the runs below it (``depth`` levels of sub-agents) that wait for a
+        person (a level's finished runs are not looked below)."""
+
+    @abstractmethod
+    async def expire_input(self) -> list[RunEvent]:
+        """Answer the expired requests for a person (``expires_at`` in database time): denied,
+        or their run ended ``error`` ``input_timeout`` by its session; the events written (for
+        the caller to publish: nobody executes those runs). Every sweeper calls it."""
+
+    @abstractmethod
     async def sweep(
         self, owner: str, policy: SweepPolicy, *, dead_owners: Sequence[str] = ()
     ) -> list[Run]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from culm.domain.events import Error, InputReceived, RunEvent
+from culm.domain.events import Error, InputReceived, RunEvent, RunEventBase
 from culm.domain.input import InputAnswer, InputRequest
 from culm.domain.models import Message, RunStatus, Usage
 from culm.errors import InputConflictError, InvalidFieldError, NotFoundError
@@ -125,18 +125,23 @@ def answer(
     if problem is not None:
         raise InvalidFieldError(*problem)
     now = dbtime.read_now(conn, dialect)
-    request = _close(conn, request, given, "answered", now)
-    event = _received(conn, rows, request, given, now)
+    closed = _close(conn, request, given, "answered", now)
+    assert closed is not None  # the run's row is locked: nothing else answers it meanwhile
+    event = _received(conn, rows, closed, given, now)
+    request = closed
     _resume_if_answered(conn, run_id, wake)
     return request, [event]
 
 
 def _close(
     conn: sa.Connection, request: InputRequest, given: InputAnswer, status: str, now: datetime
-) -> InputRequest:
-    conn.execute(
+) -> InputRequest | None:
+    """Answer ``request`` if it is still open (None if it is not: answered, or closed, since
+    the caller read it)."""
+    closed = conn.execute(
         input_requests.update()
         .where(input_requests.c.request_id == request.request_id)
+        .where(input_requests.c.status == "open")
         .values(
             status=status,
             answer=given.model_dump(exclude_none=True),
@@ -144,6 +149,8 @@ def _close(
             answered_at=now,
         )
     )
+    if closed.rowcount != 1:
+        return None
     update = {"status": status, "answer": given, "answered_at": now}
     return request.model_copy(update=update)
 
@@ -152,7 +159,6 @@ def _received(
     conn: sa.Connection, rows: RowWriter, request: InputRequest, given: InputAnswer, now: datetime
 ) -> RunEvent:
     """Append the request's ``input_received`` (the run is waiting: no runner writes it)."""
-    seq = ops.last_seq(conn, request.run_id) + 1
     event = InputReceived(
         request_id=request.request_id,
         kind=request.kind,
@@ -163,10 +169,19 @@ def _received(
         arguments=given.arguments,
         answer=given.answer,
         timed_out=given.timed_out,
-    ).stamped(seq=seq, run_id=request.run_id, session_id=request.session_id, ts=now)
-    ops.insert_events(conn, rows, [event])
-    ops.update_liveness(conn, [event])
-    return event
+    )
+    return _append(conn, rows, event, request, now)
+
+
+def _append(
+    conn: sa.Connection, rows: RowWriter, event: RunEventBase, request: InputRequest, now: datetime
+) -> RunEvent:
+    """Append an event the store writes for a run nobody executes (at the next seq)."""
+    seq = ops.last_seq(conn, request.run_id) + 1
+    stamped = event.stamped(seq=seq, run_id=request.run_id, session_id=request.session_id, ts=now)
+    ops.insert_events(conn, rows, [stamped])
+    ops.update_liveness(conn, [stamped])
+    return stamped
 
 
 def _resume_if_answered(conn: sa.Connection, run_id: str, wake: Wake) -> None:
@@ -187,34 +202,48 @@ def expire(conn: sa.Connection, dialect: str, rows: RowWriter, wake: Wake) -> li
     ``timed_out``), or the run ended ``error`` (code ``input_timeout``) when its session says
     so. Returns the events written."""
     now = dbtime.read_now(conn, dialect)
-    due = conn.execute(
-        sa.select(input_requests, sessions.c.input_timeout_action, sessions.c.input_timeout)
-        .join(runs, runs.c.run_id == input_requests.c.run_id)
-        .join(sessions, sessions.c.session_id == input_requests.c.session_id)
-        .where(input_requests.c.status == "open", input_requests.c.expires_at <= now)
-        .where(runs.c.status == RunStatus.WAITING.value)
-        .order_by(input_requests.c.run_id, input_requests.c.position)
-        .limit(EXPIRE_LIMIT)
-    ).all()
+    return expire_due(conn, rows, due(conn, now), now, wake)
+
+
+def due(conn: sa.Connection, now: datetime) -> list[Any]:
+    """The open requests of waiting runs expired at ``now`` (read unlocked: ``expire_due``
+    locks each run, and answers a request only if it is still open then)."""
+    return list(
+        conn.execute(
+            sa.select(input_requests, sessions.c.input_timeout_action, sessions.c.input_timeout)
+            .join(runs, runs.c.run_id == input_requests.c.run_id)
+            .join(sessions, sessions.c.session_id == input_requests.c.session_id)
+            .where(input_requests.c.status == "open", input_requests.c.expires_at <= now)
+            .where(runs.c.status == RunStatus.WAITING.value)
+            .order_by(input_requests.c.run_id, input_requests.c.position)
+            .limit(EXPIRE_LIMIT)
+        ).all()
+    )
+
+
+def expire_due(
+    conn: sa.Connection, rows: RowWriter, found: Sequence[Any], now: datetime, wake: Wake
+) -> list[RunEvent]:
     events: list[RunEvent] = []
     ended: set[str] = set()
-    for found in due:
-        if found.run_id in ended:
+    for row in found:
+        if row.run_id in ended:
             continue
         locked = conn.execute(
-            runs.select().where(runs.c.run_id == found.run_id).with_for_update(skip_locked=True)
+            runs.select().where(runs.c.run_id == row.run_id).with_for_update(skip_locked=True)
         ).first()
         if locked is None or locked.status != RunStatus.WAITING.value:
             continue  # answered or ended meanwhile, or another sweeper has it
-        request = request_from_row(found)
         timed_out = InputAnswer(approve=False, timed_out=True)
-        request = _close(conn, request, timed_out, "expired", now)
+        request = _close(conn, request_from_row(row), timed_out, "expired", now)
+        if request is None:
+            continue  # a person answered it since it was read
         events.append(_received(conn, rows, request, timed_out, now))
-        if found.input_timeout_action == "error":
-            events.append(_end_timed_out(conn, rows, request, found.input_timeout, now, wake))
-            ended.add(found.run_id)
+        if row.input_timeout_action == "error":
+            events.append(_end_timed_out(conn, rows, request, row.input_timeout, now, wake))
+            ended.add(row.run_id)
         else:
-            _resume_if_answered(conn, found.run_id, wake)
+            _resume_if_answered(conn, row.run_id, wake)
     return events
 
 
@@ -228,17 +257,13 @@ def _end_timed_out(
 ) -> RunEvent:
     message = f"no answer to {request.kind} request {request.request_id!r} ({request.tool_name})"
     message += f" within the input timeout of {timeout or 0:g} s"
-    seq = ops.last_seq(conn, request.run_id) + 1
-    event = Error(message=message, code=INPUT_TIMEOUT).stamped(
-        seq=seq, run_id=request.run_id, session_id=request.session_id, ts=now
-    )
-    ops.insert_events(conn, rows, [event])
-    ops.update_liveness(conn, [event])
+    event = _append(conn, rows, Error(message=message, code=INPUT_TIMEOUT), request, now)
     conn.execute(
         runs.update()
         .where(runs.c.run_id == request.run_id)
         .values(status=RunStatus.ERROR.value, error=message, completed_at=now, queued=False)
     )
+    ops.close_requests(conn, [request.run_id])  # its other requests end with it
     promote_next(conn, request.session_id, wake)
     return event
 

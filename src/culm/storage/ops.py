@@ -17,7 +17,7 @@ from culm.domain.text import model_json
 from culm.domain.time import as_utc, utc_now
 from culm.storage.rows import run_from_row
 from culm.storage.rowwriter import Prepared, RowWriter
-from culm.storage.schema import messages, run_events, runs
+from culm.storage.schema import input_requests, messages, run_events, runs
 
 # Runs a process executes or is about to (leases, fences); a waiting run is held by none.
 ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
@@ -122,8 +122,9 @@ def end_cancelled(
     conn: sa.Connection, rows: RowWriter, run: Run, reason: str, now: datetime | None = None
 ) -> None:
     """End a run nobody executes as ``cancelled``, with its terminal event (at ``now``, the
-    database's time when the caller read it)."""
+    database's time when the caller read it); its open requests for a person are closed."""
     now = now or utc_now()
+    close_requests(conn, [run.run_id])
     seq = last_seq(conn, run.run_id) + 1
     event = Cancelled(reason=reason).stamped(
         seq=seq, run_id=run.run_id, session_id=run.session_id, ts=now
@@ -230,3 +231,13 @@ LIVENESS_UPDATE = (
     )
 )
 NO_LIVENESS = liveness.Liveness()
+
+
+def close_requests(conn: sa.Connection, run_ids: Sequence[str]) -> None:
+    """Close the open requests for a person of runs that end without them being answered
+    (cancelled, taken over, timed out in error): ``closed``, no answer, no outcome."""
+    conn.execute(
+        input_requests.update()
+        .where(input_requests.c.run_id.in_(list(run_ids)), input_requests.c.status == "open")
+        .values(status="closed")
+    )

@@ -106,7 +106,9 @@ def claim(
             epoch=runs.c.epoch + 1,
             lease_expires_at=dbtime.later(dialect, lease_seconds),
             status=RunStatus.RUNNING.value,
-            started_at=dbtime.now(dialect),
+            # A run resumed after waiting for a person keeps its start (takeovers and
+            # hand-backs clear it: their next claim starts anew).
+            started_at=sa.func.coalesce(runs.c.started_at, dbtime.now(dialect)),
         )
         .returning(*runs.c)
     )

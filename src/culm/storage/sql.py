@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from culm.domain.compaction import Compaction
 from culm.domain.events import RunEvent, event_from_json
-from culm.domain.input import InputAnswer, InputRequest
 from culm.domain.models import (
     Message,
     Run,
@@ -31,7 +30,7 @@ from culm.domain.models import (
 )
 from culm.errors import AlreadyRunningError, SessionBusyError, StorageUnavailableError
 from culm.storage import compactions as compaction_rows
-from culm.storage import fencing, inputs, migrate, ops, takeover, workers
+from culm.storage import fencing, migrate, ops, takeover, workers
 from culm.storage import queue as queue_ops
 from culm.storage.base import (
     Fence,
@@ -45,6 +44,7 @@ from culm.storage.base import (
 )
 from culm.storage.dialect import Dialect, dialect_for
 from culm.storage.health import StoreHealth, is_store_failure, unavailable
+from culm.storage.input_store import InputMethods
 from culm.storage.rows import run_from_row, run_to_row, session_from_row
 from culm.storage.rowwriter import RowWriter
 from culm.storage.schema import compactions as compaction_table
@@ -61,7 +61,7 @@ _T = TypeVar("_T")
 SEQ_LIMIT = 2**31 - 1
 
 
-class SqlStore(Store):
+class SqlStore(InputMethods, Store):
     def __init__(self, url: str) -> None:
         self.dialect: Dialect = dialect_for(url)
         self._rows = RowWriter(self.dialect.name)
@@ -405,69 +405,6 @@ class SqlStore(Store):
             query = query.where(runs.c.parent_run_id == parent_run_id)
         async with self.read_connection() as conn:
             return [run_from_row(row) for row in await conn.execute(query)]
-
-    # People in the loop (``inputs.py``)
-
-    async def park_run(
-        self,
-        run_id: str,
-        *,
-        fence: Fence,
-        messages: Sequence[Message],
-        requests: Sequence[Mapping[str, object]],
-        events: Sequence[RunEvent],
-        usage: Usage,
-        timeout: float | None,
-    ) -> RunStatus:
-        values = [dict(request) for request in requests]
-
-        def transaction(conn: sa.Connection, wake: Wake) -> RunStatus:
-            return inputs.park(
-                conn,
-                self.dialect.name,
-                self._rows,
-                run_id=run_id,
-                fence=fence,
-                messages=messages,
-                requests=values,
-                events=events,
-                usage=usage,
-                timeout=timeout,
-                wake=wake,
-            )
-
-        return await self._queue_write(transaction)
-
-    async def answer_input(
-        self, run_id: str, request_id: str, answer: InputAnswer
-    ) -> tuple[InputRequest, list[RunEvent]]:
-        def transaction(conn: sa.Connection, wake: Wake) -> tuple[InputRequest, list[RunEvent]]:
-            return inputs.answer(
-                conn, self.dialect.name, self._rows, run_id, request_id, answer, wake
-            )
-
-        return await self._queue_write(transaction)
-
-    async def list_input(
-        self, run_ids: Sequence[str], *, statuses: Sequence[str] | None = ("open",)
-    ) -> list[InputRequest]:
-        if not run_ids:
-            return []
-        async with self.read_connection() as conn:
-            rows = await conn.execute(inputs.requests_query(run_ids, statuses))
-            return [inputs.request_from_row(row) for row in rows]
-
-    async def resolve_input(
-        self, run_id: str, *, fence: Fence, messages: Sequence[Message], request_ids: Sequence[str]
-    ) -> None:
-        await self.write(
-            lambda conn: inputs.resolve(conn, self._rows, run_id, fence, messages, request_ids)
-        )
-
-    async def input_counts(self) -> list[tuple[str, str, int]]:
-        async with self.read_connection() as conn:
-            rows = await conn.execute(inputs.COUNTS)
-            return [(str(row[0]), str(row[1]), int(row[2])) for row in rows]
 
     # Workers
 

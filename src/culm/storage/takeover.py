@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from culm.domain.events import Cancelled, Error, RunEventBase, RunRecovered
 from culm.domain.models import Run, RunStatus
-from culm.storage import dbtime, inputs, ops, schema, workers
+from culm.storage import dbtime, ops, schema, workers
 from culm.storage.base import SweepPolicy
 from culm.storage.ending import ending_values
 from culm.storage.queue import promote_next, promote_stranded
@@ -75,7 +75,6 @@ def sweep(
     )
     found = conn.execute(query).all()
     promote_stranded(conn, wake, limit=SWEEP_LIMIT)
-    inputs.expire(conn, dialect, rows, wake)  # input timeouts: in database time, no timer
     if not found:
         workers.retire(conn, dialect, policy.lease_seconds)
         return []
@@ -186,6 +185,8 @@ def _take(takeover: _Takeover, row: Any, *, requeue: bool) -> None:
     if conn.execute(runs.update().where(seen).values(**values)).rowcount != 1:
         return  # taken in this transaction already (a child of a run taken before it)
     takeover.taken.append(run_id)
+    if values.get("status") != RunStatus.PENDING.value:
+        ops.close_requests(conn, [run_id])  # a waiting child's requests end with it
     if events:
         seq = ops.last_seq(conn, run_id, reserved=run_id not in takeover.clean)
         stamped = [

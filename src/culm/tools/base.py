@@ -36,6 +36,9 @@ class ToolContext:
     run_id: str = ""
     session_id: str = ""
     emit_event: Callable[[RunEventBase], object] | None = None
+    # Tell the caller of time not to count in this call's ``elapsed_ms`` (seconds): a
+    # ``spawn_agent`` call's wait on a sub-agent that waits for a person.
+    not_counted: Callable[[float], None] = lambda seconds: None
 
 
 class Tool(ABC):
