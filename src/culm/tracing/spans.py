@@ -7,7 +7,8 @@
   (input, output, cache read/write, reasoning), finish reasons, time to first chunk.
 - ``execute_tool {name}`` per tool call: tool name, call id, ``error.type`` on failure.
 
-Content (messages, tool arguments and results) is recorded only when capture is asked for.
+Content (messages, tool arguments and results) is recorded only when capture is asked for
+(:mod:`culm.tracing.content`).
 Every span is made through the tracer the engine holds: the no-op tracer makes them free.
 """
 
