@@ -25,6 +25,7 @@ class ReceivedSpan:
     attributes: dict[str, Any]
     status_code: int  # 0 unset, 1 ok, 2 error
     resource: dict[str, Any]
+    start_time: int = 0  # ns since the epoch
 
 
 def _value(value: Any) -> Any:
@@ -91,6 +92,7 @@ class OTLPReceiver:
                             attributes=_attributes(span.attributes),
                             status_code=span.status.code,
                             resource=resource,
+                            start_time=span.start_time_unix_nano,
                         )
                     )
         with self._lock:

@@ -3,6 +3,7 @@ with tools and a sub-agent, its attributes, and usage exactly as the model repor
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +159,76 @@ async def test_without_an_exporter_the_tracer_is_the_no_op_one(
     async with engine:
         run = await engine.run("hi", model="scripted:demo")
         assert (await engine.wait(run.run_id, timeout=20)).status is culm.RunStatus.COMPLETED
+
+
+async def _run_with_a_tool(tmp_path: Path) -> tuple[culm.Run, list[Any]]:
+    engine = culm.Engine(settings(tmp_path))
+    async with engine:
+        first = [{"text": "let me look"}, _call("list_dir", path=".")]
+        engine.scripts.register("demo", {"turns": [first, [{"text": "done"}]]})
+        run = await engine.run(
+            "list it", model="scripted:demo", tools=["list_dir"], system_prompt="be brief"
+        )
+        events = await collect(engine.subscribe(run.run_id))
+        assert events[-1].type == "complete"
+    return run, events
+
+
+async def test_with_content_capture_on_spans_carry_the_messages_and_tool_io(
+    receiver: OTLPReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "True")
+    _, events = await _run_with_a_tool(tmp_path)
+    (start,) = [e for e in events if e.type == "tool_start"]
+    (done,) = [e for e in events if e.type == "tool_complete"]
+    call = {"type": "tool_call", "id": start.tool_call_id, "name": "list_dir"}
+    call["arguments"] = {"path": "."}
+    user = {"role": "user", "parts": [{"type": "text", "content": "list it"}]}
+    asked = {"role": "assistant", "parts": [{"type": "text", "content": "let me look"}, call]}
+    answer = {"type": "tool_call_response", "id": start.tool_call_id, "response": done.result}
+
+    first, second = sorted(receiver.named("chat demo"), key=lambda span: span.start_time)
+    for chat in (first, second):
+        instructions = json.loads(chat.attributes["gen_ai.system_instructions"])
+        assert instructions == [{"type": "text", "content": "be brief"}]
+    assert json.loads(first.attributes["gen_ai.input.messages"]) == [user]
+    assert json.loads(first.attributes["gen_ai.output.messages"]) == [
+        {**asked, "finish_reason": "tool_call"}
+    ]
+    assert json.loads(second.attributes["gen_ai.input.messages"]) == [
+        user,
+        asked,
+        {"role": "tool", "parts": [answer]},
+    ]
+    assert json.loads(second.attributes["gen_ai.output.messages"]) == [
+        {
+            "role": "assistant",
+            "parts": [{"type": "text", "content": "done"}],
+            "finish_reason": "stop",
+        }
+    ]
+
+    tool = _one(receiver.named("execute_tool list_dir"))
+    assert json.loads(tool.attributes["gen_ai.tool.call.arguments"]) == start.arguments
+    assert tool.attributes["gen_ai.tool.call.result"] == done.result
+    assert done.result  # the listing, not an empty string
+
+
+@pytest.mark.parametrize("setting", [None, "false", "1"])
+async def test_without_content_capture_no_content_is_recorded(
+    receiver: OTLPReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None
+) -> None:
+    if setting is not None:
+        monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", setting)
+    await _run_with_a_tool(tmp_path)
+    content = {
+        "gen_ai.system_instructions",
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result",
+    }
+    spans = receiver.spans
+    assert {span.name for span in spans} >= {"chat demo", "execute_tool list_dir"}
+    for span in spans:
+        assert not content & span.attributes.keys(), span.name

@@ -60,6 +60,7 @@ async def run_tool_call(ctx: LoopContext, call: ToolCall) -> ToolResultMessage:
     """Run one call inside its ``execute_tool`` span (a failed call: ``error.type``)."""
     with ctx.tracing.tool(call.name, call.id, call.arguments) as span:
         result = await _run_tool_call(ctx, call)
+        ctx.tracing.tool_result(span, result.content)
         if result.is_error:
             ctx.tracing.tool_failed(span, "tool_error", result.content)
         return result

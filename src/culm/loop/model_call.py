@@ -59,6 +59,7 @@ async def call_model(
     model = model if model is not None else ctx.model
     call = UsageMeter()  # this call's, for its span
     with ctx.tracing.chat(model.name) as span:
+        span.request(request.system_prompt, request.messages)
         try:
             response = await _call(ctx, request, call, model, live, span)
         finally:
@@ -67,7 +68,7 @@ async def call_model(
             if meter.first_chunk_ms is None:
                 meter.first_chunk_ms = span.first_chunk_ms
             span.usage(call.total)  # as reported, also when the call failed
-        span.answered(response.finish_reason, response.model)
+        span.answered(response.finish_reason, response.model, response.message)
         meter.response_model = response.model
         return response
 

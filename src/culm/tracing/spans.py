@@ -7,7 +7,8 @@
   (input, output, cache read/write, reasoning), finish reasons, time to first chunk.
 - ``execute_tool {name}`` per tool call: tool name, call id, ``error.type`` on failure.
 
-Content (messages, tool arguments and results) is recorded only when capture is asked for.
+Content (messages, tool arguments and results) is recorded only when capture is asked for
+(:mod:`culm.tracing.content`).
 Every span is made through the tracer the engine holds: the no-op tracer makes them free.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -25,7 +26,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from culm.domain.models import Run, Session, Usage
+from culm.domain.models import AssistantMessage, Message, Run, Session, Usage
+from culm.tracing import content
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _NOOP = trace.NoOpTracer()
@@ -72,10 +74,11 @@ def provider_of(model: str) -> tuple[str, str]:
 class ChatSpan:
     """Records one model call on its span."""
 
-    __slots__ = ("_first", "_span", "_started")
+    __slots__ = ("_capture", "_first", "_span", "_started")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, *, capture_content: bool = False) -> None:
         self._span = span
+        self._capture = capture_content and span.is_recording()
         self._started = time.monotonic()
         self._first: float | None = None
 
@@ -97,7 +100,17 @@ class ChatSpan:
         if self._span.is_recording():
             self._span.set_attributes(usage_attributes(usage))
 
-    def answered(self, finish_reason: str | None, model: str | None) -> None:
+    def request(self, system_prompt: str | None, messages: Sequence[Message]) -> None:
+        """What is sent: recorded only when content capture is on (else not serialized)."""
+        if self._capture:
+            self._span.set_attributes(content.request_attributes(system_prompt, messages))
+
+    def answered(
+        self,
+        finish_reason: str | None,
+        model: str | None,
+        message: AssistantMessage | None = None,
+    ) -> None:
         span = self._span
         if not span.is_recording():
             return
@@ -105,6 +118,10 @@ class ChatSpan:
             span.set_attribute("gen_ai.response.finish_reasons", [finish_reason])
         if model:
             span.set_attribute("gen_ai.response.model", model)
+        if self._capture and message is not None:
+            span.set_attribute(
+                content.OUTPUT_MESSAGES, content.output_messages(message, finish_reason)
+            )
 
 
 class RunTracing:
@@ -173,7 +190,7 @@ class RunTracing:
             set_status_on_exception=False,
         ) as span:
             try:
-                yield ChatSpan(span)
+                yield ChatSpan(span, capture_content=self.capture_content)
             except BaseException as exc:
                 _failed(span, exc)
                 raise
@@ -183,7 +200,7 @@ class RunTracing:
         attributes = {OPERATION: "execute_tool", "gen_ai.tool.name": name}
         attributes["gen_ai.tool.call.id"] = call_id
         if self.capture_content:
-            attributes["gen_ai.tool.call.arguments"] = arguments
+            attributes[content.TOOL_ARGUMENTS] = arguments  # the model's JSON text, as sent
         with self.tracer.start_as_current_span(
             f"execute_tool {name}",
             kind=SpanKind.INTERNAL,
@@ -196,6 +213,11 @@ class RunTracing:
             except BaseException as exc:
                 _failed(span, exc)
                 raise
+
+    def tool_result(self, span: Span, result: str) -> None:
+        """The result text the model gets back (recorded only when capture is on)."""
+        if self.capture_content and span.is_recording():
+            span.set_attribute(content.TOOL_RESULT, result)
 
     def tool_failed(self, span: Span, error_type: str, message: str) -> None:
         """A tool call that ended as an error result (not an exception)."""
