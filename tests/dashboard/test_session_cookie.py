@@ -136,3 +136,18 @@ async def test_a_cookie_websocket_must_come_from_this_origin(keyed: culm.Setting
             ):
                 pass
         assert refused.value.response.status_code == 403
+
+
+async def test_the_assets_are_gzipped_and_revalidated(keyed: culm.Settings) -> None:
+    async with running_server(keyed) as server, httpx2.AsyncClient(base_url=server.url) as client:
+        script = await client.get("/dashboard/static/js/run.js")  # httpx2 accepts gzip
+        assert script.status_code == 200 and script.headers["content-encoding"] == "gzip"
+        assert "export function render" in script.text
+        assert script.headers["cache-control"] == "no-cache"
+        again = await client.get(
+            "/dashboard/static/js/run.js", headers={"if-none-match": script.headers["etag"]}
+        )
+        assert again.status_code == 304  # revalidated: nothing sent again
+        # the API's answers are not the mount's: not gzipped (its SSE streams must not be)
+        state = await client.get("/dashboard/session")
+        assert "content-encoding" not in state.headers
