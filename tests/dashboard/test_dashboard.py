@@ -8,7 +8,6 @@ from playwright.sync_api import Page, expect
 
 from tests.dashboard.conftest import ARTIFACTS, Relay, Server, start_run, wait_terminal
 
-
 LIST_CALLS_UNTIL_DRAWN = """() => {
   const drawn = performance.getEntriesByName("culm:runs-drawn")[0].startTime;
   return performance.getEntriesByType("resource").map((e) => [new URL(e.name), e.startTime])

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +13,7 @@ from fastapi import APIRouter, Body, FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.types import Scope
 
 from culm.api import cookie
 from culm.api.deps import EngineDep
@@ -18,6 +21,24 @@ from culm.api.deps import EngineDep
 STATIC = Path(__file__).parent / "static"
 # The page is small and changes with the package: let the browser revalidate it each time.
 REVALIDATE = {"cache-control": "no-cache"}
+
+# The page's own assets also live under a path naming their content's hash, which index.html
+# uses: cached for good (``immutable``, no revalidation on a reload), new URLs after an upgrade.
+# Relative imports between the modules keep the versioned prefix, so the whole graph is cached.
+FOREVER = {"cache-control": "public, max-age=31536000, immutable"}
+
+
+def _version() -> str:
+    digest = hashlib.sha256()
+    for path in sorted([STATIC / "style.css", *(STATIC / "js").glob("*.js")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+VERSION = _version()
+VERSIONED = f"/dashboard/v/{VERSION}/"
+PAGE = (STATIC / "index.html").read_bytes().replace(b"/dashboard/static/", VERSIONED.encode())
+PAGE_ETAG = '"' + hashlib.sha256(PAGE).hexdigest()[:16] + '"'
 
 router = APIRouter(include_in_schema=False)
 
@@ -28,6 +49,8 @@ def install(app: FastAPI) -> None:
     # gzip on the assets alone (a third of the bytes), never on the API's SSE streams
     assets = GZipMiddleware(_Revalidated(directory=STATIC), minimum_size=1000, compresslevel=6)
     app.mount("/dashboard/static", assets, name="dashboard-static")
+    versioned = GZipMiddleware(_Versioned(directory=STATIC), minimum_size=1000, compresslevel=6)
+    app.mount("/dashboard/v", versioned, name="dashboard-versioned")
 
 
 class _Revalidated(StaticFiles):
@@ -40,10 +63,30 @@ class _Revalidated(StaticFiles):
         return response
 
 
+class _Versioned(StaticFiles):
+    """``/dashboard/v/<hash>/<file>``: the file, cached for good when ``<hash>`` is this
+    package's (an older page's hash gets today's file, revalidated)."""
+
+    def get_path(self, scope: Scope) -> str:
+        version, _, rest = super().get_path(scope).partition(os.sep)
+        scope["culm.current"] = version == VERSION
+        return rest or "."
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        scope = kwargs.get("scope", args[2] if len(args) > 2 else {})
+        response.headers.update(FOREVER if scope.get("culm.current") else REVALIDATE)
+        return response
+
+
 @router.api_route("/dashboard", methods=["GET", "HEAD"])
 @router.api_route("/dashboard/", methods=["GET", "HEAD"])
-async def page() -> FileResponse:
-    return FileResponse(STATIC / "index.html", headers=REVALIDATE)
+async def page(request: Request) -> Response:
+    """index.html, its asset URLs naming their version; revalidated (ETag) on each load."""
+    headers = {**REVALIDATE, "etag": PAGE_ETAG}
+    if request.headers.get("if-none-match") == PAGE_ETAG:
+        return Response(status_code=304, headers=headers)
+    return Response(PAGE, media_type="text/html; charset=utf-8", headers=headers)
 
 
 @router.api_route("/docs", methods=["GET", "HEAD"])
