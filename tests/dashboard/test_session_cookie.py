@@ -165,8 +165,9 @@ async def test_the_page_names_its_assets_version_and_they_are_cached_for_good(
         (app,) = re.findall(r'src="(/dashboard/v/[0-9a-f]{12}/js/app\.js)"', page.text)
         script = await client.get(app)
         assert script.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert script.headers["content-encoding"] == "gzip"  # from memory, gzipped once
         assert script.text == (await client.get("/dashboard/static/js/app.js")).text
         # an older page's version gets today's file, revalidated
         old = await client.get("/dashboard/v/000000000000/js/app.js")
         assert old.status_code == 200 and old.headers["cache-control"] == "no-cache"
-        assert (await client.get("/dashboard/v/000000000000/../routes.py")).status_code == 404
+        assert (await client.get("/dashboard/v/000000000000/routes.py")).status_code == 404

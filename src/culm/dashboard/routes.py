@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +14,6 @@ from fastapi import APIRouter, Body, FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.types import Scope
 
 from culm.api import cookie
 from culm.api.deps import EngineDep
@@ -49,8 +49,6 @@ def install(app: FastAPI) -> None:
     # gzip on the assets alone (a third of the bytes), never on the API's SSE streams
     assets = GZipMiddleware(_Revalidated(directory=STATIC), minimum_size=1000, compresslevel=6)
     app.mount("/dashboard/static", assets, name="dashboard-static")
-    versioned = GZipMiddleware(_Versioned(directory=STATIC), minimum_size=1000, compresslevel=6)
-    app.mount("/dashboard/v", versioned, name="dashboard-versioned")
 
 
 class _Revalidated(StaticFiles):
@@ -63,20 +61,39 @@ class _Revalidated(StaticFiles):
         return response
 
 
-class _Versioned(StaticFiles):
+@dataclass(frozen=True)
+class _Asset:
+    body: bytes
+    gzipped: bytes
+    media_type: str
+
+
+def _assets() -> dict[str, _Asset]:
+    """The page's own files, read and gzipped once: served from memory, no file I/O per request."""
+    found = {}
+    for path in [STATIC / "style.css", *(STATIC / "js").glob("*.js")]:
+        body = path.read_bytes()
+        kind = "text/css" if path.suffix == ".css" else "text/javascript"
+        found[path.relative_to(STATIC).as_posix()] = _Asset(body, gzip.compress(body, 6), kind)
+    return found
+
+
+ASSETS = _assets()
+
+
+@router.api_route("/dashboard/v/{version}/{name:path}", methods=["GET", "HEAD"])
+async def versioned(request: Request, version: str, name: str) -> Response:
     """``/dashboard/v/<hash>/<file>``: the file, cached for good when ``<hash>`` is this
     package's (an older page's hash gets today's file, revalidated)."""
-
-    def get_path(self, scope: Scope) -> str:
-        version, _, rest = super().get_path(scope).partition(os.sep)
-        scope["culm.current"] = version == VERSION
-        return rest or "."
-
-    def file_response(self, *args: Any, **kwargs: Any) -> Response:
-        response = super().file_response(*args, **kwargs)
-        scope = kwargs.get("scope", args[2] if len(args) > 2 else {})
-        response.headers.update(FOREVER if scope.get("culm.current") else REVALIDATE)
-        return response
+    asset = ASSETS.get(name)
+    if asset is None:
+        error = {"code": "not_found", "message": f"no dashboard asset {name!r}"}
+        return JSONResponse({"error": error}, status_code=404)
+    headers = {**(FOREVER if version == VERSION else REVALIDATE), "vary": "accept-encoding"}
+    body = asset.body
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        body, headers["content-encoding"] = asset.gzipped, "gzip"
+    return Response(body, media_type=asset.media_type + "; charset=utf-8", headers=headers)
 
 
 @router.api_route("/dashboard", methods=["GET", "HEAD"])
