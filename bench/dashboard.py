@@ -8,8 +8,9 @@ test ``tests/dashboard/test_scale.py`` writes (copies of a real run's: 10,000 ru
 50,000 events), then, ``--rounds`` times, each in a fresh browser context of Debian's chromium:
 
 - the runs page: when its 50 rows were drawn (the page's own mark, from the navigation), the
-  list call's share (``GET /v1/runs?limit=51``, as the browser timed it), and the same page
-  reloaded (assets revalidated from the browser's cache);
+  list call's share (``GET /v1/runs?limit=51``, as the browser timed it), the first visit's
+  waterfall (page, modules, list call: medians), and the same page reloaded (its assets from
+  the browser's cache);
 - the list call alone from Python (``httpx2``, a kept-alive connection): the server's part;
 - the big run's page: until all 50,000 events were drawn, and its longest main-thread task.
 
