@@ -8,8 +8,9 @@ test ``tests/dashboard/test_scale.py`` writes (copies of a real run's: 10,000 ru
 50,000 events), then, ``--rounds`` times, each in a fresh browser context of Debian's chromium:
 
 - the runs page: when its 50 rows were drawn (the page's own mark, from the navigation), the
-  list call's share (``GET /v1/runs?limit=51``, as the browser timed it), and the same page
-  reloaded (assets revalidated from the browser's cache);
+  list call's share (``GET /v1/runs?limit=51``, as the browser timed it), the first visit's
+  waterfall (page, modules, list call: medians), and the same page reloaded (its assets from
+  the browser's cache);
 - the list call alone from Python (``httpx2``, a kept-alive connection): the server's part;
 - the big run's page: until all 50,000 events were drawn, and its longest main-thread task.
 
@@ -43,6 +44,7 @@ def main() -> None:
         f"{EVENTS:,} events drawn (ms)": [],
         "longest main-thread task (ms)": [],
     }
+    steps: dict[str, list[float]] = {}  # the first visit's waterfall
     with tempfile.TemporaryDirectory(prefix="culm-bench-dashboard-") as home:
         server = start_server(Path(home))
         try:
@@ -55,7 +57,9 @@ def main() -> None:
                     context.set_default_timeout(60_000)
                     page = context.new_page()
                     page.add_init_script(WATCH_LONG_TASKS)
-                    shown, api, again = runs_page(page, server)
+                    shown, api, again, waterfall = runs_page(page, server)
+                    for name, value in waterfall.items():
+                        steps.setdefault(name, []).append(value)
                     started = time.perf_counter()
                     client.get("/v1/runs", params={"limit": 51}).raise_for_status()
                     direct = (time.perf_counter() - started) * 1000
@@ -69,6 +73,9 @@ def main() -> None:
         finally:
             stop_server(server)
     print()
+    print("first visit, ms from the navigation (medians):")
+    for name, values in steps.items():
+        print(f"  {name:32} {statistics.median(values):6.0f}")
     for name, values in figures.items():
         low, high = min(values), max(values)
         print(f"{name:34} median {statistics.median(values):6.0f}  ({low:.0f}\u2013{high:.0f})")

@@ -8,6 +8,13 @@ from playwright.sync_api import Page, expect
 
 from tests.dashboard.conftest import ARTIFACTS, Relay, Server, start_run, wait_terminal
 
+LIST_CALLS_UNTIL_DRAWN = """() => {
+  const drawn = performance.getEntriesByName("culm:runs-drawn")[0].startTime;
+  return performance.getEntriesByType("resource").map((e) => [new URL(e.name), e.startTime])
+    .filter(([url, start]) => url.pathname === "/v1/runs" && start < drawn)
+    .map(([url]) => url.pathname + url.search);
+}"""
+
 
 def _words(text: str) -> list[str]:
     return re.findall(r"w\d+", text)
@@ -18,6 +25,10 @@ def test_the_run_list_updates_live_tokens_arrive_and_cancel_ends_the_run(
 ) -> None:
     page.goto(server.url + "/dashboard#/runs")
     expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    # the list was asked for once until drawn: index.html's early call, taken by the page
+    page.wait_for_function("performance.getEntriesByName('culm:runs-drawn').length")
+    calls = page.evaluate(LIST_CALLS_UNTIL_DRAWN)
+    assert len(calls) == 1 and calls[0] == "/v1/runs?limit=51&offset=0", calls
     run_id = start_run(server, "scripted:dash-ticking")
     row = page.locator(f'tr[data-run-id="{run_id}"]')
     expect(row).to_be_visible()  # appeared without a reload

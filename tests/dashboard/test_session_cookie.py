@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx2
@@ -136,3 +137,37 @@ async def test_a_cookie_websocket_must_come_from_this_origin(keyed: culm.Setting
             ):
                 pass
         assert refused.value.response.status_code == 403
+
+
+async def test_the_assets_are_gzipped_and_revalidated(keyed: culm.Settings) -> None:
+    async with running_server(keyed) as server, httpx2.AsyncClient(base_url=server.url) as client:
+        script = await client.get("/dashboard/static/js/run.js")  # httpx2 accepts gzip
+        assert script.status_code == 200 and script.headers["content-encoding"] == "gzip"
+        assert "export function render" in script.text
+        assert script.headers["cache-control"] == "no-cache"
+        again = await client.get(
+            "/dashboard/static/js/run.js", headers={"if-none-match": script.headers["etag"]}
+        )
+        assert again.status_code == 304  # revalidated: nothing sent again
+        # the API's answers are not the mount's: not gzipped (its SSE streams must not be)
+        state = await client.get("/dashboard/session")
+        assert "content-encoding" not in state.headers
+
+
+async def test_the_page_names_its_assets_version_and_they_are_cached_for_good(
+    keyed: culm.Settings,
+) -> None:
+    async with running_server(keyed) as server, httpx2.AsyncClient(base_url=server.url) as client:
+        page = await client.get("/dashboard")
+        assert page.headers["cache-control"] == "no-cache"
+        again = await client.get("/dashboard", headers={"if-none-match": page.headers["etag"]})
+        assert again.status_code == 304
+        (app,) = re.findall(r'src="(/dashboard/v/[0-9a-f]{12}/js/app\.js)"', page.text)
+        script = await client.get(app)
+        assert script.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert script.headers["content-encoding"] == "gzip"  # from memory, gzipped once
+        assert script.text == (await client.get("/dashboard/static/js/app.js")).text
+        # an older page's version gets today's file, revalidated
+        old = await client.get("/dashboard/v/000000000000/js/app.js")
+        assert old.status_code == 200 and old.headers["cache-control"] == "no-cache"
+        assert (await client.get("/dashboard/v/000000000000/routes.py")).status_code == 404

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import hmac
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.gzip import GZipMiddleware
 
 from culm.api import cookie
 from culm.api.deps import EngineDep
@@ -18,13 +22,33 @@ STATIC = Path(__file__).parent / "static"
 # The page is small and changes with the package: let the browser revalidate it each time.
 REVALIDATE = {"cache-control": "no-cache"}
 
+# The page's own assets also live under a path naming their content's hash, which index.html
+# uses: cached for good (``immutable``, no revalidation on a reload), new URLs after an upgrade.
+# Relative imports between the modules keep the versioned prefix, so the whole graph is cached.
+FOREVER = {"cache-control": "public, max-age=31536000, immutable"}
+
+
+def _version() -> str:
+    digest = hashlib.sha256()
+    for path in sorted([STATIC / "style.css", *(STATIC / "js").glob("*.js")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+VERSION = _version()
+VERSIONED = f"/dashboard/v/{VERSION}/"
+PAGE = (STATIC / "index.html").read_bytes().replace(b"/dashboard/static/", VERSIONED.encode())
+PAGE_ETAG = '"' + hashlib.sha256(PAGE).hexdigest()[:16] + '"'
+
 router = APIRouter(include_in_schema=False)
 
 
 def install(app: FastAPI) -> None:
     """Mount the page, its assets and ``/docs`` on ``app``."""
     app.include_router(router)
-    app.mount("/dashboard/static", _Revalidated(directory=STATIC), name="dashboard-static")
+    # gzip on the assets alone (a third of the bytes), never on the API's SSE streams
+    assets = GZipMiddleware(_Revalidated(directory=STATIC), minimum_size=1000, compresslevel=6)
+    app.mount("/dashboard/static", assets, name="dashboard-static")
 
 
 class _Revalidated(StaticFiles):
@@ -37,10 +61,49 @@ class _Revalidated(StaticFiles):
         return response
 
 
+@dataclass(frozen=True)
+class _Asset:
+    body: bytes
+    gzipped: bytes
+    media_type: str
+
+
+def _assets() -> dict[str, _Asset]:
+    """The page's own files, read and gzipped once: served from memory, no file I/O per request."""
+    found = {}
+    for path in [STATIC / "style.css", *(STATIC / "js").glob("*.js")]:
+        body = path.read_bytes()
+        kind = "text/css" if path.suffix == ".css" else "text/javascript"
+        found[path.relative_to(STATIC).as_posix()] = _Asset(body, gzip.compress(body, 6), kind)
+    return found
+
+
+ASSETS = _assets()
+
+
+@router.api_route("/dashboard/v/{version}/{name:path}", methods=["GET", "HEAD"])
+async def versioned(request: Request, version: str, name: str) -> Response:
+    """``/dashboard/v/<hash>/<file>``: the file, cached for good when ``<hash>`` is this
+    package's (an older page's hash gets today's file, revalidated)."""
+    asset = ASSETS.get(name)
+    if asset is None:
+        error = {"code": "not_found", "message": f"no dashboard asset {name!r}"}
+        return JSONResponse({"error": error}, status_code=404)
+    headers = {**(FOREVER if version == VERSION else REVALIDATE), "vary": "accept-encoding"}
+    body = asset.body
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        body, headers["content-encoding"] = asset.gzipped, "gzip"
+    return Response(body, media_type=asset.media_type + "; charset=utf-8", headers=headers)
+
+
 @router.api_route("/dashboard", methods=["GET", "HEAD"])
 @router.api_route("/dashboard/", methods=["GET", "HEAD"])
-async def page() -> FileResponse:
-    return FileResponse(STATIC / "index.html", headers=REVALIDATE)
+async def page(request: Request) -> Response:
+    """index.html, its asset URLs naming their version; revalidated (ETag) on each load."""
+    headers = {**REVALIDATE, "etag": PAGE_ETAG}
+    if request.headers.get("if-none-match") == PAGE_ETAG:
+        return Response(status_code=304, headers=headers)
+    return Response(PAGE, media_type="text/html; charset=utf-8", headers=headers)
 
 
 @router.api_route("/docs", methods=["GET", "HEAD"])
