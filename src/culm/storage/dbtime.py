@@ -23,6 +23,15 @@ def now(dialect: str) -> sa.ColumnElement[datetime]:
     return later(dialect, 0.0)
 
 
+def statement_now(dialect: str) -> sa.ColumnElement[datetime]:
+    """The database's time when the statement runs (PostgreSQL's ``clock_timestamp()``, not
+    the transaction's start): for a stamp that must not precede what the statement saw
+    committed, such as a claimed run's start after the end of the run it queued behind."""
+    if dialect == "sqlite":
+        return now(dialect)  # one writer at a time: its transaction starts when it writes
+    return sa.type_coerce(sa.func.clock_timestamp(), UTCDateTime)
+
+
 def later(dialect: str, seconds: float) -> sa.ColumnElement[datetime]:
     """The database's current time plus ``seconds`` (may be negative)."""
     if dialect == "sqlite":

@@ -108,7 +108,7 @@ def claim(
             status=RunStatus.RUNNING.value,
             # A run resumed after waiting for a person keeps its start (takeovers and
             # hand-backs clear it: their next claim starts anew).
-            started_at=sa.func.coalesce(runs.c.started_at, dbtime.now(dialect)),
+            started_at=sa.func.coalesce(runs.c.started_at, dbtime.statement_now(dialect)),
         )
         .returning(*runs.c)
     )
