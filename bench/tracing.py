@@ -68,6 +68,9 @@ def _stub_tracing() -> None:
         def answered(self, *args: Any) -> None:
             pass
 
+        def request(self, *args: Any) -> None:
+            pass
+
     @contextmanager
     def agent(self: Any) -> Any:
         yield None
@@ -84,6 +87,7 @@ def _stub_tracing() -> None:
     spans.RunTracing.chat = chat  # type: ignore[method-assign,assignment]
     spans.RunTracing.tool = tool  # type: ignore[method-assign]
     spans.RunTracing.tool_failed = lambda *args: None  # type: ignore[method-assign]
+    spans.RunTracing.tool_result = lambda *args: None  # type: ignore[method-assign]
 
 
 async def _workload(args: argparse.Namespace) -> dict[str, float]:
