@@ -161,3 +161,23 @@ async def test_the_agents_report_prices_each_agents_tokens(tmp_path: Path) -> No
                 await asyncio.sleep(0.05)
     assert report["priced"].cost_usd == pytest.approx(2 * ROUND_COST)
     assert report["free"].cost_usd is None  # scripted:demo has no price: unknown, never 0
+
+
+async def test_what_a_run_spent_before_it_waited_counts_toward_its_budget(tmp_path: Path) -> None:
+    async with _engine(tmp_path, heartbeat_seconds=0.1) as engine:
+        ask = {"tool_call": {"name": "list_dir", "arguments": {"path": "."}}}
+        free = {"tool_call": {"name": "glob", "arguments": {"pattern": "*"}}}
+        turns = [_round(ask), _round(free), _round({"text": "done"})]
+        engine.scripts.register("looper", {"turns": turns})
+        session = await engine.create_session(
+            model="scripted:looper", tools=["list_dir", "glob"], require_approval=["list_dir"]
+        )
+        run = await engine.start_run(session.session_id, "go", max_tokens=200)
+        async with asyncio.timeout(20):  # 110 tokens spent, then it waits for the approval
+            while not (pending := await engine.pending_input(run.run_id)):
+                await asyncio.sleep(0.02)
+        await engine.respond(run.run_id, pending[0].request_id, approve=True)
+        ended = await engine.wait(run.run_id, timeout=20)
+    assert ended.status is culm.RunStatus.ERROR  # 220 > 200 after the second round
+    assert ended.error is not None and "max_tokens" in ended.error
+    assert ended.round_count == 2 and ended.usage.total_tokens == 220

@@ -398,6 +398,8 @@ class RunManager:
             )
 
         ctx = await self._context_factory(run, runner.emit, append)
+        if answered:  # what it spent before it waited counts toward its budget
+            state.spend.add(run.usage, ctx.price(run.model, run.usage))
         state.messages = await self._store.get_messages(run.session_id)
         match await run_agent(ctx, state, answered, recovered=recovered):
             case FinalAnswer(text=text):
