@@ -95,9 +95,12 @@ class Deployment:
             await client.aclose()
 
 
-async def _deploy(top: Topology) -> Deployment:
+async def _deploy(top: Topology, *, concurrency: int = 4) -> Deployment:
+    """Two API processes and two workers; each worker holds at most ``concurrency`` runs, so
+    ``2 * concurrency`` runs started together run on both (one worker that wakes first would
+    otherwise claim them all)."""
     apis = [await top.start_api(), await top.start_api()]
-    workers = await top.start_workers(2)
+    workers = await top.start_workers(2, CULM_WORKER_CONCURRENCY=str(concurrency))
     deployment = Deployment(top, apis, workers)
     await deployment.listening(top.env["CULM_REDIS_URL"], top.env["CULM_REDIS_PREFIX"])
     return deployment
@@ -239,7 +242,7 @@ async def test_with_redis_down_a_cancel_ends_the_run_within_the_heartbeat(
         topology(postgres_url, home, **_env(redis_server.url, heartbeat=heartbeat)) as top,
     ):
         env = top.env
-        deployment = await _deploy(top)
+        deployment = await _deploy(top, concurrency=2)
         try:
             async with top.client() as client:
                 run_ids = await start_runs(client, 4, "scripted:long")
