@@ -13,7 +13,6 @@ from culm.domain.compaction import Compaction
 from culm.domain.models import Message, Session, SessionKind
 from culm.domain.time import new_id
 from culm.errors import NotFoundError, SessionBusyError
-from culm.input.service import check_input_settings
 from culm.loop.manual import compact_session
 from culm.mcp.manager import session_metadata
 from culm.metrics.derive import session_compaction_round
@@ -67,11 +66,6 @@ class SessionsAPI:
         model and tool names are checked now, so mistakes surface here."""
         self._require_open()
         fields = await self.agents.session_fields(agent, session_settings(settings).given())
-        check_input_settings(
-            fields.get("require_approval", ()),
-            fields.get("input_timeout"),
-            fields.get("input_timeout_action", "deny"),
-        )
         tools, workspace = fields.pop("tools", ()), fields.pop("workspace", None)
         metadata = session_metadata(fields.pop("metadata", None), fields.pop("mcp_servers", None))
         session_id = new_id()

@@ -95,9 +95,19 @@ async def test_approve_over_http_with_the_errors_of_the_contract(
 
 
 async def test_bad_session_input_settings_are_422(client: httpx2.AsyncClient) -> None:
-    for fields in ({"input_timeout": 0}, {"input_timeout_action": "explode"}):
+    bad: list[dict[str, Any]] = [
+        {"input_timeout": 0},
+        {"input_timeout_action": "explode"},
+        {"require_approval": [""]},
+        {"require_approval": "bash"},
+        {"require_approval": [3]},
+    ]
+    for fields in bad:
         response = await client.post("/v1/sessions", json={"model": "scripted:echo", **fields})
         assert response.status_code == 422, fields
+        assert next(iter(fields)) in response.text, response.text
+        agent = await client.put("/v1/agents/strict", json={"model": "scripted:echo", **fields})
+        assert agent.status_code == 422, fields
     made = await client.post(
         "/v1/sessions", json={"model": "scripted:echo", "require_approval": ["write_*"]}
     )

@@ -39,6 +39,7 @@ def _a_number(value: Any) -> Any:
 
 Count = Annotated[int, Ge(1), BeforeValidator(_a_number)]
 Amount = Annotated[float, Ge(0), BeforeValidator(_a_number)]
+Pattern = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class SessionSettings(BaseModel):
@@ -65,7 +66,7 @@ class SessionSettings(BaseModel):
     tool_timeout: float | None = Field(
         default=None, gt=0, description="seconds a tool call may take (CULM_TOOL_TIMEOUT)"
     )
-    require_approval: list[str] | None = Field(
+    require_approval: list[Pattern] | None = Field(
         default=None,
         max_length=200,
         description="tool names or fnmatch patterns whose calls wait for a person's approval",

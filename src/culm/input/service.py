@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from culm.domain.events import RunEvent
 from culm.domain.input import InputAnswer, InputRequest
 from culm.domain.models import Run
-from culm.errors import InvalidFieldError, NotFoundError
+from culm.errors import NotFoundError
 from culm.runtime import waiting
 from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
@@ -23,20 +23,6 @@ from culm.storage.base import Store
 
 # How deep GET /v1/runs/{run_id}/input looks for the requests of sub-agents below the run.
 MAX_DEPTH = 8
-
-
-def check_input_settings(
-    require_approval: Sequence[str], input_timeout: float | None, action: str
-) -> None:
-    """``InvalidFieldError`` for input settings a session cannot take."""
-    if isinstance(require_approval, str) or not all(
-        isinstance(p, str) and p for p in require_approval
-    ):
-        raise InvalidFieldError("require_approval", "a list of tool names or patterns")
-    if input_timeout is not None and not input_timeout > 0:
-        raise InvalidFieldError("input_timeout", "seconds, more than 0 (or null: no timeout)")
-    if action not in ("deny", "error"):
-        raise InvalidFieldError("input_timeout_action", "'deny' or 'error'")
 
 
 class InputService:
