@@ -181,3 +181,34 @@ async def test_what_a_run_spent_before_it_waited_counts_toward_its_budget(tmp_pa
     assert ended.status is culm.RunStatus.ERROR  # 220 > 200 after the second round
     assert ended.error is not None and "max_tokens" in ended.error
     assert ended.round_count == 2 and ended.usage.total_tokens == 220
+
+
+async def test_what_sub_agents_spent_before_their_parent_waited_counts_after_it_resumes(
+    tmp_path: Path,
+) -> None:
+    async with _engine(tmp_path, heartbeat_seconds=0.1) as engine:
+        engine.scripts.register("helper", {"turns": [_round({"text": "helped"})]})
+        spawn = {
+            "tool_call": {
+                "name": "spawn_agent",
+                "arguments": {"task": "t", "model": "scripted:helper"},
+            }
+        }
+        ask = {"tool_call": {"name": "list_dir", "arguments": {"path": "."}}}
+        free = {"tool_call": {"name": "glob", "arguments": {"pattern": "*"}}}
+        turns = [_round(spawn), _round(ask), _round(free), _round({"text": "done"})]
+        engine.scripts.register("looper", {"turns": turns})
+        session = await engine.create_session(
+            model="scripted:looper",
+            tools=["spawn_agent", "list_dir", "glob"],
+            require_approval=["list_dir"],
+        )
+        # Before the wait: its 2 rounds (220 tokens) and the helper's round (110): 330.
+        run = await engine.start_run(session.session_id, "go", max_tokens=400)
+        async with asyncio.timeout(20):
+            while not (pending := await engine.pending_input(run.run_id)):
+                await asyncio.sleep(0.02)
+        await engine.respond(run.run_id, pending[0].request_id, approve=True)
+        ended = await engine.wait(run.run_id, timeout=20)
+    assert ended.status is culm.RunStatus.ERROR and "max_tokens" in (ended.error or "")
+    assert ended.round_count == 3  # 330 + 110 > 400: the helper's 110 counted after the wait

@@ -398,8 +398,8 @@ class RunManager:
             )
 
         ctx = await self._context_factory(run, runner.emit, append)
-        if answered:  # what it spent before it waited counts toward its budget
-            state.spend.add(run.usage, ctx.price(run.model, run.usage))
+        if answered:  # what it and its sub-agents spent before it waited counts toward its budget
+            state.spend = await waiting.spent_before(self._store, run)
         state.messages = await self._store.get_messages(run.session_id)
         match await run_agent(ctx, state, answered, recovered=recovered):
             case FinalAnswer(text=text):

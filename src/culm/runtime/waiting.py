@@ -10,7 +10,8 @@ stays in this process.
 
 Resuming: a claimed run that has done rounds and has answered requests not yet applied is a
 resumed run. It goes on as the same attempt: no second ``execution_started``, its usage and
-round count carried on from what parking stored.
+round count carried on from what parking stored, and its spend (its sub-agents' included)
+read back from the rounds they stored, so a budget counts what was spent before the wait.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from culm.domain.events import InputRequested, RunEvent
 from culm.domain.input import InputRequest
 from culm.domain.models import Run, RunStatus, Usage
 from culm.loop.approval import PendingInput, WaitForInput
+from culm.loop.spend import Spend
 from culm.runtime.batcher import EventBatcher
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
 from culm.storage.base import Fence, Store
 
 _ANSWERED = ("answered", "expired")
+_ROUNDS = 1_000_000  # every round of a run
+_CHILDREN = 10_000  # every sub-agent of a run (the engine-wide cap is far below)
 
 
 async def park(
@@ -90,6 +94,19 @@ async def answered(store: Store, run: Run) -> list[InputRequest]:
     if run.round_count == 0:
         return []
     return await store.list_input([run.run_id], statuses=_ANSWERED)
+
+
+async def spent_before(store: Store, run: Run) -> Spend:
+    """What ``run`` and every run below it spent: the ``round_completed`` events they stored
+    (exact costs, whatever model each round used). A resumed run's spend goes on from here."""
+    spend, pending = Spend(), [run.run_id]
+    while pending:
+        run_id = pending.pop()
+        for event in await store.read_events_of_types(run_id, ["round_completed"], limit=_ROUNDS):
+            spend.observe(event)
+        children = await store.list_runs(parent_run_id=run_id, limit=_CHILDREN)
+        pending.extend(child.run_id for child in children)
+    return spend
 
 
 def same_attempt(run: Run, requests: Sequence[InputRequest]) -> bool:
