@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from culm.metrics import tables as t
+from culm.metrics.columns import day_range, row_usage
 from culm.metrics.costs import CostSum, Price
-from culm.metrics.queries import _days, _usage
 from culm.metrics.reports import AgentMetrics, AgentMetricsList
 from culm.metrics.store import Connect
 
@@ -42,19 +42,19 @@ async def agent_metrics(
     rounds_query = (
         sa.select(_runs.c.agent, *_round_counters(r))
         .select_from(r.join(_runs, r.c.run_id == _runs.c.run_id))
-        .where(_runs.c.agent.is_not(None), *_days(r.c.day, start, end))
+        .where(_runs.c.agent.is_not(None), *day_range(r.c.day, start, end))
         .group_by(_runs.c.agent)
     )
     by_model_query = (  # the cost: each model's tokens at its price
         sa.select(_runs.c.agent, r.c.model, *_round_counters(r))
         .select_from(r.join(_runs, r.c.run_id == _runs.c.run_id))
-        .where(_runs.c.agent.is_not(None), *_days(r.c.day, start, end))
+        .where(_runs.c.agent.is_not(None), *day_range(r.c.day, start, end))
         .group_by(_runs.c.agent, r.c.model)
     )
     runs_query = (
         sa.select(_runs.c.agent, sa.func.count())
         .select_from(s.join(_runs, s.c.run_id == _runs.c.run_id))
-        .where(_runs.c.agent.is_not(None), *_days(s.c.day, start, end))
+        .where(_runs.c.agent.is_not(None), *day_range(s.c.day, start, end))
         .group_by(_runs.c.agent)
     )
     async with connect() as conn:
@@ -62,7 +62,7 @@ async def agent_metrics(
         runs = {row[0]: int(row[1]) for row in await conn.execute(runs_query)}
         costs: dict[str, CostSum] = {}
         for row in await conn.execute(by_model_query):
-            costs.setdefault(row.agent, CostSum(price)).add(row.model, _usage(row))
+            costs.setdefault(row.agent, CostSum(price)).add(row.model, row_usage(row))
     agents = [
         _agent(name, runs.get(name, 0), rounds.get(name), costs.get(name))
         for name in sorted(rounds.keys() | runs.keys())
@@ -78,7 +78,7 @@ def _agent(name: str, runs: int, row: Any, cost: CostSum | None) -> AgentMetrics
         rounds=rounds,
         failed_rounds=int(row.failed_rounds) if row is not None else 0,
         partial_rounds=int(row.partial_rounds) if row is not None else 0,
-        tokens=_usage(row) if row is not None else _usage(None),
+        tokens=row_usage(row) if row is not None else row_usage(None),
         cost_usd=cost.cost if cost is not None else 0.0,
         avg_latency_ms=int(row.latency_ms) / rounds if rounds else None,
     )

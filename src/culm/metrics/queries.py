@@ -1,4 +1,5 @@
-"""Read the metrics store: summary, per model, sessions, daily periods, tools, forward requests.
+"""Read the metrics store: summary, per model, sessions, daily periods, tools (and, from
+``culm.metrics.forward``, forward requests).
 
 Costs are priced on reading, from token sums per model (``culm.metrics.costs``).
 Portable SQL only (SQLite and PostgreSQL): totals come from the daily rollups, date ranges are
@@ -9,7 +10,7 @@ latency percentiles are nearest-rank, walked over per-latency counts.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -20,15 +21,12 @@ from culm.domain.models import Usage
 from culm.domain.time import utc_now
 from culm.metrics import periods
 from culm.metrics import tables as t
+from culm.metrics.columns import counter_sums, day_range, row_usage
 from culm.metrics.costs import CostSum, Price, forward_model, unpriced, usage_of
+from culm.metrics.forward import ForwardQueries, forward_record
 from culm.metrics.reports import (
     AgentMetricsList,
     DailyMetrics,
-    ForwardEndpointMetrics,
-    ForwardEndpointMetricsList,
-    ForwardMetricsSummary,
-    ForwardRequestMetrics,
-    ForwardRequestMetricsList,
     Granularity,
     MetricsSummary,
     ModelMetrics,
@@ -46,7 +44,7 @@ from culm.metrics.reports import (
 from culm.metrics.store import Connect
 
 
-class MetricsQueries:
+class MetricsQueries(ForwardQueries):
     """Reads through ``connect`` (a read connection on the engine's database)."""
 
     def __init__(self, connect: Connect, price: Price = unpriced) -> None:
@@ -66,7 +64,7 @@ class MetricsQueries:
             counts = await _run_counts(conn, start, end)
             sessions = await conn.scalar(
                 sa.select(sa.func.count(sa.distinct(t.sessions.c.session_id))).where(
-                    *_days(t.sessions.c.day, start, end)
+                    *day_range(t.sessions.c.day, start, end)
                 )
             )
             active = await conn.scalar(
@@ -98,15 +96,15 @@ class MetricsQueries:
     async def models(self, start: date | None = None, end: date | None = None) -> ModelMetricsList:
         daily = t.daily_models
         query = (
-            sa.select(daily.c.model, *_counter_sums(daily, _MODEL_COUNTERS))
-            .where(*_days(daily.c.day, start, end))
+            sa.select(daily.c.model, *counter_sums(daily, _MODEL_COUNTERS))
+            .where(*day_range(daily.c.day, start, end))
             .group_by(daily.c.model)
             .order_by(daily.c.model)
         )
         daily_runs = t.daily_runs
         runs_query = (
             sa.select(daily_runs.c.model, sa.func.sum(daily_runs.c.runs))
-            .where(*_days(daily_runs.c.day, start, end))
+            .where(*day_range(daily_runs.c.day, start, end))
             .group_by(daily_runs.c.model)
         )
         rounds = {row.model: row for row in await self._all(query)}
@@ -134,7 +132,7 @@ class MetricsQueries:
         limit: int = 100,
     ) -> SessionMetricsList:
         s = t.sessions
-        filters = [*_days(s.c.day, start, end)]
+        filters = [*day_range(s.c.day, start, end)]
         if model is not None:
             filters.append(s.c.model == model)
         async with self._connect() as conn:
@@ -200,15 +198,15 @@ class MetricsQueries:
         models = t.daily_models
         tools = t.daily_tools
         model_rows = await self._all(
-            sa.select(models).where(*_days(models.c.day, start, end)).order_by(models.c.model)
+            sa.select(models).where(*day_range(models.c.day, start, end)).order_by(models.c.model)
         )
         tool_rows = await self._all(
-            sa.select(tools).where(*_days(tools.c.day, start, end)).order_by(tools.c.tool_name)
+            sa.select(tools).where(*day_range(tools.c.day, start, end)).order_by(tools.c.tool_name)
         )
         runs = t.daily_runs
         run_rows = await self._all(
             sa.select(runs.c.day, sa.func.sum(runs.c.runs))
-            .where(*_days(runs.c.day, start, end))
+            .where(*day_range(runs.c.day, start, end))
             .group_by(runs.c.day)
         )
         return periods.report(
@@ -231,7 +229,7 @@ class MetricsQueries:
                 ),
                 sa.func.sum(sa.case((calls.cancelled, 1), else_=0)).label("cancelled"),
             )
-            .where(*_days(calls.day, start, end))
+            .where(*day_range(calls.day, start, end))
             .group_by(calls.tool_name, calls.latency_ms)
             .order_by(calls.tool_name, calls.latency_ms)
         )
@@ -245,96 +243,6 @@ class MetricsQueries:
             key=lambda tool: (-tool.calls, tool.tool_name),
         )
         return ToolMetricsList(start_date=start, end_date=end, tools=tools)
-
-    # Forward requests
-
-    async def forward_summary(
-        self, start: date | None = None, end: date | None = None
-    ) -> ForwardMetricsSummary:
-        f = t.forward_requests
-        query = sa.select(*_forward_counters(f)).where(*_days(f.c.day, start, end))
-        row = (await self._all(query))[0]
-        costs = await self._forward_costs(start, end)
-        total = CostSum(self._price).merge(costs.values())
-        done = row.succeeded + row.errors + row.timeouts
-        return ForwardMetricsSummary(
-            start_date=start,
-            end_date=end,
-            requests=row.requests,
-            succeeded=row.succeeded,
-            errors=row.errors,
-            timeouts=row.timeouts,
-            pending=row.pending,
-            streaming=row.streaming,
-            tokens=_usage(row),
-            cost_usd=total.cost,
-            unpriced_models=sorted(total.unpriced),
-            avg_latency_ms=float(row.avg_latency) if row.avg_latency is not None else None,
-            error_rate=(row.errors + row.timeouts) / done if done else 0.0,
-        )
-
-    async def forward_endpoints(
-        self, start: date | None = None, end: date | None = None
-    ) -> ForwardEndpointMetricsList:
-        f = t.forward_requests
-        endpoint = sa.func.coalesce(f.c.endpoint, "unknown").label("endpoint")
-        query = (
-            sa.select(endpoint, *_forward_counters(f))
-            .where(*_days(f.c.day, start, end))
-            .group_by(endpoint)
-            .order_by(endpoint)
-        )
-        costs = await self._forward_costs(start, end)
-        endpoints = [
-            ForwardEndpointMetrics(
-                endpoint=row.endpoint,
-                requests=row.requests,
-                errors=row.errors,
-                timeouts=row.timeouts,
-                tokens=_usage(row),
-                cost_usd=costs[row.endpoint].cost if row.endpoint in costs else 0.0,
-                avg_latency_ms=float(row.avg_latency) if row.avg_latency is not None else None,
-            )
-            for row in await self._all(query)
-        ]
-        return ForwardEndpointMetricsList(endpoints=endpoints)
-
-    async def forward_requests(
-        self,
-        *,
-        endpoint: str | None = None,
-        model: str | None = None,
-        trace_id: str | None = None,
-        limit: int = 100,
-    ) -> ForwardRequestMetricsList:
-        f = t.forward_requests
-        query = sa.select(f)
-        if endpoint is not None:
-            query = query.where(f.c.endpoint == endpoint)
-        if model is not None:
-            query = query.where(f.c.model == model)
-        if trace_id is not None:
-            query = query.where(f.c.trace_id == trace_id)
-        newest = sa.func.coalesce(f.c.started_at, f.c.completed_at)
-        query = query.order_by(newest.desc(), f.c.request_id).limit(limit)
-        return ForwardRequestMetricsList(
-            requests=[_forward_record(row, self._price) for row in await self._all(query)]
-        )
-
-    async def _forward_costs(self, start: date | None, end: date | None) -> dict[str, CostSum]:
-        """The cost of the proxied requests in the range, per endpoint."""
-        f = t.forward_requests
-        endpoint = sa.func.coalesce(f.c.endpoint, "unknown").label("endpoint")
-        query = (
-            sa.select(endpoint, f.c.model, *_counter_sums(f, t.USAGE_KINDS))
-            .where(*_days(f.c.day, start, end), f.c.has_usage.is_(True))
-            .group_by(endpoint, f.c.model)
-        )
-        costs: dict[str, CostSum] = {}
-        for row in await self._all(query):
-            model = forward_model(row.endpoint, row.model)
-            costs.setdefault(row.endpoint, CostSum(self._price)).add(model, usage_of(row))
-        return costs
 
     # System
 
@@ -354,32 +262,19 @@ class MetricsQueries:
 _MODEL_COUNTERS = ("rounds", "failed_rounds", "partial_rounds", "latency_ms", *t.USAGE_KINDS)
 
 
-def _days(column: sa.Column[Any], start: date | None, end: date | None) -> list[Any]:
-    conditions = []
-    if start is not None:
-        conditions.append(column >= start)
-    if end is not None:
-        conditions.append(column <= end)
-    return conditions
-
-
-def _counter_sums(table: sa.Table, names: Iterable[str]) -> list[Any]:
-    return [sa.func.coalesce(sa.func.sum(table.c[name]), 0).label(name) for name in names]
-
-
 def _model_totals(start: date | None, end: date | None) -> sa.Select[Any]:
     daily = t.daily_models
     return (
-        sa.select(daily.c.model, *_counter_sums(daily, _MODEL_COUNTERS))
-        .where(*_days(daily.c.day, start, end))
+        sa.select(daily.c.model, *counter_sums(daily, _MODEL_COUNTERS))
+        .where(*day_range(daily.c.day, start, end))
         .group_by(daily.c.model)
     )
 
 
 def _tool_totals(start: date | None, end: date | None) -> sa.Select[Any]:
     daily = t.daily_tools
-    return sa.select(*_counter_sums(daily, ("calls", "failures", "cancelled"))).where(
-        *_days(daily.c.day, start, end)
+    return sa.select(*counter_sums(daily, ("calls", "failures", "cancelled"))).where(
+        *day_range(daily.c.day, start, end)
     )
 
 
@@ -389,7 +284,7 @@ async def _run_counts(
     runs = t.daily_runs
     query = (
         sa.select(runs.c.status, sa.func.sum(runs.c.runs))
-        .where(*_days(runs.c.day, start, end))
+        .where(*day_range(runs.c.day, start, end))
         .group_by(runs.c.status)
     )
     counts = {status: int(count) for status, count in await conn.execute(query)}
@@ -414,16 +309,10 @@ def _model_metrics(model: str, runs: int, row: Any, price: Price) -> ModelMetric
         rounds=row.rounds,
         failed_rounds=row.failed_rounds,
         partial_rounds=row.partial_rounds,
-        tokens=_usage(row),
-        cost_usd=CostSum(price).add(model, _usage(row)),
+        tokens=row_usage(row),
+        cost_usd=CostSum(price).add(model, row_usage(row)),
         avg_latency_ms=row.latency_ms / row.rounds if row.rounds else None,
     )
-
-
-def _usage(row: Any) -> Usage:
-    if row is None:
-        return Usage()
-    return Usage(**{kind: int(getattr(row, kind) or 0) for kind in t.USAGE_KINDS})
 
 
 def _tool_metrics(name: str, histogram: list[tuple[int, int, int, int]]) -> ToolMetrics:
@@ -449,22 +338,6 @@ def _nearest_rank(histogram: list[tuple[int, int, int, int]], total: int, percen
         if seen >= rank:
             return latency
     return histogram[-1][0]
-
-
-def _forward_counters(f: sa.Table) -> list[Any]:
-    def count_if(condition: Any) -> Any:
-        return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
-
-    return [
-        sa.func.count().label("requests"),
-        count_if(f.c.status == "success").label("succeeded"),
-        count_if(f.c.status == "error").label("errors"),
-        count_if(f.c.status == "timeout").label("timeouts"),
-        count_if(f.c.status == "pending").label("pending"),
-        count_if(f.c.is_stream.is_(True)).label("streaming"),
-        sa.func.avg(f.c.latency_ms).label("avg_latency"),
-        *_counter_sums(f, t.USAGE_KINDS),
-    ]
 
 
 async def _latest_sessions(conn: AsyncConnection, filters: list[Any], limit: int) -> list[str]:
@@ -494,7 +367,7 @@ async def _round_totals(
             r.c.session_id,
             r.c.model,
             sa.func.count().label("rounds"),
-            *_counter_sums(r, t.USAGE_KINDS),
+            *counter_sums(r, t.USAGE_KINDS),
         )
         .where(r.c.session_id.in_(ids), r.c.completed_at.is_not(None))
         .group_by(r.c.session_id, r.c.model)
@@ -502,8 +375,8 @@ async def _round_totals(
     totals: dict[str, tuple[int, Usage, CostSum]] = {}
     for row in await conn.execute(query):
         rounds, usage, cost = totals.get(row.session_id) or (0, Usage(), CostSum(price))
-        cost.add(row.model, _usage(row))
-        totals[row.session_id] = (rounds + row.rounds, usage + _usage(row), cost)
+        cost.add(row.model, row_usage(row))
+        totals[row.session_id] = (rounds + row.rounds, usage + row_usage(row), cost)
     return totals
 
 
@@ -585,16 +458,18 @@ def _session_detail(
             started_at=row.started_at,
             completed_at=row.completed_at,
             latency_ms=row.latency_ms,
-            usage=_usage(row),
-            cost_usd=cost.add(row.model, _usage(row)),
+            usage=row_usage(row),
+            cost_usd=cost.add(row.model, row_usage(row)),
             tool_calls=by_round.get(row.round_id, []),
         )
         for row in rounds
     ]
     total = sum((record.usage for record in records), Usage())
-    proxied = [_forward_record(row, price) for row in forwarded]
+    proxied = [forward_record(row, price) for row in forwarded]
     forward_cost = CostSum(price).add_all(
-        (forward_model(row.endpoint, row.model), _usage(row)) for row in forwarded if row.has_usage
+        (forward_model(row.endpoint, row.model), row_usage(row))
+        for row in forwarded
+        if row.has_usage
     )
     return SessionMetricsDetail(
         session_id=session_id,
@@ -616,25 +491,4 @@ def _session_detail(
         forward_requests=proxied,
         forward_tokens=sum((r.usage for r in proxied if r.usage is not None), Usage()),
         forward_cost_usd=forward_cost.cost,
-    )
-
-
-def _forward_record(row: Any, price: Price) -> ForwardRequestMetrics:
-    model = forward_model(row.endpoint, row.model)
-    cost = CostSum(price).add(model, _usage(row)) if row.has_usage else None
-    return ForwardRequestMetrics(
-        request_id=row.request_id,
-        trace_id=row.trace_id,
-        endpoint=row.endpoint,
-        model=row.model,
-        is_stream=row.is_stream,
-        status=row.status,
-        status_code=row.status_code,
-        usage=_usage(row) if row.has_usage else None,
-        cost_usd=cost,
-        latency_ms=row.latency_ms,
-        error=row.error,
-        partial=row.partial,
-        started_at=row.started_at,
-        completed_at=row.completed_at,
     )
