@@ -64,7 +64,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         redoc_url=None,
     )
     app.state.engine = engine
-    app.state.forwarder = forwarder = Forwarder(settings, engine.metrics, engine.tracing.tracer)
+    app.state.forwarder = forwarder = Forwarder(
+        settings,
+        engine.metrics,
+        engine.tracing.tracer,
+        capture_content=engine.tracing.capture_content,
+    )
     app.state.shutdown = anyio.Event()
     app.state.frames = FrameCache()
     app.state.ping_seconds = settings.sse_ping_seconds

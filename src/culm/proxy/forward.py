@@ -59,6 +59,8 @@ from culm.proxy.taps import BodyTap, Tap, UsageFormat, stream_tap
 from culm.proxy.trace import trace_id
 from culm.proxy.transport import AsyncioTransport
 from culm.settings import Settings
+from culm.tracing import wire_content
+from culm.tracing.content import OUTPUT_MESSAGES
 from culm.tracing.spans import end_proxy_span, start_proxy_span
 
 log = get_logger(__name__)
@@ -97,11 +99,17 @@ class Forwarder:
     """Owns the upstream HTTP client; :meth:`exchange` makes the response for one request."""
 
     def __init__(
-        self, settings: Settings, metrics: MetricsPipeline, tracer: trace.Tracer | None = None
+        self,
+        settings: Settings,
+        metrics: MetricsPipeline,
+        tracer: trace.Tracer | None = None,
+        *,
+        capture_content: bool = False,
     ) -> None:
         self._settings = settings
         self.metrics = metrics
         self.tracer = tracer or trace.NoOpTracer()  # a span per request (culm.tracing)
+        self.capture_content = capture_content  # message content on the spans
         self.culm_key = (
             settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
         )
@@ -186,7 +194,11 @@ class Exchange(Response):
         self._query = scope.get("query_string", b"")
         self.request_id = new_event_id()
         self._trace_id = trace_id(self._request_headers)
-        self._request = _prepare(endpoint, body)
+        payload = json_or_none(body) if endpoint.method == "POST" else None
+        self._request = _prepare(endpoint, body, payload)
+        # The request's content, kept until its span has it (only when capture is on).
+        self._input = payload if forwarder.capture_content and isinstance(payload, dict) else None
+        self._output: wire_content.OutputRecorder | None = None
         # The outcome, filled in as the exchange goes.
         self._credential: tuple[bytes, bytes] | None = None  # the server's, once chosen
         self._response: httpx2.Response | None = None
@@ -272,6 +284,8 @@ class Exchange(Response):
             self._tap = stream_tap(self._endpoint.usage, hide_usage_chunk=hide)
         else:
             self._tap = BodyTap(self._endpoint.usage)
+        if status < 400:
+            self._tap.content = self._output
         keep_length = not (streaming and self._request.hide_usage_chunk)
         headers = client_headers(
             ((name.lower(), value) for name, value in response.headers.raw),
@@ -344,6 +358,11 @@ class Exchange(Response):
 
     def _meter_start(self) -> None:
         self._span = self._start_span()
+        payload, self._input = self._input, None
+        if payload is not None and self._span.is_recording():
+            usage_format = self._endpoint.usage
+            self._span.set_attributes(wire_content.request_attributes(usage_format, payload))
+            self._output = wire_content.output_recorder(usage_format)
         self._forwarder.metrics.emit(
             RequestStarted.model_construct(
                 meta=self._meta(),
@@ -365,6 +384,8 @@ class Exchange(Response):
             error = redact(error, self._request_headers, self._credential)
         usage: Usage | None = self._tap.usage
         status_code = self._upstream_status or CLIENT_CLOSED
+        if self._output is not None and (output := self._output.output()) is not None:
+            self._span.set_attribute(OUTPUT_MESSAGES, output)
         end_proxy_span(
             self._span, status_code=status_code, usage=usage, error=error, error_type=status.value
         )
@@ -423,10 +444,10 @@ class _Prepared:
     hide_usage_chunk: bool  # the proxy asked for the usage the client did not ask for
 
 
-def _prepare(endpoint: Endpoint, body: bytes) -> _Prepared:
-    """The request as it goes upstream: unchanged, except for a Chat Completions stream that
-    did not ask for usage; then ``stream_options.include_usage`` is added."""
-    payload = json_or_none(body) if endpoint.method == "POST" else None
+def _prepare(endpoint: Endpoint, body: bytes, payload: Any) -> _Prepared:
+    """The request as it goes upstream (``payload``: its body decoded): unchanged, except for a
+    Chat Completions stream that did not ask for usage; then ``stream_options.include_usage`` is
+    added."""
     if not isinstance(payload, dict):
         return _Prepared("", False, body, False)  # the upstream will say what is wrong
     model = payload.get("model")

@@ -18,7 +18,9 @@ Where the usage is:
   :func:`~culm.providers.anthropic.messages_usage`.
 
 Only events that can carry usage are decoded, so a token chunk costs a byte search, not a JSON
-parse.
+parse. When the span records message content, the forwarder gives the tap a ``content`` recorder
+(:mod:`culm.tracing.wire_content`): then every event (or the whole body) goes to it as well.
+Without one, nothing more is read or kept.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from culm.domain.models import Usage
 from culm.providers.anthropic import messages_usage
 from culm.providers.http import json_or_none, provider_message
 from culm.providers.openai import chat_usage
+from culm.tracing.wire_content import OutputRecorder
 
 UsageFormat = Literal["chat", "responses", "messages", "none"]
 
@@ -72,6 +75,8 @@ class Tap:
     error: str | None = None
     # ``feed`` returns its chunk unchanged: it may be sent on before the tap reads it.
     passes_through = True
+    # Reads the answer's content for the span, when it records content (else None).
+    content: OutputRecorder | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         return chunk
@@ -108,6 +113,8 @@ class BodyTap(Tap):
         usage = payload.get("usage") if isinstance(payload, dict) else None
         if mapping is not None and isinstance(usage, Mapping):
             self.usage = mapping(usage)
+        if self.content is not None and isinstance(payload, dict):
+            self.content.body(payload)
         return b""
 
 
@@ -126,6 +133,8 @@ class EventTap(Tap):
         for match in _EVENT_END.finditer(data):
             event = data[start : match.end()]
             start = match.end()
+            if self.content is not None:
+                self.content.event(_data(event))
             if self.inspect(event) and not self.passes_through:
                 kept.append(event)
         self._pending = data[start:]

@@ -11,10 +11,14 @@ span is being recorded (an exporter is configured); otherwise nothing is seriali
   ``response``: the tool's result text).
 - ``execute_tool`` spans: ``gen_ai.tool.call.arguments`` (the model's JSON text, as sent) and
   ``gen_ai.tool.call.result`` (the result text the model gets back).
+
+The forward proxy's ``chat`` spans get the same three attributes, read from the wire formats it
+forwards (:mod:`culm.tracing.wire_content`, built on the part helpers at the end of this module).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -89,3 +93,28 @@ def _text(content: str) -> dict[str, str]:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# The parts, for recorders of other wire formats (culm.tracing.wire_content).
+
+
+def finish_reason(reason: str) -> str:
+    """A provider's finish reason as the conventions name it (others pass through)."""
+    return _FINISH_REASONS.get(reason, reason)
+
+
+def text_part(content: str) -> dict[str, str]:
+    return _text(content)
+
+
+def tool_call_part(call_id: str, name: str, arguments: Any) -> dict[str, Any]:
+    """A ``tool_call`` part; ``arguments`` is the model's JSON text (decoded when it is JSON),
+    or the arguments already decoded."""
+    if isinstance(arguments, str):
+        with contextlib.suppress(ValueError):  # not JSON (or cut short): kept as sent
+            arguments = json.loads(arguments)
+    return {"type": "tool_call", "id": call_id, "name": name, "arguments": arguments}
+
+
+def dumps(value: Any) -> str:
+    return _dumps(value)
