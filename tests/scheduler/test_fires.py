@@ -275,3 +275,22 @@ async def test_a_run_that_cannot_start_is_a_failed_fire(
     assert fire.status is FAILED and fire.run_id is None
     assert fire.error and "workspace" in fire.error
     assert (await engine.schedules.get(schedule.schedule_id)).consecutive_failures == 1
+
+
+async def test_an_idle_look_is_one_read(
+    engine: culm.Engine, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing running, waiting or due: a look (every second, in every process) reads once
+    rather than once per kind of work."""
+    await engine.schedules.create(hourly())  # next due on the hour, not now
+    reads = 0
+    read_connection = engine.store.read_connection
+
+    def counted() -> Any:
+        nonlocal reads
+        reads += 1
+        return read_connection()
+
+    monkeypatch.setattr(engine.store, "read_connection", counted)
+    await engine.schedules.tick()
+    assert reads == 1

@@ -362,3 +362,23 @@ async def test_a_claim_decides_on_the_schedules_own_busy_fires_and_records_clock
     fire = await store.get_fire(schedule.schedule_id, NINE)
     assert fire is not None and not fire.manual
     assert fire.schedule_id == schedule.schedule_id  # the other one has a fire at NINE too
+
+
+async def test_has_work_while_a_schedule_is_due_or_a_fire_waits_or_runs(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, other = stores
+    assert not await store.has_work(NOW)  # an empty database
+    schedule = a_schedule(next_fire_at=NOW + timedelta(seconds=1))
+    await store.create(schedule)
+    assert not await store.has_work(NOW)  # due a second later
+    assert await store.has_work(NOW + timedelta(seconds=1))  # due at that very instant
+    paused = schedule.schedule_id
+    await store.update(paused, {"enabled": False})
+    assert not await store.has_work(NOW + timedelta(hours=1))  # a paused schedule is never due
+    await store.add_manual_fire(paused, NOW, OverlapPolicy.ALLOW)
+    assert await other.has_work(NOW)  # a fire waiting to start (seen from the other process)
+    [fire] = await store.start_waiting(paused, OverlapPolicy.ALLOW, NOW)
+    assert await store.has_work(NOW)  # running: its end is still to be recorded
+    await store.finish(paused, fire.scheduled_for, FireStatus.SUCCESS, completed_at=NOW)
+    assert not await store.has_work(NOW)  # ended and recorded: nothing left

@@ -91,6 +91,8 @@ class Ticker:
             if self._closed:
                 return
             now = self._clock()
+            if not await self._store.has_work(now):
+                return  # nothing running, waiting or due: the common look costs one read
             await self.dispatcher.reconcile(now)
             for schedule in await self._store.due(now):
                 try:
