@@ -17,12 +17,15 @@ from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
 
 _CACHE_LIMIT = 4096  # encoded attributes kept; cleared when full
 _FIXED64 = struct.Struct("<Q").pack
 _DOUBLE = struct.Struct("<d").pack
 _FIXED32 = struct.Struct("<I").pack
 _SCALARS = (str, bool, int, float)
+_CACHED = frozenset((str, bool, int))  # exact types: a subclass may encode differently
+_KINDS = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}  # OTLP's = SDK's + 1
 
 
 class _NotFast(Exception):
@@ -68,6 +71,7 @@ class SpanEncoder:
 
     def __init__(self) -> None:
         self._attributes: dict[tuple[str, type, Any], bytes] = {}
+        self._names: dict[str, bytes] = {}
         # By the ids of a resource and a scope (kept alive here: the ids stay theirs).
         self._headers: dict[tuple[int, int], tuple[bytes, bytes, bytes, bytes]] = {}
         self._held: list[object] = []
@@ -110,11 +114,14 @@ class SpanEncoder:
         parent = span.parent
         if parent is not None:
             parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        parts.append(_field(b"\x2a", span.name.encode()))
-        parts.append(b"\x30" + _varint(span.kind.value + 1))
+        parts.append(self._name(span.name))
+        parts.append(_KINDS[span.kind])
         parts.append(b"\x39" + _FIXED64(span.start_time))
         parts.append(b"\x41" + _FIXED64(span.end_time))
-        parts.extend(self._attribute(key, value) for key, value in (span.attributes or {}).items())
+        cache = self._attributes
+        for key, value in (span.attributes or {}).items():
+            encoded = cache.get((key, type(value), value)) if type(value) in _CACHED else None
+            parts.append(encoded or self._attribute(key, value))
         if span.dropped_attributes:
             parts.append(b"\x50" + _varint(span.dropped_attributes))
         parts.append(_field(b"\x7a", _status(span)))
@@ -123,18 +130,21 @@ class SpanEncoder:
         return b"".join(parts)
 
     def _attribute(self, key: str, value: Any) -> bytes:
-        """A ``KeyValue`` field of a span (field 9)."""
-        if not isinstance(value, str | bool | int):
-            return _field(
-                b"\x4a", _field(b"\x0a", key.encode()) + _field(b"\x12", _any_value(value))
-            )
-        cache_key = (key, type(value), value)
-        encoded = self._attributes.get(cache_key)
-        if encoded is None:
+        """A ``KeyValue`` field of a span (field 9), kept when its value is a str, bool or int."""
+        pair = _field(b"\x0a", key.encode()) + _field(b"\x12", _any_value(value))
+        encoded = _field(b"\x4a", pair)
+        if type(value) in _CACHED:
             if len(self._attributes) >= _CACHE_LIMIT:
                 self._attributes.clear()
-            pair = _field(b"\x0a", key.encode()) + _field(b"\x12", _any_value(value))
-            encoded = self._attributes[cache_key] = _field(b"\x4a", pair)
+            self._attributes[(key, type(value), value)] = encoded
+        return encoded
+
+    def _name(self, name: str) -> bytes:
+        encoded = self._names.get(name)
+        if encoded is None:
+            if len(self._names) >= _CACHE_LIMIT:
+                self._names.clear()
+            encoded = self._names[name] = _field(b"\x2a", name.encode())
         return encoded
 
 
