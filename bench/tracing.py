@@ -12,10 +12,12 @@ neighbouring samples, not absolute figures); the medians and their ratios are pr
     .venv/bin/python bench/tracing.py                     # defaults, ~1 min
     .venv/bin/python bench/tracing.py --repeat 7 --json
     .venv/bin/python bench/tracing.py --paired --runs 300 # off/export in one process
+    .venv/bin/python bench/tracing.py --isolated --runs 250 --repeat 9  # the span calls alone
 
 ``--paired``: one process whose engine switches between the no-op tracer and export for each
 batch of ``--concurrency`` runs; the figure is the median of the neighbouring batches' ratios,
-which a loaded machine disturbs less than separate processes.
+which a loaded machine disturbs less than separate processes. ``--isolated``: the span calls
+of a run without the loop (what export adds per round, steady even on a loaded machine).
 
 Targets (issue 20): export on < 5 % added CPU per round; the no-op tracer not measurable (< 1 %).
 """
@@ -170,6 +172,50 @@ async def _paired(args: argparse.Namespace, endpoint: str) -> dict[str, list[flo
     return samples
 
 
+def _isolated(args: argparse.Namespace, endpoint: str) -> dict[str, list[float]]:
+    """The span calls a run makes in the loop (an ``agent`` span; per round a ``chat`` span
+    with its chunks, usage and answer; a ``tool`` span per round but the last), without the
+    loop: µs of CPU per round with the no-op tracer and with export (the batch processor and
+    the OTLP/HTTP exporter to the sink, flushed at the end of each sample), interleaved."""
+    from culm.domain.models import Usage
+    from culm.tracing import RunTracing, build_tracing
+
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    tracings = {"off": build_tracing({}), "export": build_tracing()}
+    usage = Usage(prompt_tokens=7, completion_tokens=1)
+
+    def one_run(tracing: RunTracing) -> None:
+        with tracing.agent():
+            for round_ in range(args.rounds):
+                last = round_ == args.rounds - 1
+                with tracing.chat("scripted:bench") as chat:
+                    chat.request(None, [])
+                    for _ in range(args.tokens if last else 1):
+                        chat.chunk()
+                    chat.usage(usage)
+                    chat.answered("stop" if last else "tool_calls", "bench", None)
+                if not last:
+                    with tracing.tool("list_dir", f"call_{round_}", '{"path": "."}') as span:
+                        tracing.tool_result(span, "a\nb")
+
+    def sample(mode: str, runs: int) -> float:
+        tracing = tracings[mode]
+        run_tracing = RunTracing(tracing.tracer)
+        cpu = time.process_time()
+        for _ in range(runs):
+            one_run(run_tracing)
+        if tracing.provider is not None:
+            tracing.provider.force_flush()
+        return (time.process_time() - cpu) / (runs * args.rounds) * 1e6
+
+    sample("off", 50), sample("export", 50)  # warm-up: imports, first connection
+    samples: dict[str, list[float]] = {"off": [], "export": []}
+    for _ in range(args.repeat):
+        for mode in samples:
+            samples[mode].append(sample(mode, args.runs))
+    return samples
+
+
 def _sample(mode: str, args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     if mode == "export":
@@ -201,6 +247,7 @@ def main() -> int:
     parser.add_argument("--child", choices=MODES)
     parser.add_argument("--receiver")
     parser.add_argument("--paired", action="store_true", help="off and export in one process")
+    parser.add_argument("--isolated", action="store_true", help="the span calls without the loop")
     args = parser.parse_args()
     if args.receiver:
         _receiver(args.receiver)
@@ -220,6 +267,8 @@ def main() -> int:
                     raise RuntimeError("the OTLP sink did not start")
                 time.sleep(0.05)
             endpoint = f"http://127.0.0.1:{port_file.read_text()}"
+            if args.isolated:
+                return _report_isolated(_isolated(args, endpoint), args)
             if args.paired:
                 return _report_paired(asyncio.run(_paired(args, endpoint)), args)
             samples: dict[str, list[float]] = {mode: [] for mode in MODES}
@@ -244,6 +293,19 @@ def main() -> int:
             print(f"{mode:>6}: median {medians[mode]:8.0f} µs CPU/round  ({spread})")
         print(f"no-op tracer vs none: {report['off_vs_bare']:+.1%}  (target: not measurable)")
         print(f"export vs no-op:      {report['export_vs_off']:+.1%}  (target: < +5 %)")
+    return 0
+
+
+def _report_isolated(samples: dict[str, list[float]], args: argparse.Namespace) -> int:
+    medians = {mode: statistics.median(values) for mode, values in samples.items()}
+    added = medians["export"] - medians["off"]
+    if args.json:
+        print(json.dumps({"samples_cpu_us_per_round": samples, "median": medians, "added": added}))
+        return 0
+    for mode, values in samples.items():
+        spread = ", ".join(f"{v:.0f}" for v in values)
+        print(f"{mode:>6}: median {medians[mode]:6.1f} µs CPU/round  ({spread})")
+    print(f"export adds {added:.1f} µs CPU per round (the span calls alone)")
     return 0
 
 
