@@ -59,13 +59,17 @@ def spans() -> Iterator[list[ReadableSpan]]:
             child.add_event("happened", {"n": 1})
     with tracer.start_as_current_span("linked", links=[Link(span.get_span_context())]):
         pass
+    with provider.get_tracer("second scope").start_as_current_span("same resource"):
+        pass
     with other.get_tracer("elsewhere").start_as_current_span("other resource"):
+        pass
+    with tracer.start_as_current_span("first scope again"):
         pass
     yield [*memory.get_finished_spans(), *other_memory.get_finished_spans()]
 
 
 def test_the_encoding_is_the_sdks_byte_for_byte(spans: list[ReadableSpan]) -> None:
-    assert len(spans) == 7
+    assert len(spans) == 9
     encoder = SpanEncoder()
     expected = encode_spans(spans).SerializePartialToString()
     assert encoder.encode(spans) == expected

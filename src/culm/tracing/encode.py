@@ -19,7 +19,8 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
-_CACHE_LIMIT = 4096  # encoded attributes kept; cleared when full
+_CACHE_LIMIT = 4096  # encoded attributes (and names) kept; cleared when full
+_HEADERS_LIMIT = 64  # encoded resources and scopes kept; cleared when full
 _FIXED64 = struct.Struct("<Q").pack
 _DOUBLE = struct.Struct("<d").pack
 _FIXED32 = struct.Struct("<I").pack
@@ -72,31 +73,44 @@ class SpanEncoder:
     def __init__(self) -> None:
         self._attributes: dict[tuple[str, type, Any], bytes] = {}
         self._names: dict[str, bytes] = {}
-        # By the ids of a resource and a scope (kept alive here: the ids stay theirs).
-        self._headers: dict[tuple[int, int], tuple[bytes, bytes, bytes, bytes]] = {}
-        self._held: list[object] = []
+        self._headers: dict[tuple[int, bool], tuple[object, bytes, bytes]] = {}
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
-        """``ExportTraceServiceRequest`` with ``spans``, serialized."""
-        groups: dict[tuple[int, int], list[bytes]] = {}
+        """``ExportTraceServiceRequest`` with ``spans``, serialized: a ``ResourceSpans`` per
+        resource, in it a ``ScopeSpans`` per scope (each in the order first seen, as the SDK's
+        encoder groups them; by object here, where it compares them)."""
+        groups: dict[int, tuple[bytes, bytes, dict[int, tuple[bytes, bytes, list[bytes]]]]] = {}
         for span in spans:
-            key = (id(span.resource), id(span.instrumentation_scope))
-            if key not in self._headers:
-                self._headers[key] = _headers(span)
-                self._held.append((span.resource, span.instrumentation_scope))
+            resource, scope = span.resource, span.instrumentation_scope
+            if id(resource) not in groups:
+                groups[id(resource)] = (*self._header(resource, span, scope=False), {})
+            scopes = groups[id(resource)][2]
+            if id(scope) not in scopes:
+                scopes[id(scope)] = (*self._header(scope, span, scope=True), [])
             try:
                 encoded = self._span(span)
             except _NotFast:
                 encoded = _sdk_span(span)
-            groups.setdefault(key, []).append(encoded)
+            scopes[id(scope)][2].append(_field(b"\x12", encoded))
         out = []
-        for key, encoded_spans in groups.items():
-            resource, scope, scope_url, resource_url = self._headers[key]
-            spans_bytes = b"".join(_field(b"\x12", encoded) for encoded in encoded_spans)
-            scope_spans = _field(b"\x0a", scope) + spans_bytes + scope_url
-            body = _field(b"\x0a", resource) + _field(b"\x12", scope_spans) + resource_url
-            out.append(_field(b"\x0a", body))
+        for resource_field, resource_url, scopes in groups.values():
+            scope_spans = b"".join(
+                _field(b"\x12", scope_field + b"".join(encoded) + scope_url)
+                for scope_field, scope_url, encoded in scopes.values()
+            )
+            out.append(_field(b"\x0a", resource_field + scope_spans + resource_url))
         return b"".join(out)
+
+    def _header(self, owner: object, span: ReadableSpan, *, scope: bool) -> tuple[bytes, bytes]:
+        """A resource's or scope's field and schema URL field (``owner``: the span's
+        resource or scope, kept alive with them so that its id stays its own)."""
+        key = (id(owner), scope)
+        if key not in self._headers:
+            if len(self._headers) >= _HEADERS_LIMIT:  # not culm's one provider and tracer
+                self._headers.clear()
+            fields = _headers(span)
+            self._headers[key] = (owner, *fields[2:]) if scope else (owner, *fields[:2])
+        return self._headers[key][1:]
 
     def _span(self, span: ReadableSpan) -> bytes:
         if span.events or span.links:
@@ -164,15 +178,13 @@ def _sdk_span(span: ReadableSpan) -> bytes:
 
 
 def _headers(span: ReadableSpan) -> tuple[bytes, bytes, bytes, bytes]:
-    """A span's resource and scope as the exporter's encoder writes them, and their schema
-    URL fields."""
+    """A span's resource and scope fields as the exporter's encoder writes them, each with its
+    schema URL field: (resource, its URL, scope, its URL)."""
     request = encode_spans([span]).resource_spans[0]
     scope = request.scope_spans[0]
-    scope_url = _field(b"\x1a", scope.schema_url.encode()) if scope.schema_url else b""
-    resource_url = _field(b"\x1a", request.schema_url.encode()) if request.schema_url else b""
     return (
-        bytes(request.resource.SerializeToString()),
-        bytes(scope.scope.SerializeToString()),
-        scope_url,
-        resource_url,
+        _field(b"\x0a", bytes(request.resource.SerializeToString())),
+        _field(b"\x1a", request.schema_url.encode()) if request.schema_url else b"",
+        _field(b"\x0a", bytes(scope.scope.SerializeToString())),
+        _field(b"\x1a", scope.schema_url.encode()) if scope.schema_url else b"",
     )

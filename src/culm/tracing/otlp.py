@@ -1,6 +1,6 @@
 """The OTLP/HTTP span exporter culm uses: the SDK's, sending what
 :class:`~culm.tracing.encode.SpanEncoder` writes (the bytes the SDK's encoder would send, at
-about a third of its CPU). It reads the standard environment (endpoint, headers, timeout,
+about a quarter of its CPU). It reads the standard environment (endpoint, headers, timeout,
 compression, …) as the SDK's does; only the encoding differs.
 
 ``export`` follows the SDK's (internal metrics, the request-size limit, the HTTP client with
