@@ -83,15 +83,16 @@ def build_tracing(environ: Mapping[str, str] | None = None) -> Tracing:
     if not export_requested(environ):
         return Tracing(trace.NoOpTracer(), capture_content=capture)
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from culm.tracing.otlp import OTLPExporter
     except ImportError:
         log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but culm[otel] is not installed: no traces")
         return Tracing(trace.NoOpTracer(), capture_content=capture)
     resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME") or "culm"})
     provider = TracerProvider(resource=resource, id_generator=_run_trace_ids())
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(OTLPExporter()))
     tracer = provider.get_tracer("culm", __version__)
     return Tracing(tracer, provider, capture_content=capture)

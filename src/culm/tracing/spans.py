@@ -14,12 +14,13 @@ Every span is made through the tracer the engine holds: the no-op tracer makes t
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any
+from collections.abc import Sequence
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -36,6 +37,8 @@ _NOOP = trace.NoOpTracer()
 # starts a trace gives it its own id, so the trace-id of the ``TRACEPARENT`` its tools send is
 # the run id, as without export (culm.domain.trace), and the proxy links their calls to it.
 NEW_TRACE_ID: ContextVar[int | None] = ContextVar("culm_new_trace_id", default=None)
+
+T = TypeVar("T")
 
 OPERATION = "gen_ai.operation.name"
 PROVIDER = "gen_ai.provider.name"
@@ -124,6 +127,46 @@ class ChatSpan:
             )
 
 
+class _Current(Generic[T]):
+    """``span`` current inside a ``with`` block (which gets ``value``), ended when it leaves;
+    an exception leaving the block marks the span failed (``run_status``: and sets
+    ``culm.run.status``, ``completed`` when none does).
+
+    A class, not a generator context manager: it is entered on every model and tool call, and
+    the SDK's ``start_as_current_span`` nests three generator managers per span. A span with
+    no valid context (the no-op tracer's) is never made current: there is nothing to see."""
+
+    __slots__ = ("_run_status", "_span", "_token", "_value")
+
+    def __init__(self, span: Span, value: T, *, run_status: bool = False) -> None:
+        self._span = span
+        self._value = value
+        self._run_status = run_status
+        self._token: Token[otel_context.Context] | None = None
+
+    def __enter__(self) -> T:
+        if self._span.get_span_context().is_valid:
+            self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._value
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        span = self._span
+        try:
+            if exc is not None:
+                _failed(span, exc, run_status=self._run_status)
+            elif self._run_status:
+                span.set_attribute("culm.run.status", "completed")
+        finally:
+            if self._token is not None:
+                otel_context.detach(self._token)
+            span.end()
+
+
 class RunTracing:
     """The spans of one run, made by ``tracer``."""
 
@@ -142,8 +185,7 @@ class RunTracing:
         self._session = session
         self._agent = agent_name
 
-    @contextmanager
-    def agent(self) -> Iterator[Span]:
+    def agent(self) -> _Current[Span]:
         """The run's ``invoke_agent`` span, current inside the block; its status is the run's
         (an exception: ``error``, with ``error.type``; a cancel: ``cancelled``)."""
         run, name = self._run, self._agent
@@ -168,51 +210,23 @@ class RunTracing:
             )
         finally:
             NEW_TRACE_ID.reset(token)
-        with trace.use_span(
-            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-        ):
-            try:
-                yield span
-            except BaseException as exc:
-                _failed(span, exc, run_status=True)
-                raise
-            span.set_attribute("culm.run.status", "completed")
+        return _Current(span, span, run_status=True)
 
-    @contextmanager
-    def chat(self, model: str) -> Iterator[ChatSpan]:
+    def chat(self, model: str) -> _Current[ChatSpan]:
         provider, name = provider_of(model)
         attributes = {OPERATION: "chat", PROVIDER: provider, "gen_ai.request.model": name}
-        with self.tracer.start_as_current_span(
-            f"chat {name}",
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                yield ChatSpan(span, capture_content=self.capture_content)
-            except BaseException as exc:
-                _failed(span, exc)
-                raise
+        span = self.tracer.start_span(f"chat {name}", kind=SpanKind.CLIENT, attributes=attributes)
+        return _Current(span, ChatSpan(span, capture_content=self.capture_content))
 
-    @contextmanager
-    def tool(self, name: str, call_id: str, arguments: str) -> Iterator[Span]:
+    def tool(self, name: str, call_id: str, arguments: str) -> _Current[Span]:
         attributes = {OPERATION: "execute_tool", "gen_ai.tool.name": name}
         attributes["gen_ai.tool.call.id"] = call_id
         if self.capture_content:
             attributes[content.TOOL_ARGUMENTS] = arguments  # the model's JSON text, as sent
-        with self.tracer.start_as_current_span(
-            f"execute_tool {name}",
-            kind=SpanKind.INTERNAL,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                _failed(span, exc)
-                raise
+        span = self.tracer.start_span(
+            f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attributes
+        )
+        return _Current(span, span)
 
     def tool_result(self, span: Span, result: str) -> None:
         """The result text the model gets back (recorded only when capture is on)."""
@@ -246,8 +260,6 @@ def _run_attributes(run: Run) -> dict[str, Any]:
 
 
 def _failed(span: Span, exc: BaseException, *, run_status: bool = False) -> None:
-    import asyncio
-
     if isinstance(exc, asyncio.CancelledError):
         span.set_attribute("error.type", "cancelled")
         if run_status:
