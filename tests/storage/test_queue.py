@@ -253,6 +253,19 @@ async def test_one_runs_duplicate_seq_leaves_only_that_run_out(store: SqlStore) 
     assert (await get(store, clash.run_id)).last_seq == 2
 
 
+async def test_a_seq_stored_already_leaves_that_run_out_when_it_is_alone(store: SqlStore) -> None:
+    """No other run's rows to stumble on: the run's own stored seq is what is found."""
+    run = await owned_run(store, "w1")
+    await store.append_events(tokens(run, 2), fences={run.run_id: ("w1", 1)})
+
+    left_out = await store.append_events(
+        tokens(run, 2, first_seq=2), fences={run.run_id: ("w1", 1)}
+    )
+
+    assert left_out == {run.run_id}
+    assert [e.seq for e in await store.read_events(run.run_id)] == [1, 2]
+
+
 async def test_a_run_its_owner_finished_is_not_reported_lost(store: SqlStore) -> None:
     finished = await owned_run(store, "w1")
     taken = await owned_run(store, "w1", lease_seconds=0)
