@@ -209,6 +209,23 @@ async def test_a_stale_epoch_writes_nothing(store: SqlStore) -> None:
     assert len(await store.get_messages(run.session_id)) == 1
 
 
+async def test_a_stale_fence_leaves_only_its_run_out_of_a_batch(store: SqlStore) -> None:
+    stale = await taken_over(store)
+    fresh = await owned_run(store, "w1")
+    batch = [*tokens(stale, 2, first_seq=4), *tokens(fresh, 3)]
+    fences = {stale.run_id: ("w1", 1), fresh.run_id: ("w1", 1)}
+
+    left_out = await store.append_events(batch, fences=fences, reserve=5)
+
+    assert left_out == {stale.run_id}
+    assert [e.seq for e in await store.read_events(fresh.run_id)] == [1, 2, 3]
+    [row] = await raw_rows(
+        store,
+        sa.select(runs.c.last_seq, runs.c.seq_reserved).where(runs.c.run_id == fresh.run_id),
+    )
+    assert tuple(row) == (3, 3 + 5)
+
+
 async def test_events_carry_the_epoch_they_were_written_under(store: SqlStore) -> None:
     run = await taken_over(store)
     [again] = await store.claim_runs("w2", limit=1, lease_seconds=300)
