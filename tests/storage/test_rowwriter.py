@@ -146,6 +146,7 @@ async def test_sqlite_values_are_stored_as_sqlalchemy_stores_them(
         {"k": 2, "at": at.astimezone(timezone(timedelta(hours=2))), "day": None, "flag": False},
         {"k": 3, "at": at.replace(tzinfo=None), "day": date(1999, 12, 31), "flag": None},
         {"k": 4, "at": None, "day": None, "flag": True},
+        {"k": 5, "at": at.replace(microsecond=0), "day": None, "flag": None},
     ]
     fast, plain = typed
     writer = RowWriter("sqlite")
