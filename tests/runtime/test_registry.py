@@ -53,9 +53,9 @@ async def test_deliver_feeds_the_runs_followers_and_its_sessions_subscribers() -
     registry.add_remote_subscriber("r2", other_run)
     registry.add_session_subscriber("s", session)
     registry.add_session_subscriber("s2", other_session)
-    registry.deliver([_event("r", "s", 1), _event("r", "s", 2)])
+    registry.deliver([_event("r", "s", 1), _event("unfollowed", "s", 1), _event("r", "s", 2)])
     assert _seqs(follower) == [("r", 1), ("r", 2)]
-    assert _seqs(session) == [("r", 1), ("r", 2)]
+    assert _seqs(session) == [("r", 1), ("unfollowed", 1), ("r", 2)]
     assert _seqs(other_run) == _seqs(other_session) == []
 
 

@@ -219,8 +219,9 @@ async def test_a_cancel_before_the_first_step_is_recorded_and_after_it_cancels_t
     runner.task = asyncio.ensure_future(asyncio.sleep(60))
     runner.started = True
     assert runner.request_cancel("now") is True
-    with pytest.raises(asyncio.CancelledError):
-        await runner.task
+    cancelling = runner.task.cancelling()
+    runner.task.cancel()  # ends it either way: the count above is the check
+    assert cancelling == 1
 
 
 async def test_a_finalizing_run_is_not_cancelled() -> None:

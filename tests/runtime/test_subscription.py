@@ -18,14 +18,17 @@ def _event(seq: int) -> RunEvent:
     return Token(content=str(seq)).stamped(seq=seq, run_id="r", session_id="s", ts=utc_now())
 
 
-async def _pending(subscription: Subscription) -> bool:
-    """Whether ``next_batch`` waits (nothing to return, nothing to raise)."""
-    task = asyncio.ensure_future(subscription.next_batch())
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    waiting = not task.done()
-    task.cancel()
-    return waiting
+async def _pending(waiting: Subscription | asyncio.Future[list[RunEvent]]) -> bool:
+    """Whether a reader's ``next_batch`` still waits after the loop has run everything ready
+    (nothing to return, nothing to raise); a waiting reader made here is cancelled."""
+    own = isinstance(waiting, Subscription)
+    reader = asyncio.ensure_future(waiting.next_batch()) if own else waiting
+    for _ in range(3):
+        await asyncio.sleep(0)
+    pending = not reader.done()
+    if own or pending:
+        reader.cancel()
+    return pending
 
 
 async def test_the_initial_backlog_is_the_first_batch() -> None:
@@ -97,8 +100,10 @@ async def test_close_delivers_what_is_queued_then_raises_closed() -> None:
     subscription.push(_event(1))
     subscription.close()
     assert [e.seq for e in await subscription.next_batch()] == [1]
+    reader = asyncio.ensure_future(subscription.next_batch())
+    assert not await _pending(reader)
     with pytest.raises(Closed):
-        await subscription.next_batch()
+        await reader
 
 
 async def test_close_wakes_a_waiting_reader() -> None:
@@ -106,8 +111,9 @@ async def test_close_wakes_a_waiting_reader() -> None:
     reader = asyncio.ensure_future(subscription.next_batch())
     await asyncio.sleep(0)
     subscription.close()
+    assert not await _pending(reader)
     with pytest.raises(Closed):
-        await asyncio.wait_for(reader, 5)
+        await reader
 
 
 async def test_a_lagged_subscription_closed_since_still_says_lagged() -> None:
