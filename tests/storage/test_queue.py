@@ -218,7 +218,13 @@ async def test_a_stale_fence_leaves_only_its_run_out_of_a_batch(store: SqlStore)
     left_out = await store.append_events(batch, fences=fences, reserve=5)
 
     assert left_out == {stale.run_id}
-    assert [e.seq for e in await store.read_events(fresh.run_id)] == [1, 2, 3]
+    stored = await raw_rows(
+        store,
+        sa.select(run_events.c.seq, run_events.c.epoch)
+        .where(run_events.c.run_id == fresh.run_id)
+        .order_by(run_events.c.seq),
+    )
+    assert [tuple(row) for row in stored] == [(1, 1), (2, 1), (3, 1)]  # under its fence's epoch
     [row] = await raw_rows(
         store,
         sa.select(runs.c.last_seq, runs.c.seq_reserved).where(runs.c.run_id == fresh.run_id),
