@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from culm.domain.models import Run, RunStatus, Usage, UserMessage
 from culm.errors import LeaseLostError
 from culm.storage import dbtime
-from culm.storage.base import SweepPolicy
+from culm.storage.base import Renewal, SweepPolicy
 from culm.storage.schema import run_events, runs, workers
 from culm.storage.sql import SqlStore
 from culm.storage.wakeups import PostgresWakeups, Signal
@@ -301,6 +301,11 @@ async def test_a_run_its_owner_finished_is_not_reported_lost(store: SqlStore) ->
     renewal = await store.renew_leases("w1", {finished.run_id: 1, taken.run_id: 1}, 300)
 
     assert renewal.lost == [taken.run_id], "ended by someone else: lost; by itself: done"
+    [row] = await raw_rows(
+        store, sa.select(runs.c.lease_expires_at).where(runs.c.run_id == finished.run_id)
+    )
+    assert row.lease_expires_at is None, "an ended run's lease is not renewed"
+    assert await store.renew_leases("w1", {}, 300) == Renewal(cancel_requested={}, lost=[])
 
 
 # Leases in database time
