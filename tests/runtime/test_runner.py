@@ -252,3 +252,11 @@ async def test_a_held_stamp_takes_the_next_seq_and_is_delivered_once_stored() ->
     assert delivered == []
     runner.stored(held)
     assert delivered == [held]
+
+
+async def test_a_resumed_runs_runner_sends_every_older_cursor_to_the_store() -> None:
+    """A runner of a run resumed at seq 5 has delivered nothing yet: its ring is empty."""
+    run = Run(run_id="r", session_id="s", model="scripted:echo", last_seq=5)
+    runner = Runner(run, persist=lambda e, u: None, fan_out_session=lambda e: None, queue_size=4)
+    assert [runner.attach(after) for after in (0, 3, 4)] == [None, None, None]
+    assert runner.attach(5) is not None
