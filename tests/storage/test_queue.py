@@ -232,6 +232,18 @@ async def test_a_stale_fence_leaves_only_its_run_out_of_a_batch(store: SqlStore)
     assert tuple(row) == (3, 3 + 5)
 
 
+async def test_a_finish_needs_both_the_owner_and_the_epoch_of_its_fence(store: SqlStore) -> None:
+    run = await taken_over(store)  # epoch 2 now
+    [again] = await store.claim_runs("w1", limit=1, lease_seconds=300)  # w1 again: epoch 3
+    assert again.epoch == 3
+    for fence in (("w1", 1), ("w2", 3)):  # its old claim's epoch; someone else at this epoch
+        with pytest.raises(LeaseLostError):
+            await store.finish_run(
+                run.run_id, fence=fence, status=RunStatus.COMPLETED, error=None, usage=Usage()
+            )
+    assert (await get(store, run.run_id)).status is RunStatus.RUNNING
+
+
 async def test_events_carry_the_epoch_they_were_written_under(store: SqlStore) -> None:
     run = await taken_over(store)
     [again] = await store.claim_runs("w2", limit=1, lease_seconds=300)
