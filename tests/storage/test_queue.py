@@ -237,11 +237,29 @@ async def test_a_finish_needs_both_the_owner_and_the_epoch_of_its_fence(store: S
     [again] = await store.claim_runs("w1", limit=1, lease_seconds=300)  # w1 again: epoch 3
     assert again.epoch == 3
     for fence in (("w1", 1), ("w2", 3)):  # its old claim's epoch; someone else at this epoch
-        with pytest.raises(LeaseLostError):
+        with pytest.raises(LeaseLostError) as lost:
             await store.finish_run(
                 run.run_id, fence=fence, status=RunStatus.COMPLETED, error=None, usage=Usage()
             )
+        assert lost.value.run_id == run.run_id
     assert (await get(store, run.run_id)).status is RunStatus.RUNNING
+
+
+async def test_a_finished_run_keeps_no_owner_lease_or_place_in_a_queue(store: SqlStore) -> None:
+    owned = await owned_run(store, "w1")
+    queued = a_run(owned.session_id)
+    await store.reserve_run(queued, queue=True)
+    # Ended unfenced while it waits behind the active run: it leaves the queue.
+    await store.finish_run(
+        queued.run_id, fence=None, status=RunStatus.ERROR, error="x", usage=Usage()
+    )
+    await store.finish_run(
+        owned.run_id, fence=("w1", 1), status=RunStatus.COMPLETED, error=None, usage=Usage()
+    )
+    columns = (runs.c.owner, runs.c.lease_expires_at, runs.c.queued, runs.c.queue_order)
+    for run_id in (owned.run_id, queued.run_id):
+        [row] = await raw_rows(store, sa.select(*columns).where(runs.c.run_id == run_id))
+        assert tuple(row) == (None, None, False, None)
 
 
 async def test_events_carry_the_epoch_they_were_written_under(store: SqlStore) -> None:
