@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from culm.domain.models import Run, RunStatus, Usage, UserMessage
+from culm.domain.time import new_id
 from culm.errors import LeaseLostError
 from culm.storage import dbtime
 from culm.storage.base import Renewal, SweepPolicy
@@ -67,6 +68,33 @@ async def test_a_claim_leaves_the_runs_it_is_told_to_exclude(store: SqlStore) ->
     rest = await store.claim_runs("w2", limit=3, lease_seconds=300)
     assert [run.run_id for run in rest] == [made[0].run_id, made[2].run_id]
     assert all(run.epoch == 1 for run in rest)
+
+
+async def test_a_claim_with_exclusions_still_looks_only_at_ready_runs(store: SqlStore) -> None:
+    await owned_run(store, "w0", created_at=T0)  # older, but running: not a candidate
+    ready = await ready_run(store, created_at=T0 + timedelta(seconds=1))
+    claimed = await store.claim_runs("w1", limit=1, lease_seconds=300, exclude=[new_id()])
+    assert [run.run_id for run in claimed] == [ready.run_id]
+
+
+async def test_a_claim_of_only_some_runs_takes_those_alone(store: SqlStore) -> None:
+    running = await owned_run(store, "w0", created_at=T0 - timedelta(seconds=1))
+    older, wanted = [await ready_run(store, created_at=T0 + timedelta(seconds=s)) for s in (0, 1)]
+    only = [running.run_id, wanted.run_id]  # the running one is no candidate, however old
+    claimed = await store.claim_runs("w1", limit=1, lease_seconds=300, only=only)
+    assert [run.run_id for run in claimed] == [wanted.run_id]
+    assert await store.claim_runs("w1", limit=5, lease_seconds=300, only=[]) == []
+    assert [run.run_id for run in await store.claim_runs("w2", limit=5, lease_seconds=300)] == [
+        older.run_id
+    ]
+
+
+async def test_runs_made_at_the_same_moment_are_claimed_in_run_id_order(store: SqlStore) -> None:
+    late_id, early_id = "run-b", "run-a"
+    for run_id in (late_id, early_id):  # stored in the other order
+        await ready_run(store, run_id=run_id, created_at=T0)
+    claimed = await store.claim_runs("w1", limit=1, lease_seconds=300)
+    assert [run.run_id for run in claimed] == [early_id]
 
 
 async def test_a_claim_takes_at_most_its_limit(store: SqlStore) -> None:
