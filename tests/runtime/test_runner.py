@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
 from culm.domain.events import RunEvent, SubAgentStarted, Token, TokenBudget, TokenBudgetUpdated
 from culm.domain.liveness import SEQ_RESERVE
-from culm.domain.models import Run
+from culm.domain.models import Run, RunStatus, Usage
 from culm.runtime.runner import RING_CAPACITY, Runner
 from culm.runtime.subscription import Lagged
 
@@ -260,3 +261,19 @@ async def test_a_resumed_runs_runner_sends_every_older_cursor_to_the_store() -> 
     runner = Runner(run, persist=lambda e, u: None, fan_out_session=lambda e: None, queue_size=4)
     assert [runner.attach(after) for after in (0, 3, 4)] == [None, None, None]
     assert runner.attach(5) is not None
+
+
+async def test_a_new_runner_is_pending_with_nothing_started_stored_or_ended() -> None:
+    run = Run(run_id="r", session_id="s", model="scripted:echo", last_seq=5, round_count=3)
+    runner = Runner(run, persist=lambda e, u: None, fan_out_session=lambda e: None, queue_size=4)
+    assert runner.status is RunStatus.PENDING
+    assert (runner.task, runner.started_at, runner.completed_at) == (None, None, None)
+    assert (runner.storage_error, runner.finalizing_since, runner.last_budget_event) == (
+        None,
+        None,
+        None,
+    )
+    assert not (runner.started or runner.ended_in_store or runner.end_stored or runner.finalizing)
+    assert runner.lease_until == math.inf
+    assert runner.usage == Usage()
+    assert (runner.liveness.last_seq, runner.liveness.round_count) == (5, 3)
