@@ -13,6 +13,9 @@ from culm.domain.models import Run, RunStatus, Usage
 from culm.runtime.runner import RING_CAPACITY, Runner
 from culm.runtime.subscription import Lagged
 
+# In memory only: nothing here touches a database (the PostgreSQL variants added only set-up).
+pytestmark = pytest.mark.backends("sqlite")
+
 CRITICAL = 32  # docs/ARCHITECTURE.md: "the last ≤ 32 critical events" (the contract's number)
 
 
