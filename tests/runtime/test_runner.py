@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+
 import pytest
 
 from culm.domain.events import RunEvent, SubAgentStarted, Token, TokenBudget, TokenBudgetUpdated
 from culm.domain.liveness import SEQ_RESERVE
-from culm.domain.models import Run
+from culm.domain.models import Run, RunStatus, Usage
 from culm.runtime.runner import RING_CAPACITY, Runner
 from culm.runtime.subscription import Lagged
+
+# In memory only: nothing here touches a database (the PostgreSQL variants added only set-up).
+pytestmark = pytest.mark.backends("sqlite")
 
 CRITICAL = 32  # docs/ARCHITECTURE.md: "the last ≤ 32 critical events" (the contract's number)
 
@@ -204,3 +210,73 @@ async def test_while_the_lease_is_in_doubt_only_stored_events_are_shown() -> Non
     assert delivered == [first, second]
     runner.stored(third)
     assert delivered == [first, second, third, fourth]
+
+
+async def test_a_cancel_before_the_first_step_is_recorded_and_after_it_cancels_the_task() -> None:
+    runner, _ = _runner()
+    runner.task = asyncio.ensure_future(asyncio.sleep(0))
+    assert runner.request_cancel("early") is True
+    await runner.task
+    assert not runner.task.cancelled()  # the task reads cancel_reason at its first step
+
+    runner, _ = _runner()
+    runner.task = asyncio.ensure_future(asyncio.sleep(60))
+    runner.started = True
+    assert runner.request_cancel("now") is True
+    cancelling = runner.task.cancelling()
+    runner.task.cancel()  # ends it either way: the count above is the check
+    assert cancelling == 1
+
+
+async def test_a_finalizing_run_is_not_cancelled() -> None:
+    runner, _ = _runner()
+    runner.finalizing = True
+    assert runner.request_cancel("late") is False
+    assert runner.cancel_reason is None
+
+
+async def test_a_detached_subscriber_gets_nothing_more() -> None:
+    runner, _ = _runner()
+    gone, staying = runner.attach(0), runner.attach(0)
+    assert gone is not None and staying is not None
+    runner.detach(gone)
+    assert runner.subscriber_count == 1
+    runner.emit(Token(content="x"))
+    assert [e.seq for e in await staying.next_batch()] == [1]
+    assert list(gone._items) == []
+
+
+async def test_a_held_stamp_takes_the_next_seq_and_is_delivered_once_stored() -> None:
+    delivered: list[RunEvent] = []
+    run = Run(run_id="r", session_id="s", model="scripted:echo", last_seq=4)
+    runner = Runner(run, persist=lambda e, u: None, fan_out_session=delivered.append, queue_size=10)
+    held = runner.stamp_held(Token(content="asked"))
+    assert (held.seq, held.run_id, held.session_id, runner.last_seq) == (5, "r", "s", 5)
+    assert held.ts is not None and held.content == "asked"  # type: ignore[union-attr]
+    assert delivered == []
+    runner.stored(held)
+    assert delivered == [held]
+
+
+async def test_a_resumed_runs_runner_sends_every_older_cursor_to_the_store() -> None:
+    """A runner of a run resumed at seq 5 has delivered nothing yet: its ring is empty."""
+    run = Run(run_id="r", session_id="s", model="scripted:echo", last_seq=5)
+    runner = Runner(run, persist=lambda e, u: None, fan_out_session=lambda e: None, queue_size=4)
+    assert [runner.attach(after) for after in (0, 3, 4)] == [None, None, None]
+    assert runner.attach(5) is not None
+
+
+async def test_a_new_runner_is_pending_with_nothing_started_stored_or_ended() -> None:
+    run = Run(run_id="r", session_id="s", model="scripted:echo", last_seq=5, round_count=3)
+    runner = Runner(run, persist=lambda e, u: None, fan_out_session=lambda e: None, queue_size=4)
+    assert runner.status is RunStatus.PENDING
+    assert (runner.task, runner.started_at, runner.completed_at) == (None, None, None)
+    assert (runner.storage_error, runner.finalizing_since, runner.last_budget_event) == (
+        None,
+        None,
+        None,
+    )
+    assert not (runner.started or runner.ended_in_store or runner.end_stored or runner.finalizing)
+    assert runner.lease_until == math.inf
+    assert runner.usage == Usage()
+    assert (runner.liveness.last_seq, runner.liveness.round_count) == (5, 3)

@@ -15,9 +15,10 @@ import pytest
 import sqlalchemy as sa
 
 from culm.domain.models import Run, RunStatus, Usage, UserMessage
+from culm.domain.time import new_id
 from culm.errors import LeaseLostError
 from culm.storage import dbtime
-from culm.storage.base import SweepPolicy
+from culm.storage.base import Renewal, SweepPolicy
 from culm.storage.schema import run_events, runs, workers
 from culm.storage.sql import SqlStore
 from culm.storage.wakeups import PostgresWakeups, Signal
@@ -67,6 +68,33 @@ async def test_a_claim_leaves_the_runs_it_is_told_to_exclude(store: SqlStore) ->
     rest = await store.claim_runs("w2", limit=3, lease_seconds=300)
     assert [run.run_id for run in rest] == [made[0].run_id, made[2].run_id]
     assert all(run.epoch == 1 for run in rest)
+
+
+async def test_a_claim_with_exclusions_still_looks_only_at_ready_runs(store: SqlStore) -> None:
+    await owned_run(store, "w0", created_at=T0)  # older, but running: not a candidate
+    ready = await ready_run(store, created_at=T0 + timedelta(seconds=1))
+    claimed = await store.claim_runs("w1", limit=1, lease_seconds=300, exclude=[new_id()])
+    assert [run.run_id for run in claimed] == [ready.run_id]
+
+
+async def test_a_claim_of_only_some_runs_takes_those_alone(store: SqlStore) -> None:
+    running = await owned_run(store, "w0", created_at=T0 - timedelta(seconds=1))
+    older, wanted = [await ready_run(store, created_at=T0 + timedelta(seconds=s)) for s in (0, 1)]
+    only = [running.run_id, wanted.run_id]  # the running one is no candidate, however old
+    claimed = await store.claim_runs("w1", limit=1, lease_seconds=300, only=only)
+    assert [run.run_id for run in claimed] == [wanted.run_id]
+    assert await store.claim_runs("w1", limit=5, lease_seconds=300, only=[]) == []
+    assert [run.run_id for run in await store.claim_runs("w2", limit=5, lease_seconds=300)] == [
+        older.run_id
+    ]
+
+
+async def test_runs_made_at_the_same_moment_are_claimed_in_run_id_order(store: SqlStore) -> None:
+    late_id, early_id = "run-b", "run-a"
+    for run_id in (late_id, early_id):  # stored in the other order
+        await ready_run(store, run_id=run_id, created_at=T0)
+    claimed = await store.claim_runs("w1", limit=1, lease_seconds=300)
+    assert [run.run_id for run in claimed] == [early_id]
 
 
 async def test_a_claim_takes_at_most_its_limit(store: SqlStore) -> None:
@@ -209,6 +237,59 @@ async def test_a_stale_epoch_writes_nothing(store: SqlStore) -> None:
     assert len(await store.get_messages(run.session_id)) == 1
 
 
+async def test_a_stale_fence_leaves_only_its_run_out_of_a_batch(store: SqlStore) -> None:
+    stale = await taken_over(store)
+    fresh = await owned_run(store, "w1")
+    batch = [*tokens(stale, 2, first_seq=4), *tokens(fresh, 3)]
+    fences = {stale.run_id: ("w1", 1), fresh.run_id: ("w1", 1)}
+
+    left_out = await store.append_events(batch, fences=fences, reserve=5)
+
+    assert left_out == {stale.run_id}
+    stored = await raw_rows(
+        store,
+        sa.select(run_events.c.seq, run_events.c.epoch)
+        .where(run_events.c.run_id == fresh.run_id)
+        .order_by(run_events.c.seq),
+    )
+    assert [tuple(row) for row in stored] == [(1, 1), (2, 1), (3, 1)]  # under its fence's epoch
+    [row] = await raw_rows(
+        store,
+        sa.select(runs.c.last_seq, runs.c.seq_reserved).where(runs.c.run_id == fresh.run_id),
+    )
+    assert tuple(row) == (3, 3 + 5)
+
+
+async def test_a_finish_needs_both_the_owner_and_the_epoch_of_its_fence(store: SqlStore) -> None:
+    run = await taken_over(store)  # epoch 2 now
+    [again] = await store.claim_runs("w1", limit=1, lease_seconds=300)  # w1 again: epoch 3
+    assert again.epoch == 3
+    for fence in (("w1", 1), ("w2", 3)):  # its old claim's epoch; someone else at this epoch
+        with pytest.raises(LeaseLostError) as lost:
+            await store.finish_run(
+                run.run_id, fence=fence, status=RunStatus.COMPLETED, error=None, usage=Usage()
+            )
+        assert lost.value.run_id == run.run_id
+    assert (await get(store, run.run_id)).status is RunStatus.RUNNING
+
+
+async def test_a_finished_run_keeps_no_owner_lease_or_place_in_a_queue(store: SqlStore) -> None:
+    owned = await owned_run(store, "w1")
+    queued = a_run(owned.session_id)
+    await store.reserve_run(queued, queue=True)
+    # Ended unfenced while it waits behind the active run: it leaves the queue.
+    await store.finish_run(
+        queued.run_id, fence=None, status=RunStatus.ERROR, error="x", usage=Usage()
+    )
+    await store.finish_run(
+        owned.run_id, fence=("w1", 1), status=RunStatus.COMPLETED, error=None, usage=Usage()
+    )
+    columns = (runs.c.owner, runs.c.lease_expires_at, runs.c.queued, runs.c.queue_order)
+    for run_id in (owned.run_id, queued.run_id):
+        [row] = await raw_rows(store, sa.select(*columns).where(runs.c.run_id == run_id))
+        assert tuple(row) == (None, None, False, None)
+
+
 async def test_events_carry_the_epoch_they_were_written_under(store: SqlStore) -> None:
     run = await taken_over(store)
     [again] = await store.claim_runs("w2", limit=1, lease_seconds=300)
@@ -253,6 +334,19 @@ async def test_one_runs_duplicate_seq_leaves_only_that_run_out(store: SqlStore) 
     assert (await get(store, clash.run_id)).last_seq == 2
 
 
+async def test_a_seq_stored_already_leaves_that_run_out_when_it_is_alone(store: SqlStore) -> None:
+    """No other run's rows to stumble on: the run's own stored seq is what is found."""
+    run = await owned_run(store, "w1")
+    await store.append_events(tokens(run, 2), fences={run.run_id: ("w1", 1)})
+
+    left_out = await store.append_events(
+        tokens(run, 2, first_seq=2), fences={run.run_id: ("w1", 1)}
+    )
+
+    assert left_out == {run.run_id}
+    assert [e.seq for e in await store.read_events(run.run_id)] == [1, 2]
+
+
 async def test_a_run_its_owner_finished_is_not_reported_lost(store: SqlStore) -> None:
     finished = await owned_run(store, "w1")
     taken = await owned_run(store, "w1", lease_seconds=0)
@@ -265,6 +359,11 @@ async def test_a_run_its_owner_finished_is_not_reported_lost(store: SqlStore) ->
     renewal = await store.renew_leases("w1", {finished.run_id: 1, taken.run_id: 1}, 300)
 
     assert renewal.lost == [taken.run_id], "ended by someone else: lost; by itself: done"
+    [row] = await raw_rows(
+        store, sa.select(runs.c.lease_expires_at).where(runs.c.run_id == finished.run_id)
+    )
+    assert row.lease_expires_at is None, "an ended run's lease is not renewed"
+    assert await store.renew_leases("w1", {}, 300) == Renewal(cancel_requested={}, lost=[])
 
 
 # Leases in database time

@@ -3,12 +3,15 @@ the rows of its own statement one after another, as it would one statement per r
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from culm.storage.rowwriter import RowWriter, _chunks
+from culm.storage.schema import UTCDateTime
 from culm.storage.sql import SqlStore
 
 metadata = sa.MetaData()
@@ -115,3 +118,54 @@ async def test_a_violated_constraint_raises_as_sqlalchemy_would(sqlite_store: Sq
 
     with pytest.raises(sa.exc.IntegrityError, match="UNIQUE constraint failed"):
         await sqlite_store.write(transaction)
+
+
+typed = [
+    sa.Table(
+        name,
+        metadata,
+        sa.Column("k", sa.Integer, primary_key=True),
+        sa.Column("at", UTCDateTime, nullable=True),
+        sa.Column("day", sa.Date, nullable=True),
+        sa.Column("flag", sa.Boolean, nullable=True),
+    )
+    for name in ("rw_typed_fast", "rw_typed_plain")
+]
+
+
+async def test_sqlite_values_are_stored_as_sqlalchemy_stores_them(
+    sqlite_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timestamps of any zone (and naive ones, which mean UTC), dates, booleans and NULLs: the
+    same text and numbers as SQLAlchemy's own inserts, whatever the machine's zone."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    at = datetime(2026, 3, 8, 6, 30, 15, 120, tzinfo=UTC)
+    rows = [
+        {"k": 1, "at": at, "day": date(2026, 3, 8), "flag": True},
+        {"k": 2, "at": at.astimezone(timezone(timedelta(hours=2))), "day": None, "flag": False},
+        {"k": 3, "at": at.replace(tzinfo=None), "day": date(1999, 12, 31), "flag": None},
+        {"k": 4, "at": None, "day": None, "flag": True},
+        {"k": 5, "at": at.replace(microsecond=0), "day": None, "flag": None},
+    ]
+    fast, plain = typed
+    writer = RowWriter("sqlite")
+
+    def transaction(conn: sa.Connection) -> list[list[tuple[Any, ...]]]:
+        metadata.create_all(conn, tables=typed)
+        writer.execute(conn, fast.insert(), rows)
+        conn.execute(plain.insert(), rows)
+        stored = [
+            [tuple(row) for row in conn.execute(sa.text(f"SELECT * FROM {t.name} ORDER BY k"))]
+            for t in typed
+        ]
+        metadata.drop_all(conn, tables=typed)
+        return stored
+
+    try:
+        fast_rows, plain_rows = await sqlite_store.write(transaction)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert fast_rows == plain_rows
+    assert fast_rows[1][1] == fast_rows[0][1] == "2026-03-08 06:30:15.000120"

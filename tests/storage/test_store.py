@@ -523,6 +523,10 @@ async def test_cancelling_a_terminal_run_changes_nothing(store: SqlStore) -> Non
 
     assert await store.request_cancel(run.run_id, "late") == before
     assert await get(store, run.run_id) == before
+    [row] = await raw_rows(
+        store, sa.select(runs_table.c.cancel_requested).where(runs_table.c.run_id == run.run_id)
+    )
+    assert row.cancel_requested is None  # no request left on an ended run
     assert await store.last_event_seq(run.run_id) == 1
     assert await store.request_cancel(new_id(), "unknown") is None
 

@@ -186,6 +186,25 @@ async def test_a_completed_runs_usage_is_its_complete_event(store: SqlStore) -> 
     assert (ended.status, ended.error, ended.usage) == (RunStatus.COMPLETED, None, usage)
 
 
+async def test_an_ended_runs_usage_is_its_last_attempts_rounds(store: SqlStore) -> None:
+    run = await owned_run(store, "dead", lease_seconds=0)
+    spent = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
+    last = Usage(prompt_tokens=7, completion_tokens=1, total_tokens=8)
+    events = [
+        ExecutionStarted(started_at=T0, attempt=1),
+        RoundCompleted(round=1, usage=spent, latency_ms=1, model="m"),
+        RunRecovered(previous_attempt=1, action="requeued"),
+        ExecutionStarted(started_at=T0, attempt=2),
+        RoundCompleted(round=1, usage=last, latency_ms=1, model="m"),
+        Error(message="boom", code="internal_error"),
+    ]
+    await store.append_events(stamp(run, events))
+
+    [ended] = await store.sweep("me", REQUEUE)
+
+    assert (ended.status, ended.usage) == (RunStatus.ERROR, last)
+
+
 async def test_two_sweepers_never_take_one_run_twice(
     two_stores: tuple[SqlStore, SqlStore],
 ) -> None:

@@ -15,7 +15,7 @@ from culm.domain.time import utc_now
 from culm.errors import EngineClosedError
 from culm.storage.schema import sessions
 from culm.storage.sql import SqlStore
-from culm.storage.writer import IN_SAVEPOINT
+from culm.storage.writer import IN_SAVEPOINT, ThreadWriter
 
 WRITER = "culm-sqlite-writer"
 
@@ -168,3 +168,16 @@ async def test_writes_queued_behind_a_busy_writer_share_one_commit(store: SqlSto
         await failing
     assert await session_ids(store) == ["a", "b", "blocker"]
     assert await store.write(insert("alone")) is False  # a group of one: no savepoint
+
+
+async def test_close_closes_the_writer_threads_connection(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    opened: list[object] = []
+    closed: list[object] = []
+    sa.event.listen(engine, "connect", lambda dbapi, record: opened.append(dbapi))
+    sa.event.listen(engine, "close", lambda dbapi, record: closed.append(dbapi))
+    writer = ThreadWriter(engine, name=f"{WRITER}-test")
+    assert await writer.run(lambda conn: conn.scalar(sa.text("SELECT 1"))) == 1
+    await writer.aclose()
+    assert len(opened) == 1
+    assert closed == opened  # no SQLite connection (nor its file handle) left open
