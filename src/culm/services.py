@@ -444,6 +444,12 @@ class Engine(SessionsAPI):
         async with asyncio.timeout(timeout):
             return priced(await self.runs.wait(run_id), self.pricer)
 
+    async def check_run(self, run_id: str) -> None:
+        """Raise :class:`NotFoundError` unless the run exists: what a stream checks before it
+        begins (one store read for all the streams of the run that begin together)."""
+        self._require_open()
+        await self.streams.check_run(run_id)
+
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncGenerator[RunEvent]:
         """Every event of the run with ``seq > after``, in order, then live; ends after the
         terminal event."""
