@@ -165,7 +165,7 @@ class Engine(SessionsAPI):
             batcher = EventBatcher(
                 store,
                 publish=self.registry.publish,
-                linger=settings.event_flush_interval,
+                linger=settings.resolved_event_flush_interval,
                 max_batch=settings.event_batch_size,
                 backlog_limit=settings.event_backlog_limit,
                 retry_window=settings.storage_retry_window,
