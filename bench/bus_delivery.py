@@ -127,7 +127,8 @@ async def one_case(
         await asyncio.sleep(1.0)  # settled: every stream is waiting
         commits_before, started = await transactions(database_url), time.monotonic()
         await client.post(f"/v1/runs/{blocker}/cancel")
-        await client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 120})
+        # The client's own 30-s read timeout would cut a run that 1,000 subscribers slow down.
+        await client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 120}, timeout=150)
         commits_after, window = await transactions(database_url), time.monotonic() - started
         summaries = await _messages(pipes, "result", timeout=120)
         for process in processes:
