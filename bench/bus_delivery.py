@@ -127,7 +127,8 @@ async def one_case(
         await asyncio.sleep(1.0)  # settled: every stream is waiting
         commits_before, started = await transactions(database_url), time.monotonic()
         await client.post(f"/v1/runs/{blocker}/cancel")
-        await client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 120})
+        # The client's own 30-s read timeout would cut a run that 1,000 subscribers slow down.
+        await client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 120}, timeout=150)
         commits_after, window = await transactions(database_url), time.monotonic() - started
         summaries = await _messages(pipes, "result", timeout=120)
         for process in processes:
@@ -148,10 +149,14 @@ async def one_case(
 
 @contextlib.asynccontextmanager
 async def deployment(
-    kind: str, database_url: str, home: Path, redis_url: str
+    kind: str, database_url: str, home: Path, redis_url: str, flush_interval: float | None = None
 ) -> AsyncIterator[Topology]:
     env = {"CULM_REDIS_URL": redis_url, "CULM_REDIS_PREFIX": f"culm-bench:{uuid.uuid4().hex[:8]}:"}
-    async with topology(database_url, home, **(env if kind == "redis" else {})) as top:
+    if kind != "redis":
+        env = {}
+    if flush_interval is not None:  # the event writer's linger (else the backend's default)
+        env["CULM_EVENT_FLUSH_INTERVAL"] = str(flush_interval)
+    async with topology(database_url, home, **env) as top:
         if kind == "in-process":
             serve = await top.start_serve()
             top.api = serve
@@ -168,6 +173,7 @@ async def bus_benchmark(
     tokens: int,
     rate: float,
     only: list[str] | None = None,
+    flush_interval: float | None = None,
 ) -> dict[str, Any]:
     cases = {
         "redis": [0, 50, 100, 200, 1000],
@@ -190,7 +196,7 @@ async def bus_benchmark(
             try:
                 async with (
                     fresh_database(postgres) as url,
-                    deployment(kind, url, home, redis_url) as top,
+                    deployment(kind, url, home, redis_url, flush_interval) as top,
                 ):
                     case = await one_case(top.api_url, url, subscribers, tokens)
             except Exception as exc:  # a case that broke (a client process died …): say so

@@ -301,8 +301,9 @@ async def bus_main(args: argparse.Namespace) -> int:
     TARGETS.update(BUS_TARGETS)
     results: dict[str, Any] = {"machine": machine()}
     cases = await bus_benchmark(
-        fresh_database, args.postgres, args.redis, args.bus_tokens, args.bus_rate, args.bus_case
-    )
+        fresh_database, args.postgres, args.redis, args.bus_tokens, args.bus_rate, args.bus_case,
+        args.bus_flush_interval,
+    )  # fmt: skip
     for name, case in cases.items():
         for key in ("p50_ms", "p99_ms", "pg_xact_per_s"):
             if case[key] is not None:
@@ -396,6 +397,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bus", action="store_true", help="the event bus scenarios only")
     parser.add_argument("--bus-tokens", type=int, default=300)
     parser.add_argument("--bus-rate", type=float, default=50.0)
+    parser.add_argument(
+        "--bus-flush-interval", type=float,
+        help="CULM_EVENT_FLUSH_INTERVAL of the deployment's processes (default: culm's own)",
+    )  # fmt: skip
     parser.add_argument(
         "--bus-case", action="append", help="only this case, e.g. redis:1000 (repeatable)"
     )

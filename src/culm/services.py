@@ -165,7 +165,7 @@ class Engine(SessionsAPI):
             batcher = EventBatcher(
                 store,
                 publish=self.registry.publish,
-                linger=settings.event_flush_interval,
+                linger=settings.resolved_event_flush_interval,
                 max_batch=settings.event_batch_size,
                 backlog_limit=settings.event_backlog_limit,
                 retry_window=settings.storage_retry_window,
@@ -443,6 +443,12 @@ class Engine(SessionsAPI):
             return run  # also with timeout=0
         async with asyncio.timeout(timeout):
             return priced(await self.runs.wait(run_id), self.pricer)
+
+    async def check_run(self, run_id: str) -> None:
+        """Raise :class:`NotFoundError` unless the run exists: what a stream checks before it
+        begins (one store read for all the streams of the run that begin together)."""
+        self._require_open()
+        await self.streams.check_run(run_id)
 
     def subscribe(self, run_id: str, *, after: int = 0) -> AsyncGenerator[RunEvent]:
         """Every event of the run with ``seq > after``, in order, then live; ends after the

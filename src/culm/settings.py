@@ -49,6 +49,11 @@ class SandboxMode(StrEnum):
     NONE = "none"
 
 
+# The event writer's linger when CULM_EVENT_FLUSH_INTERVAL is unset, per store backend
+# (docs/benchmarks.md: "streaming" for SQLite, the Redis bus's live delivery for PostgreSQL).
+SQLITE_EVENT_FLUSH_INTERVAL = 0.02
+POSTGRES_EVENT_FLUSH_INTERVAL = 0.0
+
 Names = Annotated[list[str], NoDecode]
 """A list setting given in the environment as ``A,B,C`` (config.toml: an array)."""
 Paths = Annotated[list[Path], NoDecode]
@@ -196,10 +201,14 @@ class Settings(BaseSettings):
 
     # Runtime and store
     # How long the event writer may wait to gather a bigger batch (0: write as soon as the
-    # previous write is done): a streaming run's tokens then share a commit. Subscribers do not
-    # wait for it (events within a run's seq reservation are shown before they are stored), so
-    # it is the durability window: a crash may lose this much of what clients saw (a gap).
-    event_flush_interval: float = Field(default=0.02, ge=0, le=1.0)
+    # previous write is done): a streaming run's tokens then share a commit. Subscribers in
+    # the process do not wait for it (events within a run's seq reservation are shown before
+    # they are stored), so it is the durability window: a crash may lose this much of what
+    # clients saw (a gap). Subscribers on other processes do wait for it (the bus carries
+    # stored events only). Unset: 20 ms on SQLite (a single writer: coalescing pays), 0 on
+    # PostgreSQL (concurrent commits are cheap; batches still form while a write is under
+    # way): see `resolved_event_flush_interval`.
+    event_flush_interval: float | None = Field(default=None, ge=0, le=1.0)
     event_batch_size: int = Field(default=1000, ge=1)
     # Flow control: a model streaming faster than its events are stored waits while more than
     # this many events (all runs together) await storage, until half of them are stored.
@@ -278,6 +287,14 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.home / 'culm.db'}"
+
+    @property
+    def resolved_event_flush_interval(self) -> float:
+        if self.event_flush_interval is not None:
+            return self.event_flush_interval
+        if self.resolved_database_url.startswith("sqlite"):
+            return SQLITE_EVENT_FLUSH_INTERVAL
+        return POSTGRES_EVENT_FLUSH_INTERVAL
 
     @property
     def resolved_model_max_connections(self) -> int:

@@ -278,3 +278,58 @@ async def test_subscribers_the_bus_keeps_busy_are_not_sent_to_the_store(
         stored = await api.store.read_events(run.run_id)
         for got in results:
             assert got == stored
+
+
+class _StoreReads:
+    """Counts the run reads (``get_run``, ``read_events``) an engine makes of its store."""
+
+    def __init__(self, engine: culm.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        for name in ("get_run", "read_events"):
+            monkeypatch.setattr(engine.store, name, self._counting(getattr(engine.store, name)))
+
+    def _counting(self, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await method(*args, **kwargs)
+
+        return counted
+
+
+QUEUED_SUBSCRIBERS = 200
+
+
+async def test_subscribers_of_a_queued_run_share_their_store_reads(
+    tmp_path: Path, shared_redis: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 subscribers on the API check that the run exists, join it while it waits in the
+    queue, then follow it on the bus once a worker starts it: a handful of store reads in all,
+    where each subscriber used to read the run twice (and the page after it) on its own."""
+    api, worker = _engines(tmp_path, **shared_redis)
+    async with api, worker:
+        session = await api.create_session(model="scripted:idle")
+        blocker = await api.start_run(session.session_id, "wait")
+        run = await api.start_run(
+            session.session_id, "go", model="scripted:stream", multitask="enqueue"
+        )
+        reads = _StoreReads(api, monkeypatch)
+
+        async def subscriber(first: asyncio.Event) -> list[RunEvent]:
+            await api.check_run(run.run_id)  # as the SSE and WebSocket routes do
+            return await _collect(api.subscribe(run.run_id), first)
+
+        firsts = [asyncio.Event() for _ in range(QUEUED_SUBSCRIBERS)]
+        streams = [asyncio.create_task(subscriber(first)) for first in firsts]
+        await _until(lambda: api.bus.stats().followed >= 1)
+        await asyncio.sleep(0.5)  # every subscriber has read the store and waits on the bus
+        connected = reads.count
+        await api.cancel(blocker.run_id)
+        async with asyncio.timeout(60):
+            results = await asyncio.gather(*streams)
+        stored = await api.store.read_events(run.run_id)
+        for got in results:
+            assert [e.seq for e in got] == [e.seq for e in stored]
+        # Joining together: a few shared reads (one under way, one gathering the rest), not
+        # one per subscriber; following on the bus: none but the run's safety checks.
+        assert connected <= 10, connected
+        assert reads.count - connected <= 4, reads.count - connected

@@ -66,7 +66,7 @@ async def websocket_stream(
 ) -> None:
     await websocket.accept()
     try:
-        await engine.get_run(run_id)
+        await engine.check_run(run_id)
         after = await _first_cursor(websocket)
     except (NotFoundError, ValueError) as exc:
         code = "not_found" if isinstance(exc, NotFoundError) else "invalid_request"

@@ -19,9 +19,10 @@ from collections.abc import AsyncGenerator
 from culm.bus.base import EventBus, Topic
 from culm.bus.local import LocalBus
 from culm.domain.events import CRITICAL_EVENT_TYPES, Gap, RunEvent, is_terminal
-from culm.domain.models import Run, RunStatus
+from culm.domain.models import Run
 from culm.errors import NotFoundError, StorageUnavailableError
 from culm.runtime.batcher import EventBatcher
+from culm.runtime.reads import SharedReads
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
 from culm.runtime.safety import Follower, SafetyChecks
@@ -93,6 +94,7 @@ class Streams:
         self._store = store
         self._bus = bus or LocalBus()
         self._follower_reads = asyncio.Semaphore(FOLLOWER_READS)
+        self.reads = SharedReads(store, self._follower_reads, page=STORE_PAGE)
         self.safety = SafetyChecks(
             store,
             self._bus,
@@ -110,6 +112,12 @@ class Streams:
         stopping. Runs go on; only the streams end."""
         self.closed = True
         self._registry.close_streams()
+
+    async def check_run(self, run_id: str) -> None:
+        """Raise :class:`NotFoundError` unless the run exists (before a stream begins; one read
+        for all who ask together)."""
+        if await self.reads.run(run_id) is None:
+            raise NotFoundError("run", run_id)
 
     async def run_events(self, run_id: str, *, after: int = 0) -> AsyncGenerator[RunEvent]:
         async with contextlib.aclosing(self.run_event_batches(run_id, after=after)) as batches:
@@ -201,8 +209,7 @@ class Streams:
                 cursor = events[-1].seq
                 continue
             # Terminal, and the terminal status is written after the events: read once more.
-            async with self._follower_reads:
-                last = await self._page(run_id, cursor)
+            _, last = await self._read_stored(run_id, cursor)
             if last:
                 yield last
             return
@@ -249,12 +256,11 @@ class Streams:
         """What the store holds after ``cursor``, and whether the run is over (then all of it);
         None while the store is unavailable (after a pause)."""
         try:
-            run, events = await self._read_stored(run_id, cursor)
-            if run is None:
+            stored = await self.reads.read(run_id, cursor)
+            if stored.run is None:
                 raise NotFoundError("run", run_id)
-            if run.status.is_terminal and len(events) < STORE_PAGE:
-                return events, True
-            return events, False
+            events = with_gaps(stored.events, cursor)
+            return events, stored.run.status.is_terminal and stored.complete
         except StorageUnavailableError:
             await asyncio.sleep(POLL_INTERVAL)
             return None
@@ -281,15 +287,12 @@ class Streams:
 
     async def _read_stored(self, run_id: str, cursor: int) -> tuple[Run | None, list[RunEvent]]:
         """The run and a page of its stored events after ``cursor`` (none for a run not found,
-        or not started yet: a worker may claim it in a moment). At most ``FOLLOWER_READS`` at
-        once: a thousand subscribers joining or polling one run would otherwise take every
-        connection of the pool (whose wait times out: their streams failed, and the event
-        writer waited too)."""
-        async with self._follower_reads:
-            run = await self._store.get_run(run_id)
-            if run is None or (run.status is RunStatus.PENDING and run.last_seq <= cursor):
-                return run, []
-            return run, await self._page(run_id, cursor)
+        or not started yet: a worker may claim it in a moment), from a read shared with every
+        follower of the run here that asks meanwhile (:mod:`culm.runtime.reads`): a thousand
+        subscribers joining or polling one run cost a read or two, not a thousand (which
+        would also take every connection of the pool, that the event writer needs too)."""
+        stored = await self.reads.read(run_id, cursor)
+        return stored.run, with_gaps(stored.events, cursor)
 
     async def _page(self, run_id: str, cursor: int) -> list[RunEvent]:
         events = await self._store.read_events(run_id, after=cursor, limit=STORE_PAGE)

@@ -123,7 +123,7 @@ async def run_events(
 ) -> EventSourceResponse:
     """Every event with ``seq`` after the cursor (``Last-Event-ID`` or ``after``), then live;
     closes after the terminal event."""
-    await engine.get_run(run_id)
+    await engine.check_run(run_id)
     cursor = after if after is not None else _cursor(last_event_id)
     return sse_response(request, engine.subscribe_batches(run_id, after=cursor), shutdown)
 
