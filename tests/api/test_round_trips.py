@@ -4,7 +4,7 @@ A headless run on an API process is the session's insert and the run's reservati
 transaction of one statement each, and nothing more: the session just created is not read
 back, the reservation inserts the run on its free session without looking first (``INSERT … ON
 CONFLICT DO NOTHING``), and no ping precedes a transaction (SQLAlchemy's ``pool_pre_ping`` is
-three round trips on asyncpg). Every
+three round trips on asyncpg; only a connection idle for a while is pinged). Every
 round trip here is on the path of the drain benchmark's POSTs, and the reservation's are on
 the enqueue → start latency (``bench/distributed.py``).
 """
@@ -24,6 +24,7 @@ import sqlalchemy as sa
 import culm
 from culm.api.app import create_app
 from culm.runtime.roles import Role
+from culm.storage import dialect
 from culm.storage.sql import SqlStore
 
 # The statements of the request under test, not those of the engine's background work.
@@ -56,8 +57,11 @@ def _watch(engine: sa.Engine) -> None:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[httpx2.AsyncClient]:
-    """An API-only engine (it claims nothing) and a client that calls its app in this task."""
+async def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx2.AsyncClient]:
+    """An API-only engine (it claims nothing) and a client that calls its app in this task.
+    Only a connection idle for a while is pinged at checkout: not one here, however slow the
+    machine."""
+    monkeypatch.setattr(dialect, "PING_IDLE_SECONDS", 3600.0)
     settings = culm.Settings(home=tmp_path / "home")
     engine = culm.Engine(settings, role=Role.API)
     app = create_app(settings, engine=engine)

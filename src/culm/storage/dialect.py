@@ -16,6 +16,7 @@ hold a NUL faithfully.)
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ class SqliteDialect(Dialect):
 # shorter, because a busy event loop (or a loaded machine) can leave a live transaction idle for
 # a while between two statements: 2 s ended a migration under CI load once.
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 5000
+# A pooled connection idle for longer than this is pinged at checkout (``skip_closed``).
+PING_IDLE_SECONDS = 1.0
 
 
 class PostgresDialect(Dialect):
@@ -128,6 +131,7 @@ class PostgresDialect(Dialect):
             self.url,
             pool_size=10,
             max_overflow=10,
+            pool_use_lifo=True,
             json_serializer=json_dumps,
             connect_args={"server_settings": {"idle_in_transaction_session_timeout": timeout}},
         )
@@ -140,20 +144,31 @@ class PostgresDialect(Dialect):
 
 
 def skip_closed(engine: sa.Engine) -> None:
-    """Replace a pooled connection that is known closed at checkout (the server went away:
-    restarted, or it ended the session) by a new one, with no round trip.
+    """Replace a pooled connection that is closed at checkout (the server restarted, or ended
+    the session) by a new one, asking the server only about a connection idle for longer than
+    ``PING_IDLE_SECONDS``.
 
-    SQLAlchemy's ``pool_pre_ping`` would ask the server instead: on asyncpg that is three
-    round trips (``BEGIN``, an empty query, ``ROLLBACK``) before every transaction, which on a
-    loaded machine was a large part of a run's reservation and of its claim. asyncpg marks a
-    connection closed as soon as its socket is, so a restart is seen here without asking; a
-    connection that breaks unseen fails its statement, which invalidates every connection of
-    the pool opened before it (the next ones reconnect)."""
+    SQLAlchemy's ``pool_pre_ping`` asks before every transaction: on asyncpg three round trips
+    (``BEGIN``, an empty query, ``ROLLBACK``), a large part of a run's reservation and of its
+    claim on a loaded machine. A connection in steady use is checked without a round trip:
+    asyncpg marks it closed as soon as the event loop has seen its socket close. One that broke
+    unseen fails its statement, which invalidates the pool's older connections. The pool is
+    LIFO, so the connections a busy process uses stay few and recent."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def _checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         if dbapi_connection.driver_connection.is_closed():
             raise sa.exc.DisconnectionError("the connection was closed")
+        idle_since = record.info.get("idle_since", time.monotonic())
+        if time.monotonic() - idle_since > PING_IDLE_SECONDS:
+            try:
+                engine.dialect.do_ping(dbapi_connection)
+            except Exception as exc:
+                raise sa.exc.DisconnectionError(f"the connection failed a ping: {exc}") from exc
 
 
 def json_dumps(value: Any) -> str:
