@@ -330,19 +330,35 @@ class Engine(SessionsAPI):
         ``max_cost_usd`` / ``max_tokens``: this run's budget (default: the session's);
         ``traceparent``: the W3C trace context its spans continue."""
         session = await self.get_session(session_id)
+        fields = {"max_cost_usd": max_cost_usd, "max_tokens": max_tokens}
+        return await self._start_on(
+            session, message, model, multitask, trigger, parent_run_id, traceparent, **fields
+        )
+
+    async def _start_on(
+        self,
+        session: Session,
+        message: str,
+        model: str | None = None,
+        multitask: MultitaskPolicy | str = MultitaskPolicy.REJECT,
+        trigger: RunTrigger | str = RunTrigger.API,
+        parent_run_id: str | None = None,
+        traceparent: str | None = None,
+        **budget: Any,
+    ) -> Run:
+        """:meth:`start_run` on ``session`` as the caller has it (read, or just created)."""
         model_name = model or session.model
         self.models.resolve(model_name)
         run = Run(
             run_id=new_id(),
-            session_id=session_id,
+            session_id=session.session_id,
             parent_run_id=parent_run_id,
             model=model_name,
             trigger=RunTrigger(trigger),
             input=message,
             agent=session.agent,
-            max_cost_usd=max_cost_usd,
-            max_tokens=max_tokens,
             traceparent=traceparent,
+            **budget,
         )
         return await self.runs.start_run(run, MultitaskPolicy(multitask))
 
@@ -352,9 +368,8 @@ class Engine(SessionsAPI):
         trigger = session.pop("trigger", RunTrigger.API)
         traceparent = session.pop("traceparent", None)
         created = await self.create_session(**session)
-        return await self.start_run(
-            created.session_id, message, trigger=trigger, traceparent=traceparent
-        )
+        # The session as created, not read back from the store: a round trip less per run.
+        return await self._start_on(created, message, trigger=trigger, traceparent=traceparent)
 
     async def get_run(self, run_id: str, *, descendants_cost: bool = False) -> Run:
         """The run, with live fields from its runner when it is active in this process, and its

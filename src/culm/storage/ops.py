@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from culm.domain import liveness
 from culm.domain.events import Cancelled, RunEvent, event_to_json
@@ -17,7 +18,7 @@ from culm.domain.text import model_json
 from culm.domain.time import as_utc, utc_now
 from culm.storage.rows import run_from_row
 from culm.storage.rowwriter import Prepared, RowWriter
-from culm.storage.schema import input_requests, messages, run_events, runs
+from culm.storage.schema import ACTIVE_SLOT, input_requests, messages, run_events, runs
 
 # Runs a process executes or is about to (leases, fences); a waiting run is held by none.
 ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
@@ -51,6 +52,11 @@ LAST_MESSAGE_IDX = sa.select(sa.func.max(messages.c.idx)).where(
 )
 MESSAGE_INSERT = messages.insert()
 RUN_INSERT = runs.insert()
+# PostgreSQL: the insert of a run that holds its session's slot, or nothing when the slot is
+# taken (its partial unique index) instead of an error that would end the transaction.
+RUN_INSERT_IF_FREE = postgresql.insert(runs).on_conflict_do_nothing(
+    index_elements=[runs.c.session_id], index_where=ACTIVE_SLOT
+)
 
 
 def active_run_id(conn: sa.Connection, session_id: str) -> str | None:

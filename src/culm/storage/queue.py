@@ -42,12 +42,16 @@ def reserve(
 ) -> Reservation:
     if parent_fence is not None and run.parent_run_id is not None:
         fencing.check_fence(conn, run.parent_run_id, parent_fence)  # the parent is still ours
+    ready = {**row, "queued": False, "owner": None, "epoch": 0, "lease_expires_at": None}
+    # PostgreSQL: most sessions are free, so try the insert first, one statement (and round
+    # trip) less than the look below on the path from a run's reservation to its start.
+    free = owner is None and dialect == "postgresql"
+    if free and wake.sent_if_inserted(conn, ops.RUN_INSERT_IF_FREE, ready, run.run_id):
+        return Reservation(run=run.model_copy(update={"queued": False, "epoch": 0}))
     active = ops.lock_active_run_id(conn, run.session_id)
     if active is None:
         if owner is None:
-            values = {**row, "queued": False, "owner": None, "epoch": 0}
-            insert = wake.sent_by(ops.RUN_INSERT, run.run_id)
-            conn.execute(insert, {**values, "lease_expires_at": None})
+            conn.execute(wake.sent_by(ops.RUN_INSERT, run.run_id), ready)
             return Reservation(run=run.model_copy(update={"queued": False, "epoch": 0}))
         if lease_seconds is None:
             raise ValueError("reserve_run: lease_seconds is required with an owner")

@@ -52,6 +52,18 @@ class Wake:
         self.sent = True
         return statement.returning(sa.func.pg_notify(CHANNEL, run_id)) if notify else statement
 
+    def sent_if_inserted(
+        self, conn: sa.Connection, statement: sa.Insert, values: dict[str, Any], run_id: str
+    ) -> bool:
+        """Execute ``statement``, an insert that may insert nothing (``ON CONFLICT DO
+        NOTHING``), sending the wake-up in it as :meth:`sent_by` does; whether it inserted
+        (only then is the wake-up sent)."""
+        notify = self.notify and not self.sent
+        returned = sa.func.pg_notify(CHANNEL, run_id) if notify else sa.literal(1)
+        inserted = conn.execute(statement.returning(returned), values).first() is not None
+        self.sent = self.sent or inserted
+        return inserted
+
 
 class Signal:
     """The in-process wake-up: sets the event of every open subscription."""
