@@ -76,6 +76,10 @@ REFUSED = [
     ("/v1/sessions", {"model": "scripted:no-such-script"}, "model"),
     ("/v1/sessions", {"tools": ["read", "nope"]}, "tools"),
     ("/v1/sessions", {"workspace": "/no/such/dir"}, "workspace"),
+    # Past what the database's columns hold (INTEGER, BIGINT): PostgreSQL refused them (500).
+    ("/v1/sessions", {"max_rounds": 2**31}, "max_rounds"),
+    ("/v1/sessions", {"max_tokens": 2**63}, "max_tokens"),
+    ("/v1/runs", {"message": "hi", "max_tokens": 2**63}, "max_tokens"),
 ]
 
 

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
-from annotated_types import Ge
+from annotated_types import Ge, Le
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -37,7 +37,11 @@ def _a_number(value: Any) -> Any:
     return value
 
 
-Count = Annotated[int, Ge(1), BeforeValidator(_a_number)]
+# The largest values the database's columns hold (INTEGER, BIGINT): past them, a 422, not a 500.
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+
+Count = Annotated[int, Ge(1), Le(MAX_INT64), BeforeValidator(_a_number)]
 Amount = Annotated[float, Ge(0), BeforeValidator(_a_number)]
 Pattern = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -61,7 +65,10 @@ class SessionSettings(BaseModel):
         examples=[{"time": {"command": "mcp-server-time", "args": ["--local-timezone", "UTC"]}}],
     )
     max_rounds: int | None = Field(
-        default=None, ge=1, description="the most rounds a run may take (CULM_MAX_ROUNDS)"
+        default=None,
+        ge=1,
+        le=MAX_INT32,
+        description="the most rounds a run may take (CULM_MAX_ROUNDS)",
     )
     tool_timeout: float | None = Field(
         default=None, gt=0, description="seconds a tool call may take (CULM_TOOL_TIMEOUT)"
