@@ -79,7 +79,7 @@ REFUSED = [
     # Past what the database's columns hold (INTEGER, BIGINT): PostgreSQL refused them (500).
     ("/v1/sessions", {"max_rounds": 2**31}, "max_rounds"),
     ("/v1/sessions", {"max_tokens": 2**63}, "max_tokens"),
-    ("/v1/runs", {"message": "hi", "max_tokens": 2**63}, "max_tokens"),
+    ("/v1/runs", {"message": "hi", "max_tokens": 2**53}, "max_tokens"),
 ]
 
 

@@ -37,11 +37,13 @@ def _a_number(value: Any) -> Any:
     return value
 
 
-# The largest values the database's columns hold (INTEGER, BIGINT): past them, a 422, not a 500.
+# Past what the database's columns hold (INTEGER, BIGINT), a 422, not a 500. A count's limit is
+# the largest integer a JSON number holds exactly (2**53 - 1, within BIGINT): the schema states
+# it as a number, and 2**63 - 1 written as one rounds up past the column.
 MAX_INT32 = 2**31 - 1
-MAX_INT64 = 2**63 - 1
+MAX_COUNT = 2**53 - 1
 
-Count = Annotated[int, Ge(1), Le(MAX_INT64), BeforeValidator(_a_number)]
+Count = Annotated[int, Ge(1), Le(MAX_COUNT), BeforeValidator(_a_number)]
 Amount = Annotated[float, Ge(0), BeforeValidator(_a_number)]
 Pattern = Annotated[str, Field(min_length=1, max_length=200)]
 
