@@ -231,7 +231,7 @@ async def test_followers_polling_a_queued_run_read_the_store_a_few_at_a_time(
             asyncio.create_task(_collect(api.subscribe(run.run_id), asyncio.Event()))
             for _ in range(60)
         ]
-        await _until(lambda: calls >= 300)  # every follower polled a few times
+        await _until(lambda: calls >= 20)  # the followers polled a few times (reads are shared)
         for stream in streams:
             stream.cancel()
         await asyncio.gather(*streams, return_exceptions=True)
