@@ -100,9 +100,10 @@ async def test_idle_subscribers_of_one_run_share_one_store_read_per_interval(
         reads_before, checks_before = reads, api.streams.safety.count
         await _until(lambda: api.streams.safety.count >= checks_before + 20)
         checks = api.streams.safety.count - checks_before
-        # One read per interval for the run (a check may be under way at either end), where
-        # a read per subscriber would be SUBSCRIBERS per interval.
-        assert checks <= reads - reads_before <= checks + 1
+        # At most one read per interval for the run (a check may be under way at either end;
+        # checks close together may share one read), where a read per subscriber would be
+        # SUBSCRIBERS per interval.
+        assert 1 <= reads - reads_before <= checks + 1
         assert not any(stream.done() for stream in streams)  # nobody woken for nothing
         await api.cancel(run.run_id)
         async with asyncio.timeout(30):

@@ -291,3 +291,38 @@ async def test_the_sqlite_fast_path_writes_what_sqlalchemy_would(
         typed = (await conn.execute(sa.select(table.c.occurred_at))).scalars().all()
     assert raw[0][1:] == raw[1][1:] == ("2026-11-21 08:00:00.000120", "2026-11-21")
     assert typed == [when, when]
+
+
+async def test_every_batch_writes_the_rows_it_locks_in_key_order(
+    metrics_store: MetricsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes' batches adding to the same daily rollup rows (or runs, rounds) in
+    opposite orders deadlock on PostgreSQL; written in key order, one waits for the other."""
+    written: list[tuple[Any, list[dict[str, Any]]]] = []
+    execute = metrics_store._rows.execute
+
+    def recording(conn: sa.Connection, statement: Any, rows: Any) -> Any:
+        written.append((statement, list(rows)))
+        return execute(conn, statement, rows)
+
+    monkeypatch.setattr(metrics_store._rows, "execute", recording)
+    events: list[m.MetricsEvent] = []
+    for i, model in enumerate(["z:last", "m:middle", "a:first"]):
+        tools = [(f"tool-{9 - i}", True, 5), (f"tool-{i}", False, 7)]
+        events += run_events(f"run-{9 - i}", f"s{i}", model=model, tools=tools)
+    await metrics_store.write(events)
+
+    def keys(table: sa.Table, *columns: str) -> list[tuple[Any, ...]]:
+        statement = metrics_store._sql.increments[table.name]
+        [rows] = [rows for written_to, rows in written if written_to is statement]
+        return [tuple(row[column] for column in columns) for row in rows]
+
+    for table, columns in (
+        (tables.daily_runs, ("day", "model", "status")),
+        (tables.daily_models, ("day", "model")),
+        (tables.daily_tools, ("day", "tool_name")),
+    ):
+        found = keys(table, *columns)
+        assert len(found) >= 3 and found == sorted(found), (table.name, found)
+    [sessions] = [rows for statement, rows in written if statement is metrics_store._sql.sessions]
+    assert [row["run_id"] for row in sessions] == ["run-7", "run-8", "run-9"]

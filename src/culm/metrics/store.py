@@ -7,7 +7,9 @@ later fills it in), and the daily rollups move only with records completed for t
 (or runs changing state), so they stay exact even if a batch is written twice. The SQL is
 portable; the one dialect-specific piece is ``INSERT … ON CONFLICT``, which SQLite and
 PostgreSQL spell the same way. The statements are built once; rows go through a
-:class:`~culm.storage.rowwriter.RowWriter`.
+:class:`~culm.storage.rowwriter.RowWriter`. Every process writes the rows it locks in key order
+(runs, rounds, and the few daily rollup rows every batch adds to), so two processes' batches
+wait for each other instead of deadlocking.
 """
 
 from __future__ import annotations
@@ -81,10 +83,10 @@ class MetricsStore:
         if not batch.sessions:
             return
         c = t.sessions.c
-        stored = _select_in(conn, list(c), c.run_id, list(batch.sessions), lock=True)
+        stored = _select_in(conn, list(c), c.run_id, sorted(batch.sessions), lock=True)
         rows: list[Row] = []
         counts: Counter[tuple[date, str, str]] = Counter()
-        for key, new in batch.sessions.items():
+        for key, new in sorted(batch.sessions.items()):
             old = stored.get(key)
             row = new if old is None else merge_run(old._mapping, new)
             if old is not None:
@@ -94,7 +96,7 @@ class MetricsStore:
         self._rows.execute(conn, self._sql.sessions, rows)
         changed = [
             {"day": day, "model": model, "status": status, "runs": runs}
-            for (day, model, status), runs in counts.items()
+            for (day, model, status), runs in sorted(counts.items())
             if runs
         ]
         self._rows.execute(conn, self._sql.increments[t.daily_runs.name], changed)
@@ -112,11 +114,11 @@ class MetricsStore:
             conn,
             [r.round_id, r.completed_at, r.model, r.started_at],
             r.round_id,
-            list(batch.round_ends),
+            sorted(batch.round_ends),
             lock=True,
         )
         ends: list[Row] = []
-        for round_id, row in batch.round_ends.items():
+        for round_id, row in sorted(batch.round_ends.items()):
             existing = known.get(round_id)
             if existing is not None and existing.completed_at is not None:
                 continue  # already completed: the first completion counts
@@ -158,7 +160,9 @@ class MetricsStore:
             total["latency_ms"] += row["latency_ms"] or 0
             for kind in t.USAGE_KINDS:
                 total[kind] += row[kind]
-        values = [{"day": day, "model": model, **total} for (day, model), total in sums.items()]
+        values = [
+            {"day": day, "model": model, **total} for (day, model), total in sorted(sums.items())
+        ]
         self._rows.execute(conn, self._sql.increments[t.daily_models.name], values)
 
     # Tool calls
@@ -180,7 +184,9 @@ class MetricsStore:
             total["failures"] += not row["success"] and not row["cancelled"]
             total["cancelled"] += row["cancelled"]
             total["latency_ms"] += row["latency_ms"]
-        values = [{"day": day, "tool_name": name, **total} for (day, name), total in sums.items()]
+        values = [
+            {"day": day, "tool_name": name, **total} for (day, name), total in sorted(sums.items())
+        ]
         self._rows.execute(conn, self._sql.increments[t.daily_tools.name], values)
 
     # Forward requests
@@ -259,11 +265,14 @@ def _select_in(
     lock: bool = False,
 ) -> dict[str, Any]:
     """Rows whose ``key`` is among ``ids``, by ``key`` (the first column). ``lock``: held until
-    the transaction ends (``FOR UPDATE`` on PostgreSQL; SQLite's writes are serialized)."""
+    the transaction ends (``FOR UPDATE`` on PostgreSQL, taken in ``key`` order with ``ids``
+    sorted; SQLite's writes are serialized)."""
     found: dict[str, Any] = {}
     for chunk in _chunks(ids):
         query = sa.select(*columns).where(key.in_(chunk))
-        for row in conn.execute(query.with_for_update() if lock else query):
+        if lock:
+            query = query.order_by(key).with_for_update()
+        for row in conn.execute(query):
             found[row[0]] = row
     return found
 
