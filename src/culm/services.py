@@ -179,6 +179,7 @@ class Engine(SessionsAPI):
             self.streams = Streams(
                 store, self.registry, batcher, settings.subscriber_queue_size, self.bus
             )
+            stack.push_async_callback(self.streams.reads.aclose)  # before the store closes
             self.runs = RunManager(
                 store=store,
                 registry=self.registry,

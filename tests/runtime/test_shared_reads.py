@@ -57,3 +57,22 @@ async def test_subscribers_polling_a_queued_run_share_each_read(
         # One read under way and one gathering the others, per poll: a read per subscriber
         # per poll would be 500 (the check, then four polls).
         assert polled <= 30, polled
+
+
+async def test_closing_the_engine_ends_a_shared_read_under_way(tmp_path: Path) -> None:
+    """A read whose callers left goes on by itself; closing the engine must end it before the
+    store closes (it would hold a connection past the close: a ResourceWarning later)."""
+    entered, never = asyncio.Event(), asyncio.Event()
+    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
+
+        async def blocked_get_run(run_id: str) -> Any:
+            entered.set()
+            await never.wait()
+
+        engine.store.get_run = blocked_get_run  # type: ignore[method-assign]
+        caller = asyncio.create_task(engine.streams.reads.run("some-run"))
+        await entered.wait()
+        caller.cancel()  # the caller leaves; the shared read goes on
+        tasks = list(engine.streams.reads._tasks)
+        assert tasks and not any(task.done() for task in tasks)
+    assert all(task.cancelled() for task in tasks)

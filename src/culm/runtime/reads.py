@@ -50,6 +50,14 @@ class SharedReads:
         self._tasks: set[asyncio.Task[None]] = set()
         self.count = 0  # store round trips made (tests compare them with the followers)
 
+    async def aclose(self) -> None:
+        """Cancel the reads under way and wait for them: the engine is closing its store, and a
+        read left running would hold one of its connections past the close."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def read(self, run_id: str, cursor: int) -> Stored:
         """The run and a page of its events after ``cursor``, from a read that began after this
         call (no events for a run not found, or pending with nothing stored after ``cursor``: a
