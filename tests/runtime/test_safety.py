@@ -199,6 +199,9 @@ async def test_a_failing_store_is_read_again_at_the_next_interval(
     logged = [r for r in caplog.records if r.name == "culm.runtime.safety"]
     assert len(logged) == 1  # the bug, not the outage
     assert logged[0].exc_info is not None and "a bug" in str(logged[0].exc_info[1])
+    assert logged[0].getMessage() == (
+        f"the safety check of a followed run failed run_id={run.run_id}"
+    )
 
 
 async def test_a_degraded_bus_is_polled_and_a_change_of_state_cuts_the_wait_short(

@@ -14,6 +14,7 @@ import pytest
 
 import culm
 from culm.domain.events import RunEvent, Token, is_terminal
+from culm.errors import NotFoundError
 from culm.runtime import streams
 from culm.runtime.runner import RING_CAPACITY
 from tests.contract.gate import held_run
@@ -74,3 +75,27 @@ async def test_a_lagging_session_subscriber_catches_up_on_its_own_recent_runs_on
     cached = [event for event in received if event.run_id != run.run_id]
     assert {event.run_id for event in cached} == {first.run_id}  # the cache of the last old run
     assert [e.seq for e in received if e.run_id == run.run_id] == [e.seq for e in new]
+
+
+async def test_a_stream_of_a_live_run_attaches_to_its_runner(tmp_path: Path) -> None:
+    """Live events come from the runner's queue, not from polling the store."""
+    async with held_run(settings(tmp_path)) as (engine, run, runner, gate):
+        await engine.batcher.flush()
+        stream = engine.subscribe(run.run_id)
+        async with contextlib.aclosing(stream):
+            await anext(stream)
+            assert runner.subscriber_count == 1
+            runner.emit(Token(content="live"))
+            async with asyncio.timeout(30):
+                while (event := await anext(stream)).type != "token":
+                    pass
+            assert event.content == "live"  # type: ignore[attr-defined]
+        assert runner.subscriber_count == 0  # detached when the stream closed
+
+
+async def test_checking_an_unknown_run_says_which(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
+        with pytest.raises(NotFoundError) as raised:
+            await engine.streams.check_run("no-such-run")
+    assert (raised.value.kind, raised.value.ident) == ("run", "no-such-run")
+    assert str(raised.value) == "run 'no-such-run' not found"
