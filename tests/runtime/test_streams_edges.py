@@ -62,19 +62,26 @@ async def test_a_lagging_session_subscriber_catches_up_on_its_own_recent_runs_on
         # More finished runs than a catch-up looks at: the older ones are history too.
         for i in range(streams.CATCH_UP_RUNS + 2):
             await engine.wait((await engine.start_run(session.session_id, f"old {i}")).run_id)
-        other = await engine.create_session(model="scripted:echo")  # among the latest runs
-        await engine.wait((await engine.start_run(other.session_id, "elsewhere")).run_id)
+        # Another session's runs, the latest of all: never in this session's stream.
+        other = await engine.create_session(model="scripted:echo")
+        for i in range(streams.CATCH_UP_RUNS):
+            await engine.wait((await engine.start_run(other.session_id, f"elsewhere {i}")).run_id)
         stream = engine.subscribe_session(session.session_id)
         async with contextlib.aclosing(stream):
             first = await anext(stream)  # the last run's replay cache begins
             run = await engine.start_run(session.session_id, "new")
             await engine.wait(run.run_id)  # far past a queue of two: the subscriber lags
             received = [first, *await _until_terminal_of(stream, run.run_id)]
+            # Subscribed again after the lag: the next run comes too.
+            then = await engine.start_run(session.session_id, "then")
+            following = await _until_terminal_of(stream, then.run_id)
         new = await collect(engine.subscribe(run.run_id))
+        later = await collect(engine.subscribe(then.run_id))
     assert {event.session_id for event in received} == {session.session_id}
     cached = [event for event in received if event.run_id != run.run_id]
     assert {event.run_id for event in cached} == {first.run_id}  # the cache of the last old run
     assert [e.seq for e in received if e.run_id == run.run_id] == [e.seq for e in new]
+    assert [(e.run_id, e.seq) for e in following] == [(e.run_id, e.seq) for e in later]
 
 
 async def test_a_stream_of_a_live_run_attaches_to_its_runner(tmp_path: Path) -> None:
