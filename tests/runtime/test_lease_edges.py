@@ -4,16 +4,19 @@ operator reads in the log when a step fails or a lease is lost (real SQLite stor
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 import culm
 from culm.bus.local import LocalBus
+from culm.errors import StorageUnavailableError
 from culm.runtime.dispatch import WorkerCounters
 from culm.runtime.lease import Heartbeat
 from culm.runtime.ownership import boot_id, pid_namespace
@@ -163,3 +166,45 @@ async def test_without_fast_restart_a_dead_process_here_waits_out_its_lease(
         await heartbeat.aclose()
     assert stored is not None and stored.status is culm.RunStatus.PENDING
     assert {w.worker_id for w in workers if w.stopped_at is not None} == set()
+
+
+def _beating() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "culm-heartbeat" and not t.done()]
+
+
+async def test_closing_stops_the_beat_and_marks_the_worker_stopped(
+    store: RecordingStore, tmp_path: Path
+) -> None:
+    heartbeat = _heartbeat(store, tmp_path, "w1", Holder({}), sweeps=False)
+    await heartbeat.start()
+    assert len(_beating()) == 1
+    await heartbeat.aclose()
+    assert _beating() == []
+    [worker] = await store.list_workers(lease_seconds=LEASE, include_stopped=True)
+    assert worker.worker_id == "w1" and worker.stopped_at is not None
+
+
+async def test_closing_with_the_store_down_still_tries_each_step_and_logs(
+    store: RecordingStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="culm.runtime.lease")
+    heartbeat = _heartbeat(store, tmp_path, "w1", Holder({}), sweeps=False)
+    await heartbeat.start()
+    tried: list[str] = []
+
+    def down(name: str) -> Callable[..., Awaitable[None]]:
+        async def fail(*args: object, **kwargs: object) -> None:
+            tried.append(name)
+            raise StorageUnavailableError("database unreachable")
+
+        return fail
+
+    for name in ("worker_heartbeat", "stop_worker"):
+        monkeypatch.setattr(store, name, down(name))
+    await heartbeat.aclose()  # raises nothing: the process is stopping anyway
+    assert tried == ["worker_heartbeat", "stop_worker"]
+    assert [r.getMessage() for r in caplog.records] == ["marking this worker stopped failed"]
+    assert caplog.records[0].exc_info is not None
