@@ -208,3 +208,26 @@ async def test_closing_with_the_store_down_still_tries_each_step_and_logs(
     assert tried == ["worker_heartbeat", "stop_worker"]
     assert [r.getMessage() for r in caplog.records] == ["marking this worker stopped failed"]
     assert caplog.records[0].exc_info is not None
+
+
+async def test_a_sweep_counts_and_logs_each_run_it_took_over(
+    store: RecordingStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="culm.runtime.lease")
+    run = await _owned_run(store, tmp_path, "gone")
+    counters = WorkerCounters(takeovers=2)
+    heartbeat = Heartbeat(
+        store,
+        owner="me",
+        kind="worker",
+        settings=settings(tmp_path, lease_seconds=LEASE),
+        holder=Holder({}).holder(),
+        counters=counters,
+    )
+    await heartbeat.sweep(["gone"])
+    assert counters.takeovers == 3  # added to what it counted before
+    taken = await store.get_run(run.run_id)
+    assert taken is not None and taken.status.is_terminal
+    assert [r.getMessage() for r in caplog.records] == [
+        f"took over a run whose owner is gone run_id={run.run_id} status={taken.status}"
+    ]
