@@ -231,3 +231,33 @@ async def test_a_sweep_counts_and_logs_each_run_it_took_over(
     assert [r.getMessage() for r in caplog.records] == [
         f"took over a run whose owner is gone run_id={run.run_id} status={taken.status}"
     ]
+
+
+async def test_a_beat_writes_the_row_and_lists_the_live_claiming_processes(
+    store: RecordingStore, tmp_path: Path
+) -> None:
+    holder = Holder({"run-a": 1, "run-b": 1})  # two runs here (their renewal finds nothing)
+    counters = WorkerCounters(claims=3, takeovers=4, fenced_writes=5)
+    heartbeat = Heartbeat(
+        store,
+        owner="w2",
+        kind="worker",
+        settings=settings(tmp_path, lease_seconds=LEASE, heartbeat_seconds=3600),
+        holder=holder.holder(),
+        counters=counters,
+        sweeps=False,
+    )
+    for worker_id, kind in (("w1", "embedded"), ("api", "api"), ("gone", "worker")):
+        await store.register_worker(
+            worker_id, host="h", pid=1, boot_id=None, pid_namespace=None, kind=kind, concurrency=1
+        )
+    await store.stop_worker("gone")
+    await heartbeat.start()
+    try:
+        await heartbeat.beat()
+        row = await store.get_worker("w2")
+    finally:
+        await heartbeat.aclose()
+    assert row is not None
+    assert (row.active_runs, row.claims, row.takeovers, row.fenced_writes) == (2, 3, 4, 5)
+    assert heartbeat.claimers == ("w1", "w2")  # sorted; not the API, not the stopped one
