@@ -261,3 +261,12 @@ async def test_a_beat_writes_the_row_and_lists_the_live_claiming_processes(
     assert row is not None
     assert (row.active_runs, row.claims, row.takeovers, row.fenced_writes) == (2, 3, 4, 5)
     assert heartbeat.claimers == ("w1", "w2")  # sorted; not the API, not the stopped one
+
+
+async def test_a_heartbeat_never_started_lists_no_claimer_and_closes_cleanly(
+    store: RecordingStore, tmp_path: Path
+) -> None:
+    """The engine closes what it opened even when its start failed half-way."""
+    heartbeat = _heartbeat(store, tmp_path, "w1", Holder({}))
+    assert heartbeat.claimers == ()
+    await heartbeat.aclose()  # no task to stop, no row to write: nothing raised
