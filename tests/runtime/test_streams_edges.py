@@ -14,7 +14,7 @@ import pytest
 
 import culm
 from culm.domain.events import RunEvent, Token, is_terminal
-from culm.errors import NotFoundError
+from culm.errors import NotFoundError, StorageUnavailableError
 from culm.runtime import streams
 from culm.runtime.runner import RING_CAPACITY
 from tests.contract.gate import held_run
@@ -103,9 +103,36 @@ async def test_a_stream_of_a_live_run_attaches_to_its_runner(tmp_path: Path) -> 
         assert runner.subscriber_count == 0  # detached when the stream closed
 
 
-async def test_checking_an_unknown_run_says_which(tmp_path: Path) -> None:
+async def test_an_unknown_run_or_session_says_which(tmp_path: Path) -> None:
     async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
-        with pytest.raises(NotFoundError) as raised:
+        with pytest.raises(NotFoundError) as checked:
             await engine.streams.check_run("no-such-run")
-    assert (raised.value.kind, raised.value.ident) == ("run", "no-such-run")
-    assert str(raised.value) == "run 'no-such-run' not found"
+        with pytest.raises(NotFoundError) as followed:
+            await collect(engine.subscribe("no-such-run"))
+        with pytest.raises(NotFoundError) as session:
+            await anext(engine.subscribe_session("no-such-session"))
+    for raised in (checked, followed):
+        assert (raised.value.kind, raised.value.ident) == ("run", "no-such-run")
+        assert str(raised.value) == "run 'no-such-run' not found"
+    assert (session.value.kind, session.value.ident) == ("session", "no-such-session")
+
+
+async def test_a_store_that_fails_a_moment_delays_a_finished_runs_stream_but_cuts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
+        run = await engine.run("hello", model="scripted:echo")
+        await engine.wait(run.run_id)
+        stored = await engine.store.read_events(run.run_id)
+        failures = [StorageUnavailableError("database unreachable")]
+        get_run = engine.store.get_run
+
+        async def flaky(run_id: str) -> culm.Run | None:
+            if failures:
+                raise failures.pop()
+            return await get_run(run_id)
+
+        monkeypatch.setattr(engine.store, "get_run", flaky)
+        events = await collect(engine.subscribe(run.run_id))
+    assert not failures
+    assert [e.seq for e in events] == [e.seq for e in stored]
