@@ -182,7 +182,10 @@ async def test_closing_cancels_the_reads_under_way(engine: culm.Engine) -> None:
     reads = _reads(store)
     caller = asyncio.create_task(reads.read(run.run_id, 0))
     await store.entered.wait()
+    under_way = [t for t in asyncio.all_tasks() if t.get_name() == "shared-store-read"]
+    assert len(under_way) == 1
     await reads.aclose()
+    assert under_way[0].cancelled()  # ended before aclose returns, not merely asked to
     with pytest.raises(asyncio.CancelledError):
         await caller
     # The run's next read is a new one, not the cancelled read.
