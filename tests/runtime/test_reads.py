@@ -191,3 +191,24 @@ async def test_closing_cancels_the_reads_under_way(engine: culm.Engine) -> None:
     # The run's next read is a new one, not the cancelled read.
     store.hold.set()
     assert len((await reads.read(run.run_id, 0)).events) == run.last_seq
+
+
+async def test_a_run_handed_back_to_the_queue_still_gives_its_stored_events(
+    tmp_path: Path,
+) -> None:
+    """Pending, but not new: a run handed back by a stopping worker has events stored."""
+    config = settings(tmp_path, shutdown_policy="recover", max_attempts=3, scheduler=False)
+    async with culm.Engine(config) as worker:
+        worker.scripts.register("stuck", {"turns": [[{"text": "working"}, {"delay": 3600}]]})
+        run = await worker.run("go", model="scripted:stuck")
+        async with asyncio.timeout(30):
+            while not (await worker.store.read_events(run.run_id)):
+                await asyncio.sleep(0.01)
+    async with culm.Engine(settings(tmp_path, scheduler=False), role=Role.API) as api:
+        store = Counted(api)
+        reads = _reads(store)
+        got = await reads.read(run.run_id, 0)
+        stored = await api.store.read_events(run.run_id)
+    assert got.run is not None and got.run.status is culm.RunStatus.PENDING
+    assert stored and [e.seq for e in got.events] == [e.seq for e in stored]
+    assert not reads._tasks  # a finished read is not kept
