@@ -1,0 +1,98 @@
+"""People-in-the-loop store cases the main tests leave out (found by mutation testing, issue
+#22): what a run ended by an input timeout records, the session's next run taking its slot,
+and what resolving a resumed run's requests stores."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from culm.domain.input import InputAnswer
+from culm.domain.models import Run, RunStatus, Session, ToolResultMessage
+from culm.domain.time import new_id
+from culm.storage.schema import messages
+from culm.storage.sql import SqlStore
+from tests.storage.queue_support import a_run, get, owned_run, raw_rows
+from tests.storage.test_inputs import _park_run
+
+
+async def _started(store: SqlStore, session: Session) -> Run:
+    await store.create_session(session)
+    run = a_run(session.session_id)
+    await store.reserve_run(run, queue=False, owner="w1", lease_seconds=300)
+    started = await store.start_run(run.run_id, 1, owner="w1")
+    assert started is not None
+    return started
+
+
+async def test_a_run_ended_by_an_input_timeout_says_why_and_frees_its_slot(
+    store: SqlStore,
+) -> None:
+    session = Session(
+        session_id=new_id(), model="scripted:demo", workspace="/w", input_timeout_action="error"
+    )
+    run = await _started(store, session)
+    request_id, _ = await _park_run(store, run, "w1", epoch=1, timeout=0.0)
+    behind = (await store.reserve_run(a_run(session.session_id), queue=True)).run
+    assert behind.queued
+
+    events = await store.expire_input()
+
+    message = f"no answer to approval request {request_id!r} (bash) within the input timeout of 0 s"
+    assert [(event.type, getattr(event, "message", None)) for event in events] == [
+        ("input_received", None),
+        ("error", message),
+    ]
+    ended = await get(store, run.run_id)
+    assert (ended.status, ended.error, ended.queued) == (RunStatus.ERROR, message, False)
+    assert ended.completed_at is not None
+    ready = await get(store, behind.run_id)
+    assert (ready.status, ready.queued) == (RunStatus.PENDING, False), "it takes the slot"
+
+
+async def test_the_session_input_timeout_is_named_in_the_error(store: SqlStore) -> None:
+    session = Session(
+        session_id=new_id(),
+        model="scripted:demo",
+        workspace="/w",
+        input_timeout=2.5,
+        input_timeout_action="error",
+    )
+    run = await _started(store, session)
+    await _park_run(store, run, "w1", epoch=1, timeout=0.0)
+
+    await store.expire_input()
+
+    ended = await get(store, run.run_id)
+    assert ended.error is not None and ended.error.endswith("within the input timeout of 2.5 s")
+
+
+async def test_resolving_stores_the_results_as_the_runs_and_applies_expired_requests(
+    store: SqlStore,
+) -> None:
+    run = await owned_run(store, "w1")
+    expired, _ = await _park_run(store, run, "w1", epoch=1, calls=2, timeout=0.0)
+    await store.expire_input()  # denied, timed out: the run is ready again
+    [resumed] = await store.claim_runs("w2", limit=1, lease_seconds=300)
+    assert resumed.run_id == run.run_id
+    requests = await store.list_input([run.run_id], statuses=None)
+    assert [request.status for request in requests] == ["expired", "expired"]
+    assert requests[0].request_id == expired
+    assert requests[0].answer == InputAnswer(approve=False, timed_out=True)
+
+    result = ToolResultMessage(tool_call_id="c1", tool_name="bash", content="denied")
+    await store.resolve_input(
+        run.run_id,
+        fence=("w2", resumed.epoch),
+        messages=[result],
+        request_ids=[request.request_id for request in requests],
+    )
+
+    statuses = [r.status for r in await store.list_input([run.run_id], statuses=None)]
+    assert statuses == ["applied", "applied"]
+    rows = await raw_rows(
+        store, sa.select(messages.c.role, messages.c.run_id).order_by(messages.c.idx)
+    )
+    assert [(row.role, row.run_id) for row in rows] == [
+        ("assistant", run.run_id),
+        ("tool", run.run_id),
+    ]
