@@ -4,12 +4,14 @@ and what resolving a resumed run's requests stores."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from culm.domain.input import InputAnswer
 from culm.domain.models import Run, RunStatus, Session, ToolResultMessage
 from culm.domain.time import new_id
-from culm.storage.schema import messages
+from culm.errors import InputConflictError, NotFoundError
+from culm.storage.schema import messages, runs
 from culm.storage.sql import SqlStore
 from tests.storage.queue_support import a_run, get, owned_run, raw_rows
 from tests.storage.test_inputs import _park_run
@@ -96,3 +98,53 @@ async def test_resolving_stores_the_results_as_the_runs_and_applies_expired_requ
         ("assistant", run.run_id),
         ("tool", run.run_id),
     ]
+
+
+async def test_answers_to_what_does_not_exist_or_cannot_take_one_say_why(store: SqlStore) -> None:
+    run = await owned_run(store, "w1")
+    request_id, _ = await _park_run(store, run, "w1", epoch=1)
+    other = await owned_run(store, "w1")
+    other_request, _ = await _park_run(store, other, "w1", epoch=1)
+    approve = InputAnswer(approve=True)
+
+    with pytest.raises(NotFoundError) as missing_run:
+        await store.answer_input("no-such-run", request_id, approve)
+    assert str(missing_run.value) == "run 'no-such-run' not found"
+    with pytest.raises(NotFoundError) as missing:
+        await store.answer_input(run.run_id, other_request, approve)  # another run's request
+    assert str(missing.value) == f"input request {other_request!r} not found"
+
+    await store.answer_input(run.run_id, request_id, approve)
+    with pytest.raises(InputConflictError) as twice:
+        await store.answer_input(run.run_id, request_id, InputAnswer(approve=False))
+    assert str(twice.value) == f"input request {request_id!r}: the request was answered already"
+    assert twice.value.request.answer == approve
+
+    # A guard no transaction should reach (every write that moves a waiting run closes its
+    # requests or answers them): an open request of a run that does not wait.
+    await store.write(
+        lambda conn: conn.execute(
+            runs.update().where(runs.c.run_id == other.run_id).values(status="pending")
+        )
+    )
+    with pytest.raises(InputConflictError) as not_waiting:
+        await store.answer_input(other.run_id, other_request, approve)
+    assert str(not_waiting.value) == (
+        f"input request {other_request!r}: the run is not waiting (it is pending)"
+    )
+    assert not_waiting.value.request.request_id == other_request
+
+
+async def test_an_answer_is_stamped_and_resumes_only_its_own_run(store: SqlStore) -> None:
+    run = await owned_run(store, "w1")
+    request_id, _ = await _park_run(store, run, "w1", epoch=1)
+    other = await owned_run(store, "w1")
+    await _park_run(store, other, "w1", epoch=1)
+
+    request, [event] = await store.answer_input(run.run_id, request_id, InputAnswer(approve=True))
+
+    assert request.answered_at is not None and request.answered_at == event.ts
+    [stored] = await store.list_input([run.run_id], statuses=None)
+    assert stored.answered_at == request.answered_at
+    assert (await get(store, run.run_id)).status is RunStatus.PENDING, "another run's open request"
+    assert (await get(store, other.run_id)).status is RunStatus.WAITING
