@@ -141,7 +141,13 @@ async def test_an_answer_is_stamped_and_resumes_only_its_own_run(store: SqlStore
     other = await owned_run(store, "w1")
     await _park_run(store, other, "w1", epoch=1)
 
-    request, [event] = await store.answer_input(run.run_id, request_id, InputAnswer(approve=True))
+    wakeups = store.wakeups()
+    try:
+        answer = InputAnswer(approve=True)
+        request, [event] = await store.answer_input(run.run_id, request_id, answer)
+        assert await wakeups.wait(10) is True, "ready again: workers are woken"
+    finally:
+        await wakeups.aclose()
 
     assert request.answered_at is not None and request.answered_at == event.ts
     [stored] = await store.list_input([run.run_id], statuses=None)
