@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from culm.storage.health import StoreHealth, unavailable
+from culm.storage.health import StoreHealth, is_store_failure, unavailable
 
 
 def _operational(message: str) -> sa.exc.OperationalError:
@@ -35,3 +35,18 @@ def test_health_fails_since_the_first_failure_until_a_success() -> None:
     assert health.last_error == "the store is unavailable: still full"
     health.succeeded()
     assert (health.failing_since, health.failing_for, health.last_error) == (None, 0.0, None)
+
+
+class _DriverError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+def test_a_driver_error_is_a_store_failure_by_its_sqlstate() -> None:
+    def wrapped(sqlstate: str) -> sa.exc.DBAPIError:
+        return sa.exc.DBAPIError("UPDATE runs", {}, _DriverError(sqlstate))
+
+    assert is_store_failure(wrapped("40P01")) is True  # a deadlock: a retry gets past it
+    assert is_store_failure(wrapped("57P01")) is True  # the server shutting down
+    assert is_store_failure(wrapped("23505")) is False  # a unique violation: the caller's
