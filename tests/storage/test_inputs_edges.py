@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from culm.domain.events import InputReceived, InputRequested
 from culm.domain.input import InputAnswer
-from culm.domain.models import Run, RunStatus, Session, ToolResultMessage
+from culm.domain.models import Run, RunStatus, Session, ToolResultMessage, Usage
 from culm.domain.time import new_id
 from culm.errors import InputConflictError, NotFoundError
 from culm.storage.schema import messages, runs
 from culm.storage.sql import SqlStore
-from tests.storage.queue_support import a_run, get, owned_run, raw_rows
+from tests.storage.queue_support import a_run, get, owned_run, raw_rows, stamp
 from tests.storage.test_inputs import _park_run
 
 
@@ -154,3 +155,68 @@ async def test_an_answer_is_stamped_and_resumes_only_its_own_run(store: SqlStore
     assert stored.answered_at == request.answered_at
     assert (await get(store, run.run_id)).status is RunStatus.PENDING, "another run's open request"
     assert (await get(store, other.run_id)).status is RunStatus.WAITING
+
+
+async def _park_question(store: SqlStore, run: Run) -> str:
+    request_id = new_id()
+    request = {
+        "request_id": request_id,
+        "kind": "question",
+        "tool_call_id": "q1",
+        "tool_name": "ask_user",
+        "arguments": {"question": "which?"},
+        "question": "which?",
+        "choices": None,
+    }
+    event = InputRequested(
+        request_id=request_id, kind="question", tool_call_id="q1", tool_name="ask_user"
+    )
+    status = await store.park_run(
+        run.run_id,
+        fence=("w1", 1),
+        messages=[],
+        requests=[request],
+        events=stamp(run, [event]),
+        usage=Usage(),
+        timeout=None,
+    )
+    assert status is RunStatus.WAITING
+    return request_id
+
+
+async def test_the_received_event_carries_the_whole_answer(store: SqlStore) -> None:
+    approval = await owned_run(store, "w1")
+    approval_id, _ = await _park_run(store, approval, "w1", epoch=1)
+    question = await owned_run(store, "w1")
+    question_id = await _park_question(store, question)
+
+    edited = InputAnswer(approve=True, reason="narrower", arguments={"command": "ls -l"})
+    _, [approved] = await store.answer_input(approval.run_id, approval_id, edited)
+    said = InputAnswer(answer="the second", reason="it is newer")
+    _, [answered] = await store.answer_input(question.run_id, question_id, said)
+
+    assert isinstance(approved, InputReceived) and isinstance(answered, InputReceived)
+    assert (approved.approve, approved.reason, approved.arguments, approved.answer) == (
+        True,
+        "narrower",
+        {"command": "ls -l"},
+        None,
+    )
+    assert (answered.approve, answered.reason, answered.arguments, answered.answer) == (
+        None,
+        "it is newer",
+        None,
+        "the second",
+    )
+    assert await store.read_events(question.run_id, after=1) == [answered]
+
+
+async def test_waiting_below_looks_exactly_depth_levels_down(store: SqlStore) -> None:
+    parent = await owned_run(store, "w1")
+    child = await owned_run(store, "w1", parent_run_id=parent.run_id)
+    grandchild = await owned_run(store, "w1", parent_run_id=child.run_id)
+    await _park_run(store, grandchild, "w1", epoch=1)
+
+    assert await store.waiting_below(parent.run_id, 1) == []
+    assert await store.waiting_below(parent.run_id, 2) == [grandchild.run_id]
+    assert await store.waiting_below(grandchild.run_id, 0) == [grandchild.run_id]
