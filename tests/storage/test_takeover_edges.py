@@ -12,12 +12,13 @@ import pytest
 import sqlalchemy as sa
 
 from culm.domain.models import RunStatus
-from culm.storage import takeover
+from culm.storage import dbtime, takeover
 from culm.storage.base import SweepPolicy
-from culm.storage.schema import runs
+from culm.storage.schema import runs, workers
 from culm.storage.sql import SqlStore
 from tests.storage.queue_support import (
     T0,
+    a_run,
     get,
     owned_run,
     raw_connection,
@@ -194,3 +195,46 @@ async def test_a_takeover_skips_a_child_another_transaction_holds(
 
     assert [run.run_id for run in swept] == [parent.run_id]
     assert (await get(store, child.run_id)).status is RunStatus.RUNNING
+
+
+async def test_a_sweep_that_takes_runs_retires_silent_workers_too(store: SqlStore) -> None:
+    await store.register_worker(
+        "silent", host="h", pid=1, boot_id=None, pid_namespace=None, kind="worker", concurrency=1
+    )
+    run = await owned_run(store, "gone", lease_seconds=0)
+    name = store.dialect.name
+    await store.write(
+        lambda conn: conn.execute(
+            workers.update().values(last_heartbeat_at=dbtime.later(name, -11))
+        )
+    )
+
+    [swept] = await store.sweep("me", REQUEUE)
+
+    assert swept.run_id == run.run_id
+    [silent] = await store.list_workers(lease_seconds=10, include_stopped=True)
+    assert silent.stopped_at is not None
+
+
+async def test_a_sweep_promotes_at_most_its_limit_of_stranded_sessions(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queued = []
+    for _ in range(2):
+        active = await ready_run(store)
+        queued.append((await store.reserve_run(a_run(active.session_id), queue=True)).run)
+        # End the active run without its promotion: the queued one is stranded.
+        await store.write(
+            lambda conn, run_id=active.run_id: conn.execute(
+                runs.update().where(runs.c.run_id == run_id).values(status="completed")
+            )
+        )
+    monkeypatch.setattr(takeover, "SWEEP_LIMIT", 1)
+
+    async def still_queued() -> int:
+        return sum([(await get(store, run.run_id)).queued for run in queued])
+
+    assert await store.sweep("me", REQUEUE) == []
+    assert await still_queued() == 1
+    assert await store.sweep("me", REQUEUE) == []
+    assert await still_queued() == 0
