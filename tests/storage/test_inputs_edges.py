@@ -12,6 +12,7 @@ from culm.domain.input import InputAnswer
 from culm.domain.models import Run, RunStatus, Session, ToolResultMessage, Usage
 from culm.domain.time import new_id
 from culm.errors import InputConflictError, NotFoundError
+from culm.storage import inputs
 from culm.storage.schema import messages, runs
 from culm.storage.sql import SqlStore
 from tests.storage.queue_support import a_run, get, owned_run, raw_rows, stamp
@@ -220,3 +221,31 @@ async def test_waiting_below_looks_exactly_depth_levels_down(store: SqlStore) ->
     assert await store.waiting_below(parent.run_id, 1) == []
     assert await store.waiting_below(parent.run_id, 2) == [grandchild.run_id]
     assert await store.waiting_below(grandchild.run_id, 0) == [grandchild.run_id]
+
+
+async def test_expired_requests_are_answered_run_by_run_in_their_order(store: SqlStore) -> None:
+    made = [await owned_run(store, "w1") for _ in range(2)]
+    for run in made:
+        await _park_run(store, run, "w1", epoch=1, calls=2, timeout=0.0)
+
+    events = await store.expire_input()
+
+    expected = [
+        (run.run_id, request.request_id)
+        for run in sorted(made, key=lambda run: run.run_id)
+        for request in await store.list_input([run.run_id], statuses=None)
+    ]
+    assert [(e.run_id, getattr(e, "request_id", None)) for e in events] == expected
+
+
+async def test_an_expiry_answers_at_most_its_limit_of_requests(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = await owned_run(store, "w1")
+    await _park_run(store, run, "w1", epoch=1, calls=2, timeout=0.0)
+    monkeypatch.setattr(inputs, "EXPIRE_LIMIT", 1)
+
+    assert len(await store.expire_input()) == 1
+    assert (await get(store, run.run_id)).status is RunStatus.WAITING, "one still open"
+    assert len(await store.expire_input()) == 1
+    assert (await get(store, run.run_id)).status is RunStatus.PENDING
