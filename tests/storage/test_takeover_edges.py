@@ -112,11 +112,13 @@ async def test_a_sweeper_skips_a_run_another_transaction_holds(
         tx = gate.transaction()
         await tx.start()
         await gate.execute("SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE", held.run_id)
-        # Waiting for the lock would hang here (the gate is released only after).
-        swept = await asyncio.wait_for(store.sweep("me", REQUEUE), timeout=60)
+        sweeping = asyncio.create_task(store.sweep("me", REQUEUE))
+        done, _ = await asyncio.wait({sweeping}, timeout=60)  # a bound for a hang, not a timing
         await tx.rollback()
     finally:
         await gate.close()
+    assert done, "the sweep waited for the row another transaction holds"
+    swept = await sweeping
 
     assert [run.run_id for run in swept] == [free.run_id]
     assert [run.run_id for run in await store.sweep("me", REQUEUE)] == [held.run_id]
@@ -188,10 +190,13 @@ async def test_a_takeover_skips_a_child_another_transaction_holds(
         tx = gate.transaction()
         await tx.start()
         await gate.execute("SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE", child.run_id)
-        swept = await asyncio.wait_for(store.sweep("me", REQUEUE), timeout=60)
+        sweeping = asyncio.create_task(store.sweep("me", REQUEUE))
+        done, _ = await asyncio.wait({sweeping}, timeout=60)  # a bound for a hang, not a timing
         await tx.rollback()
     finally:
         await gate.close()
+    assert done, "the sweep waited for the row another transaction holds"
+    swept = await sweeping
 
     assert [run.run_id for run in swept] == [parent.run_id]
     assert (await get(store, child.run_id)).status is RunStatus.RUNNING
