@@ -249,3 +249,17 @@ async def test_an_expiry_answers_at_most_its_limit_of_requests(
     assert (await get(store, run.run_id)).status is RunStatus.WAITING, "one still open"
     assert len(await store.expire_input()) == 1
     assert (await get(store, run.run_id)).status is RunStatus.PENDING
+
+
+async def test_answered_requests_do_not_use_up_an_expirys_limit(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = await owned_run(store, "w1")
+    first, _ = await _park_run(store, run, "w1", epoch=1, calls=2, timeout=0.0)
+    await store.answer_input(run.run_id, first, InputAnswer(approve=True))
+    monkeypatch.setattr(inputs, "EXPIRE_LIMIT", 1)
+
+    [event] = await store.expire_input()
+
+    assert isinstance(event, InputReceived) and event.request_id != first and event.timed_out
+    assert (await get(store, run.run_id)).status is RunStatus.PENDING
