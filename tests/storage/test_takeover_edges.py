@@ -113,7 +113,7 @@ async def test_a_sweeper_skips_a_run_another_transaction_holds(
         await tx.start()
         await gate.execute("SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE", held.run_id)
         sweeping = asyncio.create_task(store.sweep("me", REQUEUE))
-        done, _ = await asyncio.wait({sweeping}, timeout=60)  # a bound for a hang, not a timing
+        done, _ = await asyncio.wait({sweeping}, timeout=30)  # a bound for a hang, not a timing
         await tx.rollback()
     finally:
         await gate.close()
@@ -191,7 +191,7 @@ async def test_a_takeover_skips_a_child_another_transaction_holds(
         await tx.start()
         await gate.execute("SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE", child.run_id)
         sweeping = asyncio.create_task(store.sweep("me", REQUEUE))
-        done, _ = await asyncio.wait({sweeping}, timeout=60)  # a bound for a hang, not a timing
+        done, _ = await asyncio.wait({sweeping}, timeout=30)  # a bound for a hang, not a timing
         await tx.rollback()
     finally:
         await gate.close()
