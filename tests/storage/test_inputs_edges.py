@@ -4,6 +4,8 @@ and what resolving a resumed run's requests stores."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import sqlalchemy as sa
 
@@ -12,9 +14,10 @@ from culm.domain.input import InputAnswer
 from culm.domain.models import Run, RunStatus, Session, ToolResultMessage, Usage
 from culm.domain.time import new_id
 from culm.errors import InputConflictError, NotFoundError
-from culm.storage import inputs
+from culm.storage import dbtime, inputs
 from culm.storage.schema import messages, runs
 from culm.storage.sql import SqlStore
+from culm.storage.wakeups import Wake
 from tests.storage.queue_support import a_run, get, owned_run, raw_rows, stamp
 from tests.storage.test_inputs import _park_run
 
@@ -263,3 +266,30 @@ async def test_answered_requests_do_not_use_up_an_expirys_limit(
 
     assert isinstance(event, InputReceived) and event.request_id != first and event.timed_out
     assert (await get(store, run.run_id)).status is RunStatus.PENDING
+
+
+async def test_an_expiry_goes_on_past_requests_answered_since_it_read_them(
+    store: SqlStore,
+) -> None:
+    made = sorted([await owned_run(store, "w1") for _ in range(3)], key=lambda run: run.run_id)
+    first, _ = await _park_run(store, made[0], "w1", epoch=1, calls=2, timeout=0.0)
+    only, _ = await _park_run(store, made[1], "w1", epoch=1, timeout=0.0)
+    await _park_run(store, made[2], "w1", epoch=1, timeout=0.0)
+    name = store.dialect.name
+
+    def read_due(conn: sa.Connection) -> tuple[Any, list[Any]]:
+        now = dbtime.read_now(conn, name)
+        return now, inputs.due(conn, now)
+
+    now, due = await store.write(read_due)
+    assert len(due) == 4
+    # Meanwhile: one of the first run's requests is answered (it still waits for the other),
+    # and the second run's only one (it is ready again, no longer waiting).
+    await store.answer_input(made[0].run_id, first, InputAnswer(approve=True))
+    await store.answer_input(made[1].run_id, only, InputAnswer(approve=True))
+
+    events = await store.write(
+        lambda conn: inputs.expire_due(conn, store._rows, due, now, Wake(notify=False))
+    )
+
+    assert [event.run_id for event in events] == [made[0].run_id, made[2].run_id]
