@@ -7,7 +7,7 @@ from __future__ import annotations
 from culm.context import estimate
 from culm.context.budget import PromptMeter
 from culm.domain.models import Usage, UserMessage
-from culm.providers.base import ModelRequest
+from culm.providers.base import ModelRequest, ToolSpec
 
 REQUEST = ModelRequest(system_prompt=None, messages=[UserMessage(content="x" * 400)])
 
@@ -36,3 +36,23 @@ def test_underestimates_raise_the_ratio_to_three_at_most() -> None:
     for _ in range(10):
         meter.underestimated()
     assert meter.ratio == 3.0
+
+
+def test_a_report_calibrates_against_the_tools_too() -> None:
+    tool = ToolSpec(name="bash", description="d" * 400, parameters={"type": "object"})
+    request = ModelRequest(system_prompt=None, messages=REQUEST.messages, tools=[tool])
+    ours = estimate.request_tokens(request.system_prompt, request.messages, request.tools)
+    meter = PromptMeter()
+
+    meter.reported(request, 0, Usage(prompt_tokens=ours))
+
+    assert meter.ratio == 1.0
+
+
+def test_a_report_for_a_request_we_estimate_empty_keeps_the_ratio() -> None:
+    meter = PromptMeter()
+    empty = ModelRequest(system_prompt=None, messages=[])
+
+    meter.reported(empty, 0, Usage(prompt_tokens=50))
+
+    assert (meter.ratio, meter.measure(empty, 0)) == (1.0, (50, False))
