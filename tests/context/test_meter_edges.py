@@ -1,0 +1,58 @@
+"""The prompt meter's edges (found by mutation testing, issue #22): a report of no prompt
+tokens is ignored and one of a single token is not, the system prompt is part of what a report
+calibrates against, and underestimates raise the ratio to its cap of 3 and no further."""
+
+from __future__ import annotations
+
+from culm.context import estimate
+from culm.context.budget import PromptMeter
+from culm.domain.models import Usage, UserMessage
+from culm.providers.base import ModelRequest, ToolSpec
+
+REQUEST = ModelRequest(system_prompt=None, messages=[UserMessage(content="x" * 400)])
+
+
+def test_a_report_of_no_prompt_tokens_is_ignored_and_of_one_is_not() -> None:
+    meter = PromptMeter()
+    meter.reported(REQUEST, 0, Usage(prompt_tokens=0))
+    assert (meter.ratio, meter.measure(REQUEST, 0)) == (1.0, (104, True))
+
+    meter.reported(REQUEST, 0, Usage(prompt_tokens=1))
+    assert meter.measure(REQUEST, 0) == (1, False)
+
+
+def test_a_report_calibrates_against_the_whole_request_system_prompt_included() -> None:
+    request = ModelRequest(system_prompt="s" * 4000, messages=REQUEST.messages)
+    ours = estimate.request_tokens(request.system_prompt, request.messages, request.tools)
+    meter = PromptMeter()
+
+    meter.reported(request, 0, Usage(prompt_tokens=ours))
+
+    assert meter.ratio == 1.0
+
+
+def test_underestimates_raise_the_ratio_to_three_at_most() -> None:
+    meter = PromptMeter()
+    for _ in range(10):
+        meter.underestimated()
+    assert meter.ratio == 3.0
+
+
+def test_a_report_calibrates_against_the_tools_too() -> None:
+    tool = ToolSpec(name="bash", description="d" * 400, parameters={"type": "object"})
+    request = ModelRequest(system_prompt=None, messages=REQUEST.messages, tools=[tool])
+    ours = estimate.request_tokens(request.system_prompt, request.messages, request.tools)
+    meter = PromptMeter()
+
+    meter.reported(request, 0, Usage(prompt_tokens=ours))
+
+    assert meter.ratio == 1.0
+
+
+def test_a_report_for_a_request_we_estimate_empty_keeps_the_ratio() -> None:
+    meter = PromptMeter()
+    empty = ModelRequest(system_prompt=None, messages=[])
+
+    meter.reported(empty, 0, Usage(prompt_tokens=50))
+
+    assert (meter.ratio, meter.measure(empty, 0)) == (1.0, (50, False))
