@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.attributes import _clean_attribute_value
+from opentelemetry.attributes import BoundedAttributes, _clean_attribute_value
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -285,12 +285,14 @@ class LightSpan(trace.Span):
 
     def readable(self) -> ReadableSpan:
         """The SDK's span object for this span (for the SDK's encoder)."""
+        attributes = BoundedAttributes(None, self.attributes, immutable=True)
+        attributes.dropped = self.dropped_attributes
         return ReadableSpan(
             self.name,
             self._context,
             self.parent,
             self.resource,
-            self.attributes,
+            attributes,
             self.events,
             self.links,
             self.kind,
