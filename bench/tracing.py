@@ -18,6 +18,7 @@ neighbouring samples, not absolute figures); the medians and their ratios are pr
     .venv/bin/python bench/tracing.py --paired --runs 300 # off/export in one process
     .venv/bin/python bench/tracing.py --isolated --runs 250 --repeat 9  # the span calls alone
     .venv/bin/python bench/tracing.py --paired --http --runs 400  # a model over HTTP
+    .venv/bin/python bench/tracing.py --instructions --runs 10 --repeat 2  # valgrind counts
 
 ``--http``: the model is ``bench/fake_openai.py`` (its own process, CPU not counted) streaming
 ``--tokens`` tokens (default 100 then) over HTTP, the realistic round: each run is two rounds,
@@ -39,12 +40,14 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -250,18 +253,45 @@ def _isolated(args: argparse.Namespace, endpoint: str) -> dict[str, list[float]]
     return samples
 
 
-def _sample(mode: str, args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
+def _sample(
+    mode: str, args: argparse.Namespace, endpoint: str, prefix: Sequence[str] = ()
+) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     if mode in EXPORTS:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
     if mode == "sdk":
         env.update(SDK_ENV)
-    argv = [sys.executable, __file__, "--child", mode, *_forward(args)]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=True)
+    argv = [*prefix, sys.executable, __file__, "--child", mode, *_forward(args)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800, check=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if prefix:
+        counted = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+        assert counted, done.stderr[-2000:]
+        result["instructions"] = int(counted.group(1).replace(",", ""))
     expected = {"export": "BatchExport", "sdk": "TracerProvider"}.get(mode)
     assert result["exporting"] == expected, result
     return result
+
+
+VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null")
+
+
+def _instructions(args: argparse.Namespace, endpoint: str) -> dict[str, list[float]]:
+    """Instructions per round, counted by valgrind (cachegrind, no cache simulation): each mode
+    runs in two processes, ``--runs`` and ``3 * --runs`` runs, and the difference is divided by
+    the extra rounds (start-up and warm-up cancel out). Not time: the machine's load does not
+    change it (a count differs by well under 1 % between repeats)."""
+    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+    small = argparse.Namespace(**{**vars(args), "runs": args.runs})
+    large = argparse.Namespace(**{**vars(args), "runs": 3 * args.runs})
+    extra_rounds = 2 * (args.runs // args.concurrency) * args.concurrency * args.rounds
+    for index in range(args.repeat):
+        for mode in MODES[index % 4 :] + MODES[: index % 4]:
+            low = _sample(mode, small, endpoint, VALGRIND)["instructions"]
+            high = _sample(mode, large, endpoint, VALGRIND)["instructions"]
+            samples[mode].append((high - low) / extra_rounds)
+            print(f"{mode}: {samples[mode][-1]:.0f} instructions/round", file=sys.stderr)
+    return samples
 
 
 def _forward(args: argparse.Namespace) -> list[str]:
@@ -287,6 +317,9 @@ def main() -> int:
     parser.add_argument("--paired", action="store_true", help="off and export in one process")
     parser.add_argument("--isolated", action="store_true", help="the span calls without the loop")
     parser.add_argument(
+        "--instructions", action="store_true", help="instructions per round (valgrind)"
+    )
+    parser.add_argument(
         "--http", nargs="?", const="start", help="a model over HTTP (bench/fake_openai.py)"
     )
     args = parser.parse_args()
@@ -307,6 +340,9 @@ def main() -> int:
             return _report_isolated(_isolated(args, endpoint), args)
         if args.paired:
             return _report_paired(asyncio.run(_paired(args, endpoint)), args)
+        if args.instructions:
+            samples = _instructions(args, endpoint)
+            return _report(samples, args, {"off": "bare", "export": "off", "sdk": "off"}, "instr")
         samples: dict[str, list[float]] = {mode: [] for mode in MODES}
         for index in range(args.repeat):
             for mode in MODES[index % 4 :] + MODES[: index % 4]:
@@ -358,7 +394,10 @@ def _wait_for(ready: Any, what: str) -> None:
 
 
 def _report(
-    samples: dict[str, list[float]], args: argparse.Namespace, against: dict[str, str]
+    samples: dict[str, list[float]],
+    args: argparse.Namespace,
+    against: dict[str, str],
+    unit: str = "µs CPU",
 ) -> int:
     """Medians per mode; per comparison the median of the pair ratios (a pair: one repeat or
     neighbouring batches) with their quartiles, and the ratio of the medians."""
@@ -380,7 +419,7 @@ def _report(
     print(f"round: {round_}, {args.tokens} tokens in the last; load {os.getloadavg()[0]:.1f}")
     for mode, values in samples.items():
         spread = ", ".join(f"{v:.0f}" for v in values) if len(values) <= 12 else "…"
-        print(f"{mode:>6}: median {medians[mode]:8.1f} µs CPU/round  ({len(values)}: {spread})")
+        print(f"{mode:>6}: median {medians[mode]:8.1f} {unit}/round  ({len(values)}: {spread})")
     for name, c in comparisons.items():
         print(
             f"{name:>15}: {c['median_of_pairs']:+.2%} median of {c['pairs']} pairs (quartiles "

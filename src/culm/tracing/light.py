@@ -232,8 +232,19 @@ class LightSpan(trace.Span):
         attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
+        if self.end_time is not None:
+            return
+        mine = self.attributes
+        for key, value in attributes.items():  # set_attribute's common case, inlined
+            if (
+                type(value) in _SCALARS
+                and type(key) is str
+                and key
+                and (key in mine or len(mine) < ATTRIBUTE_LIMIT)
+            ):
+                mine[key] = value
+            else:
+                self.set_attribute(key, value)
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
         if self.end_time is not None or self.status.status_code is StatusCode.OK:
