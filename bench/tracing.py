@@ -18,7 +18,7 @@ neighbouring samples, not absolute figures); the medians and their ratios are pr
     .venv/bin/python bench/tracing.py --paired --runs 300 # off/export in one process
     .venv/bin/python bench/tracing.py --isolated --runs 250 --repeat 9  # the span calls alone
     .venv/bin/python bench/tracing.py --paired --http --runs 400  # a model over HTTP
-    .venv/bin/python bench/tracing.py --instructions --runs 10 --repeat 2  # valgrind counts
+    .venv/bin/python bench/tracing.py --instructions --runs 10 --repeat 1  # valgrind counts
 
 ``--http``: the model is ``bench/fake_openai.py`` (its own process, CPU not counted) streaming
 ``--tokens`` tokens (default 100 then) over HTTP, the realistic round: each run is two rounds,
@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import socket
 import statistics
@@ -278,15 +279,16 @@ VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out
 
 def _instructions(args: argparse.Namespace, endpoint: str) -> dict[str, list[float]]:
     """Instructions per round, counted by valgrind (cachegrind, no cache simulation): each mode
-    runs in two processes, ``--runs`` and ``3 * --runs`` runs, and the difference is divided by
+    runs in two processes, ``--runs`` and ``2 * --runs`` runs, and the difference is divided by
     the extra rounds (start-up and warm-up cancel out). Not time: the machine's load does not
     change it (a count differs by well under 1 % between repeats)."""
-    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+    modes = tuple(args.modes.split(","))
+    samples: dict[str, list[float]] = {mode: [] for mode in modes}
     small = argparse.Namespace(**{**vars(args), "runs": args.runs})
-    large = argparse.Namespace(**{**vars(args), "runs": 3 * args.runs})
-    extra_rounds = 2 * (args.runs // args.concurrency) * args.concurrency * args.rounds
+    large = argparse.Namespace(**{**vars(args), "runs": 2 * args.runs})
+    extra_rounds = (args.runs // args.concurrency) * args.concurrency * args.rounds
     for index in range(args.repeat):
-        for mode in MODES[index % 4 :] + MODES[: index % 4]:
+        for mode in modes[index % len(modes) :] + modes[: index % len(modes)]:
             low = _sample(mode, small, endpoint, VALGRIND)["instructions"]
             high = _sample(mode, large, endpoint, VALGRIND)["instructions"]
             samples[mode].append((high - low) / extra_rounds)
@@ -319,6 +321,7 @@ def main() -> int:
     parser.add_argument(
         "--instructions", action="store_true", help="instructions per round (valgrind)"
     )
+    parser.add_argument("--modes", default=",".join(MODES), help="with --instructions")
     parser.add_argument(
         "--http", nargs="?", const="start", help="a model over HTTP (bench/fake_openai.py)"
     )
@@ -342,7 +345,9 @@ def main() -> int:
             return _report_paired(asyncio.run(_paired(args, endpoint)), args)
         if args.instructions:
             samples = _instructions(args, endpoint)
-            return _report(samples, args, {"off": "bare", "export": "off", "sdk": "off"}, "instr")
+            against = {"off": "bare", "export": "off", "sdk": "off"}
+            against = {k: v for k, v in against.items() if {k, v} <= samples.keys()}
+            return _report(samples, args, against, "instr")
         samples: dict[str, list[float]] = {mode: [] for mode in MODES}
         for index in range(args.repeat):
             for mode in MODES[index % 4 :] + MODES[: index % 4]:
@@ -408,6 +413,7 @@ def _report(
         low, middle, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
         comparisons[f"{mode}_vs_{base}"] = {
             "median_of_pairs": statistics.median(ratios),
+            "median_95_ci": _bootstrap(ratios),
             "quartiles": [low, high],
             "ratio_of_medians": medians[mode] / medians[base] - 1,
             "pairs": len(ratios),
@@ -423,10 +429,20 @@ def _report(
     for name, c in comparisons.items():
         print(
             f"{name:>15}: {c['median_of_pairs']:+.2%} median of {c['pairs']} pairs (quartiles "
-            f"{c['quartiles'][0]:+.2%}, {c['quartiles'][1]:+.2%}); ratio of medians "
+            f"{c['quartiles'][0]:+.2%}, {c['quartiles'][1]:+.2%}; its 95 % interval "
+            f"{c['median_95_ci'][0]:+.2%} to {c['median_95_ci'][1]:+.2%}); ratio of medians "
             f"{c['ratio_of_medians']:+.2%}"
         )
     return 0
+
+
+def _bootstrap(ratios: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """A 95 % interval of the median of ``ratios`` (percentile bootstrap, fixed seed)."""
+    rng = random.Random(20)
+    medians = sorted(
+        statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples)
+    )
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def _report_isolated(samples: dict[str, list[float]], args: argparse.Namespace) -> int:
