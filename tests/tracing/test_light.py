@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ from opentelemetry.trace import (
 from culm.tracing import RunTracing, Tracing, build_tracing, current_traceparent
 from culm.tracing.batch import BatchExport
 from culm.tracing.light import SAMPLERS, LightSpan, sampler_from
-from culm.tracing.spans import context_from
+from culm.tracing.spans import NEW_TRACE_ID, context_from
 from tests.tracing.receiver import OTLPReceiver, ReceivedSpan
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -158,6 +159,30 @@ def test_each_sampler_decides_as_the_sdks(name: str) -> None:
             context = set_span_in_context(NonRecordingSpan(parent_context))
         expected = sdk.should_sample(context, trace_id, "span").decision.is_sampled()
         assert sampler(parent_context, trace_id) == expected, (trace_id, parent)
+
+
+def test_a_ratio_samples_that_share_of_the_runs_that_start_a_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    tracing = build_tracing()
+    rng = random.Random(20)
+    sampled = 0
+    try:
+        for _ in range(2000):  # run ids are UUID4s: their lower 64 bits start with 0b10
+            run_id = uuid.UUID(int=rng.getrandbits(128), version=4).int
+            token = NEW_TRACE_ID.set(run_id)
+            try:
+                span = tracing.tracer.start_span("invoke_agent")
+            finally:
+                NEW_TRACE_ID.reset(token)
+            assert span.get_span_context().trace_id == run_id
+            sampled += span.get_span_context().trace_flags.sampled
+    finally:
+        tracing.provider.shutdown()
+    assert 0.2 < sampled / 2000 < 0.3, sampled
 
 
 def test_an_unknown_sampler_or_a_span_limit_takes_the_sdks_path(

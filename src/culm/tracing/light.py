@@ -46,6 +46,7 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
 _TRACE_ID_LIMIT = (1 << 64) - 1
+_RANDOM_56 = (1 << 56) - 1  # W3C: the trace id's random part
 
 # (parent span context or None, trace id) -> sampled
 Sampler = Callable[[SpanContext | None, int], bool]
@@ -123,10 +124,14 @@ class LightTracer(trace.Tracer):
         parent: SpanContext | None = trace.get_current_span(context).get_span_context()
         if parent is not None and parent.is_valid:
             trace_id, state = parent.trace_id, parent.trace_state
+            sampled = self._sampler(parent, trace_id)
         else:
             parent, state = None, DEFAULT_TRACE_STATE
-            trace_id = NEW_TRACE_ID.get() or random.getrandbits(128) or 1
-        sampled = self._sampler(parent, trace_id)
+            run_id = NEW_TRACE_ID.get()
+            trace_id = run_id or random.getrandbits(128) or 1
+            # A run id (UUID4) has fixed variant bits in its lower 64: a ratio decides on its
+            # random lower 56 bits, moved up (else a ratio below 0.5 would sample no run).
+            sampled = self._sampler(None, (run_id & _RANDOM_56) << 8 if run_id else trace_id)
         span_id = random.getrandbits(64) or 1
         flags = _SAMPLED if sampled else _NOT_SAMPLED
         span_context = SpanContext(trace_id, span_id, False, flags, state)
