@@ -168,7 +168,7 @@ async def _paired(args: argparse.Namespace, endpoint: str) -> dict[str, list[flo
     machine's load, so their ratio is steadier than that of separate processes."""
     from culm.tracing import build_tracing
 
-    samples: dict[str, list[float]] = {"off": [], "export": [], "sdk": []}
+    samples: dict[str, list[float]] = {mode: [] for mode in args.modes.split(",") if mode != "bare"}
     with tempfile.TemporaryDirectory() as home:
         engine, model = _engine(args, home)
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
@@ -199,7 +199,7 @@ async def _paired(args: argparse.Namespace, endpoint: str) -> dict[str, list[flo
                 await batch(mode)
             modes = list(samples)
             for index in range(args.runs // args.concurrency):
-                for mode in modes[index % 3 :] + modes[: index % 3]:
+                for mode in modes[index % len(modes) :] + modes[: index % len(modes)]:
                     samples[mode].append(await batch(mode))
             engine.tracing = tracings["off"]
         await tracings["export"].aclose()
@@ -336,7 +336,7 @@ def main() -> int:
         "--instructions", action="store_true", help="instructions per round (valgrind)"
     )
     parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--modes", default=",".join(MODES), help="with --instructions")
+    parser.add_argument("--modes", default=",".join(MODES), help="with --instructions, --paired")
     parser.add_argument(
         "--http", nargs="?", const="start", help="a model over HTTP (bench/fake_openai.py)"
     )
@@ -475,7 +475,8 @@ def _report_isolated(samples: dict[str, list[float]], args: argparse.Namespace) 
 
 
 def _report_paired(samples: dict[str, list[float]], args: argparse.Namespace) -> int:
-    return _report(samples, args, against={"export": "off", "sdk": "off"})
+    against = {mode: "off" for mode in EXPORTS if mode in samples}
+    return _report(samples, args, against)
 
 
 if __name__ == "__main__":
