@@ -156,6 +156,7 @@ async def _workload(args: argparse.Namespace) -> dict[str, float]:
         # Until the engine is closed: its close sends the spans still queued (export's CPU is
         # on the batch processor's thread, counted in the process's time).
         cpu = time.process_time() - cpu
+        assert not getattr(engine.tracing.provider, "dropped", 0), "spans dropped"
     rounds = (args.runs // args.concurrency) * args.concurrency * args.rounds
     return {"cpu_us_per_round": cpu / rounds * 1e6, "wall_s": wall, "exporting": exporting}
 
@@ -193,6 +194,7 @@ async def _paired(args: argparse.Namespace, endpoint: str) -> dict[str, list[flo
                     assert (await engine.wait(run.run_id, timeout=120)).status.value == "completed"
                 if tracings[mode].provider is not None:
                     await asyncio.to_thread(tracings[mode].provider.force_flush)
+                    assert not getattr(tracings[mode].provider, "dropped", 0), "spans dropped"
                 return float(time.process_time() - cpu) / (args.concurrency * args.rounds) * 1e6
 
             for mode in samples:  # warm-up: imports, first connection
@@ -216,6 +218,8 @@ def _isolated(args: argparse.Namespace, endpoint: str) -> dict[str, list[float]]
     from culm.tracing import RunTracing, build_tracing
 
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    # No span dropped (a run's spans come faster than without the loop): all are sent.
+    os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = str(20 * args.runs * args.rounds)
     tracings = {
         "off": build_tracing({}),
         "export": build_tracing(),
@@ -245,6 +249,7 @@ def _isolated(args: argparse.Namespace, endpoint: str) -> dict[str, list[float]]
             one_run(run_tracing)
         if tracing.provider is not None:
             tracing.provider.force_flush()
+        assert not getattr(tracing.provider, "dropped", 0), "spans dropped"
         return (time.process_time() - cpu) / (runs * args.rounds) * 1e6
 
     for mode in tracings:  # warm-up: imports, first connection

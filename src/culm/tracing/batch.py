@@ -40,7 +40,7 @@ class BatchLimits:
         queue = _positive(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)
         batch = _positive(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
         if batch > queue:
-            log.warning("OTEL_BSP_MAX_EXPORT_BATCH_SIZE > OTEL_BSP_MAX_QUEUE_SIZE: the queue's")
+            log.warning("OTEL_BSP_MAX_EXPORT_BATCH_SIZE > OTEL_BSP_MAX_QUEUE_SIZE", batch=queue)
             batch = queue
         delay = _positive(environ, "OTEL_BSP_SCHEDULE_DELAY", 5000)
         return cls(queue, batch, delay / 1000)
@@ -55,7 +55,7 @@ def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        log.warning("%s=%r is not a positive integer: %d", name, text, default)
+        log.warning("not a positive integer", variable=name, value=text, default=default)
         return default
     return value
 
@@ -90,8 +90,8 @@ class BatchExport:
     def _drop(self) -> None:
         if not self.dropped:
             log.warning(
-                "span export queue full (%d, OTEL_BSP_MAX_QUEUE_SIZE) or shut down: dropping spans",
-                self.limits.max_queue_size,
+                "span export queue full (OTEL_BSP_MAX_QUEUE_SIZE) or shut down: dropping spans",
+                max_queue_size=self.limits.max_queue_size,
             )
         self.dropped += 1
 
@@ -118,7 +118,7 @@ class BatchExport:
                 try:
                     self.exporter.export(batch)
                 except Exception:  # an exporter bug must not stop the thread
-                    log.exception("span export failed")
+                    log.exception("span export failed", spans=len(batch))
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Send what is queued (blocking: not on the event loop)."""
@@ -136,4 +136,4 @@ class BatchExport:
         self._send()
         self.exporter.shutdown()
         if self.dropped:
-            log.warning("%d spans were dropped (OTEL_BSP_MAX_QUEUE_SIZE)", self.dropped)
+            log.warning("spans dropped (OTEL_BSP_MAX_QUEUE_SIZE)", dropped=self.dropped)
