@@ -48,7 +48,8 @@ LIMIT_VARIABLES = (
 
 @dataclass(frozen=True, slots=True)
 class Tracing:
-    """The engine's tracer; ``provider`` is the SDK's when exporting (None: no-op)."""
+    """The engine's tracer; ``provider`` (None: no-op) has ``force_flush`` and ``shutdown``: the
+    SDK's ``TracerProvider`` or culm's :class:`~culm.tracing.batch.BatchExport`."""
 
     tracer: trace.Tracer
     provider: Any = None
