@@ -60,9 +60,11 @@ SDK_ENV = {"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "128"}  # a span limit: culm uses 
 
 
 def _receiver(port_file: str) -> None:
-    """An OTLP/HTTP sink: 200 to every POST (the spans are read, not decoded)."""
+    """An OTLP/HTTP sink: 200 to every POST (the spans are read, not decoded), keep-alive."""
 
     class Sink(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as a collector: no connection per export
+
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("content-length", "0")))
             self.send_response(200)
