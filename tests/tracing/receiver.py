@@ -1,8 +1,10 @@
 """An in-process OTLP/HTTP receiver: a real HTTP server on 127.0.0.1 that takes what an
-exporter POSTs to ``/v1/traces`` (protobuf) and decodes it with ``opentelemetry-proto``."""
+exporter POSTs to ``/v1/traces`` (protobuf, gzip-compressed or not) and decodes it with
+``opentelemetry-proto``; it keeps each request's headers."""
 
 from __future__ import annotations
 
+import gzip
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +28,8 @@ class ReceivedSpan:
     status_code: int  # 0 unset, 1 ok, 2 error
     resource: dict[str, Any]
     start_time: int = 0  # ns since the epoch
+    events: tuple[str, ...] = ()  # their names
+    dropped_attributes: int = 0
 
 
 def _value(value: Any) -> Any:
@@ -46,6 +50,7 @@ class OTLPReceiver:
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
+        self.headers: list[dict[str, str]] = []  # per request, names in lower case
         self._lock = threading.Lock()
         receiver = self
 
@@ -56,7 +61,10 @@ class OTLPReceiver:
                     self.send_response(404)
                     self.end_headers()
                     return
-                receiver._take(body)
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                if headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver._take(body, headers)
                 answer = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("content-type", "application/x-protobuf")
@@ -74,7 +82,7 @@ class OTLPReceiver:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def _take(self, body: bytes) -> None:
+    def _take(self, body: bytes, headers: dict[str, str]) -> None:
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
         spans = []
@@ -93,10 +101,13 @@ class OTLPReceiver:
                             status_code=span.status.code,
                             resource=resource,
                             start_time=span.start_time_unix_nano,
+                            events=tuple(event.name for event in span.events),
+                            dropped_attributes=span.dropped_attributes_count,
                         )
                     )
         with self._lock:
             self.requests += 1
+            self.headers.append(headers)
             self.spans.extend(spans)
 
     def named(self, prefix: str) -> list[ReceivedSpan]:

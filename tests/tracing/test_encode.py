@@ -78,12 +78,16 @@ def test_the_encoding_is_the_sdks_byte_for_byte(spans: list[ReadableSpan]) -> No
     assert encoder.encode([]) == encode_spans([]).SerializePartialToString()
 
 
-def test_exporting_uses_culms_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("light", [True, False])
+def test_exporting_uses_culms_encoder(monkeypatch: pytest.MonkeyPatch, light: bool) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
-    tracing = build_tracing()
+    tracing = build_tracing(light=light)
     try:
-        processor = tracing.provider._active_span_processor._span_processors[0]
-        exporter = processor._batch_processor._exporter
+        if light:  # culm's own spans and batch export
+            exporter = tracing.provider.exporter
+        else:
+            processor = tracing.provider._active_span_processor._span_processors[0]
+            exporter = processor._batch_processor._exporter
         assert isinstance(exporter, OTLPExporter)
         assert exporter.fast  # the SDK's attributes it relies on are there
     finally:

@@ -6,7 +6,9 @@ resource (a JSON dump) once per span; culm's spans are few-attribute and repetit
 span is written field by field and an attribute whose value is a string, bool or int is
 encoded once and reused. A span with events or links, or an attribute of another type than
 str, bool, int, float or a sequence of those, is encoded by the exporter's encoder
-(``encode_spans``), so the output is always the message that encoder would send.
+(``encode_spans``), so the output is always the message that encoder would send. culm's own
+spans (:mod:`culm.tracing.light`) have the attributes read here; the exporter's encoder gets
+the SDK's span object they make.
 """
 
 from __future__ import annotations
@@ -172,15 +174,21 @@ def _status(span: ReadableSpan) -> bytes:
     return out
 
 
+def readable(span: Any) -> ReadableSpan:
+    """The SDK's span object for ``span`` (culm's own spans make one: the SDK encodes those)."""
+    make = getattr(span, "readable", None)
+    return make() if make is not None else span  # type: ignore[no-any-return]
+
+
 def _sdk_span(span: ReadableSpan) -> bytes:
-    request = encode_spans([span])
+    request = encode_spans([readable(span)])
     return bytes(request.resource_spans[0].scope_spans[0].spans[0].SerializeToString())
 
 
 def _headers(span: ReadableSpan) -> tuple[bytes, bytes, bytes, bytes]:
     """A span's resource and scope fields as the exporter's encoder writes them, each with its
     schema URL field: (resource, its URL, scope, its URL)."""
-    request = encode_spans([span]).resource_spans[0]
+    request = encode_spans([readable(span)]).resource_spans[0]
     scope = request.scope_spans[0]
     return (
         _field(b"\x0a", bytes(request.resource.SerializeToString())),

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 
-from culm.tracing.encode import SpanEncoder
+from culm.tracing.encode import SpanEncoder, readable
 
 _log = logging.getLogger(__name__)
 _SDK_ATTRIBUTES = ("_shutdown", "_metrics", "_client", "_max_request_size")
@@ -34,12 +34,12 @@ class OTLPExporter(OTLPSpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self.fast or self._shutdown:
-            return super().export(spans)
+            return super().export([readable(span) for span in spans])
         try:
             data = self._encoder.encode(spans)
         except Exception:  # the SDK's encoder (and its error handling) decides
             _log.debug("culm's span encoder failed; the SDK's encodes", exc_info=True)
-            return super().export(spans)
+            return super().export([readable(span) for span in spans])
         with self._metrics.export_operation(len(spans)) as result:
             if 0 < self._max_request_size < len(data):
                 _log.warning(
