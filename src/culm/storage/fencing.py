@@ -72,9 +72,12 @@ def _direct_fence_rows(
     return found
 
 
-def check_fence(conn: sa.Connection, run_id: str, fence: Fence) -> None:
-    """Lock ``run_id``'s row; ``LeaseLostError`` unless it is still the fence's."""
-    if failed_fences(conn, {run_id: fence}):
+def check_fence(
+    conn: sa.Connection, run_id: str, fence: Fence, rows: RowWriter | None = None
+) -> None:
+    """Lock ``run_id``'s row; ``LeaseLostError`` unless it is still the fence's (with
+    ``rows``, as :func:`failed_fences` does)."""
+    if failed_fences(conn, {run_id: fence}, rows):
         raise LeaseLostError(run_id)
 
 
