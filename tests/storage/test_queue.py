@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from culm.domain.models import Run, RunStatus, Usage, UserMessage
 from culm.domain.time import new_id
 from culm.errors import LeaseLostError
-from culm.storage import dbtime
+from culm.storage import dbtime, fencing
 from culm.storage.base import Renewal, SweepPolicy
 from culm.storage.schema import run_events, runs, workers
 from culm.storage.sql import SqlStore
@@ -308,6 +308,37 @@ async def test_events_carry_the_epoch_they_were_written_under(store: SqlStore) -
         (3, "run_recovered", 2),
         (4, "token", 3),
     ]
+
+
+async def test_fences_of_many_runs_are_checked_in_chunks(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite checks fences with statements of a fixed number of run_ids (padded to a power of
+    # two, at most _DIRECT_MOST a statement): 7 runs make a chunk of 4 and one of 3 padded to
+    # 4. A failed fence in either chunk leaves only its run out.
+    monkeypatch.setattr(fencing, "_DIRECT_MOST", 4)
+    owned = [await owned_run(store, "w1") for _ in range(7)]
+    ordered = sorted(owned, key=lambda run: run.run_id)
+    stale = {ordered[i].run_id for i in (0, 4, 6)}  # first of each chunk, the padded one's last
+    fences = {run.run_id: ("w9" if run.run_id in stale else "w1", 1) for run in owned}
+    batch = [event for run in owned for event in tokens(run, 2)]
+
+    left_out = await store.append_events(batch, fences=fences, reserve=5)
+
+    assert left_out == stale
+    for run in owned:
+        stored = [e.seq for e in await store.read_events(run.run_id)]
+        row = await get(store, run.run_id)
+        if run.run_id in stale:
+            assert (stored, row.last_seq, row.last_event_at) == ([], 0, None)
+        else:
+            assert (stored, row.last_seq) == ([1, 2], 2)
+            last = [event for event in batch if event.run_id == run.run_id][-1]
+            assert row.last_event_at == last.ts  # read back as written, in UTC
+    [reserved] = await raw_rows(
+        store, sa.select(runs.c.seq_reserved).where(runs.c.run_id == ordered[1].run_id)
+    )
+    assert reserved[0] == 2 + 5
 
 
 async def test_one_runs_duplicate_seq_leaves_only_that_run_out(store: SqlStore) -> None:

@@ -10,7 +10,8 @@ break (a duplicate seq), leaves that run out and stores the others.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -29,22 +30,54 @@ FENCE_ROWS = (
 )
 
 
-def failed_fences(conn: sa.Connection, fences: Mapping[str, Fence]) -> set[str]:
+# On SQLite (``RowWriter.direct``) the same query with a fixed number of plain parameters, so
+# that its SQL is compiled once and the driver keeps it prepared: an expanding IN is rendered
+# anew on every execution. The run_ids are padded (repeating the last) to a power of two.
+_DIRECT_MOST = 256
+_DIRECT_FENCE_ROWS = {
+    count: sa.select(runs.c.run_id, runs.c.owner, runs.c.epoch)
+    .where(runs.c.run_id.in_([sa.bindparam(f"r{i}") for i in range(count)]))
+    .order_by(runs.c.run_id)
+    for count in (2**k for k in range(_DIRECT_MOST.bit_length()))
+}
+
+
+def failed_fences(
+    conn: sa.Connection, fences: Mapping[str, Fence], rows: RowWriter | None = None
+) -> set[str]:
     """Lock the rows of the fenced runs (in run_id order) and return those whose (owner,
-    epoch) is not the fence's any more."""
+    epoch) is not the fence's any more. With ``rows`` on SQLite, straight to the driver."""
     if not fences:
         return set()
-    held = {
-        run_id
-        for run_id, owner, epoch in conn.execute(FENCE_ROWS, {"run_ids": sorted(fences)})
-        if (owner, epoch) == fences[run_id]
-    }
+    run_ids = sorted(fences)
+    found: Iterable[Any]
+    if rows is not None and rows.direct:
+        found = _direct_fence_rows(conn, rows, run_ids)
+    else:
+        found = conn.execute(FENCE_ROWS, {"run_ids": run_ids})
+    held = {run_id for run_id, owner, epoch in found if (owner, epoch) == fences[run_id]}
     return set(fences) - held
 
 
-def check_fence(conn: sa.Connection, run_id: str, fence: Fence) -> None:
-    """Lock ``run_id``'s row; ``LeaseLostError`` unless it is still the fence's."""
-    if failed_fences(conn, {run_id: fence}):
+def _direct_fence_rows(
+    conn: sa.Connection, rows: RowWriter, run_ids: list[str]
+) -> list[tuple[str, str | None, int]]:
+    found: list[tuple[str, str | None, int]] = []
+    for start in range(0, len(run_ids), _DIRECT_MOST):
+        chunk = run_ids[start : start + _DIRECT_MOST]
+        count = 1 << (len(chunk) - 1).bit_length()
+        chunk += [chunk[-1]] * (count - len(chunk))
+        parameters = {f"r{i}": run_id for i, run_id in enumerate(chunk)}
+        found += rows.fetch(conn, _DIRECT_FENCE_ROWS[count], parameters)
+    return found
+
+
+def check_fence(
+    conn: sa.Connection, run_id: str, fence: Fence, rows: RowWriter | None = None
+) -> None:
+    """Lock ``run_id``'s row; ``LeaseLostError`` unless it is still the fence's (with
+    ``rows``, as :func:`failed_fences` does)."""
+    if failed_fences(conn, {run_id: fence}, rows):
         raise LeaseLostError(run_id)
 
 
@@ -91,16 +124,22 @@ class EventBatch:
 
     def __call__(self, conn: sa.Connection) -> set[str]:
         """The transaction: returns the runs whose fence failed (nothing of theirs stored)."""
-        failed = failed_fences(conn, self.fences)
+        failed = failed_fences(conn, self.fences, self._rows)
         if not failed:
-            conn.execute(ops.LIVENESS_UPDATE, self._liveness)
+            self._update_liveness(conn, self._liveness)
             self._inserts.execute(conn)
             return failed
         kept: list[RunEvent] = [event for event in self.events if event.run_id not in failed]
         if kept:
-            conn.execute(ops.LIVENESS_UPDATE, ops.liveness_rows(kept, self._reserve))
+            self._update_liveness(conn, ops.liveness_rows(kept, self._reserve))
             ops.insert_events(conn, self._rows, kept, self.epochs)
         return failed
+
+    def _update_liveness(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        if self._rows.direct:
+            self._rows.execute_many(conn, ops.LIVENESS_UPDATE, rows)
+        else:
+            conn.execute(ops.LIVENESS_UPDATE, rows)
 
 
 def without(events: Sequence[RunEvent], run_ids: set[str]) -> list[RunEvent]:

@@ -52,7 +52,7 @@ def park(
 ) -> RunStatus:
     """Store the round and its requests and make the run wait; ``LeaseLostError`` when the
     fence fails. A cancel requested meanwhile wins: the run ends ``cancelled`` instead."""
-    fencing.check_fence(conn, run_id, fence)
+    fencing.check_fence(conn, run_id, fence, rows)
     row = conn.execute(_RUN_FOR_UPDATE, {"run_id": run_id}).one()
     ops.insert_messages(conn, rows, row.session_id, messages, run_id)
     if row.cancel_requested is not None:
@@ -277,7 +277,7 @@ def resolve(
     request_ids: Sequence[str],
 ) -> None:
     """A resumed run stores its waiting calls' results and marks their requests applied."""
-    fencing.check_fence(conn, run_id, fence)
+    fencing.check_fence(conn, run_id, fence, rows)
     if messages:
         session_id = conn.execute(
             sa.select(runs.c.session_id).where(runs.c.run_id == run_id)

@@ -12,6 +12,7 @@ Leases are database time (``dbtime``). Each function is one transaction's body (
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -86,27 +87,44 @@ def claim(
     lease), marks them running and stores each one's input as its first message. Starting in
     the claim, not in a transaction of its own per run, is one round trip less between a run's
     reservation and its start (the enqueue → start latency)."""
+    statement = _claim_statement(dialect, lease_seconds, bool(exclude), only is not None)
+    parameters: dict[str, Any] = {"owner": owner, "limit": limit}
+    if exclude:
+        parameters["exclude"] = list(exclude)
+    if only is not None:
+        parameters["only"] = list(only)
+    claimed = [run_from_row(row) for row in conn.execute(statement, parameters)]
+    claimed.sort(key=lambda run: (run.created_at, run.run_id))
+    _store_inputs(conn, rows, claimed)
+    return claimed
+
+
+@functools.lru_cache(maxsize=32)
+def _claim_statement(dialect: str, lease_seconds: float, exclude: bool, only: bool) -> sa.Update:
+    """The claim's statement, built once for each shape (parameters: ``owner``, ``limit``,
+    ``exclude`` and ``only``): building it cost more than SQLite takes to run it, and every
+    poll of every worker claims."""
     # The pick is a CTE: PostgreSQL evaluates it once. As a plain ``IN (SELECT … LIMIT n FOR
     # UPDATE SKIP LOCKED)`` the planner may rescan the subquery for every outer row (a nested
     # loop semi join), and each rescan locks further rows: one claim took every ready run.
     ready: sa.ColumnElement[bool] = sa.and_(schema.READY)  # the partial index's predicate
     if exclude:
-        ready = sa.and_(ready, runs.c.run_id.not_in(exclude))
-    if only is not None:
-        ready = sa.and_(ready, runs.c.run_id.in_(only))
+        ready = sa.and_(ready, runs.c.run_id.not_in(sa.bindparam("exclude", expanding=True)))
+    if only:
+        ready = sa.and_(ready, runs.c.run_id.in_(sa.bindparam("only", expanding=True)))
     picked = (
         sa.select(runs.c.run_id)
         .where(ready)
         .order_by(runs.c.created_at, runs.c.run_id)
-        .limit(limit)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
         .with_for_update(skip_locked=True)  # nothing on SQLite, whose writes are serialized
         .cte("picked")
     )
-    statement = (
+    return (
         runs.update()
         .where(runs.c.run_id.in_(sa.select(picked.c.run_id)), ops.READY)
         .values(
-            owner=owner,
+            owner=sa.bindparam("owner", type_=runs.c.owner.type),
             epoch=runs.c.epoch + 1,
             lease_expires_at=dbtime.later(dialect, lease_seconds),
             status=RunStatus.RUNNING.value,
@@ -116,10 +134,6 @@ def claim(
         )
         .returning(*runs.c)
     )
-    claimed = [run_from_row(row) for row in conn.execute(statement)]
-    claimed.sort(key=lambda run: (run.created_at, run.run_id))
-    _store_inputs(conn, rows, claimed)
-    return claimed
 
 
 def _store_inputs(conn: sa.Connection, rows: RowWriter, started: Sequence[Run]) -> None:

@@ -197,7 +197,7 @@ class SqlStore(InputMethods, Store):
 
         def transaction(conn: sa.Connection) -> None:
             if fence is not None and run_id is not None:
-                fencing.check_fence(conn, run_id, fence)  # runs before messages
+                fencing.check_fence(conn, run_id, fence, self._rows)  # runs before messages
             ops.insert_messages(conn, self._rows, session_id, items, run_id)
 
         await self.write(transaction)
@@ -222,7 +222,7 @@ class SqlStore(InputMethods, Store):
 
         def transaction(conn: sa.Connection) -> Compaction:
             if fence is not None and run_id is not None:
-                fencing.check_fence(conn, run_id, fence)  # runs before compactions
+                fencing.check_fence(conn, run_id, fence, self._rows)  # runs before compactions
             if idle:
                 compaction_rows.check_idle(conn, compaction)
             return compaction_rows.insert(conn, compaction)
