@@ -150,8 +150,25 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
     return f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}"
 
 
+LONG_MARKERS = ("distributed", "slow")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the variants of ``@pytest.mark.backends(...)`` tests on other backends."""
+    """Deselect the variants of ``@pytest.mark.backends(...)`` tests on other backends; run the
+    modules of long tests first."""
+    _deselect_other_backends(config, items)
+    _long_modules_first(items)
+
+
+def _long_modules_first(items: list[pytest.Item]) -> None:
+    """Move every module holding a ``distributed`` or ``slow`` test to the front, whole and in
+    order (its module-scoped fixtures still start once): on ``-n 2`` a long test that comes
+    last keeps one worker busy while the other has nothing left to do."""
+    long = {item.path for item in items if any(item.get_closest_marker(m) for m in LONG_MARKERS)}
+    items.sort(key=lambda item: item.path not in long)  # stable: the order within each part
+
+
+def _deselect_other_backends(config: pytest.Config, items: list[pytest.Item]) -> None:
     kept: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
     for item in items:

@@ -8,6 +8,7 @@ the host, also when the command ran in its own PID namespace) that each of them 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -82,7 +83,9 @@ def names(marker: str) -> set[str]:
     """Which of the escapees are alive: ``{"setsid", "daemon"}`` while both are."""
     alive = set()
     for process in marked(marker):
-        with_suffix = [part for part in process.cmdline() if part.startswith(f"{marker}-")]
+        # The command line read by marked(), not read again: a subshell of the command may have
+        # exited meanwhile (its second read raised NoSuchProcess).
+        with_suffix = [part for part in process.info["cmdline"] if part.startswith(f"{marker}-")]
         alive.update(part.removeprefix(f"{marker}-") for part in with_suffix)
     return alive
 
@@ -111,6 +114,19 @@ def escapees_started(marker: str) -> bool:
 
 def nothing_left(marker: str) -> bool:
     return not marked(marker)
+
+
+async def until_gone(marker: str, timeout: float) -> None:
+    """Wait until no process of ``marker`` is left; failing, say which are (pid, parent pid,
+    state, command line): a process whose parent is 1 escaped its reaper."""
+    try:
+        await until(lambda: nothing_left(marker), timeout=timeout, what="every process gone")
+    except AssertionError as exc:
+        left = []
+        for process in marked(marker):
+            with contextlib.suppress(psutil.Error):
+                left.append((process.pid, process.ppid(), process.status(), process.cmdline()))
+        raise AssertionError(f"{exc}; left: {left}") from None
 
 
 def require_bwrap() -> None:

@@ -331,9 +331,16 @@ class Engine(SessionsAPI):
         ``max_cost_usd`` / ``max_tokens``: this run's budget (default: the session's);
         ``traceparent``: the W3C trace context its spans continue."""
         session = await self.get_session(session_id)
-        fields = {"max_cost_usd": max_cost_usd, "max_tokens": max_tokens}
         return await self._start_on(
-            session, message, model, multitask, trigger, parent_run_id, traceparent, **fields
+            session,
+            message,
+            model,
+            multitask,
+            trigger,
+            parent_run_id,
+            traceparent,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
         )
 
     async def _start_on(
@@ -345,9 +352,12 @@ class Engine(SessionsAPI):
         trigger: RunTrigger | str = RunTrigger.API,
         parent_run_id: str | None = None,
         traceparent: str | None = None,
-        **budget: Any,
+        *,
+        max_cost_usd: float | None = None,
+        max_tokens: int | None = None,
     ) -> Run:
-        """:meth:`start_run` on ``session`` as the caller has it (read, or just created)."""
+        """:meth:`start_run` on ``session`` as the caller has it (read, or just created);
+        ``max_cost_usd`` / ``max_tokens``: the run's budget (None: the session's)."""
         model_name = model or session.model
         self.models.resolve(model_name)
         run = Run(
@@ -359,7 +369,8 @@ class Engine(SessionsAPI):
             input=message,
             agent=session.agent,
             traceparent=traceparent,
-            **budget,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
         )
         return await self.runs.start_run(run, MultitaskPolicy(multitask))
 

@@ -27,6 +27,7 @@ from tests.processes import (
     nothing_left,
     require_bwrap,
     until,
+    until_gone,
 )
 
 
@@ -118,7 +119,7 @@ async def test_kill_9_of_culm_serve_leaves_no_bash_or_mcp_server(
         process.kill()
         await process.wait()
 
-        await until(lambda: nothing_left(marker), timeout=10, what="every process gone")
+        await until_gone(marker, timeout=10)
     finally:
         if process.returncode is None:
             process.kill()

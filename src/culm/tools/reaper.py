@@ -81,15 +81,17 @@ def _signal_all(pids: list[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def _reap(main: int, status: int | None) -> int | None:
-    """Reap every exited child; return the main child's status once it is known."""
+def _reap(main: int, status: int | None) -> tuple[int | None, bool]:
+    """Reap every exited child; return the main child's status once it is known, and whether
+    any child is left (alive: nothing below us can be, when none is, since every orphan below
+    us becomes our child)."""
     while True:
         try:
             pid, code = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return status
+            return status, False
         if pid == 0:
-            return status
+            return status, True
         if pid == main:
             status = code
 
@@ -105,12 +107,17 @@ def _end_all(main: int, status: int | None, grace: float) -> int | None:
 def _settle(
     me: int, main: int, status: int | None, deadline: float, sig: signal.Signals | None
 ) -> int | None:
-    """Reap until nothing lives below ``me`` (or ``deadline``), sending ``sig`` to what does."""
+    """Reap until nothing lives below ``me`` (or ``deadline``), sending ``sig`` to what does.
+
+    "Nothing below" is that we have no child left, not that a scan of /proc found none: a scan
+    is no snapshot, and misses a process forked while it reads (its pid below the directory
+    already read once pids wrap) whose parent then exits; ending then would leave it to init.
+    """
     while True:
-        status = _reap(main, status)
-        below = _descendants(me)
-        if not below or time.monotonic() >= deadline:
+        status, children = _reap(main, status)
+        if not children or time.monotonic() >= deadline:
             return status
+        below = _descendants(me)
         if sig is not None:
             _signal_all(below, sig)
         time.sleep(0.005)
