@@ -226,12 +226,15 @@ def over_http(upstream: Upstream, args: argparse.Namespace, failures: Failures) 
     }
 
 
-def peer_versions(args: argparse.Namespace) -> dict[str, str]:
+def peer_versions(args: argparse.Namespace) -> dict[str, str | None]:
     names = ["openai-agents", "pydantic-ai-slim", "langgraph", "langgraph-checkpoint-sqlite"]
     names += ["langchain-openai", "langgraph-cli", "langgraph-api", "openai", "httpx"]
-    code = "import importlib.metadata as m, json, sys; "
-    code += "print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
-    versions: dict[str, str] = {}
+    # A peer not installed (only the ones measured need be) shows as None.
+    code = "import importlib.metadata as m, json, sys\n"
+    code += "def v(n):\n    try:\n        return m.version(n)\n    except m.PackageNotFoundError:\n"
+    code += "        return None\n"
+    code += "print(json.dumps({n: v(n) for n in sys.argv[1:]}))"
+    versions: dict[str, str | None] = {}
     if any(SYSTEMS[s][0] for s in args.systems):
         done = subprocess.run(
             [str(args.peers_python), "-c", code, *names], capture_output=True, text=True

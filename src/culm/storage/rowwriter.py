@@ -7,6 +7,10 @@ and values are converted the way SQLAlchemy's SQLite types store them — timest
 text with microseconds, dates as ISO text, booleans as 0/1 — so what it writes reads back,
 sorts and compares exactly like the rest. Other databases get ``conn.execute(statement, rows)``
 (asyncpg is fast at it already). It runs inside a write transaction (see ``SqlStore.write``).
+
+The hottest statements other than inserts (an event batch's fence check and liveness update)
+take the same road on SQLite through :meth:`RowWriter.fetch` and :meth:`RowWriter.execute_many`:
+SQLAlchemy's SQL, compiled once, run on the driver's cursor.
 """
 
 from __future__ import annotations
