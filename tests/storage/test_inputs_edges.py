@@ -293,3 +293,28 @@ async def test_an_expiry_goes_on_past_requests_answered_since_it_read_them(
     )
 
     assert [event.run_id for event in events] == [made[0].run_id, made[2].run_id]
+
+
+async def test_an_expiry_goes_on_past_a_run_it_ended(store: SqlStore) -> None:
+    session = Session(
+        session_id=new_id(), model="scripted:demo", workspace="/w", input_timeout_action="error"
+    )
+    other = Session(
+        session_id=new_id(), model="scripted:demo", workspace="/w", input_timeout_action="error"
+    )
+    made = sorted([await _started(store, session), await _started(store, other)], key=_run_id)
+    await _park_run(store, made[0], "w1", epoch=1, calls=2, timeout=0.0)
+    await _park_run(store, made[1], "w1", epoch=1, timeout=0.0)
+
+    events = await store.expire_input()
+
+    assert [(event.run_id, event.type) for event in events] == [
+        (made[0].run_id, "input_received"),
+        (made[0].run_id, "error"),
+        (made[1].run_id, "input_received"),
+        (made[1].run_id, "error"),
+    ]
+
+
+def _run_id(run: Run) -> str:
+    return run.run_id
