@@ -65,3 +65,9 @@ def test_limits_give_percentages_of_the_window_to_a_tenth() -> None:
     assert limits.percent(1000) == 33.3
     assert limits.percent(1500) == 50.0
     assert (limits.trigger, limits.target) == (2000, 1500)
+
+
+def test_a_tool_costs_its_framing_its_name_and_description_and_its_parameters() -> None:
+    tool = ToolSpec(name="bash", description="d" * 12, parameters={"type": "object"})
+    # 8 framing + (4 + 12) / 4 + len("{'type': 'object'}") = 18 -> 5
+    assert estimate.tools_tokens([tool]) == 8 + 4 + 5
