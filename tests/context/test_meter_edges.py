@@ -71,3 +71,11 @@ def test_a_tool_costs_its_framing_its_name_and_description_and_its_parameters() 
     tool = ToolSpec(name="bash", description="d" * 12, parameters={"type": "object"})
     # 8 framing + (4 + 12) / 4 + len("{'type': 'object'}") = 18 -> 5
     assert estimate.tools_tokens([tool]) == 8 + 4 + 5
+
+
+def test_a_report_calibrates_within_a_half_and_three() -> None:
+    meter = PromptMeter()
+    meter.reported(REQUEST, 0, Usage(prompt_tokens=104 * 10))
+    assert meter.ratio == 3.0
+    meter.reported(REQUEST, 0, Usage(prompt_tokens=10))
+    assert meter.ratio == 0.5
