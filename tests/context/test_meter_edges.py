@@ -1,11 +1,12 @@
-"""The prompt meter's edges (found by mutation testing, issue #22): a report of no prompt
-tokens is ignored and one of a single token is not, the system prompt is part of what a report
-calibrates against, and underestimates raise the ratio to its cap of 3 and no further."""
+"""The prompt meter's and the limits' edges (found by mutation testing, issue #22): a report
+of no prompt tokens is ignored and one of a single token is not, the system prompt and the
+tools are part of what a report calibrates against, underestimates raise the ratio to its cap
+of 3 and no further, and percentages of the window are given to a tenth."""
 
 from __future__ import annotations
 
 from culm.context import estimate
-from culm.context.budget import PromptMeter
+from culm.context.budget import ContextLimits, PromptMeter
 from culm.domain.models import Usage, UserMessage
 from culm.providers.base import ModelRequest, ToolSpec
 
@@ -56,3 +57,25 @@ def test_a_report_for_a_request_we_estimate_empty_keeps_the_ratio() -> None:
     meter.reported(empty, 0, Usage(prompt_tokens=50))
 
     assert (meter.ratio, meter.measure(empty, 0)) == (1.0, (50, False))
+
+
+def test_limits_give_percentages_of_the_window_to_a_tenth() -> None:
+    limits = ContextLimits(window=3000, output_reserve=500, working_reserve=500)
+
+    assert limits.percent(1000) == 33.3
+    assert limits.percent(1500) == 50.0
+    assert (limits.trigger, limits.target) == (2000, 1500)
+
+
+def test_a_tool_costs_its_framing_its_name_and_description_and_its_parameters() -> None:
+    tool = ToolSpec(name="bash", description="d" * 12, parameters={"type": "object"})
+    # 8 framing + (4 + 12) / 4 + len("{'type': 'object'}") = 18 -> 5
+    assert estimate.tools_tokens([tool]) == 8 + 4 + 5
+
+
+def test_a_report_calibrates_within_a_half_and_three() -> None:
+    meter = PromptMeter()
+    meter.reported(REQUEST, 0, Usage(prompt_tokens=104 * 10))
+    assert meter.ratio == 3.0
+    meter.reported(REQUEST, 0, Usage(prompt_tokens=10))
+    assert meter.ratio == 0.5

@@ -4,6 +4,7 @@ and what resolving a resumed run's requests stores."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -293,3 +294,53 @@ async def test_an_expiry_goes_on_past_requests_answered_since_it_read_them(
     )
 
     assert [event.run_id for event in events] == [made[0].run_id, made[2].run_id]
+
+
+async def test_an_expiry_goes_on_past_a_run_it_ended(store: SqlStore) -> None:
+    session = Session(
+        session_id=new_id(), model="scripted:demo", workspace="/w", input_timeout_action="error"
+    )
+    other = Session(
+        session_id=new_id(), model="scripted:demo", workspace="/w", input_timeout_action="error"
+    )
+    made = sorted([await _started(store, session), await _started(store, other)], key=_run_id)
+    await _park_run(store, made[0], "w1", epoch=1, calls=2, timeout=0.0)
+    await _park_run(store, made[1], "w1", epoch=1, timeout=0.0)
+
+    events = await store.expire_input()
+
+    assert [(event.run_id, event.type) for event in events] == [
+        (made[0].run_id, "input_received"),
+        (made[0].run_id, "error"),
+        (made[1].run_id, "input_received"),
+        (made[1].run_id, "error"),
+    ]
+
+
+def _run_id(run: Run) -> str:
+    return run.run_id
+
+
+async def test_a_cancel_that_wins_over_parking_frees_the_slot_for_the_next_run(
+    store: SqlStore,
+) -> None:
+    run = await owned_run(store, "w1")
+    behind = (await store.reserve_run(a_run(run.session_id), queue=True)).run
+    await store.request_cancel(run.run_id, "stop")
+
+    _, status = await _park_run(store, run, "w1", epoch=1)
+
+    assert status is RunStatus.CANCELLED
+    ready = await get(store, behind.run_id)
+    assert (ready.status, ready.queued) == (RunStatus.PENDING, False)
+
+
+async def test_a_request_reads_back_with_its_deadline_and_attempt(store: SqlStore) -> None:
+    run = await owned_run(store, "w1", attempt=2)
+    await _park_run(store, run, "w1", epoch=1, timeout=3600.0)
+
+    [request] = await store.list_input([run.run_id])
+
+    assert request.attempt == 2
+    assert request.expires_at is not None
+    assert request.expires_at - request.created_at == timedelta(seconds=3600)
