@@ -212,3 +212,21 @@ async def test_a_run_handed_back_to_the_queue_still_gives_its_stored_events(
     assert got.run is not None and got.run.status is culm.RunStatus.PENDING
     assert stored and [e.seq for e in got.events] == [e.seq for e in stored]
     assert not reads._tasks  # a finished read is not kept
+
+
+async def test_a_read_closed_while_waiting_for_its_turn_is_not_joined_later(
+    engine: culm.Engine,
+) -> None:
+    run = await _finished(engine)
+    store = Counted(engine)
+    busy = asyncio.Semaphore(1)
+    reads = SharedReads(store, busy, page=1000)  # type: ignore[arg-type]
+    await busy.acquire()  # the read waits for its turn
+    caller = asyncio.create_task(reads.read(run.run_id, 0))
+    await asyncio.sleep(0)  # the caller asked; the read's task has not begun
+    await reads.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(10):  # the caller used to wait for ever here
+            await caller
+    busy.release()
+    assert len((await reads.read(run.run_id, 0)).events) == run.last_seq  # a new read

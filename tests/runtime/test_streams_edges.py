@@ -78,6 +78,7 @@ async def test_a_lagging_session_subscriber_catches_up_on_its_own_recent_runs_on
             # Only the new queue is registered: the lagged one was dropped.
             subscribers = engine.registry._session_subscribers[session.session_id]
             assert len(subscribers) == 1 and not next(iter(subscribers)).lagged
+        assert session.session_id not in engine.registry._session_subscribers  # closed: gone
         new = await collect(engine.subscribe(run.run_id))
         later = await collect(engine.subscribe(then.run_id))
     assert {event.session_id for event in received} == {session.session_id}

@@ -77,11 +77,20 @@ class SharedReads:
             read = self._waiting[run_id] = _Read(cursor)
             task = asyncio.create_task(self._run(run_id, read), name="shared-store-read")
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda task: self._ended(run_id, read, task))
         elif cursor is not None:
             read.cursor = cursor if read.cursor is None else min(read.cursor, cursor)
         # Shielded: a caller that leaves (its client went away) ends no one else's read.
         return await asyncio.shield(read.done)
+
+    def _ended(self, run_id: str, read: _Read, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not read.done.done():
+            # Cancelled before it began (``aclose`` right after a caller asked): its body never
+            # ran, so its callers would wait for ever.
+            if self._waiting.get(run_id) is read:
+                del self._waiting[run_id]
+            read.done.cancel()
 
     async def _run(self, run_id: str, read: _Read) -> None:
         try:
