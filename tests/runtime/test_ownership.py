@@ -77,8 +77,19 @@ def test_a_child_in_another_pid_namespace_is_not_the_same_machine() -> None:
 
 @needs_unshare
 def test_two_children_in_pid_namespaces_of_their_own_differ() -> None:
-    first, second = _child(*UNSHARE_PID), _child(*UNSHARE_PID)
-    assert first[2] != second[2]
+    # Both alive at once: a namespace's inode number is free again once its last process is
+    # gone, so a second child started after the first ended may well be given the same number.
+    command = [*UNSHARE_PID, sys.executable, "-c", REPORT + "; import sys; sys.stdin.read()"]
+    children = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        first, second = (json.loads(child.stdout.readline()) for child in children)  # type: ignore[union-attr]
+    finally:
+        for child in children:
+            child.communicate(timeout=30)
+    assert first[2] is not None and first[2] != second[2]
 
 
 def test_any_field_that_differs_or_is_unknown_means_another_machine() -> None:
