@@ -33,6 +33,7 @@ from culm.errors import (
 )
 from culm.providers.base import ModelInfo
 from culm.providers.catalog import ProviderConfig
+from culm.providers.netio import use_model_backend
 from culm.providers.sse import SSEEvent, aiter_sse
 
 _REQUEST_ERROR_STATUSES: Final = frozenset({400, 404, 413, 422})
@@ -64,7 +65,8 @@ def model_client(max_connections: int) -> httpx2.AsyncClient:
     limits = httpx2.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    return httpx2.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits)
+    # Reads with no timeout skip httpcore2's per-read cancel scope (netio's docstring).
+    return use_model_backend(httpx2.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits))
 
 
 # How long to keep reading after the final event so the connection can return to the pool.
