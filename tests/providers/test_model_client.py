@@ -1,25 +1,25 @@
-"""The model client's network backend (culm.providers.netio): a read without a read timeout is a
-plain receive, with httpcore2's exceptions, and everything else as httpcore2 does it."""
+"""The model client (``providers.http.model_client``) on the proxy's asyncio transport: a
+streamed answer arrives whole, token by token; a cut, a stall, a cancel and the stall guard
+behave as they did on httpx2's default transport; connections are kept for the next call."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
-import httpcore2
 import httpx2
 import pytest
 
-from culm.errors import ModelConnectionError
+from culm.errors import ModelConnectionError, ModelStallError
+from culm.loop.model_call import _stall_guard
 from culm.providers.base import Finish, Model, TextDelta
 from culm.providers.http import model_client
 from culm.providers.remote import build_http_model
+from culm.proxy.transport import AsyncioTransport
 from culm.settings import Settings
 from tests.providers.conftest import collect
-from tests.providers.fakes import FakeUpstream, Reply, openai_events
+from tests.providers.fakes import FakeUpstream
 from tests.providers.test_openai import HELLO, chunk, stream_reply
 
 
@@ -36,39 +36,8 @@ def model(upstream_settings: Settings, client: httpx2.AsyncClient) -> Model:
     return build_http_model("openai", "gpt-4o", upstream_settings, client)
 
 
-@contextlib.contextmanager
-def counting_fail_after() -> Iterator[list[float | None]]:
-    """Record every ``anyio.fail_after`` httpcore2 enters (it calls it through the module)."""
-    calls: list[float | None] = []
-    original = anyio.fail_after
-
-    def fail_after(delay: float | None, shield: bool = False) -> Any:
-        calls.append(delay)
-        return original(delay, shield)
-
-    anyio.fail_after = fail_after  # type: ignore[assignment]
-    try:
-        yield calls
-    finally:
-        anyio.fail_after = original
-
-
-async def test_a_read_without_a_timeout_enters_no_cancel_scope(
-    upstream: FakeUpstream, model: Model
-) -> None:
-    upstream.push(stream_reply(chunk({"content": "Hel"}), end="stall"))
-    parts = model.stream(HELLO)
-    with counting_fail_after() as calls:
-        assert await anext(parts) == TextDelta(text="Hel")
-        assert calls, "the connect and the request's write have their scopes"
-        calls.clear()
-        # Nothing more arrives: the next part is a read that waits, and is cancelled.
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.2):
-                await anext(parts)
-    assert calls == []
-    async with asyncio.timeout(5):
-        await upstream.client_closed.wait()
+async def test_the_model_client_uses_the_asyncio_transport(client: httpx2.AsyncClient) -> None:
+    assert isinstance(client._transport, AsyncioTransport)
 
 
 async def test_a_streamed_answer_arrives_whole(upstream: FakeUpstream, model: Model) -> None:
@@ -96,7 +65,7 @@ async def test_a_stream_closed_by_the_server_ends_the_body(
     assert await collect(model.stream(HELLO)) == [TextDelta(text="Hi"), Finish(reason="stop")]
 
 
-async def test_a_stalled_read_is_cancelled_at_once_and_the_connection_closed(
+async def test_a_stalled_read_is_cancelled_and_the_connection_closed(
     upstream: FakeUpstream, model: Model
 ) -> None:
     upstream.push(stream_reply(chunk({"content": "Hel"}), end="stall"))
@@ -109,28 +78,22 @@ async def test_a_stalled_read_is_cancelled_at_once_and_the_connection_closed(
         await upstream.client_closed.wait()
 
 
+async def test_the_stall_guard_fires_on_a_stalled_stream(
+    upstream: FakeUpstream, model: Model
+) -> None:
+    upstream.push(stream_reply(chunk({"content": "Hel"}), end="stall"))
+    seen: list[Any] = []
+    with pytest.raises(ModelStallError):
+        async for part in _stall_guard(model.stream(HELLO), 0.2):
+            seen.append(part)
+    assert seen == [TextDelta(text="Hel")]
+    async with asyncio.timeout(5):
+        await upstream.client_closed.wait()
+
+
 async def test_connections_are_kept_for_the_next_call(upstream: FakeUpstream, model: Model) -> None:
     for _ in range(3):
         upstream.push(stream_reply(chunk({"content": "x"}, finish="stop"), "[DONE]"))
         await collect(model.stream(HELLO))
+    assert len(upstream.requests) == 3
     assert upstream.connections == 1
-
-
-async def test_a_read_with_a_timeout_still_times_out(
-    upstream: FakeUpstream, client: httpx2.AsyncClient
-) -> None:
-    upstream.push(Reply(chunks=openai_events(chunk({"content": "Hel"})), end="stall"))
-    timeout = httpx2.Timeout(None, read=0.1)
-    with pytest.raises(httpx2.ReadTimeout):
-        async with client.stream("POST", f"{upstream.url}/v1/x", timeout=timeout) as response:
-            async for _ in response.aiter_bytes():
-                pass
-
-
-async def test_the_model_client_opens_its_connections_with_culms_backend() -> None:
-    async with model_client(2) as client:
-        transport = client._transport
-        assert isinstance(transport, httpx2.AsyncHTTPTransport)
-        pool = transport._pool
-        assert isinstance(pool, httpcore2.AsyncConnectionPool)
-        assert type(pool._network_backend).__name__ == "ModelNetworkBackend"
