@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import math
+import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -34,6 +35,7 @@ from culm.errors import (
 from culm.providers.base import ModelInfo
 from culm.providers.catalog import ProviderConfig
 from culm.providers.sse import SSEEvent, aiter_sse
+from culm.proxy.transport import AsyncioTransport
 
 _REQUEST_ERROR_STATUSES: Final = frozenset({400, 404, 413, 422})
 
@@ -64,7 +66,18 @@ def model_client(max_connections: int) -> httpx2.AsyncClient:
     limits = httpx2.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    return httpx2.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits)
+    # The proxy's transport (asyncio protocols, httptools), not httpx2's default (httpcore2 on
+    # anyio, h11): half the CPU per streamed read, one read per token (docs/benchmarks.md,
+    # peers). The environment's CA bundle and proxies, as httpx2 would take them.
+    return httpx2.AsyncClient(
+        timeout=DEFAULT_TIMEOUT,
+        transport=AsyncioTransport(
+            limits=limits,
+            ssl_context=httpx2.create_ssl_context(trust_env=True),
+            proxies=urllib.request.getproxies(),
+        ),
+        trust_env=False,
+    )
 
 
 # How long to keep reading after the final event so the connection can return to the pool.
