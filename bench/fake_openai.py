@@ -265,6 +265,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.busy = False  # a delayed stream is being written
         self.close_after = False
+        self.gone: asyncio.Future[None] | None = None  # set when the client hangs up
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -278,6 +279,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.gone is not None and not self.gone.done():
+            self.gone.set_result(None)
 
     def process(self) -> None:
         while self.transport is not None and not self.busy:
@@ -389,15 +392,21 @@ class Connection(asyncio.Protocol):
             transport.write(error(404, f"no route {path.decode(errors='replace')}", "not_found"))
 
     async def park(self) -> None:
-        """Hold the request for ``--park-s`` while its client is connected."""
+        """Hold the request for ``--park-s`` while its client is connected: a client that hangs
+        up leaves ``parked_now`` at once, so that the next process a benchmark starts does not
+        find the last one's requests still counted."""
         stats = self.upstream.stats
+        if self.transport is None:
+            return
         stats["parked_now"] += 1
+        self.gone = asyncio.get_running_loop().create_future()
         try:
-            deadline = asyncio.get_running_loop().time() + self.upstream.park
-            while self.transport is not None and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(min(1.0, self.upstream.park))
+            await asyncio.wait_for(self.gone, self.upstream.park)
+        except TimeoutError:
+            pass
         finally:
             stats["parked_now"] -= 1
+            self.gone = None
 
     async def trickle(self, frames: list[bytes], delay: float) -> None:
         """Write a response after ``--park-s``, with ``delay`` between its frames (the content

@@ -109,6 +109,9 @@ def run_process(
     command += ["--concurrency", str(args.concurrency), "--tokens", str(args.tokens)]
     command += ["--warmup", "0" if scenario in ("parked", "cold") else str(args.warmup), *extra]
     command += ["--park-timeout", str(args.park_timeout)]
+    if scenario == "parked":  # the last sample's runs must not count in this one's
+        held = upstream.drained()
+        failures.check(held == 0, f"{system} parked: the upstream still holds {held} requests")
     before, upstream_cpu = upstream.stats(), upstream.cpu_seconds()
     spawned = time.time()
     try:
@@ -130,6 +133,8 @@ def run_process(
     result["upstream_cpu_s"] = upstream_cpu
     if scenario == "cold" and "first_run_done_at" in result:
         result["cold_s"] = result["first_run_done_at"] - spawned
+    if scenario == "parked" and "runs_started_at" in result:
+        result["spawn_to_start_s"] = result["runs_started_at"] - spawned
     print(f"  {report.one_line(result)}", file=sys.stderr, flush=True)
     return result
 
@@ -157,6 +162,11 @@ def checked(
             isinstance(seen, int) and seen <= min(tool, started),
             f"{label}: upstream saw {tool} calls, {seen} held at once, for {started} runs",
         )
+        failures.check(
+            result.get("held_before") == 0,
+            f"{label}: the upstream held {result.get('held_before')} requests when the runs "
+            "started (another process's)",
+        )
         if not result.get("all_waiting"):
             print(f"  NOTE {label}: only {seen} of {started} runs waiting", file=sys.stderr)
     else:
@@ -169,6 +179,7 @@ def checked(
             f"{label}: {result.get('token_events')} tokens for {started} runs of {tokens}",
         )
     result["model_calls"] = tool + answer
+    result["connections"] = after["connections"] - before["connections"]  # opened to the upstream
 
 
 def interleaved(

@@ -5,6 +5,7 @@ and the tokens, and writes its JSON and table. The peers' venv is not needed (cu
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,27 @@ def test_parked_runs_all_reach_the_upstream(tmp_path: Path) -> None:
     assert result["requests_seen"] == 5
     assert result["model_calls"] == 5  # round 1 of each run, held by the upstream
     assert result["all_waiting_s"] > 0
+    assert result["held_before"] == 0  # peers.py waited for the upstream to hold nothing
     assert "| parked | parked | all waiting" in table
+
+
+def test_a_parked_request_leaves_the_count_when_its_client_hangs_up() -> None:
+    """A parked sample's process exits with its requests held: the next sample must not find
+    them still counted (the upstream's ``parked_now`` at its start is subtracted)."""
+    sys.path.insert(0, str(BENCH / "peers"))
+    from upstream import Upstream  # bench/peers/upstream.py
+
+    with Upstream("parked", 3, 0.0, park_s=60) as upstream:
+        host, port = upstream.base_url.split("//")[1].split("/")[0].split(":")
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "go"}]})
+        head = f"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: {len(body)}\r\n\r\n"
+        with socket.create_connection((host, int(port))) as client:
+            client.sendall((head + body).encode())
+            while upstream.stats()["tool_rounds"] == 0:  # until the upstream has read it
+                pass
+            assert upstream.stats()["parked_now"] == 1  # held: no answer for 60 s
+        assert upstream.drained(timeout=10) == 0  # long before the 60 s it would hold it
+        assert upstream.stats()["tool_rounds"] == 1
 
 
 def test_culm_serve_is_measured_over_http(tmp_path: Path) -> None:

@@ -163,7 +163,7 @@ async def parked(s: Scenario) -> dict[str, Any]:
     stats_url = s.args.stats_url
     base = await asyncio.to_thread(upstream_parked, stats_url)
     rss = rss_mb()
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     tasks = [asyncio.create_task(s.one()) for _ in range(s.args.runs)]
     seen = 0
     while time.perf_counter() - started < s.args.park_timeout:
@@ -182,6 +182,8 @@ async def parked(s: Scenario) -> dict[str, Any]:
         "all_waiting_s": waited,
         "all_waiting": seen >= s.args.runs,
         "requests_seen": seen,
+        "held_before": base,  # by the upstream when the runs started: 0 unless another's
+        "runs_started_at": started_at,  # wall clock: the caller knows when it spawned us
         "rss_mb_added": added,
         "rss_kb_per_run": added * 1024 / s.args.runs,
     }
@@ -235,6 +237,9 @@ async def measure(system: System, args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.scenario == "parked":  # leave at once: the runs are still waiting, by design
         report(result)
+        discard = getattr(system, "discard", None)  # what would outlive the process
+        if discard is not None:
+            discard()
         os._exit(0)
     await system.close()
     return result

@@ -66,6 +66,10 @@ class Culm:
         if last != "complete":
             raise RuntimeError(f"run {run.run_id} ended with {last!r}")
 
+    def discard(self) -> None:
+        """Before a parked sample's process leaves without closing its runs: its home."""
+        self.home.cleanup()
+
     async def close(self) -> None:
         if self.engine is not None:
             await self.engine.aclose()

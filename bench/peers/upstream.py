@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +39,15 @@ class Upstream:
             stats: dict[str, Any] = json.load(answer)
         return stats
 
+    def drained(self, timeout: float = 30.0) -> int:
+        """Wait until the upstream holds no parked request (the last process's have gone: it
+        exited, the kernel closed its connections, the upstream saw them close), at most
+        ``timeout`` seconds; what it still holds."""
+        deadline = time.monotonic() + timeout
+        while (held := int(self.stats()["parked_now"])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return held
+
     def cpu_seconds(self) -> float:
         """The upstream's own CPU so far: shared by every system, so it is reported apart."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -58,3 +68,5 @@ class Upstream:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
