@@ -21,7 +21,8 @@ next to the proxies it stands behind. It speaks:
 * ``GET /v1/models``: the models of ``--models`` (any model name is accepted by the completions
   route anyway).
 * ``GET /health``: ``{"status": "ok"}``; ``GET /stats``: requests served so far (chat, of which
-  streaming, models), connections accepted, and bad requests, for the benchmark's checks.
+  streaming, models), connections accepted (and of them, those that carried a completion), and
+  bad requests, for the benchmark's checks.
 
 Any other route answers 404 in OpenAI's error format. Responses are built once per (model,
 stream, include_usage, tool round) and cached.
@@ -75,6 +76,7 @@ class Upstream:
             "parked_now": 0,  # requests held by --park-s right now (a client's retry is not new)
             "models": 0,
             "connections": 0,
+            "chat_connections": 0,  # connections that carried a chat completion (not /stats)
             "bad_requests": 0,
             "not_found": 0,
         }
@@ -266,6 +268,7 @@ class Connection(asyncio.Protocol):
         self.busy = False  # a delayed stream is being written
         self.close_after = False
         self.gone: asyncio.Future[None] | None = None  # set when the client hangs up
+        self.chatted = False  # carried a chat completion
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -364,6 +367,8 @@ class Connection(asyncio.Protocol):
                 transport.write(error(400, f"bad JSON body: {exc}", "invalid_request_error"))
                 return
             upstream.stats["chat"] += 1
+            upstream.stats["chat_connections"] += not self.chatted
+            self.chatted = True
             upstream.stats["chat_stream"] += stream
             upstream.stats["tool_rounds" if tool_round else "answer_rounds"] += 1
             if tool_round:

@@ -179,7 +179,8 @@ def checked(
             f"{label}: {result.get('token_events')} tokens for {started} runs of {tokens}",
         )
     result["model_calls"] = tool + answer
-    result["connections"] = after["connections"] - before["connections"]  # opened to the upstream
+    # the connections the system's requests came on (not the harness's /stats polls)
+    result["connections"] = after["chat_connections"] - before["chat_connections"]
 
 
 def interleaved(
