@@ -62,7 +62,7 @@ from culm.scheduler.store import ScheduleStore
 from culm.scheduler.ticker import Ticker
 from culm.sessions import SessionsAPI
 from culm.settings import Settings, load_settings
-from culm.storage.base import Fence, QueueStats, Store, WorkerInfo
+from culm.storage.base import Fence, QueueStats, SessionState, Store, WorkerInfo
 from culm.storage.sql import SqlStore
 from culm.tools import Tool, ToolRegistry, builtin_tools
 from culm.tools.sandbox import sandbox_from
@@ -555,12 +555,11 @@ class Engine(SessionsAPI):
     async def _loop_context(
         self,
         run: Run,
+        loaded: SessionState,
         emit: Any,
         append: Any,
     ) -> LoopContext:
-        session = await self.store.get_session(run.session_id)
-        if session is None:
-            raise NotFoundError("session", run.session_id)
+        session = loaded.session
         settings = self.settings
         model = self.models.resolve(run.model)
         fence = (self.runs.owner, run.epoch)
@@ -584,7 +583,9 @@ class Engine(SessionsAPI):
             room=self.batcher.room,
             budget_limit=session.metadata.get("budget_limit"),
             run_id=run.run_id,
-            context=self._context_settings(session, model, fence),
+            context=context_settings(
+                settings, self.models, self.store, session, model, fence, loaded=loaded
+            ),
             resolve_input=lambda messages, ids: self.store.resolve_input(
                 run.run_id, fence=fence, messages=messages, request_ids=ids
             ),

@@ -19,6 +19,7 @@ import pytest
 import culm
 from culm.domain.models import Message
 from culm.errors import StorageUnavailableError
+from culm.storage.base import SessionState
 from culm.storage.sql import SqlStore
 from tests.conftest import CI
 from tests.support import collect, settings
@@ -96,9 +97,13 @@ async def test_runs_end_in_error_when_the_disk_stays_full(tmp_path: Path, tiny_f
 
 
 class _MessagesUnavailable(SqlStore):
-    """The real SQLite store, whose transcript reads fail as a full or unreachable store's do."""
+    """The real SQLite store, whose transcript reads fail as a full or unreachable store's do
+    (a run reads its transcript with its session as it starts)."""
 
     async def get_messages(self, session_id: str) -> list[Message]:
+        raise StorageUnavailableError("the store could not read the transcript")
+
+    async def get_session_state(self, session_id: str) -> SessionState | None:
         raise StorageUnavailableError("the store could not read the transcript")
 
 

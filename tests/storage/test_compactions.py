@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from culm.domain.compaction import Compaction
 from culm.domain.models import Usage, UserMessage
 from culm.errors import LeaseLostError, SessionBusyError, SessionChangedError
+from culm.storage.base import SessionState, Store
 from culm.storage.rows import run_to_row
 from culm.storage.schema import runs
 from culm.storage.sql import SqlStore
@@ -123,3 +124,20 @@ async def test_an_idle_compaction_waits_for_a_run_being_created_and_sees_it(
     finally:
         await other.dispose()
         await store.aclose()
+
+
+async def test_a_runs_start_up_state_is_the_session_its_messages_and_latest_compaction(
+    store: SqlStore,
+) -> None:
+    session, bare = await new_session(store), await new_session(store)
+    said = [UserMessage(content="one"), UserMessage(content="two ✓")]
+    await store.append_messages(session.session_id, said, run_id=None)
+    await store.add_compaction(a_compaction(session.session_id))
+    latest = await store.add_compaction(a_compaction(session.session_id, summary_end=9))
+
+    state = await store.get_session_state(session.session_id)  # one read transaction
+    assert state == SessionState(session, said, latest)
+    # The same as the three reads apart (the base class's way, for any other store).
+    assert await Store.get_session_state(store, session.session_id) == state
+    assert await store.get_session_state(bare.session_id) == SessionState(bare, [], None)
+    assert await store.get_session_state("no-such-session") is None

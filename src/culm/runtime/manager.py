@@ -49,13 +49,18 @@ from culm.runtime.ownership import new_owner_id
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
 from culm.settings import Settings, ShutdownPolicy
-from culm.storage.base import Reservation, Store
+from culm.storage.base import Reservation, SessionState, Store
 
 log = get_logger(__name__)
 
 # Builds the loop's context for a run: resolves its session, model and tools.
 ContextFactory = Callable[
-    [Run, Callable[[RunEventBase], object], Callable[[Sequence[Message]], Awaitable[None]]],
+    [
+        Run,
+        SessionState,
+        Callable[[RunEventBase], object],
+        Callable[[Sequence[Message]], Awaitable[None]],
+    ],
     Awaitable[LoopContext],
 ]
 
@@ -397,10 +402,15 @@ class RunManager:
                 run.session_id, messages, run_id=run.run_id, fence=fence
             )
 
-        ctx = await self._context_factory(run, runner.emit, append)
+        # The session, its messages and latest compaction in one read (each read apart costs
+        # about as much again: most of a run's start-up when many start at once).
+        loaded = await self._store.get_session_state(run.session_id)
+        if loaded is None:
+            raise NotFoundError("session", run.session_id)
+        ctx = await self._context_factory(run, loaded, runner.emit, append)
         if answered:  # what it and its sub-agents spent before it waited counts toward its budget
             state.spend = await waiting.spent_before(self._store, run)
-        state.messages = await self._store.get_messages(run.session_id)
+        state.messages = loaded.messages
         match await run_agent(ctx, state, answered, recovered=recovered):
             case FinalAnswer(text=text):
                 return Outcome(RunStatus.COMPLETED, final_message=text)

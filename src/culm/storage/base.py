@@ -29,6 +29,15 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionState:
+    """What a run starts from: its session, the session's messages and latest compaction."""
+
+    session: Session
+    messages: list[Message]
+    compaction: Compaction | None
+
+
+@dataclass(frozen=True, slots=True)
 class Renewal:
     """What a lease renewal found."""
 
@@ -167,6 +176,15 @@ class Store(ABC):
     @abstractmethod
     async def list_compactions(self, session_id: str) -> list[Compaction]:
         """Oldest first."""
+
+    async def get_session_state(self, session_id: str) -> SessionState | None:
+        """The session, its messages and its latest compaction (a run's start-up reads), None
+        for an unknown session. ``SqlStore`` reads them in one read transaction."""
+        session = await self.get_session(session_id)
+        if session is None:
+            return None
+        messages = await self.get_messages(session_id)
+        return SessionState(session, messages, await self.get_compaction(session_id))
 
     # Runs: the queue is the runs table. A *ready* run (pending, not queued, no owner) holds its
     # session's slot and waits for a worker; a *queued* one waits behind its session's active
