@@ -18,6 +18,7 @@ from culm.runtime.dispatch import Dispatcher, WorkerCounters
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.roles import Role
 from culm.runtime.runner import Runner
+from culm.storage.base import SweepPolicy
 from culm.storage.sql import SqlStore
 from tests.storage.queue_support import ready_run
 from tests.support import settings
@@ -169,6 +170,76 @@ async def test_a_run_whose_launch_always_fails_ends_in_error_after_a_bounded_num
         assert (ended.status, ended.owner) == (RunStatus.ERROR, None)
         [event] = await store.read_events(doomed.run_id)
         assert event.type == "error" and event.code == dispatch.LAUNCH_FAILED
+        assert event.seq == 1, "right after the last stored event: no gap"
+    finally:
+        await store.aclose()
+
+
+class _TakenOverAtThirdClaim(SqlStore):
+    """A store whose third claim is taken over by worker "w2" (w1 counted dead) right after
+    it returns: w1's claim is stale before w1 launches its runs."""
+
+    claims = 0
+
+    async def claim_runs(self, *args: Any, **kwargs: Any) -> list[Run]:
+        claimed = await super().claim_runs(*args, **kwargs)
+        self.claims += 1
+        if self.claims == 3:
+            policy = SweepPolicy(requeue=True, max_attempts=3, lease_seconds=10.0)
+            await self.sweep("w2", policy, dead_owners=["w1"])
+        return claimed
+
+
+async def test_a_run_taken_over_before_its_last_failed_launch_is_left_to_its_new_owner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatch, "LAUNCH_BACKOFF", 0.0)
+    store = _TakenOverAtThirdClaim(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    await store.start()
+    try:
+        doomed = await ready_run(store)
+        dispatcher = _dispatcher(store, _Launches(failing={doomed.run_id}), concurrency=4)
+        for _ in range(dispatch.LAUNCH_ATTEMPTS):
+            await dispatcher.claim()
+
+        left = await store.get_run(doomed.run_id)
+        assert left is not None
+        assert (left.status, left.owner) == (RunStatus.PENDING, None), "re-queued by w2"
+        assert [event.type for event in await store.read_events(doomed.run_id)] == [
+            "run_recovered"
+        ], "w1 wrote nothing under its stale claim"
+    finally:
+        await store.aclose()
+
+
+class _CountingClaims(SqlStore):
+    claims = 0
+
+    async def claim_runs(self, *args: Any, **kwargs: Any) -> list[Run]:
+        self.claims += 1
+        return await super().claim_runs(*args, **kwargs)
+
+
+async def test_callers_claiming_at_once_share_the_claims_and_none_claims_after_stop(
+    tmp_path: Path,
+) -> None:
+    store = _CountingClaims(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    await store.start()
+    try:
+        made = [await ready_run(store) for _ in range(3)]
+        launches = _Launches()
+        dispatcher = _dispatcher(store, launches, concurrency=4)
+        # The first claims at once; the second waits for it and claims again (its run may
+        # have been reserved after the first began); the third is covered by the second's.
+        await asyncio.gather(*(dispatcher.claim_now() for _ in range(3)))
+        assert store.claims == 2
+        assert sorted(launches.launched) == sorted(run.run_id for run in made)
+        await dispatcher.aclose()
+        late = await ready_run(store)
+        await dispatcher.claim_now()
+        assert store.claims == 2, "a stopped dispatcher claims nothing"
+        left = await store.get_run(late.run_id)
+        assert left is not None and left.owner is None
     finally:
         await store.aclose()
 

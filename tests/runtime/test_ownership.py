@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from culm.runtime import ownership
 from culm.runtime.ownership import boot_id, pid_alive, pid_namespace, same_machine
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -111,4 +112,22 @@ def test_pid_alive_until_the_process_is_reaped() -> None:
         assert pid_alive(child.pid)
     finally:
         child.communicate(timeout=30)
+    assert child.returncode == 0, "asking sent the process no signal that ends it"
     assert not pid_alive(child.pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root")
+def test_a_process_this_user_may_not_signal_is_alive() -> None:
+    # As another user, signalling pid 1 (root's) is refused: the process exists all the same.
+    # The child imports the culm this test imports (a mutated copy under mutation testing).
+    check = "from culm.runtime.ownership import pid_alive; print(pid_alive(1))"
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run(
+        [*nobody, sys.executable, "-c", check],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(ownership.__file__).parents[2])},
+    )
+    assert done.stdout.strip() == "True"
