@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Collection
+from itertools import count
 from pathlib import Path
 from typing import Any
+from zlib import crc32
 
 import pytest
 
@@ -18,7 +20,7 @@ from culm.runtime.dispatch import Dispatcher, WorkerCounters
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.roles import Role
 from culm.runtime.runner import Runner
-from culm.storage.base import SweepPolicy
+from culm.storage.base import SweepPolicy, Wakeups
 from culm.storage.sql import SqlStore
 from tests.storage.queue_support import ready_run
 from tests.support import settings
@@ -372,3 +374,114 @@ def test_a_wake_up_naming_a_run_is_claimed_at_once_by_one_worker_the_others_late
     launches.others = 2
     later = sorted(worker.stagger(["run-1"]) for worker in workers)[1:]
     assert later == [pytest.approx(0.075)] * 2
+
+
+class _Wakeups(Wakeups):
+    """The store's own wake-ups as a test sets them: ``hints`` named by every wake-up, the
+    wake-ups ``lost`` (only the timeout ends a wait) or ``failing`` (the listening connection
+    gone), and an ``aclose`` that raises (its connection is gone too)."""
+
+    def __init__(
+        self, real: Wakeups, *, hints: list[str], lost: bool = False, failing: bool = False
+    ) -> None:
+        self._real = real
+        self._hints = hints
+        self._lost = lost
+        self._failing = failing
+
+    async def wait(self, timeout: float) -> bool:
+        if self._failing:
+            raise ConnectionError("the listening connection is gone")
+        if self._lost:
+            async with asyncio.timeout(timeout):  # None (no poll): for ever
+                await asyncio.Event().wait()
+        return await self._real.wait(timeout)
+
+    def take_hints(self) -> list[str]:
+        return list(self._hints)
+
+    async def aclose(self) -> None:
+        await self._real.aclose()
+        raise ConnectionError("already closed")
+
+
+class _WakeupsStore(SqlStore):
+    settings: dict[str, Any]
+
+    def wakeups(self) -> Wakeups:
+        return _Wakeups(super().wakeups(), **self.settings)
+
+
+async def _launched_once_ready(
+    tmp_path: Path, *, peers: tuple[str, ...] = (), poll: float = 3600, **settings: Any
+) -> None:
+    """Start w1's dispatcher, then reserve a run (its id named by every wake-up when ``peers``
+    give the turn to w2), and wait for w1 to launch it."""
+    store = _WakeupsStore(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    run_id = next(
+        f"run-{i}" for i in count() if not peers or peers[crc32(f"run-{i}".encode()) % 2] == "w2"
+    )
+    store.settings = {"hints": [run_id] if peers else [], **settings}
+    await store.start()
+    launched = asyncio.Event()
+    dispatcher = Dispatcher(
+        store,
+        owner="w1",
+        concurrency=4,
+        lease_seconds=60,
+        poll_seconds=poll,
+        active=lambda: 0,
+        held=set,
+        launch=lambda run: launched.set(),
+        counters=WorkerCounters(),
+        peers=lambda: peers,
+    )
+    try:
+        dispatcher.start()
+        await asyncio.sleep(0)  # it claimed (nothing), and waits
+        await ready_run(store, run_id=run_id)
+        async with asyncio.timeout(20):
+            await launched.wait()
+        await dispatcher.aclose()  # the wake-ups' failing close is not the caller's problem
+    finally:
+        await store.aclose()
+
+
+async def test_a_worker_whose_turn_a_wake_up_is_not_still_claims_the_run_a_little_later(
+    tmp_path: Path,
+) -> None:
+    await _launched_once_ready(tmp_path, peers=("w1", "w2"))
+
+
+async def test_a_run_whose_wake_up_was_lost_is_claimed_at_the_poll(tmp_path: Path) -> None:
+    await _launched_once_ready(tmp_path, poll=0.05, lost=True)
+
+
+async def test_a_dispatcher_whose_wake_ups_fail_polls_for_runs(tmp_path: Path) -> None:
+    await _launched_once_ready(tmp_path, poll=0.05, failing=True)
+
+
+class _FailingClaims(_CountingClaims):
+    async def claim_runs(self, *args: Any, **kwargs: Any) -> list[Run]:
+        self.claims += 1
+        await asyncio.sleep(0)
+        raise ConnectionError("the database is gone")
+
+
+async def test_a_failed_claim_waits_for_a_wake_up_or_the_poll_never_spins(
+    tmp_path: Path,
+) -> None:
+    store = _FailingClaims(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    await store.start()
+    try:
+        dispatcher = _dispatcher(store, _Launches(), concurrency=4)
+        dispatcher.start()
+        async with asyncio.timeout(10):
+            while store.claims == 0:
+                await asyncio.sleep(0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert store.claims == 1
+        await dispatcher.aclose()
+    finally:
+        await store.aclose()
