@@ -170,6 +170,7 @@ async def test_a_run_whose_launch_always_fails_ends_in_error_after_a_bounded_num
         ended = await store.get_run(doomed.run_id)
         assert ended is not None
         assert (ended.status, ended.owner) == (RunStatus.ERROR, None)
+        assert ended.error == "the run could not be launched (3 attempts)"
         [event] = await store.read_events(doomed.run_id)
         assert event.type == "error" and event.code == dispatch.LAUNCH_FAILED
         assert event.seq == 1, "right after the last stored event: no gap"

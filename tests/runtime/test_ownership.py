@@ -23,6 +23,12 @@ REPORT = (
     "import json, socket; from culm.runtime.ownership import boot_id, pid_namespace; "
     "print(json.dumps([socket.gethostname(), boot_id(), pid_namespace()]))"
 )
+# A child that waits for its stdin, any signal's default action restored (under nohup SIGHUP
+# is ignored, and one that ended it would go unnoticed).
+CHILD_WAITS = (
+    "import signal, sys; [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, signal.SIGINT)]; "
+    "sys.stdin.read()"
+)
 UNSHARE_PID = ["unshare", "--pid", "--fork", "--mount-proc"]
 
 
@@ -105,9 +111,7 @@ def test_any_field_that_differs_or_is_unknown_means_another_machine() -> None:
 
 def test_pid_alive_until_the_process_is_reaped() -> None:
     assert pid_alive(os.getpid())
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
-    )
+    child = subprocess.Popen([sys.executable, "-c", CHILD_WAITS], stdin=subprocess.PIPE)
     try:
         assert pid_alive(child.pid)
     finally:
