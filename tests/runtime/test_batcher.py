@@ -197,6 +197,7 @@ async def test_a_store_failing_past_the_window_reports_the_runs_it_cannot_take(
 ) -> None:
     store = await _store(tmp_path, failures=10**6)
     reported: list[set[str]] = []
+    errors: list[BaseException] = []
     published: list[RunEvent] = []
     batcher = EventBatcher(
         store,
@@ -204,7 +205,7 @@ async def test_a_store_failing_past_the_window_reports_the_runs_it_cannot_take(
         linger=0,
         max_batch=1000,
         retry_window=0.3,
-        on_unavailable=lambda run_ids, exc: reported.append(run_ids),
+        on_unavailable=lambda run_ids, exc: (reported.append(run_ids), errors.append(exc)),
     )
     batcher.start()
     for event in _events(3):
@@ -217,6 +218,7 @@ async def test_a_store_failing_past_the_window_reports_the_runs_it_cannot_take(
         while not reported:
             await asyncio.sleep(0.01)
     assert reported[0] == {"r"}
+    assert isinstance(errors[0], StorageUnavailableError), "the store's error, to end runs with"
     store.failures = 0  # the store works again: everything is stored, then published
     await batcher.flush()
     assert not batcher.failing
@@ -290,6 +292,9 @@ async def test_a_run_whose_fence_fails_is_isolated_and_the_others_are_stored(
     assert await store.last_event_seq("lost") == 0
     assert await store.last_event_seq("ours") == 4
     assert rejected == [{("lost", 0)}]
+    batcher.add(_events(1)[0])  # unfenced, while an attempt is isolated
+    await batcher.flush()
+    assert await store.last_event_seq("r") == 1
     await batcher.aclose()
     await store.aclose()
 
@@ -525,5 +530,29 @@ async def test_a_refused_batch_is_written_again_one_run_at_a_time_in_order(
     assert store.writes == [["bad", "good", "good"], ["bad"], ["good", "good"]]
     assert rejected == [{("bad", 1)}]
     assert [(e.run_id, e.seq) for e in published] == [("good", 1), ("good", 2)]
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_the_writer_lingers_for_more_events_unless_a_batch_is_full(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    batcher = EventBatcher(store, publish=lambda _: None, linger=0.5, max_batch=3)
+    batcher.start()
+    first, second, *full = _events(5)
+    batcher.add(first)
+    for _ in range(5):
+        await asyncio.sleep(0)  # the writer is lingering now
+    batcher.add(second)
+    await batcher.flush()  # cuts the linger short
+    assert store.batches == [2], "the first event waited for the second"
+    await batcher.aclose()
+    batcher = EventBatcher(store, publish=lambda _: None, linger=3600, max_batch=3)
+    batcher.start()
+    for event in full:
+        batcher.add(event)
+    async with asyncio.timeout(10):  # a full batch is written at once, not after an hour
+        while store.batches == [2]:
+            await asyncio.sleep(0.01)
+    assert store.batches == [2, 3]
     await batcher.aclose()
     await store.aclose()
