@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -196,6 +197,7 @@ async def test_a_store_failing_past_the_window_reports_the_runs_it_cannot_take(
 ) -> None:
     store = await _store(tmp_path, failures=10**6)
     reported: list[set[str]] = []
+    errors: list[BaseException] = []
     published: list[RunEvent] = []
     batcher = EventBatcher(
         store,
@@ -203,7 +205,7 @@ async def test_a_store_failing_past_the_window_reports_the_runs_it_cannot_take(
         linger=0,
         max_batch=1000,
         retry_window=0.3,
-        on_unavailable=lambda run_ids, exc: reported.append(run_ids),
+        on_unavailable=lambda run_ids, exc: (reported.append(run_ids), errors.append(exc)),
     )
     batcher.start()
     for event in _events(3):
@@ -216,6 +218,7 @@ async def test_a_store_failing_past_the_window_reports_the_runs_it_cannot_take(
         while not reported:
             await asyncio.sleep(0.01)
     assert reported[0] == {"r"}
+    assert isinstance(errors[0], StorageUnavailableError), "the store's error, to end runs with"
     store.failures = 0  # the store works again: everything is stored, then published
     await batcher.flush()
     assert not batcher.failing
@@ -289,6 +292,9 @@ async def test_a_run_whose_fence_fails_is_isolated_and_the_others_are_stored(
     assert await store.last_event_seq("lost") == 0
     assert await store.last_event_seq("ours") == 4
     assert rejected == [{("lost", 0)}]
+    batcher.add(_events(1)[0])  # unfenced, while an attempt is isolated
+    await batcher.flush()
+    assert await store.last_event_seq("r") == 1
     await batcher.aclose()
     await store.aclose()
 
@@ -398,5 +404,155 @@ async def test_two_attempts_of_one_run_here_are_fenced_apart(tmp_path: Path) -> 
     batcher.add(_run_events("r", range(4, 5))[0], fence=("w1", 3))
     await batcher.flush()
     assert await store.last_event_seq("r") == 4
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_a_late_event_of_an_earlier_attempt_is_refused_whatever_the_order(
+    tmp_path: Path,
+) -> None:
+    # As above, but attempt 3's events are buffered first and attempt 1's (winding down) after.
+    store = await _store(tmp_path)
+    await _owned_runs(store, tmp_path, "r")
+    requeue = SweepPolicy(requeue=True, max_attempts=3, lease_seconds=10.0)
+    await store.sweep("w2", requeue, dead_owners=["w1"])
+    await store.claim_runs("w1", limit=1, lease_seconds=60)
+    rejected: list[set[Attempt]] = []
+    published: list[RunEvent] = []
+    batcher = EventBatcher(
+        store, publish=published.extend, linger=0, max_batch=1000, on_rejected=rejected.append
+    )
+    for event in _run_events("r", range(2, 4)):
+        batcher.add(event, fence=("w1", 3))
+    for event in _run_events("r", range(4, 6)):
+        batcher.add(event, fence=("w1", 1))
+    await batcher.flush()
+    assert rejected == [{("r", 1)}]
+    assert [e.seq for e in published] == [2, 3]
+    assert await store.last_event_seq("r") == 3
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_failing_for_counts_from_the_first_failure(tmp_path: Path) -> None:
+    store = await _store(tmp_path, failures=10**6)
+    batcher = EventBatcher(store, publish=lambda _: None, linger=0, max_batch=1000)
+    before = time.monotonic()
+    batcher.start()
+    batcher.add(_events(1)[0])
+    async with asyncio.timeout(5):
+        await store.failed.wait()
+    assert batcher.failing
+    assert 0 <= batcher.failing_for() <= time.monotonic() - before
+    batcher.give_up()
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_attempts_forgotten_one_by_one_while_their_events_wait_are_all_let_go(
+    tmp_path: Path,
+) -> None:
+    store = SlowStore(f"sqlite+aiosqlite:///{tmp_path}/b.db")
+    await store.start()
+    await _owned_runs(store, tmp_path, "first", "second")
+    batcher = EventBatcher(store, publish=lambda _: None, linger=0, max_batch=1000)
+    batcher.start()
+    batcher.add(_run_events("first", range(1, 2))[0], fence=("w1", 0))  # stale: refused
+    assert await store.arrived.get() == 1  # being written
+    batcher.add(_run_events("second", range(1, 2))[0], fence=("w1", 0))  # waits for the next
+    batcher.forget([("first", 0)])
+    batcher.forget([("second", 0)])
+    store.gate.set()
+    assert await store.arrived.get() == 1  # the first is refused and let go; now the second
+    assert not batcher.isolated("first", 0)
+    store.gate.set()
+    await batcher.flush()
+    assert not batcher.isolated("first", 0) and not batcher.isolated("second", 0)
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_room_is_there_at_half_the_backlog(tmp_path: Path) -> None:
+    store = SlowStore(f"sqlite+aiosqlite:///{tmp_path}/b.db")
+    await store.start()
+    await store.create_session(Session(session_id="s", model="m", workspace=str(tmp_path)))
+    batcher = EventBatcher(
+        store, publish=lambda _: None, linger=0, max_batch=1000, backlog_limit=10
+    )
+    batcher.start()
+    for event in _events(5):
+        batcher.add(event)
+    assert await store.arrived.get() == 5  # being written: 5 await storage, half the limit
+    room = asyncio.create_task(batcher.room())
+    await asyncio.sleep(0)
+    assert room.done()
+    store.gate.set()
+    await batcher.aclose()
+    await store.aclose()
+
+
+class RefusingStore(FlakyStore):
+    """Raises a non-transient error (a value the database refuses) for a batch holding an
+    event of run "bad"; records the runs of each write."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, failures=0)
+        self.writes: list[list[str]] = []
+
+    async def append_events(
+        self,
+        events: Sequence[RunEvent],
+        *,
+        fences: Mapping[str, Fence] | None = None,
+        reserve: int = 0,
+    ) -> set[str]:
+        self.writes.append([event.run_id for event in events])
+        if any(event.run_id == "bad" for event in events):
+            raise ValueError("value out of range")
+        return await super().append_events(events, fences=fences, reserve=reserve)
+
+
+async def test_a_refused_batch_is_written_again_one_run_at_a_time_in_order(
+    tmp_path: Path,
+) -> None:
+    store = RefusingStore(f"sqlite+aiosqlite:///{tmp_path}/b.db")
+    await store.start()
+    await _owned_runs(store, tmp_path, "bad", "good")
+    rejected: list[set[Attempt]] = []
+    published: list[RunEvent] = []
+    batcher = EventBatcher(
+        store, publish=published.extend, linger=0, max_batch=1000, on_rejected=rejected.append
+    )
+    batcher.add(_run_events("bad", range(1, 2))[0], fence=("w1", 1))
+    for event in _run_events("good", range(1, 3)):
+        batcher.add(event, fence=("w1", 1))
+    await batcher.flush()
+    assert store.writes == [["bad", "good", "good"], ["bad"], ["good", "good"]]
+    assert rejected == [{("bad", 1)}]
+    assert [(e.run_id, e.seq) for e in published] == [("good", 1), ("good", 2)]
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_the_writer_lingers_for_more_events_unless_a_batch_is_full(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    batcher = EventBatcher(store, publish=lambda _: None, linger=0.5, max_batch=3)
+    batcher.start()
+    first, second, *full = _events(5)
+    batcher.add(first)
+    for _ in range(5):
+        await asyncio.sleep(0)  # the writer is lingering now
+    batcher.add(second)
+    await batcher.flush()  # cuts the linger short
+    assert store.batches == [2], "the first event waited for the second"
+    await batcher.aclose()
+    batcher = EventBatcher(store, publish=lambda _: None, linger=3600, max_batch=3)
+    batcher.start()
+    for event in full:
+        batcher.add(event)
+    async with asyncio.timeout(10):  # a full batch is written at once, not after an hour
+        while store.batches == [2]:
+            await asyncio.sleep(0.01)
+    assert store.batches == [2, 3]
     await batcher.aclose()
     await store.aclose()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Collection
+from itertools import count
 from pathlib import Path
 from typing import Any
+from zlib import crc32
 
 import pytest
 
@@ -18,6 +20,7 @@ from culm.runtime.dispatch import Dispatcher, WorkerCounters
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.roles import Role
 from culm.runtime.runner import Runner
+from culm.storage.base import SweepPolicy, Wakeups
 from culm.storage.sql import SqlStore
 from tests.storage.queue_support import ready_run
 from tests.support import settings
@@ -167,8 +170,79 @@ async def test_a_run_whose_launch_always_fails_ends_in_error_after_a_bounded_num
         ended = await store.get_run(doomed.run_id)
         assert ended is not None
         assert (ended.status, ended.owner) == (RunStatus.ERROR, None)
+        assert ended.error == "the run could not be launched (3 attempts)"
         [event] = await store.read_events(doomed.run_id)
         assert event.type == "error" and event.code == dispatch.LAUNCH_FAILED
+        assert event.seq == 1, "right after the last stored event: no gap"
+    finally:
+        await store.aclose()
+
+
+class _TakenOverAtThirdClaim(SqlStore):
+    """A store whose third claim is taken over by worker "w2" (w1 counted dead) right after
+    it returns: w1's claim is stale before w1 launches its runs."""
+
+    claims = 0
+
+    async def claim_runs(self, *args: Any, **kwargs: Any) -> list[Run]:
+        claimed = await super().claim_runs(*args, **kwargs)
+        self.claims += 1
+        if self.claims == 3:
+            policy = SweepPolicy(requeue=True, max_attempts=3, lease_seconds=10.0)
+            await self.sweep("w2", policy, dead_owners=["w1"])
+        return claimed
+
+
+async def test_a_run_taken_over_before_its_last_failed_launch_is_left_to_its_new_owner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatch, "LAUNCH_BACKOFF", 0.0)
+    store = _TakenOverAtThirdClaim(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    await store.start()
+    try:
+        doomed = await ready_run(store)
+        dispatcher = _dispatcher(store, _Launches(failing={doomed.run_id}), concurrency=4)
+        for _ in range(dispatch.LAUNCH_ATTEMPTS):
+            await dispatcher.claim()
+
+        left = await store.get_run(doomed.run_id)
+        assert left is not None
+        assert (left.status, left.owner) == (RunStatus.PENDING, None), "re-queued by w2"
+        assert [event.type for event in await store.read_events(doomed.run_id)] == [
+            "run_recovered"
+        ], "w1 wrote nothing under its stale claim"
+    finally:
+        await store.aclose()
+
+
+class _CountingClaims(SqlStore):
+    claims = 0
+
+    async def claim_runs(self, *args: Any, **kwargs: Any) -> list[Run]:
+        self.claims += 1
+        return await super().claim_runs(*args, **kwargs)
+
+
+async def test_callers_claiming_at_once_share_the_claims_and_none_claims_after_stop(
+    tmp_path: Path,
+) -> None:
+    store = _CountingClaims(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    await store.start()
+    try:
+        made = [await ready_run(store) for _ in range(3)]
+        launches = _Launches()
+        dispatcher = _dispatcher(store, launches, concurrency=4)
+        # The first claims at once; the second waits for it and claims again (its run may
+        # have been reserved after the first began); the third is covered by the second's.
+        await asyncio.gather(*(dispatcher.claim_now() for _ in range(3)))
+        assert store.claims == 2
+        assert sorted(launches.launched) == sorted(run.run_id for run in made)
+        await dispatcher.aclose()
+        late = await ready_run(store)
+        await dispatcher.claim_now()
+        assert store.claims == 2, "a stopped dispatcher claims nothing"
+        left = await store.get_run(late.run_id)
+        assert left is not None and left.owner is None
     finally:
         await store.aclose()
 
@@ -301,3 +375,114 @@ def test_a_wake_up_naming_a_run_is_claimed_at_once_by_one_worker_the_others_late
     launches.others = 2
     later = sorted(worker.stagger(["run-1"]) for worker in workers)[1:]
     assert later == [pytest.approx(0.075)] * 2
+
+
+class _Wakeups(Wakeups):
+    """The store's own wake-ups as a test sets them: ``hints`` named by every wake-up, the
+    wake-ups ``lost`` (only the timeout ends a wait) or ``failing`` (the listening connection
+    gone), and an ``aclose`` that raises (its connection is gone too)."""
+
+    def __init__(
+        self, real: Wakeups, *, hints: list[str], lost: bool = False, failing: bool = False
+    ) -> None:
+        self._real = real
+        self._hints = hints
+        self._lost = lost
+        self._failing = failing
+
+    async def wait(self, timeout: float) -> bool:
+        if self._failing:
+            raise ConnectionError("the listening connection is gone")
+        if self._lost:
+            async with asyncio.timeout(timeout):  # None (no poll): for ever
+                await asyncio.Event().wait()
+        return await self._real.wait(timeout)
+
+    def take_hints(self) -> list[str]:
+        return list(self._hints)
+
+    async def aclose(self) -> None:
+        await self._real.aclose()
+        raise ConnectionError("already closed")
+
+
+class _WakeupsStore(SqlStore):
+    settings: dict[str, Any]
+
+    def wakeups(self) -> Wakeups:
+        return _Wakeups(super().wakeups(), **self.settings)
+
+
+async def _launched_once_ready(
+    tmp_path: Path, *, peers: tuple[str, ...] = (), poll: float = 3600, **settings: Any
+) -> None:
+    """Start w1's dispatcher, then reserve a run (its id named by every wake-up when ``peers``
+    give the turn to w2), and wait for w1 to launch it."""
+    store = _WakeupsStore(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    run_id = next(
+        f"run-{i}" for i in count() if not peers or peers[crc32(f"run-{i}".encode()) % 2] == "w2"
+    )
+    store.settings = {"hints": [run_id] if peers else [], **settings}
+    await store.start()
+    launched = asyncio.Event()
+    dispatcher = Dispatcher(
+        store,
+        owner="w1",
+        concurrency=4,
+        lease_seconds=60,
+        poll_seconds=poll,
+        active=lambda: 0,
+        held=set,
+        launch=lambda run: launched.set(),
+        counters=WorkerCounters(),
+        peers=lambda: peers,
+    )
+    try:
+        dispatcher.start()
+        await asyncio.sleep(0)  # it claimed (nothing), and waits
+        await ready_run(store, run_id=run_id)
+        async with asyncio.timeout(20):
+            await launched.wait()
+        await dispatcher.aclose()  # the wake-ups' failing close is not the caller's problem
+    finally:
+        await store.aclose()
+
+
+async def test_a_worker_whose_turn_a_wake_up_is_not_still_claims_the_run_a_little_later(
+    tmp_path: Path,
+) -> None:
+    await _launched_once_ready(tmp_path, peers=("w1", "w2"))
+
+
+async def test_a_run_whose_wake_up_was_lost_is_claimed_at_the_poll(tmp_path: Path) -> None:
+    await _launched_once_ready(tmp_path, poll=0.05, lost=True)
+
+
+async def test_a_dispatcher_whose_wake_ups_fail_polls_for_runs(tmp_path: Path) -> None:
+    await _launched_once_ready(tmp_path, poll=0.05, failing=True)
+
+
+class _FailingClaims(_CountingClaims):
+    async def claim_runs(self, *args: Any, **kwargs: Any) -> list[Run]:
+        self.claims += 1
+        await asyncio.sleep(0)
+        raise ConnectionError("the database is gone")
+
+
+async def test_a_failed_claim_waits_for_a_wake_up_or_the_poll_never_spins(
+    tmp_path: Path,
+) -> None:
+    store = _FailingClaims(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    await store.start()
+    try:
+        dispatcher = _dispatcher(store, _Launches(), concurrency=4)
+        dispatcher.start()
+        async with asyncio.timeout(10):
+            while store.claims == 0:
+                await asyncio.sleep(0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert store.claims == 1
+        await dispatcher.aclose()
+    finally:
+        await store.aclose()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from culm.runtime import ownership
 from culm.runtime.ownership import boot_id, pid_alive, pid_namespace, same_machine
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -21,6 +22,12 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 REPORT = (
     "import json, socket; from culm.runtime.ownership import boot_id, pid_namespace; "
     "print(json.dumps([socket.gethostname(), boot_id(), pid_namespace()]))"
+)
+# A child that waits for its stdin, any signal's default action restored (under nohup SIGHUP
+# is ignored, and one that ended it would go unnoticed).
+CHILD_WAITS = (
+    "import signal, sys; [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, signal.SIGINT)]; "
+    "sys.stdin.read()"
 )
 UNSHARE_PID = ["unshare", "--pid", "--fork", "--mount-proc"]
 
@@ -104,11 +111,27 @@ def test_any_field_that_differs_or_is_unknown_means_another_machine() -> None:
 
 def test_pid_alive_until_the_process_is_reaped() -> None:
     assert pid_alive(os.getpid())
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
-    )
+    child = subprocess.Popen([sys.executable, "-c", CHILD_WAITS], stdin=subprocess.PIPE)
     try:
         assert pid_alive(child.pid)
     finally:
         child.communicate(timeout=30)
+    assert child.returncode == 0, "asking sent the process no signal that ends it"
     assert not pid_alive(child.pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root")
+def test_a_process_this_user_may_not_signal_is_alive() -> None:
+    # As another user, signalling pid 1 (root's) is refused: the process exists all the same.
+    # The child imports the culm this test imports (a mutated copy under mutation testing).
+    check = "from culm.runtime.ownership import pid_alive; print(pid_alive(1))"
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run(
+        [*nobody, sys.executable, "-c", check],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(ownership.__file__).parents[2])},
+    )
+    assert done.stdout.strip() == "True"

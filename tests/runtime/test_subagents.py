@@ -11,6 +11,7 @@ import pytest
 
 import culm
 from culm.domain.events import RunEvent
+from culm.runtime.subagents import CHILD_PROMPT
 from tests.support import PROMPTLY, collect, settings, settled_engine_tasks, task_kinds
 
 
@@ -98,6 +99,9 @@ async def test_cancelling_the_parent_ends_the_whole_tree_promptly(tmp_path: Path
                 await asyncio.sleep(0.01)
         events = await collect(engine.subscribe(run.run_id))
         assert [e.status for e in events if e.type == "sub_agent_completed"] == ["cancelled"] * 2  # type: ignore[union-attr]
+        for child in await engine.get_children(run.run_id):
+            end = (await collect(engine.subscribe(child.run_id)))[-1]
+            assert end.reason == "the parent run was cancelled"  # type: ignore[union-attr]
 
 
 async def test_a_child_error_is_a_tool_result_and_the_parent_goes_on(tmp_path: Path) -> None:
@@ -148,10 +152,14 @@ async def test_watchdog_ends_an_idle_child_with_timeout(tmp_path: Path) -> None:
         run = await engine.run("go", model="scripted:parent", tools=["spawn_agent"])
         events = await collect(engine.subscribe(run.run_id))
         [child] = await engine.get_children(run.run_id)
+        child_end = (await collect(engine.subscribe(child.run_id)))[-1]
     completed = next(e for e in events if e.type == "sub_agent_completed")
     assert completed.status == "timeout"  # type: ignore[union-attr]
     assert "no event for 0.3 s" in (completed.error or "")  # type: ignore[union-attr]
     assert child.status is culm.RunStatus.CANCELLED
+    assert child_end.reason == "timeout: no event for 0.3 s"  # type: ignore[union-attr]
+    error = next(e for e in events if e.type == "tool_error")
+    assert error.error == "the sub-agent timed out: no event for 0.3 s"  # type: ignore[union-attr]
     assert any(e.type == "sub_agent_heartbeat" for e in events)
     assert events[-1].type == "complete"
 
@@ -303,3 +311,36 @@ async def test_a_parent_taken_over_elsewhere_cannot_start_a_child(tmp_path: Path
             await engine.start_run(child_session.session_id, "task", parent_run_id=parent.run_id)
         assert await engine.get_children(parent.run_id) == []
         await engine.cancel(parent.run_id)
+
+
+async def test_a_child_session_has_its_parent_s_workspace_and_people_in_the_loop(
+    tmp_path: Path,
+) -> None:
+    engine = await _engine(tmp_path)
+    async with engine:
+        engine.scripts.register("quick", {"turns": [[{"text": "ok"}]]})
+        spawns = [
+            _spawn("titled", "scripted:quick", title="helper"),
+            _spawn("bare", "scripted:quick"),
+        ]
+        engine.scripts.register("parent", {"turns": [spawns, [{"text": "done"}]]})
+        parent = await engine.create_session(
+            model="scripted:parent",
+            tools=["spawn_agent", "read_file"],
+            workspace=str(tmp_path),
+            require_approval=["read_file"],
+            input_timeout=30.0,
+            input_timeout_action="error",
+        )
+        run = await engine.start_run(parent.session_id, "go")
+        assert (await engine.wait(run.run_id, timeout=20)).status is culm.RunStatus.COMPLETED
+        sessions = [
+            await engine.get_session(c.session_id) for c in await engine.get_children(run.run_id)
+        ]
+    assert sorted(s.metadata.get("title", "") for s in sessions) == ["", "helper"]
+    assert sorted(len(s.metadata) for s in sessions) == [0, 1], "no title: no metadata"
+    for session in sessions:
+        assert session.system_prompt == CHILD_PROMPT
+        assert session.workspace == str(tmp_path)
+        assert list(session.require_approval) == ["read_file"]
+        assert (session.input_timeout, session.input_timeout_action) == (30.0, "error")
