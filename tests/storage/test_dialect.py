@@ -52,7 +52,9 @@ def test_another_database_is_refused_by_name() -> None:
 
 @pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])
 def test_sqlite_needs_a_file(url: str) -> None:
-    with pytest.raises(ConfigError, match="SQLite needs a file path"):
+    with pytest.raises(
+        ConfigError, match=r"^CULM_DATABASE_URL: SQLite needs a file path \(WAL mode\)$"
+    ):
         dialect_for(url).create_engines()
 
 
@@ -118,10 +120,38 @@ async def test_a_duplicate_key_is_a_unique_violation_on_each_backend(store: SqlS
         assert store.dialect.is_unique_violation(failed.value) is unique
 
 
-def test_json_with_nul_or_a_lone_surrogate_is_made_storable() -> None:
-    assert json_dumps({"a": "x\x00y", "b": ["\ud800"]}) == json.dumps(
-        {"a": "x\ufffdy", "b": ["\ufffd"]}
-    )
-    pair = {"a": "\U0001f600", "b": "plain"}  # a valid pair is written as it is
-    assert json_dumps(pair) == json.dumps(pair)
-    assert json.loads(json_dumps(pair)) == pair
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        ({"a": "x\x00y"}, {"a": "x\ufffdy"}),
+        ({"b": ["\ud800"]}, {"b": ["\ufffd"]}),
+        ({"a": "x\x00y", "b": ["\udfff"]}, {"a": "x\ufffdy", "b": ["\ufffd"]}),
+        ({"a": "\U0001f600", "b": "plain"}, {"a": "\U0001f600", "b": "plain"}),  # a valid pair
+        ({"a": "plain"}, {"a": "plain"}),
+    ],
+)
+def test_json_with_nul_or_a_lone_surrogate_is_made_storable(
+    value: dict[str, Any], stored: dict[str, Any]
+) -> None:
+    assert json_dumps(value) == json.dumps(stored)
+
+
+async def test_postgres_sessions_end_idle_transactions_and_take_storable_json(
+    postgres_store: SqlStore,
+) -> None:
+    async with postgres_store.read_connection() as conn:
+        setting = await conn.scalar(sa.text("SHOW idle_in_transaction_session_timeout"))
+    assert setting == f"{dialect.IDLE_IN_TRANSACTION_TIMEOUT_MS // 1000}s"
+    # JSONB refuses \u0000: the engine's serializer replaces it (and a lone surrogate).
+    session = await new_session(postgres_store)
+    table = sa.table("sessions", sa.column("session_id"), sa.column("metadata", sa.JSON))
+    value = {"note": "a\x00b", "odd": "\udc80"}
+    update = table.update().where(table.c.session_id == session.session_id)
+    await postgres_store.write(lambda conn: conn.execute(update.values(metadata=value)))
+    stored = await postgres_store.get_session(session.session_id)
+    assert stored is not None and stored.metadata == {"note": "a\ufffdb", "odd": "\ufffd"}
+
+
+def test_postgres_pools_ten_connections() -> None:
+    writer, reader = dialect_for("postgresql://u@127.0.0.1:1/db").create_engines()  # unopened
+    assert reader.pool.size() == 10  # type: ignore[attr-defined]

@@ -119,3 +119,15 @@ async def test_an_insert_if_free_after_a_sent_wake_sends_nothing_more(
     assert not_inserted is False and refused.sent is False
 
     assert await heard.until_marker(postgres_store) == [first]
+
+
+async def test_in_process_wake_ups_name_no_runs(sqlite_store: SqlStore) -> None:
+    # SQLite's wake-ups are the in-process signal alone: no hints, so a woken worker claims.
+    wakeups = sqlite_store.wakeups()
+    try:
+        session = await new_session(sqlite_store)
+        await sqlite_store.reserve_run(a_run(session.session_id), queue=False)
+        assert await wakeups.wait(10) is True
+        assert wakeups.take_hints() == []
+    finally:
+        await wakeups.aclose()
