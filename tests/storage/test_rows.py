@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from culm.domain.models import Session, SessionKind, Usage
+from culm.domain.models import Session, SessionKind, ToolPhase, Usage
 from culm.domain.time import new_id
 from culm.storage.rows import run_from_row
 from culm.storage.sql import SqlStore
@@ -50,6 +50,10 @@ async def test_a_run_with_every_field_set_reads_back_the_same(store: SqlStore) -
         max_cost_usd=0.5,
         max_tokens=900,
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        # Columns a reservation does not usually fill: they are written as given all the same.
+        usage=Usage(prompt_tokens=5, completion_tokens=2, total_tokens=7),
+        last_tool_name="read",
+        last_tool_phase=ToolPhase.BEGIN,
     )
     await store.reserve_run(run, queue=False, owner="w1", lease_seconds=60)
 
