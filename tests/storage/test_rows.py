@@ -47,6 +47,7 @@ async def test_a_run_with_every_field_set_reads_back_the_same(store: SqlStore) -
         created_at=T0,
         agent="reviewer",
         input="hello",
+        attempt=3,
         max_cost_usd=0.5,
         max_tokens=900,
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
