@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from culm.storage import ops
 from culm.storage.rows import run_to_row
 from culm.storage.sql import SqlStore
-from culm.storage.wakeups import CHANNEL, Wake
+from culm.storage.wakeups import _MAX_HINTS, CHANNEL, PostgresWakeups, Signal, Wake
 from tests.storage.queue_support import a_run, new_session, raw_connection
 
 MARKER = "the end"
@@ -131,3 +131,17 @@ async def test_in_process_wake_ups_name_no_runs(sqlite_store: SqlStore) -> None:
         assert wakeups.take_hints() == []
     finally:
         await wakeups.aclose()
+
+
+async def test_hints_past_the_bound_end_in_one_that_names_no_run() -> None:
+    """A listener that heard more reservations than a claimer reads at once keeps the first
+    ones and ends with "" (claim whatever is ready), and is woken."""
+    listener = PostgresWakeups(Signal(), {"host": "127.0.0.1", "port": 1, "user": "nobody"})
+    try:
+        for i in range(_MAX_HINTS + 5):  # as asyncpg calls it for each notification heard
+            listener._notified(None, 0, CHANNEL, f"run-{i}")
+        assert await listener.wait(0) is True
+        assert listener.take_hints() == [f"run-{i}" for i in range(_MAX_HINTS - 1)] + [""]
+        assert listener.take_hints() == []
+    finally:
+        await listener.aclose()
