@@ -155,3 +155,25 @@ async def test_postgres_sessions_end_idle_transactions_and_take_storable_json(
 def test_postgres_pools_ten_connections() -> None:
     writer, reader = dialect_for("postgresql://u@127.0.0.1:1/db").create_engines()  # unopened
     assert reader.pool.size() == 10  # type: ignore[attr-defined]
+
+
+class _Coded(Exception):
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("orig", "unique"),
+    [
+        (_Coded("23505", "duplicate key"), True),  # by its SQLSTATE
+        (Exception('duplicate key value violates UNIQUE constraint "pk"'), True),  # its text
+        (_Coded("23502", 'null value in column "kind" violates not-null constraint'), False),
+    ],
+)
+def test_postgres_knows_a_unique_violation_by_its_code_or_its_text(
+    orig: Exception, unique: bool
+) -> None:
+    # Either alone: a driver's error may carry no SQLSTATE.
+    failed = sa.exc.IntegrityError("INSERT …", {}, orig)
+    assert dialect_for("postgresql://u@h/db").is_unique_violation(failed) is unique
