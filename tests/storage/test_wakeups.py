@@ -39,13 +39,14 @@ class Heard:
             self.payloads.append(payload)
 
     async def until_marker(self, store: SqlStore) -> list[str]:
+        """Every payload heard so far, once a marker sent now is heard."""
+        self.ended.clear()
         notify = sa.text("SELECT pg_notify(:channel, :payload)")
-        await store.write(
-            lambda conn: conn.execute(notify, {"channel": CHANNEL, "payload": MARKER})
-        )
+        values = {"channel": CHANNEL, "payload": MARKER}
+        await store.write(lambda conn: conn.execute(notify, values))
         async with asyncio.timeout(30):
             await self.ended.wait()
-        return self.payloads
+        return list(self.payloads)
 
 
 @pytest.fixture
@@ -73,6 +74,7 @@ async def test_a_wake_notifies_once_across_transactions(
     wake = Wake(notify=True)
     await postgres_store.write(wake)
     assert wake.sent is True
+    assert await heard.until_marker(postgres_store) == [""]  # in that first transaction
     await postgres_store.write(wake)  # already sent: not again
     await postgres_store.write(Wake(notify=False))  # SQLite's kind: never a NOTIFY
 
