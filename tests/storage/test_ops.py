@@ -45,3 +45,14 @@ async def test_a_sessions_queue_is_in_queue_order_not_creation_order(store: SqlS
         epoch, owner = current.epoch, "w2"
 
     assert order == [run.run_id for run in (jumped_last, jumped_first, b, c)]
+
+
+async def test_a_run_cancelled_before_any_event_ends_with_the_first_seq(store: SqlStore) -> None:
+    session = await new_session(store)
+    ready = (await store.reserve_run(a_run(session.session_id), queue=False)).run
+
+    cancelled = await store.request_cancel(ready.run_id, "user")
+
+    assert cancelled is not None and cancelled.last_seq == 1
+    [event] = await store.read_events(ready.run_id)
+    assert (event.type, event.seq) == ("cancelled", 1)
