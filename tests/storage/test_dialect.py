@@ -177,3 +177,20 @@ def test_postgres_knows_a_unique_violation_by_its_code_or_its_text(
     # Either alone: a driver's error may carry no SQLSTATE.
     failed = sa.exc.IntegrityError("INSERT …", {}, orig)
     assert dialect_for("postgresql://u@h/db").is_unique_violation(failed) is unique
+
+
+async def test_sqlite_pools_one_writer_connection_and_patient_readers(tmp_path: Path) -> None:
+    import threading
+
+    writer, reader = dialect_for(f"sqlite:///{tmp_path / 'culm.db'}").create_engines()
+    try:
+        pool_size = await writer.run(lambda conn: conn.engine.pool.size())  # type: ignore[attr-defined]
+        assert pool_size == 1
+        # The writer's thread, by its name in thread dumps (py-spy).
+        assert "culm-sqlite-writer" in {thread.name for thread in threading.enumerate()}
+        # Many lagging subscribers read at once: a few connections, waited for, never given up.
+        assert reader.pool.size() == 4  # type: ignore[attr-defined]
+        assert reader.pool.timeout() == 3600  # type: ignore[attr-defined]
+    finally:
+        await writer.aclose()
+        await reader.dispose()
