@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from culm.context import estimate
 from culm.context.budget import ContextLimits
-from culm.context.compaction import CompactionRequest, compact, protected_start
+from culm.context.compaction import (
+    CompactionRequest,
+    compact,
+    kept_user_turns,
+    protected_start,
+    render,
+)
 from culm.context.view import SUMMARY_HEADER, model_view
 from culm.domain.compaction import Compaction
 from culm.domain.models import (
@@ -163,3 +169,22 @@ async def test_nothing_to_compact_changes_nothing() -> None:
     result = await compact(_request(messages, summarizer=FakeSummarizer()))
     assert (result.strategy, result.messages_compacted) == ("none", 0)
     assert model_view(messages, result) == messages
+
+
+def test_the_last_user_turns_before_the_end_are_kept() -> None:
+    messages = _transcript([(True, 0, 0)] * 5)  # user, assistant, user, assistant, …
+    assert kept_user_turns(messages, 10, 2) == (6, 8)
+    assert kept_user_turns(messages, 8, 2) == (6,)  # the turn at the end itself is not before it
+    assert kept_user_turns(messages, 10, 1) == (8,)
+    assert kept_user_turns(messages, 10, 0) == ()
+
+
+def test_the_summarizer_reads_each_message_with_its_own_elision() -> None:
+    messages: list[Message] = [
+        UserMessage(content="hello"),
+        AssistantMessage(content="", tool_calls=(ToolCall(id="c", name="t"),)),
+        ToolResultMessage(tool_call_id="c", tool_name="t", content="a" * 2000),
+    ]
+    text = render(messages, 0, 3, {2: (3, 2)}, LIMITS)
+    marker = "\n[… 1995 characters of this tool output elided to save context …]\n"
+    assert text == f"User: hello\n\nAssistant called t({{}})\n\nTool t result: aaa{marker}aa"

@@ -79,3 +79,18 @@ def test_a_report_calibrates_within_a_half_and_three() -> None:
     assert meter.ratio == 3.0
     meter.reported(REQUEST, 0, Usage(prompt_tokens=10))
     assert meter.ratio == 0.5
+
+
+def test_a_whole_estimate_counts_the_system_prompt_with_its_framing_and_the_tools() -> None:
+    tool = ToolSpec(name="bash", description="d" * 12, parameters={"type": "object"})
+    request = ModelRequest(system_prompt="s" * 40, messages=REQUEST.messages, tools=[tool])
+    # (4 framing + 40 / 4) + 104 for the message + 17 for the tool
+    assert estimate.request_tokens(request.system_prompt, request.messages, request.tools) == 135
+    assert PromptMeter().measure(request, 0) == (135, True)
+
+
+def test_after_an_underestimate_the_next_measure_is_a_whole_estimate_again() -> None:
+    meter = PromptMeter()
+    meter.reported(REQUEST, 0, Usage(prompt_tokens=208))
+    meter.underestimated()
+    assert meter.measure(REQUEST, 0) == (260, True)  # 104 * 2.5, not the report of 208
