@@ -188,3 +188,21 @@ def test_the_summarizer_reads_each_message_with_its_own_elision() -> None:
     text = render(messages, 0, 3, {2: (3, 2)}, LIMITS)
     marker = "\n[… 1995 characters of this tool output elided to save context …]\n"
     assert text == f"User: hello\n\nAssistant called t({{}})\n\nTool t result: aaa{marker}aa"
+
+
+def test_the_summarizer_reads_every_kind_of_message_as_a_line_of_its_own() -> None:
+    calls = (ToolCall(id="a", name="read", arguments="b" * 1000), ToolCall(id="b", name="ls"))
+    messages: list[Message] = [
+        AssistantMessage(content="let me look", tool_calls=calls),
+        ToolResultMessage(tool_call_id="a", tool_name="read", content="no", is_error=True),
+        ToolResultMessage(tool_call_id="b", tool_name="ls", content="x"),
+        AssistantMessage(content=""),
+    ]
+    cut = "\n[… 600 characters of this tool output elided to save context …]\n"
+    assert render(messages, 0, 4, {}, LIMITS).split("\n\n") == [
+        f"Assistant: let me look\nAssistant called read({'b' * 300}{cut}{'b' * 100})\n"
+        "Assistant called ls({})",
+        "Tool read error: no",
+        "Tool ls result: x",
+        "Assistant: (no text)",
+    ]
