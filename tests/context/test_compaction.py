@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -206,3 +207,38 @@ def test_the_summarizer_reads_every_kind_of_message_as_a_line_of_its_own() -> No
         "Tool ls result: x",
         "Assistant: (no text)",
     ]
+
+
+async def test_summaries_are_made_part_by_part_each_ending_at_a_turn_eight_at_most() -> None:
+    summarizer = FakeSummarizer()
+    messages = _transcript([(True, 0, 0)] * 11)  # user n, assistant "round n": 12 + 18 chars
+    # 30 characters a call: one turn each; the last 2 rounds (from index 19) are protected
+    request = replace(_request(messages, summarizer=summarizer), run_id="r", summary_chars=30)
+    first = await compact(request)
+    assert summarizer.calls == [
+        (f"summary {n}" if n else None, f"User: user {n}\n\nAssistant: round {n}") for n in range(8)
+    ]
+    assert (first.run_id, first.strategy, first.summary, first.summary_end) == (
+        "r",
+        "summarize",
+        "summary 8",
+        16,
+    )
+    assert first.messages_compacted == 16
+    assert first.summary_usage == Usage(prompt_tokens=8 * 7, completion_tokens=8 * 3)
+
+    second = await compact(replace(request, previous=first))
+    assert summarizer.calls[8:] == [
+        ("summary 8", "User: user 8\n\nAssistant: round 8"),
+        ("summary 9", "User: user 9"),  # up to the protected rounds
+    ]
+    assert (second.summary_end, second.messages_compacted) == (19, 3)
+
+
+async def test_outputs_elided_then_summarized_are_named_both_and_leave_no_elision() -> None:
+    messages = _transcript([(True, 1, 5000)] * 6)  # user, assistant, result: 3 a turn
+    request = replace(_request(messages, summarizer=FakeSummarizer()), summary_chars=4000)
+    result = await compact(request)
+    assert result.strategy == "elide+summarize"
+    # the outputs at 2, 5, 8 and 11 were elided, then summarized up to the protected rounds
+    assert (result.summary_end, result.elided, result.messages_compacted) == (13, {}, 13)
