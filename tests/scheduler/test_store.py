@@ -455,3 +455,69 @@ async def test_ended_finds_running_fires_whose_run_ended_was_deleted_or_never_ca
         assert sorted(found, key=lambda e: e.scheduled_for) == expected
     finally:
         await sql.aclose()
+
+
+async def test_a_once_schedule_keeps_its_time_and_a_run_now_of_a_missing_one_names_it(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    once = a_schedule(trigger={"type": "once", "at": NINE.isoformat()})
+    await store.create(once)  # a datetime in the trigger: stored as JSON text
+    assert await store.get(once.schedule_id) == once
+    with pytest.raises(NotFoundError) as refused:
+        await store.add_manual_fire("missing", NOW, OverlapPolicy.ALLOW)
+    assert (refused.value.kind, refused.value.ident) == ("schedule", "missing")
+
+
+async def test_a_fire_is_written_under_its_own_schedule_only(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    mine, other = a_schedule(), a_schedule()
+    for schedule in (mine, other):
+        await store.create(schedule)
+        await store.add_manual_fire(schedule.schedule_id, NOW, OverlapPolicy.ALLOW)
+        await store.start_waiting(schedule.schedule_id, OverlapPolicy.ALLOW, NOW)
+    await store.attach_run(mine.schedule_id, NOW, "run-1")
+    assert await store.finish(mine.schedule_id, NOW, FireStatus.SUCCESS, completed_at=NOW)
+    untouched = await store.get_fire(other.schedule_id, NOW)
+    assert untouched is not None
+    assert (untouched.status, untouched.run_id) == (FireStatus.RUNNING, None)
+
+
+async def test_an_ended_fire_put_back_stays_ended_and_is_not_busy(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule = a_schedule()
+    sid = schedule.schedule_id
+    await store.create(schedule)
+    at = NINE - timedelta(minutes=1)
+    await store.add_manual_fire(sid, at, OverlapPolicy.ALLOW)
+    await store.start_waiting(sid, OverlapPolicy.ALLOW, NOW)
+    # ended (another process found it stalled) before the dispatcher puts it back
+    assert await store.finish(sid, at, FireStatus.FAILED, completed_at=NOW, error="stalled")
+    await store.put_back(sid, at)
+    fire = await store.get_fire(sid, at)
+    assert fire is not None and fire.status == FireStatus.FAILED
+    seen: list[int] = []
+
+    def decide(busy: int) -> list[Fire]:
+        seen.append(busy)
+        return []
+
+    await store.claim(schedule, next_fire_at=None, now=NOW, decide=decide)
+    assert seen == [0]  # an ended fire is not busy
+
+
+async def test_a_claim_leaves_a_run_now_at_the_same_time_as_it_is(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule = a_schedule()
+    await store.create(schedule)
+    await store.add_manual_fire(schedule.schedule_id, NINE, OverlapPolicy.ALLOW)
+    fires = await store.claim(schedule, next_fire_at=None, now=NOW, decide=queue_it)
+    assert fires == [Fire(NINE, FireStatus.QUEUED)]
+    [fire] = await store.fires(schedule.schedule_id)
+    assert (fire.scheduled_for, fire.manual) == (NINE, True)
