@@ -18,7 +18,7 @@ from culm.context.compaction import (
     protected_start,
     render,
 )
-from culm.context.view import SUMMARY_HEADER, model_view
+from culm.context.view import SUMMARY_HEADER, elide, model_view, shown, summary_message
 from culm.domain.compaction import Compaction
 from culm.domain.models import (
     AssistantMessage,
@@ -242,3 +242,72 @@ async def test_outputs_elided_then_summarized_are_named_both_and_leave_no_elisio
     assert result.strategy == "elide+summarize"
     # the outputs at 2, 5, 8 and 11 were elided, then summarized up to the protected rounds
     assert (result.summary_end, result.elided, result.messages_compacted) == (13, {}, 13)
+
+
+def test_the_view_of_edges_elisions_summaries_and_kept_turns() -> None:
+    assert elide("abcdefghij", 3, 2) == (
+        "abc\n[… 5 characters of this tool output elided to save context …]\nij"
+    )
+    assert elide("abcde", 3, 2) == "abcde"  # nothing to cut
+    assert "[… 1 characters" in elide("abcdef", 3, 2)
+    result = ToolResultMessage(tool_call_id="c", tool_name="t", content="r" * 10)
+    assert shown(result, 0, None) == result
+    messages = _transcript([(True, 0, 0)] * 3)  # U0 A0 U1 A1 U2 A2
+    folded = Compaction(
+        session_id="s",
+        trigger="manual",
+        strategy="summarize",
+        summary="s",
+        summary_end=1,
+        message_count=6,
+        tokens_before=0,
+        tokens_after=0,
+    )
+    assert model_view(messages, folded) == [summary_message("s"), *messages[1:]]
+    assert model_view([], folded) == []  # nothing stored: no summary either
+    kept = folded.model_copy(update={"summary_end": 2, "kept": (0, 2)})
+    assert model_view(messages, kept) == [summary_message("s"), messages[0], *messages[2:]]
+
+
+def test_protected_rounds_are_counted_from_the_last_message() -> None:
+    messages = _transcript([(True, 0, 0)] * 3)  # U0 A0 U1 A1 U2 A2: ends with a model message
+    assert [protected_start(messages, k) for k in (0, 1, 2, 3, 4)] == [6, 5, 3, 1, 0]
+
+
+def _outputs(*sizes: int) -> list[Message]:
+    """A user turn, a round with one output per size, then two protected rounds."""
+    return [
+        UserMessage(content="u" * 5000),  # a user's text is never elided
+        *_round(0, len(sizes), 0)[:1],
+        *(
+            ToolResultMessage(tool_call_id=f"c0_{i}", tool_name="t", content="r" * size)
+            for i, size in enumerate(sizes)
+        ),
+        *_round(1, 1, 5000),
+        *_round(2, 1, 5000),
+    ]
+
+
+async def test_elision_skips_small_outputs_and_stops_once_the_view_fits() -> None:
+    # 1099 characters save 199 (< 200: kept); 1100 save exactly 200 (elided)
+    messages = _outputs(1099, 1100, 5000, 5000)
+    before = _size(messages)
+    everything = await compact(_request(messages, target=0))
+    assert everything.elided == {3: (600, 300), 4: (600, 300), 5: (600, 300)}
+    assert everything.messages_compacted == 3
+    assert everything.tokens_after == _size(model_view(messages, everything))
+
+    one = await compact(_request(_outputs(5000, 5000), target=before))
+    assert one.strategy == "none"
+    two = _outputs(5000, 5000)
+    # the first elision saves ~1,010 tokens: 500 short is one, 1,200 short is both
+    assert (await compact(_request(two, target=_size(two) - 500))).elided == {2: (600, 300)}
+    both = await compact(_request(two, target=_size(two) - 1200))
+    assert (both.elided, both.tokens_before) == ({2: (600, 300), 3: (600, 300)}, _size(two))
+
+    again = await compact(_request(two, both, target=0))  # nothing more to elide
+    assert (again.elided, again.messages_compacted) == (both.elided, 0)
+    assert again.tokens_before == _size(model_view(two, both))
+    summarized = both.model_copy(update={"summary": "s", "summary_end": 3, "elided": {}})
+    after = await compact(_request(two, summarized, target=0))
+    assert after.elided == {3: (600, 300)}  # not the summarized output at 2
