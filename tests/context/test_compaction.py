@@ -308,6 +308,9 @@ async def test_elision_skips_small_outputs_and_stops_once_the_view_fits() -> Non
     again = await compact(_request(two, both, target=0))  # nothing more to elide
     assert (again.elided, again.messages_compacted) == (both.elided, 0)
     assert again.tokens_before == _size(model_view(two, both))
-    summarized = both.model_copy(update={"summary": "s", "summary_end": 3, "elided": {}})
+    summarized = both.model_copy(
+        update={"summary": "s", "summary_end": 3, "elided": {}, "kept": (0,)}
+    )
     after = await compact(_request(two, summarized, target=0))
     assert after.elided == {3: (600, 300)}  # not the summarized output at 2
+    assert (after.summary, after.kept) == ("s", (0,))  # the previous summary carried on

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from culm.context import estimate
 from culm.context.budget import ContextLimits, PromptMeter
-from culm.domain.models import Usage, UserMessage
+from culm.domain.models import AssistantMessage, ToolCall, ToolResultMessage, Usage, UserMessage
 from culm.providers.base import ModelRequest, ToolSpec
 
 REQUEST = ModelRequest(system_prompt=None, messages=[UserMessage(content="x" * 400)])
@@ -94,3 +94,13 @@ def test_after_an_underestimate_the_next_measure_is_a_whole_estimate_again() -> 
     meter.reported(REQUEST, 0, Usage(prompt_tokens=208))
     meter.underestimated()
     assert meter.measure(REQUEST, 0) == (260, True)  # 104 * 2.5, not the report of 208
+
+
+def test_a_message_costs_its_framing_text_reasoning_and_each_call() -> None:
+    assert [estimate.text_tokens("x" * n) for n in (0, 1, 4, 5)] == [0, 1, 1, 2]
+    calls = tuple(ToolCall(id=f"c{i}", name="abcd", arguments="x" * 8) for i in range(2))
+    assistant = AssistantMessage(content="c" * 4, reasoning="r" * 8, tool_calls=calls)
+    # 4 framing + 1 text + 2 reasoning + 2 calls of (8 framing + 1 name + 2 arguments)
+    assert estimate.message_tokens(assistant) == 29
+    result = ToolResultMessage(tool_call_id="c0", tool_name="abcd", content="x" * 4)
+    assert estimate.message_tokens(result) == 4 + 1 + 8
