@@ -233,6 +233,25 @@ async def test_summaries_are_made_part_by_part_each_ending_at_a_turn_eight_at_mo
         ("summary 9", "User: user 9"),  # up to the protected rounds
     ]
     assert (second.summary_end, second.messages_compacted) == (19, 3)
+    # the whole rest fits exactly (12 + 18 + 12 characters): one part up to the protected rounds
+    whole = await compact(replace(request, previous=first, summary_chars=42))
+    assert summarizer.calls[10:] == [
+        ("summary 8", "User: user 8\n\nAssistant: round 8\n\nUser: user 9")
+    ]
+    assert whole.summary_end == 19
+
+
+async def test_a_part_holds_one_message_at_least_when_one_is_over_the_limit() -> None:
+    summarizer = FakeSummarizer()
+    messages = _transcript([(True, 0, 0)] * 3)  # protected from index 3
+    request = replace(_request(messages, summarizer=summarizer), summary_chars=5)
+    result = await compact(request)
+    assert [text for _, text in summarizer.calls] == [
+        "User: user 0",
+        "Assistant: round 0",
+        "User: user 1",
+    ]
+    assert result.summary_end == 3
 
 
 async def test_outputs_elided_then_summarized_are_named_both_and_leave_no_elision() -> None:
@@ -301,7 +320,9 @@ async def test_elision_skips_small_outputs_and_stops_once_the_view_fits() -> Non
     assert one.strategy == "none"
     two = _outputs(5000, 5000)
     # the first elision saves ~1,010 tokens: 500 short is one, 1,200 short is both
-    assert (await compact(_request(two, target=_size(two) - 500))).elided == {2: (600, 300)}
+    single = await compact(_request(two, target=_size(two) - 500))
+    assert single.elided == {2: (600, 300)}
+    assert single.tokens_after == _size(model_view(two, single))
     both = await compact(_request(two, target=_size(two) - 1200))
     assert (both.elided, both.tokens_before) == ({2: (600, 300), 3: (600, 300)}, _size(two))
 
