@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx2
+import pytest
 
 from culm.context.wiring import context_settings
+from culm.domain.compaction import Compaction
 from culm.domain.models import Session
-from culm.errors import ModelRequestError
+from culm.errors import LeaseLostError, ModelRequestError
 from culm.providers.resolve import ModelResolver
 from culm.providers.scripted import Script, ScriptedModel, ScriptLibrary
 from culm.settings import Settings
@@ -39,3 +41,28 @@ async def test_the_summarizer_patterns_and_window_come_from_the_settings_and_mod
     assert wired.overflow.is_overflow(refused)
     assert not plain.overflow.is_overflow(refused)
     assert wired.limits.window == 5000
+
+
+async def test_a_runs_compactions_are_fenced_writes(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}")
+    await store.start()
+    try:
+        await store.create_session(SESSION)
+        async with httpx2.AsyncClient() as client:
+            models = ModelResolver(settings, client, ScriptLibrary())
+            ctx = context_settings(settings, models, store, SESSION, SMALL, ("w1", 1))
+        compaction = Compaction(
+            session_id="s",
+            run_id="no-such-run",  # a run this process no longer holds
+            trigger="auto",
+            strategy="elide",
+            message_count=0,
+            tokens_before=0,
+            tokens_after=0,
+        )
+        with pytest.raises(LeaseLostError):
+            await ctx.save(compaction)
+        assert await ctx.load() is None
+    finally:
+        await store.aclose()
