@@ -442,6 +442,9 @@ async def test_ended_finds_running_fires_whose_run_ended_was_deleted_or_never_ca
         assert await store.finish(sid, times[7], FireStatus.SUCCESS, completed_at=done)
         await _running_fire(store, sid, times[8], "also-deleted")
         assert await store.finish(sid, times[8], FireStatus.CANCELLED, completed_at=done)
+        gave_up = NINE - timedelta(hours=2)  # ended without a run: recorded, not stalled
+        await _running_fire(store, sid, gave_up, None)
+        assert await store.finish(sid, gave_up, FireStatus.FAILED, completed_at=done)
         await store.add_manual_fire(sid, times[0] - timedelta(hours=1), OverlapPolicy.ALLOW)
 
         found = await store.ended(stale_before=times[6])
@@ -521,3 +524,15 @@ async def test_a_claim_leaves_a_run_now_at_the_same_time_as_it_is(
     assert fires == [Fire(NINE, FireStatus.QUEUED)]
     [fire] = await store.fires(schedule.schedule_id)
     assert (fire.scheduled_for, fire.manual) == (NINE, True)
+
+
+async def test_the_oldest_waiting_fire_starts_first_whatever_the_order_of_recording(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule = a_schedule()
+    await store.create(schedule)
+    for at in (NOW + timedelta(seconds=1), NOW):
+        await store.add_manual_fire(schedule.schedule_id, at, OverlapPolicy.ALLOW)
+    [started] = await store.start_waiting(schedule.schedule_id, OverlapPolicy.QUEUE_ONE, NOW)
+    assert started.scheduled_for == NOW
