@@ -100,3 +100,44 @@ def test_patterns_are_data_extended_by_a_setting() -> None:
     error = ModelRequestError("local API error (HTTP 400): KV cache full", status=400)
     assert not OverflowMatcher().is_overflow(error)
     assert OverflowMatcher([r"kv cache full"]).is_overflow(error)
+
+
+def test_the_sessions_output_limit_comes_first_and_a_limit_must_be_positive() -> None:
+    defaults = (128_000, 8192)
+    assert resolve_window("m", {"max_output_tokens": 1000}, {}, (None, 2000), defaults) == (
+        128_000,
+        1000,
+    )
+    assert resolve_window("m", {"max_output_tokens": 1}, {}, (None, None), defaults)[1] == 1
+    zeros = {"max_context_tokens": 0, "max_output_tokens": 0}
+    assert resolve_window("m", zeros, {}, (None, None), defaults) == (128_000, 8192)
+
+
+def test_the_reserves_are_whole_tokens_of_any_window(tmp_path: Path) -> None:
+    assert resolve_window("m", {}, {}, (10_001, 9000), (128_000, 8192)) == (10_001, 2500)
+    limits = limits_for(Settings(home=tmp_path), "openai:local-model", 10_001, {})
+    assert (limits.output_reserve, limits.working_reserve) == (2500, 1250)
+    assert type(limits.output_reserve) is type(limits.working_reserve) is int
+
+
+def test_limits_take_the_configured_model_and_every_setting(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path,
+        models={"openai:m": ModelLimits(max_context_tokens=50_000, max_output_tokens=3000)},
+        context_target_percent=40,
+        context_keep_rounds=3,
+        context_keep_user_turns=4,
+        context_elide_head_chars=100,
+        context_elide_tail_chars=50,
+    )
+    limits = limits_for(settings, "openai:m", None, {})
+    assert (limits.window, limits.output_reserve, limits.target) == (50_000, 3000, 20_000)
+    assert (limits.keep_rounds, limits.keep_user_turns) == (3, 4)
+    assert (limits.elide_head_chars, limits.elide_tail_chars) == (100, 50)
+    assert limits.auto_compact is True  # the setting's, when the session says nothing
+
+
+def test_a_model_name_is_split_at_its_first_colon(tmp_path: Path) -> None:
+    # "gpt-4-turbo-…" is in the catalog with 4,096 output tokens; the default would be 8,192
+    limits = limits_for(Settings(home=tmp_path), "openai:gpt-4-turbo-2024:ft", 128_000, {})
+    assert limits.output_reserve == 4096

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from culm.context import estimate
 from culm.context.budget import ContextLimits, PromptMeter
-from culm.domain.models import Usage, UserMessage
+from culm.domain.models import AssistantMessage, ToolCall, ToolResultMessage, Usage, UserMessage
 from culm.providers.base import ModelRequest, ToolSpec
 
 REQUEST = ModelRequest(system_prompt=None, messages=[UserMessage(content="x" * 400)])
@@ -79,3 +79,28 @@ def test_a_report_calibrates_within_a_half_and_three() -> None:
     assert meter.ratio == 3.0
     meter.reported(REQUEST, 0, Usage(prompt_tokens=10))
     assert meter.ratio == 0.5
+
+
+def test_a_whole_estimate_counts_the_system_prompt_with_its_framing_and_the_tools() -> None:
+    tool = ToolSpec(name="bash", description="d" * 12, parameters={"type": "object"})
+    request = ModelRequest(system_prompt="s" * 40, messages=REQUEST.messages, tools=[tool])
+    # (4 framing + 40 / 4) + 104 for the message + 17 for the tool
+    assert estimate.request_tokens(request.system_prompt, request.messages, request.tools) == 135
+    assert PromptMeter().measure(request, 0) == (135, True)
+
+
+def test_after_an_underestimate_the_next_measure_is_a_whole_estimate_again() -> None:
+    meter = PromptMeter()
+    meter.reported(REQUEST, 0, Usage(prompt_tokens=208))
+    meter.underestimated()
+    assert meter.measure(REQUEST, 0) == (260, True)  # 104 * 2.5, not the report of 208
+
+
+def test_a_message_costs_its_framing_text_reasoning_and_each_call() -> None:
+    assert [estimate.text_tokens("x" * n) for n in (0, 1, 4, 5)] == [0, 1, 1, 2]
+    calls = tuple(ToolCall(id=f"c{i}", name="abcd", arguments="x" * 8) for i in range(2))
+    assistant = AssistantMessage(content="c" * 4, reasoning="r" * 8, tool_calls=calls)
+    # 4 framing + 1 text + 2 reasoning + 2 calls of (8 framing + 1 name + 2 arguments)
+    assert estimate.message_tokens(assistant) == 29
+    result = ToolResultMessage(tool_call_id="c0", tool_name="abcd", content="x" * 4)
+    assert estimate.message_tokens(result) == 4 + 1 + 8

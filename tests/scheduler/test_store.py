@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from culm.domain.models import RunStatus, Session
 from culm.domain.time import new_id
 from culm.errors import NotFoundError
 from culm.scheduler.models import FireStatus, OverlapPolicy, Schedule
 from culm.scheduler.policy import Fire
 from culm.scheduler.schema import schedule_runs
-from culm.scheduler.store import ScheduleStore
+from culm.scheduler.store import DELETED_RUN, STOPPED_DISPATCH, Ended, ScheduleStore
+from culm.storage.schema import runs
 from culm.storage.sql import SqlStore
 
 NOW = datetime(2026, 11, 23, 9, 0, 5, tzinfo=UTC)
@@ -382,3 +384,155 @@ async def test_has_work_while_a_schedule_is_due_or_a_fire_waits_or_runs(
     assert await store.has_work(NOW)  # running: its end is still to be recorded
     await store.finish(paused, fire.scheduled_for, FireStatus.SUCCESS, completed_at=NOW)
     assert not await store.has_work(NOW)  # ended and recorded: nothing left
+
+
+async def _add_run(sql: SqlStore, session_id: str, status: RunStatus, **fields: object) -> str:
+    run_id = new_id()
+    row = {
+        "run_id": run_id,
+        "session_id": session_id,
+        "status": status.value,
+        "created_at": NINE,
+        "model": "scripted:demo",
+        "trigger": "schedule",
+    }
+
+    def transaction(conn: sa.Connection) -> None:
+        conn.execute(runs.insert().values(**(row | fields)))
+
+    await sql.write(transaction)
+    return run_id
+
+
+async def _running_fire(store: ScheduleStore, sid: str, at: datetime, run_id: str | None) -> None:
+    await store.add_manual_fire(sid, at, OverlapPolicy.ALLOW)
+    await store.start_waiting(sid, OverlapPolicy.ALLOW, at)
+    if run_id is not None:
+        await store.attach_run(sid, at, run_id)
+
+
+async def test_ended_finds_running_fires_whose_run_ended_was_deleted_or_never_came(
+    url: str,
+) -> None:
+    sql = SqlStore(url)
+    await sql.start()
+    try:
+        store = ScheduleStore(sql)
+        session = Session(session_id=new_id(), model="scripted:demo", workspace="/w")
+        await sql.create_session(session)
+        schedule = a_schedule()
+        await store.create(schedule)
+        sid, done = schedule.schedule_id, NOW + timedelta(minutes=30)
+        ended = {
+            RunStatus.COMPLETED: (FireStatus.SUCCESS, None),
+            RunStatus.ERROR: (FireStatus.FAILED, "boom"),
+            RunStatus.CANCELLED: (FireStatus.CANCELLED, "stopped"),
+        }
+        times = [NOW + timedelta(minutes=minute) for minute in range(9)]
+        for at, (status, (_, error)) in zip(times[:3], ended.items(), strict=True):
+            run_id = await _add_run(sql, session.session_id, status, completed_at=done, error=error)
+            await _running_fire(store, sid, at, run_id)
+        alive = await _add_run(sql, session.session_id, RunStatus.RUNNING)
+        await _running_fire(store, sid, times[3], alive)  # its run goes on: not over
+        await _running_fire(store, sid, times[4], "deleted-run")
+        await _running_fire(store, sid, times[5], None)  # started at times[5]: stale
+        await _running_fire(store, sid, times[6], None)  # started at the stale mark: not yet
+        recorded = await _add_run(sql, session.session_id, RunStatus.COMPLETED, completed_at=done)
+        await _running_fire(store, sid, times[7], recorded)  # its end is recorded already
+        assert await store.finish(sid, times[7], FireStatus.SUCCESS, completed_at=done)
+        await _running_fire(store, sid, times[8], "also-deleted")
+        assert await store.finish(sid, times[8], FireStatus.CANCELLED, completed_at=done)
+        gave_up = NINE - timedelta(hours=2)  # ended without a run: recorded, not stalled
+        await _running_fire(store, sid, gave_up, None)
+        assert await store.finish(sid, gave_up, FireStatus.FAILED, completed_at=done)
+        await store.add_manual_fire(sid, times[0] - timedelta(hours=1), OverlapPolicy.ALLOW)
+
+        found = await store.ended(stale_before=times[6])
+
+        expected = [
+            Ended(sid, at, fire_status, done, error)
+            for at, (fire_status, error) in zip(times[:3], ended.values(), strict=True)
+        ]
+        expected.append(Ended(sid, times[4], FireStatus.CANCELLED, None, DELETED_RUN))
+        expected.append(Ended(sid, times[5], FireStatus.FAILED, None, STOPPED_DISPATCH))
+        assert sorted(found, key=lambda e: e.scheduled_for) == expected
+    finally:
+        await sql.aclose()
+
+
+async def test_a_once_schedule_keeps_its_time_and_a_run_now_of_a_missing_one_names_it(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    once = a_schedule(trigger={"type": "once", "at": NINE.isoformat()})
+    await store.create(once)  # a datetime in the trigger: stored as JSON text
+    assert await store.get(once.schedule_id) == once
+    with pytest.raises(NotFoundError) as refused:
+        await store.add_manual_fire("missing", NOW, OverlapPolicy.ALLOW)
+    assert (refused.value.kind, refused.value.ident) == ("schedule", "missing")
+
+
+async def test_a_fire_is_written_under_its_own_schedule_only(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    mine, other = a_schedule(), a_schedule()
+    for schedule in (mine, other):
+        await store.create(schedule)
+        await store.add_manual_fire(schedule.schedule_id, NOW, OverlapPolicy.ALLOW)
+        await store.start_waiting(schedule.schedule_id, OverlapPolicy.ALLOW, NOW)
+    await store.attach_run(mine.schedule_id, NOW, "run-1")
+    assert await store.finish(mine.schedule_id, NOW, FireStatus.SUCCESS, completed_at=NOW)
+    untouched = await store.get_fire(other.schedule_id, NOW)
+    assert untouched is not None
+    assert (untouched.status, untouched.run_id) == (FireStatus.RUNNING, None)
+
+
+async def test_an_ended_fire_put_back_stays_ended_and_is_not_busy(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule = a_schedule()
+    sid = schedule.schedule_id
+    await store.create(schedule)
+    at = NINE - timedelta(minutes=1)
+    await store.add_manual_fire(sid, at, OverlapPolicy.ALLOW)
+    await store.start_waiting(sid, OverlapPolicy.ALLOW, NOW)
+    # ended (another process found it stalled) before the dispatcher puts it back
+    assert await store.finish(sid, at, FireStatus.FAILED, completed_at=NOW, error="stalled")
+    await store.put_back(sid, at)
+    fire = await store.get_fire(sid, at)
+    assert fire is not None and fire.status == FireStatus.FAILED
+    seen: list[int] = []
+
+    def decide(busy: int) -> list[Fire]:
+        seen.append(busy)
+        return []
+
+    await store.claim(schedule, next_fire_at=None, now=NOW, decide=decide)
+    assert seen == [0]  # an ended fire is not busy
+
+
+async def test_a_claim_leaves_a_run_now_at_the_same_time_as_it_is(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule = a_schedule()
+    await store.create(schedule)
+    await store.add_manual_fire(schedule.schedule_id, NINE, OverlapPolicy.ALLOW)
+    fires = await store.claim(schedule, next_fire_at=None, now=NOW, decide=queue_it)
+    assert fires == [Fire(NINE, FireStatus.QUEUED)]
+    [fire] = await store.fires(schedule.schedule_id)
+    assert (fire.scheduled_for, fire.manual) == (NINE, True)
+
+
+async def test_the_oldest_waiting_fire_starts_first_whatever_the_order_of_recording(
+    stores: tuple[ScheduleStore, ScheduleStore],
+) -> None:
+    store, _ = stores
+    schedule = a_schedule()
+    await store.create(schedule)
+    for at in (NOW + timedelta(seconds=1), NOW):
+        await store.add_manual_fire(schedule.schedule_id, at, OverlapPolicy.ALLOW)
+    [started] = await store.start_waiting(schedule.schedule_id, OverlapPolicy.QUEUE_ONE, NOW)
+    assert started.scheduled_for == NOW
