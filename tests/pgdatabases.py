@@ -49,7 +49,9 @@ SELECT md5(string_agg(item, E'\\n' ORDER BY item)) FROM (
     FROM pg_constraint WHERE connamespace = 'public'::regnamespace
     UNION ALL SELECT 'fun ' || proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace
     UNION ALL SELECT 'trg ' || tgname FROM pg_trigger WHERE NOT tgisinternal
-    UNION ALL SELECT 'nsp ' || nspname FROM pg_namespace
+    UNION ALL
+    SELECT 'nsp ' || nspname FROM pg_namespace  -- not a session's temporary ones: they stay
+    WHERE nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
     UNION ALL SELECT 'typ ' || typname FROM pg_type WHERE typnamespace = 'public'::regnamespace
     UNION ALL SELECT 'ext ' || extname FROM pg_extension
     UNION ALL
