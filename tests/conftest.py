@@ -6,6 +6,7 @@ fails: CI must never pass by skipping the distributed backends.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from culm.storage.sql import SqlStore
+from tests.pgdatabases import HeadDatabases
 
 CI = os.environ.get("CI", "").lower() in {"true", "1"}
 
@@ -68,6 +70,42 @@ async def postgres_url() -> AsyncIterator[str]:
         await admin.close()
 
 
+_HEAD_DATABASES = HeadDatabases()  # this process's
+
+
+@pytest.fixture
+async def postgres_head_url() -> AsyncIterator[str]:
+    """The URL of a fresh PostgreSQL database with the engine's schema at the head revision and
+    no rows, for the test alone (``tests/pgdatabases.py``: a copy of a database a store start
+    made, or a finished test's database emptied back to that state). ``postgres_url`` is the
+    empty database, for what tests the first start or the migrations themselves.
+    """
+    admin_url = sa.make_url(POSTGRES_URL)
+    admin = await _admin_connection(admin_url)
+    try:
+        name = await _HEAD_DATABASES.take(admin, admin_url)
+        try:
+            yield admin_url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            await _HEAD_DATABASES.give_back(admin, admin_url, name)
+    finally:
+        await admin.close()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop this process's template and spare databases (none where no test asked for one)."""
+    if _HEAD_DATABASES.holds_any:
+        asyncio.run(_drop_head_databases())
+
+
+async def _drop_head_databases() -> None:
+    admin = await _admin_connection(sa.make_url(POSTGRES_URL))
+    try:
+        await _HEAD_DATABASES.aclose(admin)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 async def redis_url() -> str:
     """The URL of the test Redis server (shared: use unique key names)."""
@@ -110,8 +148,8 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqlStore]:
 
 
 @pytest.fixture
-async def postgres_store(postgres_url: str) -> AsyncIterator[SqlStore]:
-    async for store in _started(postgres_url):
+async def postgres_store(postgres_head_url: str) -> AsyncIterator[SqlStore]:
+    async for store in _started(postgres_head_url):
         yield store
 
 
@@ -128,14 +166,14 @@ def store(request: pytest.FixtureRequest) -> SqlStore:
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """``sqlite`` or ``postgres``: the database of every engine the test builds.
 
-    On ``postgres`` ``CULM_DATABASE_URL`` names a fresh database (``postgres_url``) for the whole
+    On ``postgres`` ``CULM_DATABASE_URL`` names a fresh database (``postgres_head_url``) for the whole
     test, so every ``culm.Settings`` it builds, and every culm process it starts, shares it; on
     ``sqlite`` it is unset: each engine keeps its SQLite file under its ``CULM_HOME``. An explicit
     ``database_url=`` still wins. A test inherently of one backend says so with
     ``@pytest.mark.backends("sqlite")`` (and a comment why): its other variant is deselected.
     """
     if request.param == "postgres":
-        monkeypatch.setenv("CULM_DATABASE_URL", request.getfixturevalue("postgres_url"))
+        monkeypatch.setenv("CULM_DATABASE_URL", request.getfixturevalue("postgres_head_url"))
     else:
         monkeypatch.delenv("CULM_DATABASE_URL", raising=False)
     return str(request.param)
@@ -145,7 +183,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A database URL of the test's backend: its fresh PostgreSQL database, or a SQLite file."""
     if backend == "postgres":
-        url: str = request.getfixturevalue("postgres_url")
+        url: str = request.getfixturevalue("postgres_head_url")
         return url
     return f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}"
 

@@ -37,7 +37,7 @@ CLUSTER_METRICS = {
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}"
-    url: str = request.getfixturevalue("postgres_url")
+    url: str = request.getfixturevalue("postgres_head_url")
     return url
 
 
@@ -161,14 +161,14 @@ async def test_include_stopped_must_be_a_boolean(tmp_path: Path) -> None:
 
 
 async def test_without_the_database_metrics_keep_the_process_figures(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_head_url: str
 ) -> None:
-    settings = _settings(tmp_path, postgres_url)
+    settings = _settings(tmp_path, postgres_head_url)
     async with (
         running_server(settings, role=Role.API) as server,
         httpx2.AsyncClient(base_url=server.url, timeout=30) as client,
     ):
-        async with cut_off(postgres_url):
+        async with cut_off(postgres_head_url):
             metrics = await client.get("/metrics")
             workers = await client.get("/v1/workers")
         assert metrics.status_code == 200

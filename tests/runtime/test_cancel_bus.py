@@ -30,14 +30,14 @@ HOUR = 3600.0
 
 @pytest.fixture
 async def deployment(
-    tmp_path: Path, postgres_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, postgres_head_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[culm.Engine, culm.Engine]]:
     monkeypatch.setattr(manager, "_SAFETY_POLL", HOUR)
     prefix = f"culm-test:{uuid.uuid4().hex[:12]}:"
 
     def engine(name: str, role: Role) -> culm.Engine:
         config = settings(
-            tmp_path / name, database_url=postgres_url, redis_url=redis_url, redis_prefix=prefix,
+            tmp_path / name, database_url=postgres_head_url, redis_url=redis_url, redis_prefix=prefix,
             heartbeat_seconds=HOUR, lease_seconds=2 * HOUR, claim_poll_seconds=0.2,
         )  # fmt: skip
         return culm.Engine(config, role=role)

@@ -38,9 +38,9 @@ def _engine(home: Path, url: str, role: Role, **overrides: Any) -> culm.Engine:
 
 
 @pytest.fixture
-async def other_store(postgres_url: str) -> AsyncIterator[SqlStore]:
+async def other_store(postgres_head_url: str) -> AsyncIterator[SqlStore]:
     """A second store on the same database: another process's view of it."""
-    store = SqlStore(postgres_url)
+    store = SqlStore(postgres_head_url)
     await store.start()
     try:
         yield store
@@ -75,10 +75,10 @@ async def _running_here(engine: culm.Engine, run_id: str) -> None:
 
 
 async def test_a_run_reserved_by_an_api_process_is_claimed_run_and_finished_by_a_worker(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_head_url: str
 ) -> None:
-    api = _engine(tmp_path / "api", postgres_url, Role.API)
-    worker = _engine(tmp_path / "worker", postgres_url, Role.WORKER)
+    api = _engine(tmp_path / "api", postgres_head_url, Role.API)
+    worker = _engine(tmp_path / "worker", postgres_head_url, Role.WORKER)
     async with api, worker:
         worker.scripts.register("quick", QUICK)
         session = await api.create_session(model="scripted:echo")
@@ -97,9 +97,9 @@ async def test_a_run_reserved_by_an_api_process_is_claimed_run_and_finished_by_a
 
 
 async def test_a_run_whose_lease_is_lost_mid_run_is_cancelled_here_and_writes_nothing(
-    tmp_path: Path, postgres_url: str, other_store: SqlStore
+    tmp_path: Path, postgres_head_url: str, other_store: SqlStore
 ) -> None:
-    worker = _engine(tmp_path, postgres_url, Role.WORKER)
+    worker = _engine(tmp_path, postgres_head_url, Role.WORKER)
     async with worker:
         worker.scripts.register("stuck", STUCK)
         run = await worker.run("go", model="scripted:stuck")
@@ -121,9 +121,9 @@ async def test_a_run_whose_lease_is_lost_mid_run_is_cancelled_here_and_writes_no
 
 
 async def test_a_cancel_flag_set_by_another_store_reaches_the_run_within_a_heartbeat(
-    tmp_path: Path, postgres_url: str, other_store: SqlStore
+    tmp_path: Path, postgres_head_url: str, other_store: SqlStore
 ) -> None:
-    worker = _engine(tmp_path, postgres_url, Role.WORKER)
+    worker = _engine(tmp_path, postgres_head_url, Role.WORKER)
     async with worker:
         worker.scripts.register("stuck", STUCK)
         run = await worker.run("go", model="scripted:stuck")
@@ -136,19 +136,19 @@ async def test_a_cancel_flag_set_by_another_store_reaches_the_run_within_a_heart
 
 
 async def test_shutdown_with_policy_recover_hands_runs_to_another_engine(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_head_url: str
 ) -> None:
     first = _engine(
-        tmp_path / "a", postgres_url, Role.WORKER, shutdown_policy="recover", max_attempts=3
+        tmp_path / "a", postgres_head_url, Role.WORKER, shutdown_policy="recover", max_attempts=3
     )
     async with first:
         first.scripts.register("job", STUCK)
         run = await first.run("go", model="scripted:job")
         await _running_here(first, run.run_id)
-    handed_back = await _fresh_store_get(postgres_url, run.run_id)
+    handed_back = await _fresh_store_get(postgres_head_url, run.run_id)
     assert handed_back.status is culm.RunStatus.PENDING
     assert handed_back.attempt == 2
-    second = _engine(tmp_path / "b", postgres_url, Role.WORKER)
+    second = _engine(tmp_path / "b", postgres_head_url, Role.WORKER)
     async with second:
         second.scripts.register("job", QUICK)
         done = await second.wait(run.run_id, timeout=20)
@@ -162,9 +162,9 @@ async def test_shutdown_with_policy_recover_hands_runs_to_another_engine(
 
 
 async def test_a_parent_taken_over_ends_its_children_parent_recovered(
-    tmp_path: Path, postgres_url: str, other_store: SqlStore
+    tmp_path: Path, postgres_head_url: str, other_store: SqlStore
 ) -> None:
-    worker = _engine(tmp_path, postgres_url, Role.WORKER)
+    worker = _engine(tmp_path, postgres_head_url, Role.WORKER)
     async with worker:
         worker.scripts.register("child", STUCK)
         spawn = {"name": "spawn_agent", "arguments": {"task": "t", "model": "scripted:child"}}

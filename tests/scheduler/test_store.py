@@ -29,7 +29,7 @@ NINE = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'culm.db'}"
-    value: str = request.getfixturevalue("postgres_url")
+    value: str = request.getfixturevalue("postgres_head_url")
     return value
 
 

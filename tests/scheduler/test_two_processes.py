@@ -33,7 +33,7 @@ T0 = datetime(2026, 11, 23, 8, 0, 10, tzinfo=UTC)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
-    url: str = request.getfixturevalue("postgres_url")
+    url: str = request.getfixturevalue("postgres_head_url")
     return url
 
 

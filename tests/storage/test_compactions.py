@@ -101,14 +101,14 @@ async def test_an_idle_compaction_is_stored_only_on_the_transcript_it_was_made_f
 
 
 async def test_an_idle_compaction_waits_for_a_run_being_created_and_sees_it(
-    postgres_url: str,
+    postgres_head_url: str,
 ) -> None:
     """PostgreSQL, read committed: a run inserted but not yet committed is invisible to the
     compaction's check, unless the check waits for it. It does (the session row's lock): the
     compaction written meanwhile is refused once the run commits, not stored beside it."""
-    store = SqlStore(postgres_url)
+    store = SqlStore(postgres_head_url)
     await store.start()
-    other = create_async_engine(postgres_url)
+    other = create_async_engine(postgres_head_url)
     try:
         session = await new_session(store)
         run = a_run(session.session_id)

@@ -41,11 +41,11 @@ async def test_a_failing_write_is_storage_unavailable_until_one_succeeds(store: 
 
 
 async def test_a_postgres_database_that_refuses_connections_is_a_store_failure(
-    postgres_store: SqlStore, postgres_url: str
+    postgres_store: SqlStore, postgres_head_url: str
 ) -> None:
     """asyncpg's errors reach SQLAlchemy as plain DBAPIError: the SQLSTATE (here 55000, the
     database does not accept connections) says whether the store cannot serve."""
-    async with cut_off(postgres_url):
+    async with cut_off(postgres_head_url):
         # The pooled connection just ended may not be seen closed yet (no ping at checkout):
         # its statement fails, a store failure too, and the pool reconnects from then on.
         with pytest.raises(StorageUnavailableError):
@@ -59,12 +59,12 @@ async def test_a_postgres_database_that_refuses_connections_is_a_store_failure(
 
 
 async def test_a_postgres_store_is_healthy_again_once_the_server_commits_again(
-    postgres_store: SqlStore, postgres_url: str
+    postgres_store: SqlStore, postgres_head_url: str
 ) -> None:
     """A process that writes nothing of its own (an API-only `culm serve --no-worker`) must not
     stay degraded after a failed write once the database is back: check() tries a write."""
     session = Session(session_id="s", model="scripted:echo", workspace="/tmp")
-    async with cut_off(postgres_url):
+    async with cut_off(postgres_head_url):
         with pytest.raises(StorageUnavailableError):
             await postgres_store.create_session(session)
         problem = await postgres_store.check()
@@ -73,11 +73,11 @@ async def test_a_postgres_store_is_healthy_again_once_the_server_commits_again(
     assert await postgres_store.get_session("s") is None  # the probe wrote nothing
 
 
-async def test_a_deadlock_on_postgres_is_a_transient_store_failure(postgres_url: str) -> None:
+async def test_a_deadlock_on_postgres_is_a_transient_store_failure(postgres_head_url: str) -> None:
     """Two transactions that lock two rows in opposite orders: PostgreSQL breaks the deadlock by
     failing one (SQLSTATE 40P01). That is a failure a retry gets past (the event writer retries
     it), not a refusal of the data (which would isolate a run)."""
-    engine = create_async_engine(postgres_url)
+    engine = create_async_engine(postgres_head_url)
     try:
         async with engine.begin() as conn:
             await conn.execute(sa.text("CREATE TABLE pair (id int PRIMARY KEY)"))

@@ -468,9 +468,9 @@ async def test_a_ready_run_wakes_a_subscriber_of_the_store(store: SqlStore) -> N
 
 
 async def test_postgres_notify_wakes_another_stores_subscriber(
-    postgres_store: SqlStore, postgres_url: str
+    postgres_store: SqlStore, postgres_head_url: str
 ) -> None:
-    other = SqlStore(postgres_url)
+    other = SqlStore(postgres_head_url)
     await other.start()
     wakeups = other.wakeups()
     try:
@@ -546,12 +546,12 @@ async def test_queue_stats_count_ready_queued_and_running(store: SqlStore) -> No
 
 
 async def test_a_listener_whose_connection_is_killed_reconnects(
-    postgres_store: SqlStore, postgres_url: str
+    postgres_store: SqlStore, postgres_head_url: str
 ) -> None:
-    other = SqlStore(postgres_url)
+    other = SqlStore(postgres_head_url)
     await other.start()
     wakeups = other.wakeups()
-    database = sa.make_url(postgres_url).database
+    database = sa.make_url(postgres_head_url).database
     kill = sa.text(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE datname = :db AND query LIKE 'LISTEN%'"
@@ -639,12 +639,12 @@ async def test_the_sweeper_retires_silent_workers_and_prunes_old_stopped_rows(
 
 
 async def test_a_listener_connects_with_sqlalchemy_only_url_parameters(
-    postgres_store: SqlStore, postgres_url: str
+    postgres_store: SqlStore, postgres_head_url: str
 ) -> None:
     """Review finding 7: the LISTEN connection took the URL's query string as is, and asyncpg
     sent ``prepared_statement_cache_size`` to the server, which refused the connection: the
     workers silently fell back to the poll. It must listen, and say so for /health."""
-    url = sa.make_url(postgres_url).update_query_dict({"prepared_statement_cache_size": "0"})
+    url = sa.make_url(postgres_head_url).update_query_dict({"prepared_statement_cache_size": "0"})
     other = SqlStore(url.render_as_string(hide_password=False))
     await other.start()
     wakeups = other.wakeups()
@@ -675,10 +675,10 @@ async def test_a_listener_that_cannot_connect_says_why() -> None:
 
 
 async def test_a_reservations_wake_up_names_its_run(
-    postgres_store: SqlStore, postgres_url: str
+    postgres_store: SqlStore, postgres_head_url: str
 ) -> None:
     # So that the worker whose turn it is claims it at once, and the others wait (the herd).
-    other = SqlStore(postgres_url)
+    other = SqlStore(postgres_head_url)
     await other.start()
     wakeups = other.wakeups()
     try:

@@ -25,8 +25,8 @@ from tests.storage.queue_support import (
 
 
 @pytest.fixture
-async def pg_stores(postgres_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore]]:
-    first, second = SqlStore(postgres_url), SqlStore(postgres_url)
+async def pg_stores(postgres_head_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore]]:
+    first, second = SqlStore(postgres_head_url), SqlStore(postgres_head_url)
     await first.start()
     await second.start()
     try:
@@ -37,7 +37,7 @@ async def pg_stores(postgres_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore
 
 
 async def test_a_run_queued_while_the_active_one_ends_is_promoted(
-    pg_stores: tuple[SqlStore, SqlStore], postgres_url: str
+    pg_stores: tuple[SqlStore, SqlStore], postgres_head_url: str
 ) -> None:
     """Review finding 3: the enqueue has read the active run; that run ends (its promotion
     finds nothing queued yet) before the enqueue commits. The queued run must not wait behind
@@ -45,7 +45,7 @@ async def test_a_run_queued_while_the_active_one_ends_is_promoted(
     first, second = pg_stores
     active = await owned_run(first, "w1")
     queued = a_run(active.session_id)
-    gate = await raw_connection(postgres_url)
+    gate = await raw_connection(postgres_head_url)
     try:
         tx = gate.transaction()
         await tx.start()
@@ -99,7 +99,7 @@ async def test_the_sweeper_promotes_a_stranded_queued_run(store: SqlStore) -> No
 
 
 async def test_a_renewal_and_an_event_batch_of_one_worker_never_deadlock(
-    pg_stores: tuple[SqlStore, SqlStore], postgres_url: str
+    pg_stores: tuple[SqlStore, SqlStore], postgres_head_url: str
 ) -> None:
     """Review finding 4: the event batch locks its runs' rows in run_id order; a renewal that
     locked them in plan order (here: physical order, the larger run_id first) could hold one
@@ -107,7 +107,7 @@ async def test_a_renewal_and_an_event_batch_of_one_worker_never_deadlock(
     first, second = pg_stores
     later = await owned_run(first, "w1", run_id="run-b")  # stored first: scanned first
     earlier = await owned_run(first, "w1", run_id="run-a")
-    gate = await raw_connection(postgres_url)
+    gate = await raw_connection(postgres_head_url)
     try:
         tx = gate.transaction()
         await tx.start()

@@ -101,13 +101,13 @@ async def test_only_events_of_the_claim_released_say_it_started(store: SqlStore)
 
 
 async def test_a_sweeper_skips_a_run_another_transaction_holds(
-    postgres_store: SqlStore, postgres_url: str
+    postgres_store: SqlStore, postgres_head_url: str
 ) -> None:
     # PostgreSQL only: SQLite has one writer, so no row lock to skip.
     store = postgres_store
     held = await owned_run(store, "dead", lease_seconds=0)
     free = await owned_run(store, "dead", lease_seconds=0)
-    gate = await raw_connection(postgres_url)
+    gate = await raw_connection(postgres_head_url)
     try:
         tx = gate.transaction()
         await tx.start()
@@ -179,13 +179,13 @@ async def test_a_takeover_ends_only_the_children_of_the_runs_it_takes(store: Sql
 
 
 async def test_a_takeover_skips_a_child_another_transaction_holds(
-    postgres_store: SqlStore, postgres_url: str
+    postgres_store: SqlStore, postgres_head_url: str
 ) -> None:
     # PostgreSQL only (see above). The held child is swept on its own lease later.
     store = postgres_store
     parent = await owned_run(store, "dead", lease_seconds=0)
     child = await owned_run(store, "dead", lease_seconds=3600, parent_run_id=parent.run_id)
-    gate = await raw_connection(postgres_url)
+    gate = await raw_connection(postgres_head_url)
     try:
         tx = gate.transaction()
         await tx.start()
