@@ -233,20 +233,22 @@ def _finish_statement(dialect: str, fenced: bool) -> sa.Update:
     ).returning(runs.c.session_id)
 
 
+_WAITING = runs.alias("waiting")
+_STRANDED = (
+    sa.select(_WAITING.c.session_id)
+    .where(_WAITING.c.queued.is_(True), _WAITING.c.status == ops.PENDING)
+    .where(~sa.exists().where(runs.c.session_id == _WAITING.c.session_id, ops.SLOT))
+    .distinct()
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+
+
 def promote_stranded(conn: sa.Connection, wake: Wake, *, limit: int) -> list[str]:
     """The safety net: make ready the first queued run of every session that has queued runs
     but no active one (a state no transaction should leave; found by the sweeper). Returns
     the sessions promoted. A concurrent promotion of one of them (the slot's unique index
     refuses the second) is left to that one."""
-    waiting = runs.alias("waiting")
-    active = sa.exists().where(runs.c.session_id == waiting.c.session_id, ops.SLOT)
-    stranded = conn.scalars(
-        sa.select(waiting.c.session_id)
-        .where(waiting.c.queued.is_(True), waiting.c.status == RunStatus.PENDING.value)
-        .where(~active)
-        .distinct()
-        .limit(limit)
-    ).all()
+    stranded = conn.scalars(_STRANDED, {"limit": limit}).all()
     promoted = []
     for session_id in stranded:
         try:
