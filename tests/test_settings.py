@@ -127,11 +127,11 @@ def test_list_settings_are_comma_separated_in_the_environment(
 def test_the_event_writers_linger_defaults_per_store_backend(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """20 ms on SQLite (one writer: tokens share a commit), none on PostgreSQL (a subscriber
+    """100 ms on SQLite (one writer: tokens share a commit), none on PostgreSQL (a subscriber
     on another process waits for the commit); CULM_EVENT_FLUSH_INTERVAL wins on either."""
     monkeypatch.delenv("CULM_EVENT_FLUSH_INTERVAL", raising=False)
     postgres = "postgresql+asyncpg://culm@127.0.0.1/culm"
-    assert culm.Settings(home=tmp_path).resolved_event_flush_interval == 0.02
+    assert culm.Settings(home=tmp_path).resolved_event_flush_interval == 0.1
     assert culm.Settings(home=tmp_path, database_url=postgres).resolved_event_flush_interval == 0
     monkeypatch.setenv("CULM_EVENT_FLUSH_INTERVAL", "0.005")
     assert culm.Settings(home=tmp_path).resolved_event_flush_interval == 0.005

@@ -50,8 +50,8 @@ class SandboxMode(StrEnum):
 
 
 # The event writer's linger when CULM_EVENT_FLUSH_INTERVAL is unset, per store backend
-# (docs/benchmarks.md: "streaming" for SQLite, the Redis bus's live delivery for PostgreSQL).
-SQLITE_EVENT_FLUSH_INTERVAL = 0.02
+# (docs/benchmarks.md: "writer thread" for SQLite, the Redis bus's live delivery for PostgreSQL).
+SQLITE_EVENT_FLUSH_INTERVAL = 0.1
 POSTGRES_EVENT_FLUSH_INTERVAL = 0.0
 
 Names = Annotated[list[str], NoDecode]

@@ -33,6 +33,7 @@ from culm.storage.wakeups import Wake
 
 INPUT_TIMEOUT = "input_timeout"
 EXPIRE_LIMIT = 200  # requests per sweep; the next tick takes the rest
+OPEN = ops.constant("open")  # written into the SQL: see ``ops.constant``
 _RUN_FOR_UPDATE = runs.select().where(runs.c.run_id == sa.bindparam("run_id")).with_for_update()
 
 
@@ -141,7 +142,7 @@ def _close(
     closed = conn.execute(
         input_requests.update()
         .where(input_requests.c.request_id == request.request_id)
-        .where(input_requests.c.status == "open")
+        .where(input_requests.c.status == OPEN)
         .values(
             status=status,
             answer=given.model_dump(exclude_none=True),
@@ -186,7 +187,7 @@ def _append(
 
 def _resume_if_answered(conn: sa.Connection, run_id: str, wake: Wake) -> None:
     still_open = sa.exists().where(
-        input_requests.c.run_id == run_id, input_requests.c.status == "open"
+        input_requests.c.run_id == run_id, input_requests.c.status == OPEN
     )
     ready = (
         runs.update()
@@ -213,7 +214,7 @@ def due(conn: sa.Connection, now: datetime) -> list[Any]:
             sa.select(input_requests, sessions.c.input_timeout_action, sessions.c.input_timeout)
             .join(runs, runs.c.run_id == input_requests.c.run_id)
             .join(sessions, sessions.c.session_id == input_requests.c.session_id)
-            .where(input_requests.c.status == "open", input_requests.c.expires_at <= now)
+            .where(input_requests.c.status == OPEN, input_requests.c.expires_at <= now)
             .where(runs.c.status == RunStatus.WAITING.value)
             .order_by(input_requests.c.run_id, input_requests.c.position)
             .limit(EXPIRE_LIMIT)

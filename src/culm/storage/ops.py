@@ -24,11 +24,21 @@ from culm.storage.schema import ACTIVE_SLOT, input_requests, messages, run_event
 ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 # Runs holding their session's one slot: those, and runs waiting for a person's answer.
 SLOT_STATUSES = (*ACTIVE, RunStatus.WAITING.value)
+
+
+def constant(value: str) -> sa.ColumnElement[str]:
+    """``value`` (a status, no quote in it) written into the SQL rather than bound. SQLite
+    prepares again, on every execution, a statement where a bound value decided whether a
+    partial index's predicate holds (it matches ``status = ?`` against ``status = 'pending'``
+    only for that value): the claim spent most of its time being parsed and planned anew."""
+    assert "'" not in value
+    return sa.literal_column(f"'{value}'", sa.String)
+
+
+PENDING = constant(RunStatus.PENDING.value)
 SLOT = sa.and_(runs.c.status.in_(SLOT_STATUSES), runs.c.queued.is_(False))
-QUEUED = sa.and_(runs.c.queued.is_(True), runs.c.status == RunStatus.PENDING.value)
-READY = sa.and_(
-    runs.c.status == RunStatus.PENDING.value, runs.c.queued.is_(False), runs.c.owner.is_(None)
-)
+QUEUED = sa.and_(runs.c.queued.is_(True), runs.c.status == PENDING)
+READY = sa.and_(runs.c.status == PENDING, runs.c.queued.is_(False), runs.c.owner.is_(None))
 
 
 ACTIVE_RUN_ID = sa.select(runs.c.run_id).where(

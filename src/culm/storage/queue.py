@@ -198,23 +198,11 @@ def finish(
     usage: Usage,
     wake: Wake,
 ) -> None:
-    statement = runs.update().where(runs.c.run_id == run_id)
+    parameters: dict[str, Any] = {"run": run_id, "to_status": status.value, "to_error": error}
+    parameters["to_usage"] = usage.model_dump()
     if fence is not None:
-        owner, epoch = fence
-        statement = statement.where(runs.c.owner == owner, runs.c.epoch == epoch)
-        statement = statement.where(runs.c.status.in_(ops.ACTIVE))
-    session_id = conn.scalar(
-        statement.values(
-            status=status.value,
-            error=error,
-            usage=usage.model_dump(),
-            completed_at=dbtime.now(dialect),
-            owner=None,
-            lease_expires_at=None,
-            queued=False,
-            queue_order=None,
-        ).returning(runs.c.session_id)
-    )
+        parameters["fence_owner"], parameters["fence_epoch"] = fence
+    session_id = conn.scalar(_finish_statement(dialect, fence is not None), parameters)
     if session_id is None:
         if fence is not None:
             raise LeaseLostError(run_id)
@@ -222,20 +210,45 @@ def finish(
     promote_next(conn, session_id, wake)
 
 
+@functools.lru_cache(maxsize=8)
+def _finish_statement(dialect: str, fenced: bool) -> sa.Update:
+    """The ending's statement, built once for each shape (parameters: ``run``, ``to_status``,
+    ``to_error``, ``to_usage``, and with a fence ``fence_owner`` and ``fence_epoch``)."""
+    statement = runs.update().where(runs.c.run_id == sa.bindparam("run"))
+    if fenced:
+        statement = statement.where(
+            runs.c.owner == sa.bindparam("fence_owner"),
+            runs.c.epoch == sa.bindparam("fence_epoch"),
+            runs.c.status.in_(ops.ACTIVE),
+        )
+    return statement.values(
+        status=sa.bindparam("to_status", type_=runs.c.status.type),
+        error=sa.bindparam("to_error", type_=runs.c.error.type),
+        usage=sa.bindparam("to_usage", type_=runs.c.usage.type),
+        completed_at=dbtime.now(dialect),
+        owner=None,
+        lease_expires_at=None,
+        queued=False,
+        queue_order=None,
+    ).returning(runs.c.session_id)
+
+
+_WAITING = runs.alias("waiting")
+_STRANDED = (
+    sa.select(_WAITING.c.session_id)
+    .where(_WAITING.c.queued.is_(True), _WAITING.c.status == ops.PENDING)
+    .where(~sa.exists().where(runs.c.session_id == _WAITING.c.session_id, ops.SLOT))
+    .distinct()
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+
+
 def promote_stranded(conn: sa.Connection, wake: Wake, *, limit: int) -> list[str]:
     """The safety net: make ready the first queued run of every session that has queued runs
     but no active one (a state no transaction should leave; found by the sweeper). Returns
     the sessions promoted. A concurrent promotion of one of them (the slot's unique index
     refuses the second) is left to that one."""
-    waiting = runs.alias("waiting")
-    active = sa.exists().where(runs.c.session_id == waiting.c.session_id, ops.SLOT)
-    stranded = conn.scalars(
-        sa.select(waiting.c.session_id)
-        .where(waiting.c.queued.is_(True), waiting.c.status == RunStatus.PENDING.value)
-        .where(~active)
-        .distinct()
-        .limit(limit)
-    ).all()
+    stranded = conn.scalars(_STRANDED, {"limit": limit}).all()
     promoted = []
     for session_id in stranded:
         try:
@@ -247,17 +260,20 @@ def promote_stranded(conn: sa.Connection, wake: Wake, *, limit: int) -> list[str
     return promoted
 
 
+_NEXT_QUEUED = (
+    sa.select(runs.c.run_id)
+    .where(runs.c.session_id == sa.bindparam("session_id"), ops.QUEUED)
+    .order_by(runs.c.queue_order, runs.c.created_at, runs.c.run_id)
+    .limit(1)
+    .with_for_update()
+)
+
+
 def promote_next(conn: sa.Connection, session_id: str, wake: Wake) -> None:
     """Make the session's first queued run ready, if its slot is free."""
     if ops.active_run_id(conn, session_id) is not None:
         return
-    next_id = conn.scalar(
-        sa.select(runs.c.run_id)
-        .where(runs.c.session_id == session_id, ops.QUEUED)
-        .order_by(runs.c.queue_order, runs.c.created_at, runs.c.run_id)
-        .limit(1)
-        .with_for_update()
-    )
+    next_id = conn.scalar(_NEXT_QUEUED, {"session_id": session_id})
     if next_id is None:
         return
     result = conn.execute(

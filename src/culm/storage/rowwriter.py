@@ -82,12 +82,7 @@ class _Plan:
 
     def parameters(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         """``values`` (in the statement's order) as the driver takes them."""
-        if not self.conversions:
-            return values
-        converted = list(values)
-        for position, convert in self.conversions:
-            converted[position] = convert(converted[position])
-        return tuple(converted)
+        return _converted(values, self.conversions)
 
 
 class Prepared:
@@ -230,13 +225,19 @@ class _Statement:
     statement: sa.ClauseElement
 
     def parameters(self, row: Row) -> tuple[Any, ...]:
-        values = self.values(row)
-        if not self.conversions:
-            return values
-        converted = list(values)
-        for position, convert in self.conversions:
-            converted[position] = convert(converted[position])
-        return tuple(converted)
+        return _converted(self.values(row), self.conversions)
+
+
+def _converted(
+    values: tuple[Any, ...], conversions: tuple[tuple[int, Convert], ...]
+) -> tuple[Any, ...]:
+    """``values`` with the value at each position of ``conversions`` converted."""
+    if not conversions:
+        return values
+    converted = list(values)
+    for position, convert in conversions:
+        converted[position] = convert(converted[position])
+    return tuple(converted)
 
 
 def _run(

@@ -16,6 +16,7 @@ update is also a compare-and-set on the epoch seen.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +56,23 @@ class _Takeover:
     clean: frozenset[str] = frozenset()
 
 
+@functools.lru_cache(maxsize=8)
+def _expired_runs(dialect: str, with_dead: bool) -> sa.Select[Any]:
+    """The sweep's look for runs to take over, built once for each shape (parameters:
+    ``limit``, and with ``with_dead`` ``dead``, the owners known to be gone): the sweeper runs
+    it every heartbeat."""
+    expired: sa.ColumnElement[bool] = runs.c.lease_expires_at <= dbtime.now(dialect)
+    if with_dead:
+        expired = sa.or_(expired, runs.c.owner.in_(sa.bindparam("dead", expanding=True)))
+    return (
+        runs.select()
+        .where(_LEASED, expired)
+        .order_by(runs.c.lease_expires_at, runs.c.run_id)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+        .with_for_update(skip_locked=True)
+    )
+
+
 def sweep(
     conn: sa.Connection,
     dialect: str,
@@ -63,17 +81,10 @@ def sweep(
     dead_owners: Sequence[str],
     wake: Wake,
 ) -> list[Run]:
-    expired: sa.ColumnElement[bool] = runs.c.lease_expires_at <= dbtime.now(dialect)
+    parameters: dict[str, Any] = {"limit": SWEEP_LIMIT}
     if dead_owners:
-        expired = sa.or_(expired, runs.c.owner.in_(list(dead_owners)))
-    query = (
-        runs.select()
-        .where(_LEASED, expired)
-        .order_by(runs.c.lease_expires_at, runs.c.run_id)
-        .limit(SWEEP_LIMIT)
-        .with_for_update(skip_locked=True)
-    )
-    found = conn.execute(query).all()
+        parameters["dead"] = list(dead_owners)
+    found = conn.execute(_expired_runs(dialect, bool(dead_owners)), parameters).all()
     promote_stranded(conn, wake, limit=SWEEP_LIMIT)
     if not found:
         workers.retire(conn, dialect, policy.lease_seconds)

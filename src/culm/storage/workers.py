@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -57,6 +58,13 @@ def retire(conn: sa.Connection, dialect: str, lease_seconds: float) -> None:
     active run (a killed process; its runs were taken over) is marked stopped, and rows stopped
     for longer than ``STOPPED_RETENTION_SECONDS`` are deleted. Rows are locked in worker_id
     order, skipping those another sweeper holds."""
+    for statement in _retire_statements(dialect, lease_seconds):
+        conn.execute(statement)
+
+
+@functools.lru_cache(maxsize=8)
+def _retire_statements(dialect: str, lease_seconds: float) -> tuple[sa.Update, sa.Delete]:
+    """:func:`retire`'s statements, built once (the sweeper runs them every heartbeat)."""
     holds_runs = sa.exists().where(
         runs.c.owner == workers.c.worker_id, runs.c.status.in_(ops.ACTIVE)
     )
@@ -68,11 +76,6 @@ def retire(conn: sa.Connection, dialect: str, lease_seconds: float) -> None:
         .with_for_update(skip_locked=True)
         .cte("silent")
     )
-    conn.execute(
-        workers.update()
-        .where(workers.c.worker_id.in_(sa.select(silent.c.worker_id)))
-        .values(stopped_at=dbtime.now(dialect))
-    )
     expired = (
         sa.select(workers.c.worker_id)
         .where(workers.c.stopped_at < dbtime.later(dialect, -STOPPED_RETENTION_SECONDS))
@@ -80,7 +83,12 @@ def retire(conn: sa.Connection, dialect: str, lease_seconds: float) -> None:
         .with_for_update(skip_locked=True)
         .cte("expired")
     )
-    conn.execute(workers.delete().where(workers.c.worker_id.in_(sa.select(expired.c.worker_id))))
+    return (
+        workers.update()
+        .where(workers.c.worker_id.in_(sa.select(silent.c.worker_id)))
+        .values(stopped_at=dbtime.now(dialect)),
+        workers.delete().where(workers.c.worker_id.in_(sa.select(expired.c.worker_id))),
+    )
 
 
 def select_workers(dialect: str, lease_seconds: float) -> sa.Select[Any]:
