@@ -317,6 +317,22 @@ async def test_malformed_data_is_a_connection_error(upstream: FakeUpstream, mode
         await collect(model.stream(HELLO))
 
 
+async def test_half_an_emoji_per_chunk_is_text(upstream: FakeUpstream, model: Model) -> None:
+    """A server may split a surrogate pair between two chunks (each a lone surrogate escape,
+    which some JSON parsers refuse): each piece is the text the server sent."""
+    halves = [
+        b'data: {"choices": [{"index": 0, "delta": {"content": "\\ud83c"}}]}\n\n',
+        b'data: {"choices": [{"index": 0, "delta": {"content": "\\udf89"}}]}\n\n',
+        b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n',
+    ]
+    upstream.push(Reply(chunks=halves))
+    assert await collect(model.stream(HELLO)) == [
+        TextDelta(text="\ud83c"),
+        TextDelta(text="\udf89"),
+        Finish(reason="stop"),
+    ]
+
+
 async def test_connection_refused(
     http_client: httpx2.AsyncClient, upstream_settings: Settings
 ) -> None:

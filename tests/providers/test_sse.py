@@ -89,3 +89,25 @@ async def test_aiter_sse_over_an_async_byte_stream() -> None:
         SSEEvent(event="a", data="1"),
         SSEEvent(event="message", data="2"),
     ]
+
+
+def test_lf_streams_decode_as_crlf_streams_do() -> None:
+    """The LF-only fast path gives the same events as the general path (a CR anywhere in the
+    text takes that one): every field, a named event after an unnamed one, an id kept across
+    events, multi-line data, a comment, data without the space, whole and byte by byte."""
+    stream = (
+        "data: one\n\nid: 4\ndata: a\ndata:b\ndata:  c\n\n: note\nevent: ping\ndata: x\n\n"
+        "data: after a named one\n\ndata\n\ndata:\n\n\n\ndata: é ✓\n\n"
+    )
+    lf = stream.encode()
+    crlf = stream.replace("\n", "\r\n").encode()
+    expected = [
+        SSEEvent(event="message", data="one"),
+        SSEEvent(event="message", data="a\nb\n c", id="4"),
+        SSEEvent(event="ping", data="x", id="4"),
+        SSEEvent(event="message", data="after a named one", id="4"),
+        SSEEvent(event="message", data="", id="4"),
+        SSEEvent(event="message", data="", id="4"),
+        SSEEvent(event="message", data="é ✓", id="4"),
+    ]
+    assert decode(lf) == decode(crlf) == bytewise(lf) == bytewise(crlf) == expected

@@ -72,6 +72,29 @@ async def test_events_are_stored_within_the_interval_without_a_flush(tmp_path: P
     await store.aclose()
 
 
+async def test_events_added_before_the_start_are_stored_after_the_interval(
+    tmp_path: Path,
+) -> None:
+    store = await _store(tmp_path)
+    published = asyncio.Queue[list[RunEvent]]()
+    batcher = EventBatcher(
+        store, publish=lambda batch: published.put_nowait(list(batch)), linger=0.01, max_batch=1000
+    )
+    for event in _events(3):
+        batcher.add(event)
+    batcher.start()
+    async with asyncio.timeout(5):  # nobody flushes: the linger's timer is armed at the start
+        batch = await published.get()
+    assert [e.seq for e in batch] == [1, 2, 3]
+    for event in _events(2, start=4):  # and again for the next burst, once the buffer emptied
+        batcher.add(event)
+    async with asyncio.timeout(5):
+        batch = await published.get()
+    assert [e.seq for e in batch] == [4, 5]
+    await batcher.aclose()
+    await store.aclose()
+
+
 async def test_flush_returns_once_everything_added_is_stored(tmp_path: Path) -> None:
     store = await _store(tmp_path)
     published: list[RunEvent] = []

@@ -89,6 +89,9 @@ class EventBatcher:
         self._written = 0
         self._has_pending = asyncio.Event()
         self._urgent = asyncio.Event()
+        # The linger: a timer armed when the buffer gets its first event, that sets ``_urgent``
+        # (one callback, where ``asyncio.timeout`` around the wait cancelled the writer task).
+        self._timer: asyncio.TimerHandle | None = None
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -99,6 +102,9 @@ class EventBatcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="culm-event-batcher")
+        self._loop = asyncio.get_running_loop()
+        if self._pending:  # added before the start
+            self._arm_linger()
 
     def add(self, event: RunEvent, urgent: bool = False, *, fence: Fence | None = None) -> None:
         """Buffer ``event``; stored only while its run has ``fence`` (None: unfenced). An
@@ -109,6 +115,7 @@ class EventBatcher:
         self._added += 1
         if len(self._pending) == 1:
             self._has_pending.set()
+            self._arm_linger()
         if urgent or len(self._pending) >= self._max_batch:
             self._urgent.set()
 
@@ -184,17 +191,24 @@ class EventBatcher:
             self._urgent.set()
             await progress.wait()
 
+    def _arm_linger(self) -> None:
+        """Write in ``linger`` seconds (the buffer just got its first event)."""
+        if self._linger > 0 and self._timer is None and self._task is not None:
+            self._timer = self._loop.call_later(self._linger, self._urgent.set)
+
     async def _run(self) -> None:
         while not self._closing:
-            await self._has_pending.wait()
-            if self._linger > 0 and not self._urgent.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._linger):
-                        await self._urgent.wait()
+            if self._linger > 0:  # the linger's timer, an urgent event, a flush or the close
+                await self._urgent.wait()
+            else:
+                await self._has_pending.wait()
             await self._write_now()
 
     async def _write_now(self) -> None:
         # Events stay in the buffer until stored, so nothing is lost if storing is interrupted.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._urgent.clear()
         self._has_pending.clear()
         count = len(self._pending)
@@ -204,6 +218,7 @@ class EventBatcher:
             del self._pending[:count]
             if self._pending:
                 self._has_pending.set()
+                self._arm_linger()
             try:
                 if stored:
                     self._publish(stored)
