@@ -55,6 +55,7 @@ def test_parked_runs_all_reach_the_upstream(tmp_path: Path) -> None:
     assert result["all_waiting_s"] > 0
     assert result["held_before"] == 0  # peers.py waited for the upstream to hold nothing
     assert result["connections"] == 5  # one per waiting request, none reopened
+    assert result["cpu_s"] > 0
     assert "| parked | parked | all waiting" in table
 
 

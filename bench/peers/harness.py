@@ -11,8 +11,8 @@ this module runs one scenario against it, checks every run's answer, and prints 
   latency (from the moment a run is started to the first token its consumer sees).
 * ``parked``: ``--runs`` runs at once against an upstream that does not answer: the time until
   the upstream holds every run's request at once (``/stats``: ``parked_now``; at most
-  ``--park-timeout``), and the RSS they added, per run. The process then exits without waiting
-  for them.
+  ``--park-timeout``), the process CPU until then, and the RSS they added, per run. The process
+  then exits without waiting for them.
 * ``cold``: one run in a fresh process; reports the wall time when it ended, so that the caller
   (which knows when it spawned the process) can tell the cold start.
 
@@ -163,7 +163,7 @@ async def parked(s: Scenario) -> dict[str, Any]:
     stats_url = s.args.stats_url
     base = await asyncio.to_thread(upstream_parked, stats_url)
     rss = rss_mb()
-    started, started_at = time.perf_counter(), time.time()
+    started, started_at, cpu = time.perf_counter(), time.time(), cpu_seconds()
     tasks = [asyncio.create_task(s.one()) for _ in range(s.args.runs)]
     seen = 0
     while time.perf_counter() - started < s.args.park_timeout:
@@ -171,7 +171,7 @@ async def parked(s: Scenario) -> dict[str, Any]:
         seen = await asyncio.to_thread(upstream_parked, stats_url) - base
         if seen >= s.args.runs:
             break
-    waited = time.perf_counter() - started
+    waited, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     added = rss_mb() - rss
     failed = [t for t in tasks if t.done()]
     if failed:
@@ -182,6 +182,7 @@ async def parked(s: Scenario) -> dict[str, Any]:
         "all_waiting_s": waited,
         "all_waiting": seen >= s.args.runs,
         "requests_seen": seen,
+        "cpu_s": cpu,  # the process's, every thread, until all waited (or the deadline)
         "held_before": base,  # by the upstream when the runs started: 0 unless another's
         "runs_started_at": started_at,  # wall clock: the caller knows when it spawned us
         "rss_mb_added": added,

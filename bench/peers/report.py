@@ -20,6 +20,7 @@ METRICS: dict[str, list[tuple[str, str, str, bool]]] = {
     ],
     "parked": [
         ("all_waiting_s", "all waiting", "s", True),
+        ("cpu_s", "CPU until all waiting", "s", True),
         ("rss_kb_per_run", "RSS per run", "KiB", True),
     ],
     "cold": [("cold_s", "cold start", "s", True)],
