@@ -565,9 +565,11 @@ async def test_a_listener_whose_connection_is_killed_reconnects(
         assert killed, "the listener's backend was found and terminated"
         while await wakeups.wait(0.01):
             pass
-        # Back after a reconnect: its wake-up says notifications may have been missed, and new
-        # ones are heard again.
+        wakeups.take_hints()  # the runs' own, heard before the kill
+        # Back after a reconnect: its wake-up says notifications may have been missed (a hint
+        # that names no run: claim), and new ones are heard again.
         assert await wakeups.wait(30) is True
+        assert wakeups.take_hints() == [""]
         for _ in range(100):
             await ready_run(postgres_store)
             if await wakeups.wait(0.2):
