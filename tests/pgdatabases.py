@@ -13,8 +13,8 @@ A database is taken back only in the state its copy had: after the test, its con
 ended and it is renamed to a name no one knows (so a process the test left behind cannot reach it
 and write into the next test's rows: it finds its database gone, as after a drop), then every
 row is deleted and every sequence restarted, and it is kept only if its catalog (tables, columns,
-defaults, indexes, constraints, functions, triggers, schemas, database settings) is still the
-template's and it holds only the template's rows. Anything else (a test that altered the schema,
+defaults, indexes, constraints, functions, triggers, types, schemas, database settings, the
+alembic revision) is still the template's. Anything else (a test that altered the schema,
 a connection that would not end) is dropped as before. The next test gets it renamed to a fresh
 name of its own.
 """
