@@ -311,6 +311,10 @@ async def test_a_run_whose_fence_fails_is_isolated_and_the_others_are_stored(
     batcher.add(_events(1)[0])  # unfenced, while an attempt is isolated
     await batcher.flush()
     assert await store.last_event_seq("r") == 1
+    batcher.add(_run_events("ours", range(5, 6))[0], fence=("w1", 0))  # fenced still, refused
+    await batcher.flush()
+    assert await store.last_event_seq("ours") == 4
+    assert rejected == [{("lost", 0)}, {("ours", 0)}]
     await batcher.aclose()
     await store.aclose()
 
@@ -570,5 +574,25 @@ async def test_the_writer_lingers_for_more_events_unless_a_batch_is_full(tmp_pat
         while store.batches == [2]:
             await asyncio.sleep(0.01)
     assert store.batches == [2, 3]
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_a_failing_publish_is_logged_and_the_events_stay_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await _store(tmp_path)
+
+    def publish(_: Sequence[RunEvent]) -> None:
+        raise RuntimeError("the bus is gone")
+
+    batcher = EventBatcher(store, publish=publish, linger=0, max_batch=1000)
+    for event in _events(2):
+        batcher.add(event)
+    await batcher.flush()
+    assert await store.last_event_seq("r") == 2
+    assert [r.getMessage() for r in caplog.records if r.name == "culm.runtime.batcher"] == [
+        "publishing stored run events failed"
+    ]
     await batcher.aclose()
     await store.aclose()
