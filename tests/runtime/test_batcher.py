@@ -7,6 +7,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pytest
+
 from culm.domain.events import RunEvent, Token, ToolStart
 from culm.domain.models import Run, Session
 from culm.domain.time import utc_now
@@ -109,7 +111,9 @@ async def test_flush_returns_once_everything_added_is_stored(tmp_path: Path) -> 
     await store.aclose()
 
 
-async def test_a_failing_store_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:
+async def test_a_failing_store_is_retried_and_nothing_is_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = await _store(tmp_path, failures=3)
     published: list[RunEvent] = []
     batcher = EventBatcher(store, publish=published.extend, linger=0.01, max_batch=1000)
@@ -123,6 +127,11 @@ async def test_a_failing_store_is_retried_and_nothing_is_lost(tmp_path: Path) ->
         await batcher.flush()
     assert [e.seq for e in await store.read_events("r")] == list(range(1, 11))
     assert [e.seq for e in published] == list(range(1, 11))  # nothing published unstored
+    logged = [r.getMessage() for r in caplog.records if r.name == "culm.runtime.batcher"]
+    assert len(logged) == 3
+    assert logged[0] == (
+        "storing run events failed; retrying error=the store is unavailable: disk on fire events=5"
+    )
     await batcher.aclose()
     await store.aclose()
 
@@ -250,7 +259,9 @@ async def test_a_store_failing_past_the_window_reports_the_runs_it_cannot_take(
     await store.aclose()
 
 
-async def test_giving_up_on_a_failing_store_drops_what_it_cannot_take(tmp_path: Path) -> None:
+async def test_giving_up_on_a_failing_store_drops_what_it_cannot_take(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = await _store(tmp_path, failures=10**6)
     published: list[RunEvent] = []
     batcher = EventBatcher(store, publish=published.extend, linger=0, max_batch=1000)
@@ -265,6 +276,8 @@ async def test_giving_up_on_a_failing_store_drops_what_it_cannot_take(tmp_path: 
         await batcher.flush()  # returns: nothing is left to wait for
         await batcher.aclose()
     assert published == []  # never published, so no client saw a seq the store lacks
+    last = [r.getMessage() for r in caplog.records if r.name == "culm.runtime.batcher"][-1]
+    assert last == "the store keeps failing; run events dropped at stop events=3"
     assert await store.last_event_seq("r") == 0
     await store.aclose()
 
@@ -288,7 +301,7 @@ def _run_events(run_id: str, seqs: range) -> list[RunEvent]:
 
 
 async def test_a_run_whose_fence_fails_is_isolated_and_the_others_are_stored(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = await _store(tmp_path)
     await _owned_runs(store, tmp_path, "ours", "lost")
@@ -304,6 +317,9 @@ async def test_a_run_whose_fence_fails_is_isolated_and_the_others_are_stored(
         batcher.add(event, fence=("w1", 0))  # a stale epoch: the run is no longer ours so
     await batcher.flush()
     assert rejected == [{("lost", 0)}]
+    assert [r.getMessage() for r in caplog.records if r.name == "culm.runtime.batcher"] == [
+        "the store refused a run's events: isolating it runs=[('lost', 0)]"
+    ]
     assert batcher.isolated("lost", 0) and not batcher.isolated("ours", 1)
     assert [(e.run_id, e.seq) for e in published] == [("ours", 1), ("ours", 2), ("ours", 3)]
     assert await store.last_event_seq("lost") == 0
@@ -318,6 +334,10 @@ async def test_a_run_whose_fence_fails_is_isolated_and_the_others_are_stored(
     batcher.add(_events(1)[0])  # unfenced, while an attempt is isolated
     await batcher.flush()
     assert await store.last_event_seq("r") == 1
+    batcher.add(_run_events("ours", range(5, 6))[0], fence=("w1", 0))  # fenced still, refused
+    await batcher.flush()
+    assert await store.last_event_seq("ours") == 4
+    assert rejected == [{("lost", 0)}, {("ours", 0)}]
     await batcher.aclose()
     await store.aclose()
 
@@ -577,5 +597,25 @@ async def test_the_writer_lingers_for_more_events_unless_a_batch_is_full(tmp_pat
         while store.batches == [2]:
             await asyncio.sleep(0.01)
     assert store.batches == [2, 3]
+    await batcher.aclose()
+    await store.aclose()
+
+
+async def test_a_failing_publish_is_logged_and_the_events_stay_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await _store(tmp_path)
+
+    def publish(_: Sequence[RunEvent]) -> None:
+        raise RuntimeError("the bus is gone")
+
+    batcher = EventBatcher(store, publish=publish, linger=0, max_batch=1000)
+    for event in _events(2):
+        batcher.add(event)
+    await batcher.flush()
+    assert await store.last_event_seq("r") == 2
+    assert [r.getMessage() for r in caplog.records if r.name == "culm.runtime.batcher"] == [
+        "publishing stored run events failed"
+    ]
     await batcher.aclose()
     await store.aclose()

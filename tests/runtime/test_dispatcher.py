@@ -149,7 +149,7 @@ async def test_a_launch_that_raises_hands_its_run_back_and_launches_the_rest(
 
 
 async def test_a_run_whose_launch_always_fails_ends_in_error_after_a_bounded_number_of_claims(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A hand-back counts no attempt: without a count of its own, a run whose launch always
     fails would be claimed and handed back for good, holding its session."""
@@ -174,6 +174,10 @@ async def test_a_run_whose_launch_always_fails_ends_in_error_after_a_bounded_num
         [event] = await store.read_events(doomed.run_id)
         assert event.type == "error" and event.code == dispatch.LAUNCH_FAILED
         assert event.seq == 1, "right after the last stored event: no gap"
+        logged = [r.getMessage() for r in caplog.records if r.name == "culm.runtime.dispatch"]
+        assert logged == [f"launching a claimed run failed run_id={doomed.run_id}"] * 3 + [
+            f"ended a run that cannot be launched in error run_id={doomed.run_id}"
+        ]
     finally:
         await store.aclose()
 
@@ -458,8 +462,12 @@ async def test_a_run_whose_wake_up_was_lost_is_claimed_at_the_poll(tmp_path: Pat
     await _launched_once_ready(tmp_path, poll=0.05, lost=True)
 
 
-async def test_a_dispatcher_whose_wake_ups_fail_polls_for_runs(tmp_path: Path) -> None:
+async def test_a_dispatcher_whose_wake_ups_fail_polls_for_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     await _launched_once_ready(tmp_path, poll=0.05, failing=True)
+    logged = {r.getMessage() for r in caplog.records if r.name == "culm.runtime.dispatch"}
+    assert logged == {"waiting for wake-ups failed error=the listening connection is gone"}
 
 
 class _FailingClaims(_CountingClaims):
@@ -470,7 +478,7 @@ class _FailingClaims(_CountingClaims):
 
 
 async def test_a_failed_claim_waits_for_a_wake_up_or_the_poll_never_spins(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = _FailingClaims(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
     await store.start()
@@ -483,6 +491,9 @@ async def test_a_failed_claim_waits_for_a_wake_up_or_the_poll_never_spins(
         for _ in range(20):
             await asyncio.sleep(0)
         assert store.claims == 1
+        assert [r.getMessage() for r in caplog.records if r.name == "culm.runtime.dispatch"] == [
+            "claiming runs failed; retrying at the next poll"
+        ]
         await dispatcher.aclose()
     finally:
         await store.aclose()

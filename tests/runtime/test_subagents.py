@@ -99,6 +99,8 @@ async def test_cancelling_the_parent_ends_the_whole_tree_promptly(tmp_path: Path
                 await asyncio.sleep(0.01)
         events = await collect(engine.subscribe(run.run_id))
         assert [e.status for e in events if e.type == "sub_agent_completed"] == ["cancelled"] * 2  # type: ignore[union-attr]
+        ends = [e for e in events if e.type == "sub_agent_completed"]
+        assert [e.error for e in ends] == ["the parent run was cancelled"] * 2  # type: ignore[union-attr]
         for child in await engine.get_children(run.run_id):
             end = (await collect(engine.subscribe(child.run_id)))[-1]
             assert end.reason == "the parent run was cancelled"  # type: ignore[union-attr]
