@@ -50,8 +50,8 @@ class Heard:
 
 
 @pytest.fixture
-async def heard(postgres_store: SqlStore, postgres_url: str) -> AsyncIterator[Heard]:
-    listener = await raw_connection(postgres_url)
+async def heard(postgres_store: SqlStore, postgres_head_url: str) -> AsyncIterator[Heard]:
+    listener = await raw_connection(postgres_head_url)
     heard = Heard()
     await listener.add_listener(CHANNEL, heard)
     try:
