@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from culm.storage.sql import SqlStore
-from tests.pgdatabases import HeadDatabases
+from tests.pgdatabases import HeadDatabases, connect
 
 CI = os.environ.get("CI", "").lower() in {"true", "1"}
 
@@ -39,14 +39,7 @@ async def _admin_connection(url: sa.URL) -> Any:
     import asyncpg
 
     try:
-        return await asyncpg.connect(
-            host=url.host,
-            port=url.port or 5432,
-            user=url.username,
-            password=url.password,
-            database=url.database,
-            timeout=5,
-        )
+        return await connect(url)
     except (OSError, asyncpg.PostgresError) as exc:
         error = exc
     service_unavailable("PostgreSQL", url.render_as_string(hide_password=True), error)

@@ -128,7 +128,7 @@ class HeadDatabases:
                 store = SqlStore(admin_url.set(database=name).render_as_string(False))
                 await store.start()
                 await store.aclose()
-                connection = await _connect(admin_url.set(database=name))
+                connection = await connect(admin_url.set(database=name))
                 try:
                     self._catalog = await connection.fetchval(CATALOG)
                 finally:
@@ -142,7 +142,7 @@ class HeadDatabases:
     async def _emptied(self, url: sa.URL) -> bool:
         """Delete every row but the revision's and restart every sequence; whether the catalog
         is still the template's."""
-        connection = await _connect(url)
+        connection = await connect(url)
         try:
             async with connection.transaction():
                 tables = await connection.fetch(
@@ -165,7 +165,8 @@ class HeadDatabases:
         return catalog == self._catalog and revisions == 1
 
 
-async def _connect(url: sa.URL) -> Any:
+async def connect(url: sa.URL) -> Any:
+    """A plain asyncpg connection to ``url``'s database."""
     return await asyncpg.connect(
         host=url.host,
         port=url.port or 5432,
