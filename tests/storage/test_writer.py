@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -69,6 +70,9 @@ async def test_writes_run_on_one_thread_that_ends_on_close(tmp_path: Path) -> No
     await store.start()
     threads = {await store.write(lambda conn: threading.current_thread()) for _ in range(5)}
     assert len(threads) == 1 and threads <= writer_threads() - before
+    # A daemon: a program that never closes its store still exits (the thread waits on its
+    # queue for ever otherwise, and the interpreter waits for it at exit).
+    assert all(thread.daemon for thread in threads)
 
     blocker = Blocker()
     blocked = asyncio.ensure_future(store.write(blocker))
@@ -82,7 +86,7 @@ async def test_writes_run_on_one_thread_that_ends_on_close(tmp_path: Path) -> No
 
     assert blocked.done() and queued.done()
     assert writer_threads() == before
-    with pytest.raises(EngineClosedError):
+    with pytest.raises(EngineClosedError, match="^the store is closed$"):
         await store.write(lambda conn: None)
     await store.aclose()  # again: nothing to do
 
@@ -181,3 +185,55 @@ async def test_close_closes_the_writer_threads_connection(tmp_path: Path) -> Non
     await writer.aclose()
     assert len(opened) == 1
     assert closed == opened  # no SQLite connection (nor its file handle) left open
+
+
+async def test_a_group_of_two_writes_puts_each_in_a_savepoint(store: SqlStore) -> None:
+    """The smallest group: its failing write is rolled back alone, the other one commits."""
+    blocker = Blocker()
+    blocked = asyncio.ensure_future(store.write(blocker))
+    await blocker.wait_entered()
+
+    def half_then_fail(conn: sa.Connection) -> None:
+        conn.execute(insert_session("half"))
+        raise ValueError("boom")
+
+    failing = asyncio.ensure_future(store.write(half_then_fail))
+    kept = asyncio.ensure_future(store.write(lambda conn: conn.execute(insert_session("kept"))))
+    await asyncio.sleep(0)  # both queued behind the blocker: one group of two
+    blocker.release.set()
+    await blocked
+
+    with pytest.raises(ValueError, match="boom"):
+        await failing
+    await kept
+    assert await session_ids(store) == ["blocker", "kept"]
+
+
+async def test_a_write_whose_loop_closed_meanwhile_does_not_stop_the_writer(
+    tmp_path: Path,
+) -> None:
+    """A loop that asked for a write and closed before it ended (nobody waits for the answer):
+    the writer thread goes on serving the others."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    sessions.create(engine)  # the blocker's insert goes there
+    writer = ThreadWriter(engine, name=f"{WRITER}-x")
+    blocker = Blocker()
+
+    def from_another_loop() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task(writer.run(blocker))
+            loop.run_until_complete(asyncio.to_thread(blocker.entered.wait, 10))
+            task.cancel()  # its caller gives up; the write itself stays queued (shielded)
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(task)
+        finally:
+            loop.close()
+
+    await asyncio.to_thread(from_another_loop)
+    blocker.release.set()  # the writer now answers a closed loop
+    try:
+        async with asyncio.timeout(10):
+            assert await writer.run(lambda conn: conn.scalar(sa.text("SELECT 1"))) == 1
+    finally:
+        await writer.aclose()
