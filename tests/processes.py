@@ -122,11 +122,24 @@ async def until_gone(marker: str, timeout: float) -> None:
     try:
         await until(lambda: nothing_left(marker), timeout=timeout, what="every process gone")
     except AssertionError as exc:
-        left = []
-        for process in marked(marker):
-            with contextlib.suppress(psutil.Error):
-                left.append((process.pid, process.ppid(), process.status(), process.cmdline()))
-        raise AssertionError(f"{exc}; left: {left}") from None
+        raise AssertionError(f"{exc}; left: {left_of(marker)}") from None
+
+
+def wait_gone_sync(marker: str, timeout: float = 30.0, what: str = "every process gone") -> None:
+    """:func:`until_gone` for tests that are not async."""
+    try:
+        wait_sync(lambda: nothing_left(marker), timeout=timeout, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; left: {left_of(marker)}") from None
+
+
+def left_of(marker: str) -> list[tuple[int, int, str, list[str]]]:
+    """The processes of ``marker`` still alive: pid, parent pid, state, command line."""
+    left = []
+    for process in marked(marker):
+        with contextlib.suppress(psutil.Error):
+            left.append((process.pid, process.ppid(), process.status(), process.cmdline()))
+    return left
 
 
 def require_bwrap() -> None:

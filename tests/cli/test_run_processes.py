@@ -22,6 +22,7 @@ from tests.processes import (
     new_marker,
     nothing_left,
     require_bwrap,
+    wait_gone_sync,
     wait_sync,
 )
 
@@ -119,7 +120,7 @@ def test_kill_9_of_culm_run_leaves_no_process(
     process.kill()
     process.communicate(timeout=10)
 
-    wait_sync(lambda: nothing_left(marker), what="every process culm started gone")
+    wait_gone_sync(marker, what="every process culm started gone")
 
 
 def test_a_second_ctrl_c_during_a_hanging_mcp_call_leaves_no_server(
@@ -136,4 +137,4 @@ def test_a_second_ctrl_c_during_a_hanging_mcp_call_leaves_no_server(
     _, stderr = process.communicate(timeout=20)
 
     assert process.returncode == 130, stderr
-    wait_sync(lambda: nothing_left(marker), what="the MCP server gone")
+    wait_gone_sync(marker, what="the MCP server gone")

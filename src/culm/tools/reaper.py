@@ -140,6 +140,7 @@ def _exit_like(status: int | None) -> None:
         sig = os.WTERMSIG(status)
         if sig != signal.SIGKILL:
             signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})  # a stop signal is held
         os.kill(os.getpid(), sig)
         os._exit(128 + sig)
     os._exit(os.waitstatus_to_exitcode(status))
@@ -167,8 +168,13 @@ def main(argv: list[str]) -> None:
         if main_pid == 0:
             _exec(command)
         status = _wait_for(main_pid)
+        # A stop that came as the command ended is handled at the first call after the wait:
+        # here, inside the try. Outside it, its _Stop would end the reaper with everything
+        # below it left to init (seen: a setsid'd helper of an MCP server outlived culm's
+        # kill -9 when the server, reading EOF, exited just as the parent-death signal came).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     except _Stop:
-        pass
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     for sig in STOP_SIGNALS:  # what follows must finish; SIGKILL still ends us
         signal.signal(sig, signal.SIG_IGN)
     _exit_like(_end_all(main_pid, status, grace))
