@@ -583,9 +583,7 @@ class Engine(SessionsAPI):
             room=self.batcher.room,
             budget_limit=session.metadata.get("budget_limit"),
             run_id=run.run_id,
-            context=context_settings(
-                settings, self.models, self.store, session, model, fence, loaded=loaded
-            ),
+            context=self._context_settings(session, model, fence, loaded=loaded),
             resolve_input=lambda messages, ids: self.store.resolve_input(
                 run.run_id, fence=fence, messages=messages, request_ids=ids
             ),
@@ -595,9 +593,16 @@ class Engine(SessionsAPI):
         )
 
     def _context_settings(
-        self, session: Session, model: Model, fence: Fence | None
+        self,
+        session: Session,
+        model: Model,
+        fence: Fence | None,
+        *,
+        loaded: SessionState | None = None,
     ) -> ContextSettings:
-        return context_settings(self.settings, self.models, self.store, session, model, fence)
+        return context_settings(
+            self.settings, self.models, self.store, session, model, fence, loaded=loaded
+        )
 
 
 def _metrics_config(settings: Settings) -> MetricsConfig:

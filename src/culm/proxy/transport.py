@@ -2,9 +2,10 @@
 
 The proxy calls its upstream (and the agent loop its models: ``providers.http.model_client``)
 through an ``httpx2.AsyncClient`` like the rest of culm, with this transport below it instead
-of httpx2's default (httpcore2 on anyio, with the pure-Python h11 parser). Measured on the proxy's hot path, that default cost about half of culm's CPU per
-forwarded request: a cancel scope per read and write, a socket probe of every idle connection
-before each request, and h11's state machine. Here:
+of httpx2's default (httpcore2 on anyio, with the pure-Python h11 parser). Measured on the
+proxy's hot path, that default cost about half of culm's CPU per forwarded request: a cancel
+scope per read and write, a socket probe of every idle connection before each request, and
+h11's state machine. Here:
 
 - each connection is an ``asyncio.Protocol`` whose responses are parsed by ``httptools`` (the C
   parser uvicorn uses), so a response costs a few callbacks;
