@@ -26,17 +26,13 @@ import time
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+WATCHED = {*STOP_SIGNALS, signal.SIGCHLD}
+"""Blocked from the start and taken only by ``sigwaitinfo``: no signal ever interrupts the reaper,
+so a second stop signal (a cancel and culm's death at once) cannot end it halfway through ending
+what is below it, which would leave that to init."""
 KILL_DEADLINE = 5.0
 """Seconds to keep killing and reaping after SIGKILL before giving up (a process stuck in the
 kernel cannot be reaped)."""
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop(signum: int, frame: object) -> None:
-    raise _Stop
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -123,9 +119,10 @@ def _settle(
         time.sleep(0.005)
 
 
-def _exec(command: list[str]) -> None:
+def _exec(command: list[str], mask: set[int | signal.Signals]) -> None:
     for sig in (*STOP_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the mask is inherited through exec
     try:
         os.execvp(command[0], command)
     except OSError as exc:
@@ -140,43 +137,36 @@ def _exit_like(status: int | None) -> None:
         sig = os.WTERMSIG(status)
         if sig != signal.SIGKILL:
             signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})  # a stop signal is held
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})  # held, if it is a stop signal
         os.kill(os.getpid(), sig)
         os._exit(128 + sig)
     os._exit(os.waitstatus_to_exitcode(status))
 
 
-def _wait_for(main: int) -> int:
+def _wait_for(main: int) -> int | None:
+    """The command's status once it exits, or None when a stop signal comes first."""
     while True:
-        pid, status = os.waitpid(-1, 0)
-        if pid == main:
+        status, _ = _reap(main, None)
+        if status is not None:
             return status
+        # A child that exits meanwhile leaves SIGCHLD pending (it is blocked): no wake-up is lost.
+        if signal.sigwaitinfo(WATCHED).si_signo != signal.SIGCHLD:
+            return None
 
 
 def main(argv: list[str]) -> None:
     parent, grace, command = int(argv[1]), float(argv[2]), argv[3:]
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _stop)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # not SIG_IGN, which reaps children unasked
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     main_pid = 0
     status: int | None = None
-    try:
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # culm died before the line above
-            raise _Stop
+    if os.getppid() == parent:  # else culm died before the line above: start nothing
         main_pid = os.fork()
         if main_pid == 0:
-            _exec(command)
+            _exec(command, mask)
         status = _wait_for(main_pid)
-        # A stop that came as the command ended is handled at the first call after the wait:
-        # here, inside the try. Outside it, its _Stop would end the reaper with everything
-        # below it left to init (seen: a setsid'd helper of an MCP server outlived culm's
-        # kill -9 when the server, reading EOF, exited just as the parent-death signal came).
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    except _Stop:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    for sig in STOP_SIGNALS:  # what follows must finish; SIGKILL still ends us
-        signal.signal(sig, signal.SIG_IGN)
     _exit_like(_end_all(main_pid, status, grace))
 
 
