@@ -355,9 +355,11 @@ class Engine(SessionsAPI):
         *,
         max_cost_usd: float | None = None,
         max_tokens: int | None = None,
+        new: bool = False,
     ) -> Run:
-        """:meth:`start_run` on ``session`` as the caller has it (read, or just created);
-        ``max_cost_usd`` / ``max_tokens``: the run's budget (None: the session's)."""
+        """:meth:`start_run` on ``session`` as the caller has it (read, or, with ``new``, not
+        yet stored: stored with the run); ``max_cost_usd`` / ``max_tokens``: the run's budget
+        (None: the session's)."""
         model_name = model or session.model
         self.models.resolve(model_name)
         run = Run(
@@ -372,16 +374,19 @@ class Engine(SessionsAPI):
             max_cost_usd=max_cost_usd,
             max_tokens=max_tokens,
         )
-        return await self.runs.start_run(run, MultitaskPolicy(multitask))
+        new_session = session if new else None
+        return await self.runs.start_run(run, MultitaskPolicy(multitask), session=new_session)
 
     async def run(self, message: str, **session: Any) -> Run:
         """Headless: create a session (``model``, ``tools`` … as for create_session) and start
         a run on it (``trigger``, ``traceparent``: as for start_run)."""
         trigger = session.pop("trigger", RunTrigger.API)
         traceparent = session.pop("traceparent", None)
-        created = await self.create_session(**session)
-        # The session as created, not read back from the store: a round trip less per run.
-        return await self._start_on(created, message, trigger=trigger, traceparent=traceparent)
+        # The session is stored with the run, in one write: none is left without its run.
+        new = await self._new_session(**session)
+        return await self._start_on(
+            new, message, trigger=trigger, traceparent=traceparent, new=True
+        )
 
     async def get_run(self, run_id: str, *, descendants_cost: bool = False) -> Run:
         """The run, with live fields from its runner when it is active in this process, and its

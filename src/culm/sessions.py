@@ -64,6 +64,21 @@ class SessionsAPI:
         ``input_timeout_action``, and ``max_cost_usd`` and ``max_tokens``, which limit the
         spend of each of its runs (culm.loop.spend)), over those of the named ``agent``. The
         model and tool names are checked now, so mistakes surface here."""
+        session = await self._new_session(
+            agent=agent, kind=kind, parent_session_id=parent_session_id, **settings
+        )
+        await self.store.create_session(session)
+        return session
+
+    async def _new_session(
+        self,
+        *,
+        agent: str | None = None,
+        kind: SessionKind = SessionKind.ROOT,
+        parent_session_id: str | None = None,
+        **settings: Any,
+    ) -> Session:
+        """:meth:`create_session`'s session, not yet stored."""
         self._require_open()
         fields = await self.agents.session_fields(agent, session_settings(settings).given())
         tools, workspace = fields.pop("tools", ()), fields.pop("workspace", None)
@@ -80,9 +95,7 @@ class SessionsAPI:
         )
         tool_names = self.tools.expand(tools, draft)  # MCP names: against its servers
         workspace_path = str(self._workspace(session_id, workspace))
-        session = draft.model_copy(update={"tools": tool_names, "workspace": workspace_path})
-        await self.store.create_session(session)
-        return session
+        return draft.model_copy(update={"tools": tool_names, "workspace": workspace_path})
 
     async def check_agent(self, name: str | None) -> None:
         """Raise InvalidFieldError (``agent``) unless ``name`` is None or a known agent."""

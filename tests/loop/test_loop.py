@@ -311,8 +311,9 @@ async def test_each_round_stores_its_messages_in_one_write(tmp_path: Path) -> No
         script = {"turns": [tool_turn("record", {"label": "a"}), [{"text": "done"}]]}
         events = await _run(engine, script, ["record"])
         transcript = await engine.get_messages(events[0].session_id)
-    # The user message is stored with the run's start, each round's messages in one write.
-    assert writes == [["assistant", "tool"], ["assistant"]]
+    # The user message is stored with the run's start, each round's messages in one write,
+    # the final answer with the run's end (its terminal event and status: the event writer's).
+    assert writes == [["assistant", "tool"]]
     assert [m.role for m in transcript] == ["user", "assistant", "tool", "assistant"]
 
 

@@ -14,7 +14,7 @@ from culm.domain.models import Run, Session
 from culm.domain.time import utc_now
 from culm.errors import StorageUnavailableError
 from culm.runtime.batcher import Attempt, EventBatcher
-from culm.storage.base import Fence, SweepPolicy
+from culm.storage.base import Ending, Fence, SweepPolicy
 from culm.storage.sql import SqlStore
 
 
@@ -33,13 +33,14 @@ class FlakyStore(SqlStore):
         *,
         fences: Mapping[str, Fence] | None = None,
         reserve: int = 0,
+        endings: Mapping[str, Ending] | None = None,
     ) -> set[str]:
         if self.failures:
             self.failures -= 1
             self.failed.set()
             raise StorageUnavailableError("the store is unavailable: disk on fire")
         self.batches.append(len(events))
-        return await super().append_events(events, fences=fences, reserve=reserve)
+        return await super().append_events(events, fences=fences, reserve=reserve, endings=endings)
 
 
 async def _store(tmp_path: Path, failures: int = 0) -> FlakyStore:
@@ -172,11 +173,12 @@ class SlowStore(FlakyStore):
         *,
         fences: Mapping[str, Fence] | None = None,
         reserve: int = 0,
+        endings: Mapping[str, Ending] | None = None,
     ) -> set[str]:
         self.arrived.put_nowait(len(events))
         await self.gate.wait()
         self.gate.clear()
-        return await super().append_events(events, fences=fences, reserve=reserve)
+        return await super().append_events(events, fences=fences, reserve=reserve, endings=endings)
 
 
 async def test_a_producer_waits_for_room_until_half_the_backlog_is_stored(
@@ -548,11 +550,12 @@ class RefusingStore(FlakyStore):
         *,
         fences: Mapping[str, Fence] | None = None,
         reserve: int = 0,
+        endings: Mapping[str, Ending] | None = None,
     ) -> set[str]:
         self.writes.append([event.run_id for event in events])
         if any(event.run_id == "bad" for event in events):
             raise ValueError("value out of range")
-        return await super().append_events(events, fences=fences, reserve=reserve)
+        return await super().append_events(events, fences=fences, reserve=reserve, endings=endings)
 
 
 async def test_a_refused_batch_is_written_again_one_run_at_a_time_in_order(

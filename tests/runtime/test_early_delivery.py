@@ -12,7 +12,7 @@ from pathlib import Path
 import culm
 from culm.domain.events import RunEvent, Token
 from culm.errors import StorageUnavailableError
-from culm.storage.base import Fence
+from culm.storage.base import Ending, Fence
 from culm.storage.sql import SqlStore
 from tests.contract.gate import GateTool
 from tests.support import settings, tool_turn
@@ -29,10 +29,11 @@ class SwitchableStore(SqlStore):
         *,
         fences: Mapping[str, Fence] | None = None,
         reserve: int = 0,
+        endings: Mapping[str, Ending] | None = None,
     ) -> set[str]:
         if self.down:
             raise StorageUnavailableError("the store is unavailable: disk I/O error")
-        return await super().append_events(events, fences=fences, reserve=reserve)
+        return await super().append_events(events, fences=fences, reserve=reserve, endings=endings)
 
 
 async def stored_seqs(engine: culm.Engine, run_id: str) -> set[int]:

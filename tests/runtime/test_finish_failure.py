@@ -1,9 +1,10 @@
-"""The store fails between a run's terminal event and its terminal status, on both backends.
+"""The store fails at a run's end, on both backends.
 
-The run must still end, with the status its terminal event says, and free its session: the
-manager retries ``finish_run`` within the storage retry window; past it, the run's lease is no
-longer renewed and a sweeper (this process's own, too) ends it from its stored terminal event (it
-has no runner left). A sweeper never appends after a terminal event, nor re-queues such a run.
+A run's end (its last events, final message, terminal event and status) is one write, the event
+batcher's: a failing one is retried as any write of events is, and leaves nothing of the end
+until it succeeds. The state "terminal event stored, status not" (which the dispatcher's
+``launch_failed`` ending, two writes, can still leave) is ended by a sweeper from that event: it
+never appends after a terminal event, nor re-queues such a run.
 """
 
 from __future__ import annotations
@@ -15,23 +16,37 @@ from pathlib import Path
 from typing import Any
 
 import culm
-from culm.domain.events import RunEvent, is_terminal
+from culm.domain.events import Complete, RunEvent, is_terminal
 from culm.domain.models import RunStatus, Usage
 from culm.domain.time import utc_now
 from culm.errors import StorageUnavailableError
-from culm.storage.base import Fence, Renewal
+from culm.storage.base import Ending, Fence, Renewal
 from culm.storage.schema import runs
 from culm.storage.sql import SqlStore
 from tests.support import collect, launched, settings, types
 
 
 class FinishFailingStore(SqlStore):
-    """The real store, but ``finish_run`` fails (as a store failure) ``failures`` times first."""
+    """The real store, but a run's end fails (as a store failure) ``failures`` times first:
+    a write of events that carries endings, and ``finish_run``."""
 
     def __init__(self, url: str, failures: int) -> None:
         super().__init__(url)
         self.failures = failures
         self.failed = 0
+
+    async def append_events(
+        self,
+        events: Sequence[RunEvent],
+        *,
+        fences: Mapping[str, Fence] | None = None,
+        reserve: int = 0,
+        endings: Mapping[str, Ending] | None = None,
+    ) -> set[str]:
+        if endings and self.failed < self.failures:
+            self.failed += 1
+            raise StorageUnavailableError("the store is unavailable: disk I/O error")
+        return await super().append_events(events, fences=fences, reserve=reserve, endings=endings)
 
     async def finish_run(
         self,
@@ -79,46 +94,65 @@ async def test_a_failing_finish_is_retried_within_the_window(
         assert engine.store.failed == 3
 
 
-async def test_a_run_whose_finish_keeps_failing_is_ended_by_its_terminal_event(
+async def test_a_failing_end_leaves_nothing_of_it_until_it_is_written(
     tmp_path: Path, database_url: str
 ) -> None:
-    # finish_run fails past the retry window: the runner is gone, the run still `running`
-    # under this process; its lease runs out and this process's sweeper ends it.
-    engine = _engine(
-        tmp_path,
-        database_url,
-        failures=1_000_000,
-        storage_retry_window=0.2,
-        lease_seconds=1.0,
-        recovery_policy="requeue",  # a run that did end is never run again
-    )
+    # While the end's write fails, neither the terminal event, nor the final message, nor the
+    # status is stored (one transaction); once it is written, all of them are.
+    engine = _engine(tmp_path, database_url, failures=1_000_000, lease_seconds=600.0)
     async with engine:
         run = await engine.run("hi", model="scripted:echo")
-        await _ends_as_its_terminal_event_says(engine, run.run_id)
-        assert (await engine.get_run(run.run_id)).attempt == 1
-
-
-async def test_recovery_after_a_crash_sets_the_status_from_the_terminal_event(
-    tmp_path: Path, database_url: str
-) -> None:
-    # The process stopped between the two writes (its finish never stored): the next start
-    # ends the run as its terminal event says, with nothing appended after it.
-    engine = _engine(
-        tmp_path, database_url, failures=1_000_000, storage_retry_window=0.01, lease_seconds=600.0
-    )
-    async with engine:
-        run = await engine.run("hi", model="scripted:echo")
-        async with asyncio.timeout(30):  # until its end is stored and its runner dropped
-            while engine.registry.get(run.run_id) is not None or not await _ended(engine, run):
+        store = engine.store
+        assert isinstance(store, FinishFailingStore)
+        async with asyncio.timeout(30):
+            while store.failed < 2:  # the end's write failed, and was retried
                 await asyncio.sleep(0.01)
-        assert (await engine.get_run(run.run_id)).status is RunStatus.RUNNING
-        # Its owner is gone once its lease has run out (this test's process lives on).
-        expired = runs.update().values(lease_expires_at=utc_now() - timedelta(seconds=1))
-        await engine.store.write(
-            lambda conn: conn.execute(expired.where(runs.c.run_id == run.run_id))
-        )
-    async with _engine(tmp_path, database_url, failures=0, recovery_policy="requeue") as engine:
+        assert not any(is_terminal(e) for e in await store.read_events(run.run_id))
+        assert [m.role for m in await store.get_messages(run.session_id)] == ["user"]
+        assert (await get_run(store, run.run_id)).status is RunStatus.RUNNING
+        store.failures = 0  # the store takes writes again
+        await engine.wait(run.run_id, timeout=30)
+        assert [m.role for m in await store.get_messages(run.session_id)] == ["user", "assistant"]
         await _ends_as_its_terminal_event_says(engine, run.run_id)
+
+
+async def test_recovery_sets_the_status_from_a_stored_terminal_event(
+    tmp_path: Path, database_url: str
+) -> None:
+    # The run's terminal event is stored and its status is not (written apart: the process
+    # stopped between the two): the next start ends the run as that event says, with nothing
+    # appended after it.
+    engine = _engine(
+        tmp_path, database_url, failures=1_000_000, lease_seconds=600.0, shutdown_timeout=1.0
+    )
+    async with engine:
+        session = await engine.create_session(model="scripted:slow")
+        run = await engine.start_run(session.session_id, "go")
+        runner = await launched(engine, run.run_id)
+        async for event in engine.subscribe(run.run_id):
+            if event.type == "token":
+                break
+        async with asyncio.timeout(30):  # its events so far are stored
+            while await engine.store.last_event_seq(run.run_id) < runner.last_seq:
+                await asyncio.sleep(0.01)
+        # Its next event clashes with this seq: the run is isolated here, writing nothing more.
+        complete = Complete(usage=Usage(), final_message="").stamped(
+            seq=runner.last_seq + 1, run_id=run.run_id, session_id=run.session_id, ts=utc_now()
+        )
+        fence = (engine.runs.owner, runner.epoch)
+        assert not await engine.store.append_events([complete], fences={run.run_id: fence})
+    # Its owner is gone once its lease has run out (this test's process lives on).
+    store = SqlStore(database_url)
+    await store.start()
+    expired = runs.update().values(lease_expires_at=utc_now() - timedelta(seconds=1))
+    await store.write(lambda conn: conn.execute(expired.where(runs.c.run_id == run.run_id)))
+    await store.aclose()
+    async with _engine(tmp_path, database_url, failures=0, recovery_policy="requeue") as engine:
+        ended = await engine.wait(run.run_id, timeout=30)
+        events = await collect(engine.subscribe(run.run_id))
+        assert types(events)[-1] == "complete"
+        assert "run_recovered" not in types(events)
+        assert ended.status is RunStatus.COMPLETED
 
 
 async def _ended(engine: culm.Engine, run: culm.Run) -> bool:
@@ -142,10 +176,11 @@ class TerminalRefusingStore(FinishFailingStore):
         *,
         fences: Mapping[str, Fence] | None = None,
         reserve: int = 0,
+        endings: Mapping[str, Ending] | None = None,
     ) -> set[str]:
         if self.refuse and any(is_terminal(event) for event in events):
             raise StorageUnavailableError("the store is unavailable: disk I/O error")
-        return await super().append_events(events, fences=fences, reserve=reserve)
+        return await super().append_events(events, fences=fences, reserve=reserve, endings=endings)
 
     async def renew_leases(
         self, owner: str, fences: Mapping[str, int], lease_seconds: float
@@ -198,12 +233,12 @@ async def test_a_stop_does_not_wait_out_the_window_for_a_failing_finish(
         async for event in engine.subscribe(run.run_id):
             if event.type == "token":
                 break
-    # The stop cancelled the run: its terminal event is stored, its status could not be (the
-    # next start's recovery ends it from that event).
+    # The stop cancelled the run: nothing of its end could be stored (the next start's
+    # recovery ends it by its policy).
     store = SqlStore(database_url)
     await store.start()
     try:
-        assert (await store.read_events(run.run_id))[-1].type == "cancelled"
+        assert not any(is_terminal(e) for e in await store.read_events(run.run_id))
         assert (await get_run(store, run.run_id)).status is RunStatus.RUNNING
     finally:
         await store.aclose()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import culm
 from culm.domain.events import RunEvent, is_terminal
-from culm.storage.base import Fence
+from culm.storage.base import Ending, Fence
 from culm.storage.schema import runs
 from culm.storage.sql import SqlStore
 from tests.support import settings
@@ -27,6 +27,7 @@ class TakenOverAtTheEnd(SqlStore):
         *,
         fences: Mapping[str, Fence] | None = None,
         reserve: int = 0,
+        endings: Mapping[str, Ending] | None = None,
     ) -> set[str]:
         for event in events:
             if is_terminal(event):
@@ -36,7 +37,7 @@ class TakenOverAtTheEnd(SqlStore):
                         taken.values(epoch=runs.c.epoch + 1, owner="elsewhere")
                     )
                 )
-        return await super().append_events(events, fences=fences, reserve=reserve)
+        return await super().append_events(events, fences=fences, reserve=reserve, endings=endings)
 
 
 async def _drain(stream: object, into: list[RunEvent]) -> None:

@@ -101,7 +101,11 @@ class LoopState:
 
 @dataclass(frozen=True, slots=True)
 class FinalAnswer:
+    """The run's answer. Its last ``messages`` are not stored yet: the runtime stores them in
+    the transaction that ends the run (with its terminal event), one write less at its end."""
+
     text: str
+    messages: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

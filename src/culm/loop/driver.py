@@ -105,9 +105,8 @@ async def run_round(
     window.reported(request, usage)
     message = response.message
     state.messages.append(message)
-    if not message.tool_calls:
-        await ctx.append_messages([message])
-        return FinalAnswer(message.content)
+    if not message.tool_calls:  # the runtime stores it with the run's end
+        return FinalAnswer(message.content, messages=(message,))
     calls, asks, refused = split_calls(ctx, message.tool_calls)
     results = [*refused, *await run_tool_calls(ctx, calls)]
     window.compact_requested |= any(r.tool_name == COMPACT_TOOL and not r.is_error for r in results)

@@ -31,6 +31,13 @@ are retried: any other error (a value the database refuses) makes the batch be w
 at a time, and the run whose write still fails is isolated, so one bad event never stops the
 others (nor, by looking like a failing store, the renewal of every lease here).
 
+A run's end: the runner adds its terminal event and :meth:`EventBatcher.end_with` attaches
+the run's :class:`~culm.storage.base.Ending` (its final message, its status) to it; the write
+that stores the terminal event stores the ending in the same transaction (``append_events``'s
+``endings``), so the run's last events, final message and end are one commit, not three in a
+row. :meth:`EventBatcher.ended` tells the run whether its ending was written that way (not if
+its events were dropped at a stop: it then ends apart).
+
 Storage failure: once the store has kept failing for ``retry_window`` seconds, every retry
 hands the runs whose events wait to ``on_unavailable`` (the manager ends them in error; their
 terminal events are stored as soon as the store takes them). Once :meth:`give_up` is called (a
@@ -45,11 +52,11 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from culm.domain.events import RunEvent
+from culm.domain.events import RunEvent, is_terminal
 from culm.domain.liveness import SEQ_RESERVE
 from culm.errors import StorageUnavailableError
 from culm.logs import get_logger
-from culm.storage.base import Store
+from culm.storage.base import Ending, Store
 
 log = get_logger(__name__)
 
@@ -84,6 +91,8 @@ class EventBatcher:
         self._pending: list[_Item] = []
         self._isolated: set[Attempt] = set()  # attempts whose events the store refused
         self._forget_later: set[Attempt] = set()  # ended, with events still buffered
+        self._endings: dict[Attempt, Ending] = {}  # to write with the attempt's terminal event
+        self._ended: set[Attempt] = set()  # attempts whose ending is written
         self._on_rejected = on_rejected
         self._added = 0
         self._written = 0
@@ -118,6 +127,15 @@ class EventBatcher:
             self._arm_linger()
         if urgent or len(self._pending) >= self._max_batch:
             self._urgent.set()
+
+    def end_with(self, run_id: str, epoch: int | None, ending: Ending) -> None:
+        """Write ``ending`` with the attempt's terminal event, just added (see the module's
+        docstring)."""
+        self._endings[(run_id, epoch)] = ending
+
+    def ended(self, run_id: str, epoch: int | None) -> bool:
+        """Whether the attempt's ending was written with its terminal event."""
+        return (run_id, epoch) in self._ended
 
     async def flush(self) -> None:
         """Return once every event added before this call is stored."""
@@ -165,6 +183,9 @@ class EventBatcher:
         events still buffered (a lost lease ends without a flush), once those are written."""
         ended = set(attempts)
         self._isolated -= ended
+        self._ended -= ended
+        for attempt in ended:
+            self._endings.pop(attempt, None)
         if self._pending:
             self._forget_later |= {item for item in map(_attempt, self._pending) if item in ended}
 
@@ -254,9 +275,11 @@ class EventBatcher:
             if fences is None or split:
                 fences = _fences_of(part) or {}
             events = [event for event, _ in part]
+            ending = self._endings_in(part) if self._endings else {}
+            endings = {run_id: self._endings[attempt] for run_id, attempt in ending.items()}
             try:
                 rejected = await self._store.append_events(
-                    events, fences=fences, reserve=SEQ_RESERVE
+                    events, fences=fences, reserve=SEQ_RESERVE, endings=endings or None
                 )
                 self._failing_since = None
             except _TRANSIENT as exc:
@@ -282,7 +305,20 @@ class EventBatcher:
                 )
                 rejected = {events[0].run_id}
             stored += self._refused(part, rejected)
+            for attempt in ending.values():
+                self._endings.pop(attempt, None)
+                if attempt[0] not in rejected:
+                    self._ended.add(attempt)
             todo = rest
+
+    def _endings_in(self, part: list[_Item]) -> dict[str, Attempt]:
+        """The runs whose terminal event is in ``part`` with an ending to write: run_id ->
+        attempt (an attempt's ending waits for the write that holds its terminal event)."""
+        found: dict[str, Attempt] = {}
+        for item in part:
+            if is_terminal(item[0]) and (attempt := _attempt(item)) in self._endings:
+                found[attempt[0]] = attempt
+        return found
 
     def _refused(self, part: list[_Item], rejected: set[str]) -> list[RunEvent]:
         """The events of ``part`` stored: not those of the runs the store ``rejected`` (one

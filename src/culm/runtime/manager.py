@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from culm.bus.base import EventBus
 from culm.bus.local import LocalBus
 from culm.domain.events import Cancelled, Complete, Error, ExecutionStarted, RunEventBase
-from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, UserMessage
+from culm.domain.models import Message, MultitaskPolicy, Run, RunStatus, Session, UserMessage
 from culm.domain.time import utc_now
 from culm.errors import (
     EngineClosedError,
@@ -49,7 +49,7 @@ from culm.runtime.ownership import new_owner_id
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
 from culm.settings import Settings, ShutdownPolicy
-from culm.storage.base import Reservation, SessionState, Store
+from culm.storage.base import Ending, Reservation, SessionState, Store
 
 log = get_logger(__name__)
 
@@ -75,6 +75,7 @@ class Outcome:
     code: str | None = None
     reason: str | None = None
     wait: WaitForInput | None = None  # status waiting: what the run waits for
+    messages: tuple[Message, ...] = ()  # its last messages, stored with its end
     input_timeout: float | None = None
 
 
@@ -242,24 +243,31 @@ class RunManager:
 
     # Starting runs
 
-    async def start_run(self, run: Run, policy: MultitaskPolicy) -> Run:
+    async def start_run(
+        self, run: Run, policy: MultitaskPolicy, *, session: Session | None = None
+    ) -> Run:
         """Reserve ``run`` on its session by ``policy`` (or queue it). A sub-agent (and, for
         role CLI, every run) is reserved owned by this process and launched here; any other is
-        reserved ready, for a worker to claim."""
+        reserved ready, for a worker to claim. ``session``: a new session, stored with the run
+        (one write)."""
         if self._closing or self._group is None:
             raise EngineClosedError("the engine is not running")
         # Reserving and launching are one step that a cancel of the caller cannot split: a run
         # reserved owned but never launched would hold its session until its lease ran out.
-        reservation = await asyncio.shield(self._owned(self._reserve(run, policy)))
+        reservation = await asyncio.shield(self._owned(self._reserve(run, policy, session)))
         if reservation.active_run_id is not None and policy is MultitaskPolicy.INTERRUPT:
             await self.cancel(reservation.active_run_id, reason="interrupted by a new run")
         return reservation.run
 
-    async def _reserve(self, run: Run, policy: MultitaskPolicy) -> Reservation:
+    async def _reserve(
+        self, run: Run, policy: MultitaskPolicy, session: Session | None
+    ) -> Reservation:
         queue = policy is not MultitaskPolicy.REJECT
         jump_queue = policy is MultitaskPolicy.INTERRUPT
         if run.parent_run_id is None and not self._runs_own_runs:
-            reservation = await self._store.reserve_run(run, queue=queue, jump_queue=jump_queue)
+            reservation = await self._store.reserve_run(
+                run, queue=queue, jump_queue=jump_queue, session=session
+            )
             if reservation.active_run_id is None and self.dispatcher is not None:
                 await self.dispatcher.claim_now()  # a worker here: launch it before returning
             return reservation
@@ -277,6 +285,7 @@ class RunManager:
             owner=self.owner,
             lease_seconds=self._settings.lease_seconds,
             parent_fence=parent_fence,
+            session=session,
         )
         if reservation.active_run_id is None:
             self.launch(reservation.run)
@@ -412,8 +421,8 @@ class RunManager:
             state.spend = await waiting.spent_before(self._store, run)
         state.messages = loaded.messages
         match await run_agent(ctx, state, answered, recovered=recovered):
-            case FinalAnswer(text=text):
-                return Outcome(RunStatus.COMPLETED, final_message=text)
+            case FinalAnswer(text=text, messages=messages):
+                return Outcome(RunStatus.COMPLETED, final_message=text, messages=messages)
             case WaitForInput() as wait:
                 timeout = ctx.session.input_timeout
                 return Outcome(RunStatus.WAITING, wait=wait, input_timeout=timeout)
@@ -438,16 +447,7 @@ class RunManager:
                     timeout=outcome.input_timeout,
                 )
             else:
-                runner.emit(_terminal_event(outcome, state))
-                await self._batcher.flush()
-                if self._batcher.isolated(runner.run_id, runner.epoch):
-                    log.warning(
-                        "the store refused the run's end; writing nothing", run_id=runner.run_id
-                    )
-                else:
-                    await self._finish_run(runner, outcome, state)
-                    runner.status = outcome.status
-                    runner.end_stored = True
+                await self._end(runner, outcome, state)
         except LeaseLostError:
             log.warning("lease lost while finishing a run; writing nothing", run_id=runner.run_id)
         except Exception:
@@ -463,6 +463,30 @@ class RunManager:
             runner.done.set()
             if self.dispatcher is not None:
                 self.dispatcher.freed()
+
+    async def _end(self, runner: Runner, outcome: Outcome, state: LoopState) -> None:
+        """Store the run's terminal event, last messages and status in one write (the
+        batcher's: see there), or, should its events have been dropped at a stop, apart."""
+        runner.emit(_terminal_event(outcome, state))
+        ending = Ending(
+            runner.session_id, outcome.status, outcome.error, state.usage, outcome.messages
+        )
+        self._batcher.end_with(runner.run_id, runner.epoch, ending)
+        await self._batcher.flush()
+        if self._batcher.isolated(runner.run_id, runner.epoch):
+            log.warning("the store refused the run's end; writing nothing", run_id=runner.run_id)
+            return
+        if not self._batcher.ended(runner.run_id, runner.epoch):
+            if outcome.messages:
+                await self._store.append_messages(
+                    runner.session_id,
+                    outcome.messages,
+                    run_id=runner.run_id,
+                    fence=(self.owner, runner.epoch),
+                )
+            await self._finish_run(runner, outcome, state)
+        runner.status = outcome.status
+        runner.end_stored = True
 
     async def _release(self, runner: Runner) -> None:
         """Hand the run back (a stop, policy "recover"): ready again for any worker, with no

@@ -38,6 +38,18 @@ class SessionState:
 
 
 @dataclass(frozen=True, slots=True)
+class Ending:
+    """A run's end, written with its terminal event (:meth:`Store.append_events`): its last
+    ``messages`` (the final answer), then what :meth:`Store.finish_run` records."""
+
+    session_id: str
+    status: RunStatus
+    error: str | None
+    usage: Usage
+    messages: Sequence[Message] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Renewal:
     """What a lease renewal found."""
 
@@ -201,8 +213,11 @@ class Store(ABC):
         owner: str | None = None,
         lease_seconds: float | None = None,
         parent_fence: Fence | None = None,
+        session: Session | None = None,
     ) -> Reservation:
-        """Insert ``run`` for its session, atomically.
+        """Insert ``run`` for its session, atomically (with ``session``: a new session, created
+        in the same transaction, as :meth:`create_session` would; nothing of either is
+        written if the run cannot be).
 
         Without ``owner``: ready (holding the free slot, unowned) and a wake-up is sent; or,
         when another run holds the slot and ``queue``, queued behind it (first in line with
@@ -446,6 +461,7 @@ class Store(ABC):
         *,
         fences: Mapping[str, Fence] | None = None,
         reserve: int = 0,
+        endings: Mapping[str, Ending] | None = None,
     ) -> set[str]:
         """Persist events (of any runs) with their runs' liveness columns.
 
@@ -457,7 +473,13 @@ class Store(ABC):
         (runs before run_events, always), and a run whose fence fails gets none of its events
         stored. A run whose events break a constraint (a duplicate seq) is left out too, the
         others' events are stored. Returns the ids of the runs left out. Runs absent from
-        ``fences`` are written unfenced."""
+        ``fences`` are written unfenced.
+
+        ``endings`` maps run_id -> :class:`Ending` for runs whose terminal event is among
+        ``events``: in the same transaction, after its events, each such run's messages are
+        appended and it is finished as :meth:`finish_run` does (under the same fence). A run
+        left out gets neither; an ending that cannot be written (the run is no longer active)
+        fails the whole write, like an event the database refuses."""
 
     @abstractmethod
     async def read_events(

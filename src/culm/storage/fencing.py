@@ -10,7 +10,7 @@ break (a duplicate seq), leaves that run out and stores the others.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -104,7 +104,9 @@ def stored_already(conn: sa.Connection, events: Sequence[RunEvent]) -> set[str]:
 
 class EventBatch:
     """One attempt at storing a batch: statements prepared outside the transaction (on the
-    caller's thread) for the common case where every fence holds."""
+    caller's thread) for the common case where every fence holds. ``end(conn, failed)``, when
+    given, writes what follows the events in the same transaction (the runs' endings), told
+    the runs whose fence failed."""
 
     def __init__(
         self,
@@ -112,9 +114,11 @@ class EventBatch:
         events: Sequence[RunEvent],
         fences: Mapping[str, Fence],
         reserve: int = 0,
+        end: Callable[[sa.Connection, set[str]], None] | None = None,
     ) -> None:
         self._rows = rows
         self._reserve = reserve
+        self._end = end
         self.events = events
         run_ids = {event.run_id for event in events}
         self.fences = {run_id: fences[run_id] for run_id in run_ids if run_id in fences}
@@ -128,11 +132,13 @@ class EventBatch:
         if not failed:
             self._update_liveness(conn, self._liveness)
             self._inserts.execute(conn)
-            return failed
-        kept: list[RunEvent] = [event for event in self.events if event.run_id not in failed]
-        if kept:
-            self._update_liveness(conn, ops.liveness_rows(kept, self._reserve))
-            ops.insert_events(conn, self._rows, kept, self.epochs)
+        else:
+            kept = [event for event in self.events if event.run_id not in failed]
+            if kept:
+                self._update_liveness(conn, ops.liveness_rows(kept, self._reserve))
+                ops.insert_events(conn, self._rows, kept, self.epochs)
+        if self._end is not None:
+            self._end(conn, failed)
         return failed
 
     def _update_liveness(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:

@@ -33,6 +33,7 @@ from culm.storage import compactions as compaction_rows
 from culm.storage import fencing, migrate, ops, takeover, workers
 from culm.storage import queue as queue_ops
 from culm.storage.base import (
+    Ending,
     Fence,
     QueueStats,
     Renewal,
@@ -79,6 +80,23 @@ async def _read_compaction(conn: AsyncConnection, session_id: str) -> Compaction
     """A session's latest compaction."""
     row = (await conn.execute(compaction_rows.latest_query(session_id))).first()
     return None if row is None else compaction_rows.from_row(row._mapping)
+
+
+def _session_row(session: Session) -> dict[str, object]:
+    row = session.model_dump(mode="json")
+    row["tools"] = list(session.tools)
+    row["require_approval"] = list(session.require_approval)
+    row["created_at"] = session.created_at
+    return row
+
+
+def _endings_among(
+    endings: Mapping[str, Ending] | None, events: Sequence[RunEvent]
+) -> dict[str, Ending]:
+    """The ``endings`` of the runs that have events among ``events``."""
+    if not endings:
+        return {}
+    return {run_id: endings[run_id] for run_id in {e.run_id for e in events} & endings.keys()}
 
 
 class SqlStore(InputMethods, Store):
@@ -162,10 +180,7 @@ class SqlStore(InputMethods, Store):
     # Sessions and messages
 
     async def create_session(self, session: Session) -> None:
-        row = session.model_dump(mode="json")
-        row["tools"] = list(session.tools)
-        row["require_approval"] = list(session.require_approval)
-        row["created_at"] = session.created_at
+        row = _session_row(session)
 
         def transaction(conn: sa.Connection) -> None:
             conn.execute(sessions.insert().values(**row))
@@ -284,12 +299,18 @@ class SqlStore(InputMethods, Store):
         owner: str | None = None,
         lease_seconds: float | None = None,
         parent_fence: Fence | None = None,
+        session: Session | None = None,
     ) -> Reservation:
         row = run_to_row(run)
         if parent_fence is not None and run.parent_run_id is None:
             raise ValueError("reserve_run: a parent_fence needs the run's parent_run_id")
+        if session is not None and session.session_id != run.session_id:
+            raise ValueError("reserve_run: the session is not the run's")
+        session_row = None if session is None else _session_row(session)
 
         def transaction(conn: sa.Connection, wake: Wake) -> Reservation:
+            if session_row is not None:
+                conn.execute(sessions.insert().values(**session_row))
             return queue_ops.reserve(
                 conn,
                 self.dialect.name,
@@ -516,13 +537,18 @@ class SqlStore(InputMethods, Store):
         *,
         fences: Mapping[str, Fence] | None = None,
         reserve: int = 0,
+        endings: Mapping[str, Ending] | None = None,
     ) -> set[str]:
         left_out: set[str] = set()
         remaining = events
+        fences = fences or {}
         while remaining:
             # Prepared here, on the caller's thread, so the writer (SQLite's runs on a thread
             # of its own) holds the GIL as briefly as it can.
-            batch = fencing.EventBatch(self._rows, remaining, fences or {}, reserve)
+            ends = _endings_among(endings, remaining)
+            wake = self._wake()
+            end = partial(self._end_runs, endings=ends, fences=fences, wake=wake) if ends else None
+            batch = fencing.EventBatch(self._rows, remaining, fences, reserve, end)
             try:
                 return left_out | await self.write(batch)
             except sa.exc.IntegrityError as exc:
@@ -537,7 +563,29 @@ class SqlStore(InputMethods, Store):
                     raise  # not one run's events: nothing to isolate
                 left_out |= clashing
                 remaining = fencing.without(remaining, clashing)
+            finally:
+                if wake.sent:
+                    self._signal.fire()
         return left_out
+
+    def _end_runs(
+        self,
+        conn: sa.Connection,
+        failed: set[str],
+        *,
+        endings: Mapping[str, Ending],
+        fences: Mapping[str, Fence],
+        wake: Wake,
+    ) -> None:
+        """The endings of the runs whose events were just written (not the ``failed``): their
+        final messages, then their ends, in run_id order (rows locked by the fence's look)."""
+        for run_id in sorted(endings.keys() - failed):
+            ending = endings[run_id]
+            if ending.messages:
+                ops.insert_messages(conn, self._rows, ending.session_id, ending.messages, run_id)
+            fence = fences.get(run_id)
+            status, error, usage = ending.status, ending.error, ending.usage
+            queue_ops.finish(conn, self.dialect.name, run_id, fence, status, error, usage, wake)
 
     async def read_events(
         self, run_id: str, *, after: int = 0, limit: int | None = None
