@@ -18,6 +18,7 @@ import pytest
 from culm.domain.events import Cancelled, Complete, Error, RunEvent, Token
 from culm.domain.models import Run, RunStatus, Usage
 from culm.domain.time import utc_now
+from culm.errors import StorageUnavailableError
 from culm.loop.context import LoopState
 from culm.runtime import manager
 from culm.runtime.batcher import EventBatcher
@@ -33,8 +34,26 @@ from tests.support import settings
 pytestmark = pytest.mark.backends("sqlite")
 
 
-def _manager(home: Path, **overrides: Any) -> RunManager:
-    store = SqlStore(f"sqlite+aiosqlite:///{home / 'culm.db'}")
+class FailingFinish(SqlStore):
+    """The real store (never opened) whose ``finish_run`` fails ``failures`` times, then
+    succeeds; records the loop's time of each call. ``stall``: real seconds each failure
+    takes (a timeout, say)."""
+
+    def __init__(self, url: str, failures: int = 0, stall: float = 0) -> None:
+        super().__init__(url)
+        self.failures = failures
+        self.stall = stall
+        self.calls: list[tuple[float, str, Any]] = []
+
+    async def finish_run(self, run_id: str, **fields: Any) -> None:
+        self.calls.append((asyncio.get_running_loop().time(), run_id, fields))
+        if len(self.calls) <= self.failures:
+            time.sleep(self.stall)
+            raise StorageUnavailableError("disk full")
+
+
+def _manager(home: Path, failures: int = 0, stall: float = 0, **overrides: Any) -> RunManager:
+    store = FailingFinish(f"sqlite+aiosqlite:///{home / 'culm.db'}", failures, stall)
     batcher = EventBatcher(store, publish=lambda _: None, linger=10, max_batch=100)
 
     async def no_context(*_: Any) -> Any:
@@ -315,3 +334,105 @@ def test_a_finished_task_is_forgotten_and_its_error_taken() -> None:
 
     assert asyncio.run(main()) == set()
     assert unretrieved == []
+
+
+# Storing a run's end while the store fails; stopping
+
+
+def _calls(runs: RunManager) -> list[tuple[float, str, Any]]:
+    assert isinstance(runs._store, FailingFinish)
+    return runs._store.calls
+
+
+def test_a_failing_finish_is_retried_backing_off_to_a_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="culm.runtime.manager")
+    runs = _manager(tmp_path, failures=7, storage_retry_window=3600)
+    runner = _runner("r", epoch=4)
+    usage = Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)
+    outcome = Outcome(RunStatus.ERROR, error="boom")
+    run_virtual(runs._finish_run(runner, outcome, LoopState(messages=[], usage=usage)))
+    calls = _calls(runs)
+    assert [round(at, 2) for at, _, _ in calls] == [0, 0.05, 0.15, 0.35, 0.75, 1.55, 2.55, 3.55]
+    fence = (runs.owner, 4)
+    assert {(run_id, repr(fields)) for _, run_id, fields in calls} == {
+        ("r", repr({"fence": fence, "status": RunStatus.ERROR, "error": "boom", "usage": usage}))
+    }
+    assert caplog.messages == 7 * ["storing a run's end failed; retrying run_id=r error=disk full"]
+
+
+def test_a_finish_failing_past_the_retry_window_raises(tmp_path: Path) -> None:
+    # The first attempt takes longer than the window: it is not retried.
+    runs = _manager(tmp_path, failures=100, stall=0.002, storage_retry_window=0.001)
+    with pytest.raises(StorageUnavailableError):
+        run_virtual(
+            runs._finish_run(_runner(), Outcome(RunStatus.COMPLETED), LoopState(messages=[]))
+        )
+    assert len(_calls(runs)) == 1
+
+
+def test_a_stop_that_gives_up_on_the_store_ends_the_retries(tmp_path: Path) -> None:
+    runs = _manager(tmp_path, failures=100, storage_retry_window=3600)
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        loop.call_later(2.6, runs._give_up.set)  # during the wait after the 7th attempt
+        with pytest.raises(StorageUnavailableError):
+            await runs._finish_run(_runner(), Outcome(RunStatus.COMPLETED), LoopState(messages=[]))
+        return loop.time()
+
+    assert run_virtual(main()) == 2.6  # retried at once, failed, and not retried again
+    assert len(_calls(runs)) == 8
+
+
+def _ending_at(runner: Runner, at: float, runs: RunManager) -> None:
+    """``runner`` ends ``at`` seconds into the loop (as its finalizing would end it)."""
+
+    def end() -> None:
+        runs._registry.remove(runner)
+        runner.done.set()
+
+    asyncio.get_running_loop().call_later(at, end)
+
+
+def test_a_stop_waits_half_its_timeout_for_the_runs_then_stops_waiting_for_the_store(
+    tmp_path: Path,
+) -> None:
+    runs = _manager(tmp_path, shutdown_timeout=10)
+
+    async def main(end: float) -> tuple[float, list[bool]]:
+        loop = asyncio.get_running_loop()
+        runner = _runner()
+        _added(runs, runner)
+        _ending_at(runner, end, runs)
+        gave_up: list[bool] = []
+        for at in (4.9, 5.1):
+            loop.call_later(at, lambda: gave_up.append(runs._give_up.is_set()))
+        await runs._until_done([runner])
+        return loop.time(), gave_up
+
+    assert run_virtual(main(3)) == (3, [])
+    assert not runs._give_up.is_set()
+    assert run_virtual(main(8)) == (8, [False, True])  # gave up at 5 s, still waited for it
+
+
+def test_a_stop_lets_runs_end_within_the_grace_then_cancels_the_rest(tmp_path: Path) -> None:
+    runs = _manager(tmp_path, shutdown_grace=5)
+    quick, slow = _runner("quick"), _runner("slow")
+
+    async def main() -> list[tuple[str | None, str | None]]:
+        loop = asyncio.get_running_loop()
+        _added(runs, quick, slow)
+        _ending_at(quick, 2, runs)
+        _ending_at(slow, 7, runs)  # cancelled at 5 s, it takes 2 s to end
+        finishing = runs._owned(asyncio.sleep(9))  # a run's finalizing, say
+        seen: list[tuple[str | None, str | None]] = []
+        for at in (4.9, 5.1):
+            loop.call_later(at, lambda: seen.append((quick.cancel_reason, slow.cancel_reason)))
+        await runs.aclose()
+        assert finishing.done() and loop.time() == 9
+        return seen
+
+    assert run_virtual(main()) == [(None, None), (None, "shutdown")]
+    assert runs.closing
