@@ -28,6 +28,7 @@ from culm.runtime.runner import Runner
 from culm.runtime.subscription import Subscription
 from culm.storage.sql import SqlStore
 from tests.clock import run_virtual
+from tests.storage.queue_support import owned_run, stamp
 from tests.support import settings
 
 # In memory only: the store is built but never opened (none of this reads or writes it).
@@ -68,8 +69,8 @@ def _manager(home: Path, failures: int = 0, stall: float = 0, **overrides: Any) 
     )
 
 
-def _runner(run_id: str = "r", epoch: int = 1) -> Runner:
-    run = Run(run_id=run_id, session_id=f"s-{run_id}", model="m", epoch=epoch)
+def _runner(run_id: str = "r", epoch: int = 1, run: Run | None = None) -> Runner:
+    run = run or Run(run_id=run_id, session_id=f"s-{run_id}", model="m", epoch=epoch)
     return Runner(run, persist=lambda _, __: None, fan_out_session=lambda _: None, queue_size=8)
 
 
@@ -436,3 +437,43 @@ def test_a_stop_lets_runs_end_within_the_grace_then_cancels_the_rest(tmp_path: P
 
     assert run_virtual(main()) == [(None, None), (None, "shutdown")]
     assert runs.closing
+
+
+# Handing a run back at a stop
+
+
+async def test_a_stop_hands_back_a_run_unless_the_store_refused_its_events(
+    tmp_path: Path,
+) -> None:
+    # A run whose events the store refused (here a seq stored twice) may have shown clients
+    # events that are not stored: it is left to its lease (recovery then goes on after its
+    # reserved seqs) instead of being handed back as if everything it showed were stored.
+    runs = _manager(tmp_path, shutdown_policy="recover")
+    store, batcher = runs._store, runs._batcher
+    assert isinstance(store, SqlStore)
+    await store.start()
+    batcher.start()
+    try:
+        kept = await owned_run(store, runs.owner)
+        refused = await owned_run(store, runs.owner)
+        for run in (kept, refused):
+            token = stamp(run, [Token(content="x")])[0]
+            batcher.add(token, fence=(runs.owner, run.epoch))
+            await batcher.flush()
+        batcher.add(token, fence=(runs.owner, refused.epoch))  # the same seq again
+        await batcher.flush()
+        assert batcher.isolated(refused.run_id, refused.epoch)
+        for run in (kept, refused):
+            await runs._release(_runner(run=run))
+        handed_back = await store.get_run(kept.run_id)
+        left = await store.get_run(refused.run_id)
+    finally:
+        await batcher.aclose()
+        await store.aclose()
+    assert handed_back is not None and left is not None
+    assert (handed_back.status, handed_back.owner, handed_back.attempt) == (
+        RunStatus.PENDING,
+        None,
+        2,
+    )
+    assert (left.status, left.owner, left.attempt) == (RunStatus.RUNNING, runs.owner, 1)
