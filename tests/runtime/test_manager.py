@@ -439,6 +439,38 @@ def test_a_stop_lets_runs_end_within_the_grace_then_cancels_the_rest(tmp_path: P
     assert runs.closing
 
 
+def test_a_grace_under_a_second_is_still_waited_for(tmp_path: Path) -> None:
+    runs = _manager(tmp_path, shutdown_grace=0.5)
+    runner = _runner()
+
+    async def main() -> float:
+        _added(runs, runner)
+        _ending_at(runner, 0.3, runs)
+        await runs.aclose()
+        return asyncio.get_running_loop().time()
+
+    assert run_virtual(main()) == 0.3
+    assert runner.cancel_reason is None
+
+
+def test_a_stop_outlives_a_finalizing_that_fails(tmp_path: Path) -> None:
+    # Its error was logged where it happened; the stop waits for the rest and does not raise.
+    runs = _manager(tmp_path)
+
+    async def fail() -> None:
+        await asyncio.sleep(1)
+        raise RuntimeError("finishing failed")
+
+    async def main() -> float:
+        runs._owned(fail())
+        later = runs._owned(asyncio.sleep(2))
+        await runs.aclose()
+        assert later.done()
+        return asyncio.get_running_loop().time()
+
+    assert run_virtual(main()) == 2
+
+
 # Handing a run back at a stop
 
 
