@@ -28,7 +28,7 @@ from culm.runtime.runner import Runner
 from culm.runtime.subscription import Subscription
 from culm.storage.sql import SqlStore
 from tests.clock import run_virtual
-from tests.storage.queue_support import owned_run, stamp
+from tests.storage.queue_support import owned_run, ready_run, stamp
 from tests.support import settings
 
 # In memory only: the store is built but never opened (none of this reads or writes it).
@@ -509,3 +509,36 @@ async def test_a_stop_hands_back_a_run_unless_the_store_refused_its_events(
         2,
     )
     assert (left.status, left.owner, left.attempt) == (RunStatus.RUNNING, runs.owner, 1)
+
+
+# Waiting for a tree of runs
+
+
+async def test_a_child_still_active_once_its_parent_ended_is_cancelled_with_the_trees_reason(
+    tmp_path: Path,
+) -> None:
+    # Reserved while its parent was being cancelled, a sub-agent run can outlive the parent:
+    # waiting for the tree cancels it (here a ready one, which the store ends at once).
+    runs = _manager(tmp_path)
+    store = runs._store
+    await store.start()
+    try:
+        parent = await ready_run(store)
+        await store.request_cancel(parent.run_id, "by a person")
+        done = await ready_run(store, parent_run_id=parent.run_id)
+        await store.request_cancel(done.run_id, "ended before")
+        active = await ready_run(store, parent_run_id=parent.run_id)
+        async with asyncio.timeout(10):
+            assert (await runs.wait_tree(parent.run_id, reason="parent cancelled")) == (
+                await store.get_run(parent.run_id)
+            )
+        ends = {}
+        for run in (done, active):
+            end = (await store.read_events(run.run_id))[-1]
+            ends[run.run_id] = (end.type, getattr(end, "reason", None))
+    finally:
+        await store.aclose()
+    assert ends == {
+        done.run_id: ("cancelled", "ended before"),
+        active.run_id: ("cancelled", "parent cancelled"),
+    }
