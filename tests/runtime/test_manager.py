@@ -18,7 +18,7 @@ import pytest
 from culm.domain.events import Cancelled, Complete, Error, RunEvent, Token
 from culm.domain.models import Run, RunStatus, Usage
 from culm.domain.time import utc_now
-from culm.errors import StorageUnavailableError
+from culm.errors import NotFoundError, StorageUnavailableError
 from culm.loop.context import LoopState
 from culm.runtime import manager
 from culm.runtime.batcher import EventBatcher
@@ -542,3 +542,28 @@ async def test_a_child_still_active_once_its_parent_ended_is_cancelled_with_the_
         done.run_id: ("cancelled", "ended before"),
         active.run_id: ("cancelled", "parent cancelled"),
     }
+
+
+# Cancelling a run that executes elsewhere
+
+
+async def test_a_cancel_reaches_the_owner_of_a_run_that_executes_elsewhere(
+    tmp_path: Path,
+) -> None:
+    runs = _manager(tmp_path)
+    store = runs._store
+    notices: list[tuple[str, str]] = []
+    runs.bus.on_cancel("elsewhere", lambda run_id, reason: notices.append((run_id, reason)))
+    await store.start()
+    try:
+        active = await owned_run(store, "elsewhere")
+        ready = await ready_run(store)  # nobody's yet: the store ends it, nobody is told
+        flagged = await runs.cancel(active.run_id, reason="by a person")
+        ended = await runs.cancel(ready.run_id, reason="by a person")
+        with pytest.raises(NotFoundError) as missing:
+            await runs.cancel("nobody", reason="by a person")
+    finally:
+        await store.aclose()
+    assert notices == [(active.run_id, "by a person")]
+    assert (flagged.status, ended.status) == (RunStatus.RUNNING, RunStatus.CANCELLED)
+    assert str(missing.value) == "run 'nobody' not found"
