@@ -567,3 +567,32 @@ async def test_a_cancel_reaches_the_owner_of_a_run_that_executes_elsewhere(
     assert notices == [(active.run_id, "by a person")]
     assert (flagged.status, ended.status) == (RunStatus.RUNNING, RunStatus.CANCELLED)
     assert str(missing.value) == "run 'nobody' not found"
+
+
+async def test_a_cancel_of_a_run_executing_here_goes_no_further_than_its_runner(
+    tmp_path: Path,
+) -> None:
+    # Cancelled here (even twice), or already ending here: neither the store's flag nor a
+    # notice on the bus; the caller gets the run as stored.
+    runs = _manager(tmp_path)
+    store = runs._store
+    notices: list[tuple[str, str]] = []
+    runs.bus.on_cancel(runs.owner, lambda run_id, reason: notices.append((run_id, reason)))
+    await store.start()
+    try:
+        running = _runner(run=await owned_run(store, runs.owner))
+        ending = _runner(run=await owned_run(store, runs.owner))
+        ending.finalizing = True
+        ending.done.set()
+        _added(runs, running, ending)
+        async with asyncio.timeout(10):
+            answers = [
+                await runs.cancel(running.run_id, reason="by a person"),
+                await runs.cancel(running.run_id, reason="again"),
+                await runs.cancel(ending.run_id, reason="by a person"),
+            ]
+    finally:
+        await store.aclose()
+    assert [run.status for run in answers] == 3 * [RunStatus.RUNNING]
+    assert (running.cancel_reason, ending.cancel_reason) == ("by a person", None)
+    assert notices == []
