@@ -528,12 +528,13 @@ async def test_a_child_still_active_once_its_parent_ended_is_cancelled_with_the_
         done = await ready_run(store, parent_run_id=parent.run_id)
         await store.request_cancel(done.run_id, "ended before")
         active = await ready_run(store, parent_run_id=parent.run_id)
+        below = await ready_run(store, parent_run_id=active.run_id)  # a grandchild
         async with asyncio.timeout(10):
             assert (await runs.wait_tree(parent.run_id, reason="parent cancelled")) == (
                 await store.get_run(parent.run_id)
             )
         ends = {}
-        for run in (done, active):
+        for run in (done, active, below):
             end = (await store.read_events(run.run_id))[-1]
             ends[run.run_id] = (end.type, getattr(end, "reason", None))
     finally:
@@ -541,6 +542,7 @@ async def test_a_child_still_active_once_its_parent_ended_is_cancelled_with_the_
     assert ends == {
         done.run_id: ("cancelled", "ended before"),
         active.run_id: ("cancelled", "parent cancelled"),
+        below.run_id: ("cancelled", "parent cancelled"),
     }
 
 
