@@ -1,8 +1,10 @@
-"""The run manager's bookkeeping alone, without an engine: which attempt a lost lease or a
-refused write cancels, which leases the heartbeat renews, how a cancel notice that arrives
-before its run is kept, what outcome and terminal event a cancel gives, how often a waiter
-reads the store. The engine tests (test_engine_runs, test_cancel_*, test_lease, ...) drive the
-same code end to end; these pin the numbers and the edges they cannot see."""
+"""The run manager alone, without an engine: which attempt a lost lease or a refused write
+cancels, which leases the heartbeat renews, how a cancel notice that arrives before its run is
+kept, what outcome and terminal event a cancel gives, how often a waiter reads the store; its
+stop and its retries of a failing ``finish_run`` on the virtual clock; hand-back, cancel and
+tree-wait against a real SQLite store. The engine tests (test_engine_runs, test_cancel_*,
+test_lease, ...) drive the same code end to end; these pin the numbers and the edges they
+cannot see."""
 
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from tests.clock import run_virtual
 from tests.storage.queue_support import owned_run, ready_run, stamp
 from tests.support import settings
 
-# In memory only: the store is built but never opened (none of this reads or writes it).
+# SQLite only: most tests never open the store; the few that do check the manager's decisions,
+# which do not depend on the backend (the store's own tests run on both).
 pytestmark = pytest.mark.backends("sqlite")
 
 
