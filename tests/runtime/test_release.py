@@ -72,3 +72,27 @@ async def test_a_run_is_handed_back_as_soon_as_it_stops_not_after_every_other_ru
         for run_id in (quick.run_id, slow.run_id):
             run = await store.get_run(run_id)
             assert run.status is culm.RunStatus.PENDING and run.attempt == 2
+
+
+async def test_a_clean_hand_back_goes_on_from_the_last_stored_seq(tmp_path: Path) -> None:
+    # Everything the run showed is stored before it is handed back, so the hand-back says so
+    # ("clean"): its run_recovered event follows the last stored one, with no gap left for
+    # seqs reserved for events that might have been shown unstored.
+    config = settings(tmp_path, shutdown_policy="recover", max_attempts=3, scheduler=False)
+    engine = culm.Engine(config)
+    await engine.start()
+    try:
+        engine.scripts.register("stuck", {"turns": [[{"text": "working"}, {"delay": 3600}]]})
+        run = await engine.run("go", model="scripted:stuck")
+        async with asyncio.timeout(10):
+            while not await engine.store.read_events(run.run_id):
+                await asyncio.sleep(0.01)
+    finally:
+        await engine.aclose()
+    store = culm.Engine(settings(tmp_path, scheduler=False), role=Role.API)
+    async with store:
+        events = await store.store.read_events(run.run_id)
+        handed_back = await store.get_run(run.run_id)
+    assert handed_back.status is culm.RunStatus.PENDING and handed_back.attempt == 2
+    assert events[-1].type == "run_recovered"
+    assert [event.seq for event in events] == list(range(1, len(events) + 1))
