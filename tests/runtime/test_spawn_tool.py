@@ -380,3 +380,21 @@ async def test_the_watchdog_ends_a_quiet_child_at_its_idle_time_not_before(
         await follower._on_quiet(100.0, 150.0)
         assert follower._timed_out == timed_out, f"at {now} s"
     assert engine.cancels == [("c", {"reason": "timeout: no event for 30 s", "wait": False})]
+
+
+async def test_every_wait_for_a_person_moves_the_run_time_limit_back(clock: _Clock) -> None:
+    engine = _Engine()
+    limits = SubAgentLimits(idle_timeout=600.0, max_duration=60.0)
+    follower = subagents._Follower(engine, limits, _Call(engine).ctx, await engine.get_run("c"))  # type: ignore[arg-type]
+    for kind, now in (
+        ("input_requested", 101.0),
+        ("token", 104.0),  # waited 3 s
+        ("input_requested", 110.0),
+        ("input_received", 111.0),
+        ("token", 112.0),  # and 2 s more
+    ):
+        follower._track_waiting(kind, now)
+    for now, timed_out in ((164.999, None), (165.0, "ran longer than 60 s")):
+        clock.now = now
+        await follower._on_quiet(100.0, 160.0)
+        assert follower._timed_out == timed_out, f"at {now} s"
