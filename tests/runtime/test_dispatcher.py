@@ -417,11 +417,21 @@ class _WakeupsStore(SqlStore):
         return _Wakeups(super().wakeups(), **self.settings)
 
 
+class _Sleeps(Dispatcher):
+    """A dispatcher that records the staggers it sleeps."""
+
+    slept: list[float]
+
+    async def _sleep(self, seconds: float) -> bool:
+        self.slept.append(seconds)
+        return await super()._sleep(seconds)
+
+
 async def _launched_once_ready(
     tmp_path: Path, *, peers: tuple[str, ...] = (), poll: float = 3600, **settings: Any
-) -> None:
+) -> list[float]:
     """Start w1's dispatcher, then reserve a run (its id named by every wake-up when ``peers``
-    give the turn to w2), and wait for w1 to launch it."""
+    give the turn to w2), and wait for w1 to launch it. Returns the staggers it slept."""
     store = _WakeupsStore(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
     run_id = next(
         f"run-{i}" for i in count() if not peers or peers[crc32(f"run-{i}".encode()) % 2] == "w2"
@@ -429,7 +439,7 @@ async def _launched_once_ready(
     store.settings = {"hints": [run_id] if peers else [], **settings}
     await store.start()
     launched = asyncio.Event()
-    dispatcher = Dispatcher(
+    dispatcher = _Sleeps(
         store,
         owner="w1",
         concurrency=4,
@@ -441,6 +451,7 @@ async def _launched_once_ready(
         counters=WorkerCounters(),
         peers=lambda: peers,
     )
+    dispatcher.slept = []
     try:
         dispatcher.start()
         await asyncio.sleep(0)  # it claimed (nothing), and waits
@@ -450,22 +461,24 @@ async def _launched_once_ready(
         await dispatcher.aclose()  # the wake-ups' failing close is not the caller's problem
     finally:
         await store.aclose()
+    return dispatcher.slept
 
 
 async def test_a_worker_whose_turn_a_wake_up_is_not_still_claims_the_run_a_little_later(
     tmp_path: Path,
 ) -> None:
-    await _launched_once_ready(tmp_path, peers=("w1", "w2"))
+    # Each wake-up names the run (this store's hints never change): each is staggered.
+    assert set(await _launched_once_ready(tmp_path, peers=("w1", "w2"))) == {0.05}
 
 
 async def test_a_run_whose_wake_up_was_lost_is_claimed_at_the_poll(tmp_path: Path) -> None:
-    await _launched_once_ready(tmp_path, poll=0.05, lost=True)
+    assert await _launched_once_ready(tmp_path, poll=0.05, lost=True) == [], "no peers: no stagger"
 
 
 async def test_a_dispatcher_whose_wake_ups_fail_polls_for_runs(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await _launched_once_ready(tmp_path, poll=0.05, failing=True)
+    assert await _launched_once_ready(tmp_path, poll=0.05, failing=True) == []
     logged = {r.getMessage() for r in caplog.records if r.name == "culm.runtime.dispatch"}
     assert logged == {"waiting for wake-ups failed error=the listening connection is gone"}
 
