@@ -7,6 +7,7 @@ the listener listens (``problem``), whether it wakes its waiters, and with which
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -61,8 +62,12 @@ def test_the_listeners_waits_are_those_of_the_contract() -> None:
 
 
 async def test_a_listener_gives_up_on_a_silent_server_and_listens_once_it_answers(
-    postgres_store: SqlStore, postgres_head_url: str, proxy: BlackHoleProxy
+    postgres_store: SqlStore,
+    postgres_head_url: str,
+    proxy: BlackHoleProxy,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="culm.storage.wakeups")
     proxy.holed = True  # it accepts the connection, then never answers the login
     times = ListenTimes(connect=0.3, reconnect=0.05)
     listener = PostgresWakeups(Signal(), _through(proxy, postgres_head_url), times)
@@ -72,6 +77,9 @@ async def test_a_listener_gives_up_on_a_silent_server_and_listens_once_it_answer
         assert listener.problem.startswith(f"{NOT_LISTENING}: TimeoutError")
         await _until(lambda: proxy.connections >= 3)  # it keeps trying
         proxy.holed = False
+        # What an operator reads at each failed attempt: the error's type (a timeout has no text).
+        logged = {r.getMessage() for r in caplog.records if r.name == "culm.storage.wakeups"}
+        assert logged == {"wake-up listener lost its connection error=TimeoutError: "}
         await _until(lambda: listener.problem is None)
         # Its first connection: no notification was missed, so nobody is woken for it.
         assert await listener.wait(0) is False

@@ -172,8 +172,9 @@ class PostgresWakeups(Wakeups):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database is away: try again shortly
-                self.problem = f"not listening, polling instead: {type(exc).__name__}: {exc}"
-                log.warning("wake-up listener lost its connection", error=str(exc))
+                why = f"{type(exc).__name__}: {exc}"  # a timeout's text alone is empty
+                self.problem = f"not listening, polling instead: {why}"
+                log.warning("wake-up listener lost its connection", error=why)
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
