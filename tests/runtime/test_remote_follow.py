@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import culm
-from culm.errors import StorageUnavailableError
+from culm.errors import NotFoundError, StorageUnavailableError
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.streams import Streams
 from tests.runtime.test_session_holes import CrossingBus
@@ -64,3 +64,11 @@ async def test_a_store_that_fails_a_moment_cuts_nothing_of_a_remote_run(
         seqs = await _seqs(streams, run.run_id, after=0)
     assert not failures
     assert seqs == stored
+
+
+async def test_an_unknown_remote_run_says_which(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
+        streams, _registry = _elsewhere(engine)
+        with pytest.raises(NotFoundError) as raised:
+            await _seqs(streams, "no-such-run", after=0)
+    assert (raised.value.kind, raised.value.ident) == ("run", "no-such-run")
