@@ -14,47 +14,11 @@ import pytest
 from culm.bus.base import Topic
 from culm.bus.link import RedisLink
 from culm.bus.redis import RedisBus
+from tests.blackhole import BlackHoleProxy
 from tests.bus.conftest import drop_keys, reachable_redis, unique_prefix
 from tests.bus.test_bus import Sink, tokens
 
 pytestmark = pytest.mark.timeout(90)
-
-
-class BlackHoleProxy:
-    """Forwards TCP to Redis; while :attr:`holed`, swallows every byte in both directions."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self.holed = False
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def aclose(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            # wait_closed waits for the handlers, which end as the clients close.
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection(*self._target)
-        await asyncio.gather(
-            self._pipe(client_r, server_w), self._pipe(server_r, client_w), return_exceptions=True
-        )
-        for writer in (server_w, client_w):
-            writer.close()
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                if not self.holed:
-                    sink.write(data)
-                    await sink.drain()
-        finally:
-            with contextlib.suppress(OSError):
-                sink.close()
 
 
 @contextlib.asynccontextmanager

@@ -53,3 +53,16 @@ async def test_a_hole_the_store_fills_has_no_gap() -> None:
     streams = _streams([_token(3), _token(4)])
     filled = await streams._fill_holes([_token(5)], {"r": 2}, {"r"})
     assert [(e.type, e.seq) for e in filled] == [("token", 3), ("token", 4), ("token", 5)]
+
+
+async def test_a_hole_of_one_event_is_filled() -> None:
+    streams = _streams([_token(3)])
+    filled = await streams._fill_holes([_token(4)], {"r": 2}, {"r"})
+    assert [(e.type, e.seq) for e in filled] == [("token", 3), ("token", 4)]
+
+
+async def test_an_event_seen_already_is_no_hole() -> None:
+    # The bus delivers 3 again (seen up to 3): nothing is read, the stream drops it by seq.
+    streams = _streams([_token(4), _token(5)])
+    filled = await streams._fill_holes([_token(3)], {"r": 3}, {"r"})
+    assert [(e.type, e.seq) for e in filled] == [("token", 3)]

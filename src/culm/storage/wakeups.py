@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,8 +23,6 @@ from culm.logs import get_logger
 from culm.storage.base import Wakeups
 
 CHANNEL = "culm_runs"
-RECONNECT_SECONDS = 1.0
-PROBE_SECONDS = 30.0
 _NOTIFY = sa.text(f"SELECT pg_notify('{CHANNEL}', '')")
 _MAX_HINTS = 1024  # the claimer reads them at every wake-up; past this, one "" says "claim"
 log = get_logger(__name__)
@@ -115,14 +114,32 @@ def listen_connect_args(url: sa.URL) -> dict[str, Any]:
     return {key: value for key, value in kwargs.items() if key not in _SQLALCHEMY_ONLY}
 
 
+@dataclass(frozen=True, slots=True)
+class ListenTimes:
+    """The listener's waits, in seconds. Only they find a server that accepts a connection and
+    then says nothing (a black-holed host, a stopped VM), so tests shorten them."""
+
+    connect: float = 5.0  # to connect and log in
+    close: float = 1.0  # to close a lost connection politely before dropping it
+    probe_every: float = 30.0  # a quiet connection is probed this often
+    probe: float = 5.0  # for the probe's answer
+    reconnect: float = 1.0  # between two attempts
+
+
+LISTEN_TIMES = ListenTimes()
+
+
 class PostgresWakeups(Wakeups):
     """The in-process signal, plus ``LISTEN culm_runs`` on a dedicated asyncpg connection
     (re-opened when lost; a reconnect counts as a wake-up, since notifications were missed).
     ``problem``: None while it listens, else why not (for the health check)."""
 
-    def __init__(self, signal: Signal, connect_args: dict[str, Any]) -> None:
+    def __init__(
+        self, signal: Signal, connect_args: dict[str, Any], times: ListenTimes = LISTEN_TIMES
+    ) -> None:
         self._local = signal.subscribe()
         self._connect_args = connect_args
+        self._times = times
         self.problem: str | None = "connecting"
         self._lost = asyncio.Event()
         self._hints: list[str] = []
@@ -142,7 +159,7 @@ class PostgresWakeups(Wakeups):
         while True:
             conn: Any = None
             try:
-                conn = await asyncpg.connect(**self._connect_args, timeout=5)
+                conn = await asyncpg.connect(**self._connect_args, timeout=self._times.connect)
                 self._lost.clear()
                 conn.add_termination_listener(lambda _conn: self._lost.set())
                 await conn.add_listener(CHANNEL, self._notified)
@@ -155,24 +172,25 @@ class PostgresWakeups(Wakeups):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database is away: try again shortly
-                self.problem = f"not listening, polling instead: {type(exc).__name__}: {exc}"
-                log.warning("wake-up listener lost its connection", error=str(exc))
+                why = f"{type(exc).__name__}: {exc}"  # a timeout's text alone is empty
+                self.problem = f"not listening, polling instead: {why}"
+                log.warning("wake-up listener lost its connection", error=why)
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await conn.close(timeout=1)
-            await asyncio.sleep(RECONNECT_SECONDS)
+                        await conn.close(timeout=self._times.close)
+            await asyncio.sleep(self._times.reconnect)
 
     async def _watch(self, conn: Any) -> None:
         """Until the connection is lost: a closed socket says so at once, a silent one is found
-        by a probe every ``PROBE_SECONDS``."""
+        by a probe every ``probe_every`` seconds."""
         while True:
             try:
-                async with asyncio.timeout(PROBE_SECONDS):
+                async with asyncio.timeout(self._times.probe_every):
                     await self._lost.wait()
                 return
             except TimeoutError:
-                await conn.fetchval("SELECT 1", timeout=5)
+                await conn.fetchval("SELECT 1", timeout=self._times.probe)
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if len(self._hints) < _MAX_HINTS:

@@ -1,0 +1,74 @@
+"""A run stream of a run this process does not execute, with a bus across processes: the store
+up to now, then the bus. The other process is the engine; this one is a second
+:class:`Streams` over its store with a registry of its own and a bus that says it crosses
+processes (:class:`CrossingBus`), so that the run is followed as a remote one."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+import culm
+from culm.errors import NotFoundError, StorageUnavailableError
+from culm.runtime.registry import RunnerRegistry
+from culm.runtime.streams import Streams
+from tests.runtime.test_session_holes import CrossingBus
+from tests.support import settings
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _elsewhere(engine: culm.Engine) -> tuple[Streams, RunnerRegistry]:
+    registry = RunnerRegistry()
+    return Streams(engine.store, registry, engine.batcher, 100, bus=CrossingBus()), registry
+
+
+async def _seqs(streams: Streams, run_id: str, after: int) -> list[int]:
+    batches = streams.run_event_batches(run_id, after=after)
+    async with contextlib.aclosing(batches):
+        return [event.seq async for batch in batches for event in batch]
+
+
+async def test_a_remote_run_resumed_from_a_cursor_gives_what_follows_it_and_lets_go(
+    tmp_path: Path,
+) -> None:
+    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
+        run = await engine.run("hello", model="scripted:echo")
+        await engine.wait(run.run_id)
+        stored = [e.seq for e in await engine.store.read_events(run.run_id)]
+        streams, registry = _elsewhere(engine)
+        resumed = await _seqs(streams, run.run_id, after=3)
+        assert run.run_id not in registry._remote_subscribers  # unregistered at the end
+    assert resumed == [seq for seq in stored if seq > 3]
+
+
+async def test_a_store_that_fails_a_moment_cuts_nothing_of_a_remote_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
+        run = await engine.run("hello", model="scripted:echo")
+        await engine.wait(run.run_id)
+        stored = [e.seq for e in await engine.store.read_events(run.run_id)]
+        failures = [StorageUnavailableError("database unreachable")]
+        get_run = engine.store.get_run
+
+        async def flaky(run_id: str) -> culm.Run | None:
+            if failures:
+                raise failures.pop()
+            return await get_run(run_id)
+
+        monkeypatch.setattr(engine.store, "get_run", flaky)
+        streams, _registry = _elsewhere(engine)
+        seqs = await _seqs(streams, run.run_id, after=0)
+    assert not failures
+    assert seqs == stored
+
+
+async def test_an_unknown_remote_run_says_which(tmp_path: Path) -> None:
+    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
+        streams, _registry = _elsewhere(engine)
+        with pytest.raises(NotFoundError) as raised:
+            await _seqs(streams, "no-such-run", after=0)
+    assert (raised.value.kind, raised.value.ident) == ("run", "no-such-run")
