@@ -160,6 +160,7 @@ async def test_a_worker_is_alive_for_ten_seconds_after_its_heartbeat_by_default(
 
     assert fresh is not None and fresh.alive is True
     assert stale is not None and stale.alive is False
+    assert await store.get_worker("never-registered") is None
 
 
 async def test_stopped_workers_are_listed_only_when_asked_for(store: SqlStore) -> None:
