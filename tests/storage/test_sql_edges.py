@@ -188,3 +188,22 @@ async def test_sessions_are_listed_a_hundred_at_most_by_default(store: SqlStore)
         await new_session(store)
 
     assert len(await store.list_sessions()) == 100
+
+
+# The queue
+
+
+async def test_runs_queue_in_order_unless_told_to_jump(store: SqlStore) -> None:
+    session = await new_session(store)
+    active = a_run(session.session_id)
+    await store.reserve_run(active, queue=False, owner="w1", lease_seconds=60)
+    second, third = a_run(session.session_id), a_run(session.session_id)
+    for run in (second, third):
+        await store.reserve_run(run, queue=True)
+
+    # The active run is cancelled as it starts: the run queued first takes its slot.
+    await store.request_cancel(active.run_id, "user")
+    assert await store.start_run(active.run_id, 1, owner="w1") is None
+
+    ready = await store.get_active_run(session.session_id)
+    assert ready is not None and ready.run_id == second.run_id and ready.queued is False

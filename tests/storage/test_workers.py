@@ -161,6 +161,8 @@ async def test_a_worker_is_alive_for_ten_seconds_after_its_heartbeat_by_default(
     assert fresh is not None and fresh.alive is True
     assert stale is not None and stale.alive is False
     assert await store.get_worker("never-registered") is None
+    listed = await store.list_workers(lease_seconds=10)
+    assert {w.worker_id: w.alive for w in listed} == {"fresh": True, "stale": False}
 
 
 async def test_stopped_workers_are_listed_only_when_asked_for(store: SqlStore) -> None:
