@@ -75,7 +75,9 @@ async def test_a_parent_fence_without_a_parent_run_is_refused_before_any_write(
     run = a_run(session.session_id)
     writes = count_writes(store, monkeypatch)
 
-    with pytest.raises(ValueError, match="parent_fence needs the run's parent_run_id"):
+    with pytest.raises(
+        ValueError, match="^reserve_run: a parent_fence needs the run's parent_run_id$"
+    ):
         await store.reserve_run(run, queue=False, parent_fence=("w1", 1))
 
     assert writes == []
@@ -121,11 +123,11 @@ async def test_a_fence_needs_its_run_id_and_nothing_is_written_without_it(
     run = await owned_run(store, "w1")
     writes = count_writes(store, monkeypatch)
 
-    with pytest.raises(ValueError, match="append_messages: a fence needs the run_id"):
+    with pytest.raises(ValueError, match="^append_messages: a fence needs the run_id it fences$"):
         await store.append_messages(
             run.session_id, [UserMessage(content="x")], run_id=None, fence=("w1", 1)
         )
-    with pytest.raises(ValueError, match="add_compaction: a fence needs the run_id"):
+    with pytest.raises(ValueError, match="^add_compaction: a fence needs the run_id it fences$"):
         await store.add_compaction(a_compaction(run.session_id), fence=("w1", 1))
     # Nothing to append is no write at all, whatever the fence.
     await store.append_messages(run.session_id, [], run_id=None, fence=("w1", 1))
