@@ -35,7 +35,7 @@ async def test_a_failing_write_is_storage_unavailable_until_one_succeeds(store: 
         with pytest.raises(StorageUnavailableError, match="no_such_table_at_all"):
             await store.write(broken)
         problem = await store.check()
-        assert problem is not None and "unavailable" in problem
+        assert problem is not None and "unavailable: no such table: no_such_table_at_all" in problem
     assert await store.write(fine) == 1
     assert await store.check() is None
 

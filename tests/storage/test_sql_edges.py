@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from culm.domain.models import RunStatus, Usage, UserMessage
+from culm.domain.models import RunStatus, Session, Usage, UserMessage
 from culm.domain.time import new_id
 from culm.errors import AlreadyRunningError, LeaseLostError
 from culm.storage.sql import SqlStore
@@ -183,6 +183,16 @@ async def test_the_last_event_seq_is_the_stored_one_not_the_reservation(store: S
 
 
 # Reads
+
+
+async def test_a_sessions_tools_needing_approval_are_stored(store: SqlStore) -> None:
+    session = Session(
+        session_id=new_id(), model="m", workspace="/w", require_approval=("bash", "write_file")
+    )
+    await store.create_session(session)
+
+    stored = await store.get_session(session.session_id)
+    assert stored is not None and stored.require_approval == ("bash", "write_file")
 
 
 async def test_sessions_are_listed_a_hundred_at_most_by_default(store: SqlStore) -> None:
