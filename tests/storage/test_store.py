@@ -753,6 +753,7 @@ async def test_read_events_of_types_keeps_the_last_ones(store: SqlStore) -> None
         ],
     )
     await store.append_events(events)
+    await store.append_events(stamp(child, [SubAgentStarted(**ids, title="another run's")]))
     critical = ["sub_agent_started", "sub_agent_completed"]
 
     assert await store.read_events_of_types(run.run_id, critical, limit=10) == [

@@ -147,3 +147,30 @@ async def test_a_silent_worker_stopped_a_day_ago_is_pruned(store: SqlStore) -> N
     assert [w.worker_id for w in rows] == ["recently-gone", "sweeper"]
     count = sa.select(sa.func.count()).select_from(workers)
     assert await store.write(lambda conn: conn.scalar(count)) == 2
+
+
+async def test_a_worker_is_alive_for_ten_seconds_after_its_heartbeat_by_default(
+    store: SqlStore,
+) -> None:
+    await _register(store, "fresh", "stale")
+    await _age(store, "fresh", last_heartbeat_at=5)
+    await _age(store, "stale", last_heartbeat_at=10.3)  # read at once: well under 11 s old
+
+    stale, fresh = await store.get_worker("stale"), await store.get_worker("fresh")
+
+    assert fresh is not None and fresh.alive is True
+    assert stale is not None and stale.alive is False
+    assert await store.get_worker("never-registered") is None
+    listed = await store.list_workers(lease_seconds=10)
+    assert {w.worker_id: w.alive for w in listed} == {"fresh": True, "stale": False}
+
+
+async def test_stopped_workers_are_listed_only_when_asked_for(store: SqlStore) -> None:
+    await _register(store, "running", "stopped")
+    await store.stop_worker("stopped")
+
+    listed = await store.list_workers(lease_seconds=10)
+    everyone = await store.list_workers(lease_seconds=10, include_stopped=True)
+
+    assert [w.worker_id for w in listed] == ["running"]
+    assert [w.worker_id for w in everyone] == ["running", "stopped"]
