@@ -1,0 +1,236 @@
+"""The driver's rounds without an engine: what a round emits and stores, a model call cut short
+after it reported usage, the round limit, the budget, and the system prompt sent."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from culm.domain.events import RoundCompleted, RunnerProgress, Token
+from culm.domain.models import AssistantMessage, Message, ToolCall, Usage, UserMessage
+from culm.errors import BudgetExceededError, LimitExceededError, ModelRequestError
+from culm.loop import driver
+from culm.loop.context import FinalAnswer, LoopLimits, LoopState, RunAgain
+from culm.loop.driver import run_agent, run_round
+from culm.loop.spend import RunBudget
+from culm.loop.window import ContextWindow
+from culm.providers.base import Finish, TextDelta, ToolCallDelta, UsageReport
+from culm.tools.compact import COMPACT_TOOL
+from tests.loop.fakes import Clock, Harness, PlayedModel, price_per_token
+from tests.support import RecordingTool
+
+USAGE = Usage(prompt_tokens=40, completion_tokens=2, total_tokens=42)
+
+
+def answer(text: str, usage: Usage = USAGE, model: str | None = None) -> Any:
+    return (
+        [TextDelta(text=text), UsageReport(usage=usage, model=model), Finish(reason="stop")],
+        None,
+    )
+
+
+def tool_call(name: str, call_id: str = "c1", arguments: str = "{}") -> Any:
+    parts = [ToolCallDelta(index=0, id=call_id, name=name, arguments=arguments)]
+    return ([*parts, UsageReport(usage=USAGE), Finish(reason="tool_calls")], None)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The driver's and the chat span's ``time.monotonic``, moved by the test."""
+    clock = Clock()
+    monkeypatch.setattr(driver, "time", types.SimpleNamespace(monotonic=clock))
+    from culm.tracing import spans
+
+    monkeypatch.setattr(spans, "time", types.SimpleNamespace(monotonic=clock))
+    return clock
+
+
+def state(*messages: Message) -> LoopState:
+    return LoopState(messages=[UserMessage(content="go"), *messages])
+
+
+async def one_round(ctx: Any, loop_state: LoopState) -> Any:
+    return await run_round(ctx, loop_state, await ContextWindow.open(ctx, loop_state))
+
+
+async def test_a_final_answer_is_stored_once_with_its_round_completed(
+    tmp_path: Path, clock: Clock
+) -> None:
+    harness = Harness()
+    played = PlayedModel(answer("hi", model="fake-2"))
+
+    class Slow(PlayedModel):
+        async def stream(self, request: Any) -> Any:
+            clock.now += 0.25  # before the first chunk
+            async for part in played.stream(request):
+                clock.now += 1.0
+                yield part
+
+    model = Slow(name="fake:played")
+    ctx = harness.context(model, tmp_path, price=price_per_token)
+    loop_state = state()
+    step = await one_round(ctx, loop_state)
+    assert step == FinalAnswer("hi")
+    assert harness.writes == [[AssistantMessage(content="hi")]]
+    assert loop_state.messages[-1] == AssistantMessage(content="hi")
+    [done] = harness.of(RoundCompleted)
+    assert done.model_dump(exclude={"ts"}) == RoundCompleted(
+        round=1,
+        usage=USAGE,
+        latency_ms=3250,
+        model="fake:played",
+        cost_usd=0.042,
+        first_chunk_ms=1250,
+        response_model="fake-2",
+    ).model_dump(exclude={"ts"})
+    assert loop_state.usage == USAGE
+    assert [e.round_count for e in harness.of(RunnerProgress)] == [1]
+    assert [e.content for e in harness.of(Token)] == ["hi"]
+
+
+class FailsAfterUsage(PlayedModel):
+    """Reports usage, then fails with ``error`` (or waits to be cancelled: ``error`` None)."""
+
+    def __init__(self, error: BaseException | None, clock: Clock) -> None:
+        super().__init__()
+        self.error = error
+        self.clock = clock
+        self.reported = asyncio.Event()
+
+    async def stream(self, request: Any) -> Any:
+        yield UsageReport(usage=USAGE)
+        self.clock.now += 2.0
+        self.reported.set()
+        if self.error is not None:
+            raise self.error
+        await asyncio.Event().wait()
+
+
+async def test_a_call_failing_after_it_reported_usage_still_completes_its_round(
+    tmp_path: Path, clock: Clock
+) -> None:
+    harness = Harness()
+    model = FailsAfterUsage(ModelRequestError("bad request", status=400), clock)
+    ctx = harness.context(model, tmp_path, price=price_per_token)
+    loop_state = state()
+    with pytest.raises(ModelRequestError):
+        await one_round(ctx, loop_state)
+    [done] = harness.of(RoundCompleted)
+    assert (done.partial, done.error, done.usage, done.latency_ms) == (
+        True,
+        "bad request",
+        USAGE,
+        2000,
+    )
+    assert (done.round, done.model, done.cost_usd) == (1, "fake:played", 0.042)
+    assert loop_state.usage == USAGE
+    assert harness.writes == []
+
+
+async def test_a_cancel_after_usage_completes_the_round_as_cancelled(
+    tmp_path: Path, clock: Clock
+) -> None:
+    harness = Harness()
+    model = FailsAfterUsage(None, clock)
+    ctx = harness.context(model, tmp_path)
+    loop_state = state()
+    task = asyncio.create_task(one_round(ctx, loop_state))
+    await model.reported.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [done] = harness.of(RoundCompleted)
+    assert (done.partial, done.error, done.usage) == (True, "cancelled", USAGE)
+    assert loop_state.usage == USAGE
+
+
+async def test_a_call_failing_before_any_usage_emits_no_round(tmp_path: Path) -> None:
+    harness = Harness()
+    model = PlayedModel(([TextDelta(text="x")], ModelRequestError("", status=400)))
+    ctx = harness.context(model, tmp_path)
+    with pytest.raises(ModelRequestError):
+        await one_round(ctx, state())
+    assert harness.of(RoundCompleted) == []
+
+
+@pytest.mark.parametrize("done", [0, 2])
+async def test_rounds_run_up_to_max_rounds_and_not_one_more(tmp_path: Path, done: int) -> None:
+    harness = Harness()
+    ctx = harness.context(PlayedModel(answer("ok")), tmp_path, limits=LoopLimits(max_rounds=3))
+    loop_state = state()
+    loop_state.round = done
+    assert await one_round(ctx, loop_state) == FinalAnswer("ok")
+    assert loop_state.round == done + 1
+    with pytest.raises(LimitExceededError, match=r"max rounds \(3\)"):
+        loop_state.round = 3
+        await one_round(ctx, loop_state)
+    assert loop_state.round == 3
+
+
+async def test_the_request_carries_the_sessions_system_prompt_and_tools(tmp_path: Path) -> None:
+    harness = Harness()
+    model = PlayedModel(answer("ok"))
+    ctx = harness.context(model, tmp_path, tools=[RecordingTool()], system_prompt="be brief")
+    await one_round(ctx, state())
+    [request] = model.requests
+    assert request.system_prompt == "be brief"
+    assert [tool.name for tool in request.tools] == ["record"]
+    assert request.messages == [UserMessage(content="go")]
+
+
+async def test_a_round_with_tool_calls_stores_its_messages_in_one_write(tmp_path: Path) -> None:
+    harness = Harness()
+    model = PlayedModel(tool_call("record", arguments='{"label": "a"}'))
+    ctx = harness.context(model, tmp_path, tools=[RecordingTool()])
+    loop_state = state()
+    assert await one_round(ctx, loop_state) == RunAgain()
+    [write] = harness.writes
+    assert [m.role for m in write] == ["assistant", "tool"]
+    assert write[0].tool_calls == (ToolCall(id="c1", name="record", arguments='{"label": "a"}'),)
+    assert loop_state.messages[1:] == write
+
+
+@pytest.mark.parametrize(("arguments", "requested"), [("{}", True), ("[1]", False)])
+async def test_a_successful_compact_call_asks_the_window_to_compact(
+    tmp_path: Path, arguments: str, requested: bool
+) -> None:
+    from culm.tools.compact import CompactContextTool
+
+    harness = Harness()
+    model = PlayedModel(tool_call(COMPACT_TOOL, arguments=arguments))
+    ctx = harness.context(model, tmp_path, tools=[CompactContextTool()])
+    loop_state = state()
+    window = await ContextWindow.open(ctx, loop_state)
+    await run_round(ctx, loop_state, window)
+    assert window.compact_requested is requested  # bad arguments: an error result
+
+
+async def test_run_agent_goes_on_until_the_final_answer(tmp_path: Path) -> None:
+    harness = Harness()
+    model = PlayedModel(tool_call("record", arguments='{"label": "a"}'), answer("done"))
+    ctx = harness.context(model, tmp_path, tools=[RecordingTool()])
+    loop_state = state()
+    assert await run_agent(ctx, loop_state) == FinalAnswer("done")
+    assert loop_state.round == 2
+    assert loop_state.spend.tokens == 2 * USAGE.total_tokens  # counted from round_completed
+
+
+@pytest.mark.parametrize(("max_tokens", "rounds"), [(42, 2), (41, 1)])
+async def test_a_round_past_the_budget_ends_the_run_before_the_next(
+    tmp_path: Path, max_tokens: int, rounds: int
+) -> None:
+    harness = Harness()
+    model = PlayedModel(tool_call("record", arguments='{"label": "a"}'), answer("done"))
+    budget = RunBudget(max_tokens=max_tokens)
+    ctx = harness.context(model, tmp_path, tools=[RecordingTool()], budget=budget)
+    loop_state = state()
+    if rounds == 2:
+        assert await run_agent(ctx, loop_state) == FinalAnswer("done")
+    else:
+        with pytest.raises(BudgetExceededError, match=r"max_tokens \(41\)"):
+            await run_agent(ctx, loop_state)
+    assert loop_state.round == rounds
