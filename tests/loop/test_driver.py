@@ -4,16 +4,21 @@ after it reported usage, the round limit, the budget, and the system prompt sent
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from culm.domain.events import RoundCompleted, RunnerProgress, Token
+from culm.domain.input import InputAnswer, InputRequest
 from culm.domain.models import AssistantMessage, Message, ToolCall, Usage, UserMessage
+from culm.domain.time import utc_now
 from culm.errors import BudgetExceededError, LimitExceededError, ModelRequestError
 from culm.loop import driver
+from culm.loop.approval import WaitForInput
 from culm.loop.context import FinalAnswer, LoopLimits, LoopState, RunAgain
 from culm.loop.driver import run_agent, run_round
 from culm.loop.spend import RunBudget
@@ -234,3 +239,68 @@ async def test_a_round_past_the_budget_ends_the_run_before_the_next(
         with pytest.raises(BudgetExceededError, match=r"max_tokens \(41\)"):
             await run_agent(ctx, loop_state)
     assert loop_state.round == rounds
+
+
+def approval(call_id: str, *, approve: bool = True) -> InputRequest:
+    return InputRequest(
+        request_id=f"req_{call_id}",
+        run_id="r",
+        session_id="s",
+        kind="approval",
+        tool_call_id=call_id,
+        tool_name="record",
+        arguments={"label": call_id},
+        created_at=utc_now(),
+        status="answered",
+        answer=InputAnswer(approve=approve),
+    )
+
+
+@pytest.mark.parametrize("recovered", [False, True])
+async def test_a_resumed_run_applies_the_answers_first_in_one_write(
+    tmp_path: Path, recovered: bool
+) -> None:
+    harness = Harness()
+    resolved: list[tuple[list[Message], list[str]]] = []
+
+    async def resolve(messages: Sequence[Message], request_ids: Sequence[str]) -> None:
+        resolved.append((list(messages), list(request_ids)))
+
+    tool = RecordingTool()
+    model = PlayedModel(answer("done"))
+    ctx = harness.context(model, tmp_path, tools=[tool], resolve_input=resolve)
+    waiting = AssistantMessage(
+        content="",
+        tool_calls=(
+            ToolCall(id="a", name="record", arguments='{"label": "a"}'),
+            ToolCall(id="b", name="record", arguments='{"label": "b"}'),
+        ),
+    )
+    loop_state = state(waiting)
+    answers = [approval("a"), approval("b", approve=False)]
+    step = await run_agent(ctx, loop_state, answers, recovered=recovered)
+    assert step == FinalAnswer("done")
+    [(results, request_ids)] = resolved
+    assert request_ids == ["req_a", "req_b"]
+    assert [(m.tool_call_id, m.is_error) for m in results] == [("a", recovered), ("b", True)]
+    assert tool.log == ([] if recovered else ["enter a", "exit a"])
+    assert loop_state.messages[2:4] == results
+    assert model.requests[0].messages[1:] == [waiting, *results]  # the model sees them
+
+
+async def test_a_call_that_needs_approval_parks_the_round_with_its_messages(
+    tmp_path: Path,
+) -> None:
+    harness = Harness()
+    model = PlayedModel(tool_call("record", arguments='{"label": "a"}'))
+    ctx = harness.context(model, tmp_path, tools=[RecordingTool()])
+    ctx = dataclasses.replace(
+        ctx, session=ctx.session.model_copy(update={"require_approval": ("record",)})
+    )
+    loop_state = state()
+    step = await run_agent(ctx, loop_state)
+    assert isinstance(step, WaitForInput)
+    assert step.messages == (loop_state.messages[-1],)
+    [request] = step.requests
+    assert (request.kind, request.call.id, request.arguments) == ("approval", "c1", {"label": "a"})
+    assert harness.writes == []  # the runtime stores them when it parks
