@@ -278,7 +278,9 @@ async def test_a_resumed_run_applies_the_answers_first_in_one_write(
     )
     loop_state = state(waiting)
     answers = [approval("a"), approval("b", approve=False)]
-    step = await run_agent(ctx, loop_state, answers, recovered=recovered)
+    # Not recovered is the default: a resumed run's attempt is the one the answers were given to.
+    options = {"recovered": True} if recovered else {}
+    step = await run_agent(ctx, loop_state, answers, **options)
     assert step == FinalAnswer("done")
     [(results, request_ids)] = resolved
     assert request_ids == ["req_a", "req_b"]
