@@ -208,8 +208,9 @@ def test_usage_of_a_failed_attempt_counts_with_the_retry_s(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The first attempt reports usage and fails (a 429 saying when to retry); the second
-    answers. The meter has both attempts' usage; the retry waited as asked, and said so."""
-    busy = ModelHTTPError("busy", status=429, retry_after=2.5)
+    answers. The meter has both attempts' usage; the retry waited as asked and logged the delay
+    rounded to the millisecond."""
+    busy = ModelHTTPError("busy", status=429, retry_after=1.23456)
     model = PlayedModel(
         ([UsageReport(usage=FIRST)], busy),
         ([TextDelta(text="ok"), UsageReport(usage=SECOND, model="m-1")], None),
@@ -222,7 +223,7 @@ def test_usage_of_a_failed_attempt_counts_with_the_retry_s(
         loop = asyncio.get_running_loop()
         with caplog.at_level(logging.WARNING, logger="culm.loop.model_call"):
             response = await call_model(ctx, ModelRequest(system_prompt=None, messages=[]), meter)
-        assert loop.time() == 2.5
+        assert loop.time() == 1.23456
         assert response.message.content == "ok"
         assert meter.total == Usage(prompt_tokens=31, completion_tokens=1, total_tokens=32)
         assert (meter.reported, meter.response_model) == (True, "m-1")
@@ -230,7 +231,7 @@ def test_usage_of_a_failed_attempt_counts_with_the_retry_s(
     run_virtual(check())
     [record] = [r for r in caplog.records if r.name == "culm.loop.model_call"]
     assert record.getMessage() == (
-        "model call failed; retrying model=fake:played attempt=1 delay=2.5 error=busy"
+        "model call failed; retrying model=fake:played attempt=1 delay=1.235 error=busy"
     )
     assert [e.content for e in harness.of(Token)] == ["ok"]
 
