@@ -12,14 +12,27 @@ from typing import Any
 
 import pytest
 
-from culm.domain.events import RoundCompleted, RunnerProgress, Token
+from culm.context.budget import ContextLimits
+from culm.domain.events import ContextCompacted, RoundCompleted, RunnerProgress, Token
 from culm.domain.input import InputAnswer, InputRequest
-from culm.domain.models import AssistantMessage, Message, ToolCall, Usage, UserMessage
+from culm.domain.models import (
+    AssistantMessage,
+    Message,
+    ToolCall,
+    ToolResultMessage,
+    Usage,
+    UserMessage,
+)
 from culm.domain.time import utc_now
-from culm.errors import BudgetExceededError, LimitExceededError, ModelRequestError
+from culm.errors import (
+    BudgetExceededError,
+    ContextOverflowError,
+    LimitExceededError,
+    ModelRequestError,
+)
 from culm.loop import driver
 from culm.loop.approval import WaitForInput
-from culm.loop.context import FinalAnswer, LoopLimits, LoopState, RunAgain
+from culm.loop.context import ContextSettings, FinalAnswer, LoopLimits, LoopState, RunAgain
 from culm.loop.driver import run_agent, run_round
 from culm.loop.spend import RunBudget
 from culm.loop.window import ContextWindow
@@ -306,3 +319,55 @@ async def test_a_call_that_needs_approval_parks_the_round_with_its_messages(
     [request] = step.requests
     assert (request.kind, request.call.id, request.arguments) == ("approval", "c1", {"label": "a"})
     assert harness.writes == []  # the runtime stores them when it parks
+
+
+TOO_LONG = "prompt is too long: 9000 tokens > 4096 maximum"
+
+
+def old_rounds(count: int) -> list[Message]:
+    """``count`` finished rounds, each with a long tool output: something to compact."""
+    messages: list[Message] = []
+    for n in range(count):
+        call = ToolCall(id=f"old{n}", name="record", arguments="{}")
+        messages += [
+            UserMessage(content=f"task {n}"),
+            AssistantMessage(content="", tool_calls=(call,)),
+            ToolResultMessage(tool_call_id=call.id, tool_name="record", content="x" * 8000),
+            AssistantMessage(content=f"done {n}"),
+        ]
+    return messages
+
+
+def overflow_context(harness: Harness, model: PlayedModel, tmp_path: Path) -> Any:
+    limits = ContextLimits(window=4096, output_reserve=512, working_reserve=256, auto_compact=False)
+    summarizer = PlayedModel(*[answer("the summary")] * 4, name="fake:summarizer")
+    settings = ContextSettings(limits=limits, summarizer=summarizer)
+    return harness.context(model, tmp_path, context=settings)
+
+
+@pytest.mark.parametrize("again", [False, True])
+async def test_a_request_refused_as_too_long_is_compacted_and_retried_once(
+    tmp_path: Path, again: bool
+) -> None:
+    harness = Harness()
+    refused = ([], ModelRequestError(TOO_LONG, status=400))
+    model = PlayedModel(refused, refused if again else answer("fits now"))
+    ctx = overflow_context(harness, model, tmp_path)
+    loop_state = LoopState(messages=[*old_rounds(4), UserMessage(content="go")])
+    if again:
+        with pytest.raises(ContextOverflowError, match="retried once, and was refused again"):
+            await one_round(ctx, loop_state)
+    else:
+        assert await one_round(ctx, loop_state) == FinalAnswer("fits now")
+    first, retry = model.requests
+    assert len(str(retry.messages)) < len(str(first.messages)) / 2  # the retry is compacted
+    assert [e.trigger for e in harness.of(ContextCompacted)] == ["overflow"]
+
+
+async def test_a_refused_request_with_nothing_to_compact_ends_the_run(tmp_path: Path) -> None:
+    harness = Harness()
+    model = PlayedModel(([], ModelRequestError(TOO_LONG, status=400)))
+    ctx = overflow_context(harness, model, tmp_path)
+    with pytest.raises(ContextOverflowError, match="nothing left to compact"):
+        await one_round(ctx, state())
+    assert len(model.requests) == 1
