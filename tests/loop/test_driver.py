@@ -355,10 +355,13 @@ async def test_a_request_refused_as_too_long_is_compacted_and_retried_once(
     ctx = overflow_context(harness, model, tmp_path)
     loop_state = LoopState(messages=[*old_rounds(4), UserMessage(content="go")])
     if again:
-        with pytest.raises(ContextOverflowError, match="retried once, and was refused again"):
+        with pytest.raises(ContextOverflowError, match="retried once, and was refused again") as e:
             await one_round(ctx, loop_state)
+        assert f"too long ({TOO_LONG})" in str(e.value)  # the provider's words
     else:
         assert await one_round(ctx, loop_state) == FinalAnswer("fits now")
+        [done] = [r for r in harness.of(RoundCompleted) if not r.compaction]
+        assert done.usage == USAGE  # the retry's usage is the round's
     first, retry = model.requests
     assert len(str(retry.messages)) < len(str(first.messages)) / 2  # the retry is compacted
     assert [e.trigger for e in harness.of(ContextCompacted)] == ["overflow"]
@@ -368,6 +371,7 @@ async def test_a_refused_request_with_nothing_to_compact_ends_the_run(tmp_path: 
     harness = Harness()
     model = PlayedModel(([], ModelRequestError(TOO_LONG, status=400)))
     ctx = overflow_context(harness, model, tmp_path)
-    with pytest.raises(ContextOverflowError, match="nothing left to compact"):
+    with pytest.raises(ContextOverflowError, match="nothing left to compact") as e:
         await one_round(ctx, state())
+    assert f"too long ({TOO_LONG})" in str(e.value)
     assert len(model.requests) == 1
