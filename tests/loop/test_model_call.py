@@ -57,12 +57,19 @@ def test_a_wait_longer_than_the_limit_stalls_after_the_parts_so_far() -> None:
 
 
 def test_time_spent_by_the_consumer_does_not_count() -> None:
+    """The timer goes off between waits (the consumer is slow) and does nothing, quietly."""
+
     async def check() -> None:
+        failures: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: failures.append(context)
+        )
         received = []
         async for part in _stall_guard(parts(0, 0, 0), 1):
             await asyncio.sleep(10)
             received.append(part)
         assert len(received) == 3
+        assert failures == []  # no timer callback raised
 
     run_virtual(check())
 
@@ -70,6 +77,17 @@ def test_time_spent_by_the_consumer_does_not_count() -> None:
 def test_a_cancel_from_outside_stays_a_cancel() -> None:
     async def check() -> None:
         task = asyncio.create_task(texts(_stall_guard(parts(0, 30), 1)))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run_virtual(check())
+
+
+def test_a_cancel_from_outside_in_the_first_wait_stays_a_cancel() -> None:
+    async def check() -> None:
+        task = asyncio.create_task(texts(_stall_guard(parts(30), 1)))
         await asyncio.sleep(0.5)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -283,3 +301,32 @@ def test_a_call_that_is_not_live_emits_no_tokens_and_may_retry_after_text(
     run_virtual(check())
     assert harness.events == []
     assert len(model.requests) == 2
+
+
+def test_a_failing_call_is_tried_model_max_attempts_times(tmp_path: Path) -> None:
+    busy = ModelHTTPError("busy", status=503)
+    model = PlayedModel(*[([], busy)] * 4)
+    limits = LoopLimits(model_max_attempts=3, retry_base_delay=0.5)
+    ctx = Harness().context(model, tmp_path, limits=limits)
+
+    async def check() -> None:
+        with pytest.raises(ModelHTTPError, match="busy"):
+            await call_model(ctx, ModelRequest(system_prompt=None, messages=[]))
+
+    run_virtual(check())
+    assert len(model.requests) == 3
+
+
+def test_a_live_call_that_streamed_text_is_not_retried(tmp_path: Path) -> None:
+    lost = ModelHTTPError("busy", status=503)
+    model = PlayedModel(([TextDelta(text="partial")], lost), ([TextDelta(text="again")], None))
+    harness = Harness()
+    ctx = harness.context(model, tmp_path)
+
+    async def check() -> None:
+        with pytest.raises(ModelHTTPError):
+            await call_model(ctx, ModelRequest(system_prompt=None, messages=[]))
+
+    run_virtual(check())
+    assert len(model.requests) == 1
+    assert [e.content for e in harness.of(Token)] == ["partial"]
