@@ -270,3 +270,19 @@ def test_a_denial_says_who_denied_and_why(
     session = Session(session_id="s", model="m", workspace=str(tmp_path), input_timeout=timeout)
     ctx, _ = loop_context(tmp_path, session=session)
     assert denial_text(answer, ctx) == text
+
+
+async def test_a_request_that_timed_out_is_denied_with_the_sessions_timeout(
+    tmp_path: Path,
+) -> None:
+    session = Session(session_id="s", model="m", workspace=str(tmp_path), input_timeout=30)
+    ctx, _ = loop_context(tmp_path, [RecordingTool(), AskUserTool()], session=session)
+    calls = [_call("a", "record", label="x"), _call("q", "ask_user", question="Colour?")]
+    expired = InputAnswer(approve=False, timed_out=True)
+    requests = [_request(calls[0], "approval", expired), _request(calls[1], "question", expired)]
+    for recovered in (False, True):
+        messages: list[Message] = [AssistantMessage(tool_calls=tuple(calls))]
+        results = await apply_answers(ctx, messages, requests, recovered=recovered)
+        assert [r.content for r in results] == [
+            "error: denied: no answer from the user within 30 s"
+        ] * 2

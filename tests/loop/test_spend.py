@@ -51,6 +51,8 @@ def test_a_round_adds_its_total_or_else_its_prompt_and_completion_and_its_price(
     assert (spend.tokens, spend.unpriced) == (105, True)
     spend.add(Usage(total_tokens=1), 1.0)  # a later priced round does not clear it
     assert (spend.tokens, spend.cost_usd, spend.unpriced) == (106, 1.75, True)
+    spend.add(Usage(), None)  # nor does a later empty one
+    assert spend.unpriced
 
 
 def test_a_run_ends_only_past_its_limits() -> None:

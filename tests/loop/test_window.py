@@ -15,6 +15,7 @@ from culm.context.view import SUMMARY_HEADER, model_view
 from culm.domain.compaction import Compaction
 from culm.domain.models import (
     Message,
+    Session,
     Usage,
     UserMessage,
 )
@@ -38,6 +39,7 @@ from tests.loop.harness import (
     tool_round,
     transcript,
 )
+from tests.support import RecordingTool
 
 
 def test_the_default_reserves_are_a_quarter_and_an_eighth_of_the_window_capped() -> None:
@@ -154,7 +156,7 @@ SMALL = ContextLimits(window=1000, output_reserve=100, working_reserve=100, trig
 
 
 def _priced(model: str, usage: Usage) -> float | None:
-    return 0.125 if model == "test:summarizer" else None
+    return usage.total_tokens / 360 if model == "test:summarizer" else None
 
 
 async def test_a_request_past_the_trigger_is_compacted_first_and_the_compaction_stored(
@@ -165,6 +167,7 @@ async def test_a_request_past_the_trigger_is_compacted_first_and_the_compaction_
         tmp_path, transcript(4), SMALL, summarizer, run_id="r1", price=_priced
     )
     state.round = 3
+    state.usage = Usage(prompt_tokens=1000, total_tokens=1000)  # the run's rounds so far
     _anchor(window, 800)  # at the trigger (80 % of 1000): not past it
     await window.prepare()
     assert summarizer.requests == [] and saved.saved == []
@@ -187,7 +190,7 @@ async def test_a_request_past_the_trigger_is_compacted_first_and_the_compaction_
     )
     assert metered.compaction and not metered.partial and metered.error is None
     assert 0 <= metered.latency_ms < 60_000
-    assert state.usage == SUMMARY_USAGE  # the summarizer's call is one of the run's
+    assert state.usage == Usage(prompt_tokens=1040, completion_tokens=5, total_tokens=1045)
     [stored] = saved.saved
     assert window.compaction == stored and stored.seq == 1
     assert (stored.session_id, stored.run_id, stored.trigger) == ("s", "r1", "auto")
@@ -253,7 +256,8 @@ async def test_a_manual_compaction_compacts_all_it_may_and_is_announced_even_whe
     [
         (SMALL, 128, 6),  # at least 128 tokens; 372 tokens of conversation a part: a round
         (ContextLimits(window=4000, output_reserve=300, working_reserve=0), 300, 1),
-        (ContextLimits(window=4000, output_reserve=1000, working_reserve=0), 500, 2),
+        # target 2001 tokens: a quarter is 500 whole tokens
+        (ContextLimits(window=4002, output_reserve=1000, working_reserve=0), 500, 2),
         (ContextLimits(window=40000, output_reserve=8000, working_reserve=2000), 2048, 1),
     ],
 )
@@ -270,6 +274,107 @@ async def test_a_summary_may_take_the_output_reserve_a_quarter_of_the_target_or_
     assert request.max_output_tokens == max_tokens
     assert request.system_prompt == SUMMARY_SYSTEM_PROMPT.format(words=int(max_tokens * 0.6))
     assert f"at most {int(max_tokens * 0.6)} words." in request.system_prompt
+
+
+@pytest.mark.parametrize(("previous", "rounds"), [(None, [5, 1]), ("p" * 1000, [3, 3])])
+async def test_a_previous_summary_is_taken_twice_from_what_one_summarizer_call_is_given(
+    tmp_path: Path, previous: str | None, rounds: list[int]
+) -> None:
+    """Target 2000 tokens, less 500 for the summary written, less twice the previous summary
+    (read and rewritten): 1500 tokens (6000 characters, five rounds of about 1070) without
+    one, 1000 (4000 characters, three rounds) with a 250-token one."""
+    limits = ContextLimits(window=4000, output_reserve=1000, working_reserve=0)
+    earlier = Compaction(
+        session_id="s",
+        seq=1,
+        trigger="auto",
+        strategy="summarize",
+        summary=previous,
+        message_count=0,
+        tokens_before=0,
+        tokens_after=0,
+    )
+    summarizer = Summarizer("summary")
+    window, _, _, _ = await _window(
+        tmp_path, transcript(8), limits, summarizer, SavedCompactions(earlier)
+    )
+    await window.compact("manual")
+    given = [r.messages[0].content.count("Assistant called") for r in summarizer.requests]
+    assert given == rounds
+
+
+WHOLE = replace(SMALL, elide_head_chars=5000)  # no output elided: each is shown whole
+TINY = replace(WHOLE, window=600)  # target 300 tokens: the summary's 128 leave too little
+
+
+@pytest.mark.parametrize(
+    ("limits", "earlier", "output", "rounds"),
+    [
+        # 500 - 128 = 372 tokens, 1488 characters; a round shows as 73 + its output's
+        (WHOLE, None, 1415, 1),  # 1488: it fits
+        (WHOLE, None, 1416, 0),  # 1489: it does not (the part is the user's message alone)
+        (
+            WHOLE,
+            Compaction(
+                session_id="s",
+                trigger="auto",
+                strategy="elide",
+                message_count=0,
+                tokens_before=0,
+                tokens_after=0,
+            ),
+            1412,
+            1,
+        ),  # no summary: no tokens
+        (TINY, None, 951, 1),  # at least 256 tokens, 1024 characters
+        (TINY, None, 952, 0),
+    ],
+)
+async def test_one_summarizer_call_is_given_what_fits_the_summary_budget_exactly(
+    tmp_path: Path, limits: ContextLimits, earlier: Compaction | None, output: int, rounds: int
+) -> None:
+    summarizer = Summarizer("summary")
+    window, _, _, _ = await _window(
+        tmp_path, transcript(4, "o" * output), limits, summarizer, SavedCompactions(earlier)
+    )
+    await window.compact("manual")
+    assert summarizer.requests[0].messages[0].content.count("Assistant called") == rounds
+
+
+async def test_a_compaction_measures_the_request_as_it_is_sent(tmp_path: Path) -> None:
+    """The system prompt and the tools' specs are part of every request, so of the measure
+    before and after a compaction: with no report yet, it is the estimate of the request."""
+    session = Session(
+        session_id="s", model="m", workspace=str(tmp_path), system_prompt="Be brief. " * 300
+    )
+    limits = replace(SMALL, auto_compact=False)
+    window, _, emitted, _ = await _window(
+        tmp_path, transcript(4), limits, Summarizer("s"), session=session, tools=[RecordingTool()]
+    )
+    await window.prepare()
+    estimate = emitted.of("token_budget_updated")[0].usage.prompt_tokens
+    done = await window.compact("manual")
+    assert done.tokens_before == estimate
+    emitted.clear()
+    await window.prepare()
+    assert emitted.of("token_budget_updated")[0].usage.prompt_tokens == done.tokens_after
+
+
+async def test_a_report_holds_for_the_view_it_was_made_on_only(tmp_path: Path) -> None:
+    """Each compaction makes a new view: a report on an earlier one says nothing of it."""
+    summarizer = Summarizer("one", "two")
+    window, state, emitted, saved = await _window(tmp_path, transcript(4), SMALL, summarizer)
+    await window.compact("manual")
+    _anchor(window, 9000)  # far from any estimate (more than 3x)
+    reported = len(window.view())
+    state.messages += tool_round(4, "y" * 400) + tool_round(5, "z" * 400)
+    done = await window.compact("manual")
+    assert done.messages_compacted > 0 and len(window.view()) == reported
+    assert done.tokens_before < 9000
+    emitted.clear()
+    await window.prepare()
+    budget = emitted.of("token_budget_updated")[0].usage
+    assert budget.estimated and budget.prompt_tokens == done.tokens_after
 
 
 async def test_an_elision_alone_keeps_the_summary_and_its_summarizer(tmp_path: Path) -> None:
@@ -369,11 +474,11 @@ async def test_an_overflow_is_compacted_and_retried_or_said_to_be_hopeless(
     announced = emitted.of("token_budget_updated")[0].usage
     assert announced.prompt_tokens == window.meter.measure(retry, 1)[0] and announced.estimated
 
-    _anchor(window, 1200)
+    _anchor(window, 9000)  # past what calibration allows (3x our 2087): only a report says it
     again = window.overflowed_again(retry, refused)
     assert str(again) == (
         "the model refused the request as too long (prompt is too long); it was compacted "
-        "(tool outputs elided, older turns summarized) to about 1200 tokens for a "
+        "(tool outputs elided, older turns summarized) to about 9000 tokens for a "
         "1000-token window and retried once, and was refused again"
     )
 
