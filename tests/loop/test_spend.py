@@ -37,8 +37,11 @@ def test_descendants_rounds_count_and_their_other_events_do_not() -> None:
 
 def test_a_round_adds_its_total_or_else_its_prompt_and_completion_and_its_price() -> None:
     spend = Spend()
-    spend.observe(RoundCompleted(round=1, usage=Usage(total_tokens=100), latency_ms=1, model="m"))
-    assert (spend.tokens, spend.cost_usd, spend.unpriced) == (100, 0.0, True)
+    usage = Usage(total_tokens=100)
+    spend.observe(RoundCompleted(round=1, usage=usage, latency_ms=1, model="m", cost_usd=0.25))
+    assert (spend.tokens, spend.cost_usd, spend.unpriced) == (100, 0.25, False)
+    spend.observe(RoundCompleted(round=2, usage=usage, latency_ms=1, model="m"))
+    assert (spend.tokens, spend.cost_usd, spend.unpriced) == (200, 0.25, True)
     spend = Spend()
     spend.add(Usage(prompt_tokens=30, completion_tokens=12, total_tokens=50), 0.25)
     spend.add(Usage(prompt_tokens=30, completion_tokens=12), 0.5)  # no total: the sum
