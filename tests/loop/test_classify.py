@@ -51,6 +51,9 @@ def test_calls_without_ids_or_arguments_get_defaults() -> None:
     call = builder.result().message.tool_calls[0]
     assert call == ToolCall(id="call_2", name="list_dir", arguments="{}")
     assert builder.emitted is False
+    response = builder.result()  # nothing said what finished it, who answered, no signature
+    assert (response.finish_reason, response.model, response.usage) == (None, None, None)
+    assert response.message.reasoning_signature is None
 
 
 def test_streamed_reasoning_counts_as_output_and_a_nameless_call_stays_nameless() -> None:
