@@ -51,6 +51,30 @@ def test_calls_without_ids_or_arguments_get_defaults() -> None:
     call = builder.result().message.tool_calls[0]
     assert call == ToolCall(id="call_2", name="list_dir", arguments="{}")
     assert builder.emitted is False
+    response = builder.result()  # nothing said what finished it, who answered, no signature
+    assert (response.finish_reason, response.model, response.usage) == (None, None, None)
+    assert response.message.reasoning_signature is None
+
+
+def test_streamed_reasoning_counts_as_output_and_a_nameless_call_stays_nameless() -> None:
+    """``emitted``: something reached the client, so a failed call is not retried; reasoning
+    text is output too, a signature alone is not (found by mutation testing, issue #22)."""
+    builder = ResponseBuilder()
+    builder.add(ReasoningDelta(text="", signature="sig"))
+    assert builder.emitted is False
+    builder.add(ReasoningDelta(text="thinking"))
+    assert builder.emitted is True
+    builder.add(ToolCallDelta(index=0, id="x", arguments='{"a": 1}'))
+    builder.add(UsageReport(usage=Usage(prompt_tokens=1), model="m-2026"))
+    builder.add(UsageReport(usage=Usage(prompt_tokens=2)))  # no model: the earlier one stays
+    response = builder.result()
+    assert response.message.tool_calls == (ToolCall(id="x", name="", arguments='{"a": 1}'),)
+    assert (response.model, response.usage, builder.usage) == (
+        "m-2026",
+        Usage(prompt_tokens=2),
+        Usage(prompt_tokens=2),
+    )
+    assert response.message.reasoning == "thinking"
 
 
 def test_repair_gives_every_open_tool_call_a_result() -> None:
