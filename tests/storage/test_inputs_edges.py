@@ -16,7 +16,7 @@ from culm.domain.models import Run, RunStatus, Session, ToolResultMessage, Usage
 from culm.domain.time import new_id
 from culm.errors import InputConflictError, NotFoundError
 from culm.storage import dbtime, inputs
-from culm.storage.schema import messages, runs
+from culm.storage.schema import messages, run_events, runs
 from culm.storage.sql import SqlStore
 from culm.storage.wakeups import Wake
 from tests.storage.queue_support import a_run, get, owned_run, raw_rows, stamp
@@ -344,3 +344,34 @@ async def test_a_request_reads_back_with_its_deadline_and_attempt(store: SqlStor
     assert request.attempt == 2
     assert request.expires_at is not None
     assert request.expires_at - request.created_at == timedelta(seconds=3600)
+
+
+async def test_a_parked_run_keeps_no_lease_and_its_requests_events_carry_its_fence(
+    store: SqlStore,
+) -> None:
+    """The ``input_requested`` events are written under the parking claim's epoch (fenced, as a
+    runner's events are), and the waiting run has no lease for a sweeper to expire."""
+    run = await owned_run(store, "w1")
+    await _park_run(store, run, "w1", epoch=1, timeout=3600.0)
+
+    stored = await raw_rows(
+        store,
+        sa.select(run_events.c.type, run_events.c.epoch).where(run_events.c.run_id == run.run_id),
+    )
+    [row] = await raw_rows(
+        store, sa.select(runs.c.lease_expires_at).where(runs.c.run_id == run.run_id)
+    )
+
+    assert [(event.type, event.epoch) for event in stored] == [("input_requested", 1)]
+    assert row.lease_expires_at is None
+
+
+async def test_an_expired_request_records_when_it_was_answered(store: SqlStore) -> None:
+    run = await owned_run(store, "w1")
+    await _park_run(store, run, "w1", epoch=1, timeout=0.0)
+
+    await store.expire_input()
+
+    [request] = await store.list_input([run.run_id], statuses=None)
+    assert request.status == "expired"
+    assert request.answered_at is not None and request.answered_at >= request.created_at

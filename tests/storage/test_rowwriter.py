@@ -32,6 +32,18 @@ def test_chunks_cover_every_row_within_the_parameter_limit(count: int, width: in
     assert len(set(sizes)) <= 8  # a handful of statement texts, kept prepared by the driver
 
 
+@pytest.mark.parametrize(
+    ("count", "width", "sizes"),
+    [(1000, 12, [64] * 15 + [32, 8]), (300, 3, [128, 128, 32, 8, 4]), (3, 500, [1, 1, 1])],
+)
+def test_chunks_are_full_statements_then_powers_of_two(
+    count: int, width: int, sizes: list[int]
+) -> None:
+    """The most rows (a power of two) that fit 999 parameters, then the rest in powers of two:
+    the same few statement texts for every count."""
+    assert _chunks(count, width) == sizes
+
+
 @pytest.mark.parametrize("count", [1, 2, 129, 333])
 async def test_every_row_is_inserted_once_in_order(store: SqlStore, count: int) -> None:
     rows = RowWriter(store.dialect.name)
@@ -116,8 +128,31 @@ async def test_a_violated_constraint_raises_as_sqlalchemy_would(sqlite_store: Sq
         finally:
             metadata.drop_all(conn)
 
-    with pytest.raises(sa.exc.IntegrityError, match="UNIQUE constraint failed"):
+    with pytest.raises(sa.exc.IntegrityError, match="UNIQUE constraint failed") as raised:
         await sqlite_store.write(transaction)
+    assert (
+        raised.value.statement
+        == "INSERT INTO rw_items (k, label, hits) VALUES (?, ?, ?), (?, ?, ?)"
+    )
+
+
+async def test_a_violation_on_the_direct_road_raises_as_sqlalchemy_would(
+    sqlite_store: SqlStore,
+) -> None:
+    rows = RowWriter("sqlite")
+    renumber = items.update().where(items.c.k == sa.bindparam("old")).values(k=sa.bindparam("new"))
+
+    def transaction(conn: sa.Connection) -> None:
+        metadata.create_all(conn)
+        try:
+            conn.execute(items.insert(), [{"k": 1, "hits": 0}, {"k": 2, "hits": 0}])
+            rows.execute_many(conn, renumber, [{"old": 1, "new": 2}])
+        finally:
+            metadata.drop_all(conn)
+
+    with pytest.raises(sa.exc.IntegrityError, match="UNIQUE constraint failed") as raised:
+        await sqlite_store.write(transaction)
+    assert raised.value.statement == "UPDATE rw_items SET k=? WHERE rw_items.k = ?"
 
 
 typed = [
@@ -169,3 +204,66 @@ async def test_sqlite_values_are_stored_as_sqlalchemy_stores_them(
         time.tzset()
     assert fast_rows == plain_rows
     assert fast_rows[1][1] == fast_rows[0][1] == "2026-03-08 06:30:15.000120"
+
+
+async def test_execute_many_runs_its_statement_once_per_row_with_converted_values(
+    sqlite_store: SqlStore,
+) -> None:
+    """SQLite's direct road for updates (the liveness of many runs): every row's update lands,
+    its timestamps and booleans as SQLAlchemy writes them, and ``fetch`` reads back through the
+    same compiled statement."""
+    fast, _ = typed
+    at = datetime(2026, 3, 8, 6, 30, 15, 120, tzinfo=UTC)
+    update = (
+        fast.update()
+        .where(fast.c.k == sa.bindparam("b_k"))
+        .values(
+            at=sa.bindparam("b_at", type_=UTCDateTime),
+            flag=sa.bindparam("b_flag", type_=sa.Boolean),
+        )
+    )
+    lookup = sa.select(fast.c.k, fast.c.at, fast.c.flag).where(fast.c.k >= sa.bindparam("low"))
+    writer = RowWriter("sqlite")
+
+    def transaction(conn: sa.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        metadata.create_all(conn, tables=[fast])
+        conn.execute(fast.insert(), [{"k": k, "at": None, "flag": None} for k in (1, 2, 3)])
+        writer.execute_many(conn, update, [])  # nothing to do: no statement
+        writer.execute_many(
+            conn,
+            update,
+            [
+                {"b_k": 1, "b_at": at, "b_flag": True},
+                {"b_k": 3, "b_at": at + timedelta(seconds=1), "b_flag": False},
+            ],
+        )
+        found = writer.fetch(conn, lookup.order_by(fast.c.k), {"low": 2})
+        stored = [tuple(row) for row in conn.execute(sa.text("SELECT * FROM rw_typed_fast ORDER BY k"))]  # fmt: skip
+        metadata.drop_all(conn, tables=[fast])
+        return found, stored
+
+    found, stored = await sqlite_store.write(transaction)
+    assert stored == [
+        (1, "2026-03-08 06:30:15.000120", None, 1),
+        (2, None, None, None),
+        (3, "2026-03-08 06:30:16.000120", None, 0),
+    ]
+    assert found == [(2, None, None), (3, "2026-03-08 06:30:16.000120", 0)]
+
+
+async def test_fetch_compiles_each_statement_it_is_given_even_once_freed(
+    sqlite_store: SqlStore,
+) -> None:
+    """Compiled statements are found by ``id()``: the writer keeps each statement, so that a
+    new one made after an old one is freed (often at the same address) is never taken for it.
+    The statements have no parameters at all."""
+    writer = RowWriter("sqlite")
+
+    def transaction(conn: sa.Connection) -> list[list[tuple[Any, ...]]]:
+        found = []
+        for i in range(50):
+            # The statement is freed as soon as the call returns, unless the writer keeps it.
+            found.append(writer.fetch(conn, sa.select(sa.literal_column(str(i))), {}))
+        return found
+
+    assert await sqlite_store.write(transaction) == [[(i,)] for i in range(50)]
