@@ -71,11 +71,16 @@ def state(*messages: Message) -> LoopState:
     return LoopState(messages=[UserMessage(content="go"), *messages])
 
 
+def final(text: str) -> FinalAnswer:
+    """The run's answer, its message not stored yet (the runtime stores it with the run's end)."""
+    return FinalAnswer(text, messages=(AssistantMessage(content=text),))
+
+
 async def one_round(ctx: Any, loop_state: LoopState) -> Any:
     return await run_round(ctx, loop_state, await ContextWindow.open(ctx, loop_state))
 
 
-async def test_a_final_answer_is_stored_once_with_its_round_completed(
+async def test_a_final_answer_is_handed_to_the_runtime_with_its_round_completed(
     tmp_path: Path, clock: Clock
 ) -> None:
     harness = Harness()
@@ -92,8 +97,8 @@ async def test_a_final_answer_is_stored_once_with_its_round_completed(
     ctx = harness.context(model, tmp_path, price=price_per_token)
     loop_state = state()
     step = await one_round(ctx, loop_state)
-    assert step == FinalAnswer("hi")
-    assert harness.writes == [[AssistantMessage(content="hi")]]
+    assert step == final("hi")
+    assert harness.writes == []  # the runtime stores it with the run's end, in one write
     assert loop_state.messages[-1] == AssistantMessage(content="hi")
     [done] = harness.of(RoundCompleted)
     assert done.model_dump(exclude={"ts"}) == RoundCompleted(
@@ -181,7 +186,7 @@ async def test_rounds_run_up_to_max_rounds_and_not_one_more(tmp_path: Path, done
     ctx = harness.context(PlayedModel(answer("ok")), tmp_path, limits=LoopLimits(max_rounds=3))
     loop_state = state()
     loop_state.round = done
-    assert await one_round(ctx, loop_state) == FinalAnswer("ok")
+    assert await one_round(ctx, loop_state) == final("ok")
     assert loop_state.round == done + 1
     with pytest.raises(LimitExceededError, match=r"max rounds \(3\)"):
         loop_state.round = 3
@@ -232,7 +237,7 @@ async def test_run_agent_goes_on_until_the_final_answer(tmp_path: Path) -> None:
     model = PlayedModel(tool_call("record", arguments='{"label": "a"}'), answer("done"))
     ctx = harness.context(model, tmp_path, tools=[RecordingTool()])
     loop_state = state()
-    assert await run_agent(ctx, loop_state) == FinalAnswer("done")
+    assert await run_agent(ctx, loop_state) == final("done")
     assert loop_state.round == 2
     assert loop_state.spend.tokens == 2 * USAGE.total_tokens  # counted from round_completed
 
@@ -247,7 +252,7 @@ async def test_a_round_past_the_budget_ends_the_run_before_the_next(
     ctx = harness.context(model, tmp_path, tools=[RecordingTool()], budget=budget)
     loop_state = state()
     if rounds == 2:
-        assert await run_agent(ctx, loop_state) == FinalAnswer("done")
+        assert await run_agent(ctx, loop_state) == final("done")
     else:
         with pytest.raises(BudgetExceededError, match=r"max_tokens \(41\)"):
             await run_agent(ctx, loop_state)
@@ -294,7 +299,7 @@ async def test_a_resumed_run_applies_the_answers_first_in_one_write(
     # Not recovered is the default: a resumed run's attempt is the one the answers were given to.
     options = {"recovered": True} if recovered else {}
     step = await run_agent(ctx, loop_state, answers, **options)
-    assert step == FinalAnswer("done")
+    assert step == final("done")
     [(results, request_ids)] = resolved
     assert request_ids == ["req_a", "req_b"]
     assert [(m.tool_call_id, m.is_error) for m in results] == [("a", recovered), ("b", True)]
@@ -359,7 +364,7 @@ async def test_a_request_refused_as_too_long_is_compacted_and_retried_once(
             await one_round(ctx, loop_state)
         assert f"too long ({TOO_LONG})" in str(e.value)  # the provider's words
     else:
-        assert await one_round(ctx, loop_state) == FinalAnswer("fits now")
+        assert await one_round(ctx, loop_state) == final("fits now")
         [done] = [r for r in harness.of(RoundCompleted) if not r.compaction]
         assert done.usage == USAGE  # the retry's usage is the round's
     first, retry = model.requests
