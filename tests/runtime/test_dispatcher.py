@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Collection
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from culm.runtime.roles import Role
 from culm.runtime.runner import Runner
 from culm.storage.base import SweepPolicy, Wakeups
 from culm.storage.sql import SqlStore
+from tests.runtime.launches import Launches
 from tests.storage.queue_support import ready_run
 from tests.support import settings
 
@@ -94,26 +94,7 @@ async def test_a_dispatcher_never_claims_a_run_whose_earlier_attempt_it_still_ho
         await store.aclose()
 
 
-class _Launches:
-    """A dispatcher's ``launch`` and ``active`` for the tests: records the runs launched,
-    raises for those in ``failing``; ``others`` stands for runs started here meanwhile
-    (sub-agents)."""
-
-    def __init__(self, failing: Collection[str] = ()) -> None:
-        self.failing = set(failing)
-        self.launched: list[str] = []
-        self.others = 0
-
-    def launch(self, run: Run) -> None:
-        if run.run_id in self.failing:
-            raise RuntimeError("no task for it")
-        self.launched.append(run.run_id)
-
-    def active(self) -> int:
-        return len(self.launched) + self.others
-
-
-def _dispatcher(store: SqlStore, launches: _Launches, concurrency: int) -> Dispatcher:
+def _dispatcher(store: SqlStore, launches: Launches, concurrency: int) -> Dispatcher:
     return Dispatcher(
         store,
         owner="w1",
@@ -134,11 +115,11 @@ async def test_a_launch_that_raises_hands_its_run_back_and_launches_the_rest(
     await store.start()
     try:
         made = [await ready_run(store) for _ in range(3)]
-        launches = _Launches(failing={made[0].run_id})
+        launches = Launches(failing={made[0].run_id})
 
         await _dispatcher(store, launches, concurrency=4).claim()
 
-        assert launches.launched == [made[1].run_id, made[2].run_id], "the rest still launched"
+        assert launches.ids == [made[1].run_id, made[2].run_id], "the rest still launched"
         back = await store.get_run(made[0].run_id)
         assert back is not None
         assert (back.status, back.attempt, back.epoch) == (RunStatus.PENDING, 1, 2)
@@ -158,7 +139,7 @@ async def test_a_run_whose_launch_always_fails_ends_in_error_after_a_bounded_num
     await store.start()
     try:
         doomed = await ready_run(store)
-        launches = _Launches(failing={doomed.run_id})
+        launches = Launches(failing={doomed.run_id})
         dispatcher = _dispatcher(store, launches, concurrency=4)
         counters = WorkerCounters()
         dispatcher._counters = counters
@@ -205,7 +186,7 @@ async def test_a_run_taken_over_before_its_last_failed_launch_is_left_to_its_new
     await store.start()
     try:
         doomed = await ready_run(store)
-        dispatcher = _dispatcher(store, _Launches(failing={doomed.run_id}), concurrency=4)
+        dispatcher = _dispatcher(store, Launches(failing={doomed.run_id}), concurrency=4)
         for _ in range(dispatch.LAUNCH_ATTEMPTS):
             await dispatcher.claim()
 
@@ -234,13 +215,13 @@ async def test_callers_claiming_at_once_share_the_claims_and_none_claims_after_s
     await store.start()
     try:
         made = [await ready_run(store) for _ in range(3)]
-        launches = _Launches()
+        launches = Launches()
         dispatcher = _dispatcher(store, launches, concurrency=4)
         # The first claims at once; the second waits for it and claims again (its run may
         # have been reserved after the first began); the third is covered by the second's.
         await asyncio.gather(*(dispatcher.claim_now() for _ in range(3)))
         assert store.claims == 2
-        assert sorted(launches.launched) == sorted(run.run_id for run in made)
+        assert sorted(launches.ids) == sorted(run.run_id for run in made)
         await dispatcher.aclose()
         late = await ready_run(store)
         await dispatcher.claim_now()
@@ -258,7 +239,7 @@ async def test_a_worker_leaves_a_run_whose_launch_failed_to_the_others_for_a_whi
     await store.start()
     try:
         run = await ready_run(store)
-        dispatcher = _dispatcher(store, _Launches(failing={run.run_id}), concurrency=4)
+        dispatcher = _dispatcher(store, Launches(failing={run.run_id}), concurrency=4)
         await dispatcher.claim()
         await dispatcher.claim()  # at once: not claimed back here
 
@@ -273,7 +254,7 @@ async def test_a_worker_leaves_a_run_whose_launch_failed_to_the_others_for_a_whi
 class _SubAgentsMeanwhile(SqlStore):
     """A store whose claims take long enough for two sub-agents to start meanwhile."""
 
-    launches: _Launches
+    launches: Launches
 
     async def claim_runs(self, *args: Any, **kwargs: Any) -> list[Run]:
         claimed = await super().claim_runs(*args, **kwargs)
@@ -285,14 +266,14 @@ async def test_sub_agents_started_during_a_claim_never_push_the_worker_past_its_
     tmp_path: Path,
 ) -> None:
     store = _SubAgentsMeanwhile(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
-    store.launches = launches = _Launches()
+    store.launches = launches = Launches()
     await store.start()
     try:
         made = [await ready_run(store) for _ in range(4)]
 
         again = await _dispatcher(store, launches, concurrency=3).claim()
 
-        assert launches.launched == [made[0].run_id], "3 places, 2 taken by sub-agents meanwhile"
+        assert launches.ids == [made[0].run_id], "3 places, 2 taken by sub-agents meanwhile"
         assert launches.active() == 3
         assert again is False
         for run in made[1:3]:
@@ -343,7 +324,7 @@ def test_a_wake_up_naming_a_run_is_claimed_at_once_by_one_worker_the_others_late
     # The thundering herd: one reservation woke every worker into a claim transaction at once.
     peers = ("w1", "w2", "w3")
     store: Any = None
-    launches = _Launches()
+    launches = Launches()
 
     def dispatcher(owner: str) -> Dispatcher:
         return Dispatcher(
@@ -496,7 +477,7 @@ async def test_a_failed_claim_waits_for_a_wake_up_or_the_poll_never_spins(
     store = _FailingClaims(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
     await store.start()
     try:
-        dispatcher = _dispatcher(store, _Launches(), concurrency=4)
+        dispatcher = _dispatcher(store, Launches(), concurrency=4)
         dispatcher.start()
         async with asyncio.timeout(10):
             while store.claims == 0:

@@ -5,7 +5,7 @@ what it logs when the store fails it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from culm.domain.models import Run, RunStatus
 from culm.runtime import dispatch
 from culm.runtime.dispatch import Dispatcher, WorkerCounters
 from culm.storage.sql import SqlStore
+from tests.runtime.launches import Launches
 from tests.storage.queue_support import ready_run
 
 # SQLite only: the dispatcher's own logic, whatever the store (test_dispatch.py: PostgreSQL).
@@ -31,30 +32,12 @@ class _Clock:
         return self.now
 
 
-class _Launches:
-    """``launch`` and ``active`` of a dispatcher: records the runs launched, raises for the ids
-    in ``failing``; ``others`` stands for runs started here meanwhile (sub-agents)."""
-
-    def __init__(self, failing: Collection[str] = ()) -> None:
-        self.failing = set(failing)
-        self.launched: list[Run] = []
-        self.others = 0
-
-    def launch(self, run: Run) -> None:
-        if run.run_id in self.failing:
-            raise RuntimeError("no task for it")
-        self.launched.append(run)
-
-    def active(self) -> int:
-        return len(self.launched) + self.others
-
-
 class _Store(SqlStore):
     """SQLite, with counted claims and store calls a test may make fail."""
 
     claims = 0
     others_per_claim = 0  # sub-agents started while each claim is awaited
-    launches: _Launches | None = None
+    launches: Launches | None = None
     failing: frozenset[str] = frozenset()
 
     async def claim_runs(self, *args: Any, **kwargs: Any) -> list[Run]:
@@ -95,7 +78,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Clock]:
 
 
 def _dispatcher(
-    store: SqlStore, launches: _Launches, *, concurrency: int = 4, poll: float = 3600
+    store: SqlStore, launches: Launches, *, concurrency: int = 4, poll: float = 3600
 ) -> Dispatcher:
     return Dispatcher(
         store,
@@ -124,7 +107,7 @@ async def test_each_failing_run_is_left_alone_one_second_then_two_then_ended(
 ) -> None:
     # Two runs whose launch always fails, in one claim: each counts its own failures.
     runs = [await ready_run(store), await ready_run(store)]
-    dispatcher = _dispatcher(store, _Launches(failing={run.run_id for run in runs}))
+    dispatcher = _dispatcher(store, Launches(failing={run.run_id for run in runs}))
     await dispatcher.claim()  # at 100 s: the first failure each (claimed, handed back)
     assert await _epochs(store, runs) == [2, 2]
     # Each step: the time, then each run's epoch after a claim then (+2: claimed and handed back).
@@ -144,7 +127,7 @@ async def test_a_run_launched_after_a_failure_counts_its_later_failures_afresh(
     store: _Store, clock: _Clock
 ) -> None:
     run = await ready_run(store)
-    launches = _Launches(failing={run.run_id})
+    launches = Launches(failing={run.run_id})
     dispatcher = _dispatcher(store, launches)
     await dispatcher.claim()  # a failure at 100 s
     launches.failing.clear()
@@ -167,7 +150,7 @@ async def test_a_worker_full_by_the_time_it_claims_runs_no_claim_and_claims_agai
     store: _Store,
 ) -> None:
     run = await ready_run(store)
-    launches = _Launches()
+    launches = Launches()
     answers = iter([0, 1])  # free as it looks, full (a sub-agent started) once it may claim
     dispatcher = Dispatcher(
         store,
@@ -190,7 +173,7 @@ async def test_runs_claimed_while_sub_agents_filled_every_place_are_all_handed_b
     store: _Store,
 ) -> None:
     runs = [await ready_run(store), await ready_run(store)]
-    store.launches = launches = _Launches()
+    store.launches = launches = Launches()
     store.others_per_claim = 2  # both places taken by sub-agents while the claim is awaited
     again = await _dispatcher(store, launches, concurrency=2).claim()
     assert launches.launched == [] and again is False
@@ -203,7 +186,7 @@ async def test_runs_claimed_while_sub_agents_filled_every_place_are_all_handed_b
 async def test_a_full_worker_whose_run_ends_unannounced_looks_again_at_the_poll(
     store: _Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    launches = _Launches()
+    launches = Launches()
     launches.others = 1
     dispatcher = _dispatcher(store, launches, concurrency=1, poll=0.05)
     claiming = asyncio.create_task(dispatcher.claim())
@@ -218,7 +201,7 @@ async def test_a_claim_for_a_run_just_reserved_that_fails_is_logged_not_raised(
     store: _Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.failing = frozenset({"claim_runs"})
-    await _dispatcher(store, _Launches()).claim_now()
+    await _dispatcher(store, Launches()).claim_now()
     assert store.claims == 1
     assert _logged(caplog) == ["claiming a run just reserved failed; the dispatcher retries"]
 
@@ -228,7 +211,7 @@ async def test_a_hand_back_that_fails_is_logged_and_leaves_the_run_to_its_lease(
 ) -> None:
     run = await ready_run(store)
     store.failing = frozenset({"release_runs"})
-    await _dispatcher(store, _Launches(failing={run.run_id})).claim()
+    await _dispatcher(store, Launches(failing={run.run_id})).claim()
     left = await store.get_run(run.run_id)
     assert left is not None and (left.owner, left.epoch) == ("w1", 1)
     assert _logged(caplog) == [
@@ -241,7 +224,7 @@ async def test_a_run_that_cannot_be_ended_in_error_is_logged_and_left_to_its_lea
     store: _Store, clock: _Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     run = await ready_run(store)
-    dispatcher = _dispatcher(store, _Launches(failing={run.run_id}))
+    dispatcher = _dispatcher(store, Launches(failing={run.run_id}))
     for now in (100.0, 101.0):
         clock.now = now
         await dispatcher.claim()
@@ -262,7 +245,7 @@ async def test_the_loop_runs_as_one_named_task_until_closed(store: _Store) -> No
     def loops() -> list[asyncio.Task[Any]]:
         return [t for t in asyncio.all_tasks() if t.get_name() == "culm-dispatcher"]
 
-    dispatcher = _dispatcher(store, _Launches())
+    dispatcher = _dispatcher(store, Launches())
     dispatcher.start()
     assert len(loops()) == 1
     await dispatcher.aclose()
@@ -270,7 +253,7 @@ async def test_the_loop_runs_as_one_named_task_until_closed(store: _Store) -> No
 
 
 def test_a_full_worker_waits_twice_the_stagger_and_no_longer_past_full() -> None:
-    launches = _Launches()
+    launches = Launches()
     store: Any = None
     dispatcher = Dispatcher(
         store,
