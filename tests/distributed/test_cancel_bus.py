@@ -66,7 +66,9 @@ class Deployment:
         self.clients = [httpx2.AsyncClient(base_url=api.url or "", timeout=60) for api in apis]
 
     async def listening(self, redis_url: str, prefix: str) -> None:
-        """Until every worker listens on its control channel (it subscribes after it starts)."""
+        """Until every worker listens on its control channel (it subscribes after it starts)
+        and every API process sends on it: an API whose Redis link is down (it has not pinged
+        Redis back yet after an outage, up to 5 s apart) leaves a cancel to the heartbeat."""
         client = redis.Redis.from_url(redis_url)
         channels = [f"{prefix}worker:{worker.worker_id}" for worker in self.workers]
         try:
@@ -78,6 +80,12 @@ class Deployment:
             await poll(subscribed, timeout=30, what="the workers listening for cancels")
         finally:
             await client.aclose()
+
+        async def sending() -> bool:
+            answers = [await api.get("/health") for api in self.clients]
+            return all(answer.json()["redis"] == "ok" for answer in answers)
+
+        await poll(sending, timeout=30, what="the API processes' Redis links up")
 
     async def cancel(self, api: int, run_id: str) -> tuple[dict[str, Any], float]:
         """``POST /v1/runs/{id}/cancel?wait=true`` on API process ``api``: the run as answered

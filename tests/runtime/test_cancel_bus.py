@@ -128,9 +128,10 @@ async def test_a_cancel_arriving_while_the_worker_s_claim_returns_cancels_the_ru
     assert dispatcher is not None
     store = dispatcher._store
     claim_runs = store.claim_runs
-    claimed, returning = asyncio.Event(), asyncio.Event()
+    entered, claimed, returning = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def held_claim(*args: Any, **kwargs: Any) -> list[culm.Run]:
+        entered.set()
         runs = await claim_runs(*args, **kwargs)
         if runs:
             claimed.set()
@@ -138,6 +139,9 @@ async def test_a_cancel_arriving_while_the_worker_s_claim_returns_cancels_the_ru
         return runs
 
     monkeypatch.setattr(store, "claim_runs", held_claim)
+    # A poll's claim begun before the patch would take the run past it: claims take turns
+    # (the dispatcher's lock), so once one has entered the patched claim, none is left.
+    await asyncio.wait_for(entered.wait(), 10)
     run = await api.run("go", model="scripted:slow")
     await asyncio.wait_for(claimed.wait(), 10)
     cancelled = asyncio.ensure_future(api.cancel(run.run_id, reason="stop it", wait=True))
