@@ -57,8 +57,15 @@ async def _hears_a_run(store: SqlStore, listener: PostgresWakeups) -> None:
 
 
 def test_the_listeners_waits_are_those_of_the_contract() -> None:
-    # A probe every 30 s, answered within 5 s; 5 s to connect, 1 s to close, 1 s between tries.
-    assert ListenTimes() == ListenTimes(connect=5, close=1, probe_every=30, probe=5, reconnect=1)
+    # A probe every 30 s, answered within 5 s; 5 s to connect, 1 s to close, 1 s between tries,
+    # and while it cannot listen, a log line a minute.
+    assert ListenTimes() == ListenTimes(
+        connect=5, close=1, probe_every=30, probe=5, reconnect=1, remind=60
+    )
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "culm.storage.wakeups"]
 
 
 async def test_a_listener_gives_up_on_a_silent_server_and_listens_once_it_answers(
@@ -77,10 +84,13 @@ async def test_a_listener_gives_up_on_a_silent_server_and_listens_once_it_answer
         assert listener.problem.startswith(f"{NOT_LISTENING}: TimeoutError")
         await _until(lambda: proxy.connections >= 3)  # it keeps trying
         proxy.holed = False
-        # What an operator reads at each failed attempt: the error's type (a timeout has no text).
-        logged = {r.getMessage() for r in caplog.records if r.name == "culm.storage.wakeups"}
-        assert logged == {"wake-up listener lost its connection error=TimeoutError: "}
+        # What an operator reads: the outage once, with the error's type (a timeout has no
+        # text), not a line per attempt; then that it is over.
         await _until(lambda: listener.problem is None)
+        cannot, again = _logged(caplog)
+        assert cannot == "wake-up listener cannot connect; polling instead error=TimeoutError: "
+        assert again.startswith("wake-up listener listening again attempts=")
+        assert int(again.split("attempts=")[1].split()[0]) >= 3
         # Its first connection: no notification was missed, so nobody is woken for it.
         assert await listener.wait(0) is False
         assert listener.take_hints() == []
@@ -89,9 +99,33 @@ async def test_a_listener_gives_up_on_a_silent_server_and_listens_once_it_answer
         await listener.aclose()
 
 
-async def test_a_listener_whose_server_goes_silent_reconnects_once_it_answers(
-    postgres_store: SqlStore, postgres_head_url: str, proxy: BlackHoleProxy
+async def test_while_a_listener_cannot_listen_it_reminds_every_remind_seconds(
+    postgres_head_url: str, proxy: BlackHoleProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="culm.storage.wakeups")
+    proxy.holed = True
+    times = ListenTimes(connect=0.2, reconnect=0.02, remind=0)  # a reminder at every attempt
+    listener = PostgresWakeups(Signal(), _through(proxy, postgres_head_url), times)
+    try:
+        await _until(lambda: proxy.connections >= 4)
+    finally:
+        await listener.aclose()
+    first, *reminders = _logged(caplog)
+    assert first == "wake-up listener cannot connect; polling instead error=TimeoutError: "
+    assert len(reminders) >= 2
+    for attempt, line in enumerate(reminders, start=2):
+        assert line.startswith(
+            f"wake-up listener still not listening error=TimeoutError:  attempts={attempt} "
+        ), line
+
+
+async def test_a_listener_whose_server_goes_silent_reconnects_once_it_answers(
+    postgres_store: SqlStore,
+    postgres_head_url: str,
+    proxy: BlackHoleProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="culm.storage.wakeups")
     times = ListenTimes(connect=1, close=0.3, probe_every=0.1, probe=0.5, reconnect=0.05)
     listener = PostgresWakeups(Signal(), _through(proxy, postgres_head_url), times)
     try:
@@ -108,6 +142,9 @@ async def test_a_listener_whose_server_goes_silent_reconnects_once_it_answers(
         assert listener.take_hints() == [""]
         assert listener.problem is None
         assert proxy.connections > connections
+        lost, again = _logged(caplog)
+        assert lost == "wake-up listener lost its connection; polling instead error=TimeoutError: "
+        assert again.startswith("wake-up listener listening again attempts=")
         await _hears_a_run(postgres_store, listener)
     finally:
         await listener.aclose()

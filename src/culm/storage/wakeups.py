@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -124,9 +125,51 @@ class ListenTimes:
     probe_every: float = 30.0  # a quiet connection is probed this often
     probe: float = 5.0  # for the probe's answer
     reconnect: float = 1.0  # between two attempts
+    remind: float = 60.0  # while it cannot listen, a log line this often (not every attempt)
 
 
 LISTEN_TIMES = ListenTimes()
+
+
+class _Outage:
+    """What the listener logs of an outage: its start once, a reminder every ``remind``
+    seconds while it lasts (not a line a second), and its end with how long it took."""
+
+    __slots__ = ("_attempts", "_listened", "_logged", "_remind", "_since")
+
+    def __init__(self, remind: float) -> None:
+        self._remind = remind
+        self._listened = False
+        self._since: float | None = None  # monotonic start of the outage under way
+        self._logged = 0.0
+        self._attempts = 0
+
+    def failed(self, why: str) -> None:
+        now = time.monotonic()
+        self._attempts += 1
+        if self._since is None:
+            self._since = self._logged = now
+            if self._listened:
+                log.warning("wake-up listener lost its connection; polling instead", error=why)
+            else:
+                log.warning("wake-up listener cannot connect; polling instead", error=why)
+        elif now - self._logged >= self._remind:
+            self._logged = now
+            seconds = round(now - self._since, 1)
+            log.warning(
+                "wake-up listener still not listening",
+                error=why, attempts=self._attempts, seconds=seconds,
+            )  # fmt: skip
+
+    def listening(self) -> None:
+        if self._since is not None:
+            seconds = round(time.monotonic() - self._since, 1)
+            log.warning(
+                "wake-up listener listening again", attempts=self._attempts, seconds=seconds
+            )
+        self._listened = True
+        self._since = None
+        self._attempts = 0
 
 
 class PostgresWakeups(Wakeups):
@@ -155,6 +198,7 @@ class PostgresWakeups(Wakeups):
     async def _listen(self) -> None:
         import asyncpg  # type: ignore[import-untyped]
 
+        outage = _Outage(self._times.remind)
         first = True
         while True:
             conn: Any = None
@@ -164,21 +208,23 @@ class PostgresWakeups(Wakeups):
                 conn.add_termination_listener(lambda _conn: self._lost.set())
                 await conn.add_listener(CHANNEL, self._notified)
                 self.problem = None
+                outage.listening()
                 if not first:
                     self._hints.append("")  # notifications were missed meanwhile
                     self._local.event.set()
                 first = False
                 await self._watch(conn)
+                why = "the connection closed"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database is away: try again shortly
                 why = f"{type(exc).__name__}: {exc}"  # a timeout's text alone is empty
-                self.problem = f"not listening, polling instead: {why}"
-                log.warning("wake-up listener lost its connection", error=why)
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=self._times.close)
+            self.problem = f"not listening, polling instead: {why}"
+            outage.failed(why)
             await asyncio.sleep(self._times.reconnect)
 
     async def _watch(self, conn: Any) -> None:
