@@ -4,7 +4,8 @@
 # the OpenAI Agents SDK, pydantic-ai (slim, with its OpenAI model), LangGraph with its SQLite
 # checkpointer and langchain-openai, and langgraph-cli[inmem] for `langgraph dev`.
 #
-#   bench/setup_peers.sh                       # the versions pinned below
+#   bench/setup_peers.sh                       # the versions pinned below, and every package
+#                                              # under them as bench/peers-constraints.txt says
 #   PEERS_LATEST=1 bench/setup_peers.sh        # the newest from the configured index instead
 #   PYTHON=python3.12 bench/setup_peers.sh     # another interpreter for the venv
 #
@@ -20,7 +21,10 @@ if [ -n "${PEERS_LATEST:-}" ]; then
     specs="openai-agents pydantic-ai-slim[openai] langgraph langgraph-checkpoint-sqlite
         langchain-openai langgraph-cli[inmem]"
 else
-    specs="openai-agents==0.24.0 pydantic-ai-slim[openai]==2.68.0 langgraph==1.2.24
+    # The whole dependency set, not only the peers: their own dependencies (openai, pydantic,
+    # httpx …) would otherwise resolve afresh at each set-up.
+    specs="-c $here/peers-constraints.txt openai-agents==0.24.0
+        pydantic-ai-slim[openai]==2.68.0 langgraph==1.2.24
         langgraph-checkpoint-sqlite==3.1.2 langchain-openai==1.8.1
         langgraph-cli[inmem]==0.4.40"
 fi
