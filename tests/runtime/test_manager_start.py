@@ -38,6 +38,7 @@ from culm.runtime.dispatch import Dispatcher
 from culm.runtime.manager import RunManager
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
+from culm.runtime.subscription import Subscription
 from culm.storage.base import SessionState
 from culm.storage.sql import SqlStore
 from tests.clock import run_virtual
@@ -384,6 +385,8 @@ async def test_a_launched_runner_holds_its_lease_queue_size_and_name(tmp_path: P
     runs = _manager(tmp_path, context, lease_seconds=40, subscriber_queue_size=7)
     async with _running(runs) as store:
         run = await owned_run(store, runs.owner)
+        session_follower = Subscription(8)
+        runs._registry.add_session_subscriber(run.session_id, session_follower)
         before = time.monotonic()
         runner = runs.launch(run)
         after = time.monotonic()
@@ -395,8 +398,11 @@ async def test_a_launched_runner_holds_its_lease_queue_size_and_name(tmp_path: P
         shows_late = runner.may_show_early()
         subscription = runner.attach(0)
         await context.reaching(1)
+        # Its events reach its session's followers here too (once stored: its first).
+        shown = await asyncio.wait_for(session_follower.next_batch(), 10)
     assert (shows, shows_late) == (True, False)
     assert subscription is not None and subscription._maxsize == 7
+    assert [(event.type, event.run_id) for event in shown] == [("execution_started", run.run_id)]
 
 
 async def test_a_launched_runs_writes_are_fenced_on_its_claim(tmp_path: Path) -> None:
