@@ -6,6 +6,7 @@ paths through a real engine; here each edge is one line of the script."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,12 +17,17 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from culm.domain.events import (
+    Cancelled,
     Complete,
+    Error,
     InputReceived,
     InputRequested,
     RunEvent,
     RunEventBase,
+    SubAgentEvent,
+    SubAgentHeartbeat,
     Token,
+    event_to_dict,
 )
 from culm.domain.models import Run, RunTrigger, Session, SessionKind, Usage
 from culm.errors import ToolFailure, UserError
@@ -47,15 +53,26 @@ class _Clock:
 
     def __init__(self) -> None:
         self.now = 100.0
+        self.readings = 0
+        self._then: float | None = None
 
     def monotonic(self) -> float:
-        return self.now
+        self.readings += 1
+        now = self.now
+        if self._then is not None:
+            self.now, self._then = self._then, None
+        return now
+
+    def then(self, now: float) -> None:
+        """Read as it is once more, then ``now``: the follower takes an event at the one time
+        and looks at its watch at the other, with no wait between."""
+        self._then = now
 
 
 class _Engine:
-    """The engine as the tool sees it: one parent run and session, one child whose events the
-    test feeds (``feed``); creates, starts, cancels and resumes recorded, ``failing`` ones
-    raising."""
+    """The engine as the tool sees it: one parent run and session (the run's ancestors in
+    ``parents``), one child whose events the test feeds (``feed``); creates, starts,
+    subscriptions, cancels and resumes recorded, ``failing`` ones raising."""
 
     def __init__(self, **parent: Any) -> None:
         self.parent = Session(session_id="s-parent", model="scripted:parent", workspace="/w")
@@ -64,7 +81,9 @@ class _Engine:
         self.started: list[dict[str, Any]] = []
         self.cancels: list[tuple[str, dict[str, Any]]] = []
         self.resumed: list[str] = []
+        self.subscribed: list[str] = []
         self.failing: set[str] = set()
+        self.parents: dict[str, str] = {}  # run id -> its parent's
         self.starting = asyncio.Event()
         self.may_start = asyncio.Event()
         self.may_start.set()
@@ -72,10 +91,13 @@ class _Engine:
         self._seq = 0
 
     async def get_session(self, session_id: str) -> Session:
-        return self.parent
+        return {self.parent.session_id: self.parent}[session_id]
 
     async def get_run(self, run_id: str) -> Run:
-        return Run(run_id=run_id, session_id=self.parent.session_id, model="m")
+        parent_run_id = self.parents.get(run_id)
+        return Run(
+            run_id=run_id, session_id=self.parent.session_id, model="m", parent_run_id=parent_run_id
+        )
 
     async def create_session(self, **fields: Any) -> Session:
         if "create_session" in self.failing:
@@ -92,6 +114,7 @@ class _Engine:
         return Run(run_id="r-child", session_id=session_id, model="m")
 
     async def subscribe(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEvent]:
+        self.subscribed.append(run_id)
         while True:
             yield await self._events.get()
 
@@ -118,16 +141,24 @@ class _Engine:
 class _Call:
     """One ``spawn_agent`` call of the parent run, its emitted events and uncounted time."""
 
-    def __init__(self, engine: _Engine, limits: SubAgentLimits | None = None) -> None:
+    def __init__(
+        self,
+        engine: _Engine,
+        limits: SubAgentLimits | None = None,
+        *,
+        capacity: SubAgents | None = None,
+        run_id: str = "r-parent",
+    ) -> None:
         self.emitted: list[RunEventBase] = []
         self.not_counted: list[float] = []
-        self.tool = SpawnAgentTool(engine, SubAgents(limits or SubAgentLimits()))  # type: ignore[arg-type]
+        capacity = capacity or SubAgents(limits or SubAgentLimits())
+        self.tool = SpawnAgentTool(engine, capacity)  # type: ignore[arg-type]
         self.ctx = ToolContext(
             workspace=Path("/w"),
             tool_call_id="call-1",
             emit_output=lambda _: None,
             timeout=60,
-            run_id="r-parent",
+            run_id=run_id,
             session_id="s-parent",
             emit_event=self.emitted.append,
             not_counted=self.not_counted.append,
@@ -201,6 +232,7 @@ async def test_a_child_gets_its_parent_s_setup_and_its_answer_is_the_result() ->
             "traceparent": f"00-{1:032x}-{2:016x}-01",
         }
     ]
+    assert engine.subscribed == ["r-child"]
     assert call.types() == ["sub_agent_started", "sub_agent_event", "sub_agent_event"] + [
         "sub_agent_completed"
     ]
@@ -398,3 +430,257 @@ async def test_every_wait_for_a_person_moves_the_run_time_limit_back(clock: _Clo
         clock.now = now
         await follower._on_quiet(100.0, 160.0)
         assert follower._timed_out == timed_out, f"at {now} s"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ({}, "task: a non-empty string is required"),
+        ({"task": 3}, "task: a non-empty string is required"),
+        ({"task": " \n"}, "task: a non-empty string is required"),
+        ({"task": "t", "title": 3}, "title: must be a string"),
+        ({"task": "t", "model": ["x"]}, "model: must be a string like provider:model"),
+        ({"task": "t", "tools": "read_file"}, "tools: must be a list of tool names"),
+        ({"task": "t", "tools": ["read_file", 3]}, "tools: must be a list of tool names"),
+    ],
+)
+async def test_a_spawn_s_arguments_are_checked_before_anything_starts(
+    arguments: dict[str, Any], error: str
+) -> None:
+    engine = _Engine(tools=("read_file",))
+    call = _Call(engine)
+    with pytest.raises(ToolFailure) as failure:
+        await call.tool.run(arguments, call.ctx)
+    assert str(failure.value) == error
+    assert (engine.created, call.emitted) == ([], [])
+
+
+@pytest.mark.parametrize("outside", [{"emit_event": None}, {"run_id": ""}])
+async def test_spawn_agent_refuses_a_call_outside_a_run(outside: dict[str, Any]) -> None:
+    engine = _Engine()
+    call = _Call(engine)
+    ctx = dataclasses.replace(call.ctx, **outside)
+    with pytest.raises(ToolFailure) as failure:
+        await call.tool.run({"task": "t"}, ctx)
+    assert str(failure.value) == "spawn_agent works only inside a run"
+    assert engine.created == []
+
+
+async def test_a_child_without_a_title_gets_the_model_asked_for() -> None:
+    engine = _Engine()
+    call = _Call(engine)
+    running = call.start(model="scripted:other")
+    await call.until(1)
+    engine.feed(_complete())
+    await running
+    [created] = engine.created
+    assert (created["model"], created["metadata"]) == ("scripted:other", {})
+    assert call.emitted[0].model_dump(include={"title"}) == {"title": None}
+
+
+def _ancestry(ancestors: int) -> dict[str, str]:
+    """The parent run's line up: r-parent's parent is r-1, whose parent is r-2, and so on."""
+    runs = ["r-parent"] + [f"r-{i}" for i in range(1, ancestors + 1)]
+    return dict(zip(runs, runs[1:], strict=False))
+
+
+@pytest.mark.parametrize(
+    ("ancestors", "child_tools"),
+    [
+        (0, ["read_file", "spawn_agent"]),  # the child may spawn one more level
+        (1, ["read_file"]),  # the child is at the last level
+    ],
+)
+async def test_a_child_may_spawn_unless_it_is_at_the_depth_limit(
+    ancestors: int, child_tools: list[str]
+) -> None:
+    engine = _Engine(tools=("read_file", "spawn_agent"))
+    engine.parents = _ancestry(ancestors)
+    call = _Call(engine, SubAgentLimits(max_depth=2))
+    running = call.start()
+    await call.until(1)
+    engine.feed(_complete())
+    assert await running == "the answer"
+    assert engine.created[0]["tools"] == child_tools
+
+
+@pytest.mark.parametrize("ancestors", [2, 3, 7])
+async def test_a_run_at_the_depth_limit_may_not_spawn(ancestors: int) -> None:
+    engine = _Engine(tools=("read_file", "spawn_agent"))
+    engine.parents = _ancestry(ancestors)
+    call = _Call(engine, SubAgentLimits(max_depth=2))
+    with pytest.raises(ToolFailure) as failure:
+        await call.start()
+    assert str(failure.value) == (
+        "nesting depth limit reached: sub-agents may nest 2 deep, and this run is already a "
+        "sub-agent at that depth; do the task yourself"
+    )
+    assert engine.created == []
+
+
+def test_a_child_s_tools_outside_its_parent_s_are_named_with_what_it_may_have() -> None:
+    parent = Session(
+        session_id="s", model="m", workspace="/w", tools=("read_file", "mcp__files__*")
+    )
+    with pytest.raises(ToolFailure) as failure:
+        subagents._child_tools(parent, ["bash", "mcp__files__read", "write"], may_spawn=True)
+    assert str(failure.value) == (
+        "tools: bash, write not available to a sub-agent here "
+        "(a subset of: read_file, mcp__files__*)"
+    )
+    assert subagents._child_tools(parent, [], may_spawn=True) == []
+    lone = parent.model_copy(update={"tools": ("spawn_agent",)})
+    with pytest.raises(ToolFailure) as failure:
+        subagents._child_tools(lone, ["spawn_agent"], may_spawn=False)
+    assert str(failure.value) == (
+        "tools: spawn_agent not available to a sub-agent here (a subset of: none)"
+    )
+
+
+async def _until_cancelled(engine: _Engine) -> None:
+    async with asyncio.timeout(10):
+        while not engine.cancels:
+            await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(
+    ("quiet_until", "reason"),
+    [
+        (130.0, "no event for 30 s"),  # quiet for its idle time since its last event at 100 s
+        (700.0, "ran longer than 600 s"),  # started at 100 s
+    ],
+)
+async def test_the_follower_s_watchdog_cancels_a_child_and_the_call_times_out(
+    clock: _Clock, quiet_until: float, reason: str
+) -> None:
+    engine = _Engine()
+    call = _Call(engine, SubAgentLimits(idle_timeout=30.0, max_duration=600.0, heartbeat=1e6))
+    running = call.start()
+    await call.until(1)
+    if quiet_until > 130.0:  # busy all along: an event a second before the run time is up
+        clock.now = 699.0
+        engine.feed(Token(content="busy"))
+        await call.until(2)
+    clock.then(quiet_until)
+    engine.feed(Token(content="and then nothing"))
+    await _until_cancelled(engine)
+    assert engine.cancels == [("r-child", {"reason": f"timeout: {reason}", "wait": False})]
+    engine.feed(Cancelled(reason=f"timeout: {reason}"))
+    with pytest.raises(ToolFailure) as failure:
+        await running
+    assert str(failure.value) == f"the sub-agent timed out: {reason}"
+    assert call.emitted[-1].model_dump(include={"status", "error"}) == {
+        "status": "timeout",
+        "error": reason,
+    }
+
+
+@pytest.mark.parametrize(
+    ("end", "status", "error", "failure"),
+    [
+        (Cancelled(reason="by hand"), "cancelled", "by hand", "was cancelled (by hand)"),
+        (Error(message="boom", code="provider"), "error", "boom", "failed: boom"),
+    ],
+)
+async def test_a_child_that_does_not_complete_fails_the_call_saying_how(
+    end: RunEventBase, status: str, error: str, failure: str
+) -> None:
+    engine = _Engine()
+    call = _Call(engine)
+    running = call.start()
+    await call.until(1)
+    engine.feed(end)
+    with pytest.raises(ToolFailure) as raised:
+        await running
+    assert str(raised.value) == f"the sub-agent {failure}"
+    assert call.emitted[-1].model_dump(include={"status", "error"}) == {
+        "status": status,
+        "error": error,
+    }
+    assert engine.cancels == []
+
+
+async def test_the_time_a_grandchild_waits_for_a_person_is_not_the_call_s(clock: _Clock) -> None:
+    """The child's own sub-agent waits: its requests reach the child's stream wrapped, and the
+    child's heartbeats for it meanwhile say nothing of the wait."""
+    engine = _Engine()
+    call = _Call(engine)
+    running = call.start()
+    await call.until(1)
+    request: dict[str, Any] = {"request_id": "q", "tool_call_id": "c", "tool_name": "write"}
+    grandchild = {"child_session_id": "s-grandchild", "child_run_id": "r-grandchild"}
+
+    def wrapped(event: RunEventBase) -> SubAgentEvent:
+        stamped = event.stamped(seq=1, run_id="r-grandchild", session_id="s-grandchild", ts=TS)
+        return SubAgentEvent(event=event_to_dict(stamped), **grandchild)
+
+    for now, event, emitted in (
+        (101.0, wrapped(InputRequested(kind="approval", **request)), 2),
+        (102.0, SubAgentHeartbeat(**grandchild), 3),
+        (103.0, wrapped(InputReceived(kind="approval", approve=True, **request)), 4),
+        (104.5, SubAgentHeartbeat(**grandchild), 5),
+        (105.0, wrapped(Token(content="resumed")), 6),  # waited from 101 to 105
+    ):
+        clock.now = now
+        engine.feed(event)
+        await call.until(emitted)
+    assert call.not_counted == [4.0]
+    engine.feed(_complete())
+    await running
+
+
+async def test_a_follower_sleeps_until_its_child_s_next_event_or_a_deadline(clock: _Clock) -> None:
+    """No busy loop: while its child runs within its limits, waits for a person past them, or
+    is being cancelled by the watchdog, the follower does not look at the clock at all."""
+    engine = _Engine()
+    call = _Call(engine, SubAgentLimits(idle_timeout=30.0, max_duration=60.0, heartbeat=1e6))
+    running = call.start()
+    await call.until(1)
+
+    async def asleep() -> bool:
+        readings = clock.readings
+        for _ in range(50):
+            await asyncio.sleep(0)
+        return clock.readings == readings
+
+    assert await asleep(), "running within its limits"
+    request: dict[str, Any] = {"request_id": "q", "tool_call_id": "c", "tool_name": "write"}
+    clock.then(1000.0)
+    engine.feed(InputRequested(kind="approval", **request))
+    await call.until(2)
+    assert await asleep(), "waiting for a person, long past its limits"
+    clock.now = 1000.0
+    engine.feed(InputReceived(kind="approval", approve=True, **request))
+    await call.until(3)
+    clock.now = 1001.0  # 60 s of run time from 100 s, and the 900 s it waited for a person
+    engine.feed(Token(content="resumed"))
+    await call.until(4)
+    assert await asleep(), "running again, past its limits but for the wait"
+    clock.then(1031.0)
+    engine.feed(Token(content="and then nothing"))
+    await _until_cancelled(engine)
+    assert engine.cancels == [("r-child", {"reason": "timeout: no event for 30 s", "wait": False})]
+    assert await asleep(), "being cancelled by the watchdog"
+    engine.feed(Cancelled(reason="timeout: no event for 30 s"))
+    with pytest.raises(ToolFailure):
+        await running
+
+
+async def test_the_cap_per_run_holds_each_run_s_own_spawns_only() -> None:
+    engine = _Engine()
+    capacity = SubAgents(SubAgentLimits(per_run=1))
+    calls = [_Call(engine, capacity=capacity, run_id=run_id) for run_id in ("r-a", "r-b")]
+    running = [call.start() for call in calls]
+    for call in calls:
+        await call.until(1)  # each started its child, neither waiting for the other's slot
+    assert len(engine.created) == 2
+    for task in running:
+        task.cancel()
+    for task in running:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def test_the_tool_s_own_timeout_is_a_minute_past_the_child_s_run_time() -> None:
+    tool = SpawnAgentTool(_Engine(), SubAgents(SubAgentLimits(max_duration=600.0)))  # type: ignore[arg-type]
+    assert tool.timeout == 660.0
