@@ -23,6 +23,7 @@ from tests.storage.queue_support import (
     a_run,
     get,
     new_session,
+    owned_run,
     raw_connection,
     raw_rows,
     until_waiting,
@@ -270,6 +271,28 @@ async def test_a_start_is_stamped_in_database_time(store: SqlStore) -> None:
 
     assert started is not None and started.started_at is not None
     assert started.started_at >= before, "to the sub-second, not the second"
+
+
+@pytest.mark.parametrize("fenced", [True, False])
+async def test_a_finish_stores_its_outcome_stamped_in_database_time(
+    store: SqlStore, fenced: bool
+) -> None:
+    run = await owned_run(store, "w1")
+    usage = Usage(prompt_tokens=7, completion_tokens=2, total_tokens=9)
+    before = await database_now(store)
+
+    await store.finish_run(
+        run.run_id,
+        fence=("w1", 1) if fenced else None,
+        status=RunStatus.ERROR,
+        error="boom",
+        usage=usage,
+    )
+
+    ended = await get(store, run.run_id)
+    assert (ended.status, ended.error, ended.usage) == (RunStatus.ERROR, "boom", usage)
+    assert ended.completed_at is not None
+    assert ended.completed_at >= before, "to the sub-second, not the second"
 
 
 # Cancels
