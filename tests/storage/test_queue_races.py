@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -14,11 +15,13 @@ from culm.storage.base import Renewal, SweepPolicy
 from culm.storage.schema import runs
 from culm.storage.sql import SqlStore
 from tests.storage.queue_support import (
+    T0,
     a_run,
     get,
     new_session,
     owned_run,
     raw_connection,
+    ready_run,
     tokens,
     until_waiting,
 )
@@ -128,3 +131,29 @@ async def test_a_renewal_and_an_event_batch_of_one_worker_never_deadlock(
 
     assert results[0] == set(), results[0]
     assert results[1] == Renewal(cancel_requested={}, lost=[]), results[1]
+
+
+async def test_a_claim_skips_a_ready_run_another_transaction_has_locked(
+    pg_stores: tuple[SqlStore, SqlStore], postgres_head_url: str
+) -> None:
+    """The claim's pick is ``FOR UPDATE SKIP LOCKED``: a ready run whose row another claimer
+    holds is passed over at once for the next one, never waited for (and then taken twice)."""
+    store, _ = pg_stores
+    held = await ready_run(store, created_at=T0)  # the older: the first a claim would take
+    free = await ready_run(store, created_at=T0 + timedelta(seconds=1))
+    gate = await raw_connection(postgres_head_url)
+    try:
+        tx = gate.transaction()
+        await tx.start()
+        await gate.execute("SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE", held.run_id)
+        claim = asyncio.create_task(store.claim_runs("w1", limit=2, lease_seconds=60))
+        await until_waiting(gate, 1, unless=claim)  # done, or it waits for the held row
+        waited = not claim.done()
+        await tx.rollback()
+        claimed = await claim
+    finally:
+        await gate.close()
+
+    assert not waited, "the claim waited for a locked row instead of skipping it"
+    assert [run.run_id for run in claimed] == [free.run_id]
+    assert (await get(store, held.run_id)).owner is None, "the skipped run is still ready"
