@@ -26,6 +26,7 @@ from culm.domain.models import Message, Run, RunStatus, Session, Usage
 from culm.domain.time import new_id
 from culm.errors import ConfigError, StorageUnavailableError
 from culm.input.ask import AskUserTool
+from culm.loop import approval
 from culm.loop.context import LoopContext, LoopLimits
 from culm.providers.scripted import Script, ScriptedModel
 from culm.runtime import manager
@@ -55,10 +56,43 @@ class Store(SqlStore):
         self.lose_sessions = False
         self.events_fail = False
         self.take_over_at_end = False
+        self.take_over_at = ""  # "park" or "messages": hand the run back just before that
+        self.finish_fails = False
+        # Set: start_run waits for it (``starting`` is set once it does).
+        self.start_gate: asyncio.Event | None = None
+        self.starting = asyncio.Event()
 
     async def finish_run(self, run_id: str, **fields: Any) -> None:
         self.finishes.append({"run_id": run_id} | fields)
+        if self.finish_fails:
+            raise StorageUnavailableError("disk full")
         await super().finish_run(run_id, **fields)
+
+    async def start_run(self, run_id: str, epoch: int, **fields: Any) -> Run | None:
+        if self.start_gate is not None:
+            self.starting.set()
+            await self.start_gate.wait()
+        return await super().start_run(run_id, epoch, **fields)
+
+    async def park_run(self, run_id: str, **fields: Any) -> RunStatus:
+        if self.take_over_at == "park":
+            await self._take_over(run_id, fields["fence"])
+        return await super().park_run(run_id, **fields)
+
+    async def append_messages(
+        self, session_id: str, messages: Sequence[Message], **fields: Any
+    ) -> None:
+        if self.take_over_at == "messages":
+            run = await self.get_run(fields["run_id"])
+            assert run is not None and run.owner is not None
+            await self._take_over(run.run_id, (run.owner, run.epoch))
+        await super().append_messages(session_id, messages, **fields)
+
+    async def _take_over(self, run_id: str, fence: tuple[str, int]) -> None:
+        """Hand the run back (another worker's doing, say) just before a write."""
+        self.take_over_at = ""
+        owner, epoch = fence
+        await self.release_runs(owner, {run_id: epoch}, clean=True)
 
     async def get_session_state(self, session_id: str) -> SessionState | None:
         if self.lose_sessions:
@@ -338,6 +372,32 @@ async def test_a_cancel_before_the_first_step_ends_the_run_without_starting_it(
     assert h.contexts == [] and runner.status is RunStatus.CANCELLED
 
 
+@pytest.mark.parametrize("cancel_here", [False, True])
+async def test_a_run_the_store_ended_before_it_started_is_ended_by_nothing_here(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, cancel_here: bool
+) -> None:
+    # Cancelled through the store (another process's request) while it was being started;
+    # also cancelled here meanwhile, or not: the store ended it, nothing more is written.
+    caplog.set_level(logging.WARNING, logger="culm.runtime.manager")
+    async with harness(tmp_path) as h:
+        h.store.start_gate = asyncio.Event()
+        run = await h.reserve()
+        runner = await h.launch(run)
+        async with asyncio.timeout(PROMPTLY):
+            await h.store.starting.wait()
+        if cancel_here:
+            runner.request_cancel("by a person")
+            await asyncio.sleep(0)  # the task sees its cancel, waits for the store's answer
+        await h.store.request_cancel(run.run_id, "by a person")
+        h.store.start_gate.set()
+        stored, events = await h.ended(runner)
+    assert (stored.status, _types(events)) == (RunStatus.CANCELLED, ["cancelled"])
+    assert events[0].reason == "by a person"  # type: ignore[union-attr]
+    assert (runner.end_stored, runner.ended_in_store) == (False, cancel_here)
+    assert caplog.messages == [] and h.contexts == []
+    assert h.runs._registry.get(run.run_id) is None
+
+
 @pytest.mark.parametrize("reason", [None, "by a person"])
 async def test_a_task_cancelled_before_its_first_step_is_still_ended(
     tmp_path: Path, reason: str | None
@@ -506,13 +566,7 @@ async def test_an_end_whose_events_were_dropped_at_a_stop_is_written_apart(
         run = await h.reserve()
         runner = await h.launch(run)
         h.store.events_fail = True  # from the start: every event is dropped below
-        async with asyncio.timeout(PROMPTLY):
-            while not runner.finalizing or not h.batcher.failing:
-                await asyncio.sleep(0.01)
-        h.batcher.give_up()  # as a stop that gives up on the store does
-        async with asyncio.timeout(PROMPTLY):
-            await runner.done.wait()
-        h.store.events_fail = False
+        await _dropped(h, runner)
         stored, events = await h.ended(runner)
         rows = await h.session_rows(run.session_id)
     usage = Usage(prompt_tokens=10, completion_tokens=2, total_tokens=12)
@@ -529,6 +583,19 @@ async def test_an_end_whose_events_were_dropped_at_a_stop_is_written_apart(
         }
     ]
     assert (runner.status, runner.end_stored) == (RunStatus.COMPLETED, True)
+
+
+async def _dropped(h: Harness, runner: Runner) -> None:
+    """Once ``runner`` ends while the store fails to take events, give up on the store as a
+    stop does (its events are dropped); return when it has ended, the store taking events
+    again."""
+    async with asyncio.timeout(PROMPTLY):
+        while not runner.finalizing or not h.batcher.failing:
+            await asyncio.sleep(0.01)
+    h.batcher.give_up()
+    async with asyncio.timeout(PROMPTLY):
+        await runner.done.wait()
+    h.store.events_fail = False
 
 
 # Waiting for a person, and resuming
@@ -585,3 +652,84 @@ async def test_a_resumed_run_goes_on_as_the_same_attempt_counting_what_it_spent(
     assert session is not None
     tool_result = [message for message in session.messages if message.role == "tool"]
     assert [message.content for message in tool_result] == ["blue"]  # type: ignore[union-attr]
+
+
+async def test_a_run_taken_over_as_it_parks_writes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="culm.runtime.manager")
+    async with harness(tmp_path) as h:
+        h.store.take_over_at = "park"
+        run, runner = await _parked(h)
+        stored, events = await h.ended(runner)
+        requests = await h.store.list_input([run.run_id], statuses=None)
+    assert (stored.status, stored.owner, requests) == (RunStatus.PENDING, None, [])
+    assert "input_requested" not in _types(events)
+    assert caplog.messages == [
+        f"lease lost while finishing a run; writing nothing run_id={run.run_id}"
+    ]
+    assert h.runs._registry.get(run.run_id) is None and runner.done.is_set()
+
+
+async def test_a_resumed_run_recovered_since_its_answer_does_not_run_an_approved_call(
+    tmp_path: Path,
+) -> None:
+    # Approved, then handed back before it resumed: the attempt that picks the answer up is a
+    # new one (it says so), and it does not run the approved call (the lost one may have).
+    async with harness(tmp_path) as h:
+        tool = SleepTool()
+        h.tools = [tool]
+        h.script(tool_turn("sleep", {"seconds": 0}), [{"text": "done"}])
+        run = await h.reserve("go", require_approval=("sleep",))
+        await h.ended(await h.launch(run))
+        (request,) = await h.store.list_input([run.run_id])
+        await h.store.answer_input(run.run_id, request.request_id, InputAnswer(approve=True))
+        (claimed,) = await h.store.claim_runs(
+            h.runs.owner, limit=1, lease_seconds=300, only=[run.run_id]
+        )
+        await h.store.release_runs(h.runs.owner, {run.run_id: claimed.epoch}, clean=True)
+        (again,) = await h.store.claim_runs(h.runs.owner, limit=1, lease_seconds=300)
+        stored, events = await h.ended(await h.launch(again))
+        session = await h.store.get_session_state(run.session_id)
+    assert (again.attempt, stored.status) == (2, RunStatus.COMPLETED)
+    started = [event.attempt for event in events if event.type == "execution_started"]  # type: ignore[attr-defined]
+    assert started == [1, 2]
+    assert not tool.started.is_set()
+    assert session is not None
+    results = [message.content for message in session.messages if message.role == "tool"]
+    assert results == [f"error: {approval.RECOVERED_APPROVAL}"]
+
+
+async def test_a_run_whose_end_fails_to_be_written_apart_is_left_to_a_sweeper(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="culm.runtime.manager")
+    async with harness(tmp_path) as h:
+        h.script([{"text": "hello"}])
+        run = await h.reserve()
+        runner = await h.launch(run)
+        h.store.events_fail = h.store.finish_fails = True
+        h.runs._give_up.set()  # a stop gave up on the store: finish_run is not retried
+        await _dropped(h, runner)
+        stored, _ = await h.ended(runner)
+    assert stored.status is RunStatus.RUNNING and not runner.end_stored
+    assert h.runs._registry.get(run.run_id) is None
+    assert caplog.messages[-1] == (
+        f"finishing a run failed; a sweeper will end it run_id={run.run_id}"
+    )
+
+
+async def test_a_run_taken_over_after_its_events_were_dropped_writes_nothing_apart(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path) as h:
+        h.script([{"text": "hello"}])
+        run = await h.reserve()
+        runner = await h.launch(run)
+        h.store.events_fail = True
+        h.store.take_over_at = "messages"
+        await _dropped(h, runner)
+        stored, _ = await h.ended(runner)
+        rows = await h.session_rows(run.session_id)
+    assert (stored.status, rows) == (RunStatus.PENDING, [(run.run_id, "user")])
+    assert h.store.finishes == [] and not runner.end_stored
