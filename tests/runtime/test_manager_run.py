@@ -221,6 +221,16 @@ async def harness(home: Path, **overrides: Any) -> AsyncIterator[Harness]:
         yield box[0]
 
 
+async def _settled(h: Harness, runner: Runner) -> None:
+    """Once the run's task is done and its done-callback ran, every finalizing it started."""
+    assert runner.task is not None
+    async with asyncio.timeout(PROMPTLY):
+        await asyncio.wait([runner.task])
+        await asyncio.sleep(0)  # the task's done-callbacks
+        while h.runs._finishing:
+            await asyncio.gather(*h.runs._finishing, return_exceptions=True)
+
+
 def _types(events: list[RunEvent]) -> list[str]:
     return [event.type for event in events]
 
@@ -410,8 +420,8 @@ async def test_a_task_cancelled_before_its_first_step_is_still_ended(
             runner.request_cancel(reason)
         assert runner.task is not None
         runner.task.cancel()
-        stored, events = await h.ended(runner)
-        await asyncio.sleep(0.05)  # a second ending, if any, would come now
+        stored, _ = await h.ended(runner)
+        await _settled(h, runner)  # a second ending, if any, is done too
         events = await h.store.read_events(run.run_id)
     assert (stored.status, _types(events)) == (RunStatus.CANCELLED, ["cancelled"])
     assert events[-1].reason == (reason or "cancelled")  # type: ignore[union-attr]
@@ -441,22 +451,23 @@ async def test_a_cancel_during_a_tool_call_ends_the_run_with_its_reason(tmp_path
     assert task is not None and task.done() and not task.cancelled()  # ended as it should
 
 
-async def test_a_cancel_from_outside_is_recorded_and_wins(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine_cancel", [False, True])
+async def test_a_cancel_from_outside_is_recorded_and_wins(
+    tmp_path: Path, engine_cancel: bool
+) -> None:
     # Not issued by the engine (or on top of the engine's own): recorded as a plain cancel,
     # and the task ends cancelled.
-    for engine_cancel in (False, True):
-        async with harness(tmp_path / str(engine_cancel)) as h:
-            (tmp_path / str(engine_cancel)).mkdir(exist_ok=True)
-            run, runner, _ = await _in_the_tool(h)
-            if engine_cancel:
-                runner.request_cancel("by a person")
-            assert runner.task is not None
-            runner.task.cancel()
-            stored, events = await h.ended(runner)
-            task = runner.task
-        assert (stored.status, events[-1].type) == (RunStatus.CANCELLED, "cancelled")
-        assert events[-1].reason == "cancelled"  # type: ignore[union-attr]
-        assert task.cancelled()
+    async with harness(tmp_path) as h:
+        _, runner, _ = await _in_the_tool(h)
+        if engine_cancel:
+            runner.request_cancel("by a person")
+        assert runner.task is not None
+        runner.task.cancel()
+        stored, events = await h.ended(runner)
+        task = runner.task
+    assert (stored.status, events[-1].type) == (RunStatus.CANCELLED, "cancelled")
+    assert events[-1].reason == "cancelled"  # type: ignore[union-attr]
+    assert task.cancelled()
 
 
 async def test_a_lost_lease_ends_the_run_here_writing_nothing(
