@@ -47,16 +47,18 @@ USAGE = {"prompt_tokens": 10, "completion_tokens": 2}
 
 
 class Store(SqlStore):
-    """The real store, recording the writes a run's end may make apart from its events, and
-    with switches: a session that is not found, event writes that fail."""
+    """The real store, recording the ``finish_run`` calls (a run's end written apart from its
+    events), with switches: a session that is not found, event writes or ``finish_run`` that
+    fail, a start held until ``start_gate`` is set, and a takeover (the run handed back, as
+    another worker's recovery would take it) just before it parks, writes its end with its
+    events, or appends messages."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.finishes: list[dict[str, Any]] = []
         self.lose_sessions = False
         self.events_fail = False
-        self.take_over_at_end = False
-        self.take_over_at = ""  # "park" or "messages": hand the run back just before that
+        self.take_over_at = ""  # "park", "end" or "messages": hand the run back just before
         self.finish_fails = False
         # Set: start_run waits for it (``starting`` is set once it does).
         self.start_gate: asyncio.Event | None = None
@@ -102,12 +104,9 @@ class Store(SqlStore):
     async def append_events(self, events: Sequence[RunEvent], **fields: Any) -> Any:
         if self.events_fail:
             raise StorageUnavailableError("disk full")
-        if self.take_over_at_end and fields.get("endings"):
-            # Handed back (another worker's doing, say) just as the run's end is written.
-            fences = fields["fences"]
+        if self.take_over_at == "end" and fields.get("endings"):
             for run_id in fields["endings"]:
-                owner, epoch = fences[run_id]
-                await self.release_runs(owner, {run_id: epoch}, clean=True)
+                await self._take_over(run_id, fields["fences"][run_id])
         return await super().append_events(events, **fields)
 
 
@@ -556,7 +555,7 @@ async def test_an_end_the_store_refuses_is_not_written_apart(
     caplog.set_level(logging.WARNING, logger="culm.runtime.manager")
     async with harness(tmp_path) as h:
         h.script([{"text": "late"}])
-        h.store.take_over_at_end = True
+        h.store.take_over_at = "end"
         run = await h.reserve()
         runner = await h.launch(run)
         stored, events = await h.ended(runner)
