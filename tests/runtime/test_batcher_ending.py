@@ -7,13 +7,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
+import sqlalchemy as sa
 
 from culm.domain.events import Complete, RunEvent, Token
 from culm.domain.models import AssistantMessage, Run, RunStatus, Session, Usage
 from culm.domain.time import utc_now
 from culm.runtime.batcher import Attempt, EventBatcher
 from culm.storage.base import Ending, Fence
+from culm.storage.schema import runs
 from culm.storage.sql import SqlStore
+from tests.storage.queue_support import raw_rows
 
 USAGE = Usage(prompt_tokens=3, completion_tokens=5)
 
@@ -123,6 +126,9 @@ async def test_an_unfenced_run_ends_with_its_terminal_event(store: WatchedStore)
     assert store.writes == [(["u"], ["u"])]
     assert await _status(store, "u") is RunStatus.COMPLETED
     assert batcher.ended("u", None) and not batcher.ended("u", 1)
+    # Like every write of the batcher's, it reserved 256 seqs past the run's last stored one.
+    [reserved] = await raw_rows(store, sa.select(runs.c.seq_reserved).where(runs.c.run_id == "u"))
+    assert reserved[0] == 1 + 256
     await batcher.aclose()
 
 
