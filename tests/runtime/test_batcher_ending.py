@@ -175,6 +175,21 @@ async def test_a_refused_batch_written_run_by_run_ends_each_run_in_its_own_write
     await batcher.aclose()
 
 
+async def test_a_refused_write_of_one_run_is_not_tried_again(store: WatchedStore) -> None:
+    await _claimed(store, "bad")
+    rejected: list[set[Attempt]] = []
+    batcher = EventBatcher(
+        store, publish=lambda _: None, linger=0, max_batch=1000, on_rejected=rejected.append
+    )
+    batcher.add(_token("bad", 1), fence=("w1", 1))
+    batcher.add(_complete("bad", 2), fence=("w1", 1))
+    batcher.end_with("bad", 1, _ending("bad"))
+    await batcher.flush()
+    assert store.writes == [(["bad", "bad"], ["bad"])]  # nothing to split: isolated at once
+    assert rejected == [{("bad", 1)}] and not batcher.ended("bad", 1)
+    await batcher.aclose()
+
+
 async def test_an_attempt_forgotten_before_its_end_is_written_ends_apart(
     store: WatchedStore,
 ) -> None:
