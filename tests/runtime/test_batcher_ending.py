@@ -4,6 +4,7 @@ with the attempt."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
@@ -28,6 +29,9 @@ class WatchedStore(SqlStore):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.writes: list[tuple[list[str], list[str]]] = []  # (events' run_ids, endings)
+        self.writing = asyncio.Event()  # set once a write began
+        self.go_on = asyncio.Event()  # writes wait for it (set: at once)
+        self.go_on.set()
 
     async def append_events(
         self,
@@ -38,6 +42,8 @@ class WatchedStore(SqlStore):
         endings: Mapping[str, Ending] | None = None,
     ) -> set[str]:
         self.writes.append(([e.run_id for e in events], sorted(endings or {})))
+        self.writing.set()
+        await self.go_on.wait()
         if any(event.run_id == "bad" for event in events):
             raise ValueError("value out of range")
         return await super().append_events(events, fences=fences, reserve=reserve, endings=endings)
@@ -203,5 +209,25 @@ async def test_an_attempt_forgotten_before_its_end_is_written_ends_apart(
     await batcher.flush()
     assert store.writes == [(["r"], [])]
     assert await _status(store, "r") is RunStatus.PENDING
+    assert not batcher.ended("r", 1)
+    await batcher.aclose()
+
+
+async def test_an_attempt_forgotten_while_its_end_is_being_written_is_not_remembered(
+    store: WatchedStore,
+) -> None:
+    # A lost lease ends the attempt while the write that holds its end is under way: once
+    # written, nothing of the attempt stays behind (no growth per loss).
+    await _claimed(store, "r")
+    batcher = EventBatcher(store, publish=lambda _: None, linger=0, max_batch=1000)
+    batcher.add(_complete("r", 1), fence=("w1", 1))
+    batcher.end_with("r", 1, _ending("r"))
+    store.go_on.clear()
+    flushing = asyncio.create_task(batcher.flush())
+    await store.writing.wait()
+    batcher.forget([("r", 1)])
+    store.go_on.set()
+    await flushing
+    assert await _status(store, "r") is RunStatus.COMPLETED
     assert not batcher.ended("r", 1)
     await batcher.aclose()
