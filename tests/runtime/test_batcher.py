@@ -559,7 +559,7 @@ class RefusingStore(FlakyStore):
 
 
 async def test_a_refused_batch_is_written_again_one_run_at_a_time_in_order(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = RefusingStore(f"sqlite+aiosqlite:///{tmp_path}/b.db")
     await store.start()
@@ -575,6 +575,9 @@ async def test_a_refused_batch_is_written_again_one_run_at_a_time_in_order(
     await batcher.flush()
     assert store.writes == [["bad", "good", "good"], ["bad"], ["good", "good"]]
     assert rejected == [{("bad", 1)}]
+    assert [r.getMessage() for r in caplog.records if r.name == "culm.runtime.batcher"][0] == (
+        "the store refused a run's events run_id=bad error=value out of range"
+    )
     assert [(e.run_id, e.seq) for e in published] == [("good", 1), ("good", 2)]
     await batcher.aclose()
     await store.aclose()

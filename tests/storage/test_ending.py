@@ -61,6 +61,9 @@ async def test_a_run_left_out_by_its_fence_gets_neither_its_events_nor_its_endin
     )
     assert left_out == {lost.run_id}
     assert await _status(store, kept.run_id) is RunStatus.COMPLETED
+    assert [e.type for e in await store.read_events(kept.run_id)] == ["complete"]
+    stored = await store.get_run(kept.run_id)
+    assert stored is not None and stored.last_seq == 1  # its liveness written too
     assert await _status(store, lost.run_id) is RunStatus.RUNNING
     assert await store.read_events(lost.run_id) == []
     assert "lost" not in [m.content for m in await store.get_messages(lost.session_id)]
@@ -84,6 +87,22 @@ async def test_a_failing_ending_fails_the_whole_write(store: SqlStore) -> None:
     assert await _status(store, second.run_id) is RunStatus.RUNNING
 
 
+async def test_an_ending_in_error_keeps_its_error_and_its_messages_name_the_run(
+    store: SqlStore,
+) -> None:
+    run = await owned_run(store, "w1")
+    failed = Ending(
+        run.session_id, RunStatus.ERROR, "boom", USAGE, (AssistantMessage(content="partial"),)
+    )
+    assert not await store.has_run_messages(run.run_id)
+    events = stamp(run, [Token(content="x")])
+    await store.append_events(events, fences={run.run_id: ("w1", 1)}, endings={run.run_id: failed})
+    ended = await store.get_run(run.run_id)
+    assert ended is not None
+    assert (ended.status, ended.error) == (RunStatus.ERROR, "boom")
+    assert await store.has_run_messages(run.run_id)
+
+
 async def _status(store: SqlStore, run_id: str) -> RunStatus:
     run = await store.get_run(run_id)
     assert run is not None
@@ -102,3 +121,12 @@ async def test_a_new_session_is_stored_with_its_run_or_not_at_all(store: SqlStor
     with pytest.raises(ValueError, match="lease_seconds"):
         await store.reserve_run(a_run(other.session_id), queue=False, owner="w1", session=other)
     assert await store.get_session(other.session_id) is None
+
+
+async def test_a_session_that_is_not_the_runs_is_refused(store: SqlStore) -> None:
+    session = Session(session_id=new_id(), model="scripted:demo", workspace="/w")
+    run = a_run(new_id())
+    with pytest.raises(ValueError, match=r"^reserve_run: the session is not the run's$"):
+        await store.reserve_run(run, queue=False, session=session)
+    assert await store.get_session(session.session_id) is None
+    assert await store.get_run(run.run_id) is None

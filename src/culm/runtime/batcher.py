@@ -193,6 +193,7 @@ class EventBatcher:
         buffered = set(map(_attempt, self._pending))
         done = self._forget_later - buffered
         self._isolated -= done
+        self._ended -= done  # an end written after the attempt was forgotten
         self._forget_later -= done
 
     @property
