@@ -5,6 +5,7 @@ processes (:class:`CrossingBus`), so that the run is followed as a remote one.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 
@@ -12,12 +13,22 @@ import pytest
 
 import culm
 from culm.errors import NotFoundError, StorageUnavailableError
+from culm.runtime import streams
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.streams import Streams
+from tests.runtime.test_safety import SettableBus
 from tests.runtime.test_session_holes import CrossingBus
 from tests.support import settings
 
 pytestmark = pytest.mark.timeout(60)
+
+
+class UpCrossingBus(SettableBus):
+    """Across processes, and ``ok``: the safety check then waits its whole interval."""
+
+    @property
+    def crosses_processes(self) -> bool:
+        return True
 
 
 def _elsewhere(engine: culm.Engine) -> tuple[Streams, RunnerRegistry]:
@@ -72,3 +83,26 @@ async def test_an_unknown_remote_run_says_which(tmp_path: Path) -> None:
         with pytest.raises(NotFoundError) as raised:
             await _seqs(streams, "no-such-run", after=0)
     assert (raised.value.kind, raised.value.ident) == ("run", "no-such-run")
+
+
+async def test_a_remote_run_longer_than_a_page_is_read_page_after_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A finished run: the bus (up, as Redis would be) brings nothing more, and no safety check
+    # comes within the test. Each page cut by the limit is followed by the next, not by a wait
+    # on the bus (two safety intervals per page, 10 s by default).
+    monkeypatch.setattr(streams, "STORE_PAGE", 10)
+    chunks = [{"text": f"t{i} "} for i in range(40)]
+    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
+        engine.scripts.register("long", {"turns": [chunks]})
+        run = await engine.run("hello", model="scripted:long")
+        await engine.wait(run.run_id)
+        stored = [e.seq for e in await engine.store.read_events(run.run_id)]
+        assert len(stored) > 30  # four pages and more
+        registry = RunnerRegistry()
+        following = Streams(
+            engine.store, registry, engine.batcher, 100, bus=UpCrossingBus(), safety_interval=3600
+        )
+        async with asyncio.timeout(20):
+            seqs = await _seqs(following, run.run_id, after=0)
+    assert seqs == stored
