@@ -106,3 +106,27 @@ async def test_a_remote_run_longer_than_a_page_is_read_page_after_page(
         async with asyncio.timeout(20):
             seqs = await _seqs(following, run.run_id, after=0)
     assert seqs == stored
+
+
+async def test_closing_ends_a_remote_runs_stream_between_two_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streams, "STORE_PAGE", 10)
+    chunks = [{"text": f"t{i} "} for i in range(40)]
+    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
+        engine.scripts.register("long", {"turns": [chunks]})
+        run = await engine.run("hello", model="scripted:long")
+        await engine.wait(run.run_id)
+        stored = [e.seq for e in await engine.store.read_events(run.run_id)]
+        registry = RunnerRegistry()
+        following = Streams(engine.store, registry, engine.batcher, 100, bus=UpCrossingBus())
+        batches = following.run_event_batches(run.run_id, after=0)
+        seqs: list[int] = []
+        async with contextlib.aclosing(batches), asyncio.timeout(20):
+            seqs += [event.seq for event in await anext(batches)]
+            following.close()
+            async for batch in batches:
+                seqs += [event.seq for event in batch]
+        assert run.run_id not in registry._remote_subscribers
+    assert seqs == stored[: len(seqs)]  # in order, nothing skipped
+    assert len(stored) - len(seqs) > 10  # ended pages before the run's end
