@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 import culm
+from culm.bus.base import BusState
 from culm.errors import NotFoundError, StorageUnavailableError
 from culm.runtime import streams
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.streams import Streams
+from tests.contract.gate import held_run
 from tests.runtime.test_safety import SettableBus
 from tests.runtime.test_session_holes import CrossingBus
 from tests.support import settings
@@ -130,3 +132,29 @@ async def test_closing_ends_a_remote_runs_stream_between_two_pages(
         assert run.run_id not in registry._remote_subscribers
     assert seqs == stored[: len(seqs)]  # in order, nothing skipped
     assert len(stored) - len(seqs) > 10  # ended pages before the run's end
+
+
+@pytest.mark.parametrize("state", ["ok", "degraded"])
+async def test_a_remote_runs_end_the_bus_never_brings_is_found_by_the_safety_check(
+    tmp_path: Path, state: BusState
+) -> None:
+    # The bus here hears nothing of the engine's run: only the safety check (every 0.05 s while
+    # the bus is ok; at the poll's pace while it is degraded) sees the run end in the store.
+    bus = UpCrossingBus()
+    bus.become(state)
+    interval = 0.05 if state == "ok" else 3600.0
+    async with held_run(settings(tmp_path)) as (engine, run, runner, gate):
+        await engine.batcher.flush()
+        following = Streams(
+            engine.store, RunnerRegistry(), engine.batcher, 100, bus=bus, safety_interval=interval
+        )
+        batches = following.run_event_batches(run.run_id, after=0)
+        seqs: list[int] = []
+        async with contextlib.aclosing(batches), asyncio.timeout(20):
+            seqs += [event.seq for event in await anext(batches)]
+            gate.release.set()
+            await engine.wait(run.run_id)
+            async for batch in batches:
+                seqs += [event.seq for event in batch]
+        stored = [e.seq for e in await engine.store.read_events(run.run_id)]
+    assert seqs == stored
