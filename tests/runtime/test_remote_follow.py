@@ -13,6 +13,7 @@ import pytest
 
 import culm
 from culm.bus.base import BusState
+from culm.domain.events import Token
 from culm.errors import NotFoundError, StorageUnavailableError
 from culm.runtime import streams
 from culm.runtime.registry import RunnerRegistry
@@ -158,3 +159,40 @@ async def test_a_remote_runs_end_the_bus_never_brings_is_found_by_the_safety_che
                 seqs += [event.seq for event in batch]
         stored = [e.seq for e in await engine.store.read_events(run.run_id)]
     assert seqs == stored
+
+
+async def test_a_lagging_remote_follower_reads_the_store_and_follows_the_bus_again(
+    tmp_path: Path,
+) -> None:
+    # A queue of 2 here, and the bus (played by the test) brings the run's stored events: one,
+    # then five at once (the follower lags), then one more, which only a follower registered
+    # again receives (no safety check comes within the test).
+    async with held_run(settings(tmp_path)) as (engine, run, runner, gate):
+        await engine.batcher.flush()
+        registry = RunnerRegistry()
+        following = Streams(
+            engine.store, registry, engine.batcher, 2, bus=UpCrossingBus(), safety_interval=3600
+        )
+
+        async def bring(count: int) -> int:
+            for i in range(count):
+                runner.emit(Token(content=str(i)))
+            await engine.batcher.flush()
+            registry.deliver(
+                await engine.store.read_events(run.run_id, after=runner.last_seq - count)
+            )
+            return runner.last_seq
+
+        batches = following.run_event_batches(run.run_id, after=0)
+        got: list[int] = []
+        async with contextlib.aclosing(batches), asyncio.timeout(20):
+            got += [event.seq for event in await anext(batches)]  # stored so far
+            for count in (1, 5, 1):
+                last = await bring(count)
+                while got[-1] < last:
+                    got += [event.seq for event in await anext(batches)]
+                subscribers = registry._remote_subscribers[run.run_id]
+                assert len(subscribers) == 1 and not next(iter(subscribers)).lagged
+        stored = [e.seq for e in await engine.store.read_events(run.run_id)]
+    assert got == stored[: len(got)]
+    assert got[-1] == last
