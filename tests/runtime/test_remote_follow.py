@@ -196,3 +196,23 @@ async def test_a_lagging_remote_follower_reads_the_store_and_follows_the_bus_aga
         stored = [e.seq for e in await engine.store.read_events(run.run_id)]
     assert got == stored[: len(got)]
     assert got[-1] == last
+
+
+async def test_a_finished_remote_run_resumed_after_its_end_gives_nothing_and_ends(
+    tmp_path: Path,
+) -> None:
+    # Nothing past the terminal event: the store says the run is over, no safety check needed.
+    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
+        run = await engine.run("hello", model="scripted:echo")
+        await engine.wait(run.run_id)
+        last = (await engine.store.read_events(run.run_id))[-1].seq
+        following = Streams(
+            engine.store,
+            RunnerRegistry(),
+            engine.batcher,
+            100,
+            bus=UpCrossingBus(),
+            safety_interval=3600,
+        )
+        async with asyncio.timeout(20):
+            assert await _seqs(following, run.run_id, after=last) == []
