@@ -89,3 +89,18 @@ async def test_unknown_session_stream_raises(tmp_path: Path) -> None:
         except culm.NotFoundError:
             return
     raise AssertionError("expected NotFoundError")
+
+
+async def test_the_cache_is_the_active_runs_even_with_a_later_run_queued(tmp_path: Path) -> None:
+    # The session's latest run in the store is the queued one (nothing stored yet): the cache
+    # must come from the run executing, whatever the store lists first.
+    async with held_run(settings(tmp_path)) as (engine, run, runner, gate):
+        later = await engine.start_run(run.session_id, "later", multitask="enqueue")
+        await engine.batcher.flush()
+        expected = runner.replay_cache()
+        stream = engine.subscribe_session(run.session_id)
+        async with contextlib.aclosing(stream):
+            cached = await _take(stream, len(expected))
+        await engine.cancel(later.run_id)
+    assert cached == expected
+    assert cached[0].type == "execution_started" and cached[0].run_id == run.run_id

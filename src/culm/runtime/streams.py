@@ -238,12 +238,14 @@ class Streams:
             stored = await self._stored_since(run_id, cursor)
             if stored is None:
                 continue  # the store did not answer: try again
-            events, ended = stored
+            events, ended, cut = stored
             if events:
                 yield events
                 cursor = events[-1].seq
             if ended:
                 return
+            if cut:
+                continue  # the next page first: the bus brings only what is new
             async for batch in self._live(follower.subscription, cursor):
                 yield batch
                 cursor = batch[-1].seq
@@ -252,15 +254,19 @@ class Streams:
                 follower.subscription = Subscription(self._queue_size)
                 self._registry.add_remote_subscriber(run_id, follower.subscription)
 
-    async def _stored_since(self, run_id: str, cursor: int) -> tuple[list[RunEvent], bool] | None:
-        """What the store holds after ``cursor``, and whether the run is over (then all of it);
-        None while the store is unavailable (after a pause)."""
+    async def _stored_since(
+        self, run_id: str, cursor: int
+    ) -> tuple[list[RunEvent], bool, bool] | None:
+        """What the store holds after ``cursor``, whether the run is over (then all of it), and
+        whether a page limit cut it (more is stored); None while the store is unavailable
+        (after a pause)."""
         try:
             stored = await self.reads.read(run_id, cursor)
             if stored.run is None:
                 raise NotFoundError("run", run_id)
             events = with_gaps(stored.events, cursor)
-            return events, stored.run.status.is_terminal and stored.complete
+            over = stored.run.status.is_terminal
+            return events, over and stored.complete, not stored.complete
         except StorageUnavailableError:
             await asyncio.sleep(POLL_INTERVAL)
             return None
