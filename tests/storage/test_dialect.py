@@ -3,6 +3,7 @@ writer's and the readers'), what a unique violation looks like, and JSON made st
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -189,8 +190,29 @@ async def test_sqlite_pools_one_writer_connection_and_patient_readers(tmp_path: 
         # The writer's thread, by its name in thread dumps (py-spy).
         assert "culm-sqlite-writer" in {thread.name for thread in threading.enumerate()}
         # Many lagging subscribers read at once: a few connections, waited for, never given up.
-        assert reader.pool.size() == 4  # type: ignore[attr-defined]
+        assert reader.pool.size() == 8  # type: ignore[attr-defined]
         assert reader.pool.timeout() == 3600  # type: ignore[attr-defined]
+    finally:
+        await writer.aclose()
+        await reader.dispose()
+
+
+async def test_sqlite_readers_keep_their_connections_across_bursts(tmp_path: Path) -> None:
+    """Bursts of more readers than connections open the pool's eight once: none is opened for
+    a burst and closed after it (each costs a thread, the file's open and its PRAGMAs)."""
+    writer, reader = dialect_for(f"sqlite:///{tmp_path / 'culm.db'}").create_engines()
+    opened: list[object] = []
+    sa.event.listen(reader.sync_engine, "connect", lambda conn, _record: opened.append(conn))
+
+    async def read() -> None:
+        async with reader.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+            await asyncio.sleep(0.01)  # held while the others ask for theirs
+
+    try:
+        for _ in range(3):
+            await asyncio.gather(*(read() for _ in range(20)))
+        assert len(opened) == 8
     finally:
         await writer.aclose()
         await reader.dispose()

@@ -72,7 +72,9 @@ class SqliteDialect(Dialect):
             json_serializer=json_dumps,
         )
         # Many lagging subscribers may read at once: they queue for a connection, never give up.
-        reader = create_async_engine(self.url, pool_size=4, max_overflow=4, pool_timeout=3600)
+        # Eight kept open, none beyond: a connection opened for a burst and closed after it
+        # (an overflow) costs its own thread, the file's open and the PRAGMAs below each time.
+        reader = create_async_engine(self.url, pool_size=8, max_overflow=0, pool_timeout=3600)
         storable_writes(writes)
         self._configure(writes, "BEGIN IMMEDIATE", raw=True)
         self._configure(reader.sync_engine, "BEGIN")
