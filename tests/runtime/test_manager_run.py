@@ -312,24 +312,29 @@ async def test_a_tool_round_stores_its_messages_under_the_run_and_the_model_sees
 # Failures
 
 
+# The exceptions are made in the test, not in the parameters: pytest keeps the parameters for
+# the whole session, and an exception raised keeps its traceback, so its frames (the run
+# manager's, with their runner) would outlive the test (tests/runtime/test_memory.py counts
+# every Runner in the process).
 @pytest.mark.parametrize(
-    ("fail", "message", "code"),
+    ("kind", "text", "message", "code"),
     [
-        (ConfigError("CULM_X: no such thing"), "CULM_X: no such thing", "invalid_request"),
-        (RuntimeError("boom"), "internal error: RuntimeError: boom", "internal_error"),
-        (StorageUnavailableError("disk full"), "disk full", "storage_unavailable"),
+        (ConfigError, "CULM_X: no such thing", "CULM_X: no such thing", "invalid_request"),
+        (RuntimeError, "boom", "internal error: RuntimeError: boom", "internal_error"),
+        (StorageUnavailableError, "disk full", "disk full", "storage_unavailable"),
     ],
 )
 async def test_each_kind_of_failure_ends_the_run_in_error_with_its_code(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-    fail: BaseException,
+    kind: type[Exception],
+    text: str,
     message: str,
     code: str,
 ) -> None:
     caplog.set_level(logging.ERROR, logger="culm.runtime.manager")
     async with harness(tmp_path) as h:
-        h.fail_context = fail
+        h.fail_context = kind(text)
         run = await h.reserve()
         runner = await h.launch(run)
         stored, events = await h.ended(runner)

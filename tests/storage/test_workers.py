@@ -63,8 +63,14 @@ async def test_a_worker_registering_again_gets_a_fresh_row(store: SqlStore) -> N
 
 
 async def test_workers_are_listed_in_the_order_they_started(store: SqlStore) -> None:
-    await _register(store, "b")
-    await _register(store, "a")
+    await _register(store, "a", "b")
+    # "b" started a second before "a" (set, not waited for: SQLite's time has milliseconds, and
+    # two registrations one after the other may share one): first, whatever the ids say.
+    a = await store.get_worker("a")
+    assert a is not None
+    earlier = workers.update().where(workers.c.worker_id == "b")
+    earlier = earlier.values(started_at=a.started_at - timedelta(seconds=1))
+    await store.write(lambda conn: conn.execute(earlier))
     listed = await store.list_workers(lease_seconds=10)
     assert [w.worker_id for w in listed] == ["b", "a"]
 
