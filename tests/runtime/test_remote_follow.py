@@ -15,10 +15,10 @@ import culm
 from culm.bus.base import BusState
 from culm.domain.events import Token
 from culm.errors import NotFoundError, StorageUnavailableError
-from culm.runtime import streams
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.streams import Streams
 from tests.contract.gate import held_run
+from tests.runtime.long_run import finished_long_run
 from tests.runtime.test_safety import SettableBus
 from tests.runtime.test_session_holes import CrossingBus
 from tests.support import settings
@@ -94,43 +94,31 @@ async def test_a_remote_run_longer_than_a_page_is_read_page_after_page(
     # A finished run: the bus (up, as Redis would be) brings nothing more, and no safety check
     # comes within the test. Each page cut by the limit is followed by the next, not by a wait
     # on the bus (two safety intervals per page, 10 s by default).
-    monkeypatch.setattr(streams, "STORE_PAGE", 10)
-    chunks = [{"text": f"t{i} "} for i in range(40)]
-    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
-        engine.scripts.register("long", {"turns": [chunks]})
-        run = await engine.run("hello", model="scripted:long")
-        await engine.wait(run.run_id)
-        stored = [e.seq for e in await engine.store.read_events(run.run_id)]
-        assert len(stored) > 30  # four pages and more
+    async with finished_long_run(tmp_path, monkeypatch) as (engine, run_id, events):
         registry = RunnerRegistry()
         following = Streams(
             engine.store, registry, engine.batcher, 100, bus=UpCrossingBus(), safety_interval=3600
         )
         async with asyncio.timeout(20):
-            seqs = await _seqs(following, run.run_id, after=0)
-    assert seqs == stored
+            seqs = await _seqs(following, run_id, after=0)
+    assert seqs == [e.seq for e in events]
 
 
 async def test_closing_ends_a_remote_runs_stream_between_two_pages(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(streams, "STORE_PAGE", 10)
-    chunks = [{"text": f"t{i} "} for i in range(40)]
-    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
-        engine.scripts.register("long", {"turns": [chunks]})
-        run = await engine.run("hello", model="scripted:long")
-        await engine.wait(run.run_id)
-        stored = [e.seq for e in await engine.store.read_events(run.run_id)]
+    async with finished_long_run(tmp_path, monkeypatch) as (engine, run_id, events):
+        stored = [e.seq for e in events]
         registry = RunnerRegistry()
         following = Streams(engine.store, registry, engine.batcher, 100, bus=UpCrossingBus())
-        batches = following.run_event_batches(run.run_id, after=0)
+        batches = following.run_event_batches(run_id, after=0)
         seqs: list[int] = []
         async with contextlib.aclosing(batches), asyncio.timeout(20):
             seqs += [event.seq for event in await anext(batches)]
             following.close()
             async for batch in batches:
                 seqs += [event.seq for event in batch]
-        assert run.run_id not in registry._remote_subscribers
+        assert run_id not in registry._remote_subscribers
     assert seqs == stored[: len(seqs)]  # in order, nothing skipped
     assert len(stored) - len(seqs) > 10  # ended pages before the run's end
 

@@ -15,6 +15,7 @@ from culm.domain.events import RunEvent, is_terminal
 from culm.runtime import streams
 from culm.runtime.registry import RunnerRegistry
 from tests.contract.gate import GateTool
+from tests.runtime.long_run import finished_long_run
 from tests.support import collect, settings, tool_turn
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,17 +62,10 @@ async def test_a_queued_runs_stream_is_woken_when_it_starts_here_and_attaches_to
 async def test_closing_ends_a_stream_between_two_pages_of_a_finished_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(streams, "STORE_PAGE", 10)
-    chunks = [{"text": f"t{i} "} for i in range(40)]
-    async with culm.Engine(settings(tmp_path, scheduler=False)) as engine:
-        engine.scripts.register("long", {"turns": [chunks]})
-        run = await engine.run("hello", model="scripted:long")
-        await engine.wait(run.run_id)
-        stored = await engine.store.read_events(run.run_id)
-        assert len(stored) > 30  # four pages and more
+    async with finished_long_run(tmp_path, monkeypatch) as (engine, run_id, stored):
         # A second Streams over the store, with a registry of its own: the run is not here.
         following = streams.Streams(engine.store, RunnerRegistry(), engine.batcher, 100)
-        batches = following.run_event_batches(run.run_id, after=0)
+        batches = following.run_event_batches(run_id, after=0)
         received: list[RunEvent] = []
         async with contextlib.aclosing(batches), asyncio.timeout(20):
             received += await anext(batches)
