@@ -54,13 +54,13 @@ async def _until(predicate: Any, timeout: float = 10) -> None:
             await asyncio.sleep(0.02)
 
 
-async def _take_over(store: SqlStore, engine: culm.Engine, run_id: str) -> list[culm.Run]:
-    """Sweep ``engine``'s runs as a sweeper does for a dead owner, until ``run_id`` is taken.
-    A row locked at that moment (its owner renewing the lease, writing events) is skipped, as
-    SKIP LOCKED does: try again. Returns every run taken over."""
+async def _take_over(store: SqlStore, engine: culm.Engine, *run_ids: str) -> list[culm.Run]:
+    """Sweep ``engine``'s runs as a sweeper does for a dead owner, until every one of
+    ``run_ids`` is taken. A row locked at that moment (its owner renewing the lease, writing
+    events) is skipped, as SKIP LOCKED does: try again. Returns every run taken over."""
     taken: list[culm.Run] = []
     async with asyncio.timeout(10):
-        while run_id not in {run.run_id for run in taken}:
+        while not set(run_ids) <= {run.run_id for run in taken}:
             taken += await store.sweep("sweeper", ERROR_POLICY, dead_owners=[engine.worker_id])
             await asyncio.sleep(0.01)
     return taken
@@ -178,8 +178,10 @@ async def test_a_parent_taken_over_ends_its_children_parent_recovered(
         await _until(child_running)
         [child] = await other_store.list_runs(parent_run_id=run.run_id)
         assert worker.registry.get(child.run_id) is not None  # executed by its parent's worker
-        taken = await _take_over(other_store, worker, run.run_id)
-        assert {r.run_id for r in taken} == {run.run_id, child.run_id}
+        # The child's row may be locked (its lease renewed) when the parent's is taken: a
+        # later sweep takes it.
+        taken = await _take_over(other_store, worker, run.run_id, child.run_id)
+        assert sorted(r.run_id for r in taken) == sorted([run.run_id, child.run_id])
         ended = await other_store.get_run(child.run_id)
         assert ended is not None and ended.status is culm.RunStatus.CANCELLED
         last = (await other_store.read_events(child.run_id))[-1]
