@@ -161,15 +161,18 @@ class _Outage:
                 error=why, attempts=self._attempts, seconds=seconds,
             )  # fmt: skip
 
-    def listening(self) -> None:
+    def listening(self) -> bool:
+        """Log the outage's end, if one was under way; whether it had listened before (then
+        notifications may have been missed meanwhile)."""
         if self._since is not None:
             seconds = round(time.monotonic() - self._since, 1)
             log.warning(
                 "wake-up listener listening again", attempts=self._attempts, seconds=seconds
             )
-        self._listened = True
+        listened, self._listened = self._listened, True
         self._since = None
         self._attempts = 0
+        return listened
 
 
 class PostgresWakeups(Wakeups):
@@ -199,7 +202,6 @@ class PostgresWakeups(Wakeups):
         import asyncpg  # type: ignore[import-untyped]
 
         outage = _Outage(self._times.remind)
-        first = True
         while True:
             conn: Any = None
             try:
@@ -208,11 +210,9 @@ class PostgresWakeups(Wakeups):
                 conn.add_termination_listener(lambda _conn: self._lost.set())
                 await conn.add_listener(CHANNEL, self._notified)
                 self.problem = None
-                outage.listening()
-                if not first:
+                if outage.listening():
                     self._hints.append("")  # notifications were missed meanwhile
                     self._local.event.set()
-                first = False
                 await self._watch(conn)
                 why = "the connection closed"
             except asyncio.CancelledError:
