@@ -58,19 +58,19 @@ def to_row(compaction: Compaction) -> dict[str, Any]:
     return {**data, "summary_usage": usage, "state": state}
 
 
-def from_row(row: Mapping[str, Any]) -> Compaction:
+def from_row(row: Mapping[Any, Any]) -> Compaction:
     data = dict(row)
     state = data.pop("state") or {}
     return Compaction.model_validate({**data, **state})
 
 
-def latest_query(session_id: str) -> sa.Select[Any]:
-    return (
-        sa.select(compactions)
-        .where(compactions.c.session_id == session_id)
-        .order_by(compactions.c.seq.desc())
-        .limit(1)
-    )
+# A session's latest compaction (parameter: ``session_id``).
+LATEST_QUERY = (
+    sa.select(compactions)
+    .where(compactions.c.session_id == sa.bindparam("session_id"))
+    .order_by(compactions.c.seq.desc())
+    .limit(1)
+)
 
 
 def list_query(session_id: str) -> sa.Select[Any]:

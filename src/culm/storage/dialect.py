@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from culm.domain.text import storable_parameters, storable_value
 from culm.errors import ConfigError
+from culm.storage.reader import AsyncReader, Reader, ThreadReader
 from culm.storage.writer import AsyncWriter, ThreadWriter, Writer
 
 WAL_CHECKPOINT_PAGES = 2000
@@ -44,6 +45,10 @@ class Dialect(ABC):
         """The writer, and the engine for reads."""
 
     @abstractmethod
+    def reads(self, reader: AsyncEngine) -> Reader:
+        """What runs whole read transactions (``reader``: the engine for reads)."""
+
+    @abstractmethod
     def is_unique_violation(self, exc: sa.exc.IntegrityError) -> bool: ...
 
 
@@ -54,11 +59,13 @@ class SqliteDialect(Dialect):
     both hold a read lock and wait for each other to upgrade. In one process they run one
     after another on the writer's thread (one sync connection: a transaction is one hop from
     the event loop, not one per statement); across processes the busy timeout makes them
-    queue. Reads keep the async driver, on a pool of their own.
+    queue. Reads keep the async driver, on a pool of their own; the hottest ones, whole read
+    transactions, run on threads of their own (:class:`ThreadReader`).
     """
 
     name = "sqlite"
     busy_timeout_ms = 30_000
+    read_threads = 4
 
     def create_engines(self) -> tuple[Writer, AsyncEngine]:
         database = self.url.database
@@ -79,6 +86,14 @@ class SqliteDialect(Dialect):
         self._configure(writes, "BEGIN IMMEDIATE", raw=True)
         self._configure(reader.sync_engine, "BEGIN")
         return ThreadWriter(writes, name="culm-sqlite-writer"), reader
+
+    def reads(self, reader: AsyncEngine) -> Reader:
+        size = self.read_threads
+        engine = sa.create_engine(
+            self.url.set(drivername="sqlite+pysqlite"), pool_size=size, max_overflow=0
+        )
+        self._configure(engine, "BEGIN", raw=True)
+        return ThreadReader(engine, size=size, name="culm-sqlite-reader")
 
     def _configure(self, engine: sa.Engine, begin: str, *, raw: bool = False) -> None:
         """``raw``: the engine's connections are plain ``sqlite3`` ones (the writer's)."""
@@ -140,6 +155,9 @@ class PostgresDialect(Dialect):
         storable_writes(engine.sync_engine)
         skip_closed(engine.sync_engine)
         return AsyncWriter(engine), engine
+
+    def reads(self, reader: AsyncEngine) -> Reader:
+        return AsyncReader(reader)
 
     def is_unique_violation(self, exc: sa.exc.IntegrityError) -> bool:
         return getattr(exc.orig, "sqlstate", None) == "23505" or "unique" in str(exc.orig).lower()

@@ -32,6 +32,14 @@ def session_from_row(row: sa.Row[Any]) -> Session:
     )
 
 
+def session_to_row(session: Session) -> dict[str, object]:
+    row = session.model_dump(mode="json")
+    row["tools"] = list(session.tools)
+    row["require_approval"] = list(session.require_approval)
+    row["created_at"] = session.created_at
+    return row
+
+
 def run_to_row(run: Run) -> dict[str, Any]:
     # The owner is the store's to set (a claim, a reservation owned by its caller).
     exclude = {"queued", "usage", "last_tool_phase", "status", "trigger", "owner"}

@@ -63,7 +63,7 @@ class ThreadWriter(Writer):
 
     def __init__(self, engine: sa.Engine, *, name: str) -> None:
         self._engine = engine
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._conn: sa.Connection | None = None  # the writer thread's, kept open
         self._closed = False
@@ -76,7 +76,7 @@ class ThreadWriter(Writer):
         future: asyncio.Future[T] = loop.create_future()
         if not self._thread.is_alive():
             self._thread.start()
-        self._queue.put(_Job(fn, future, loop))
+        self._queue.put(Job(fn, future, loop))
         # Shielded: a cancelled caller must not take a queued write out of the queue (it runs
         # anyway, as it would have had the caller waited), and one under way always finishes.
         return await asyncio.shield(future)
@@ -84,7 +84,7 @@ class ThreadWriter(Writer):
     def _work(self) -> None:
         while True:
             job = self._queue.get()
-            group: list[_Job] = []
+            group: list[Job] = []
             while job is not None:
                 group.append(job)
                 try:
@@ -97,8 +97,8 @@ class ThreadWriter(Writer):
                 self._dispose()
                 return
 
-    def _run_group(self, group: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+    def _run_group(self, group: list[Job]) -> None:
+        outcomes: list[tuple[Job, Any, BaseException | None]] = []
         try:
             if self._conn is None:
                 self._conn = self._engine.connect()
@@ -124,13 +124,13 @@ class ThreadWriter(Writer):
                         outcomes.append((job, result, None))
         except BaseException as exc:  # BEGIN or COMMIT failed (or a lone write raised)
             outcomes = [(job, None, exc) for job in group]
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any, BaseException | None]]]
         by_loop = {}
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].loop, []).append(outcome)
         for loop, settled in by_loop.items():  # one wake-up of each loop per group
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(_settle, settled)
+                loop.call_soon_threadsafe(settle, settled)
 
     def _dispose(self) -> None:
         try:
@@ -159,13 +159,17 @@ class ThreadWriter(Writer):
 
 
 @dataclass(frozen=True, slots=True)
-class _Job:
-    fn: Write[Any]
+class Job:
+    """A transaction asked for: the function, and where its caller waits for the outcome."""
+
+    fn: Callable[[sa.Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
 
 
-def _settle(settled: list[tuple[_Job, Any, BaseException | None]]) -> None:
+def settle(settled: list[tuple[Job, Any, BaseException | None]]) -> None:
+    """On the caller's event loop: hand each job its result or exception (unless its caller
+    stopped waiting)."""
     for job, result, exc in settled:
         if job.future.done():
             continue
