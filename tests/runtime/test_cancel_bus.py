@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import culm
-from culm.runtime import manager
+from culm.runtime import manager, waiter
 from culm.runtime.roles import Role
 from tests.support import settings
 
@@ -32,7 +32,7 @@ HOUR = 3600.0
 async def deployment(
     tmp_path: Path, postgres_head_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[culm.Engine, culm.Engine]]:
-    monkeypatch.setattr(manager, "_SAFETY_POLL", HOUR)
+    monkeypatch.setattr(waiter, "_SAFETY_POLL", HOUR)
     prefix = f"culm-test:{uuid.uuid4().hex[:12]}:"
 
     def engine(name: str, role: Role) -> culm.Engine:

@@ -1,10 +1,10 @@
 """The run manager alone, without an engine: which attempt a lost lease or a refused write
 cancels, which leases the heartbeat renews, how a cancel notice that arrives before its run is
-kept, what outcome and terminal event a cancel gives, how often a waiter reads the store; its
-stop and its retries of a failing ``finish_run`` on the virtual clock; hand-back, cancel and
-tree-wait against a real SQLite store. The engine tests (test_engine_runs, test_cancel_*,
-test_lease, ...) drive the same code end to end; these pin the numbers and the edges they
-cannot see."""
+kept, what outcome and terminal event a cancel gives; its stop and its retries of a failing
+``finish_run`` on the virtual clock; hand-back, cancel and tree-wait against a real SQLite
+store (how often a waiter reads the store: test_waiter). The engine tests (test_engine_runs,
+test_cancel_*, test_lease, ...) drive the same code end to end; these pin the numbers and the
+edges they cannot see."""
 
 from __future__ import annotations
 
@@ -280,35 +280,6 @@ def test_each_outcome_gives_its_terminal_event() -> None:
     assert manager._terminal_event(Outcome(RunStatus.ERROR), state) == Error(
         message="error", code="error"
     )
-
-
-# Waiting for a run that executes elsewhere
-
-
-def test_a_waiter_reads_the_store_by_what_tells_it_of_the_runs_end() -> None:
-    ended, quiet = asyncio.Event(), asyncio.Event()
-    ended.set()
-    assert manager._poll(quiet, follows=True) == 2.0  # the bus brings its end: a safety net
-    assert manager._poll(quiet, follows=False) == 0.25  # nothing else tells it
-    assert manager._poll(ended, follows=True) == 0.02  # its end is stored: its status follows
-    assert manager._poll(ended, follows=False, ending=1.5) == 1.5
-
-
-def test_any_of_returns_at_the_first_event_or_the_timeout_and_leaves_no_task() -> None:
-    async def main() -> tuple[float, float, int]:
-        loop = asyncio.get_running_loop()
-        first, never = asyncio.Event(), asyncio.Event()
-        loop.call_later(3, first.set)
-        start = loop.time()
-        await manager._any_of([never, first], timeout=60)
-        woken = loop.time() - start
-        start = loop.time()
-        await manager._any_of([never], timeout=7)
-        timed_out = loop.time() - start
-        await asyncio.sleep(0)  # the cancelled waits end
-        return woken, timed_out, len(asyncio.all_tasks()) - 1
-
-    assert run_virtual(main()) == (3.0, 7.0, 0)
 
 
 def test_a_finished_task_is_forgotten_and_its_error_taken() -> None:

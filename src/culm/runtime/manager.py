@@ -48,6 +48,7 @@ from culm.runtime.lease import LeaseHolder
 from culm.runtime.ownership import new_owner_id
 from culm.runtime.registry import RunnerRegistry
 from culm.runtime.runner import Runner
+from culm.runtime.waiter import RunWaiter
 from culm.settings import Settings, ShutdownPolicy
 from culm.storage.base import Ending, Reservation, SessionState, Store
 
@@ -102,6 +103,7 @@ class RunManager:
         self._context_factory = context_factory
         # Carries cancels to the process that executes a run, and terminal notices to waiters.
         self.bus: EventBus = bus or LocalBus()
+        self._waiter = RunWaiter(store=store, registry=registry, bus=self.bus)
         # CLI: the runs this process starts are reserved owned by it and executed here.
         self._runs_own_runs = runs_own_runs
         self._group: asyncio.TaskGroup | None = None
@@ -532,109 +534,20 @@ class RunManager:
                     await self._give_up.wait()
             delay = min(delay * 2, 1.0)
 
-    # Cancel and wait
+    # Cancel and wait (see :mod:`culm.runtime.waiter`)
 
     async def cancel(self, run_id: str, *, reason: str) -> Run:
-        """Cancel a run: at once when it runs here. Otherwise the store's flag (the truth: its
-        owner's heartbeat reads it) and then a notice on the bus to its owner, which cancels it
-        at once; a run nobody claimed yet ends at once in the store."""
-        runner = self._registry.get(run_id)
-        if runner is not None:
-            if runner.request_cancel(reason) or not runner.finalizing:
-                return await self._require_run(run_id)
-            await runner.done.wait()  # ending here; parked to wait for a person, maybe
-            ended = await self._require_run(run_id)
-            if ended.status is not RunStatus.WAITING:
-                return ended
-        run = await self._store.request_cancel(run_id, reason)
-        if run is None:
-            raise NotFoundError("run", run_id)
-        if not run.status.is_terminal and run.owner is not None:
-            await self.bus.send_cancel(run.owner, run_id, reason)
-        return run
+        """Cancel a run, wherever it executes."""
+        return await self._waiter.cancel(run_id, reason=reason)
 
     async def wait(self, run_id: str) -> Run:
-        """The run once it is terminal (wrap in ``asyncio.timeout`` to bound the wait).
-
-        A run executing elsewhere is read in the store once the bus follows it (it may have
-        ended before), then again when its terminal event passes on the bus, when the bus's
-        state changes, and every ``_SAFETY_POLL`` s (``_STORE_POLL`` s while no bus carries
-        other processes' events)."""
-        while True:
-            runner = self._registry.get(run_id)
-            if runner is not None:
-                await runner.done.wait()
-                continue
-            # Not while the bus is degraded: following the run would first wait on an
-            # unreachable Redis; the store is read every _STORE_POLL s until it is back.
-            follows = self.bus.crosses_processes and self.bus.state == "ok"
-            with self._registry.watch(run_id) as launched:
-                async with self._terminal_notice(run_id, follows) as ended:
-                    ending = _ENDING_POLL  # after its terminal event: backs off to 2 s
-                    while not launched.is_set():
-                        run = await self._require_run(run_id)
-                        if run.status.is_terminal:
-                            return run
-                        if not follows and self.bus.state == "ok" and self.bus.crosses_processes:
-                            break  # the bus is back: follow the run on it
-                        changes = [launched, self.bus.watch_state()]
-                        if not ended.is_set():
-                            changes.append(ended)
-                        await _any_of(changes, timeout=_poll(ended, follows, ending))
-                        if ended.is_set():
-                            ending = min(ending * 2, _ENDING_POLL_MAX)
-
-    def _terminal_notice(
-        self, run_id: str, follows: bool
-    ) -> contextlib.AbstractAsyncContextManager[asyncio.Event]:
-        """The bus's notice of the run's end, when it follows the run."""
-        if not follows:
-            return contextlib.nullcontext(asyncio.Event())
-        return self.bus.terminal_notice(run_id)
+        """The run once it is terminal (wrap in ``asyncio.timeout`` to bound the wait)."""
+        return await self._waiter.wait(run_id)
 
     async def wait_tree(self, run_id: str, *, reason: str) -> Run:
-        """The run once it and every run below it are terminal; a descendant still active once
-        its parent has ended (reserved while the parent was being cancelled) is cancelled."""
-        run = await self.wait(run_id)
-        for child in await self._store.list_runs(parent_run_id=run_id, limit=10_000):
-            if not child.status.is_terminal:
-                await self.cancel(child.run_id, reason=reason)
-            await self.wait_tree(child.run_id, reason=reason)
-        return run
-
-    async def _require_run(self, run_id: str) -> Run:
-        run = await self._store.get_run(run_id)
-        if run is None:
-            raise NotFoundError("run", run_id)
-        return run
-
-
-# How often a waiter reads the store for a run that executes in another process: when the bus
-# carries its terminal event (a safety net only), and when nothing else tells it.
-_SAFETY_POLL = 2.0
-_STORE_POLL = 0.25
-_ENDING_POLL = 0.02
-_ENDING_POLL_MAX = 2.0
-
-
-def _poll(ended: asyncio.Event, follows: bool, ending: float = _ENDING_POLL) -> float:
-    """Seconds until the next read of the store for a run executing in another process;
-    ``ending``: the current delay once its terminal event passed (doubled by the caller after
-    each read: its status usually follows at once, but a finish_run being retried may take up
-    to a lease, and the store must not be read 50 times a second meanwhile)."""
-    if ended.is_set():
-        return ending  # its terminal event is stored; its status follows soon
-    return _SAFETY_POLL if follows else _STORE_POLL
-
-
-async def _any_of(events: list[asyncio.Event], timeout: float) -> None:
-    """Return once one of ``events`` is set, or after ``timeout`` seconds."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
+        """The run once it and every run below it are terminal (an active descendant of an
+        ended run is cancelled)."""
+        return await self._waiter.wait_tree(run_id, reason=reason)
 
 
 # Cancel reasons the engine gives itself (never shown): handed back at a stop, the store kept
