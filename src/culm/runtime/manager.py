@@ -313,11 +313,11 @@ class RunManager:
         runner.lease_until = time.monotonic() + self._settings.lease_seconds
         runner.may_show_early = functools.partial(self._may_show_early, runner)
         self._registry.add(runner)
+        work = self._execute(runner)
         try:
-            runner.task = self._group.create_task(
-                self._execute(runner), name=f"culm-run-{run.run_id}"
-            )
+            runner.task = self._group.create_task(work, name=f"culm-run-{run.run_id}")
         except BaseException:
+            work.close()  # never to run (a finished TaskGroup leaves it unawaited on 3.11)
             self._registry.remove(runner)  # not executing here: neither held nor counted
             raise
         runner.task.add_done_callback(lambda _: self._ended(runner))
