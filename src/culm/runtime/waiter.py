@@ -70,10 +70,11 @@ class RunWaiter:
                         if not follows and self._bus.state == "ok" and self._bus.crosses_processes:
                             break  # the bus is back: follow the run on it
                         changes = [launched, self._bus.watch_state()]
-                        if not ended.is_set():
+                        backing_off = ended.is_set()  # this wait is one of the back-off's
+                        if not backing_off:
                             changes.append(ended)
                         await _any_of(changes, timeout=_poll(ended, follows, ending))
-                        if ended.is_set():
+                        if backing_off:
                             ending = min(ending * 2, _ENDING_POLL_MAX)
 
     def _terminal_notice(
