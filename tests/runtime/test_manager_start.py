@@ -620,10 +620,11 @@ def test_a_waiter_follows_the_runs_end_on_the_bus_then_reads_backing_off_to_two_
     store, bus = Statuses(ends_at=12.0), Crossing()
     runs = _waiting(tmp_path, store, bus)
     at, run = _wait(runs, (3, _terminal_on(bus)))
-    assert (at, run.status) == (13.52, RunStatus.COMPLETED)
+    assert (at, run.status) == (13.54, RunStatus.COMPLETED)
     # Every 2 s (a safety net) until its terminal event passes at 3 s; then its status
-    # follows: 40 ms, doubling, up to 2 s.
-    assert store.reads == [0, 2, 3, 3.04, 3.12, 3.28, 3.6, 4.24, 5.52, 7.52, 9.52, 11.52, 13.52]
+    # follows: read at once, then 20 ms later, doubling up to 2 s.
+    reads = [0, 2, 3, 3.02, 3.06, 3.14, 3.3, 3.62, 4.26, 5.54, 7.54, 9.54, 11.54, 13.54]
+    assert store.reads == reads
     assert bus.followed == ["r"]
 
 
@@ -643,9 +644,9 @@ def test_a_waiter_on_a_degraded_bus_reads_the_store_then_follows_once_the_bus_is
     assert followed_early == [[]]  # not while degraded: it would wait on an unreachable bus
     assert bus.followed == ["r"]
     # Every 0.25 s, woken when the bus is back (read, then read again following it), the
-    # safety net's 2 s, woken by the terminal event at 3 s, then 40 ms later.
-    assert store.reads == [0, 0.25, 0.5, 0.6, 0.6, 2.6, 3.0, 3.04, 3.12]
-    assert at == 3.12
+    # safety net's 2 s, woken by the terminal event at 3 s, then 20 ms later, doubling.
+    assert store.reads == [0, 0.25, 0.5, 0.6, 0.6, 2.6, 3.0, 3.02, 3.06, 3.14]
+    assert at == 3.14
 
 
 def test_a_waiter_waits_on_a_run_executing_here_without_reading_the_store(

@@ -6,12 +6,9 @@ test_manager_start.py) and end to end (test_engine_runs, test_cancel_bus, test_w
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from culm.domain.models import Run, RunStatus
 from culm.runtime import waiter
 from tests.clock import run_virtual
 
@@ -43,52 +40,3 @@ def test_any_of_returns_at_the_first_event_or_the_timeout_and_leaves_no_task() -
         return woken, timed_out, len(asyncio.all_tasks()) - 1
 
     assert run_virtual(main()) == (3.0, 7.0, 0)
-
-
-class _Elsewhere:
-    """A run executing in another process, as the waiter sees it: the bus follows it and brings
-    its terminal event at ``ends_at``; the store says terminal from its ``terminal_after``-th
-    read (a finish_run being retried meanwhile)."""
-
-    crosses_processes = True
-    state = "ok"
-
-    def __init__(self, ends_at: float, terminal_after: int) -> None:
-        self.reads: list[float] = []
-        self._ends_at = ends_at
-        self._terminal_after = terminal_after
-
-    async def get_run(self, run_id: str) -> Run:
-        self.reads.append(asyncio.get_running_loop().time())
-        done = len(self.reads) >= self._terminal_after
-        status = RunStatus.COMPLETED if done else RunStatus.RUNNING
-        return Run(run_id=run_id, session_id="s", model="m", status=status)
-
-    def get(self, run_id: str) -> None:
-        return None  # not executing here
-
-    @contextlib.contextmanager
-    def watch(self, run_id: str) -> Iterator[asyncio.Event]:
-        yield asyncio.Event()  # never launched here
-
-    def watch_state(self) -> asyncio.Event:
-        return asyncio.Event()
-
-    @contextlib.asynccontextmanager
-    async def terminal_notice(self, run_id: str) -> AsyncIterator[asyncio.Event]:
-        ended = asyncio.Event()
-        asyncio.get_running_loop().call_later(self._ends_at, ended.set)
-        yield ended
-
-
-def test_after_the_terminal_event_the_store_is_read_at_once_then_every_20_ms_doubling() -> None:
-    async def main() -> tuple[list[float], RunStatus]:
-        elsewhere = _Elsewhere(ends_at=1.0, terminal_after=6)
-        runs = waiter.RunWaiter(store=elsewhere, registry=elsewhere, bus=elsewhere)  # type: ignore[arg-type]
-        run = await runs.wait("r1")
-        return elsewhere.reads, run.status
-
-    reads, status = run_virtual(main())
-    assert status is RunStatus.COMPLETED
-    # Once when it starts following; at the notice; then 20, 40, 80, 160 ms apart.
-    assert reads == pytest.approx([0.0, 1.0, 1.02, 1.06, 1.14, 1.30])
