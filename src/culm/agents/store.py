@@ -21,13 +21,11 @@ class AgentStore:
 
     async def list_agents(self) -> list[Agent]:
         query = agents.select().order_by(agents.c.name)
-        async with self._sql.read_connection() as conn:
-            return [_agent(row) for row in await conn.execute(query)]
+        return await self._sql.read(lambda conn: [_agent(row) for row in conn.execute(query)])
 
     async def get(self, name: str) -> Agent | None:
         query = agents.select().where(agents.c.name == name)
-        async with self._sql.read_connection() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._sql.read(lambda conn: conn.execute(query).first())
         return None if row is None else _agent(row)
 
     async def put(self, name: str, definition: AgentDefinition) -> tuple[Agent, bool]:

@@ -175,8 +175,7 @@ class SqlStore(InputMethods, Store):
 
     async def list_sessions(self, *, limit: int = 100) -> list[Session]:
         query = sessions.select().order_by(sessions.c.created_at.desc()).limit(limit)
-        async with self.read_connection() as conn:
-            return [session_from_row(row) for row in await conn.execute(query)]
+        return await self.read(lambda conn: [session_from_row(row) for row in conn.execute(query)])
 
     async def delete_session(self, session_id: str) -> bool:
         def transaction(conn: sa.Connection) -> bool:
@@ -389,10 +388,8 @@ class SqlStore(InputMethods, Store):
         return await self.read(partial(ops.get_run, run_id=run_id))
 
     async def get_active_run(self, session_id: str) -> Run | None:
-        async with self.read_connection() as conn:
-            row = (
-                await conn.execute(runs.select().where(runs.c.session_id == session_id, ops.SLOT))
-            ).first()
+        query = runs.select().where(runs.c.session_id == session_id, ops.SLOT)
+        row = await self.read(lambda conn: conn.execute(query).first())
         return None if row is None else run_from_row(row)
 
     async def list_runs(
@@ -418,8 +415,7 @@ class SqlStore(InputMethods, Store):
             query = query.where(runs.c.status == status.value)
         if parent_run_id is not None:
             query = query.where(runs.c.parent_run_id == parent_run_id)
-        async with self.read_connection() as conn:
-            return [run_from_row(row) for row in await conn.execute(query)]
+        return await self.read(lambda conn: [run_from_row(row) for row in conn.execute(query)])
 
     # Workers
 
