@@ -4,7 +4,9 @@ on PostgreSQL the async engine. What a read sees, what it raises, and how the po
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from pathlib import Path
 
 import aiosqlite
@@ -162,3 +164,18 @@ async def test_a_database_that_cannot_be_opened_is_storage_unavailable(tmp_path:
             await store.read(lambda conn: conn.scalar(sa.select(sessions.c.session_id)))
     finally:
         await store.aclose()
+
+
+async def test_a_reader_thread_keeps_nothing_of_a_read_once_it_is_answered(
+    sqlite_store: SqlStore,
+) -> None:
+    class Found:
+        pass
+
+    answer = weakref.ref(await sqlite_store.read(lambda conn: Found()))
+    for _ in range(200):  # the thread lets go of it right after answering
+        gc.collect()
+        if answer() is None:
+            break
+        await asyncio.sleep(0.01)
+    assert answer() is None

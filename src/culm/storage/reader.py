@@ -75,18 +75,24 @@ class ThreadReader(Reader):
         conn: sa.Connection | None = None
         try:
             while (job := self._queue.get()) is not None:
-                try:
-                    if conn is None or conn.invalidated:
-                        conn = self._engine.connect()
-                    with conn.begin():
-                        outcome: tuple[Job, Any, BaseException | None] = (job, job.fn(conn), None)
-                except BaseException as exc:
-                    outcome = (job, None, exc)
-                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
-                    job.loop.call_soon_threadsafe(settle, [outcome])
+                conn = self._serve(conn, job)
+                del job  # not kept, with what it read, until the next read
         finally:
             if conn is not None:
                 conn.close()
+
+    def _serve(self, conn: sa.Connection | None, job: Job) -> sa.Connection | None:
+        """Run ``job`` (on a new connection if there is none or it broke); the connection."""
+        try:
+            if conn is None or conn.invalidated:
+                conn = self._engine.connect()
+            with conn.begin():
+                outcome: tuple[Job, Any, BaseException | None] = (job, job.fn(conn), None)
+        except BaseException as exc:
+            outcome = (job, None, exc)
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+            job.loop.call_soon_threadsafe(settle, [outcome])
+        return conn
 
     async def aclose(self) -> None:
         if self._closed:
