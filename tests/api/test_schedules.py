@@ -104,7 +104,10 @@ async def test_schedule_lifecycle(
 
     triggered = await client.post(f"/v1/schedules/{schedule_id}/trigger")
     assert triggered.status_code == 202
-    assert triggered.json()["manual"] is True and triggered.json()["status"] == "running"
+    # Started at once: running, or already done (the run is quick, and the fire is read back
+    # after it started: the rehearsal saw it done once). Either way not queued.
+    assert triggered.json()["manual"] is True
+    assert triggered.json()["status"] in {"running", "success"}
     fires = await _settled(client, schedule_id, 2)
     assert fires[0]["manual"] is True and fires[0]["status"] == "success"
 
