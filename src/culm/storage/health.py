@@ -16,8 +16,9 @@ health.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
 
@@ -38,6 +39,18 @@ def is_store_failure(exc: BaseException) -> bool:
 def unavailable(exc: BaseException) -> StorageUnavailableError:
     origin = getattr(exc, "orig", None) or exc
     return StorageUnavailableError(f"the store is unavailable: {describe(origin)}")
+
+
+@contextlib.contextmanager
+def failures_unavailable() -> Iterator[None]:
+    """A store failure raised inside is raised as ``StorageUnavailableError``; anything else
+    as it is (the reads' rule: unlike a write's, it leaves the store's health alone)."""
+    try:
+        yield
+    except Exception as exc:
+        if is_store_failure(exc):
+            raise unavailable(exc) from exc
+        raise
 
 
 class StoreHealth:

@@ -44,7 +44,7 @@ from culm.storage.base import (
     WorkerInfo,
 )
 from culm.storage.dialect import Dialect, dialect_for
-from culm.storage.health import StoreHealth, is_store_failure, unavailable
+from culm.storage.health import StoreHealth, failures_unavailable, is_store_failure, unavailable
 from culm.storage.input_store import InputMethods
 from culm.storage.reader import Read
 from culm.storage.rows import run_from_row, run_to_row, session_from_row, session_to_row
@@ -112,22 +112,14 @@ class SqlStore(InputMethods, Store):
     async def read(self, fn: Read[_T]) -> _T:
         """Run ``fn(conn)`` as one read transaction and return what it returns (a store
         failure is raised as ``StorageUnavailableError``)."""
-        try:
+        with failures_unavailable():
             return await self._reads.run(fn)
-        except Exception as exc:
-            if is_store_failure(exc):
-                raise unavailable(exc) from exc
-            raise
 
     @contextlib.asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:
-        try:
+        with failures_unavailable():
             async with self._reader.connect() as conn:
                 yield conn
-        except Exception as exc:
-            if is_store_failure(exc):
-                raise unavailable(exc) from exc
-            raise
 
     async def check(self) -> str | None:
         """None while the store works, else why not: its last write failed, or it cannot be
